@@ -1,0 +1,39 @@
+# Two commands matter: `make run` (the main job) and `make test` (the tests).
+# Both create and fill .venv and install the Debian packages they need, idempotently.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64.
+DEB_PACKAGES := libpython3.11 libb64-0d
+
+.PHONY: run test lint sysdeps venv clean
+
+run: venv
+	$(BIN)/nexus up
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+venv: sysdeps $(STAMP)
+
+sysdeps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .nexus model_repository/*/

@@ -1,0 +1,60 @@
+"""Unpacking tar artifacts without trusting them.
+
+Every member is checked before anything is written: only regular files and folders, relative paths that
+stay inside the target, and a total unpacked size under the cap (the sizes in tar headers are exactly what
+extraction writes, so their sum bounds a decompression bomb). `tarfile`'s "data" filter then applies the
+same rules again during extraction.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from nexusml.errors import UnsafeArchive
+
+MAX_MEMBERS = 10_000
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "fifo"
+    return "special file"
+
+
+def check(archive: Path, max_bytes: int) -> None:
+    """Raise `UnsafeArchive` for the first member that is not safe to unpack."""
+    total = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for count, member in enumerate(tar, start=1):
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts:
+                    raise UnsafeArchive(f"archive member {member.name!r} would escape the target folder")
+                if not (member.isfile() or member.isdir()):
+                    raise UnsafeArchive(
+                        f"archive member {member.name!r} is a {_kind(member)}; only files allowed"
+                    )
+                total += member.size
+                if total > max_bytes:
+                    raise UnsafeArchive(f"archive unpacks to more than MAX_ARTIFACT_BYTES={max_bytes} bytes")
+                if count > MAX_MEMBERS:
+                    raise UnsafeArchive(f"archive has more than {MAX_MEMBERS} members")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise UnsafeArchive(f"artifact is not a readable tar archive ({err})") from err
+
+
+def unpack(archive: Path, target: Path, max_bytes: int) -> None:
+    """Check every member, then extract into `target` (which must exist)."""
+    check(archive, max_bytes)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(target, filter="data")
+    except tarfile.FilterError as err:
+        raise UnsafeArchive(f"archive rejected while unpacking ({err})") from err

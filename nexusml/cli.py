@@ -1,0 +1,143 @@
+"""`nexus`: one command with subcommands; the only reader of `os.environ` and mapper of errors to exits.
+
+Command-line options are folded into the environment mapping before settings are loaded, so each process
+still builds exactly one settings object from one source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from nexusml.errors import NexusError
+
+log = logging.getLogger("nexus")
+
+
+def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml import metadata
+    from nexusml.settings import SyncSettings, load
+    from nexusml.sync import sync
+
+    settings = load(SyncSettings, environ)
+    meta = metadata.load(settings.meta_path)
+    progress = sys.stdout.isatty() and not args.no_progress
+    result = sync(meta, settings, progress=progress)
+    state = "downloaded and verified" if result.downloaded else "already present and verified"
+    print(f"synced {meta.name} version {meta.version} -> {result.path} ({state})")
+    if result.pruned:
+        print(f"pruned versions {result.pruned}")
+    return 0
+
+
+def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml.errors import ServerError
+    from nexusml.process import wait_for_signal
+    from nexusml.settings import TritonSettings, load
+    from nexusml.triton import TritonServer
+
+    server = TritonServer(load(TritonSettings, environ), dict(environ))
+    with server:
+        print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
+        died = wait_for_signal([server])
+    if died is not None:
+        raise ServerError(f"tritonserver exited unexpectedly with code {died.process.returncode}")
+    return 0
+
+
+def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml import demo, storage
+    from nexusml.settings import S3Settings, SyncSettings, load
+
+    settings = load(SyncSettings, environ)
+    bucket = args.bucket or settings.s3.model_bucket or "nexus-models"
+    spec = demo.DemoSpec(
+        name=args.name,
+        version=args.model_version,
+        width=args.width,
+        outputs=args.outputs,
+        heads=args.heads,
+        format=args.format,
+        packaging=args.packaging,
+    )
+    s3_settings: S3Settings = settings.s3
+    s3 = storage.client(s3_settings)
+    meta = demo.publish(spec, s3, bucket, Path(args.workdir), s3_settings.endpoint_url)
+    settings.meta_path.write_text(meta.to_json())
+    print(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
+    return 0
+
+
+def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml.settings import StackSettings, load
+    from nexusml.stack import up
+
+    return up(load(StackSettings, environ), dict(environ))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="nexus", description="NexusML data plane")
+    root.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    sync = commands.add_parser(
+        "sync", help="download the model in .nexus_meta.json into the model repository"
+    )
+    sync.add_argument("--meta", help="metadata file (env NEXUS_META_PATH)")
+    sync.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
+    sync.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    sync.set_defaults(handler=_sync)
+
+    triton = commands.add_parser("triton", help="run the bundled tritonserver on the model repository")
+    triton.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
+    triton.set_defaults(handler=_triton)
+
+    demo = commands.add_parser(
+        "publish-demo", help="control-plane stand-in: upload the demo model, write metadata"
+    )
+    demo.add_argument("--meta", help="metadata file to write (env NEXUS_META_PATH)")
+    demo.add_argument("--bucket", help="bucket (default MODEL_BUCKET, else nexus-models)")
+    demo.add_argument("--name", default="demo_mlp")
+    demo.add_argument("--model-version", type=int, default=1)
+    demo.add_argument("--width", type=int, default=5, help="input features")
+    demo.add_argument("--outputs", type=int, default=2, help="values per output tensor")
+    demo.add_argument("--heads", type=int, default=1, help="output tensors")
+    demo.add_argument("--format", choices=["torchscript", "torch_export"], default="torchscript")
+    demo.add_argument("--packaging", choices=["file", "tar"], default="file")
+    demo.add_argument("--workdir", default=".nexus/demo", help="where the exported files are kept")
+    demo.set_defaults(handler=_publish_demo)
+
+    upc = commands.add_parser("up", help="the main job: local S3 if none configured, sync, Triton, proxy")
+    upc.set_defaults(handler=_up)
+    return root
+
+
+_OPTION_ENV = {"meta": "NEXUS_META_PATH", "repository": "MODEL_REPOSITORY"}
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    env = dict(os.environ if environ is None else environ)
+    for option, variable in _OPTION_ENV.items():
+        value = getattr(args, option, None)
+        if value:
+            env[variable] = value
+    handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+    try:
+        return handler(args, env)
+    except NexusError as err:
+        print(f"nexus {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`config.pbtxt` generation: from data, through Triton's own protobuf, never by string templates.
+
+`serving_config` decides the numbers (settings override the metadata's hints, which override defaults);
+`model_config` turns metadata + those numbers into the dict form of `inference.ModelConfig`; `render`
+checks it against the protobuf schema and prints Triton's text format.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from nexusml.errors import SettingsError
+from nexusml.metadata import ModelMetadata, TensorSpec
+from nexusml.settings import SyncSettings
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_TIMEOUT_MS = 50.0
+QUEUE_SIZE_PER_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The resolved batching and placement numbers for one model."""
+
+    max_batch_size: int
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int
+    queue_timeout_us: int
+    kind: str
+    instance_count: int
+    torch_threads: int
+
+
+def gpu_present() -> bool:
+    """Cheap detection without importing torch: the NVIDIA driver's device node or its CLI."""
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+def _powers_of_two(limit: int, start: int = 4) -> tuple[int, ...]:
+    sizes, size = [], start
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, limit)
+
+
+def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None = None) -> ServingConfig:
+    hints = meta.batching
+    batch_size = settings.batch_size or hints.max_batch_size or DEFAULT_BATCH_SIZE
+    delay_ms = next(
+        v
+        for v in (settings.batch_timeout_ms, hints.max_queue_delay_ms, DEFAULT_BATCH_TIMEOUT_MS)
+        if v is not None
+    )
+    preferred = next(
+        v
+        for v in (settings.preferred_batch_sizes, hints.preferred_batch_sizes, _powers_of_two(batch_size))
+        if v is not None
+    )
+    too_big = [size for size in preferred if size > batch_size]
+    if too_big:
+        raise SettingsError(
+            f"preferred batch sizes {too_big} exceed max_batch_size {batch_size} (BATCH_SIZE)"
+        )
+    if settings.device == "auto":
+        use_gpu = gpu_present() if gpu is None else gpu
+    else:
+        use_gpu = settings.device == "cuda"
+    return ServingConfig(
+        max_batch_size=batch_size,
+        max_queue_delay_us=round(delay_ms * 1000),
+        preferred_batch_sizes=tuple(sorted(set(preferred))),
+        max_queue_size=settings.max_queue_size or QUEUE_SIZE_PER_BATCH * batch_size,
+        queue_timeout_us=round(settings.queue_timeout_ms * 1000),
+        kind="KIND_GPU" if use_gpu else "KIND_CPU",
+        instance_count=settings.instance_count,
+        torch_threads=settings.torch_threads,
+    )
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "data_type": f"TYPE_{spec.dtype}", "dims": list(spec.shape)}
+
+
+def _warmups(meta: ModelMetadata, serving: ServingConfig) -> list[dict[str, Any]]:
+    """Zero-filled warm-up requests at each preferred batch size, so first requests hit warm shapes.
+
+    Variable dimensions (-1) have no single shape to warm, so such models are not warmed.
+    """
+    if any(-1 in spec.shape for spec in meta.inputs):
+        return []
+    return [
+        {
+            "name": f"batch_{size}",
+            "batch_size": size,
+            "inputs": {
+                spec.name: {"data_type": f"TYPE_{spec.dtype}", "dims": list(spec.shape), "zero_data": True}
+                for spec in meta.inputs
+            },
+        }
+        for size in serving.preferred_batch_sizes
+    ]
+
+
+def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
+    """The `inference.ModelConfig` for `meta`, as a JSON-shaped dict."""
+    return {
+        "name": meta.name,
+        "backend": "python",
+        "max_batch_size": serving.max_batch_size,
+        "version_policy": {"specific": {"versions": [meta.version]}},
+        "input": [_tensor(spec) for spec in meta.inputs],
+        "output": [_tensor(spec) for spec in meta.outputs],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": serving.max_queue_delay_us,
+            "preferred_batch_size": list(serving.preferred_batch_sizes),
+            "default_queue_policy": {
+                "max_queue_size": serving.max_queue_size,
+                "default_timeout_microseconds": serving.queue_timeout_us,
+                "timeout_action": "REJECT",
+                "allow_timeout_override": True,
+            },
+        },
+        "instance_group": [{"kind": serving.kind, "count": serving.instance_count}],
+        "parameters": {
+            "ARTIFACT_FILE": {"string_value": meta.artifact.filename},
+            "ARTIFACT_FORMAT": {"string_value": meta.artifact.format},
+            "TORCH_THREADS": {"string_value": str(serving.torch_threads)},
+        },
+        "model_warmup": _warmups(meta, serving),
+    }
+
+
+def render(config: dict[str, Any]) -> str:
+    """Validate `config` against Triton's protobuf and print it in text format."""
+    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    return text_format.MessageToString(message)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """The inverse of `render`, for reading a generated file back (tests, the tuning sweep)."""
+    message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)

@@ -1,0 +1,227 @@
+"""Settings: one frozen object per process, read from the environment once, at start-up.
+
+Each field declares its variable, default, documentation and bounds with `env(...)`; `load(cls, environ)`
+builds the object and stops with a `SettingsError` naming the variable when a value is unusable. Only the
+command-line entry points pass `os.environ` in; everything else receives a settings object.
+Names shared by several processes (`BATCH_SIZE`, `DEVICE`, `MODEL_BUCKET`, ...) keep one meaning everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nexusml.errors import SettingsError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_int_list(raw: str) -> tuple[int, ...]:
+    """'4,8,16' -> (4, 8, 16); an empty list is allowed and means 'none'."""
+    return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """How one environment variable becomes one field."""
+
+    name: str
+    doc: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def convert(self, raw: str) -> Any:
+        text = raw.strip()
+        if self.choices is not None and text.lower() not in self.choices:
+            raise SettingsError(f"{self.name}={raw!r}: expected one of {', '.join(self.choices)}")
+        try:
+            value = self.parse(text.lower() if self.choices else text)
+        except ValueError as err:
+            raise SettingsError(f"{self.name}={raw!r}: not a valid value ({err})") from err
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                if self.minimum is not None and item < self.minimum:
+                    raise SettingsError(f"{self.name}={raw!r}: must be >= {self.minimum:g}")
+                if self.maximum is not None and item > self.maximum:
+                    raise SettingsError(f"{self.name}={raw!r}: must be <= {self.maximum:g}")
+        return value
+
+
+def env(name: str, default: Any, doc: str, parse: Callable[[str], Any] = str, **bounds: Any) -> Any:
+    """Declare a settings field read from the variable `name`."""
+    return field(default=default, metadata={"env": EnvVar(name, doc, parse, **bounds)})
+
+
+def nested(cls: type) -> Any:
+    """Declare a field that is itself a settings object read from the same environment."""
+    return field(default=None, metadata={"nested": cls})
+
+
+def load(cls: type[T], environ: Mapping[str, str]) -> T:
+    """Build `cls` from `environ`; unset or empty variables keep their defaults."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if "nested" in f.metadata:
+            values[f.name] = load(f.metadata["nested"], environ)
+            continue
+        spec: EnvVar = f.metadata["env"]
+        raw = environ.get(spec.name)
+        if raw is not None and raw.strip():
+            values[f.name] = spec.convert(raw)
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if validate is not None:
+        validate()
+    return instance
+
+
+def variables(cls: type) -> list[tuple[EnvVar, Any]]:
+    """Every variable `cls` reads, with its default: the source of the README's settings table."""
+    found: list[tuple[EnvVar, Any]] = []
+    for f in fields(cls):
+        if "nested" in f.metadata:
+            found.extend(variables(f.metadata["nested"]))
+        else:
+            found.append((f.metadata["env"], None if f.default is MISSING else f.default))
+    return found
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where models are read from (and, for the demo publisher, written to)."""
+
+    endpoint_url: str | None = env(
+        "AWS_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, moto); unset means AWS itself"
+    )
+    model_bucket: str | None = env(
+        "MODEL_BUCKET", None, "bucket for artifact locations given as a bare key in the metadata"
+    )
+    connect_timeout_s: float = env("S3_CONNECT_TIMEOUT_S", 5.0, "TCP connect timeout", float, minimum=0.1)
+    read_timeout_s: float = env("S3_READ_TIMEOUT_S", 30.0, "socket read timeout", float, minimum=0.1)
+    max_attempts: int = env(
+        "S3_MAX_ATTEMPTS",
+        5,
+        "attempts per S3 call (botocore 'standard' retry mode)",
+        int,
+        minimum=1,
+        maximum=20,
+    )
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """`nexus sync`: metadata -> S3 -> model repository."""
+
+    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
+    repository: Path = env("MODEL_REPOSITORY", Path("model_repository"), "Triton model repository", Path)
+    batch_size: int | None = env(
+        "BATCH_SIZE", None, "max_batch_size (default: metadata hint, else 32)", int, minimum=1, maximum=4096
+    )
+    batch_timeout_ms: float | None = env(
+        "BATCH_TIMEOUT_MS",
+        None,
+        "dynamic batcher's max queue delay in ms (default: metadata hint, else 50)",
+        float,
+        minimum=0,
+        maximum=60_000,
+    )
+    preferred_batch_sizes: tuple[int, ...] | None = env(
+        "PREFERRED_BATCH_SIZES",
+        None,
+        "comma list (default: metadata hint, else powers of two from 4 to BATCH_SIZE)",
+        parse_int_list,
+        minimum=1,
+    )
+    device: str = env(
+        "DEVICE", "auto", "cuda -> KIND_GPU, cpu -> KIND_CPU, auto detects", choices=("auto", "cuda", "cpu")
+    )
+    instance_count: int = env("INSTANCE_COUNT", 1, "model instances per device", int, minimum=1, maximum=64)
+    torch_threads: int = env(
+        "TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256
+    )
+    max_queue_size: int | None = env(
+        "MAX_QUEUE_SIZE",
+        None,
+        "requests Triton queues before rejecting (default 8 x BATCH_SIZE)",
+        int,
+        minimum=1,
+    )
+    queue_timeout_ms: float = env(
+        "QUEUE_TIMEOUT_MS", 2000.0, "a request waiting longer in Triton's queue is rejected", float, minimum=1
+    )
+    keep_versions: int = env(
+        "KEEP_VERSIONS", 2, "versions kept on disk: the synced one plus the newest others", int, minimum=1
+    )
+    max_artifact_bytes: int = env(
+        "MAX_ARTIFACT_BYTES", 8 << 30, "cap on the download and on an archive's unpacked size", int, minimum=1
+    )
+    s3: S3Settings = nested(S3Settings)
+
+    def validate(self) -> None:
+        if self.preferred_batch_sizes and self.batch_size is not None:
+            too_big = [size for size in self.preferred_batch_sizes if size > self.batch_size]
+            if too_big:
+                raise SettingsError(f"PREFERRED_BATCH_SIZES={too_big} exceed BATCH_SIZE={self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    """`nexus triton`: the tritonserver shipped in nvidia-pytriton, on the project's repository."""
+
+    repository: Path = env("MODEL_REPOSITORY", Path("model_repository"), "Triton model repository", Path)
+    host: str = env("TRITON_HOST", "127.0.0.1", "address Triton binds (HTTP and gRPC)")
+    http_port: int = env("TRITON_HTTP_PORT", 8000, "Triton HTTP port", int, minimum=1, maximum=65535)
+    grpc_port: int = env("TRITON_GRPC_PORT", 8001, "Triton gRPC port", int, minimum=1, maximum=65535)
+    metrics_port: int = env("TRITON_METRICS_PORT", 8002, "Triton metrics port", int, minimum=1, maximum=65535)
+    startup_timeout_s: float = env(
+        "TRITON_STARTUP_TIMEOUT_S", 180.0, "seconds to wait for readiness", float, minimum=1
+    )
+    exit_timeout_s: int = env(
+        "TRITON_EXIT_TIMEOUT_S", 30, "seconds Triton drains in-flight requests on stop", int, minimum=0
+    )
+    log_verbose: int = env("TRITON_LOG_VERBOSE", 0, "Triton's --log-verbose level", int, minimum=0)
+
+    def validate(self) -> None:
+        ports = [self.http_port, self.grpc_port, self.metrics_port]
+        if len(set(ports)) != len(ports):
+            raise SettingsError(
+                f"TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT must differ: {ports}"
+            )
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """`nexus up` (`make run`): local S3 when none is configured -> demo model -> sync -> Triton -> proxy."""
+
+    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
+    local_s3_port: int = env(
+        "LOCAL_S3_PORT",
+        9000,
+        "port of the local S3 started when none is configured",
+        int,
+        minimum=1,
+        maximum=65535,
+    )
+    s3: S3Settings = nested(S3Settings)
+    triton: TritonSettings = nested(TritonSettings)
+
+    @property
+    def local_s3(self) -> bool:
+        """No endpoint and no bucket configured: run a local S3 and publish the demo model into it."""
+        return self.s3.endpoint_url is None and self.s3.model_bucket is None

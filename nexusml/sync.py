@@ -1,0 +1,68 @@
+"""`nexus sync`: metadata -> S3 -> a verified version and its config.pbtxt in the model repository."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexusml import archive, storage
+from nexusml.config import model_config, render, serving_config
+from nexusml.errors import IntegrityError
+from nexusml.metadata import ModelMetadata
+from nexusml.repository import Repository, disk_errors
+from nexusml.settings import SyncSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    path: Path
+    downloaded: bool
+    config_written: bool
+    pruned: list[int]
+
+
+def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool):
+    location = storage.locate(meta.artifact.uri, settings.s3.model_bucket)
+    s3 = storage.client(settings.s3)
+
+    def populate(version: Path, scratch: Path) -> None:
+        packed = meta.artifact.packaging == "tar"
+        dest = scratch / "artifact.tar" if packed else version / meta.artifact.filename
+        log.info("downloading %s (%d bytes)", location, meta.artifact.size)
+        with disk_errors(f"cannot write {dest}"):
+            storage.download(
+                s3,
+                location,
+                dest,
+                expected_size=meta.artifact.size,
+                expected_sha256=meta.artifact.sha256,
+                max_bytes=settings.max_artifact_bytes,
+                attempts=settings.s3.max_attempts,
+                endpoint=settings.s3.endpoint_url,
+                progress=progress,
+            )
+        if packed:
+            with disk_errors(f"cannot unpack into {version}"):
+                archive.unpack(dest, version, settings.max_artifact_bytes)
+            if not (version / meta.artifact.filename).is_file():
+                raise IntegrityError(f"{location}: archive has no {meta.artifact.filename} at its root")
+
+    return populate
+
+
+def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> SyncResult:
+    """Make the repository hold `meta`'s version, verified, with a matching config; idempotent."""
+    repo = Repository(settings.repository)
+    config_text = render(model_config(meta, serving_config(meta, settings)))
+    downloaded = not repo.installed(meta)
+    if downloaded:
+        path = repo.install(meta, _populate(meta, settings, progress))
+    else:
+        path = repo.version_dir(meta.name, meta.version)
+        log.info("%s version %d already present and verified; nothing downloaded", meta.name, meta.version)
+    written = repo.write_config(meta.name, config_text)
+    pruned = repo.prune(meta.name, meta.version, settings.keep_versions)
+    return SyncResult(path=path, downloaded=downloaded, config_written=written, pruned=pruned)

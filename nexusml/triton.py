@@ -1,0 +1,136 @@
+"""A local Triton Inference Server without Docker: the tritonserver 2.51 shipped in `nvidia-pytriton`.
+
+The wheel carries the server binary, its shared libraries, the Python backend and one backend stub per
+Python version. Triton wants a backend folder laid out as `<dir>/python/{libtriton_python.so,
+triton_python_backend_utils.py, triton_python_backend_stub}`, so one is assembled from symlinks for the
+running interpreter. The stub finds this virtual environment's packages (torch, numpy) only when the
+venv's `bin/` leads `PATH`, so the server is started with that `PATH`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexusml.errors import ServerError
+from nexusml.process import ManagedProcess
+from nexusml.settings import TritonSettings
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the pieces of the bundled server lie in site-packages."""
+
+    binary: Path
+    libraries: Path
+    python_backend: Path
+    stub: Path
+
+    @classmethod
+    def find(cls) -> TritonDistribution:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or spec.origin is None:
+            raise ServerError("nvidia-pytriton is not installed: run `make venv`")
+        server = Path(spec.origin).parent / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        found = cls(
+            binary=server / "bin" / "tritonserver",
+            libraries=server.parent.parent / "nvidia_pytriton.libs",
+            python_backend=server / "backends" / "python",
+            stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        missing = [
+            str(p)
+            for p in (found.binary, found.libraries, found.python_backend, found.stub)
+            if not p.exists()
+        ]
+        if missing:
+            raise ServerError(
+                f"incomplete tritonserver in nvidia-pytriton (Python {version}): missing {missing}"
+            )
+        return found
+
+    def backend_directory(self, root: Path) -> Path:
+        """Assemble `<root>/python/` for Triton's --backend-directory."""
+        python = root / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for source in (*self.python_backend.glob("*.so"), *self.python_backend.glob("*.py"), self.stub):
+            link = python / source.name
+            if not link.exists():
+                link.symlink_to(source)
+        return root
+
+
+def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Path) -> list[str]:
+    return [
+        str(dist.binary),
+        f"--model-repository={settings.repository.resolve()}",
+        f"--backend-directory={backend_dir}",
+        f"--http-address={settings.host}",
+        f"--grpc-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-port={settings.metrics_port}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={settings.exit_timeout_s}",
+        f"--log-verbose={settings.log_verbose}",
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+    ]
+
+
+def environment(dist: TritonDistribution, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "/usr/bin:/bin")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libraries), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+class TritonServer(ManagedProcess):
+    """The tritonserver child process, on the settings' repository and ports."""
+
+    def __init__(
+        self, settings: TritonSettings, environ: dict[str, str], log_file: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.dist = TritonDistribution.find()
+        self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
+        argv = command(settings, self.dist, self.dist.backend_directory(self._backend_root))
+        super().__init__(
+            "tritonserver",
+            argv,
+            environment(self.dist, environ),
+            ready_url=f"{self.http_url}/v2/health/ready",
+            startup_timeout_s=settings.startup_timeout_s,
+            stop_timeout_s=settings.exit_timeout_s + 5,
+            log_file=log_file,
+        )
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.settings.host}:{self.settings.grpc_port}"
+
+    def start(self) -> None:
+        if not self.settings.repository.is_dir():
+            raise ServerError(
+                f"model repository {self.settings.repository} does not exist: run `nexus sync` first"
+            )
+        super().start()
+
+    def stop(self) -> int | None:
+        code = super().stop()
+        shutil.rmtree(self._backend_root, ignore_errors=True)
+        return code
