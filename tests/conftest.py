@@ -43,7 +43,10 @@ def base_environment() -> dict[str, str]:
 def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     """moto's S3 server; this test process gets its (dummy) credentials, as a deployment would."""
     log = tmp_path_factory.mktemp("s3") / "moto.log"
-    with LocalS3(free_port(), base_environment(), log_file=log) as server, pytest.MonkeyPatch.context() as patch:
+    with (
+        LocalS3(free_port(), base_environment(), log_file=log) as server,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
         yield server
