@@ -38,9 +38,7 @@ def check(archive: Path, max_bytes: int) -> None:
                 if path.is_absolute() or ".." in path.parts:
                     raise UnsafeArchive(f"archive member {member.name!r} would escape the target folder")
                 if not (member.isfile() or member.isdir()):
-                    raise UnsafeArchive(
-                        f"archive member {member.name!r} is a {_kind(member)}; only files allowed"
-                    )
+                    raise UnsafeArchive(f"archive member {member.name!r} is a {_kind(member)}; only files allowed")
                 total += member.size
                 if total > max_bytes:
                     raise UnsafeArchive(f"archive unpacks to more than MAX_ARTIFACT_BYTES={max_bytes} bytes")

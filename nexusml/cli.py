@@ -84,9 +84,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    sync = commands.add_parser(
-        "sync", help="download the model in .nexus_meta.json into the model repository"
-    )
+    sync = commands.add_parser("sync", help="download the model in .nexus_meta.json into the model repository")
     sync.add_argument("--meta", help="metadata file (env NEXUS_META_PATH)")
     sync.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
     sync.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -96,9 +94,7 @@ def parser() -> argparse.ArgumentParser:
     triton.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
     triton.set_defaults(handler=_triton)
 
-    demo = commands.add_parser(
-        "publish-demo", help="control-plane stand-in: upload the demo model, write metadata"
-    )
+    demo = commands.add_parser("publish-demo", help="control-plane stand-in: upload the demo model, write metadata")
     demo.add_argument("--meta", help="metadata file to write (env NEXUS_META_PATH)")
     demo.add_argument("--bucket", help="bucket (default MODEL_BUCKET, else nexus-models)")
     demo.add_argument("--name", default="demo_mlp")
@@ -121,9 +117,7 @@ _OPTION_ENV = {"meta": "NEXUS_META_PATH", "repository": "MODEL_REPOSITORY"}
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ if environ is None else environ)
     for option, variable in _OPTION_ENV.items():
         value = getattr(args, option, None)

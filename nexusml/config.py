@@ -55,9 +55,7 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
     hints = meta.batching
     batch_size = settings.batch_size or hints.max_batch_size or DEFAULT_BATCH_SIZE
     delay_ms = next(
-        v
-        for v in (settings.batch_timeout_ms, hints.max_queue_delay_ms, DEFAULT_BATCH_TIMEOUT_MS)
-        if v is not None
+        v for v in (settings.batch_timeout_ms, hints.max_queue_delay_ms, DEFAULT_BATCH_TIMEOUT_MS) if v is not None
     )
     preferred = next(
         v
@@ -66,13 +64,9 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
     )
     too_big = [size for size in preferred if size > batch_size]
     if too_big:
-        raise SettingsError(
-            f"preferred batch sizes {too_big} exceed max_batch_size {batch_size} (BATCH_SIZE)"
-        )
-    if settings.device == "auto":
-        use_gpu = gpu_present() if gpu is None else gpu
-    else:
-        use_gpu = settings.device == "cuda"
+        raise SettingsError(f"preferred batch sizes {too_big} exceed max_batch_size {batch_size} (BATCH_SIZE)")
+    detected = gpu_present() if gpu is None else gpu
+    use_gpu = detected if settings.device == "auto" else settings.device == "cuda"
     return ServingConfig(
         max_batch_size=batch_size,
         max_queue_delay_us=round(delay_ms * 1000),

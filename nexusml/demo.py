@@ -63,9 +63,7 @@ def export(model: nn.Module, spec: DemoSpec, path: Path) -> None:
     example = torch.zeros(2, spec.width)
     if spec.format == "torchscript":
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # torch.jit is deprecated in favour of torch.export, still supported
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
             torch.jit.save(torch.jit.trace(model, example), str(path))
     elif spec.format == "torch_export":
         batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
@@ -98,9 +96,7 @@ def metadata(spec: DemoSpec, uri: str, artifact: Path) -> ModelMetadata:
     )
 
 
-def publish(
-    spec: DemoSpec, s3: Any, bucket: str, workdir: Path, endpoint: str | None = None
-) -> ModelMetadata:
+def publish(spec: DemoSpec, s3: Any, bucket: str, workdir: Path, endpoint: str | None = None) -> ModelMetadata:
     """Build, export and upload the demo model; returns the metadata the control plane would write."""
     workdir.mkdir(parents=True, exist_ok=True)
     model_file = workdir / ARTIFACT_FILES[spec.format]

@@ -86,9 +86,7 @@ def parse(data: Any) -> ModelMetadata:
     names = [t["name"] for t in data["inputs"] + data["outputs"]]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise MetadataError(
-            f"$.inputs/$.outputs: tensor names must be unique, repeated: {', '.join(duplicates)}"
-        )
+        raise MetadataError(f"$.inputs/$.outputs: tensor names must be unique, repeated: {', '.join(duplicates)}")
 
     def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)

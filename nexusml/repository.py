@@ -91,10 +91,7 @@ class Repository:
         if record.get("metadata") != meta.to_dict():
             return False
         files: dict[str, str] = record.get("files", {})
-        if (
-            meta.artifact.filename not in files
-            or files.get(MODEL_CODE) != hashlib.sha256(model_code()).hexdigest()
-        ):
+        if meta.artifact.filename not in files or files.get(MODEL_CODE) != hashlib.sha256(model_code()).hexdigest():
             return False
         try:
             return all(sha256_file(version_dir / name) == digest for name, digest in files.items())
@@ -115,9 +112,7 @@ class Repository:
         with _locked(model_dir):
             return self._install_locked(meta, populate, created)
 
-    def _install_locked(
-        self, meta: ModelMetadata, populate: Callable[[Path, Path], None], created: bool
-    ) -> Path:
+    def _install_locked(self, meta: ModelMetadata, populate: Callable[[Path, Path], None], created: bool) -> Path:
         model_dir = self.model_dir(meta.name)
         target = self.version_dir(meta.name, meta.version)
         for stale in model_dir.glob(f"{STAGING_PREFIX}*"):

@@ -16,9 +16,7 @@ CREDENTIALS = {
 
 
 class LocalS3(ManagedProcess):
-    def __init__(
-        self, port: int, environ: dict[str, str], host: str = "127.0.0.1", log_file: Path | None = None
-    ):
+    def __init__(self, port: int, environ: dict[str, str], host: str = "127.0.0.1", log_file: Path | None = None):
         self.endpoint_url = f"http://{host}:{port}"
         super().__init__(
             "local S3 (moto)",

@@ -152,9 +152,7 @@ class SyncSettings:
         "DEVICE", "auto", "cuda -> KIND_GPU, cpu -> KIND_CPU, auto detects", choices=("auto", "cuda", "cpu")
     )
     instance_count: int = env("INSTANCE_COUNT", 1, "model instances per device", int, minimum=1, maximum=64)
-    torch_threads: int = env(
-        "TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256
-    )
+    torch_threads: int = env("TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256)
     max_queue_size: int | None = env(
         "MAX_QUEUE_SIZE",
         None,
@@ -189,9 +187,7 @@ class TritonSettings:
     http_port: int = env("TRITON_HTTP_PORT", 8000, "Triton HTTP port", int, minimum=1, maximum=65535)
     grpc_port: int = env("TRITON_GRPC_PORT", 8001, "Triton gRPC port", int, minimum=1, maximum=65535)
     metrics_port: int = env("TRITON_METRICS_PORT", 8002, "Triton metrics port", int, minimum=1, maximum=65535)
-    startup_timeout_s: float = env(
-        "TRITON_STARTUP_TIMEOUT_S", 180.0, "seconds to wait for readiness", float, minimum=1
-    )
+    startup_timeout_s: float = env("TRITON_STARTUP_TIMEOUT_S", 180.0, "seconds to wait for readiness", float, minimum=1)
     exit_timeout_s: int = env(
         "TRITON_EXIT_TIMEOUT_S", 30, "seconds Triton drains in-flight requests on stop", int, minimum=0
     )
@@ -200,9 +196,7 @@ class TritonSettings:
     def validate(self) -> None:
         ports = [self.http_port, self.grpc_port, self.metrics_port]
         if len(set(ports)) != len(ports):
-            raise SettingsError(
-                f"TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT must differ: {ports}"
-            )
+            raise SettingsError(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT must differ: {ports}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 
+from nexusml import metadata
 from nexusml.errors import ServerError
 from nexusml.process import ManagedProcess, wait_for_signal
 from nexusml.s3local import LocalS3
@@ -45,12 +46,9 @@ def up(settings: StackSettings, environ: dict[str, str]) -> int:
         triton = TritonServer(settings.triton, env)
         triton.start()
         running.append(triton)
+        meta = metadata.load(settings.meta_path)
         print(
-            f"\nTriton ready on {triton.http_url} (gRPC {triton.grpc_url}). Try:\n"
-            f"  curl -s -X POST {triton.http_url}/v2/models/demo_mlp/infer -d "
-            """'{"inputs":[{"name":"INPUT__0","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}'\n"""
-            "Stop with Ctrl-C.",
-            flush=True,
+            f"\n{meta.name} v{meta.version} served by Triton on {triton.http_url} (gRPC {triton.grpc_url})", flush=True
         )
         died = wait_for_signal(running)
         if died is not None:

@@ -107,13 +107,9 @@ def s3_errors(location: ObjectLocation, endpoint: str | None) -> Iterator[None]:
         if code in _DENIED:
             raise AccessDenied(f"{location}: access denied ({code})") from err
         if code in _CHANGED:
-            raise IntegrityError(
-                f"{location}: object changed while downloading (ETag no longer matches)"
-            ) from err
+            raise IntegrityError(f"{location}: object changed while downloading (ETag no longer matches)") from err
         if status >= 500:
-            raise EndpointUnreachable(
-                f"{location}: {where} failed with {status} {code} after retries"
-            ) from err
+            raise EndpointUnreachable(f"{location}: {where} failed with {status} {code} after retries") from err
         raise NexusError(f"{location}: S3 error {code or status}") from err
     except (NoCredentialsError, PartialCredentialsError) as err:
         raise AccessDenied(f"{location}: no usable AWS credentials ({err})") from err
@@ -144,9 +140,7 @@ def download(
         head = s3.head_object(Bucket=location.bucket, Key=location.key)
     size, etag = head["ContentLength"], head["ETag"]
     if size != expected_size:
-        raise IntegrityError(
-            f"{location}: size mismatch: object has {size} bytes, metadata says {expected_size}"
-        )
+        raise IntegrityError(f"{location}: size mismatch: object has {size} bytes, metadata says {expected_size}")
     if size > max_bytes:
         raise UnsafeArchive(f"{location}: {size} bytes exceeds MAX_ARTIFACT_BYTES={max_bytes}")
 

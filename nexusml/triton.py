@@ -44,15 +44,9 @@ class TritonDistribution:
             python_backend=server / "backends" / "python",
             stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
         )
-        missing = [
-            str(p)
-            for p in (found.binary, found.libraries, found.python_backend, found.stub)
-            if not p.exists()
-        ]
+        missing = [str(p) for p in (found.binary, found.libraries, found.python_backend, found.stub) if not p.exists()]
         if missing:
-            raise ServerError(
-                f"incomplete tritonserver in nvidia-pytriton (Python {version}): missing {missing}"
-            )
+            raise ServerError(f"incomplete tritonserver in nvidia-pytriton (Python {version}): missing {missing}")
         return found
 
     def backend_directory(self, root: Path) -> Path:
@@ -98,9 +92,7 @@ def environment(dist: TritonDistribution, base: dict[str, str]) -> dict[str, str
 class TritonServer(ManagedProcess):
     """The tritonserver child process, on the settings' repository and ports."""
 
-    def __init__(
-        self, settings: TritonSettings, environ: dict[str, str], log_file: Path | None = None
-    ) -> None:
+    def __init__(self, settings: TritonSettings, environ: dict[str, str], log_file: Path | None = None) -> None:
         self.settings = settings
         self.dist = TritonDistribution.find()
         self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
@@ -125,9 +117,7 @@ class TritonServer(ManagedProcess):
 
     def start(self) -> None:
         if not self.settings.repository.is_dir():
-            raise ServerError(
-                f"model repository {self.settings.repository} does not exist: run `nexus sync` first"
-            )
+            raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")
         super().start()
 
     def stop(self) -> int | None:

@@ -26,12 +26,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.logger = pb_utils.Logger
-        self.inputs = [
-            (spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["input"]
-        ]
-        self.outputs = [
-            (spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["output"]
-        ]
+        self.inputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["input"]]
+        self.outputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["output"]]
         # The stub is one process per instance: without this each instance spawns a thread per core and
         # they fight over the CPU (measured: ResNet-50 on an H100 10x slower with the default).
         torch.set_num_threads(int(params.get("TORCH_THREADS", "1")))
@@ -42,9 +38,7 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
         path = Path(args["model_repository"]) / args["model_version"] / params["ARTIFACT_FILE"]
         self.model = self._load(path, params["ARTIFACT_FORMAT"])
-        self.logger.log_info(
-            f"{args['model_name']} v{args['model_version']}: {path.name} loaded on {self.device}"
-        )
+        self.logger.log_info(f"{args['model_name']} v{args['model_version']}: {path.name} loaded on {self.device}")
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -92,9 +86,7 @@ class TritonPythonModel:
             if len(members) == 1:
                 responses[members[0][0]] = self._error(err, pb_utils.TritonError.INTERNAL)
                 return
-            self.logger.log_warn(
-                f"batched forward of {len(members)} requests failed ({err}); retrying singly"
-            )
+            self.logger.log_warn(f"batched forward of {len(members)} requests failed ({err}); retrying singly")
             for member in members:
                 self._run_group([member], responses)
             return
@@ -113,9 +105,7 @@ class TritonPythonModel:
             result = self.model(*tensors)
         results = result if isinstance(result, tuple | list) else (result,)
         if len(results) != len(self.outputs):
-            raise ValueError(
-                f"model returned {len(results)} outputs, the config declares {len(self.outputs)}"
-            )
+            raise ValueError(f"model returned {len(results)} outputs, the config declares {len(self.outputs)}")
         rows = columns[0].shape[0]
         arrays = []
         for tensor, (name, dtype) in zip(results, self.outputs, strict=True):

@@ -1,0 +1,82 @@
+"""Archive checks: anything that could escape the target, or is not a plain file, or is too big, is refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from nexusml import archive
+from nexusml.errors import UnsafeArchive
+
+
+def make_tar(path: Path, members: list[tarfile.TarInfo], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for info in members:
+            data = b"\0" * info.size if info.isfile() else None
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 4, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.linkname = link
+    return info
+
+
+def test_plain_files_unpack(tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "ok.tar", [member("model.pt"), member("extra/labels.txt")])
+    target = tmp_path / "out"
+    target.mkdir()
+    archive.unpack(tar, target, max_bytes=1 << 20)
+    assert (target / "model.pt").read_bytes() == b"\0" * 4
+    assert (target / "extra" / "labels.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        pytest.param([member("../evil")], "escape", id="dot-dot"),
+        pytest.param([member("a/../../evil")], "escape", id="nested-dot-dot"),
+        pytest.param([member("/etc/evil")], "escape", id="absolute"),
+        pytest.param([member("link", tarfile.SYMTYPE, link="/etc/passwd")], "symlink", id="symlink-out"),
+        pytest.param([member("link", tarfile.SYMTYPE, link="model.pt")], "symlink", id="symlink-in"),
+        pytest.param(
+            [member("model.pt"), member("hard", tarfile.LNKTYPE, link="model.pt")], "hard link", id="hardlink"
+        ),
+        pytest.param([member("null", tarfile.CHRTYPE)], "device", id="char-device"),
+        pytest.param([member("disk", tarfile.BLKTYPE)], "device", id="block-device"),
+        pytest.param([member("pipe", tarfile.FIFOTYPE)], "fifo", id="fifo"),
+        pytest.param([member("big", size=5000)], "MAX_ARTIFACT_BYTES", id="over-cap"),
+        pytest.param([member("a", size=600), member("b", size=600)], "MAX_ARTIFACT_BYTES", id="sum-over-cap"),
+    ],
+)
+def test_unsafe_members_are_refused(tmp_path: Path, members: list[tarfile.TarInfo], message: str) -> None:
+    tar = make_tar(tmp_path / "bad.tar", members)
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(UnsafeArchive, match=message):
+        archive.unpack(tar, target, max_bytes=1000)
+    assert list(target.iterdir()) == []
+
+
+def test_decompression_bomb_is_refused_before_writing(tmp_path: Path) -> None:
+    """64 MiB of zeros compress to a few KiB; the cap is checked from headers, not after writing."""
+    tar = make_tar(tmp_path / "bomb.tar.gz", [member("zeros", size=64 << 20)], mode="w:gz")
+    assert tar.stat().st_size < 1 << 20
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(UnsafeArchive, match="MAX_ARTIFACT_BYTES"):
+        archive.unpack(tar, target, max_bytes=1 << 20)
+    assert list(target.iterdir()) == []
+
+
+def test_not_a_tar(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 not a tar")
+    with pytest.raises(UnsafeArchive, match="not a readable tar"):
+        archive.unpack(path, tmp_path, max_bytes=1000)

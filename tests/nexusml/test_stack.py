@@ -1,0 +1,53 @@
+"""The main job, `nexus up`, from an empty folder: local S3, demo model, sync, Triton; SIGTERM stops all."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from nexusml.process import http_ok
+from tests.conftest import base_environment, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
+    ports = {
+        name: str(free_port())
+        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+    }
+    log = (tmp_path / "up.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexusml.cli", "up"],
+        cwd=tmp_path,
+        env={**base_environment(), **ports, "DEVICE": "cpu", "TRITON_EXIT_TIMEOUT_S": "5"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    triton = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}"
+    try:
+        deadline = time.monotonic() + 180
+        while not http_ok(f"{triton}/v2/models/demo_mlp/ready"):
+            assert process.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "nexus up did not become ready"
+            time.sleep(0.5)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{ports['TRITON_HTTP_PORT']}")
+        tensor = httpclient.InferInput("INPUT__0", [1, 5], "FP32")
+        tensor.set_data_from_numpy(np.array([[1, 2, 3, 4, 5]], dtype=np.float32))
+        assert client.infer("demo_mlp", [tensor]).as_numpy("OUTPUT__0").shape == (1, 2)
+        assert (tmp_path / ".nexus_meta.json").is_file()
+        assert (tmp_path / "model_repository" / "demo_mlp" / "1" / "model.pt").is_file()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert not http_ok(f"{triton}/v2/health/live")
+    assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")
