@@ -36,6 +36,7 @@ class ServingConfig:
     kind: str
     instance_count: int
     torch_threads: int
+    dynamic_batching: bool = True
 
 
 def gpu_present() -> bool:
@@ -76,6 +77,7 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
         kind="KIND_GPU" if use_gpu else "KIND_CPU",
         instance_count=settings.instance_count,
         torch_threads=settings.torch_threads,
+        dynamic_batching=settings.dynamic_batching,
     )
 
 
@@ -105,7 +107,7 @@ def _warmups(meta: ModelMetadata, serving: ServingConfig) -> list[dict[str, Any]
 
 def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
     """The `inference.ModelConfig` for `meta`, as a JSON-shaped dict."""
-    return {
+    config = {
         "name": meta.name,
         "backend": "python",
         "max_batch_size": serving.max_batch_size,
@@ -130,6 +132,9 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
         },
         "model_warmup": _warmups(meta, serving),
     }
+    if not serving.dynamic_batching:
+        del config["dynamic_batching"]
+    return config
 
 
 def render(config: dict[str, Any]) -> str:

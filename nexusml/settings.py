@@ -148,6 +148,9 @@ class SyncSettings:
         parse_int_list,
         minimum=1,
     )
+    dynamic_batching: bool = env(
+        "DYNAMIC_BATCHING", True, "false leaves out dynamic_batching: each request runs alone", parse_bool
+    )
     device: str = env(
         "DEVICE", "auto", "cuda -> KIND_GPU, cpu -> KIND_CPU, auto detects", choices=("auto", "cuda", "cpu")
     )

@@ -90,6 +90,14 @@ def test_model_config_exact_dict() -> None:
     }
 
 
+def test_dynamic_batching_can_be_turned_off() -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "DYNAMIC_BATCHING": "false"}))
+    generated = config.model_config(EXAMPLE, serving)
+    assert "dynamic_batching" not in generated
+    assert generated["max_batch_size"] == 32  # clients may still send batches of their own
+    config.render(generated)
+
+
 def test_variable_dims_are_not_warmed_up() -> None:
     variable = dataclasses.replace(EXAMPLE, inputs=(dataclasses.replace(EXAMPLE.inputs[0], shape=(-1, 5)),))
     serving = config.serving_config(variable, load(SyncSettings, {"DEVICE": "cpu"}))
