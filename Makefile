@@ -5,10 +5,11 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64.
-DEB_PACKAGES := libpython3.11 libb64-0d
+# Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64;
+# wrk drives the HTTP paths in the benchmarks.
+DEB_PACKAGES := libpython3.11 libb64-0d wrk
 
-.PHONY: run test lint sysdeps venv clean
+.PHONY: run test bench lint sysdeps venv clean
 
 run: venv
 	$(BIN)/nexus up
@@ -16,6 +17,9 @@ run: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python -m benchmarks
 
 lint: venv
 	$(BIN)/ruff check .
@@ -32,7 +36,7 @@ sysdeps:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" -e ".[dev,bench]"
 	touch $@
 
 clean:
