@@ -51,7 +51,7 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml import demo, storage
-    from nexusml.settings import S3Settings, SyncSettings, load
+    from nexusml.settings import SyncSettings, load
 
     settings = load(SyncSettings, environ)
     bucket = args.bucket or settings.s3.model_bucket or "nexus-models"
@@ -64,17 +64,24 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         format=args.format,
         packaging=args.packaging,
     )
-    s3_settings: S3Settings = settings.s3
-    s3 = storage.client(s3_settings)
-    meta = demo.publish(spec, s3, bucket, Path(args.workdir), s3_settings.endpoint_url)
+    s3 = storage.client(settings.s3)
+    meta = demo.publish(spec, s3, bucket, Path(args.workdir), settings.s3.endpoint_url)
     settings.meta_path.write_text(meta.to_json())
     print(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
     return 0
 
 
+def _proxy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml.settings import load
+    from proxy.server import serve
+    from proxy.settings import ProxySettings
+
+    return serve(load(ProxySettings, environ))
+
+
 def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.settings import StackSettings, load
-    from nexusml.stack import up
+    from nexusml.settings import load
+    from nexusml.stack import StackSettings, up
 
     return up(load(StackSettings, environ), dict(environ))
 
@@ -106,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--packaging", choices=["file", "tar"], default="file")
     demo.add_argument("--workdir", default=".nexus/demo", help="where the exported files are kept")
     demo.set_defaults(handler=_publish_demo)
+
+    proxy = commands.add_parser("proxy", help="serve the JSON front proxy (POST /predict) in front of Triton")
+    proxy.set_defaults(handler=_proxy)
 
     upc = commands.add_parser("up", help="the main job: local S3 if none configured, sync, Triton, proxy")
     upc.set_defaults(handler=_up)

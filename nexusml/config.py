@@ -107,7 +107,7 @@ def _warmups(meta: ModelMetadata, serving: ServingConfig) -> list[dict[str, Any]
 
 def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
     """The `inference.ModelConfig` for `meta`, as a JSON-shaped dict."""
-    config = {
+    generated = {
         "name": meta.name,
         "backend": "python",
         "max_batch_size": serving.max_batch_size,
@@ -133,8 +133,8 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
         "model_warmup": _warmups(meta, serving),
     }
     if not serving.dynamic_batching:
-        del config["dynamic_batching"]
-    return config
+        del generated["dynamic_batching"]
+    return generated
 
 
 def render(config: dict[str, Any]) -> str:

@@ -200,25 +200,3 @@ class TritonSettings:
         ports = [self.http_port, self.grpc_port, self.metrics_port]
         if len(set(ports)) != len(ports):
             raise SettingsError(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT must differ: {ports}")
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """`nexus up` (`make run`): local S3 when none is configured -> demo model -> sync -> Triton -> proxy."""
-
-    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
-    local_s3_port: int = env(
-        "LOCAL_S3_PORT",
-        9000,
-        "port of the local S3 started when none is configured",
-        int,
-        minimum=1,
-        maximum=65535,
-    )
-    s3: S3Settings = nested(S3Settings)
-    triton: TritonSettings = nested(TritonSettings)
-
-    @property
-    def local_s3(self) -> bool:
-        """No endpoint and no bucket configured: run a local S3 and publish the demo model into it."""
-        return self.s3.endpoint_url is None and self.s3.model_bucket is None

@@ -1,6 +1,6 @@
 """`nexus up` (`make run`): the whole data plane on one machine, in the order compose and Helm use.
 
-local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton -> proxy.
+local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton -> proxy on `PORT`.
 Each step is its own process with its own settings, as in the container deployments; a step that fails
 stops the job with that step's exit code, and SIGINT/SIGTERM stop the servers in reverse order.
 """
@@ -10,17 +10,38 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from nexusml import metadata
 from nexusml.errors import ServerError
 from nexusml.process import ManagedProcess, wait_for_signal
 from nexusml.s3local import LocalS3
-from nexusml.settings import StackSettings
+from nexusml.settings import S3Settings, TritonSettings, env, nested
 from nexusml.triton import TritonServer
+from proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)
 
 LOCAL_BUCKET = "nexus-models"
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """`nexus up` (`make run`): local S3 when none is configured -> demo model -> sync -> Triton -> proxy."""
+
+    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
+    local_s3_port: int = env(
+        "LOCAL_S3_PORT", 9000, "port of the local S3 started when none is configured", int, minimum=1, maximum=65535
+    )
+    s3: S3Settings = nested(S3Settings)
+    triton: TritonSettings = nested(TritonSettings)
+    proxy: ProxySettings = nested(ProxySettings)
+
+    @property
+    def local_s3(self) -> bool:
+        """No endpoint and no bucket configured: run a local S3 and publish the demo model into it."""
+        return self.s3.endpoint_url is None and self.s3.model_bucket is None
 
 
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -28,6 +49,29 @@ def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
     code = subprocess.call([sys.executable, "-m", "nexusml.cli", *argv], env=env)
     if code != 0:
         raise SystemExit(code)
+
+
+def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> ManagedProcess:
+    """The front proxy, talking gRPC to the Triton just started, ready when /readyz says so."""
+    proxy_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "MODEL_NAME": model}
+    return ManagedProcess(
+        "proxy",
+        [sys.executable, "-m", "nexusml.cli", "proxy"],
+        proxy_env,
+        ready_url=f"http://127.0.0.1:{settings.proxy.port}/readyz",
+        startup_timeout_s=60,
+        stop_timeout_s=settings.proxy.shutdown_grace_s + 5,
+    )
+
+
+def _banner(meta: metadata.ModelMetadata, port: int) -> str:
+    width = meta.inputs[0].shape[0] if len(meta.inputs) == 1 and meta.inputs[0].shape[0] > 0 else 5
+    body = '{"input": [' + ", ".join(str(i + 1) for i in range(width)) + "]}"
+    return (
+        f"\n{meta.name} v{meta.version} is served. Front proxy: http://localhost:{port}\n"
+        f"  curl -X POST http://localhost:{port}/predict -H \"Content-Type: application/json\" -d '{body}'\n"
+        "Stop with Ctrl-C."
+    )
 
 
 def up(settings: StackSettings, environ: dict[str, str]) -> int:
@@ -47,9 +91,10 @@ def up(settings: StackSettings, environ: dict[str, str]) -> int:
         triton.start()
         running.append(triton)
         meta = metadata.load(settings.meta_path)
-        print(
-            f"\n{meta.name} v{meta.version} served by Triton on {triton.http_url} (gRPC {triton.grpc_url})", flush=True
-        )
+        proxy = _proxy(settings, triton, meta.name, env)
+        proxy.start()
+        running.append(proxy)
+        print(_banner(meta, settings.proxy.port), flush=True)
         died = wait_for_signal(running)
         if died is not None:
             raise ServerError(f"{died.name} exited unexpectedly with code {died.process.returncode}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ class SyncResult:
     pruned: list[int]
 
 
-def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool):
+def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool) -> Callable[[Path, Path], None]:
+    """The step that fills a staging folder: download, verify, and unpack when the artifact is a tar."""
     location = storage.locate(meta.artifact.uri, settings.s3.model_bucket)
     s3 = storage.client(settings.s3)
 

@@ -95,11 +95,10 @@ class TritonServer(ManagedProcess):
     def __init__(self, settings: TritonSettings, environ: dict[str, str], log_file: Path | None = None) -> None:
         self.settings = settings
         self.dist = TritonDistribution.find()
-        self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
-        argv = command(settings, self.dist, self.dist.backend_directory(self._backend_root))
+        self._backend_root: Path | None = None
         super().__init__(
             "tritonserver",
-            argv,
+            [],  # built in start(), with the backend folder assembled there
             environment(self.dist, environ),
             ready_url=f"{self.http_url}/v2/health/ready",
             startup_timeout_s=settings.startup_timeout_s,
@@ -118,9 +117,13 @@ class TritonServer(ManagedProcess):
     def start(self) -> None:
         if not self.settings.repository.is_dir():
             raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")
+        self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
+        self.argv = command(self.settings, self.dist, self.dist.backend_directory(self._backend_root))
         super().start()
 
     def stop(self) -> int | None:
         code = super().stop()
-        shutil.rmtree(self._backend_root, ignore_errors=True)
+        if self._backend_root is not None:
+            shutil.rmtree(self._backend_root, ignore_errors=True)
+            self._backend_root = None
         return code

@@ -46,9 +46,12 @@ class TritonPythonModel:
         if artifact_format == "torch_export":
             # torch.export.load rebuilds the graph from its own serialized form (no arbitrary unpickling).
             program = torch.export.load(str(path))
-            if self.device.type != "cpu":
-                program = torch.export.passes.move_to_device_pass(program, self.device)
-            return program.module()
+            if self.device.type == "cpu":
+                return program.module()
+            passes = getattr(torch.export, "passes", None)
+            if passes is not None and hasattr(passes, "move_to_device_pass"):
+                return passes.move_to_device_pass(program, self.device).module()
+            return program.module().to(self.device)  # torch < 2.6 (the NGC 24.10 image ships 2.5)
         raise ValueError(f"unknown ARTIFACT_FORMAT {artifact_format!r}")
 
     def execute(self, requests: list) -> list:

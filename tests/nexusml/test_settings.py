@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nexusml.errors import SettingsError
-from nexusml.settings import StackSettings, SyncSettings, TritonSettings, load, variables
+from nexusml.settings import SyncSettings, TritonSettings, load, variables
+from nexusml.stack import StackSettings
 
 
 def test_defaults() -> None:

@@ -1,11 +1,13 @@
-"""The main job, `nexus up`, from an empty folder: local S3, demo model, sync, Triton; SIGTERM stops all."""
+"""The main job, `nexus up`, from an empty folder: local S3, demo model, sync, Triton, proxy; SIGTERM stops all."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {
         name: str(free_port())
-        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PORT")
     }
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(
@@ -32,9 +34,10 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     triton = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}"
+    proxy = f"http://127.0.0.1:{ports['PORT']}"
     try:
         deadline = time.monotonic() + 180
-        while not http_ok(f"{triton}/v2/models/demo_mlp/ready"):
+        while not http_ok(f"{proxy}/readyz"):
             assert process.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "nexus up did not become ready"
             time.sleep(0.5)
@@ -42,6 +45,12 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
         tensor = httpclient.InferInput("INPUT__0", [1, 5], "FP32")
         tensor.set_data_from_numpy(np.array([[1, 2, 3, 4, 5]], dtype=np.float32))
         assert client.infer("demo_mlp", [tensor]).as_numpy("OUTPUT__0").shape == (1, 2)
+        request = urllib.request.Request(
+            f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        np.testing.assert_allclose(answer["output"], client.infer("demo_mlp", [tensor]).as_numpy("OUTPUT__0")[0])
         assert (tmp_path / ".nexus_meta.json").is_file()
         assert (tmp_path / "model_repository" / "demo_mlp" / "1" / "model.pt").is_file()
     finally:
@@ -50,4 +59,5 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert not http_ok(f"{triton}/v2/health/live")
+    assert not http_ok(f"{proxy}/healthz")
     assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")

@@ -1,0 +1,76 @@
+{{/* Chart name. */}}
+{{- define "nexus.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart> unless the release name already contains the chart name. */}}
+{{- define "nexus.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nexus.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nexus.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nexus.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nexus.labels" -}}
+helm.sh/chart: {{ include "nexus.chart" . }}
+{{ include "nexus.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: nexusml
+{{- end }}
+
+{{- define "nexus.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nexus.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "nexus.metaConfigMap" -}}
+{{- default (printf "%s-meta" (include "nexus.fullname" .)) .Values.nexusMeta.existingConfigMap }}
+{{- end }}
+
+{{/* The metadata text: the value, else the chart's placeholder. */}}
+{{- define "nexus.metaContent" -}}
+{{- default (.Files.Get "files/nexus_meta.example.json") .Values.nexusMeta.content }}
+{{- end }}
+
+{{- define "nexus.adminSecret" -}}
+{{- default (printf "%s-triton-admin" (include "nexus.fullname" .)) .Values.triton.adminKey.existingSecret }}
+{{- end }}
+
+{{/* DEVICE for nexus sync: explicit value, else from gpu.enabled. */}}
+{{- define "nexus.device" -}}
+{{- if .Values.config.device }}{{ .Values.config.device }}{{ else if .Values.gpu.enabled }}cuda{{ else }}cpu{{ end }}
+{{- end }}
+
+{{/* Where the metadata file is mounted. */}}
+{{- define "nexus.metaPath" -}}
+/etc/nexus/{{ .Values.nexusMeta.key }}
+{{- end }}
+
+{{/* A list of env entries from a map, skipping empty values (empty = the code's default). */}}
+{{- define "nexus.envMap" -}}
+{{- range $name, $value := . }}
+{{- if ne (toString $value) "" }}
+- name: {{ $name }}
+  value: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,422 @@
+"""The aiohttp application: routes, the one middleware, and the shared upstream client's lifetime.
+
+`create_app(settings)` builds everything from the settings object; the upstream client, the model's
+schema and the counters live in one `ProxyState` under a typed `web.AppKey`, opened and closed by a
+`cleanup_ctx`, so two apps in one process (tests) never share anything. The model's schema is read from
+Triton at start-up and, while Triton is unreachable, retried in the background: the proxy starts and
+answers `/healthz` without Triton, and `/readyz` and `/predict` say 503 until the schema is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from nexusml.errors import NexusError
+from proxy.client import Outputs, Upstream, connect
+from proxy.coalesce import Coalescer
+from proxy.errors import (
+    BadRequest,
+    BodyTimeout,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ProxyError,
+    Unauthorized,
+    UnsupportedEncoding,
+    UnsupportedMediaType,
+)
+from proxy.metrics import Metrics
+from proxy.schema import ModelSchema
+from proxy.settings import ProxySettings
+from proxy.validation import parse_json, render, to_prediction
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+READY_CACHE_S = 1.0
+SCHEMA_RETRY_S = 1.0
+_REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_JSON = "application/json"
+
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy")
+
+
+@dataclass
+class ProxyState:
+    """Everything one worker shares between requests."""
+
+    settings: ProxySettings
+    worker: int = 0
+    upstream: Upstream | None = None
+    schema: ModelSchema | None = None
+    schema_problem: str = "model metadata not read from Triton yet"
+    coalescer: Coalescer | None = None
+    in_flight: int = 0
+    draining: bool = False
+    metrics: Metrics = field(init=False)
+    ready_at: float = -1.0
+    ready_error: ProxyError | None = None
+    ready_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    loader: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.worker, lambda: self.in_flight)
+
+    async def send(
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, request_id: str = ""
+    ) -> tuple[Outputs, str]:
+        """One upstream inference, measured."""
+        assert self.upstream is not None and self.schema is not None
+        self.metrics.batch_rows.observe(rows)
+        started = time.perf_counter()
+        try:
+            return await self.upstream.infer(self.schema, self.settings.model_version, arrays, deadline, request_id)
+        except ProxyError as err:
+            self.metrics.upstream_errors.inc(err.code)
+            raise
+        finally:
+            self.metrics.upstream_latency.observe(time.perf_counter() - started)
+
+
+STATE = web.AppKey("state", ProxyState)
+OPENAPI = web.AppKey("openapi", bytes)
+REQUEST_ID = web.RequestKey("request_id", str)
+DEADLINE = web.RequestKey("deadline", float)
+
+
+def server_options(settings: ProxySettings) -> dict[str, Any]:
+    """Keyword arguments for `web.AppRunner` / `TestServer`: connection-level limits the app cannot set.
+
+    aiohttp's keep-alive timer also runs from a connection's opening until its request head is complete,
+    so it doubles as the header read timeout against slow clients. Bodies are not decompressed by
+    aiohttp: the proxy accepts identity encoding only, and refuses others with 415 before reading.
+    """
+    return {
+        "keepalive_timeout": settings.header_timeout_s,
+        "auto_decompress": False,
+        "access_log": None,
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+    }
+
+
+# --- start-up and shutdown ------------------------------------------------------------------------------
+async def _load_schema(state: ProxyState) -> None:
+    """Find the model and read its schema from Triton, retrying until it works (or the app stops)."""
+    assert state.upstream is not None
+    settings = state.settings
+    warned = False
+    while True:
+        try:
+            name = settings.model_name or await _only_model(state.upstream)
+            state.schema = await state.upstream.schema(name, settings.model_version)
+        except NexusError as err:
+            state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
+            if not warned:
+                log.warning("%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
+                warned = True
+            await asyncio.sleep(SCHEMA_RETRY_S)
+            continue
+        if settings.coalesce and state.schema.batched:
+            rows = min(settings.batch_size, state.schema.max_batch_size)
+            state.coalescer = Coalescer(state.send, rows, settings.batch_timeout_ms / 1000)
+        log.info(
+            "serving model %s (versions %s) from %s; coalescing %s",
+            state.schema.name,
+            ",".join(state.schema.versions),
+            settings.model_server_url,
+            "on" if state.coalescer else "off",
+        )
+        return
+
+
+async def _only_model(upstream: Upstream) -> str:
+    models = await upstream.ready_models()
+    if len(models) != 1:
+        raise NotReady(f"MODEL_NAME is not set and Triton serves {len(models)} ready models {models}")
+    return models[0]
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state.upstream = connect(state.settings)
+    state.loader = asyncio.create_task(_load_schema(state))
+    # A Triton that is up answers within the timeout; one that is not must not hold up start-up.
+    await asyncio.wait({state.loader}, timeout=2 * state.settings.connect_timeout_s)
+    try:
+        yield
+    finally:
+        state.loader.cancel()
+        if state.coalescer is not None:
+            await state.coalescer.close()
+        await state.upstream.close()
+
+
+# --- the one middleware: request id, auth, error bodies, metrics, access log ---------------------------
+def error_response(err: NexusError, settings: ProxySettings) -> web.Response:
+    body = orjson.dumps({"error": {"code": err.code, "message": str(err)}})
+    response = web.Response(status=err.http_status, body=body, content_type=_JSON)
+    if err.http_status in (429, 503):
+        retry = getattr(err, "retry_after", None) or settings.retry_after_s
+        response.headers["Retry-After"] = str(retry)
+    if err.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nexus"'
+    return response
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ProxyError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"no route {request.path!r}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("the request body is over the size limit")
+    err = ProxyError(exc.reason)
+    err.http_status = exc.status
+    err.code = re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "http_error"
+    return err
+
+
+def _authorized(request: web.Request, keys: tuple[bytes, ...]) -> bool:
+    """Constant-time comparison against every key; the key itself is never logged or echoed."""
+    offered = request.headers.get("X-API-Key", "")
+    auth = request.headers.get("Authorization", "")
+    if not offered and auth[:7].lower() == "bearer ":
+        offered = auth[7:].strip()
+    if not offered:
+        return False
+    candidate = offered.encode("utf-8", errors="replace")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key)
+    return matched
+
+
+def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    keys = tuple(key.encode() for key in settings.api_keys)
+    open_paths = frozenset(settings.open_endpoints)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = request.app[STATE]
+        request_id = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID_FORMAT.fullmatch(request_id):
+            request_id = secrets.token_hex(8)
+        request[REQUEST_ID] = request_id
+        request[DEADLINE] = asyncio.get_running_loop().time() + settings.request_timeout_ms / 1000
+        error: NexusError | None = None
+        allow = ""
+        try:
+            if keys and request.path not in open_paths and not _authorized(request, keys):
+                raise Unauthorized("missing or invalid API key (Authorization: Bearer or X-API-Key)")
+            response = await handler(request)
+        except NexusError as err:
+            error = err
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = _from_http_exception(exc, request)
+            allow = exc.headers.get("Allow", "") if isinstance(exc, web.HTTPMethodNotAllowed) else ""
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            error = ProxyError("internal error; see the proxy's log for this request id")
+        if error is not None:
+            response = error_response(error, settings)
+            if allow:
+                response.headers["Allow"] = allow
+        response.headers["X-Request-Id"] = request_id
+        elapsed = time.perf_counter() - started
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else "unmatched"
+        state.metrics.requests.inc(template, str(response.status))
+        state.metrics.latency.observe(elapsed, template)
+        if settings.access_log:
+            level = logging.WARNING if response.status >= 500 else logging.INFO
+            if access_log.isEnabledFor(level):
+                record: dict[str, Any] = {
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": request.path[:200],
+                    "status": response.status,
+                    "ms": round(elapsed * 1000, 3),
+                    "worker": state.worker,
+                }
+                if error is not None:
+                    record["code"] = error.code
+                access_log.log(level, orjson.dumps(record).decode())
+        return response
+
+    return middleware
+
+
+# --- handlers ---------------------------------------------------------------------------------------------
+def _check_headers(request: web.Request) -> None:
+    content_type = request.content_type
+    if content_type != _JSON and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type!r}")
+    charset = request.charset
+    if charset and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset must be utf-8, not {charset!r}")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+
+
+async def _read_body(request: web.Request, settings: ProxySettings) -> bytes:
+    """Read at most `MAX_BODY_BYTES`, whatever Content-Length says, within `BODY_TIMEOUT_S`."""
+    limit = settings.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {settings.body_timeout_s:g} s") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _deadline(request: web.Request) -> float:
+    """The request's deadline; a client may shorten it with `X-Request-Timeout-Ms`, never lengthen it."""
+    deadline: float = request[DEADLINE]
+    asked = request.headers.get("X-Request-Timeout-Ms")
+    if asked is not None:
+        try:
+            value = float(asked)
+        except ValueError:
+            raise BadRequest("X-Request-Timeout-Ms must be a number of milliseconds") from None
+        if not 0 < value < float("inf"):
+            raise BadRequest("X-Request-Timeout-Ms must be positive")
+        deadline = min(deadline, asyncio.get_running_loop().time() + value / 1000)
+    return deadline
+
+
+async def predict(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    settings = state.settings
+    _check_headers(request)
+    if state.draining:
+        raise NotReady("the proxy is shutting down")
+    schema = state.schema
+    if schema is None:
+        raise NotReady(state.schema_problem)
+    if state.in_flight >= settings.max_in_flight:
+        raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
+    state.in_flight += 1
+    try:
+        deadline = _deadline(request)
+        prediction = to_prediction(parse_json(await _read_body(request, settings)), schema)
+        if state.coalescer is not None:
+            outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
+        else:
+            outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
+        body = render(outputs, schema, prediction)
+    finally:
+        state.in_flight -= 1
+    return web.Response(
+        body=body,
+        content_type=_JSON,
+        headers={"X-Model-Name": schema.name, "X-Model-Version": version},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the event loop answers. Never asks Triton, so a Triton outage does not restart the proxy."""
+    return web.json_response({"status": "ok"}, dumps=_dumps)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: Triton live, the model ready, and (with READY_PROBE) a one-row inference answered."""
+    state = request.app[STATE]
+    if state.draining:
+        raise NotReady("the proxy is shutting down")
+    loop = asyncio.get_running_loop()
+    async with state.ready_lock:
+        if loop.time() - state.ready_at > READY_CACHE_S:
+            state.ready_error = await _check_ready(state)
+            state.ready_at = loop.time()
+    if state.ready_error is not None:
+        raise state.ready_error
+    assert state.schema is not None
+    return web.json_response(
+        {"status": "ready", "model": state.schema.name, "versions": list(state.schema.versions)}, dumps=_dumps
+    )
+
+
+async def _check_ready(state: ProxyState) -> ProxyError | None:
+    schema, upstream = state.schema, state.upstream
+    if schema is None or upstream is None:
+        return NotReady(state.schema_problem)
+    if not await upstream.live():
+        return NotReady(f"Triton at {state.settings.model_server_url} is not live")
+    if not await upstream.model_ready(schema.name, state.settings.model_version):
+        return NotReady(f"model {schema.name} is not ready in Triton")
+    if state.settings.ready_probe:
+        arrays = {
+            spec.name: np.zeros(((1,) if schema.batched else ()) + tuple(max(d, 1) for d in spec.shape), spec.dtype)
+            for spec in schema.inputs
+        }
+        deadline = asyncio.get_running_loop().time() + state.settings.connect_timeout_s
+        try:
+            await upstream.infer(schema, state.settings.model_version, arrays, deadline)
+        except ProxyError as err:
+            return NotReady(f"model {schema.name} does not answer a probe inference: {err}")
+    return None
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.schema is None:
+        raise NotReady(state.schema_problem)
+    return web.json_response({"models": [state.schema.describe()]}, dumps=_dumps)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/yaml")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
+    """The proxy for one worker process; `worker` only labels its metrics and logs."""
+    app = web.Application(middlewares=[_middleware(settings)], client_max_size=settings.max_body_bytes)
+    app[STATE] = ProxyState(settings, worker)
+    app[OPENAPI] = OPENAPI_PATH.read_bytes()
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.router.add_post("/predict", predict)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/openapi.yaml", openapi)
+    return app

@@ -1,0 +1,245 @@
+"""The one upstream Triton client of a worker: gRPC (`tritonclient.grpc.aio`) or HTTP (`tritonclient.http.aio`).
+
+Both sides expose the same small surface (`live`, `model_ready`, `ready_models`, `schema`, `infer`) and
+convert every failure at this boundary, once, into a `ProxyError`: unreachable -> 503, queue full -> 429,
+deadline -> 504, rejected -> 400, anything else -> 502. Every call has a timeout: health and metadata calls
+`UPSTREAM_CONNECT_TIMEOUT_S`, inferences the request's remaining deadline, which is also sent to Triton as the
+request's own `timeout` so Triton drops work nobody waits for any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
+from tritonclient.utils import InferenceServerException
+
+from proxy.errors import (
+    DeadlineExceeded,
+    ProxyError,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from proxy.schema import ModelSchema, from_triton
+from proxy.settings import ProxySettings
+
+# gRPC waits up to 120 s between reconnection attempts by default; a restarted Triton should be found fast.
+_GRPC_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED", "503", "404")
+_REJECTED = ("StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "400")
+
+Outputs = dict[str, np.ndarray]
+
+
+def from_triton_error(err: InferenceServerException) -> ProxyError:
+    """Map one Triton error to the proxy's answer; Triton's message is kept for the client."""
+    message = str(err.message() or err)
+    status = str(err.status() or "")
+    lower = message.lower()
+    if "maximum queue size" in lower or status in ("StatusCode.RESOURCE_EXHAUSTED", "429"):
+        return UpstreamBusy(f"Triton's queue is full: {message}")
+    if "timeout expired" in lower or status in ("StatusCode.DEADLINE_EXCEEDED", "504"):
+        return DeadlineExceeded(f"the deadline passed in Triton: {message}")
+    if "unknown model" in lower or status in _UNAVAILABLE:
+        return UpstreamUnavailable(f"Triton is unavailable: {message}")
+    if status in _REJECTED:
+        return UpstreamRejected(f"Triton rejected the request: {message}")
+    return UpstreamError(f"Triton failed: {message} ({status or 'no status'})")
+
+
+class Upstream(ABC):
+    """One Triton, one protocol; shared by every request of a worker."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.protocol = settings.upstream_protocol
+        self.url = settings.model_server_url
+
+    async def _call(self, call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
+        """A metadata or health call, bounded and mapped."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await call()
+        except InferenceServerException as err:
+            raise from_triton_error(err) from err
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise UpstreamUnavailable(f"Triton at {self.url} did not answer: {type(err).__name__}") from err
+
+    async def live(self) -> bool:
+        try:
+            return bool(await self._call(self._live, self.settings.connect_timeout_s))
+        except ProxyError:
+            return False
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        try:
+            return bool(await self._call(lambda: self._model_ready(name, version), self.settings.connect_timeout_s))
+        except ProxyError:
+            return False
+
+    async def ready_models(self) -> list[str]:
+        index = await self._call(self._index, self.settings.connect_timeout_s)
+        return sorted({str(m["name"]) for m in index if m.get("state") == "READY"})
+
+    async def schema(self, name: str, version: str) -> ModelSchema:
+        timeout = self.settings.connect_timeout_s
+        metadata = await self._call(lambda: self._metadata(name, version), timeout)
+        config = await self._call(lambda: self._config(name, version), timeout)
+        return from_triton(metadata, config)
+
+    async def infer(
+        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], deadline: float, request_id: str = ""
+    ) -> tuple[Outputs, str]:
+        """Run one inference; `deadline` is on the event loop's clock. Returns outputs and the version that ran."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before the request reached Triton")
+        try:
+            return await self._infer(schema, version, arrays, remaining, request_id)
+        except InferenceServerException as err:
+            raise from_triton_error(err) from err
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"Triton did not answer within {remaining * 1000:.0f} ms") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise UpstreamUnavailable(f"Triton at {self.url} is unreachable: {type(err).__name__}") from err
+
+    @abstractmethod
+    async def _live(self) -> bool: ...
+
+    @abstractmethod
+    async def _model_ready(self, name: str, version: str) -> bool: ...
+
+    @abstractmethod
+    async def _index(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _metadata(self, name: str, version: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def _config(self, name: str, version: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def _infer(
+        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+    ) -> tuple[Outputs, str]: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class GrpcUpstream(Upstream):
+    def __init__(self, settings: ProxySettings) -> None:
+        super().__init__(settings)
+        self.client = grpcaio.InferenceServerClient(settings.upstream_address, channel_args=_GRPC_CHANNEL_ARGS)
+
+    async def _live(self) -> bool:
+        return await self.client.is_server_live(client_timeout=self.settings.connect_timeout_s)
+
+    async def _model_ready(self, name: str, version: str) -> bool:
+        return await self.client.is_model_ready(name, version, client_timeout=self.settings.connect_timeout_s)
+
+    async def _index(self) -> list[dict[str, Any]]:
+        index = await self.client.get_model_repository_index(as_json=True)
+        return index.get("models", [])
+
+    async def _metadata(self, name: str, version: str) -> dict[str, Any]:
+        return await self.client.get_model_metadata(name, version, as_json=True)
+
+    async def _config(self, name: str, version: str) -> dict[str, Any]:
+        return await self.client.get_model_config(name, version, as_json=True)
+
+    async def _infer(
+        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+    ) -> tuple[Outputs, str]:
+        inputs = []
+        for spec in schema.inputs:
+            array = arrays[spec.name]
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        result = await self.client.infer(
+            schema.name,
+            inputs,
+            model_version=version,
+            request_id=request_id,
+            timeout=max(int(timeout_s * 1_000_000), 1),
+            client_timeout=timeout_s,
+        )
+        outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        return outputs, result.get_response().model_version
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class HttpUpstream(Upstream):
+    def __init__(self, settings: ProxySettings) -> None:
+        super().__init__(settings)
+        self.client = httpaio.InferenceServerClient(
+            settings.upstream_address,
+            conn_limit=max(settings.max_in_flight, 16),
+            conn_timeout=settings.request_timeout_ms / 1000 + settings.connect_timeout_s,
+        )
+
+    async def _live(self) -> bool:
+        return await self.client.is_server_live()
+
+    async def _model_ready(self, name: str, version: str) -> bool:
+        return await self.client.is_model_ready(name, version)
+
+    async def _index(self) -> list[dict[str, Any]]:
+        return await self.client.get_model_repository_index()
+
+    async def _metadata(self, name: str, version: str) -> dict[str, Any]:
+        return await self.client.get_model_metadata(name, version)
+
+    async def _config(self, name: str, version: str) -> dict[str, Any]:
+        return await self.client.get_model_config(name, version)
+
+    async def _infer(
+        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+    ) -> tuple[Outputs, str]:
+        inputs = []
+        for spec in schema.inputs:
+            array = arrays[spec.name]
+            tensor = httpclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        requested = [httpclient.InferRequestedOutput(spec.name, binary_data=True) for spec in schema.outputs]
+        async with asyncio.timeout(timeout_s):
+            result = await self.client.infer(
+                schema.name,
+                inputs,
+                model_version=version,
+                outputs=requested,
+                request_id=request_id,
+                timeout=max(int(timeout_s * 1_000_000), 1),
+            )
+        outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        return outputs, str(result.get_response().get("model_version", version))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def connect(settings: ProxySettings) -> Upstream:
+    """The client `MODEL_SERVER_URL`'s scheme asks for; opening it does not wait for Triton."""
+    return HttpUpstream(settings) if settings.upstream_protocol == "http" else GrpcUpstream(settings)

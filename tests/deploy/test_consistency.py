@@ -1,0 +1,309 @@
+"""One source of truth: ports, variable names and defaults agree across code, compose, chart and README."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from nexusml.cli import parser
+from nexusml.settings import S3Settings, SyncSettings, TritonSettings, variables
+from nexusml.triton import TritonDistribution, command
+from proxy.settings import ProxySettings
+from tests.deploy.conftest import CHART, COMPOSE, DOCKER_DIR, ROOT, container, env_of, load_compose, pod_spec, render
+
+# Modules that declare settings classes.
+SETTINGS_MODULES = ("nexusml.settings", "nexusml.stack", "proxy.settings")
+
+# Variables boto3 reads itself (credential chain); no settings class declares them.
+BOTO3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
+# Set in the containers for the runtimes, not for our code.
+RUNTIME_VARIABLES = {"HOME", "PYTHONDONTWRITEBYTECODE", "TRITON_ADMIN_KEY"}
+
+# Values the deployments set on purpose instead of the code's default, and why.
+DEPLOYMENT_OVERRIDES = {
+    "NEXUS_META_PATH": "container path of the mounted .nexus_meta.json",
+    "MODEL_REPOSITORY": "container path of the shared model volume",
+    "MODEL_SERVER_URL": "Triton's address as seen from the proxy container (same gRPC port)",
+    "DEVICE": "the sync container sees no GPU, so `auto` would always write KIND_CPU",
+    "AWS_ENDPOINT_URL": "compose's MinIO",
+    "MODEL_BUCKET": "compose's bucket (the code has no default)",
+    "AWS_REGION": "MinIO wants a region",
+    "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
+    "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
+}
+
+
+def settings_classes() -> list[type]:
+    """Every `*Settings` dataclass declared in SETTINGS_MODULES."""
+    found = []
+    for module_name in SETTINGS_MODULES:
+        module = importlib.import_module(module_name)
+        found += [
+            obj
+            for name, obj in vars(module).items()
+            if name.endswith("Settings") and dataclasses.is_dataclass(obj) and obj.__module__ == module_name
+        ]
+    return found
+
+
+def code_variables() -> dict[str, set[str]]:
+    """Every variable the processes read -> the reprs of its defaults (one per meaning)."""
+    found: dict[str, set[str]] = {}
+    for cls in settings_classes():
+        for spec, default in variables(cls):
+            found.setdefault(spec.name, set()).add(repr(default))
+    return found
+
+
+def sync_defaults() -> dict[str, Any]:
+    return {spec.name: default for spec, default in variables(SyncSettings)}
+
+
+def proxy_defaults() -> dict[str, Any]:
+    return {spec.name: default for spec, default in variables(ProxySettings)}
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)
+
+
+def compose_environment(service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in load_compose(COMPOSE)["services"][service]["environment"].items()}
+
+
+_INTERPOLATION = re.compile(r"^\$\{(\w+)(:?-)(.*)\}$")
+
+
+def test_settings_classes_are_found() -> None:
+    names = {cls.__name__ for cls in settings_classes()}
+    assert {"SyncSettings", "TritonSettings", "S3Settings"} <= names
+
+
+@pytest.mark.parametrize(
+    ("service", "process"),
+    [
+        pytest.param("model-sync", "sync", id="compose-model-sync"),
+        pytest.param("publish-demo", "sync", id="compose-publish-demo"),
+        pytest.param("proxy", "proxy", id="compose-proxy"),
+    ],
+)
+def test_compose_variables_are_known_and_defaults_agree(service: str, process: str) -> None:
+    defaults = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
+    if process == "proxy":
+        defaults = proxy_defaults()
+    for name, value in compose_environment(service).items():
+        assert name in defaults or name in BOTO3_VARIABLES | RUNTIME_VARIABLES, f"{service}: unknown {name}"
+        match = _INTERPOLATION.match(value)
+        written = match.group(3) if match else value
+        if name in DEPLOYMENT_OVERRIDES or name in RUNTIME_VARIABLES:
+            continue
+        # empty = "the code's default"; anything else must be that default
+        assert written in ("", _as_text(defaults[name])), f"{service}: {name}={value} vs {defaults[name]!r}"
+
+
+def test_compose_ports_match_the_code() -> None:
+    triton = TritonSettings()
+    services = load_compose(COMPOSE)["services"]
+    proxy_env = compose_environment("proxy")
+    url = proxy_env["MODEL_SERVER_URL"]
+    assert url == f"grpc://triton:{triton.grpc_port}"
+    assert int(proxy_env["PORT"]) == int(_as_text(proxy_defaults()["PORT"]))
+    assert services["proxy"]["ports"] == [f"{proxy_env['PORT']}:{proxy_env['PORT']}"]
+    assert proxy_defaults()["MODEL_SERVER_URL"].rsplit(":", 1)[1] == str(triton.grpc_port)
+    assert f"127.0.0.1:{triton.http_port}/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+
+
+def _launcher_flags() -> dict[str, str]:
+    dist = TritonDistribution(Path("tritonserver"), Path("libs"), Path("python"), Path("stub"))
+    argv = command(TritonSettings(), dist, Path("backends"))[1:]
+    flags = dict(arg.partition("=")[::2] for arg in argv)
+    for path_or_address in ("--model-repository", "--backend-directory", "--http-address", "--grpc-address"):
+        flags.pop(path_or_address)
+    return flags
+
+
+RESTRICTED = {"--http-restricted-api", "--grpc-restricted-protocol"}
+
+
+def _deployed_flags(argv: list[str]) -> dict[str, str]:
+    flags = dict(str(arg).partition("=")[::2] for arg in argv if str(arg).startswith("--"))
+    assert flags.pop("--model-repository") == "/models"
+    for name in RESTRICTED:
+        assert flags.pop(name).startswith("model-repository,"), name
+    return flags
+
+
+def test_triton_flags_are_the_launchers() -> None:
+    """compose and Helm start tritonserver with exactly the flags of nexusml/triton.py (+ restricted APIs)."""
+    expected = _launcher_flags()
+    compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
+    assert compose_argv[0] == "tritonserver"
+    assert _deployed_flags(compose_argv) == expected
+    helm_triton = container(pod_spec(render({})), "triton")
+    assert helm_triton["command"] == ["tritonserver"]
+    assert _deployed_flags(helm_triton["args"]) == expected
+
+
+def test_chart_defaults_match_the_code() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    triton = TritonSettings()
+    assert values["triton"]["ports"] == {
+        "http": triton.http_port,
+        "grpc": triton.grpc_port,
+        "metrics": triton.metrics_port,
+    }
+    assert values["triton"]["exitTimeoutSeconds"] == triton.exit_timeout_s
+    assert values["triton"]["logVerbose"] == triton.log_verbose
+    proxy = proxy_defaults()
+    assert values["proxy"]["port"] == proxy["PORT"] == values["service"]["port"]
+    assert values["proxy"]["shutdownGraceSeconds"] == proxy["SHUTDOWN_GRACE_S"]
+    # empty means "each process's default": nothing duplicated
+    assert values["config"] == {"batchSize": "", "batchTimeoutMs": "", "device": ""}
+    assert values["proxy"]["modelName"] == "" and values["proxy"]["maxInFlight"] == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "process"),
+    [pytest.param("sync", "sync", id="init-sync"), pytest.param("proxy", "proxy", id="proxy")],
+)
+def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -> None:
+    values = {
+        "config": {"batchSize": 64, "batchTimeoutMs": 5},
+        "sync": {"extraEnv": {"INSTANCE_COUNT": 2}},
+        "proxy": {"extraEnv": {"PROXY_WORKERS": 2}},
+        "s3": {"endpointUrl": "http://minio:9000", "bucket": "b", "region": "eu-west-1"},
+        "aws": {"credentialsSecret": "aws"},
+    }
+    known = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
+    if process == "proxy":
+        known = proxy_defaults() | {"NEXUS_META_PATH": None}
+    env = env_of(container(pod_spec(render(values)), name))
+    for variable, value in env.items():
+        assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"
+        if isinstance(value, str) and variable not in DEPLOYMENT_OVERRIDES and variable in known:
+            if variable in {"BATCH_SIZE", "BATCH_TIMEOUT_MS", "INSTANCE_COUNT", "PROXY_WORKERS"}:
+                continue  # set by this test's values
+            assert value == _as_text(known[variable]), f"{name}: {variable}={value} vs {known[variable]!r}"
+    assert env["BATCH_SIZE"] == "64" and env["BATCH_TIMEOUT_MS"] == "5"
+
+
+def test_proxy_talks_to_triton_over_localhost() -> None:
+    spec = pod_spec(render({}))
+    url = env_of(container(spec, "proxy"))["MODEL_SERVER_URL"]
+    assert url == proxy_defaults()["MODEL_SERVER_URL"] == f"grpc://127.0.0.1:{TritonSettings().grpc_port}"
+
+
+def test_shared_names_keep_one_meaning() -> None:
+    """A name read by several settings classes is one variable: same parse bounds where both are numeric."""
+    found = code_variables()
+    assert "BATCH_SIZE" in found and "DEVICE" in found
+    assert found["MODEL_REPOSITORY"] == {repr(Path("model_repository"))}
+    assert found["NEXUS_META_PATH"] == {repr(Path(".nexus_meta.json"))}
+
+
+def test_cli_has_the_commands_the_deployments_run() -> None:
+    commands = set(parser()._subparsers._group_actions[0].choices)  # argparse has no public API
+    assert {"sync", "publish-demo"} <= commands
+    if "proxy" not in commands:
+        pytest.skip("`nexus proxy` is not in nexusml/cli.py yet (the image's default command needs it)")
+
+
+def test_runtime_requirements_are_pyprojects() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
+    lines = (DOCKER_DIR / "requirements-runtime.txt").read_text().splitlines()
+    runtime = [Requirement(x) for x in lines if x.strip() and not x.startswith("#")]
+    for requirement in runtime:
+        assert str(requirement) == str(declared[requirement.name]), requirement.name
+    # left out on purpose (see the file's header): the server wheel, torch, the local S3
+    assert set(declared) - {r.name for r in runtime} == {"torch", "nvidia-pytriton", "moto"}
+
+
+def test_chart_placeholder_is_the_example_metadata() -> None:
+    ours = json.loads((CHART / "files" / "nexus_meta.example.json").read_text())
+    assert ours == json.loads((ROOT / "examples" / "nexus_meta.example.json").read_text())
+
+
+def _readme_rows() -> dict[str, str]:
+    """`NAME` -> its default cell, from the tables of the README's "## Settings" section."""
+    section = _readme_section("## Settings")
+    rows = re.findall(r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|([^|\n]*)\|", section, re.MULTILINE)
+    assert rows, "README.md's Settings section has no | `NAME` | default | ... rows"
+    return {name: cell.strip() for name, cell in rows}
+
+
+def _readme_section(heading: str) -> str:
+    """The README's text from `heading` to the next heading of the same level."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + len(heading) + 2)
+    return text[start : end if end != -1 else len(text)]
+
+
+def _readme_forms(default: Any) -> set[str]:
+    """How a default may be written in the README's default column."""
+    forms = {_as_text(default)}
+    if isinstance(default, bool):
+        forms = {str(default).lower()}
+    elif isinstance(default, int) and default >= 1 << 30 and default % (1 << 30) == 0:
+        forms.add(f"{default >> 30} GiB")
+    elif isinstance(default, tuple):
+        forms = {", ".join(map(str, default)), ",".join(map(str, default))} if default else {"empty"}
+    return forms
+
+
+@pytest.mark.parametrize(
+    "class_name", ["SyncSettings", "S3Settings", "TritonSettings", "StackSettings", "ProxySettings"]
+)
+def test_readme_settings_table_agrees(class_name: str) -> None:
+    classes = {cls.__name__: cls for cls in settings_classes()}
+    if class_name not in classes:
+        pytest.skip(f"{class_name} is not declared in {', '.join(SETTINGS_MODULES)}")
+    rows = _readme_rows()
+    declared = {  # the class's own variables; nested settings classes have their own case
+        f.metadata["env"].name: f.default for f in dataclasses.fields(classes[class_name]) if "env" in f.metadata
+    }
+    others = {  # variables other classes declare themselves (nested classes not expanded)
+        f.metadata["env"].name
+        for name, cls in classes.items()
+        if name != class_name
+        for f in dataclasses.fields(cls)
+        if "env" in f.metadata
+    }
+    if not (set(declared) - others) & set(rows):
+        pytest.skip(f"README.md has no rows for {class_name}'s variables yet")
+    missing = sorted(set(declared) - set(rows))
+    assert missing == [], f"{class_name}: variables the code reads but the README does not list"
+    for name, default in declared.items():
+        if default is None or default == "":
+            continue  # "unset" / "metadata hint, else ..." are prose
+        cell = rows[name].replace("`", "")
+        assert any(re.search(rf"(?<![\w.]){re.escape(form)}(?![\w])", cell) for form in _readme_forms(default)), (
+            f"README default of {name}: {cell!r}, code: {default!r}"
+        )
+
+
+def test_deploy_doc_has_the_commands() -> None:
+    text = _readme_section("## Deploy")
+    for expected in (
+        "docker compose --profile demo up -d --build",
+        "docker compose -f docker-compose.yml -f docker-compose.cpu.yml",
+        "helm install",
+        "--set-file nexusMeta.content=",
+        "kubectl",
+        "port-forward",
+    ):
+        assert expected in text, expected

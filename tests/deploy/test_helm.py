@@ -1,0 +1,292 @@
+"""The Helm chart, rendered by a real Helm engine (helm-python-sdk) and validated against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from nexusml.settings import TritonSettings, variables
+from tests.deploy.conftest import (
+    CHART,
+    CHART_CASES,
+    KUBE_VERSION,
+    TRITON_PORT_NAMES,
+    TRITON_PORTS,
+    by_kind,
+    container,
+    env_of,
+    pod_spec,
+    render,
+    render_files,
+)
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is a dev dependency")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+RESTRICTED_VOLUME_TYPES = {"configMap", "emptyDir", "secret", "projected", "downwardAPI", "persistentVolumeClaim"}
+
+
+def test_lint_is_clean() -> None:
+    report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_every_manifest_validates(values: dict[str, Any]) -> None:
+    objects = render(values)
+    expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    if not values.get("nexusMeta"):
+        expected.add("ConfigMap")
+    assert expected <= {o["kind"] for o in objects}
+    for obj in objects:
+        # strict: unknown fields are errors too
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_restricted_security_context(values: dict[str, Any]) -> None:
+    spec = pod_spec(render(values))
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] != 0
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    containers = spec["initContainers"] + spec["containers"]
+    assert [c["name"] for c in containers] == ["sync", "triton", "proxy"]
+    for item in containers:
+        ctx = item["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False, item["name"]
+        assert ctx["readOnlyRootFilesystem"] is True, item["name"]
+        assert ctx["capabilities"]["drop"] == ["ALL"] and "add" not in ctx["capabilities"], item["name"]
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault", item["name"]
+        assert ctx.get("runAsNonRoot", pod["runAsNonRoot"]) is True, item["name"]
+        assert not ctx.get("privileged", False), item["name"]
+        # a read-only root needs a writable /tmp
+        assert "/tmp" in {m["mountPath"] for m in item["volumeMounts"]}, item["name"]
+    for volume in spec["volumes"]:
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUME_TYPES, volume
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+
+
+def test_pipeline_shares_the_model_repository() -> None:
+    spec = pod_spec(render({}))
+    sync, triton = container(spec, "sync"), container(spec, "triton")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    models = {m["name"]: m for m in sync["volumeMounts"]}["models"]
+    assert "emptyDir" in volumes["models"]
+    assert env_of(sync)["MODEL_REPOSITORY"] == models["mountPath"]
+    triton_models = {m["name"]: m for m in triton["volumeMounts"]}["models"]
+    assert triton_models["readOnly"] is True
+    assert f"--model-repository={triton_models['mountPath']}" in triton["args"]
+    shm = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}["/dev/shm"]
+    assert volumes[shm]["emptyDir"]["medium"] == "Memory"
+    # the metadata file from the ConfigMap is where NEXUS_META_PATH points
+    meta_mount = {m["name"]: m for m in sync["volumeMounts"]}["nexus-meta"]
+    key = volumes["nexus-meta"]["configMap"]["items"][0]["path"]
+    assert env_of(sync)["NEXUS_META_PATH"] == f"{meta_mount['mountPath']}/{key}"
+    assert volumes["nexus-meta"]["configMap"]["name"] == by_kind(render({}), "ConfigMap")[0]["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_probes(values: dict[str, Any]) -> None:
+    spec = pod_spec(render(values))
+    proxy, triton = container(spec, "proxy"), container(spec, "triton")
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert ports["http"] == 8080
+    # start-up: Triton has at least the local launcher's readiness wait, and more, for model load
+    startup = triton["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= 2 * TritonSettings().startup_timeout_s, budget
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    triton_ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert triton_ports[triton["startupProbe"]["httpGet"]["port"]] == TritonSettings().http_port
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_no_service_exposes_triton(values: dict[str, Any]) -> None:
+    objects = render(values)
+    services = by_kind(objects, "Service")
+    assert len(services) == 1
+    spec = pod_spec(objects)
+    proxy_ports = {p["name"]: p["containerPort"] for p in container(spec, "proxy")["ports"]}
+    for service in services:
+        for port in service["spec"]["ports"]:
+            assert port["port"] not in TRITON_PORTS, port
+            assert port["targetPort"] not in TRITON_PORTS | TRITON_PORT_NAMES, port
+            assert proxy_ports[port["targetPort"]] == 8080
+    for policy in by_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"]["ingress"]:
+            names = {p["port"] for p in rule["ports"]}
+            assert names & {"triton-http", "triton-grpc"} == set(), rule
+            if "triton-metrics" in names:
+                assert rule.get("from"), "Triton metrics must be open only to listed peers"
+
+
+@pytest.mark.parametrize(
+    ("values", "gpus", "device"),
+    [
+        pytest.param({}, 0, "cpu", id="default-cpu"),
+        pytest.param({"gpu": {"enabled": True}}, 1, "cuda", id="gpu"),
+        pytest.param({"gpu": {"enabled": True, "count": 2}}, 2, "cuda", id="gpu-2"),
+        pytest.param({"gpu": {"enabled": True}, "config": {"device": "cpu"}}, 1, "cpu", id="gpu-device-override"),
+    ],
+)
+def test_gpu_resources(values: dict[str, Any], gpus: int, device: str) -> None:
+    spec = pod_spec(render(values))
+    limits = container(spec, "triton")["resources"].get("limits", {})
+    assert limits.get("nvidia.com/gpu", 0) == gpus
+    for name in ("sync", "proxy"):
+        assert "nvidia.com/gpu" not in container(spec, name).get("resources", {}).get("limits", {})
+    assert env_of(container(spec, "sync"))["DEVICE"] == device
+    tolerations = {t["key"] for t in spec.get("tolerations", [])}
+    assert ("nvidia.com/gpu" in tolerations) == bool(gpus)
+
+
+@pytest.mark.parametrize(
+    ("values", "metric_types"),
+    [
+        pytest.param({"autoscaling": {"enabled": True}}, ["Resource"], id="cpu"),
+        pytest.param(
+            {"autoscaling": {"enabled": True, "customMetric": {"enabled": True}}},
+            ["Resource", "Pods"],
+            id="cpu-and-custom",
+        ),
+    ],
+)
+def test_autoscaling(values: dict[str, Any], metric_types: list[str]) -> None:
+    objects = render(values)
+    (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
+    (deployment,) = by_kind(objects, "Deployment")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == metric_types
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    # utilisation needs CPU requests on every container
+    for item in deployment["spec"]["template"]["spec"]["containers"]:
+        assert item["resources"]["requests"]["cpu"], item["name"]
+    assert by_kind(render({}), "HorizontalPodAutoscaler") == []
+
+
+def test_disruption_budget_and_rollout() -> None:
+    objects = render({})
+    (pdb,) = by_kind(objects, "PodDisruptionBudget")
+    (deployment,) = by_kind(objects, "Deployment")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def _drain(item: dict[str, Any]) -> int:
+    return int(item["lifecycle"]["preStop"]["exec"]["command"][1])
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_termination_grace_exceeds_drains(values: dict[str, Any]) -> None:
+    spec = pod_spec(render(values))
+    proxy, triton = container(spec, "proxy"), container(spec, "triton")
+    proxy_grace = float(env_of(proxy)["SHUTDOWN_GRACE_S"])
+    triton_grace = int(re.search(r"--exit-timeout-secs=(\d+)", " ".join(triton["args"])).group(1))
+    proxy_done = _drain(proxy) + proxy_grace
+    # Triton gets SIGTERM only after the proxy has drained against it
+    assert _drain(triton) >= proxy_done
+    assert spec["terminationGracePeriodSeconds"] > max(proxy_done, _drain(triton) + triton_grace)
+
+
+def test_too_short_grace_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render({"terminationGracePeriodSeconds": 30})
+
+
+def test_aws_credentials_only_in_the_init_container() -> None:
+    values = CHART_CASES[-1].values[0]
+    objects = render(values)
+    spec = pod_spec(objects)
+    sync_env = env_of(container(spec, "sync"))
+    assert sync_env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "nexus-aws", "key": "AWS_ACCESS_KEY_ID"}}
+    assert sync_env["AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
+    for name in ("triton", "proxy"):
+        assert not [k for k in env_of(container(spec, name)) if k.startswith("AWS_")], name
+    (account,) = by_kind(objects, "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    assert by_kind(objects, "ConfigMap") == [] and by_kind(objects, "Secret") == []
+    assert {v["name"]: v for v in spec["volumes"]}["nexus-meta"]["configMap"]["name"] == "control-plane-meta"
+    assert env_of(container(spec, "proxy"))["API_KEYS"]["secretKeyRef"]["name"] == "nexus-api-keys"
+
+
+def test_metadata_from_values_lands_in_the_configmap() -> None:
+    content = '{"schema_version": 1, "name": "m"}'
+    (config_map,) = by_kind(render({"nexusMeta": {"content": content}}), "ConfigMap")
+    assert config_map["data"] == {".nexus_meta.json": content}
+    default = by_kind(render({}), "ConfigMap")[0]["data"][".nexus_meta.json"]
+    assert default == (CHART / "files" / "nexus_meta.example.json").read_text().strip()
+
+
+def test_triton_admin_key_comes_from_a_secret() -> None:
+    objects = render({})
+    (secret,) = by_kind(objects, "Secret")
+    triton = container(pod_spec(objects), "triton")
+    ref = env_of(triton)["TRITON_ADMIN_KEY"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
+    restricted = [a for a in triton["args"] if "restricted" in a]
+    assert restricted == [
+        "--http-restricted-api=model-repository,logging,trace:nexus-admin-key=$(TRITON_ADMIN_KEY)",
+        "--grpc-restricted-protocol=model-repository,logging,trace:nexus-admin-key=$(TRITON_ADMIN_KEY)",
+    ]
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_notes_say_how_to_call_the_service(values: dict[str, Any]) -> None:
+    notes = next(text for path, text in render_files(values).items() if path.endswith("NOTES.txt"))
+    assert "port-forward service/" in notes and "/predict" in notes and "/readyz" in notes
+
+
+# Keys whose children are Kubernetes API fields passed through as they are (documented by the API).
+VERBATIM = {
+    "resources",
+    "podSecurityContext",
+    "containerSecurityContext",
+    "strategy",
+    "behavior",
+    "startupProbe",
+    "livenessProbe",
+    "readinessProbe",
+    "tolerations",
+}
+
+
+def test_every_value_is_documented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented)
+    undocumented = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        previous = next((x.strip() for x in reversed(lines[:number]) if x.strip()), "")
+        commented = previous.startswith("#")
+        inherited = any(parent in VERBATIM for _, parent, _ in stack)
+        if not (commented or inherited):
+            undocumented.append(".".join([k for _, k, _ in stack] + [key]))
+        stack.append((indent, key, commented))
+    assert undocumented == []
+
+
+def test_chart_values_cover_triton_settings() -> None:
+    """Each TritonSettings variable that the container needs has its value in values.yaml."""
+    names = {spec.name for spec, _ in variables(TritonSettings)}
+    assert {"TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_EXIT_TIMEOUT_S"} <= names
+    text = (CHART / "values.yaml").read_text()
+    for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_EXIT_TIMEOUT_S"):
+        assert f"-- {name}" in text, name

@@ -1,0 +1,82 @@
+"""The API end to end, over both upstream protocols, against the real Triton serving `demo_mlp`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from nexusml import demo
+from proxy.app import OPENAPI_PATH
+from tests.conftest import DEMO_SPEC
+from tests.proxy.conftest import ROW, MakeClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+async def test_single_row_matches_the_model_in_process(proxy_client: MakeClient, upstream_url: str) -> None:
+    client = await proxy_client(upstream_url)
+    response = await client.post("/predict", json={"input": ROW})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    expected = demo.reference_outputs(DEMO_SPEC, [ROW])[0][0]
+    np.testing.assert_allclose(body["output"], expected, rtol=1e-5, atol=1e-5)
+    assert response.headers["X-Model-Name"] == "demo_mlp"
+    assert response.headers["X-Model-Version"] == "1"
+    assert response.headers["X-Request-Id"]
+
+
+async def test_batch_matches_the_model_in_process(proxy_client: MakeClient, upstream_url: str) -> None:
+    client = await proxy_client(upstream_url)
+    rows = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32).tolist()
+    response = await client.post("/predict", json={"inputs": rows})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    np.testing.assert_allclose(body["outputs"], demo.reference_outputs(DEMO_SPEC, rows)[0], rtol=1e-5, atol=1e-5)
+
+
+async def test_named_input_form(proxy_client: MakeClient, upstream_url: str) -> None:
+    client = await proxy_client(upstream_url)
+    single = await client.post("/predict", json={"input": {"INPUT__0": ROW}})
+    batch = await client.post("/predict", json={"inputs": [{"INPUT__0": ROW}, {"INPUT__0": ROW}]})
+    assert single.status == 200 and batch.status == 200
+    one = (await single.json())["output"]
+    np.testing.assert_allclose((await batch.json())["outputs"], [one, one], rtol=1e-5, atol=1e-5)
+
+
+async def test_health_ready_models_metrics(proxy_client: MakeClient, upstream_url: str) -> None:
+    client = await proxy_client(upstream_url)
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200, await ready.text()
+    assert (await ready.json())["model"] == "demo_mlp"
+    models = (await (await client.get("/v1/models")).json())["models"]
+    assert models == [
+        {
+            "name": "demo_mlp",
+            "versions": ["1"],
+            "platform": "python",
+            "max_batch_size": 32,
+            "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [5]}],
+            "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [2]}],
+        }
+    ]
+    await client.post("/predict", json={"inputs": [ROW, ROW, ROW]})
+    text = await (await client.get("/metrics")).text()
+    assert 'nexus_proxy_requests_total{route="/predict",status="200",worker="0"} 1' in text
+    assert "nexus_proxy_request_duration_seconds_bucket" in text
+    assert 'nexus_proxy_upstream_batch_rows_bucket{worker="0",le="4"} 1' in text
+    assert "nexus_proxy_in_flight" in text
+
+
+async def test_openapi_document_is_served(client) -> None:
+    response = await client.get("/openapi.yaml")
+    assert response.status == 200
+    assert yaml.safe_load(await response.read()) == yaml.safe_load(OPENAPI_PATH.read_bytes())
+
+
+async def test_request_id_is_echoed(client) -> None:
+    response = await client.post("/predict", json={"input": ROW}, headers={"X-Request-Id": "abc-123"})
+    assert response.headers["X-Request-Id"] == "abc-123"
+    odd = await client.post("/predict", json={"input": ROW}, headers={"X-Request-Id": "x" * 500})
+    assert odd.headers["X-Request-Id"] != "x" * 500

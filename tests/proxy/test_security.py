@@ -1,0 +1,84 @@
+"""API keys (Bearer or X-API-Key, open endpoints configurable) and the in-flight bound (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from nexusml.triton import TritonServer
+from tests.proxy.conftest import ROW, MakeClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+KEYS = {"API_KEYS": "k-one,k-two"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 401, id="no-key"),
+        pytest.param({"Authorization": "Bearer nope"}, 401, id="wrong-bearer"),
+        pytest.param({"X-API-Key": "k-on"}, 401, id="prefix-of-key"),
+        pytest.param({"Authorization": "Basic k-one"}, 401, id="basic-scheme"),
+        pytest.param({"Authorization": "Bearer k-one"}, 200, id="bearer"),
+        pytest.param({"Authorization": "bearer k-two"}, 200, id="bearer-lowercase"),
+        pytest.param({"X-API-Key": "k-two"}, 200, id="x-api-key"),
+    ],
+)
+async def test_api_keys(proxy_client: MakeClient, triton: TritonServer, headers: dict[str, str], status: int) -> None:
+    client = await proxy_client(triton.grpc_url, **KEYS)
+    response = await client.post("/predict", json={"input": ROW}, headers=headers)
+    assert response.status == status
+    if status == 401:
+        assert (await response.json())["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_open_endpoints_and_protected_ones(proxy_client: MakeClient, triton: TritonServer) -> None:
+    client = await proxy_client(triton.grpc_url, **KEYS)
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.yaml"):
+        assert (await client.get(path)).status == 200, path
+    assert (await client.get("/v1/models")).status == 401
+    assert (await client.get("/nope")).status == 401  # no route discovery without a key
+    closed = await proxy_client(triton.grpc_url, **KEYS, OPEN_ENDPOINTS="/healthz")
+    assert (await closed.get("/healthz")).status == 200
+    assert (await closed.get("/metrics")).status == 401
+
+
+async def test_keys_are_never_logged(
+    proxy_client: MakeClient, triton: TritonServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await proxy_client(triton.grpc_url, **KEYS)
+    with caplog.at_level(logging.DEBUG):
+        await client.post("/predict", json={"input": ROW}, headers={"Authorization": "Bearer k-one"})
+        await client.post("/predict", json={"input": ROW}, headers={"X-API-Key": "guess-secret"})
+    assert caplog.records
+    assert "k-one" not in caplog.text and "guess-secret" not in caplog.text
+
+
+async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeClient, triton: TritonServer) -> None:
+    """One request held in flight (its body still arriving) fills MAX_IN_FLIGHT=1; the next gets 429."""
+    client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1")
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"input": [1, 2, 3,'
+        await release.wait()
+        yield b" 4, 5]}"
+
+    held = asyncio.create_task(client.post("/predict", data=slow_body(), headers={"Content-Type": "application/json"}))
+    for _ in range(200):
+        metrics = await (await client.get("/metrics")).text()
+        if 'nexus_proxy_in_flight{worker="0"} 1' in metrics:
+            break
+        await asyncio.sleep(0.01)
+    rejected = await client.post("/predict", json={"input": ROW})
+    assert rejected.status == 429
+    assert (await rejected.json())["error"]["code"] == "overloaded"
+    assert int(rejected.headers["Retry-After"]) >= 1
+    release.set()
+    assert (await held).status == 200
+    assert (await client.post("/predict", json={"input": ROW})).status == 200

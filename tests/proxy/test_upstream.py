@@ -1,0 +1,197 @@
+"""Upstream failures: Triton stopped and restarted, a dead Python stub, deadlines, and the error mapping.
+
+Stop/restart tests use their own tritonserver (same repository, own ports), never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from nexusml.triton import TritonServer
+from proxy.client import GrpcUpstream, from_triton_error
+from tests.conftest import base_environment, free_port, start_triton
+from tests.proxy.conftest import ROW, MakeClient, proxy_settings
+
+pytestmark = pytest.mark.integration
+
+
+class OwnTriton:
+    """A private tritonserver that tests may stop and start again on the same ports."""
+
+    def __init__(self, repository: Path, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.server = start_triton(repository, log_dir)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        # A stopped TritonServer removes its backend folder, so a new one is made with the same settings.
+        self.server = TritonServer(self.server.settings, base_environment(), log_file=self.log_dir / "triton.log")
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def own_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnTriton]:
+    own = OwnTriton(demo_repository, tmp_path_factory.mktemp("own-triton"))
+    yield own
+    own.stop()
+
+
+async def poll_status(client: Any, expected: int, attempts: int = 300) -> int:
+    status = 0
+    for _ in range(attempts):
+        status = (await client.post("/predict", json={"input": ROW})).status
+        if status == expected:
+            return status
+        await asyncio.sleep(0.1)
+    return status
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_triton_stopped_mid_run_gives_503_then_recovers(
+    proxy_client: MakeClient, own_triton: OwnTriton, protocol: str
+) -> None:
+    url = own_triton.server.grpc_url if protocol == "grpc" else own_triton.server.http_url
+    # A long deadline: a 503 (not a 504) shows the proxy did not wait for it.
+    client = await proxy_client(url, REQUEST_TIMEOUT_MS="60000")
+    assert (await client.post("/predict", json={"input": ROW})).status == 200
+    own_triton.stop()
+    try:
+        response = await client.post("/predict", json={"input": ROW})
+        assert response.status == 503, await response.text()
+        assert (await response.json())["error"]["code"] == "upstream_unavailable"
+        assert int(response.headers["Retry-After"]) >= 1
+        ready = await client.get("/readyz")
+        assert ready.status == 503 and (await ready.json())["error"]["code"] == "not_ready"
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        own_triton.restart()
+    assert await poll_status(client, 200) == 200
+    await asyncio.sleep(1.1)  # readiness answers are cached for a second
+    assert (await client.get("/readyz")).status == 200
+
+
+@pytest.mark.asyncio
+async def test_proxy_started_before_triton_becomes_ready_later(
+    proxy_client: MakeClient, demo_repository: Path, tmp_path: Path
+) -> None:
+    ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+    client = await proxy_client(f"grpc://127.0.0.1:{ports['TRITON_GRPC_PORT']}")
+    response = await client.post("/predict", json={"input": ROW})
+    assert response.status == 503 and (await response.json())["error"]["code"] == "not_ready"
+    assert (await client.get("/healthz")).status == 200
+    server = start_triton(demo_repository, tmp_path, **ports)
+    try:
+        assert await poll_status(client, 200) == 200
+    finally:
+        server.stop()
+
+
+def _stub_pids(server: TritonServer) -> list[int]:
+    assert server.process is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server.process.pid and b"triton_python_backend_stub" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_dead_python_stub_turns_readiness_false(proxy_client: MakeClient, own_triton: OwnTriton) -> None:
+    client = await proxy_client(own_triton.server.grpc_url)
+    assert (await client.get("/readyz")).status == 200
+    pids = _stub_pids(own_triton.server)
+    assert pids, "no Python backend stub found under tritonserver"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(1.1)  # past the readiness cache
+    ready = await client.get("/readyz")
+    assert ready.status == 503, await ready.text()
+    assert (await ready.json())["error"]["code"] == "not_ready"
+
+
+@pytest.mark.asyncio
+async def test_deadline_passed_gives_504(client: Any) -> None:
+    response = await client.post("/predict", json={"input": ROW}, headers={"X-Request-Timeout-Ms": "0.001"})
+    assert response.status == 504
+    assert (await response.json())["error"]["code"] == "deadline_exceeded"
+    assert (await client.post("/predict", json={"input": ROW})).status == 200
+
+
+@pytest.mark.asyncio
+async def test_remaining_deadline_is_sent_to_triton(triton: TritonServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both Triton's own request timeout (microseconds) and the gRPC deadline carry what is left."""
+    upstream = GrpcUpstream(proxy_settings(triton.grpc_url))
+    seen: dict[str, Any] = {}
+    real = upstream.client.infer
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(upstream.client, "infer", spy)
+    import numpy as np
+
+    schema = await upstream.schema("demo_mlp", "")
+    loop = asyncio.get_running_loop()
+    outputs, version = await upstream.infer(schema, "", {"INPUT__0": np.ones((1, 5), np.float32)}, loop.time() + 5)
+    await upstream.close()
+    assert outputs["OUTPUT__0"].shape == (1, 2) and version == "1"
+    assert 0 < seen["client_timeout"] <= 5
+    assert 0 < seen["timeout"] <= 5_000_000
+    assert seen["timeout"] == pytest.approx(seen["client_timeout"] * 1_000_000, abs=1)
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "code", "http_status"),
+    [
+        pytest.param(
+            "Exceeds maximum queue size", "StatusCode.UNAVAILABLE", "upstream_busy", 429, id="grpc-queue-full"
+        ),
+        pytest.param("Exceeds maximum queue size", "503", "upstream_busy", 429, id="http-queue-full"),
+        pytest.param("Request timeout expired", "StatusCode.UNAVAILABLE", "deadline_exceeded", 504, id="queue-timeout"),
+        pytest.param("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED", "deadline_exceeded", 504, id="grpc-deadline"),
+        pytest.param(
+            "failed to connect to all addresses",
+            "StatusCode.UNAVAILABLE",
+            "upstream_unavailable",
+            503,
+            id="grpc-unreachable",
+        ),
+        pytest.param(
+            "Request for unknown model: 'x' is not found",
+            "StatusCode.NOT_FOUND",
+            "upstream_unavailable",
+            503,
+            id="model-gone",
+        ),
+        pytest.param(
+            "unexpected shape for input", "StatusCode.INVALID_ARGUMENT", "upstream_rejected", 400, id="grpc-invalid"
+        ),
+        pytest.param("unexpected shape for input", "400", "upstream_rejected", 400, id="http-invalid"),
+        pytest.param("Stub process is not healthy", "StatusCode.INTERNAL", "upstream_error", 502, id="grpc-internal"),
+        pytest.param("boom", "500", "upstream_error", 502, id="http-500"),
+        pytest.param("boom", None, "upstream_error", 502, id="no-status"),
+    ],
+)
+def test_triton_error_mapping(message: str, status: str | None, code: str, http_status: int) -> None:
+    err = from_triton_error(InferenceServerException(msg=message, status=status))
+    assert (err.code, err.http_status) == (code, http_status)
