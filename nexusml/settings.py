@@ -154,7 +154,9 @@ class SyncSettings:
     device: str = env(
         "DEVICE", "auto", "cuda -> KIND_GPU, cpu -> KIND_CPU, auto detects", choices=("auto", "cuda", "cpu")
     )
-    instance_count: int = env("INSTANCE_COUNT", 1, "model instances per device", int, minimum=1, maximum=64)
+    instance_count: int = env(
+        "INSTANCE_COUNT", 2, "model instances per device (each a Python-backend process)", int, minimum=1, maximum=64
+    )
     torch_threads: int = env("TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256)
     max_queue_size: int | None = env(
         "MAX_QUEUE_SIZE",

@@ -74,7 +74,7 @@ def test_model_config_exact_dict() -> None:
                 "allow_timeout_override": True,
             },
         },
-        "instance_group": [{"kind": "KIND_CPU", "count": 1}],
+        "instance_group": [{"kind": "KIND_CPU", "count": 2}],
         "parameters": {
             "ARTIFACT_FILE": {"string_value": "model.pt"},
             "ARTIFACT_FORMAT": {"string_value": "torchscript"},
@@ -88,6 +88,14 @@ def test_model_config_exact_dict() -> None:
             }
         ],
     }
+
+
+def test_single_instance_gets_no_queue_policy() -> None:
+    """Triton 2.51 stalls a single instance's batcher ~0.5 s when a queue policy is set (measured)."""
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "INSTANCE_COUNT": "1"}))
+    batching = config.model_config(EXAMPLE, serving)["dynamic_batching"]
+    assert "default_queue_policy" not in batching
+    assert batching["max_queue_delay_microseconds"] == 50_000
 
 
 def test_dynamic_batching_can_be_turned_off() -> None:
@@ -121,4 +129,4 @@ def test_parse_inverts_render() -> None:
     generated = config.model_config(EXAMPLE, serving)
     parsed = config.parse(config.render(generated))
     assert parsed["max_batch_size"] == 32
-    assert parsed["instance_group"] == [{"kind": "KIND_CPU", "count": 1}]
+    assert parsed["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]

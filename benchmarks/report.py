@@ -1,0 +1,311 @@
+"""Results -> ratios, a Markdown table, PNG plots and `results.json`, all under one results folder.
+
+The results document (`results.json`) is the source of everything else; `python -m benchmarks.report
+<folder>` re-renders the table and plots from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+PATHS: dict[str, str] = {
+    "naive": "(a) naive server",
+    "proxy_nobatch": "(b) proxy -> Triton, batching off",
+    "proxy_batch": "(c) proxy -> Triton, batching on",
+    "triton_nobatch": "(d) Triton direct, batching off",
+    "triton_batch": "(d) Triton direct, batching on",
+}
+TOOLS = {
+    "naive": "wrk",
+    "proxy_nobatch": "wrk",
+    "proxy_batch": "wrk",
+    "triton_nobatch": "perf_analyzer",
+    "triton_batch": "perf_analyzer",
+}
+# name: (numerator path, denominator path or "ceiling", target or None)
+RATIOS: dict[str, tuple[str, str]] = {
+    "c/a": ("proxy_batch", "naive"),
+    "c/b": ("proxy_batch", "proxy_nobatch"),
+    "proxy/direct (batching on)": ("proxy_batch", "triton_batch"),
+    "proxy/direct (batching off)": ("proxy_nobatch", "triton_nobatch"),
+    "direct on/off": ("triton_batch", "triton_nobatch"),
+    "served/ceiling (c)": ("proxy_batch", "ceiling"),
+    "direct/ceiling (d on)": ("triton_batch", "ceiling"),
+}
+TARGETS = {"cpu": {"c/b": 5.0, "c/a": 5.0}, "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5}}
+
+
+# ---------------------------------------------------------------------------------------------- ratios
+
+
+def throughput_of(runs: list[dict[str, Any]], path: str, concurrency: int) -> float | None:
+    for run in runs:
+        if run["path"] == path and run["concurrency"] == concurrency and run.get("status") == "ok":
+            value = run.get("throughput")
+            return float(value) if value else None
+    return None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def compute_ratios(
+    runs: list[dict[str, Any]],
+    concurrencies: list[int],
+    ceiling: float | None,
+    headline: int,
+    targets: dict[str, float],
+) -> dict[str, Any]:
+    """Every ratio at every concurrency, and the headline ones (at `headline` connections) vs targets."""
+    table: dict[str, dict[str, float | None]] = {}
+    for name, (top, bottom) in RATIOS.items():
+        row: dict[str, float | None] = {}
+        for conc in concurrencies:
+            denominator = ceiling if bottom == "ceiling" else throughput_of(runs, bottom, conc)
+            row[str(conc)] = ratio(throughput_of(runs, top, conc), denominator)
+        table[name] = row
+    head: dict[str, Any] = {}
+    for name in RATIOS:
+        value = table[name].get(str(headline))
+        target = targets.get(name)
+        head[name] = {
+            "value": value,
+            "target": target,
+            "met": None if target is None or value is None else value >= target,
+        }
+    return {"headline_concurrency": headline, "headline": head, "by_concurrency": table}
+
+
+def pick_headline(concurrencies: list[int], wanted: int = 64) -> int:
+    """`wanted` when swept, else the largest swept concurrency not above it (else the smallest)."""
+    if wanted in concurrencies:
+        return wanted
+    below = [c for c in concurrencies if c <= wanted]
+    return max(below) if below else min(concurrencies)
+
+
+# -------------------------------------------------------------------------------------------- Markdown
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _cpu_text(cpu: dict[str, float] | None) -> str:
+    if not cpu:
+        return "-"
+    order = ["server", "proxy", "loadgen"]
+    return " / ".join(f"{role} {cpu[role]:.0f}" for role in order if role in cpu)
+
+
+def _other_text(run: dict[str, Any]) -> str:
+    value = run.get("untracked_cpu_pct")
+    return "-" if value is None else f"{max(value, 0):.0f}"
+
+
+def model_markdown(model: dict[str, Any]) -> str:
+    lines = [f"### {model['description']}", ""]
+    ceiling = model.get("ceiling")
+    if ceiling:
+        lines.append(
+            f"Compute ceiling (e): **{_num(ceiling['samples_per_s'])} samples/s** in-process at batch "
+            f"{ceiling['best_batch']} ({ceiling['threads']} torch threads, {ceiling['device']}, "
+            f"{ceiling['precision']}); by batch: "
+            + ", ".join(f"{b}: {_num(v)}" for b, v in ceiling["by_batch"].items())
+            + "."
+        )
+        lines.append("")
+    lines += [
+        "| path | tool | conc. | req/s | p50 ms | p95 ms | p99 ms | avg batch | errors | CPU % server / proxy / "
+        "loadgen | other CPU % | GPU % | limited by |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
+    ]
+    for run in model["runs"] + ([model["locust"]] if model.get("locust") else []):
+        label = PATHS.get(run["path"], run["path"])
+        if run.get("status") != "ok":
+            lines.append(
+                f"| {label} | {run.get('tool', '')} | {run['concurrency']} | {run.get('status')} | | | | | | | | | "
+                f"{(run.get('note') or '').replace('|', '/')[:160]} |"
+            )
+            continue
+        gpu = run.get("gpu_util_pct")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    label,
+                    run["tool"],
+                    str(run["concurrency"]),
+                    _num(run["throughput"]),
+                    _num(run["p50_ms"], 2),
+                    _num(run["p95_ms"], 2),
+                    _num(run["p99_ms"], 2),
+                    _num(run.get("avg_batch"), 1),
+                    str(run.get("errors", 0)),
+                    _cpu_text(run.get("cpu")),
+                    _other_text(run),
+                    "n/a" if gpu is None else f"{gpu:.0f}",
+                    (run.get("bottleneck") or "").replace("|", "/"),
+                ]
+            )
+            + " |"
+        )
+    ratios = model.get("ratios")
+    if ratios:
+        conc = ratios["headline_concurrency"]
+        lines += [
+            "",
+            f"**Headline ratios at {conc} connections**",
+            "",
+            "| ratio | value | target | met |",
+            "|---|--:|--:|---|",
+        ]
+        for name, item in ratios["headline"].items():
+            target = "-" if item["target"] is None else f">= {item['target']:g}x"
+            met = {True: "yes", False: "**no**", None: "-"}[item["met"]]
+            lines.append(f"| {name} | {_ratio_text(item['value'])} | {target} | {met} |")
+        concs = list(next(iter(ratios["by_concurrency"].values())).keys())
+        lines += ["", "Ratios by concurrency:", "", "| ratio | " + " | ".join(concs) + " |"]
+        lines.append("|---|" + "--:|" * len(concs))
+        for name, row in ratios["by_concurrency"].items():
+            lines.append(f"| {name} | " + " | ".join(_ratio_text(row[c]) for c in concs) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine = results.get("machine", {})
+    gpu = ", ".join(machine.get("gpus") or []) or "none"
+    head = [
+        "# NexusML benchmark results",
+        "",
+        f"- created: {results.get('created', '')}",
+        f"- command: `{results.get('command', '')}`",
+        f"- machine: {machine.get('nproc')} cores ({machine.get('cpu_model')}), {machine.get('ram_gb')} GiB RAM, "
+        f"GPU: {gpu}",
+        f"- settings: {json.dumps(results.get('settings', {}), sort_keys=True)}",
+        "",
+        "CPU % is CPU time / wall time x 100 (100 = one core; the machine has "
+        f"{machine.get('nproc')} x 100). Throughput counts successful responses only. "
+        "'other CPU %' is what the rest of the machine used meanwhile (high means a disturbed figure). "
+        "'limited by' is a heuristic over the CPU each process spent (see `benchmarks/monitor.py`).",
+        "",
+    ]
+    body = [model_markdown(model) for model in results.get("models", [])]
+    return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def _concurrency_axis(ax: Any, runs: list[dict[str, Any]]) -> None:
+    """A log2 x axis labelled with the concurrencies actually measured."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    concs = sorted({r["concurrency"] for r in runs})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if concs:
+        ax.set_xticks(concs)
+        ax.set_xticklabels([str(c) for c in concs])
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """Per model: throughput vs concurrency (every path, ceiling as a line) and p50/p95/p99 vs concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    for model in results.get("models", []):
+        runs = [r for r in model["runs"] if r.get("status") == "ok"]
+        paths = [p for p in PATHS if any(r["path"] == p for r in runs)]
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for path in paths:
+            points = sorted((r["concurrency"], r["throughput"]) for r in runs if r["path"] == path)
+            ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=PATHS[path])
+        ceiling = model.get("ceiling")
+        if ceiling:
+            ax.axhline(
+                ceiling["samples_per_s"],
+                color="grey",
+                linestyle="--",
+                label=f"(e) in-process ceiling, batch {ceiling['best_batch']}",
+            )
+        _concurrency_axis(ax, runs)
+        ax.set_xlabel("concurrency (closed-loop connections)")
+        ax.set_yscale("log")  # the ceiling is often 10x the served paths: a linear axis flattens them
+        ax.set_ylabel("requests / s (log)")
+        ax.set_title(f"Throughput: {model['description']}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path_png = out / f"{model['key']}_throughput.png"
+        fig.savefig(path_png, dpi=110)
+        plt.close(fig)
+        written.append(path_png)
+
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.5), sharey=True)
+        for ax, pct in zip(axes, ("p50_ms", "p95_ms", "p99_ms"), strict=True):
+            for path in paths:
+                points = sorted(
+                    (r["concurrency"], r[pct]) for r in runs if r["path"] == path and r.get(pct) is not None
+                )
+                ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=PATHS[path])
+            _concurrency_axis(ax, runs)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrency")
+            ax.set_title(pct.replace("_ms", " latency (ms)"))
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("ms")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"Latency: {model['description']}", fontsize=10)
+        fig.tight_layout()
+        path_png = out / f"{model['key']}_latency.png"
+        fig.savefig(path_png, dpi=110)
+        plt.close(fig)
+        written.append(path_png)
+    return written
+
+
+def write_all(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path = out / "results.md"
+    md_path.write_text(markdown(results))
+    files = {"json": json_path, "markdown": md_path}
+    for png in plots(results, out):
+        files[png.stem] = png
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m benchmarks.report <results folder>", file=sys.stderr)
+        return 2
+    out = Path(args[0])
+    results = json.loads((out / "results.json").read_text())
+    for name, path in write_all(results, out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,486 @@
+"""`python -m benchmarks`: every path side by side, one machine, one model artifact, one run.
+
+    python -m benchmarks                                  # full run: concurrency 1,8,32,64,128, 10 s each
+    python -m benchmarks --concurrency 1,8,64 --duration 5 --out benchmarks/results/mine
+    python -m benchmarks --quick                          # seconds: small model, concurrency 1,4, 2 s windows
+
+Order per model: the in-process ceiling (e) first, on an idle machine; then (a) the naive server, (b) and
+(c) the proxy with batching off and on (wrk; plus one locust run on (c)), and (d) Triton alone with
+batching off and on (perf_analyzer). Each point is a closed loop at one concurrency; around it the runner
+reads Triton's statistics (average executed batch, failures), the CPU of every process and, with a GPU,
+NVML's utilisation. A path that cannot run (no proxy, no wrk) is recorded as "not available" and the run
+goes on. Output: `results.json`, `results.md` and PNG plots in the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks import loadgen, report
+from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case
+from benchmarks.monitor import CpuWindow, GpuSampler, Nvml, bottleneck, by_role
+from benchmarks.parsing import LoadResult, average_batch, triton_counts
+from benchmarks.stack import BenchStack, ProxyUnavailable
+from nexusml.process import ManagedProcess
+
+log = logging.getLogger("benchmarks")
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = {"concurrency": "1,8,32,64,128", "duration": 10.0, "warmup": 2.0, "hidden": 1024, "layers": 3}
+QUICK = {"concurrency": "1,4", "duration": 2.0, "warmup": 0.5, "hidden": 64, "layers": 2}
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gb = None
+    try:
+        import psutil
+
+        ram_gb = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "ram_gb": ram_gb,
+        "gpus": Nvml().names,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _stats(url: str, model: str) -> tuple[int, int, int] | None:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=5) as response:
+            return triton_counts(json.loads(response.read()), model)
+    except (OSError, ValueError):
+        return None
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.raw = out / "raw"
+        self.raw.mkdir(parents=True, exist_ok=True)
+        self.nvml = Nvml()
+        self.nproc = os.cpu_count() or 1
+        self.stack: BenchStack | None = None
+        budget = getattr(args, "time_budget_s", None)
+        self.deadline = time.monotonic() + budget if budget else None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    # ------------------------------------------------------------------------------------ one point
+
+    def measure(
+        self,
+        path: str,
+        concurrency: int,
+        roles: dict[str, int],
+        triton_model: str | None,
+        load: Any,
+    ) -> dict[str, Any]:
+        """Run `load()` (-> loadgen.Run) with CPU, GPU and Triton statistics read around it."""
+        assert self.stack is not None and self.stack.triton is not None
+        http = self.stack.triton.http_url
+        before = _stats(http, triton_model) if triton_model else None
+        window = CpuWindow(roles)
+        gpu = GpuSampler(self.nvml)
+        window.start()
+        gpu.start()
+        record: dict[str, Any] = {"path": path, "concurrency": concurrency, "tool": report.TOOLS.get(path, "")}
+        if self.out_of_time():
+            gpu.stop()
+            return {**record, "status": "skipped", "note": "--time-budget-s spent"}
+        try:
+            run = load()
+        except Exception as err:  # one point failing (a tool crashed, could not start) must not end the run
+            gpu.stop()
+            window.stop()
+            note = str(err) if isinstance(err, loadgen.LoadError) else f"{type(err).__name__}: {err}"
+            log.warning("%s @%d failed: %s", path, concurrency, note)
+            return {**record, "status": "failed", "note": note}
+        util, peak = gpu.stop()
+        processes = window.stop(run.name, run.cores)
+        after = _stats(http, triton_model) if triton_model else None
+        result: LoadResult = run.result
+        errors = result.errors
+        if before and after and result.tool == "perf_analyzer":
+            errors += after[2] - before[2]
+        record.update(result.to_dict())
+        record.update(
+            {
+                "status": "ok",
+                "errors": errors,
+                "avg_batch": average_batch(before, after) if before and after else None,
+                "triton_executions": (after[1] - before[1]) if before and after else None,
+                "cpu": by_role(processes),
+                # Everything the machine did, ours or not: much above the sum of `cpu`, something else ran.
+                "machine_cpu_pct": round(window.machine_busy_pct(), 1),
+                "untracked_cpu_pct": round(window.machine_busy_pct() - sum(p.cpu_pct for p in processes), 1),
+                "processes": [p.to_dict() for p in processes],
+                "gpu_util_pct": util,
+                "gpu_util_peak_pct": peak,
+                "bottleneck": bottleneck(processes, self.nproc, util),
+            }
+        )
+        log.info(
+            "%-15s c=%-4d %9.0f req/s  p50 %7.2f  p99 %7.2f ms  batch %s  errors %d  [%s]",
+            path,
+            concurrency,
+            result.throughput,
+            result.p50_ms or 0,
+            result.p99_ms or 0,
+            "-" if record["avg_batch"] is None else f"{record['avg_batch']:.1f}",
+            errors,
+            record["bottleneck"],
+        )
+        return record
+
+    def _unavailable(self, path: str, note: str) -> list[dict[str, Any]]:
+        log.warning("%s: not available: %s", path, note)
+        return [
+            {"path": path, "concurrency": c, "tool": report.TOOLS[path], "status": "not available", "note": note}
+            for c in self.args.concurrencies
+        ]
+
+    # ------------------------------------------------------------------------------------- HTTP paths
+
+    def http_path(
+        self,
+        case: ModelCase,
+        path: str,
+        server: ManagedProcess,
+        url: str,
+        roles: dict[str, int],
+        triton_model: str | None,
+    ) -> list[dict[str, Any]]:
+        body = case.body()
+        workdir = self.raw / f"{case.key}-{path}"
+        workdir.mkdir(exist_ok=True)
+        if loadgen.wrk_path() is None:
+            return self._unavailable(path, "wrk is not installed (Debian package wrk)")
+        try:
+            if self.args.warmup > 0 and not self.out_of_time():
+                warm = min(8, max(self.args.concurrencies))
+                loadgen.wrk(f"{url}/predict", body, warm, self.args.warmup, workdir, "warmup")
+        except loadgen.LoadError as err:
+            log.warning("%s warm-up failed: %s", path, err)
+        records = []
+        for conc in self.args.concurrencies:
+
+            def load(conc: int = conc) -> loadgen.Run:
+                return loadgen.wrk(f"{url}/predict", body, conc, self.args.duration, workdir, f"c{conc}")
+
+            records.append(self.measure(path, conc, roles, triton_model, load))
+        return records
+
+    def run_case(self, case: ModelCase) -> dict[str, Any]:
+        assert self.stack is not None and self.stack.triton is not None
+        args = self.args
+        triton_pid = self.stack.triton.process.pid  # type: ignore[union-attr]
+        model: dict[str, Any] = {
+            "key": case.key,
+            "description": case.description,
+            "triton_configs": {
+                name: self.stack.configs[name] for name in (case.key, case.nobatch_key) if name in self.stack.configs
+            },
+            "runs": [],
+            "locust": None,
+            "ceiling": None,
+        }
+        runs: list[dict[str, Any]] = model["runs"]
+        paths = args.paths
+
+        if "ceiling" in paths:
+            log.info("%s: in-process ceiling", case.key)
+            try:
+                model["ceiling"] = ceiling(
+                    self.stack.model_file(case),
+                    case.input_shape,
+                    batches=args.ceiling_batches,
+                    seconds=args.ceiling_seconds,
+                    threads=(1,) if args.device == "cuda" else tuple(sorted({1, args.ceiling_threads or self.nproc})),
+                    device=args.device,
+                )
+            except Exception as err:  # a ceiling failure must not lose the served figures
+                log.warning("ceiling failed: %s", err)
+
+        if "naive" in paths:
+            server, url = self.stack.start_naive(case, threads=args.naive_threads)
+            try:
+                runs += self.http_path(case, "naive", server, url, {"server": server.process.pid}, None)  # type: ignore[union-attr]
+            finally:
+                self.stack.stop_child(server)
+
+        # (b) is batching off everywhere: the proxy's own coalescing too. (c) is the project's defaults:
+        # the proxy as configured by default (or --proxy-coalesce), Triton's dynamic batcher on.
+        proxy_extra = {"proxy_nobatch": {"PROXY_COALESCE": "false"}, "proxy_batch": {}}
+        if args.proxy_coalesce != "default":
+            proxy_extra["proxy_batch"]["PROXY_COALESCE"] = "true" if args.proxy_coalesce == "on" else "false"
+        model["proxy"] = {}
+        for path, triton_model in (("proxy_nobatch", case.nobatch_key), ("proxy_batch", case.key)):
+            if path not in paths:
+                continue
+            model["proxy"][path] = proxy_settings(
+                self.stack.proxy_env(triton_model, 1, args.proxy_workers, 0, proxy_extra[path])
+            )
+            try:
+                proxy, url = self.stack.start_proxy(
+                    triton_model, args.proxy_workers, len(case.body()), proxy_extra[path]
+                )
+            except ProxyUnavailable as err:
+                runs += self._unavailable(path, f"proxy not available: {err}")
+                if path == "proxy_batch" and args.locust_users:
+                    model["locust"] = {
+                        "path": "locust",
+                        "concurrency": args.locust_users,
+                        "tool": "locust",
+                        "status": "not available",
+                        "note": f"proxy not available: {err}",
+                    }
+                continue
+            try:
+                roles = {"server": triton_pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
+                runs += self.http_path(case, path, proxy, url, roles, triton_model)
+                if path == "proxy_batch" and args.locust_users:
+                    users = args.locust_users
+                    workdir = self.raw / f"{case.key}-locust"
+                    workdir.mkdir(exist_ok=True)
+
+                    def swarm(url: str = url, users: int = users, workdir: Path = workdir) -> loadgen.Run:
+                        body = case.body()
+                        return loadgen.locust(url, body, users, args.locust_duration, workdir, "locust", _child_env())
+
+                    record = self.measure("locust", users, roles, triton_model, swarm)
+                    record["tool"] = "locust"
+                    model["locust"] = record
+            finally:
+                self.stack.stop_child(proxy)
+
+        for path, triton_model in (("triton_nobatch", case.nobatch_key), ("triton_batch", case.key)):
+            if path not in paths:
+                continue
+            if loadgen.perf_analyzer_path() is None:
+                runs += self._unavailable(path, "perf_analyzer is not installed")
+                continue
+            workdir = self.raw / f"{case.key}-{path}"
+            workdir.mkdir(exist_ok=True)
+            for conc in args.concurrencies:
+
+                def load(conc: int = conc, triton_model: str = triton_model, workdir: Path = workdir) -> loadgen.Run:
+                    return loadgen.perf_analyzer(
+                        triton_model,
+                        self.stack.grpc_address(),  # type: ignore[union-attr]
+                        conc,
+                        args.duration,
+                        workdir,
+                        f"c{conc}",
+                        _child_env(),
+                        shape=case.shape_arg(),
+                    )
+
+                runs.append(self.measure(path, conc, {"server": triton_pid}, triton_model, load))
+
+        concs = args.concurrencies
+        headline = report.pick_headline(concs, args.headline_concurrency)
+        ceiling_value = model["ceiling"]["samples_per_s"] if model["ceiling"] else None
+        targets = report.TARGETS["gpu" if args.device == "cuda" else "cpu"]
+        model["ratios"] = report.compute_ratios(runs, concs, ceiling_value, headline, targets)
+        return model
+
+
+def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
+    """The proxy's coalescing settings as its own settings class reads them from `env` (for the report)."""
+    try:
+        from nexusml.settings import load
+        from proxy.settings import ProxySettings
+
+        settings = load(ProxySettings, env)
+        return {
+            "coalesce": getattr(settings, "coalesce", None),
+            "batch_size": getattr(settings, "batch_size", None),
+            "batch_timeout_ms": getattr(settings, "batch_timeout_ms", None),
+            "workers": settings.workers,
+        }
+    except Exception as err:  # the proxy is someone else's moving target: never fail the run over it
+        return {"error": str(err)}
+
+
+def _child_env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+ALL_PATHS = ("ceiling", "naive", "proxy_nobatch", "proxy_batch", "triton_nobatch", "triton_batch")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (seconds, not minutes)")
+    p.add_argument("--concurrency", help=f"comma list (default {FULL['concurrency']}; --quick {QUICK['concurrency']})")
+    p.add_argument("--duration", type=float, help="seconds measured per point (default 10; --quick 2)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per HTTP path (default 2; --quick 0.5)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<UTC timestamp>)")
+    p.add_argument("--model", default="mlp", help="comma list of mlp, resnet50 (default mlp)")
+    p.add_argument("--hidden", type=int, help="demo MLP hidden width (default 1024; --quick 64)")
+    p.add_argument("--layers", type=int, help="demo MLP hidden layers (default 3; --quick 2)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="DEVICE for sync, naive server, ceiling")
+    p.add_argument("--paths", default=",".join(ALL_PATHS), help=f"comma subset of {','.join(ALL_PATHS)}")
+    p.add_argument("--proxy-workers", type=int, default=1, help="PROXY_WORKERS for the proxy (default 1)")
+    p.add_argument(
+        "--proxy-coalesce",
+        choices=("default", "on", "off"),
+        default="default",
+        help="PROXY_COALESCE for (c) (default: the proxy's own default); (b) always runs with it off",
+    )
+    p.add_argument("--naive-threads", type=int, default=1, help="torch threads of the naive server (default 1)")
+    p.add_argument("--batch-size", type=int, help="BATCH_SIZE for the batching model (default: the project's)")
+    p.add_argument("--batch-delay-ms", type=float, help="BATCH_TIMEOUT_MS (default: the project's)")
+    p.add_argument("--instances", type=int, help="INSTANCE_COUNT for both Triton models (default: the project's)")
+    p.add_argument("--locust-users", type=int, help="users of the locust run on (c) (default: headline; 0 skips)")
+    p.add_argument("--locust-duration", type=float, help="seconds of the locust run (default --duration)")
+    p.add_argument("--headline-concurrency", type=int, default=64, help="where the headline ratios are read")
+    p.add_argument("--ceiling-threads", type=int, help="torch threads tried besides 1 (default: all cores)")
+    p.add_argument("--ceiling-seconds", type=float, help="seconds per batch size for the ceiling")
+    p.add_argument("--time-budget-s", type=float, help="after this many seconds, remaining points are skipped")
+    p.add_argument("--keep-work", action="store_true", help="keep the model repository and artifacts")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    base = QUICK if args.quick else FULL
+    args.concurrencies = [int(c) for c in str(args.concurrency or base["concurrency"]).split(",") if c.strip()]
+    args.duration = args.duration or base["duration"]
+    args.warmup = base["warmup"] if args.warmup is None else args.warmup
+    args.hidden = args.hidden or base["hidden"]
+    args.layers = args.layers or base["layers"]
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = set(args.paths) - set(ALL_PATHS)
+    if unknown:
+        raise SystemExit(f"unknown paths: {sorted(unknown)}")
+    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
+    headline = report.pick_headline(args.concurrencies, args.headline_concurrency)
+    args.locust_users = headline if args.locust_users is None else args.locust_users
+    args.locust_duration = args.locust_duration or args.duration
+    args.ceiling_seconds = args.ceiling_seconds or (0.3 if args.quick else 1.0)
+    args.ceiling_batches = (1, 8, 32) if args.quick else (1, 8, 32, 64, 128, 256)
+    if args.out is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        args.out = ROOT / "benchmarks" / "results" / stamp
+    return args
+
+
+def cases(args: argparse.Namespace) -> list[ModelCase]:
+    found = []
+    for name in args.models:
+        if name == "mlp":
+            found.append(mlp_case(args.hidden, args.layers))
+        elif name == "resnet50":
+            found.append(resnet50_case())
+        else:
+            raise SystemExit(f"unknown model {name!r}: expected mlp or resnet50")
+    return found
+
+
+def sync_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    if args.batch_size:
+        env["BATCH_SIZE"] = str(args.batch_size)
+    if args.batch_delay_ms is not None:
+        env["BATCH_TIMEOUT_MS"] = str(args.batch_delay_ms)
+    if args.instances:
+        env["INSTANCE_COUNT"] = str(args.instances)
+    return env
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop every child server
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A background job starts with SIGINT ignored; make both SIGINT and SIGTERM stop the run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = resolve(parser().parse_args(argv))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "schema": 1,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "settings": {
+            "concurrency": args.concurrencies,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "quick": args.quick,
+            "device": args.device,
+            "proxy_workers": args.proxy_workers,
+            "proxy_coalesce": args.proxy_coalesce,
+            "naive_threads": args.naive_threads,
+            "sync_env": sync_env(args),
+            "locust_users": args.locust_users,
+            "paths": args.paths,
+            "time_budget_s": args.time_budget_s,
+        },
+        "models": [],
+    }
+    runner = Runner(args, out)
+    code = 0
+    try:
+        work.mkdir(exist_ok=True)
+        with BenchStack(work, cases(args), device=args.device, sync_env=sync_env(args)) as stack:
+            runner.stack = stack
+            for case in stack.cases:
+                results["models"].append(runner.run_case(case))
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        interrupted = isinstance(err, SystemExit | KeyboardInterrupt)
+        log.error("benchmark run %s:\n%s", "interrupted" if interrupted else "failed", traceback.format_exc())
+        results["error"] = traceback.format_exc().strip().splitlines()[-1]
+        code = 130 if interrupted else 1
+    finally:
+        results["elapsed_s"] = round(time.monotonic() - started, 1)
+        if not args.keep_work:
+            for name in ("model_repository", "export"):
+                shutil.rmtree(work / name, ignore_errors=True)
+        if results["models"]:
+            files = report.write_all(results, out)
+            print(report.markdown(results))
+            for name, path in files.items():
+                print(f"{name}: {path}")
+        else:
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Result parsing: wrk's JSON line, perf_analyzer's CSV, locust's stats CSV, Triton's statistics."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.parsing import (
+    WRK_MARKER,
+    ParseError,
+    average_batch,
+    concurrency_of,
+    parse_locust_stats,
+    parse_perf_analyzer_csv,
+    parse_wrk,
+    triton_counts,
+    wrk_script,
+)
+
+WRK_OK = (
+    "Running 10s test @ http://127.0.0.1:1/predict\n  1 threads and 64 connections\n"
+    + WRK_MARKER
+    + '{"duration_us": 10000000, "requests": 50000, "bytes": 1, "errors": {"connect": 0, "read": 0, "write": 0,'
+    ' "status": 0, "timeout": 0}, "latency_us": {"min": 100, "max": 90000, "mean": 1250.5, "stdev": 10.0,'
+    ' "p50": 1000, "p90": 2000, "p95": 2500, "p99": 4000}}\n'
+)
+WRK_ERRORS = (
+    WRK_MARKER
+    + '{"duration_us": 2000000, "requests": 1000, "bytes": 1, "errors": {"connect": 3, "read": 0, "write": 0,'
+    ' "status": 200, "timeout": 7}, "latency_us": {"min": 1, "max": 2, "mean": 1.0, "stdev": 0.0,'
+    ' "p50": 500, "p90": 600, "p95": 700, "p99": 800}}'
+)
+WRK_NOTHING = (
+    WRK_MARKER + '{"duration_us": 1000000, "requests": 0, "bytes": 0, "errors": {"connect": 64, "read": 0, "write": 0,'
+    ' "status": 0, "timeout": 0}, "latency_us": {"min": 0, "max": 0, "mean": 0, "stdev": 0,'
+    ' "p50": 0, "p90": 0, "p95": 0, "p99": 0}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("stdout", "throughput", "errors", "p50", "p99", "detail"),
+    [
+        pytest.param(WRK_OK, 5000.0, 0, 1.0, 4.0, {}, id="clean-run"),
+        pytest.param(WRK_ERRORS, 400.0, 210, 0.5, 0.8, {"connect": 3, "status": 200, "timeout": 7}, id="errors"),
+        pytest.param(WRK_NOTHING, 0.0, 64, None, None, {"connect": 64}, id="nothing-answered"),
+    ],
+)
+def test_parse_wrk(stdout, throughput, errors, p50, p99, detail):
+    result = parse_wrk(stdout)
+    assert result.tool == "wrk"
+    assert result.throughput == pytest.approx(throughput)
+    assert result.errors == errors
+    assert result.p50_ms == (None if p50 is None else pytest.approx(p50))
+    assert result.p99_ms == (None if p99 is None else pytest.approx(p99))
+    assert result.error_detail == detail
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        pytest.param("Running 10s test\nRequests/sec: 100\n", id="no-marker"),
+        pytest.param(WRK_MARKER + "{not json", id="bad-json"),
+        pytest.param(WRK_MARKER + '{"duration_us": 0, "requests": 1, "errors": {}, "latency_us": {}}', id="zero"),
+        pytest.param(WRK_MARKER + '{"requests": 1}', id="missing-keys"),
+    ],
+)
+def test_parse_wrk_rejects(stdout):
+    with pytest.raises(ParseError):
+        parse_wrk(stdout)
+
+
+def test_wrk_script_posts_the_body_and_prints_the_marker():
+    script = wrk_script('{"input": [1, 2, 3, 4, 5]}')
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.body = "{\\"input\\": [1, 2, 3, 4, 5]}"' in script
+    assert WRK_MARKER in script
+    assert "latency:percentile(99)" in script
+
+
+PA_HEADER = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+    "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "window", "expected"),
+    [
+        pytest.param(
+            PA_HEADER + "\n64,12218.5,2,458,3000,49,598,338,5,5100,6000,6500,9000\n",
+            9.0,
+            [(64, 12218.5, 5.1, 6.5, 9.0, 4.45, 109966)],
+            id="one-row-2.51",
+        ),
+        pytest.param(
+            PA_HEADER
+            + ",Avg latency\n1,1650,1,2,3,4,5,6,7,500,600,700,800,610\n8,2000,1,2,3,4,5,6,7,4000,1,2,5000,4100\n",
+            3.0,
+            [(1, 1650.0, 0.5, 0.7, 0.8, 0.61, 4950), (8, 2000.0, 4.0, 0.002, 5.0, 4.1, 6000)],
+            id="two-rows-with-avg-column",
+        ),
+    ],
+)
+def test_parse_perf_analyzer_csv(text, window, expected):
+    results = parse_perf_analyzer_csv(text, window)
+    assert concurrency_of(text) == [row[0] for row in expected]
+    assert len(results) == len(expected)
+    for result, (_, throughput, p50, p95, p99, mean, requests) in zip(results, expected, strict=True):
+        assert result.tool == "perf_analyzer"
+        assert result.throughput == pytest.approx(throughput)
+        assert (result.p50_ms, result.p95_ms, result.p99_ms) == pytest.approx((p50, p95, p99))
+        assert result.mean_ms == pytest.approx(mean)
+        assert result.requests == requests
+        assert result.errors == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(PA_HEADER + "\n", id="header-only"),
+        pytest.param("Concurrency,p50 latency\n1,100\n", id="no-throughput"),
+        pytest.param(PA_HEADER + "\n1,fast,1,2,3,4,5,6,7,8,9,10,11\n", id="not-a-number"),
+    ],
+)
+def test_parse_perf_analyzer_rejects(text):
+    with pytest.raises(ParseError):
+        parse_perf_analyzer_csv(text, 1.0)
+
+
+LOCUST_HEADER = (
+    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+    "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+)
+
+
+@pytest.mark.parametrize(
+    ("rows", "requests", "errors", "throughput", "duration", "p95"),
+    [
+        pytest.param(
+            [
+                "POST,/predict,5000,0,6,6.6,3,44,35.0,500.0,0.0,6,7,7,8,8,9,10,19,44,44,44",
+                ",Aggregated,5000,0,6,6.6,3,44,35.0,500.0,0.0,6,7,7,8,8,9,10,19,44,44,44",
+            ],
+            5000,
+            0,
+            500.0,
+            10.0,
+            9.0,
+            id="clean",
+        ),
+        pytest.param(
+            [",Aggregated,1000,100,6,6.6,3,44,35.0,200.0,20.0,6,7,7,8,8,12,10,19,44,44,44"],
+            1000,
+            100,
+            180.0,
+            5.0,
+            12.0,
+            id="failures",
+        ),
+        pytest.param(
+            [",Aggregated,0,0,0,0,0,0,0,0.0,0.0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A"],
+            0,
+            0,
+            0.0,
+            3.0,
+            None,
+            id="no-requests",
+        ),
+    ],
+)
+def test_parse_locust_stats(rows, requests, errors, throughput, duration, p95):
+    result = parse_locust_stats("\n".join([LOCUST_HEADER, *rows]), duration_s=3.0)
+    assert (result.requests, result.errors) == (requests, errors)
+    assert result.throughput == pytest.approx(throughput)
+    assert result.duration_s == pytest.approx(duration)
+    assert result.p95_ms == (None if p95 is None else pytest.approx(p95))
+
+
+def test_parse_locust_stats_needs_aggregated_row():
+    with pytest.raises(ParseError):
+        parse_locust_stats(LOCUST_HEADER + "\nPOST,/predict,1,0,6,6.6,3,44,35.0,1.0,0.0,6,7,7,8,8,9,10,19,44,44,44")
+
+
+STATS = {
+    "model_stats": [
+        {"name": "other", "inference_count": 1, "execution_count": 1},
+        {
+            "name": "demo_mlp",
+            "inference_count": 6400,
+            "execution_count": 200,
+            "inference_stats": {"fail": {"count": 3, "ns": 10}},
+        },
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        pytest.param((0, 0, 0), (6400, 200, 3), 32.0, id="batched"),
+        pytest.param((100, 100, 0), (200, 200, 0), 1.0, id="unbatched"),
+        pytest.param((5, 5, 0), (5, 5, 0), None, id="idle"),
+    ],
+)
+def test_average_batch(before, after, expected):
+    assert average_batch(before, after) == (None if expected is None else pytest.approx(expected))
+
+
+def test_triton_counts():
+    assert triton_counts(STATS, "demo_mlp") == (6400, 200, 3)
+    assert triton_counts(STATS, "other") == (1, 1, 0)
+    with pytest.raises(ParseError):
+        triton_counts(STATS, "missing")
