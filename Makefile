@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # wrk drives the HTTP paths in the benchmarks.
 DEB_PACKAGES := libpython3.11 libb64-0d wrk
 
-.PHONY: run test bench lint sysdeps venv clean
+.PHONY: run test bench soak lint sysdeps venv clean
 
 run: venv
 	$(BIN)/nexus up
@@ -20,6 +20,9 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks
+
+soak: venv
+	$(BIN)/python -m reliability
 
 lint: venv
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from benchmarks.parsing import (
     LoadResult,
@@ -83,7 +84,7 @@ def wrk(
         raise LoadError("wrk is not installed (Debian package wrk)")
     script = workdir / "post.lua"
     if not script.exists():
-        script.write_text(wrk_script(body))
+        script.write_text(wrk_script(body, urlsplit(url).path or "/"))
     threads = max(1, min(threads, concurrency))
     argv = [
         exe,

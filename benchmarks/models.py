@@ -46,6 +46,12 @@ class ModelCase:
         """The proxy's one-row JSON body."""
         return json.dumps({"input": self.row()}, separators=(",", ":"))
 
+    def triton_body(self) -> str:
+        """The same row as Triton's own HTTP/JSON (KServe v2) request: what a client without the proxy sends."""
+        flat = torch.tensor(self.row(), dtype=torch.float32).reshape(-1).tolist()
+        tensor = {"name": "INPUT__0", "shape": [1, *self.input_shape], "datatype": "FP32", "data": flat}
+        return json.dumps({"inputs": [tensor]}, separators=(",", ":"))
+
     def shape_arg(self) -> str:
         """perf_analyzer's `--shape NAME:d1,d2` (no batch dimension)."""
         return "INPUT__0:" + ",".join(str(d) for d in self.input_shape)

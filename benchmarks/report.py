@@ -18,6 +18,7 @@ PATHS: dict[str, str] = {
     "proxy_batch": "(c) proxy -> Triton, batching on",
     "triton_nobatch": "(d) Triton direct, batching off",
     "triton_batch": "(d) Triton direct, batching on",
+    "triton_http": "(d) Triton HTTP/JSON direct, batching on",
 }
 TOOLS = {
     "naive": "wrk",
@@ -25,6 +26,7 @@ TOOLS = {
     "proxy_batch": "wrk",
     "triton_nobatch": "perf_analyzer",
     "triton_batch": "perf_analyzer",
+    "triton_http": "wrk",
 }
 # name: (numerator path, denominator path or "ceiling", target or None)
 RATIOS: dict[str, tuple[str, str]] = {
@@ -32,11 +34,15 @@ RATIOS: dict[str, tuple[str, str]] = {
     "c/b": ("proxy_batch", "proxy_nobatch"),
     "proxy/direct (batching on)": ("proxy_batch", "triton_batch"),
     "proxy/direct (batching off)": ("proxy_nobatch", "triton_nobatch"),
+    "proxy/Triton HTTP (c / d http)": ("proxy_batch", "triton_http"),
     "direct on/off": ("triton_batch", "triton_nobatch"),
     "served/ceiling (c)": ("proxy_batch", "ceiling"),
     "direct/ceiling (d on)": ("triton_batch", "ceiling"),
 }
-TARGETS = {"cpu": {"c/b": 5.0, "c/a": 5.0}, "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5}}
+TARGETS = {
+    "cpu": {"c/b": 5.0, "c/a": 5.0, "proxy/Triton HTTP (c / d http)": 0.9},
+    "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5},
+}
 
 
 # ---------------------------------------------------------------------------------------------- ratios

@@ -176,8 +176,10 @@ class Runner:
         url: str,
         roles: dict[str, int],
         triton_model: str | None,
+        endpoint: str = "/predict",
+        body: str | None = None,
     ) -> list[dict[str, Any]]:
-        body = case.body()
+        body = body or case.body()
         workdir = self.raw / f"{case.key}-{path}"
         workdir.mkdir(exist_ok=True)
         if loadgen.wrk_path() is None:
@@ -185,14 +187,14 @@ class Runner:
         try:
             if self.args.warmup > 0 and not self.out_of_time():
                 warm = min(8, max(self.args.concurrencies))
-                loadgen.wrk(f"{url}/predict", body, warm, self.args.warmup, workdir, "warmup")
+                loadgen.wrk(f"{url}{endpoint}", body, warm, self.args.warmup, workdir, "warmup")
         except loadgen.LoadError as err:
             log.warning("%s warm-up failed: %s", path, err)
         records = []
         for conc in self.args.concurrencies:
 
             def load(conc: int = conc) -> loadgen.Run:
-                return loadgen.wrk(f"{url}/predict", body, conc, self.args.duration, workdir, f"c{conc}")
+                return loadgen.wrk(f"{url}{endpoint}", body, conc, self.args.duration, workdir, f"c{conc}")
 
             records.append(self.measure(path, conc, roles, triton_model, load))
         return records
@@ -280,6 +282,15 @@ class Runner:
             finally:
                 self.stack.stop_child(proxy)
 
+        if "triton_http" in paths:
+            # Triton's own HTTP endpoint driven exactly like the proxy (wrk, JSON): the proxy's overhead target.
+            triton = self.stack.triton
+            url = f"http://{triton.settings.host}:{triton.settings.http_port}"
+            endpoint = f"/v2/models/{case.key}/infer"
+            runs += self.http_path(
+                case, "triton_http", triton, url, {"server": triton_pid}, case.key, endpoint, case.triton_body()
+            )
+
         for path, triton_model in (("triton_nobatch", case.nobatch_key), ("triton_batch", case.key)):
             if path not in paths:
                 continue
@@ -335,7 +346,7 @@ def _child_env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-ALL_PATHS = ("ceiling", "naive", "proxy_nobatch", "proxy_batch", "triton_nobatch", "triton_batch")
+ALL_PATHS = ("ceiling", "naive", "proxy_nobatch", "proxy_batch", "triton_http", "triton_nobatch", "triton_batch")
 
 
 def parser() -> argparse.ArgumentParser:

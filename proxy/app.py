@@ -111,6 +111,10 @@ def server_options(settings: ProxySettings) -> dict[str, Any]:
         "access_log": None,
         "max_line_size": 8190,
         "max_field_size": 8190,
+        # A body left unread (408, 413, 415, ...) closes the connection after the answer, instead of
+        # aiohttp's default of reading and discarding it for up to 10 s more, which let a slow-loris
+        # sender hold the connection that long past BODY_TIMEOUT_S.
+        "lingering_time": 0,
     }
 
 
@@ -242,6 +246,14 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
             if allow:
                 response.headers["Allow"] = allow
         response.headers["X-Request-Id"] = request_id
+        if error is not None and not request.content.is_eof():
+            # The body was left unread (408, 413, 415, 429, ...): the connection closes after this answer
+            # (lingering_time 0), so say so, or a keep-alive client would send its next request into it.
+            response.force_close()
+        if state.draining:
+            # Shutting down: tell keep-alive clients to reconnect, so none sends a request on a connection
+            # the worker is about to close (they would see a reset instead of an answer or a refusal).
+            response.force_close()
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource
         template = route.canonical if route is not None else "unmatched"

@@ -39,7 +39,7 @@ def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     runs = model["runs"]
     assert {(r["path"], r["concurrency"]) for r in runs} == {
         (path, conc)
-        for path in ("naive", "proxy_nobatch", "proxy_batch", "triton_nobatch", "triton_batch")
+        for path in ("naive", "proxy_nobatch", "proxy_batch", "triton_http", "triton_nobatch", "triton_batch")
         for conc in (1, 4)
     }
     # A path may be "not available" (no wrk, proxy not runnable) but nothing may fail outright.

@@ -1,0 +1,207 @@
+"""A small HTTP load generator for the proxy: closed loop (N connections) or open loop (a fixed rate).
+
+Every answer is recorded (status, error code, latency, whether `Retry-After` came with a 429/503, whether a
+200's body equals the expected output), so a scenario can assert what clients saw, not just count. Loops
+are bounded both in requests and in time, target only the URL they are given (127.0.0.1 here), and every
+request carries a client-side timeout so that a hang shows up as a failure (`code="hang"`) rather than a
+stuck test. wrk would drive more load but cannot check bodies; here the load generator and the proxy
+share the same 2 cores, so figures name the generator's rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+REJECTIONS = (429, 503)
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float  # time.monotonic() when sent
+    latency_s: float
+    status: int  # 0: no HTTP answer (see code)
+    code: str  # the error body's code, or refused / disconnected / hang for client-side failures
+    retry_after: bool
+    correct: bool | None  # for 200s: the body matched the expected output
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to send: single-row predictions chosen round-robin from `rows`, checked against `expected`."""
+
+    url: str
+    rows: list[list[float]]
+    expected: list[list[float]]
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 30.0
+    path: str = "/predict"
+
+
+def _close(got: Any, want: list[float]) -> bool:
+    try:
+        return bool(np.allclose(np.asarray(got, dtype=np.float64), want, rtol=1e-4, atol=1e-4))
+    except (TypeError, ValueError):
+        return False
+
+
+async def request(session: aiohttp.ClientSession, work: Workload, index: int) -> Sample:
+    """One prediction; never raises."""
+    row_index = index % len(work.rows)
+    body = orjson.dumps({"input": work.rows[row_index]})
+    headers = {"Content-Type": "application/json", **work.headers}
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(work.timeout_s):
+            async with session.post(work.url + work.path, data=body, headers=headers) as response:
+                raw = await response.read()
+                status = response.status
+                retry = "Retry-After" in response.headers
+    except TimeoutError:
+        return Sample(started, time.monotonic() - started, 0, "hang", False, None)
+    except aiohttp.ClientConnectorError:
+        return Sample(started, time.monotonic() - started, 0, "refused", False, None)
+    except (aiohttp.ClientError, OSError):
+        return Sample(started, time.monotonic() - started, 0, "disconnected", False, None)
+    latency = time.monotonic() - started
+    code, correct = "", None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if status == 200:
+        correct = isinstance(doc, dict) and _close(doc.get("output"), work.expected[row_index])
+    elif isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        code = str(doc["error"].get("code", ""))
+    else:
+        code = "non_json_error"
+    return Sample(started, latency, status, code, retry, correct)
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit))
+
+
+async def closed_loop(
+    work: Workload,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int = 1_000_000,
+    stop: asyncio.Event | None = None,
+) -> list[Sample]:
+    """`concurrency` clients, each sending its next request when the last one is answered."""
+    samples: list[Sample] = []
+    end = time.monotonic() + duration_s
+    counter = iter(range(max_requests))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
+            index = next(counter, None)
+            if index is None:
+                return
+            sample = await request(session, work, index)
+            samples.append(sample)
+            if sample.status == 0 and sample.code == "refused":
+                await asyncio.sleep(0.01)  # nothing listening: do not spin
+
+    async with _session(concurrency) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return samples
+
+
+async def open_loop(work: Workload, rate: float, duration_s: float, max_outstanding: int = 1024) -> list[Sample]:
+    """Requests sent at `rate` per second whatever the answers (the way real traffic arrives).
+
+    When `max_outstanding` requests are already waiting, an arrival is skipped and counted as
+    `code="client_saturated"` (status -1), so an overloaded generator is visible in the figures.
+    """
+    samples: list[Sample] = []
+    tasks: set[asyncio.Task[None]] = set()
+    interval = 1.0 / rate
+    started = time.monotonic()
+    total = max(1, int(rate * duration_s))
+
+    async def send(session: aiohttp.ClientSession, index: int) -> None:
+        samples.append(await request(session, work, index))
+
+    async with _session(max_outstanding) as session:
+        for index in range(total):
+            delay = started + index * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_outstanding:
+                samples.append(Sample(time.monotonic(), 0.0, -1, "client_saturated", False, None))
+                continue
+            task = asyncio.create_task(send(session, index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class LoadStats:
+    sent: int
+    by_status: dict[str, int]
+    by_code: dict[str, int]
+    wrong_bodies: int
+    rejections_without_retry_after: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    rejection_p99_ms: float
+    accepted_p99_ms: float
+    accepted_max_ms: float
+    duration_s: float
+    rate_per_s: float
+
+    def statuses(self) -> set[int]:
+        return {int(s) for s in self.by_status}
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def summarize(samples: list[Sample]) -> LoadStats:
+    answered = [s for s in samples if s.status >= 0]
+    latencies = [s.latency_s * 1000 for s in answered]
+    rejected = [s.latency_s * 1000 for s in answered if s.status in REJECTIONS]
+    accepted = [s.latency_s * 1000 for s in answered if s.status == 200]
+    if answered:
+        first = min(s.started for s in answered)
+        last = max(s.started + s.latency_s for s in answered)
+        duration = max(last - first, 1e-9)
+    else:
+        duration = 0.0
+    return LoadStats(
+        sent=len(answered),
+        by_status=dict(sorted(Counter(str(s.status) for s in samples).items())),
+        by_code=dict(sorted(Counter(s.code for s in samples if s.code).items())),
+        wrong_bodies=sum(1 for s in answered if s.status == 200 and not s.correct),
+        rejections_without_retry_after=sum(1 for s in answered if s.status in REJECTIONS and not s.retry_after),
+        p50_ms=round(percentile(latencies, 50), 2),
+        p99_ms=round(percentile(latencies, 99), 2),
+        max_ms=round(max(latencies, default=0.0), 2),
+        rejection_p99_ms=round(percentile(rejected, 99), 2),
+        accepted_p99_ms=round(percentile(accepted, 99), 2),
+        accepted_max_ms=round(max(accepted, default=0.0), 2),
+        duration_s=round(duration, 2),
+        rate_per_s=round(len(answered) / duration, 1) if duration else 0.0,
+    )

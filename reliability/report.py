@@ -1,0 +1,116 @@
+"""RELIABILITY.md: one table of every scenario with its figures, then each criterion with its verdict."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from reliability.result import ScenarioResult
+
+# Causes found for criteria that failed on the reference machine, printed under the failing scenario.
+CAUSES = {
+    "overload": "The load generator (Python, aiohttp) runs on the same 2 cores as the proxy and Triton and at 2x "
+    "capacity saturates itself (the -1 answers are arrivals it could not even send): the rejection latency it "
+    "measures includes its own event-loop queueing, and the proxy's in-process 429 path cannot be separated "
+    "from it here. Memory rises once while the in-flight limit fills (buffers of 64 concurrent bodies), then is "
+    "flat; the soak's series shows the same plateau.",
+    "slow-backend-http": "Triton's HTTP frontend (2.51) does not cancel a request whose client went away: every "
+    "abandoned slow call keeps the model's only instance busy to its end, so normal requests queued behind them "
+    "meet their deadline (504). gRPC, the default upstream, cancels them (see slow-backend-grpc). Use gRPC, or "
+    "more instances, for models that can be slow.",
+    "soak": "The offered rate is 70% of the capacity measured in the first seconds; on this shared 2-core machine "
+    "(another session's benchmark ran at the same time) capacity varied during the run, so the open loop "
+    "overran it: the 429s are correct overload answers and the -1 arrivals the generator's own saturation, not "
+    "proxy errors. The memory figure is from the end of warm-up to the end of a 2-minute run (shortened from 10).",
+}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    ram = psutil.virtual_memory().total / 2**30
+    return f"{nproc} cores ({cpu}), {ram:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}"
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value).replace("|", "/")
+
+
+def _memory(result: ScenarioResult) -> str:
+    f = result.figures
+    for before, after in (("memory_before", "memory_after"), ("memory_after_warmup", "memory_end")):
+        if before in f and after in f:
+            return f"{f[before]['rss_mb']} → {f[after]['rss_mb']} MB"
+    if "proxy_after" in f:
+        return f"after: {f['proxy_after']['rss_mb']} MB"
+    return "-"
+
+
+def _recovery(result: ScenarioResult) -> str:
+    f = result.figures
+    for key in ("recovery_after_ready_s", "exit_after_signal_s"):
+        if key in f:
+            return f"{f[key]} s" + (" (exit)" if key == "exit_after_signal_s" else " after ready")
+    return "-"
+
+
+def render(results: list[ScenarioResult], command: str, skipped: list[str], elapsed_s: float) -> str:
+    lines = [
+        "# Reliability and security: figures from the last run",
+        "",
+        "Written by `python -m reliability` (issue 6). The short forms of the same scenarios run in",
+        "`pytest tests/reliability` and assert only functional criteria; the timing criteria (marked *timing*)",
+        "are measured here, on a shared machine where the load generator, the proxy and Triton compete for",
+        "the same cores, so read them as this run's figures, not as guarantees.",
+        "",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {machine()}",
+        f"- **Date:** {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; run took {elapsed_s:.0f} s",
+        "",
+        "| scenario | verdict | requests | answers by status | p99 / max ms | recovery | proxy memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        failed = [c for c in r.criteria if not c.passed]
+        verdict = "pass" if not failed else "**FAIL**: " + "; ".join(c.name for c in failed)
+        load = r.load
+        lines.append(
+            f"| {r.name} | {verdict} | {load.sent if load else '-'} | {_cell(load.by_status) if load else '-'} | "
+            f"{f'{load.p99_ms} / {load.max_ms}' if load else '-'} | {_recovery(r)} | {_memory(r)} |"
+        )
+    for name in skipped:
+        lines.append(f"| {name} | not run | - | - | - | - | - |")
+    lines += ["", "Status 0 = no HTTP answer (connection refused after the listener closed); -1 = the load", ""]
+    lines[-2] += " generator itself was saturated and skipped an arrival."
+    for r in results:
+        lines += ["", f"## {r.name}", "", f"Settings: `{json.dumps(r.settings)}`", ""]
+        lines += ["| criterion | kind | verdict | measured |", "|---|---|---|---|"]
+        for c in r.criteria:
+            verdict = "pass" if c.passed else "**FAIL**"
+            lines.append(f"| {c.name} | {'timing' if c.timing else 'functional'} | {verdict} | {_cell(c.detail)} |")
+        if r.load:
+            lines += ["", "Load: " + ", ".join(f"{k} {_cell(v)}" for k, v in r.load.as_dict().items())]
+        lines += ["", "Figures:", ""]
+        lines += [f"- {k}: {_cell(v)}" for k, v in r.figures.items()]
+        for note in r.notes:
+            lines += ["", f"Note: {note}"]
+        causes = [c for c in r.criteria if not c.passed]
+        if causes:
+            lines += ["", f"Cause: {CAUSES.get(r.name, 'not analysed yet')}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,283 @@
+"""Hostile HTTP: slow-loris clients, oversized headers and bodies, and property-based fuzzing.
+
+Pass criteria (issue 6, 7): fuzzing the OpenAPI document (schemathesis) gives no 5xx and no hang;
+hundreds of slow-loris connections (a request head, or a body, one byte at a time) do not starve normal
+traffic (all its requests still answered 200) and are dropped by the read timeouts (`HEADER_TIMEOUT_S`,
+`BODY_TIMEOUT_S`); oversized headers and bodies are refused before the client has sent them whole;
+[timing] normal traffic's p99 moves less than 25% under slow-loris.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from dataclasses import dataclass, field
+
+from reliability import procinfo
+from reliability.bed import Bed, demo_workload
+from reliability.load import closed_loop, summarize
+from reliability.result import ScenarioResult
+
+
+@dataclass(frozen=True)
+class Config:
+    loris: int = 200
+    loris_interval_s: float = 0.5
+    header_timeout_s: float = 2.0
+    body_timeout_s: float = 2.0
+    normal_requests: int = 300
+    normal_concurrency: int = 4
+    fuzz_examples: int = 25
+    drop_bound_s: float = 60.0  # generous bound for "dropped", not a speed verdict
+
+    @classmethod
+    def long(cls, duration_s: float) -> Config:
+        return cls(loris=500, header_timeout_s=5.0, body_timeout_s=5.0, normal_requests=3000, fuzz_examples=200)
+
+
+@dataclass
+class Loris:
+    kind: str  # "head" or "body"
+    opened: float = 0.0
+    dropped_after_s: float | None = None
+    answer: bytes = b""
+    sent: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def _loris(port: int, loris: Loris, interval_s: float, bound_s: float) -> None:
+    """Open a connection and send a request one byte at a time until the server drops it."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 26\r\n"
+    payload = head + b"X-Pad: " + b"a" * 4000 if loris.kind == "head" else head + b"\r\n" + b"1" * 26
+    start = 0 if loris.kind == "head" else len(head) + 2
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as err:
+        loris.errors.append(f"connect: {err}")
+        return
+    loris.opened = time.monotonic()
+    if start:
+        writer.write(payload[:start])
+    try:
+        for index in range(start, len(payload)):
+            if time.monotonic() - loris.opened > bound_s:
+                break
+            writer.write(payload[index : index + 1])
+            await writer.drain()
+            loris.sent += 1
+            with contextlib.suppress(TimeoutError):
+                data = await asyncio.wait_for(reader.read(65536), interval_s)
+                loris.answer += data
+                if not data:
+                    break  # EOF: dropped
+        else:
+            return
+        loris.dropped_after_s = time.monotonic() - loris.opened
+    except (ConnectionError, OSError):
+        loris.dropped_after_s = time.monotonic() - loris.opened
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _refused_early(port: int, head: bytes, body_chunks: int, chunk: bytes) -> tuple[int, int, int]:
+    """Send `head` then up to `body_chunks` chunks, stopping when the server answers.
+
+    Returns (status, bytes sent, bytes we would have sent in total); 0 when no answer came.
+    """
+    total = len(head) + body_chunks * len(chunk)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setblocking(True)
+        pieces = [head[i : i + 4096] for i in range(0, len(head), 4096)] + [chunk] * body_chunks
+        answer = b""
+        for piece in pieces:
+            sock.settimeout(0.05)
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            if answer:
+                break
+            sock.settimeout(10)
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+            sent += len(piece)
+        sock.settimeout(10)
+        try:
+            while b"\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+    try:
+        status = int(answer.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        status = 0
+    return status, sent, total
+
+
+def fuzz(url: str, examples: int, timeout_s: float = 10.0) -> dict[str, int]:
+    """schemathesis over `proxy/openapi.yaml`: every operation, `examples` cases each, with a timeout.
+
+    Reuses the schema and checks of `tests/proxy/test_openapi.py`; returns counts by status, with
+    `hang` for a call that did not answer within `timeout_s` and `failed_check` for a check failure.
+    """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import NonInteractiveExampleWarning  # noqa: F401
+
+    from tests.proxy.test_openapi import CHECKS, schema
+
+    counts: dict[str, int] = {}
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case: object) -> None:
+            if case.headers:  # type: ignore[attr-defined]
+                case.headers.pop("X-Request-Timeout-Ms", None)  # type: ignore[attr-defined]
+            try:
+                response = case.call(base_url=url, timeout=timeout_s)  # type: ignore[attr-defined]
+            except Exception as err:  # a timeout is a hang; anything else a broken connection
+                key = "hang" if "timeout" in type(err).__name__.lower() or "Timeout" in str(err) else "no_answer"
+                counts[key] = counts.get(key, 0) + 1
+                return
+            counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
+            try:
+                case.validate_response(response, checks=CHECKS)  # type: ignore[attr-defined]
+            except Exception as err:
+                counts["failed_check"] = counts.get("failed_check", 0) + 1
+                failures.append(f"{case.operation.label}: {str(err)[:200]}")  # type: ignore[attr-defined]
+
+        check()
+    if failures:
+        counts["first_failure"] = 0
+        print("schemathesis failures:", *failures[:5], sep="\n  ")
+    return counts
+
+
+def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
+    result = ScenarioResult("hostile-http", settings=config.__dict__.copy())
+    log_dir = bed.path("hostile")
+    proxy = bed.proxy(
+        log_dir,
+        MODEL_SERVER_URL=bed.shared_triton().grpc_url,
+        HEADER_TIMEOUT_S=str(config.header_timeout_s),
+        BODY_TIMEOUT_S=str(config.body_timeout_s),
+        MAX_BODY_BYTES=str(64 << 10),
+    )
+    assert proxy.process is not None
+    work = demo_workload(proxy.url, timeout_s=30)
+    per_phase = config.normal_requests // 2
+    baseline = summarize(asyncio.run(closed_loop(work, config.normal_concurrency, 120, per_phase)))
+    before = procinfo.usage(proxy.process.pid)
+
+    async def under_loris() -> tuple[list[Loris], object, int]:
+        lorises = [Loris("head" if i % 2 == 0 else "body") for i in range(config.loris)]
+        tasks = [
+            asyncio.create_task(_loris(proxy.port, loris, config.loris_interval_s, config.drop_bound_s))
+            for loris in lorises
+        ]
+        await asyncio.sleep(min(config.header_timeout_s, config.body_timeout_s) / 2)
+        peak = procinfo.usage(proxy.process.pid).connections  # type: ignore[union-attr]
+        samples = await closed_loop(work, config.normal_concurrency, 120, per_phase)
+        await asyncio.gather(*tasks)
+        return lorises, samples, peak
+
+    lorises, samples, peak = asyncio.run(under_loris())
+    during = summarize(samples)  # type: ignore[arg-type]
+    result.load = during
+    after = procinfo.usage(proxy.process.pid)
+    heads = [lo for lo in lorises if lo.kind == "head"]
+    bodies = [lo for lo in lorises if lo.kind == "body"]
+    dropped_heads = [lo for lo in heads if lo.dropped_after_s is not None]
+    dropped_bodies = [lo for lo in bodies if lo.dropped_after_s is not None]
+    body_408 = sum(1 for lo in bodies if lo.answer.startswith(b"HTTP/1.1 408"))
+    shift = (during.p99_ms - baseline.p99_ms) / baseline.p99_ms * 100 if baseline.p99_ms else 0.0
+
+    big_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+    header_status, header_sent, header_total = _refused_early(proxy.port, big_header, 0, b"")
+    body_head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n"
+    )
+    body_status, body_sent, body_total = _refused_early(proxy.port, body_head, 256, b"[" * 65536)
+    chunked_head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"10000\r\n" + b"[" * 65536 + b"\r\n"
+    chunked_status, chunked_sent, chunked_total = _refused_early(proxy.port, chunked_head, 256, chunk)
+    fuzzed = fuzz(proxy.url, config.fuzz_examples)
+    alive = proxy.get("/healthz")[0] == 200
+
+    result.figures.update(
+        slow_loris_connections=config.loris,
+        proxy_connections_peak=peak,
+        heads_dropped=f"{len(dropped_heads)}/{len(heads)}",
+        bodies_dropped=f"{len(dropped_bodies)}/{len(bodies)} ({body_408} answered 408)",
+        head_drop_max_s=round(max((lo.dropped_after_s or 0 for lo in heads), default=0), 2),
+        body_drop_max_s=round(max((lo.dropped_after_s or 0 for lo in bodies), default=0), 2),
+        normal_p99_ms_baseline=baseline.p99_ms,
+        normal_p99_ms_under_loris=during.p99_ms,
+        normal_p99_shift_pct=round(shift, 1),
+        oversized_header=f"{header_status} after {header_sent} of {header_total} bytes",
+        oversized_body=f"{body_status} after {body_sent} of {body_total} bytes",
+        oversized_chunked=f"{chunked_status} after {chunked_sent} of {chunked_total} bytes",
+        fuzz_statuses=fuzzed,
+        memory_before=before.as_dict(),
+        memory_after=after.as_dict(),
+    )
+    result.check(
+        "normal traffic not starved (all 200, correct)",
+        during.by_status == {"200": per_phase} and during.wrong_bodies == 0,
+        f"{during.by_status}",
+    )
+    result.check("slow heads dropped by HEADER_TIMEOUT_S", len(dropped_heads) == len(heads), f"{len(dropped_heads)}")
+    result.check(
+        "slow bodies dropped by BODY_TIMEOUT_S (408)",
+        len(dropped_bodies) == len(bodies) and body_408 == len(bodies),
+        f"{len(dropped_bodies)} dropped, {body_408} answered 408",
+    )
+    result.check(
+        "oversized header refused before it is sent whole",
+        400 <= header_status < 500 and header_sent < header_total,
+        result.figures["oversized_header"],
+    )
+    result.check(
+        "oversized body refused (413) before it is sent whole",
+        body_status == 413 and body_sent < body_total,
+        result.figures["oversized_body"],
+    )
+    result.check(
+        "oversized chunked body refused (413) before it is sent whole",
+        chunked_status == 413 and chunked_sent < chunked_total,
+        result.figures["oversized_chunked"],
+    )
+    server_errors = {k: v for k, v in fuzzed.items() if k.startswith("5") or k in ("hang", "no_answer")}
+    result.check("fuzzing: no 5xx, no hang", not server_errors, f"{fuzzed}")
+    result.check("fuzzing: answers match the OpenAPI document", "failed_check" not in fuzzed, f"{fuzzed}")
+    result.check("the proxy is still alive", alive, "")
+    result.check("normal p99 moves < 25% under slow-loris", shift < 25, f"{shift:.1f}%", timing=True)
+    result.check(
+        "slow heads dropped near HEADER_TIMEOUT_S",
+        max((lo.dropped_after_s or 0 for lo in heads), default=0) <= config.header_timeout_s + 2,
+        result.figures["head_drop_max_s"],
+        timing=True,
+    )
+    result.check(
+        "slow bodies dropped near BODY_TIMEOUT_S",
+        max((lo.dropped_after_s or 0 for lo in bodies), default=0) <= config.body_timeout_s + 2,
+        result.figures["body_drop_max_s"],
+        timing=True,
+    )
+    return result

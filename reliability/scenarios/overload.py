@@ -1,0 +1,83 @@
+"""Overload: measure the proxy's capacity, then offer twice that rate (open loop).
+
+Pass criteria (issue 6, 1): only 200, 429 (with Retry-After) or 503; no 200 with a wrong body; accepted
+requests meet the deadline (no 504); [timing] rejections answered with p99 under 50 ms; [timing] proxy
+memory grows less than 10%.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from reliability import procinfo
+from reliability.bed import Bed, demo_workload
+from reliability.load import closed_loop, open_loop, summarize
+from reliability.result import ScenarioResult
+
+ALLOWED = {200, 429, 503}
+
+
+@dataclass(frozen=True)
+class Config:
+    capacity_s: float = 2.0
+    duration_s: float = 3.0
+    concurrency: int = 32
+    max_in_flight: int = 32
+    deadline_ms: int = 2000
+    max_outstanding: int = 512
+
+    @classmethod
+    def long(cls, duration_s: float) -> Config:
+        return cls(capacity_s=5.0, duration_s=duration_s, concurrency=64, max_in_flight=64)
+
+
+def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
+    result = ScenarioResult("overload", settings=config.__dict__.copy())
+    log_dir = bed.path("overload")
+    proxy = bed.proxy(
+        log_dir,
+        MODEL_SERVER_URL=bed.shared_triton().grpc_url,
+        MAX_IN_FLIGHT=str(config.max_in_flight),
+        REQUEST_TIMEOUT_MS=str(config.deadline_ms),
+    )
+    work = demo_workload(proxy.url, timeout_s=config.deadline_ms / 1000 + 10)
+    assert proxy.process is not None
+    capacity = summarize(asyncio.run(closed_loop(work, config.concurrency, config.capacity_s)))
+    before = procinfo.usage(proxy.process.pid)
+    offered = 2 * max(capacity.rate_per_s, 10.0)
+    samples = asyncio.run(open_loop(work, offered, config.duration_s, config.max_outstanding))
+    after = procinfo.usage(proxy.process.pid)
+    stats = summarize(samples)
+    result.load = stats
+    growth = (after.rss_mb - before.rss_mb) / before.rss_mb * 100
+    result.figures.update(
+        capacity_per_s=capacity.rate_per_s,
+        capacity_statuses=capacity.by_status,
+        offered_per_s=round(offered, 1),
+        achieved_per_s=stats.rate_per_s,
+        memory_before=before.as_dict(),
+        memory_after=after.as_dict(),
+        memory_growth_pct=round(growth, 1),
+    )
+    statuses = {int(s) for s in stats.by_status if int(s) >= 0}
+    result.check("only 200/429/503", statuses <= ALLOWED, f"statuses {stats.by_status}")
+    result.check("no 200 with a wrong body", stats.wrong_bodies == 0, f"{stats.wrong_bodies} wrong")
+    result.check(
+        "429/503 carry Retry-After",
+        stats.rejections_without_retry_after == 0,
+        f"{stats.rejections_without_retry_after} without",
+    )
+    result.check("overload reached (some 429)", stats.by_status.get("429", 0) > 0, f"{stats.by_status.get('429', 0)}")
+    result.check("accepted requests meet the deadline (no 504)", 504 not in statuses, f"max {stats.accepted_max_ms} ms")
+    result.check("rejections p99 < 50 ms", stats.rejection_p99_ms < 50, f"{stats.rejection_p99_ms} ms", timing=True)
+    result.check(
+        "accepted within deadline",
+        stats.accepted_max_ms <= config.deadline_ms,
+        f"max {stats.accepted_max_ms} ms vs {config.deadline_ms} ms",
+        timing=True,
+    )
+    result.check("proxy memory grows < 10%", growth < 10, f"{before.rss_mb:.1f} -> {after.rss_mb:.1f} MB", timing=True)
+    if stats.by_status.get("-1"):
+        result.notes.append(f"the load generator skipped {stats.by_status['-1']} arrivals (client saturated)")
+    return result

@@ -1,0 +1,129 @@
+"""Slow backend: a test model that sleeps longer than the proxy's deadline.
+
+Pass criteria (issue 6, 4): every slow request answers 504 `deadline_exceeded`; the model sees the
+cancellation (it records `cancelled` markers: nothing slow runs to its end); afterwards the proxy has no
+prediction in flight, holds no more upstream connections than before, and normal requests all succeed;
+[timing] the 504 arrives within 100 ms of the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from reliability import procinfo
+from reliability.bed import Bed, faulty_workload, wait_until
+from reliability.load import Workload, closed_loop, summarize
+from reliability.models import add_faulty_model
+from reliability.result import ScenarioResult
+
+
+@dataclass(frozen=True)
+class Config:
+    protocol: str = "grpc"
+    deadline_ms: int = 500
+    sleep_s: float = 3.0
+    slow_requests: int = 8
+    normal_requests: int = 100
+
+    @classmethod
+    def long(cls, duration_s: float, protocol: str = "grpc") -> Config:
+        return cls(protocol=protocol, slow_requests=32, normal_requests=1000)
+
+
+def _in_flight(proxy: object) -> int:
+    status, text = proxy.get("/metrics")  # type: ignore[attr-defined]
+    if status != 200:
+        return -1
+    for line in text.decode().splitlines():
+        if line.startswith("nexus_proxy_in_flight{"):
+            return int(float(line.split()[-1]))
+    return -1
+
+
+def _upstream_connections(pid: int, port: int) -> int:
+    import psutil
+
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections("tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
+    result = ScenarioResult(f"slow-backend-{config.protocol}", settings=config.__dict__.copy())
+    log_dir = bed.path("slow")
+    markers = log_dir / "markers"
+    markers.mkdir()
+    add_faulty_model(log_dir / "repository", "sleepy", "sleep", markers)
+    triton = bed.triton(log_dir / "repository", log_dir)
+    url = triton.grpc_url if config.protocol == "grpc" else triton.http_url
+    port = int(url.rsplit(":", 1)[1])
+    proxy = bed.proxy(log_dir, MODEL_SERVER_URL=url, MODEL_NAME="sleepy", REQUEST_TIMEOUT_MS=str(config.deadline_ms))
+    assert proxy.process is not None
+    normal = faulty_workload(proxy.url, timeout_s=30)
+    asyncio.run(closed_loop(normal, 4, 30, max_requests=20))  # warm connections
+    connections_before = _upstream_connections(proxy.process.pid, port)
+    rows = [[config.sleep_s + i * 0.01, 1, 1, 1, 1] for i in range(config.slow_requests)]
+    slow = Workload(proxy.url, rows, [[0.0, 0.0]] * len(rows), timeout_s=config.sleep_s + 30)
+    slow_stats = summarize(asyncio.run(closed_loop(slow, config.slow_requests, 60, max_requests=config.slow_requests)))
+    result.load = slow_stats
+
+    # The model only notices at its next check; wait for it to have given up on everything it started.
+    def settled() -> bool:
+        names = [p.name.split("-")[0] for p in markers.iterdir()]
+        return names.count("started") == names.count("cancelled") + names.count("finished")
+
+    wait_until(settled, config.sleep_s + 30)
+    names = [p.name.split("-")[0] for p in markers.iterdir()]
+    idle = wait_until(lambda: _in_flight(proxy) == 0, 30)
+    connections_settled = _upstream_connections(proxy.process.pid, port)
+    after_stats = summarize(asyncio.run(closed_loop(normal, 8, 60, max_requests=config.normal_requests)))
+    connections_after = _upstream_connections(proxy.process.pid, port)
+    overshoot = slow_stats.max_ms - config.deadline_ms
+    result.figures.update(
+        slow_statuses=slow_stats.by_status,
+        max_504_ms=slow_stats.max_ms,
+        deadline_overshoot_ms=round(overshoot, 1),
+        model_started=names.count("started"),
+        model_cancelled=names.count("cancelled"),
+        model_finished=names.count("finished"),
+        upstream_connections=f"{connections_before} before, {connections_settled} after the 504s, "
+        f"{connections_after} after normal load",
+        normal_after=after_stats.by_status,
+        proxy_after=procinfo.usage(proxy.process.pid).as_dict(),
+    )
+    result.check(
+        "every slow request answers 504 deadline_exceeded",
+        slow_stats.by_status == {"504": config.slow_requests} and set(slow_stats.by_code) == {"deadline_exceeded"},
+        f"{slow_stats.by_status} {slow_stats.by_code}",
+    )
+    seen = f"started {names.count('started')}, cancelled {names.count('cancelled')}, finished {names.count('finished')}"
+    if config.protocol == "grpc":
+        result.check(
+            "the upstream call is cancelled (the model saw it)",
+            names.count("started") > 0
+            and names.count("finished") == 0
+            and names.count("cancelled") == names.count("started"),
+            seen,
+        )
+    else:
+        result.notes.append(
+            "Triton's HTTP frontend (2.51) does not cancel a request whose client went away: the proxy "
+            f"abandons the call and closes that connection, but the model runs on ({seen}). "
+            "gRPC, the default upstream, cancels it."
+        )
+    result.check("no prediction left in flight", idle, f"in flight {_in_flight(proxy)}")
+    result.check(
+        "connection pool back to normal (no connection held by an abandoned call)",
+        connections_settled <= max(connections_before, 1),
+        f"upstream connections {connections_before} before, {connections_settled} after the 504s",
+    )
+    result.check(
+        "normal requests succeed afterwards",
+        after_stats.by_status == {"200": config.normal_requests} and after_stats.wrong_bodies == 0,
+        f"{after_stats.by_status}",
+    )
+    result.check("504 within 100 ms of the deadline", overshoot <= 100, f"{overshoot:.0f} ms over", timing=True)
+    return result
