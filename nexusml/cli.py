@@ -36,17 +36,21 @@ def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.errors import ServerError
-    from nexusml.process import wait_for_signal
+    from nexusml.process import Stopped, stop_all, supervising, wait_for_exit
     from nexusml.settings import TritonSettings, load
     from nexusml.triton import TritonServer
 
     server = TritonServer(load(TritonSettings, environ), dict(environ))
-    with server:
-        print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
-        died = wait_for_signal([server])
-    if died is not None:
-        raise ServerError(f"tritonserver exited unexpectedly with code {died.process.returncode}")
-    return 0
+    with supervising():
+        try:
+            server.start()
+            print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
+            wait_for_exit([server])
+            raise ServerError(f"tritonserver exited unexpectedly with code {server.process.returncode}")
+        except Stopped:
+            return 0
+        finally:
+            stop_all([server])
 
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nexusml.errors import ServerError
@@ -51,9 +52,14 @@ class ManagedProcess:
         output = self.log_file.open("ab") if self.log_file else None
         try:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT if output else None
+                self.argv,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,  # the supervisor alone decides when and in which order it stops
             )
         except OSError as err:
+            self.stop()  # releases what a subclass prepared for the start (Triton's backend folder)
             raise ServerError(f"cannot start {self.name}: {err}") from err
         finally:
             if output:
@@ -103,16 +109,45 @@ class ManagedProcess:
         self.stop()
 
 
-def wait_for_signal(processes: list[ManagedProcess]) -> ManagedProcess | None:
-    """Block until SIGINT/SIGTERM (returns None) or until one of `processes` exits (returns it)."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived while supervising."""
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+@contextmanager
+def supervising() -> Iterator[None]:
+    """SIGINT/SIGTERM raise `Stopped` in the main thread for the duration.
+
+    So a signal during a start-up step (a sync, a server becoming ready) interrupts it too, and the
+    caller's `finally` stops what was started. Children run in sessions of their own (see `start`), so a
+    Ctrl-C on the terminal reaches only the supervisor, which then stops them in order.
+    """
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.2):
-            for process in processes:
-                if not process.alive():
-                    return process
-        return None
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_for_exit(processes: list[ManagedProcess]) -> ManagedProcess:
+    """Block until one of `processes` exits and return it; a signal arrives as `Stopped`."""
+    while True:
+        for process in processes:
+            if not process.alive():
+                return process
+        time.sleep(0.2)
+
+
+def stop_all(processes: list[ManagedProcess]) -> None:
+    """Stop in reverse start order; further signals are ignored meanwhile (each stop is bounded)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in reversed(processes):
+            process.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

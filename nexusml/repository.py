@@ -98,22 +98,36 @@ class Repository:
         except OSError:
             return False
 
-    def install(self, meta: ModelMetadata, populate: Callable[[Path, Path], None]) -> Path:
-        """Build the version in staging and rename it into place.
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold the model's lock for a whole sync (check, install, config, prune).
 
-        `populate(version, scratch)` fills `version` with the model's files; `scratch` is for downloads
-        that are not part of the version (an archive before unpacking). On any failure the repository is
-        left as it was: staging is removed, and a model folder this call created is removed too.
+        Two syncs of one model never interleave. A model folder created here and left without any version
+        by a failure is removed, so a failed first sync leaves the repository as it was.
+        """
+        model_dir = self.model_dir(name)
+        created = not model_dir.exists()
+        with disk_errors(f"cannot create {model_dir}"):
+            model_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with _locked(model_dir):
+                yield
+        except BaseException:
+            if created and not self.versions(name):
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise
+
+    def install(self, meta: ModelMetadata, populate: Callable[[Path, Path], None]) -> Path:
+        """Build the version in staging and rename it into place (call it inside `locked`).
+
+        `populate(version, scratch)` fills `version` with the model's files, subfolders allowed; `scratch`
+        is for downloads that are not part of the version (an archive before unpacking). On any failure
+        the repository is left as it was: staging is removed, and a model folder this call created too.
         """
         model_dir = self.model_dir(meta.name)
         created = not model_dir.exists()
         with disk_errors(f"cannot create {model_dir}"):
             model_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(model_dir):
-            return self._install_locked(meta, populate, created)
-
-    def _install_locked(self, meta: ModelMetadata, populate: Callable[[Path, Path], None], created: bool) -> Path:
-        model_dir = self.model_dir(meta.name)
         target = self.version_dir(meta.name, meta.version)
         for stale in model_dir.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a sync that was killed
@@ -127,12 +141,17 @@ class Repository:
             populate(version, scratch)
             with disk_errors(f"cannot write version {target}"):
                 (version / MODEL_CODE).write_bytes(model_code())
-                files = {p.name: sha256_file(p) for p in sorted(version.iterdir()) if p.is_file()}
+                files = {
+                    p.relative_to(version).as_posix(): sha256_file(p) for p in sorted(version.rglob("*")) if p.is_file()
+                }
                 record = {"metadata": meta.to_dict(), "files": files}
                 (version / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-                for path in version.iterdir():
-                    with path.open("rb") as f:
-                        os.fsync(f.fileno())
+                for path in (*version.rglob("*"), version):
+                    if path.is_dir():
+                        _fsync_dir(path)
+                    else:
+                        with path.open("rb") as f:
+                            os.fsync(f.fileno())
                 self._swap_in(version, target, staging / "previous")
                 _fsync_dir(model_dir)
         except BaseException:

@@ -12,10 +12,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from nexusml import metadata
 from nexusml.errors import ServerError
-from nexusml.process import ManagedProcess, wait_for_signal
+from nexusml.process import ManagedProcess, Stopped, stop_all, supervising, wait_for_exit
 from nexusml.s3local import LocalS3
 from nexusml.settings import S3Settings, TritonSettings, env, nested
 from nexusml.triton import TritonServer
@@ -46,7 +47,7 @@ class StackSettings:
 
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
     log.info("%s: %s", name, " ".join(argv))
-    code = subprocess.call([sys.executable, "-m", "nexusml.cli", *argv], env=env)
+    code = subprocess.call([sys.executable, "-m", "nexusml.cli", *argv], env=env, start_new_session=True)
     if code != 0:
         raise SystemExit(code)
 
@@ -77,30 +78,36 @@ def _banner(meta: metadata.ModelMetadata, port: int) -> str:
 def up(settings: StackSettings, environ: dict[str, str]) -> int:
     env = dict(environ)
     running: list[ManagedProcess] = []
-    try:
-        if settings.local_s3:
-            s3 = LocalS3(settings.local_s3_port, env)
-            s3.start()
-            running.append(s3)
-            env.update(s3.client_environment())
-            env["MODEL_BUCKET"] = LOCAL_BUCKET
-            log.info("no S3 configured: local S3 at %s, publishing the demo model", s3.endpoint_url)
-            _step("publish demo model", ["publish-demo"], env)
-        _step("sync", ["sync"], env)
-        triton = TritonServer(settings.triton, env)
-        triton.start()
-        running.append(triton)
-        meta = metadata.load(settings.meta_path)
-        proxy = _proxy(settings, triton, meta.name, env)
-        proxy.start()
-        running.append(proxy)
-        print(_banner(meta, settings.proxy.port), flush=True)
-        died = wait_for_signal(running)
-        if died is not None:
-            raise ServerError(f"{died.name} exited unexpectedly with code {died.process.returncode}")
-        return 0
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    finally:
-        for process in reversed(running):
-            process.stop()
+    with supervising():
+        try:
+            _run(settings, env, running)
+        except Stopped as signal_name:
+            log.info("%s: stopping", signal_name)
+            return 0
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+        finally:
+            stop_all(running)
+
+
+def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProcess]) -> NoReturn:
+    """Start every step in order, then wait; appends each server to `running` as it starts."""
+    if settings.local_s3:
+        s3 = LocalS3(settings.local_s3_port, env)
+        s3.start()
+        running.append(s3)
+        env.update(s3.client_environment())
+        env["MODEL_BUCKET"] = LOCAL_BUCKET
+        log.info("no S3 configured: local S3 at %s, publishing the demo model", s3.endpoint_url)
+        _step("publish demo model", ["publish-demo"], env)
+    _step("sync", ["sync"], env)
+    triton = TritonServer(settings.triton, env)
+    triton.start()
+    running.append(triton)
+    meta = metadata.load(settings.meta_path)
+    proxy = _proxy(settings, triton, meta.name, env)
+    proxy.start()
+    running.append(proxy)
+    print(_banner(meta, settings.proxy.port), flush=True)
+    died = wait_for_exit(running)
+    raise ServerError(f"{died.name} exited unexpectedly with code {died.process.returncode}")

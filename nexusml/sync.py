@@ -59,12 +59,13 @@ def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) ->
     """Make the repository hold `meta`'s version, verified, with a matching config; idempotent."""
     repo = Repository(settings.repository)
     config_text = render(model_config(meta, serving_config(meta, settings)))
-    downloaded = not repo.installed(meta)
-    if downloaded:
-        path = repo.install(meta, _populate(meta, settings, progress))
-    else:
-        path = repo.version_dir(meta.name, meta.version)
-        log.info("%s version %d already present and verified; nothing downloaded", meta.name, meta.version)
-    written = repo.write_config(meta.name, config_text)
-    pruned = repo.prune(meta.name, meta.version, settings.keep_versions)
+    with repo.locked(meta.name):
+        downloaded = not repo.installed(meta)
+        if downloaded:
+            path = repo.install(meta, _populate(meta, settings, progress))
+        else:
+            path = repo.version_dir(meta.name, meta.version)
+            log.info("%s version %d already present and verified; nothing downloaded", meta.name, meta.version)
+        written = repo.write_config(meta.name, config_text)
+        pruned = repo.prune(meta.name, meta.version, settings.keep_versions)
     return SyncResult(path=path, downloaded=downloaded, config_written=written, pruned=pruned)

@@ -35,6 +35,26 @@ def test_install_lays_out_a_verified_version(tmp_path: Path) -> None:
     assert not list((tmp_path / "demo_mlp").glob(".staging-*"))
 
 
+def test_subfolders_are_recorded_and_verified(tmp_path: Path) -> None:
+    def with_assets(version_dir: Path, _scratch: Path) -> None:
+        write_model(version_dir, _scratch)
+        (version_dir / "assets").mkdir()
+        (version_dir / "assets" / "vocab.txt").write_text("a\nb\n")
+
+    repo = Repository(tmp_path)
+    path = repo.install(version(1), with_assets)
+    assert repo.installed(version(1))
+    (path / "assets" / "vocab.txt").write_text("tampered")
+    assert not repo.installed(version(1))
+
+
+def test_failed_first_sync_under_the_lock_removes_the_model_folder(tmp_path: Path) -> None:
+    repo = Repository(tmp_path)
+    with pytest.raises(IntegrityError), repo.locked("demo_mlp"):
+        raise IntegrityError("bad")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tampered_file_is_not_installed(tmp_path: Path) -> None:
     repo = Repository(tmp_path)
     path = repo.install(version(1), write_model)

@@ -61,3 +61,24 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     assert not http_ok(f"{triton}/v2/health/live")
     assert not http_ok(f"{proxy}/healthz")
     assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")
+
+
+def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
+    """A signal while the demo model is being published: the local S3 already runs and must be stopped."""
+    ports = {name: str(free_port()) for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "PORT")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexusml.cli", "up"],
+        cwd=tmp_path,
+        env={**base_environment(), **ports, "TRITON_METRICS_PORT": str(free_port()), "DEVICE": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    s3 = f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/"
+    deadline = time.monotonic() + 60
+    while not http_ok(s3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not http_ok(s3)
+    assert not http_ok(f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}/v2/health/live")
