@@ -55,6 +55,7 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml import demo, storage
+    from nexusml.repository import disk_errors
     from nexusml.settings import SyncSettings, load
 
     settings = load(SyncSettings, environ)
@@ -70,7 +71,8 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     s3 = storage.client(settings.s3)
     meta = demo.publish(spec, s3, bucket, Path(args.workdir), settings.s3.endpoint_url)
-    settings.meta_path.write_text(meta.to_json())
+    with disk_errors(f"cannot write {settings.meta_path}"):
+        settings.meta_path.write_text(meta.to_json())
     print(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
     return 0
 
@@ -92,7 +94,9 @@ def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="nexus", description="NexusML data plane")
-    root.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    root.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     sync = commands.add_parser("sync", help="download the model in .nexus_meta.json into the model repository")

@@ -8,15 +8,18 @@ Names shared by several processes (`BATCH_SIZE`, `DEVICE`, `MODEL_BUCKET`, ...) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from nexusml.errors import SettingsError
 
 T = TypeVar("T")
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -33,6 +36,21 @@ def parse_bool(raw: str) -> bool:
 def parse_int_list(raw: str) -> tuple[int, ...]:
     """'4,8,16' -> (4, 8, 16); an empty list is allowed and means 'none'."""
     return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+def parse_endpoint(raw: str) -> str:
+    """An S3 endpoint URL: http(s)://host[:port] (botocore would fail later with a bare traceback)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http://host[:port] or https://host[:port]")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    return raw
+
+
+def parse_bucket(raw: str) -> str:
+    if not _BUCKET.fullmatch(raw):
+        raise ValueError("not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -107,10 +125,10 @@ class S3Settings:
     """Where models are read from (and, for the demo publisher, written to)."""
 
     endpoint_url: str | None = env(
-        "AWS_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, moto); unset means AWS itself"
+        "AWS_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, moto); unset means AWS itself", parse_endpoint
     )
     model_bucket: str | None = env(
-        "MODEL_BUCKET", None, "bucket for artifact locations given as a bare key in the metadata"
+        "MODEL_BUCKET", None, "bucket for artifact locations given as a bare key in the metadata", parse_bucket
     )
     connect_timeout_s: float = env("S3_CONNECT_TIMEOUT_S", 5.0, "TCP connect timeout", float, minimum=0.1)
     read_timeout_s: float = env("S3_READ_TIMEOUT_S", 30.0, "socket read timeout", float, minimum=0.1)

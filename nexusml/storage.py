@@ -26,6 +26,7 @@ from botocore.exceptions import (
     ConnectionError,
     IncompleteReadError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -111,6 +112,8 @@ def s3_errors(location: ObjectLocation, endpoint: str | None) -> Iterator[None]:
         if status >= 500:
             raise EndpointUnreachable(f"{location}: {where} failed with {status} {code} after retries") from err
         raise NexusError(f"{location}: S3 error {code or status}") from err
+    except ParamValidationError as err:
+        raise MetadataError(f"{location}: not a valid S3 location ({err})") from err
     except (NoCredentialsError, PartialCredentialsError) as err:
         raise AccessDenied(f"{location}: no usable AWS credentials ({err})") from err
     except BotoCoreError as err:

@@ -39,6 +39,7 @@ from proxy.errors import (
     Unauthorized,
     UnsupportedEncoding,
     UnsupportedMediaType,
+    UpstreamBusy,
 )
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
@@ -128,8 +129,10 @@ async def _load_schema(state: ProxyState) -> None:
         try:
             name = settings.model_name or await _only_model(state.upstream)
             state.schema = await state.upstream.schema(name, settings.model_version)
-        except NexusError as err:
+        except Exception as err:  # anything else would end this task silently and leave /readyz stale
             state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
+            if not isinstance(err, NexusError):
+                log.exception("unexpected error reading the model's metadata")
             if not warned:
                 log.warning("%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
                 warned = True
@@ -394,6 +397,8 @@ async def _check_ready(state: ProxyState) -> ProxyError | None:
         deadline = asyncio.get_running_loop().time() + state.settings.connect_timeout_s
         try:
             await upstream.infer(schema, state.settings.model_version, arrays, deadline)
+        except UpstreamBusy:
+            pass  # a full queue is a busy model, not a broken one: leaving the pool now would cascade
         except ProxyError as err:
             return NotReady(f"model {schema.name} does not answer a probe inference: {err}")
     return None

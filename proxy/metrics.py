@@ -22,6 +22,11 @@ def _labels(names: Sequence[str], values: Sequence[str]) -> str:
     return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, escaped, strict=True)) + "}"
 
 
+def _number(value: float) -> str:
+    """Exact sample values: `:g` would print 1234567 as 1.23457e+06 and break rate() on busy counters."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 class Counter:
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, tuple(labels)
@@ -34,7 +39,7 @@ class Counter:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         names = (*self.label_names, extra[0])
         for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(names, (*labels, extra[1]))} {value:g}")
+            lines.append(f"{self.name}{_labels(names, (*labels, extra[1]))} {_number(value)}")
         return lines
 
 
@@ -61,9 +66,9 @@ class Histogram:
             for bound, count in zip((*self.buckets, "+Inf"), series[:-1], strict=True):
                 running += count
                 le = bound if isinstance(bound, str) else f"{bound:g}"
-                lines.append(f"{self.name}_bucket{_labels(names, (*labels, extra[1], le))} {running:g}")
-            lines.append(f"{self.name}_count{_labels(base, (*labels, extra[1]))} {running:g}")
-            lines.append(f"{self.name}_sum{_labels(base, (*labels, extra[1]))} {series[-1]:.6g}")
+                lines.append(f"{self.name}_bucket{_labels(names, (*labels, extra[1], le))} {_number(running)}")
+            lines.append(f"{self.name}_count{_labels(base, (*labels, extra[1]))} {_number(running)}")
+            lines.append(f"{self.name}_sum{_labels(base, (*labels, extra[1]))} {_number(series[-1])}")
         return lines
 
 
