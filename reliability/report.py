@@ -23,10 +23,14 @@ CAUSES = {
     "abandoned slow call keeps the model's only instance busy to its end, so normal requests queued behind them "
     "meet their deadline (504). gRPC, the default upstream, cancels them (see slow-backend-grpc). Use gRPC, or "
     "more instances, for models that can be slow.",
-    "soak": "The offered rate is 70% of the capacity measured in the first seconds; on this shared 2-core machine "
-    "(another session's benchmark ran at the same time) capacity varied during the run, so the open loop "
-    "overran it: the 429s are correct overload answers and the -1 arrivals the generator's own saturation, not "
-    "proxy errors. The memory figure is from the end of warm-up to the end of a 2-minute run (shortened from 10).",
+    "soak": "The offered rate is 70% of the capacity measured in the first seconds of the run, with the Python "
+    "load generator on the same 2 cores as the proxy and Triton. Sustained over minutes the three together "
+    "serve less than that short measurement: the generator itself falls behind (the -1 arrivals) and the "
+    "proxy answers the excess with correct 429s (MAX_IN_FLIGHT). No wrong bodies, no 5xx, and memory, file "
+    "descriptors and connections end where they started. Measuring 70% needs the load generator on other cores.",
+    "hostile-http": "500 slow-loris connections each cost the proxy's one event loop a little work per byte, and "
+    "the normal traffic's client shares the same 2 cores: its p99 moved from a few ms to about 11 ms, all 200. "
+    "Every slow connection was dropped at its read timeout.",
 }
 
 
