@@ -99,23 +99,30 @@ class Repository:
             return False
 
     @contextmanager
-    def locked(self, name: str) -> Iterator[None]:
-        """Hold the model's lock for a whole sync (check, install, config, prune).
+    def _model_folder(self, name: str) -> Iterator[Path]:
+        """Create the model folder when missing; remove it again if a failure leaves it without a version.
 
-        Two syncs of one model never interleave. A model folder created here and left without any version
-        by a failure is removed, so a failed first sync leaves the repository as it was.
+        So a failed first sync leaves the repository as it was.
         """
         model_dir = self.model_dir(name)
         created = not model_dir.exists()
         with disk_errors(f"cannot create {model_dir}"):
             model_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with _locked(model_dir):
-                yield
+            yield model_dir
         except BaseException:
             if created and not self.versions(name):
                 shutil.rmtree(model_dir, ignore_errors=True)
             raise
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold the model's lock for a whole sync (check, install, config, prune).
+
+        Two syncs of one model never interleave.
+        """
+        with self._model_folder(name) as model_dir, _locked(model_dir):
+            yield
 
     def install(self, meta: ModelMetadata, populate: Callable[[Path, Path], None]) -> Path:
         """Build the version in staging and rename it into place (call it inside `locked`).
@@ -124,10 +131,11 @@ class Repository:
         is for downloads that are not part of the version (an archive before unpacking). On any failure
         the repository is left as it was: staging is removed, and a model folder this call created too.
         """
-        model_dir = self.model_dir(meta.name)
-        created = not model_dir.exists()
-        with disk_errors(f"cannot create {model_dir}"):
-            model_dir.mkdir(parents=True, exist_ok=True)
+        with self._model_folder(meta.name) as model_dir:
+            return self._build(meta, populate, model_dir)
+
+    def _build(self, meta: ModelMetadata, populate: Callable[[Path, Path], None], model_dir: Path) -> Path:
+        """Staging, verification record, fsync, one rename: the steps `install` wraps."""
         target = self.version_dir(meta.name, meta.version)
         for stale in model_dir.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a sync that was killed
@@ -156,8 +164,6 @@ class Repository:
                 _fsync_dir(model_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            if created and not self.versions(meta.name):
-                shutil.rmtree(model_dir, ignore_errors=True)
             raise
         shutil.rmtree(staging, ignore_errors=True)
         return target
