@@ -92,8 +92,16 @@ def environment(dist: TritonDistribution, base: dict[str, str]) -> dict[str, str
 class TritonServer(ManagedProcess):
     """The tritonserver child process, on the settings' repository and ports."""
 
-    def __init__(self, settings: TritonSettings, environ: dict[str, str], log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: TritonSettings,
+        environ: dict[str, str],
+        log_file: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        """`extra_args` follow the launcher's flags, e.g. the deployments' `--*-restricted-*` flags in tests."""
         self.settings = settings
+        self.extra_args = extra_args
         self.dist = TritonDistribution.find()
         self._backend_root: Path | None = None
         super().__init__(
@@ -118,7 +126,8 @@ class TritonServer(ManagedProcess):
         if not self.settings.repository.is_dir():
             raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")
         self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
-        self.argv = command(self.settings, self.dist, self.dist.backend_directory(self._backend_root))
+        backend_dir = self.dist.backend_directory(self._backend_root)
+        self.argv = [*command(self.settings, self.dist, backend_dir), *self.extra_args]
         super().start()
 
     def stop(self) -> int | None:

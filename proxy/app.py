@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from nexusml import metadata
 from nexusml.errors import NexusError
 from proxy.client import Outputs, Upstream, connect
 from proxy.coalesce import Coalescer
@@ -31,6 +32,7 @@ from proxy.errors import (
     BadRequest,
     BodyTimeout,
     MethodNotAllowed,
+    ModelUnknown,
     NotFound,
     NotReady,
     Overloaded,
@@ -40,6 +42,7 @@ from proxy.errors import (
     UnsupportedEncoding,
     UnsupportedMediaType,
     UpstreamBusy,
+    UpstreamForbidden,
 )
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
@@ -121,21 +124,28 @@ def server_options(settings: ProxySettings) -> dict[str, Any]:
 
 # --- start-up and shutdown ------------------------------------------------------------------------------
 async def _load_schema(state: ProxyState) -> None:
-    """Find the model and read its schema from Triton, retrying until it works (or the app stops)."""
+    """Find the model and read its schema from Triton, retrying until it works (or the app stops).
+
+    Each new kind of problem is logged once, so a proxy that can never become ready says why in one line.
+    """
     assert state.upstream is not None
     settings = state.settings
-    warned = False
+    logged: str | None = None
     while True:
         try:
-            name = settings.model_name or await _only_model(state.upstream)
+            name = await _model_name(state.upstream, settings)
             state.schema = await state.upstream.schema(name, settings.model_version)
         except Exception as err:  # anything else would end this task silently and leave /readyz stale
-            state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
+            if isinstance(err, ModelUnknown):
+                state.schema_problem = str(err)
+            else:
+                state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
             if not isinstance(err, NexusError):
                 log.exception("unexpected error reading the model's metadata")
-            if not warned:
-                log.warning("%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
-                warned = True
+            if logged != type(err).__name__:
+                level = logging.ERROR if isinstance(err, ModelUnknown) else logging.WARNING
+                log.log(level, "%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
+                logged = type(err).__name__
             await asyncio.sleep(SCHEMA_RETRY_S)
             continue
         if settings.coalesce and state.schema.batched:
@@ -149,6 +159,26 @@ async def _load_schema(state: ProxyState) -> None:
             "on" if state.coalescer else "off",
         )
         return
+
+
+async def _model_name(upstream: Upstream, settings: ProxySettings) -> str:
+    """Which model to serve: `MODEL_NAME`, else the control plane's metadata, else Triton's repository index.
+
+    The metadata comes before the index because deployments restrict Triton's model-repository API to an
+    admin key the proxy does not hold (compose and the chart mount the metadata for the sync anyway);
+    the index serves `nexus proxy` pointed at a Triton of its own with nothing configured.
+    """
+    if settings.model_name:
+        return settings.model_name
+    if settings.meta_path.is_file():
+        return metadata.load(settings.meta_path).name
+    try:
+        return await _only_model(upstream)
+    except UpstreamForbidden as err:
+        raise ModelUnknown(
+            f"cannot tell which model to serve: MODEL_NAME is empty, there is no metadata file at "
+            f"NEXUS_META_PATH={settings.meta_path}, and {err}; set MODEL_NAME or mount the metadata"
+        ) from err
 
 
 async def _only_model(upstream: Upstream) -> str:

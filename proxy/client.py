@@ -27,6 +27,7 @@ from proxy.errors import (
     ProxyError,
     UpstreamBusy,
     UpstreamError,
+    UpstreamForbidden,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -44,6 +45,7 @@ _GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED", "503", "404")
+_FORBIDDEN = ("StatusCode.PERMISSION_DENIED", "403")
 _REJECTED = ("StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "400")
 
 Outputs = dict[str, np.ndarray]
@@ -58,6 +60,9 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
         return UpstreamBusy(f"Triton's queue is full: {message}")
     if "timeout expired" in lower or status in ("StatusCode.DEADLINE_EXCEEDED", "504"):
         return DeadlineExceeded(f"the deadline passed in Triton: {message}")
+    if "is restricted" in lower or status in _FORBIDDEN:
+        # Before UNAVAILABLE: over gRPC, Triton refuses a restricted protocol with StatusCode.UNAVAILABLE.
+        return UpstreamForbidden(f"Triton refused a restricted API: {message}")
     if "unknown model" in lower or status in _UNAVAILABLE:
         return UpstreamUnavailable(f"Triton is unavailable: {message}")
     if status in _REJECTED:

@@ -172,11 +172,21 @@ class UpstreamError(ProxyError):
     code = "upstream_error"
 
 
+class UpstreamForbidden(UpstreamError):
+    """Triton refused an API that the deployment restricts to its admin key (`--*-restricted-*` flags)."""
+
+    code = "upstream_forbidden"
+
+
 class NotReady(ProxyError):
     """The model's metadata is not loaded yet, or the proxy is shutting down."""
 
     http_status = 503
     code = "not_ready"
+
+
+class ModelUnknown(NotReady):
+    """Nothing names the model to serve and Triton will not list its models: ready never, until configured."""
 
 
 class UpstreamUnavailable(ProxyError):

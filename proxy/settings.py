@@ -9,6 +9,7 @@ wait to fill one); here they size the proxy-side coalescer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from nexusml.errors import SettingsError
@@ -43,7 +44,17 @@ class ProxySettings:
         "Triton address; grpc://host:port (default) or http://host:port picks the upstream protocol",
         parse_server_url,
     )
-    model_name: str = env("MODEL_NAME", "", "model to serve; empty means the only model in Triton's repository index")
+    model_name: str = env(
+        "MODEL_NAME",
+        "",
+        "model to serve; empty: the name in NEXUS_META_PATH, else the only model in Triton's repository index",
+    )
+    meta_path: Path = env(
+        "NEXUS_META_PATH",
+        Path(".nexus_meta.json"),
+        "the control plane's metadata; names the model when MODEL_NAME is empty (skipped if absent)",
+        Path,
+    )
     model_version: str = env(
         "MODEL_VERSION", "", "pin a version; empty lets Triton answer with its newest ready version"
     )

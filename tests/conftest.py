@@ -102,7 +102,7 @@ def demo_repository(
     return repository
 
 
-def start_triton(repository: Path, log_dir: Path, **extra: str) -> TritonServer:
+def start_triton(repository: Path, log_dir: Path, extra_args: tuple[str, ...] = (), **extra: str) -> TritonServer:
     env = {
         **base_environment(),
         "MODEL_REPOSITORY": str(repository),
@@ -112,7 +112,7 @@ def start_triton(repository: Path, log_dir: Path, **extra: str) -> TritonServer:
         "TRITON_EXIT_TIMEOUT_S": "5",
         **extra,
     }
-    server = TritonServer(load(TritonSettings, env), base_environment(), log_file=log_dir / "triton.log")
+    server = TritonServer(load(TritonSettings, env), base_environment(), log_dir / "triton.log", extra_args)
     server.start()
     return server
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
 
 from nexusml import demo
+from nexusml.triton import TritonServer
 from proxy.app import OPENAPI_PATH
-from tests.conftest import DEMO_SPEC
+from tests.conftest import DEMO_SPEC, PublishedModel, start_triton
 from tests.proxy.conftest import ROW, MakeClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -80,3 +85,63 @@ async def test_request_id_is_echoed(client) -> None:
     assert response.headers["X-Request-Id"] == "abc-123"
     odd = await client.post("/predict", json={"input": ROW}, headers={"X-Request-Id": "x" * 500})
     assert odd.headers["X-Request-Id"] != "x" * 500
+
+
+# --- which model: MODEL_NAME, else the metadata file, else Triton's index (refused when restricted) -------
+# The deployments' flags (compose, Helm): the repository index needs an admin key the proxy does not hold.
+RESTRICTED_FLAGS = (
+    "--http-restricted-api=model-repository,logging,trace:nexus-admin-key=test-key",
+    "--grpc-restricted-protocol=model-repository,logging,trace:nexus-admin-key=test-key",
+)
+
+
+@pytest.fixture(scope="module")
+def restricted_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    server = start_triton(demo_repository, tmp_path_factory.mktemp("triton-restricted"), RESTRICTED_FLAGS)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize(
+    ("restricted", "name_source", "ready"),
+    [
+        pytest.param(True, "metadata", True, id="restricted-metadata-file"),
+        pytest.param(True, "MODEL_NAME", True, id="restricted-model-name"),
+        pytest.param(True, "nothing", False, id="restricted-nothing-never-ready"),
+        pytest.param(False, "nothing", True, id="open-index"),
+    ],
+)
+async def test_which_model_to_serve(
+    proxy_client: MakeClient,
+    request: pytest.FixtureRequest,
+    demo_model: PublishedModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+    restricted: bool,
+    name_source: str,
+    ready: bool,
+) -> None:
+    server: TritonServer = request.getfixturevalue("restricted_triton" if restricted else "triton")
+    env = {"MODEL_NAME": "", "NEXUS_META_PATH": str(tmp_path / "absent.json")}
+    if name_source == "metadata":
+        env["NEXUS_META_PATH"] = str(demo_model.meta_path)
+    elif name_source == "MODEL_NAME":
+        env["MODEL_NAME"] = "demo_mlp"
+    with caplog.at_level(logging.WARNING, logger="proxy"):
+        client = await proxy_client(server.grpc_url if protocol == "grpc" else server.http_url, **env)
+        response = await client.get("/readyz")
+        body = await response.json()
+    if ready:
+        assert response.status == 200, body
+        assert body["model"] == "demo_mlp"
+        assert (await client.post("/predict", json={"input": ROW})).status == 200
+        return
+    assert response.status == 503
+    assert body["error"]["code"] == "not_ready"
+    message = body["error"]["message"]
+    for cause in ("MODEL_NAME is empty", "NEXUS_META_PATH", "restricted"):
+        assert cause in message, message
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].getMessage().startswith(message), errors  # one line says why
