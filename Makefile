@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 # Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64;
 # wrk drives the HTTP paths in the benchmarks.
 DEB_PACKAGES := libpython3.11 libb64-0d wrk
+DEPLOY_PACKAGES := podman runc debootstrap
 
-.PHONY: run test bench soak lint sysdeps venv clean
+.PHONY: run test test-deploy bench soak lint sysdeps deploy-sysdeps venv clean
 
 run: venv
 	$(BIN)/nexus up
@@ -17,6 +18,10 @@ run: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The deployments started for real (podman): images built here, docker compose and the Helm pod.
+test-deploy: venv deploy-sysdeps
+	$(BIN)/python -m pytest tests/deploy/containers --containers -s -p no:cacheprovider
 
 bench: venv
 	$(BIN)/python -m benchmarks
@@ -31,6 +36,14 @@ venv: sysdeps $(STAMP)
 
 sysdeps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+# podman runs the containers of test-deploy (runc: crun fails here; debootstrap makes the base image).
+deploy-sysdeps:
+	@missing=""; for p in $(DEPLOY_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -1,14 +1,25 @@
 # syntax=docker/dockerfile:1
-# The NexusML data-plane image: one image, two entry points.
-#   nexus sync    one-shot: .nexus_meta.json -> S3 -> model repository (compose `model-sync`, Helm init container)
-#   nexus proxy   the JSON front proxy on $PORT (8080), talking to Triton (compose `proxy`, Helm `proxy` container)
-# Targets: `runtime` (the default, last stage) and `demo` (runtime + CPU PyTorch, for `nexus publish-demo`).
-# Build from the repository root:  docker build -f docker/nexus.Dockerfile -t nexusml/dataplane:0.1.0 .
-# Triton itself runs from NVIDIA's image (nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3); nothing of
-# this image is needed there, because the generated model.py imports only torch and numpy.
+# The NexusML data-plane images, from one Dockerfile:
+#   runtime (default)  nexus sync (compose `model-sync`, Helm init container) and nexus proxy (`proxy`)
+#   demo               runtime + CPU PyTorch, for `nexus publish-demo` (compose profile `demo`)
+#   triton-cpu         a CPU-only Triton 2.51 (the server of nvidia-pytriton 0.7.0 = NGC 24.10) + PyTorch,
+#                      a stand-in for nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3 that takes the same
+#                      `tritonserver ...` command line (compose TRITON_IMAGE, Helm tritonImage.*)
+# Build from the repository root:
+#   docker build -f docker/nexus.Dockerfile -t nexusml/dataplane:0.1.0 .
+#   docker build -f docker/nexus.Dockerfile --target triton-cpu -t nexusml/tritonserver-cpu:2.51.0 .
+# Build arguments: BASE_IMAGE (any Debian-based image with python3.11, python -m venv and libpython3.11),
+# TORCH_VERSION / TORCH_INDEX_URL (the CPU PyTorch of `demo` and `triton-cpu`; TORCH_INDEX_URL empty means
+# pip's own indexes), and pip's own PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT for builds
+# behind a mirror or a TLS-inspecting proxy (unset: PyPI).
+ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
 ############################ builder: a virtual environment with the runtime dependencies
-FROM python:3.11.11-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -25,12 +36,18 @@ RUN pip install --no-deps . \
 
 ############################ demo-builder: adds a CPU build of PyTorch for `nexus publish-demo`
 FROM builder AS demo-builder
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 # 2.5.x: the PyTorch of the 24.10 Triton image, so the TorchScript file the demo writes loads there.
 ARG TORCH_VERSION=2.5.1
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
+    && pip install "torch==${TORCH_VERSION}"
 
 ############################ demo: the control-plane stand-in (compose profile `demo`), one-shot
-FROM python:3.11.11-slim-bookworm AS demo
+FROM ${BASE_IMAGE} AS demo
 RUN groupadd --system --gid 1000 nexus \
     && useradd --system --uid 1000 --gid nexus --home-dir /home/nexus --create-home --shell /usr/sbin/nologin nexus
 COPY --from=demo-builder /opt/venv /opt/venv
@@ -44,8 +61,64 @@ HEALTHCHECK NONE
 ENTRYPOINT ["nexus"]
 CMD ["publish-demo"]
 
+############################ triton-builder: Triton 2.51 out of the nvidia-pytriton wheel, laid out as in NGC's image
+FROM ${BASE_IMAGE} AS triton-builder
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+# The PyTorch the generic model.py runs on. 2.5.x is NGC 24.10's; a demo model must not be newer.
+ARG TORCH_VERSION=2.5.1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The model's Python environment: the stub finds it because its bin/ leads PATH in the final stage.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install "numpy<2" \
+    && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
+    && /opt/venv/bin/pip install "torch==${TORCH_VERSION}"
+# Only the server out of the wheel (not its Python client): binary, its libraries, the Python backend and
+# the backend stub of this image's Python. RPATHs aside, LD_LIBRARY_PATH finds the libraries.
+WORKDIR /tmp/pytriton
+RUN /opt/venv/bin/pip download --no-deps --dest . "nvidia-pytriton==0.7.0" \
+    && python -m zipfile -e nvidia_pytriton-*.whl wheel \
+    && server=wheel/pytriton/tritonserver \
+    && python_version="$(python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" \
+    && mkdir -p /opt/tritonserver/bin /opt/tritonserver/backends/python \
+    && cp "$server/bin/tritonserver" /opt/tritonserver/bin/ \
+    && cp -r wheel/nvidia_pytriton.libs /opt/tritonserver/lib \
+    && cp "$server"/backends/python/libtriton_python.so "$server"/backends/python/triton_python_backend_utils.py \
+          "$server/python_backend_stubs/$python_version/triton_python_backend_stub" /opt/tritonserver/backends/python/ \
+    && chmod 0755 /opt/tritonserver/bin/tritonserver /opt/tritonserver/backends/python/triton_python_backend_stub \
+    && rm -rf /tmp/pytriton
+
+############################ triton-cpu: `tritonserver --model-repository=/models ...` as in NGC's image, CPU only
+FROM ${BASE_IMAGE} AS triton-cpu
+LABEL org.opencontainers.image.title="nexusml-tritonserver-cpu" \
+      org.opencontainers.image.description="Triton Inference Server 2.51.0 (CPU, Python backend, PyTorch)" \
+      org.opencontainers.image.version="2.51.0"
+# uid/gid 1000 = `triton-server`, as in NGC's image; /models for a volume mounted there.
+RUN groupadd --system --gid 1000 triton-server \
+    && useradd --system --uid 1000 --gid triton-server --home-dir /home/triton-server --create-home \
+       --shell /usr/sbin/nologin triton-server \
+    && mkdir -p /models
+COPY --from=triton-builder /opt/tritonserver /opt/tritonserver
+COPY --from=triton-builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:/opt/tritonserver/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/tritonserver/lib \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /home/triton-server
+USER 1000:1000
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=3)"]
+CMD ["tritonserver", "--model-repository=/models"]
+
 ############################ runtime (default target): sync + proxy, non-root, no build tools
-FROM python:3.11.11-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="nexusml-dataplane" \
       org.opencontainers.image.description="NexusML data plane: nexus sync (init/one-shot) and nexus proxy" \
       org.opencontainers.image.version="0.1.0"
@@ -64,8 +137,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/nexus
 USER 1000:1000
 EXPOSE 8080
-# Liveness of the proxy (GET /healthz on $PORT). The one-shot `sync` container disables it in compose.
+# Healthy = ready to serve (GET /readyz on $PORT: Triton up, the model answering). The one-shot `sync`
+# container disables it in compose; Kubernetes ignores it and uses the chart's probes.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "/opt/nexus/healthcheck.py", "/healthz"]
+    CMD ["python", "/opt/nexus/healthcheck.py", "/readyz"]
 ENTRYPOINT ["nexus"]
 CMD ["proxy"]

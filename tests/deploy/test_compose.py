@@ -120,14 +120,15 @@ def test_start_order(services: dict[str, Any]) -> None:
 
 def test_only_the_proxy_port_is_published(services: dict[str, Any]) -> None:
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert published == {"proxy": ["8080:8080"]}
+    # loopback by default; PROXY_PUBLISH=0.0.0.0:8080 opens it to other hosts
+    assert published == {"proxy": ["${PROXY_PUBLISH:-127.0.0.1:8080}:8080"]}
     assert {int(p) for p in services["triton"]["expose"]} == TRITON_PORTS
     assert services["proxy"]["environment"]["PORT"] == "8080"
 
 
 def test_triton_service(services: dict[str, Any]) -> None:
     triton = services["triton"]
-    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"
+    assert triton["image"] == "${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3}"
     check = " ".join(triton["healthcheck"]["test"])
     assert "http://127.0.0.1:8000/v2/health/ready" in check
     assert triton["healthcheck"]["start_period"].endswith("s")
@@ -149,6 +150,15 @@ def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) ->
     demo = services["publish-demo"]
     assert demo["command"][0] == "publish-demo"
     assert demo["environment"]["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"]
+
+
+def test_proxy_is_healthy_when_ready_and_reads_the_metadata(services: dict[str, Any]) -> None:
+    """Triton's repository index is restricted: the proxy learns the model from the synced metadata."""
+    proxy, sync = services["proxy"], services["model-sync"]
+    assert proxy["healthcheck"]["test"][-1] == "/readyz"
+    assert proxy["environment"]["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"]
+    (bind,) = [v for v in proxy["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
+    assert bind == {"type": "bind", "source": ".", "target": "/project", "read_only": True}
 
 
 def test_cpu_override_drops_the_gpu() -> None:

@@ -121,7 +121,8 @@ def test_compose_ports_match_the_code() -> None:
     url = proxy_env["MODEL_SERVER_URL"]
     assert url == f"grpc://triton:{triton.grpc_port}"
     assert int(proxy_env["PORT"]) == int(_as_text(proxy_defaults()["PORT"]))
-    assert services["proxy"]["ports"] == [f"{proxy_env['PORT']}:{proxy_env['PORT']}"]
+    port = proxy_env["PORT"]
+    assert services["proxy"]["ports"] == [f"${{PROXY_PUBLISH:-127.0.0.1:{port}}}:{port}"]
     assert proxy_defaults()["MODEL_SERVER_URL"].rsplit(":", 1)[1] == str(triton.grpc_port)
     assert f"127.0.0.1:{triton.http_port}/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
 

@@ -39,13 +39,18 @@ def parse(path: Path) -> list[Stage]:
             logical.append(buffer.strip())
             buffer = ""
     stages: list[Stage] = []
+    defaults: dict[str, str] = {}  # ARGs before the first FROM, as `FROM ${NAME}` sees them by default
     for line in logical:
         keyword, _, arg = line.partition(" ")
         keyword = keyword.upper()
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, value = arg.partition("=")
+            defaults[name] = value
+        elif keyword == "FROM":
             match = re.match(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", arg, re.IGNORECASE)
             assert match, line
-            stages.append(Stage(match.group(1), match.group(2)))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], match.group(1))
+            stages.append(Stage(base, match.group(2)))
         else:
             assert stages, f"{path.name}: {line} before FROM"
             stages[-1].instructions.append((keyword, arg))
@@ -115,11 +120,30 @@ def test_final_stages_are_non_root_and_healthchecked(path: Path) -> None:
                 assert not BUILD_TOOLS.search(arg), f"{stage.name}: build tool in final stage: {arg}"
                 assert "pip install" not in arg, f"{stage.name}: installs in the final stage: {arg}"
     runtime = stages[-1]
-    assert runtime.last("HEALTHCHECK").endswith('CMD ["python", "/opt/nexus/healthcheck.py", "/healthz"]')
+    assert runtime.last("HEALTHCHECK").endswith('CMD ["python", "/opt/nexus/healthcheck.py", "/readyz"]')
     assert runtime.last("ENTRYPOINT") == '["nexus"]'
     assert runtime.last("EXPOSE") == "8080"
     # a multi-stage build: the virtual environment is copied from a builder
     assert any("--from=builder" in arg for kw, arg in runtime.instructions if kw == "COPY")
+
+
+def test_every_base_image_is_a_build_argument() -> None:
+    """Tests build on a base made on the machine (no registry): every external FROM is `${BASE_IMAGE}`."""
+    text = (DOCKER_DIR / "nexus.Dockerfile").read_text()
+    stages = parse(DOCKER_DIR / "nexus.Dockerfile")
+    names = {s.name for s in stages}
+    external = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert {base for base in external if base not in names} == {"${BASE_IMAGE}"}
+
+
+def test_triton_cpu_target_runs_the_deployments_command() -> None:
+    """`tritonserver ...` as compose and the chart give it to NGC's image: on PATH, default backend folder."""
+    (triton,) = [s for s in parse(DOCKER_DIR / "nexus.Dockerfile") if s.name == "triton-cpu"]
+    env = triton.last("ENV") or ""
+    assert "/opt/tritonserver/bin" in env and "LD_LIBRARY_PATH=/opt/tritonserver/lib" in env
+    assert triton.last("USER") == "1000:1000"  # NGC's triton-server
+    assert triton.last("EXPOSE") == "8000 8001 8002"
+    assert triton.last("ENTRYPOINT") is None, "compose and the chart pass the whole command line"
 
 
 def test_dockerignore_keeps_the_context_small() -> None:

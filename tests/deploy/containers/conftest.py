@@ -1,0 +1,116 @@
+"""Fixtures for the deployments started for real (`make test-deploy`): podman, the images, a Docker API.
+
+Skipped unless pytest runs with `--containers` (`make test-deploy` passes it): they build images and start
+containers for several minutes, so `make test` leaves them out. Each step prints what it does and how
+long it took; the session ends with the table of steps and the images' sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nexusml import demo
+from tests.deploy.containers.podman import (
+    DEMO_IMAGE,
+    NEXUS_IMAGE,
+    S3_IMAGE,
+    TIMINGS,
+    TRITON_IMAGE,
+    Podman,
+    build_images,
+    docker_api,
+    make_base_images,
+)
+
+IMAGES = (NEXUS_IMAGE, DEMO_IMAGE, TRITON_IMAGE, S3_IMAGE)
+ROW = [1, 2, 3, 4, 5]  # the README's curl example
+
+
+@pytest.fixture(autouse=True)
+def _only_with_containers_option(request: pytest.FixtureRequest) -> None:
+    if not request.config.getoption("--containers"):
+        pytest.skip("starts real containers: run `make test-deploy`")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[Podman]:
+    """podman, checked, with SIGTERM turned into KeyboardInterrupt so that fixtures still clean up."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: `make test-deploy` installs it (podman, runc, debootstrap)")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield Podman()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def images(podman: Podman) -> tuple[str, ...]:
+    """Every image the deployments start, built from this checkout on a base made on this machine."""
+    make_base_images(podman)
+    build_images(podman)
+    return IMAGES
+
+
+@pytest.fixture(scope="session")
+def docker_host(podman: Podman, images: tuple[str, ...]) -> Iterator[str]:
+    with docker_api(podman) as url:
+        yield url
+
+
+# --- talking to a deployed proxy from the host --------------------------------------------------------
+def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"null")
+    except OSError:
+        return 0, {}, None
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    status, body = 0, None
+    while time.monotonic() < deadline:
+        status, _, body = http(f"{url}/readyz")
+        if status == 200:
+            return body
+        time.sleep(1)
+    raise AssertionError(f"{url}/readyz never answered 200 in {timeout_s:.0f} s: last {status} {body}")
+
+
+def assert_serves(url: str, spec: demo.DemoSpec) -> None:
+    """The README's curl: POST /predict {"input": [1, 2, 3, 4, 5]} -> the model's answer, from version `spec`."""
+    status, headers, body = http(f"{url}/predict", {"input": ROW})
+    assert status == 200, body
+    assert headers["X-Model-Name"] == spec.name and headers["X-Model-Version"] == str(spec.version)
+    expected = demo.reference_outputs(spec, [ROW])[0][0]
+    np.testing.assert_allclose(body["output"], expected, rtol=1e-4, atol=1e-5)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TIMINGS.steps:
+        return
+    terminalreporter.section("deployment steps")
+    terminalreporter.write_line(TIMINGS.table())
+    podman = Podman()
+    for image in IMAGES:
+        if podman.exists(image):
+            terminalreporter.write_line(f"{podman.size(image) / 1e6:8.0f} MB  {image}")
