@@ -14,8 +14,8 @@
 # behind a mirror or a TLS-inspecting proxy (unset: PyPI).
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
-############################ builder: a virtual environment with the runtime dependencies
-FROM ${BASE_IMAGE} AS builder
+############################ dependencies: a virtual environment with the runtime dependencies
+FROM ${BASE_IMAGE} AS dependencies
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -29,13 +29,17 @@ WORKDIR /src
 # Dependencies first, so editing the code does not reinstall them.
 COPY docker/requirements-runtime.txt /tmp/requirements-runtime.txt
 RUN pip install --requirement /tmp/requirements-runtime.txt
+
+############################ builder: the package on top
+FROM dependencies AS builder
 # .dockerignore lets in only pyproject.toml, README.md, nexusml/, proxy/ and the files under docker/ used here.
 COPY . .
 RUN pip install --no-deps . \
     && python -c "import nexusml.cli, nexusml.sync, proxy.app, tritonclient.grpc"
 
 ############################ demo-builder: adds a CPU build of PyTorch for `nexus publish-demo`
-FROM builder AS demo-builder
+# From `dependencies`, so that editing the code does not reinstall PyTorch.
+FROM dependencies AS demo-builder
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -45,6 +49,9 @@ ARG TORCH_VERSION=2.5.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
     && pip install "torch==${TORCH_VERSION}"
+COPY . .
+RUN pip install --no-deps . \
+    && python -c "import nexusml.cli, nexusml.demo, torch"
 
 ############################ demo: the control-plane stand-in (compose profile `demo`), one-shot
 FROM ${BASE_IMAGE} AS demo

@@ -32,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run tests/deploy/containers: build the images and start compose and the Helm pod in podman",
     )
+
+
 # A small hidden layer keeps uploads and Triton start-up quick; the shape contract is the demo's.
 DEMO_SPEC = demo.DemoSpec(hidden=64, layers=2)
 

@@ -3,16 +3,21 @@
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
 node: images, S3 endpoint and bucket, the metadata (`--set-file nexusMeta.content=`), a credentials Secret.
 The pod runs with the chart's own commands, env, security contexts and read-only mounts. podman 4.3 plays it
-with four changes, each a limit of podman, not of the chart:
+with these changes, each a limit of podman, not of the chart:
 - init containers fail in podman 4.3 ("failed to remove once init container ... as it is running"), so the
   `sync` init container is played first as a pod of its own, must exit 0, and the rest is played after it;
 - so that the two plays share the model repository, the `models` emptyDir becomes a named volume;
+  the other emptyDirs (/tmp, /dev/shm) become host folders of mode 1777, as Kubernetes makes them (podman
+  4.3 makes them root's, mode 0755, and Triton's Python backend, uid 1000, then cannot create its shared
+  memory: "Unable to initialize shared memory key ... Permission denied", measured);
 - podman 4.3 cannot read Kubernetes Secrets for `secretKeyRef` env ("secret ... is not valid JSON",
   measured), so the played copy carries the secrets' values inline;
-- with no cluster there is no Service: the proxy's port gets a hostPort on loopback.
+- with no cluster there is no Service: the proxy's port gets a hostPort on loopback;
+- probes go: podman runs an httpGet probe as `curl` inside the container, which our images do not have
+  (the kubelet makes the request itself), so the liveness check failed and podman killed Triton (measured).
 Not covered by podman and checked as rendered manifests against Kubernetes 1.30's schemas instead
 (tests/deploy/test_helm.py): GPU resources and toleration, Service, NetworkPolicy, HPA, PDB, probes
-(podman 4.3 runs no readiness probes: this test polls /readyz itself) and preStop hooks.
+(this test polls /readyz itself) and preStop hooks.
 """
 
 from __future__ import annotations
@@ -131,8 +136,16 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
         if volume["name"] == "models":
             volume.pop("emptyDir")
             volume["persistentVolumeClaim"] = {"claimName": bed.volume}
+        elif "emptyDir" in volume:
+            folder = bed.folder / volume["name"]
+            folder.mkdir()
+            folder.chmod(0o1777)  # what an emptyDir is in Kubernetes; podman's are root's, mode 0755
+            volume.pop("emptyDir")
+            volume["hostPath"] = {"path": str(folder), "type": "Directory"}
     for container in spec["initContainers"] + spec["containers"]:
         inline_secrets(container, secrets)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            container.pop(probe, None)
     (proxy,) = [c for c in spec["containers"] if c["name"] == "proxy"]
     (http,) = [p for p in proxy["ports"] if p["name"] == "http"]
     http.update(hostPort=port, hostIP="127.0.0.1")
