@@ -1,5 +1,6 @@
 # Two commands matter: `make run` (the main job) and `make test` (the tests).
 # Both create and fill .venv and install the Debian packages they need, idempotently.
+# `make test-deploy` starts the deployments (compose, the Helm pod) in real containers; CI runs it after `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
@@ -8,7 +9,16 @@ STAMP := $(VENV)/.installed
 # Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64;
 # wrk drives the HTTP paths in the benchmarks.
 DEB_PACKAGES := libpython3.11 libb64-0d wrk
-DEPLOY_PACKAGES := podman runc debootstrap
+DEPLOY_PACKAGES := podman runc netavark aardvark-dns debootstrap
+
+# $(call apt-install,PACKAGES): install those of the Debian packages that are missing.
+define apt-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+endef
 
 .PHONY: run test test-deploy bench soak lint sysdeps deploy-sysdeps venv clean
 
@@ -35,19 +45,12 @@ lint: venv
 venv: sysdeps $(STAMP)
 
 sysdeps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	$(call apt-install,$(DEB_PACKAGES))
 
-# podman runs the containers of test-deploy (runc: crun fails here; debootstrap makes the base image).
+# podman runs the containers of test-deploy (runc: crun fails here; netavark + aardvark-dns give compose its
+# service names; debootstrap makes the base image).
 deploy-sysdeps:
-	@missing=""; for p in $(DEPLOY_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	$(call apt-install,$(DEPLOY_PACKAGES))
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

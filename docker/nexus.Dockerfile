@@ -32,6 +32,11 @@ RUN pip install --requirement /tmp/requirements-runtime.txt
 
 ############################ builder: the package on top
 FROM dependencies AS builder
+# Build arguments are per stage: pip builds the package (its build backend comes from the index).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 # .dockerignore lets in only pyproject.toml, README.md, nexusml/, proxy/ and the files under docker/ used here.
 COPY . .
 RUN pip install --no-deps . \

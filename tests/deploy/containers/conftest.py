@@ -22,6 +22,7 @@ import pytest
 from nexusml import demo
 from tests.deploy.containers.podman import (
     DEMO_IMAGE,
+    HERE,
     NEXUS_IMAGE,
     S3_IMAGE,
     TIMINGS,
@@ -36,10 +37,14 @@ IMAGES = (NEXUS_IMAGE, DEMO_IMAGE, TRITON_IMAGE, S3_IMAGE)
 ROW = [1, 2, 3, 4, 5]  # the README's curl example
 
 
-@pytest.fixture(autouse=True)
-def _only_with_containers_option(request: pytest.FixtureRequest) -> None:
-    if not request.config.getoption("--containers"):
-        pytest.skip("starts real containers: run `make test-deploy`")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip this folder's tests without `--containers`, before any of its session fixtures builds images."""
+    if config.getoption("--containers"):
+        return
+    skip = pytest.mark.skip(reason="starts real containers: run `make test-deploy`")
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(skip)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -85,6 +85,17 @@ class Podman:
     def exit_code(self, container: str) -> int:
         return int(self("inspect", container, "--format", "{{.State.ExitCode}}").stdout.strip())
 
+    def wait_healthy(self, container: str, timeout_s: float = 60) -> None:
+        """Until the container's health check (run by `HealthTicker`) says healthy."""
+        deadline = time.monotonic() + timeout_s
+        status = ""
+        while time.monotonic() < deadline:
+            status = self("inspect", container, "--format", "{{.State.Health.Status}}").stdout.strip()
+            if status == "healthy":
+                return
+            time.sleep(1)
+        raise AssertionError(f"{container}: {status or 'no health status'} after {timeout_s:.0f} s")
+
     def logs(self, container: str, lines: int = 40) -> str:
         result = self("logs", "--tail", str(lines), container, check=False)
         return (result.stdout + result.stderr).strip()
