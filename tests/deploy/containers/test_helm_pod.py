@@ -72,6 +72,11 @@ class PodBed:
     def volume(self) -> str:
         return f"{self.name}-models"
 
+    @property
+    def config_map(self) -> str:
+        """The chart's ConfigMap under a name of this run's (kube play keeps it as a volume of that name)."""
+        return f"{self.name}-meta"
+
     def s3_environment(self) -> list[str]:
         values = {**AWS_SECRET, "AWS_ENDPOINT_URL": f"http://{self.s3}:9000", "AWS_REGION": "us-east-1"}
         return [arg for key, value in values.items() for arg in ("--env", f"{key}={value}")]
@@ -90,7 +95,7 @@ def bed(podman: Podman, images: tuple[str, ...], tmp_path: Path) -> Iterator[Pod
             for pod in (bed.name, f"{bed.name}-sync"):
                 podman("pod", "rm", "--force", "--time", "10", pod, check=False)
             podman("rm", "--force", "--time", "5", bed.s3, check=False)
-            podman("volume", "rm", "--force", bed.volume, check=False)
+            podman("volume", "rm", "--force", bed.volume, bed.config_map, check=False)
             podman("network", "rm", "--force", bed.network, check=False)
 
 
@@ -142,6 +147,8 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
             folder.chmod(0o1777)  # what an emptyDir is in Kubernetes; podman's are root's, mode 0755
             volume.pop("emptyDir")
             volume["hostPath"] = {"path": str(folder), "type": "Directory"}
+        elif "configMap" in volume:
+            volume["configMap"]["name"] = bed.config_map
     for container in spec["initContainers"] + spec["containers"]:
         inline_secrets(container, secrets)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -163,6 +170,7 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
 
 def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> None:
     (config_map,) = by_kind(objects, "ConfigMap")
+    config_map = {**config_map, "metadata": {**config_map["metadata"], "name": bed.config_map}}
     config_file = bed.folder / "configmap.yaml"
     config_file.write_text(yaml.safe_dump(config_map))
     pod_file = bed.folder / f"{pod['metadata']['name']}.yaml"
