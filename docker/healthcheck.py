@@ -1,7 +1,7 @@
-"""Container health check of the proxy: GET http://127.0.0.1:$PORT/healthz, exit 0 on a 2xx answer.
+"""Container health check of the proxy: GET http://127.0.0.1:$PORT<path>, exit 0 on a 2xx answer.
 
-Standard library only, so the final image needs no curl. The path can be given as the first argument
-(`/readyz` for readiness).
+Standard library only, so the final image needs no curl. The image and compose pass `/readyz` (healthy
+means ready to serve: Triton up, the model answering); without an argument it asks `/healthz` (alive).
 """
 
 import os
