@@ -8,7 +8,7 @@
 # Build from the repository root:
 #   docker build -f docker/nexus.Dockerfile -t nexusml/dataplane:0.1.0 .
 #   docker build -f docker/nexus.Dockerfile --target triton-cpu -t nexusml/tritonserver-cpu:2.51.0 .
-# Build arguments: BASE_IMAGE (any Debian-based image with python3.11, python -m venv and libpython3.11),
+# Build arguments: BASE_IMAGE (any Debian-based image with python3 = 3.11, its venv module and libpython3.11),
 # TORCH_VERSION / TORCH_INDEX_URL (the CPU PyTorch of `demo` and `triton-cpu`; TORCH_INDEX_URL empty means
 # pip's own indexes), and pip's own PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT for builds
 # behind a mirror or a TLS-inspecting proxy (unset: PyPI).
@@ -23,7 +23,7 @@ ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, so editing the code does not reinstall them.
@@ -87,7 +87,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The model's Python environment: the stub finds it because its bin/ leads PATH in the final stage.
-RUN python -m venv /opt/venv \
+RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install "numpy<2" \
     && if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
     && /opt/venv/bin/pip install "torch==${TORCH_VERSION}"
@@ -95,9 +95,9 @@ RUN python -m venv /opt/venv \
 # the backend stub of this image's Python. RPATHs aside, LD_LIBRARY_PATH finds the libraries.
 WORKDIR /tmp/pytriton
 RUN /opt/venv/bin/pip download --no-deps --dest . "nvidia-pytriton==0.7.0" \
-    && python -m zipfile -e nvidia_pytriton-*.whl wheel \
+    && python3 -m zipfile -e nvidia_pytriton-*.whl wheel \
     && server=wheel/pytriton/tritonserver \
-    && python_version="$(python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" \
+    && python_version="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" \
     && mkdir -p /opt/tritonserver/bin /opt/tritonserver/backends/python \
     && cp "$server/bin/tritonserver" /opt/tritonserver/bin/ \
     && cp -r wheel/nvidia_pytriton.libs /opt/tritonserver/lib \

@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from nexusml import metadata
-from nexusml.errors import NexusError
+from nexusml.errors import MetadataError, NexusError
 from proxy.client import Outputs, Upstream, connect
 from proxy.coalesce import Coalescer
 from proxy.errors import (
@@ -136,14 +136,16 @@ async def _load_schema(state: ProxyState) -> None:
             name = await _model_name(state.upstream, settings)
             state.schema = await state.upstream.schema(name, settings.model_version)
         except Exception as err:  # anything else would end this task silently and leave /readyz stale
-            if isinstance(err, ModelUnknown):
+            # Configuration problems (no model named, a broken metadata file) are not Triton's: say so plainly.
+            configuration = isinstance(err, ModelUnknown | MetadataError)
+            if configuration:
                 state.schema_problem = str(err)
             else:
                 state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
             if not isinstance(err, NexusError):
                 log.exception("unexpected error reading the model's metadata")
             if logged != type(err).__name__:
-                level = logging.ERROR if isinstance(err, ModelUnknown) else logging.WARNING
+                level = logging.ERROR if configuration else logging.WARNING
                 log.log(level, "%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
                 logged = type(err).__name__
             await asyncio.sleep(SCHEMA_RETRY_S)

@@ -142,7 +142,7 @@ def test_triton_service(services: dict[str, Any]) -> None:
 def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) -> None:
     sync = services["model-sync"]
     (bind,) = [v for v in sync["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
-    assert bind["source"] == "." and bind["read_only"] is True
+    assert bind["source"] == "${NEXUS_META_DIR:-.}" and bind["read_only"] is True
     assert sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
     assert "models:/models" in sync["volumes"]
     assert sync["environment"]["MODEL_REPOSITORY"] == "/models"
@@ -158,7 +158,7 @@ def test_proxy_is_healthy_when_ready_and_reads_the_metadata(services: dict[str, 
     assert proxy["healthcheck"]["test"][-1] == "/readyz"
     assert proxy["environment"]["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"]
     (bind,) = [v for v in proxy["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
-    assert bind == {"type": "bind", "source": ".", "target": "/project", "read_only": True}
+    assert bind == {"type": "bind", "source": "${NEXUS_META_DIR:-.}", "target": "/project", "read_only": True}
 
 
 def test_cpu_override_drops_the_gpu() -> None:

@@ -190,7 +190,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
     }
     known = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
     if process == "proxy":
-        known = proxy_defaults() | {"NEXUS_META_PATH": None}
+        known = proxy_defaults()
     env = env_of(container(pod_spec(render(values)), name))
     for variable, value in env.items():
         assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"

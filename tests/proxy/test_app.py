@@ -110,6 +110,7 @@ def restricted_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFa
         pytest.param(True, "MODEL_NAME", True, id="restricted-model-name"),
         pytest.param(True, "nothing", False, id="restricted-nothing-never-ready"),
         pytest.param(False, "nothing", True, id="open-index"),
+        pytest.param(False, "broken-metadata", False, id="open-broken-metadata-file"),
     ],
 )
 async def test_which_model_to_serve(
@@ -127,6 +128,9 @@ async def test_which_model_to_serve(
     env = {"MODEL_NAME": "", "NEXUS_META_PATH": str(tmp_path / "absent.json")}
     if name_source == "metadata":
         env["NEXUS_META_PATH"] = str(demo_model.meta_path)
+    elif name_source == "broken-metadata":  # present but not valid: a configuration error, not a fallback
+        (tmp_path / "broken.json").write_text("{")
+        env["NEXUS_META_PATH"] = str(tmp_path / "broken.json")
     elif name_source == "MODEL_NAME":
         env["MODEL_NAME"] = "demo_mlp"
     with caplog.at_level(logging.WARNING, logger="proxy"):
@@ -141,7 +145,10 @@ async def test_which_model_to_serve(
     assert response.status == 503
     assert body["error"]["code"] == "not_ready"
     message = body["error"]["message"]
-    for cause in ("MODEL_NAME is empty", "NEXUS_META_PATH", "restricted"):
+    causes = ["MODEL_NAME is empty", "NEXUS_META_PATH", "restricted"]
+    if name_source == "broken-metadata":
+        causes = ["broken.json", "not valid JSON"]
+    for cause in causes:
         assert cause in message, message
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and errors[0].getMessage().startswith(message), errors  # one line says why

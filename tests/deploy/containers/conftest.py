@@ -21,6 +21,7 @@ import pytest
 
 from nexusml import demo
 from tests.deploy.containers.podman import (
+    COMPOSE_PROJECT_PREFIX,
     DEMO_IMAGE,
     HERE,
     NEXUS_IMAGE,
@@ -73,7 +74,7 @@ def images(podman: Podman) -> tuple[str, ...]:
 
 @pytest.fixture(scope="session")
 def docker_host(podman: Podman, images: tuple[str, ...]) -> Iterator[str]:
-    with docker_api(podman) as url:
+    with docker_api(podman, COMPOSE_PROJECT_PREFIX) as url:
         yield url
 
 

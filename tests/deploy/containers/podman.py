@@ -39,6 +39,8 @@ S3_IMAGE = "localhost/nexus-test/s3:moto"
 NEXUS_IMAGE = "localhost/nexusml/dataplane:0.1.0"
 DEMO_IMAGE = "localhost/nexusml/dataplane-demo:0.1.0"
 TRITON_IMAGE = "localhost/nexusml/tritonserver-cpu:2.51.0"
+# Every compose project of a run is named so (plus the process id).
+COMPOSE_PROJECT_PREFIX = "nexus-deploy-test-"
 
 
 @dataclass
@@ -140,8 +142,13 @@ def make_base_images(podman: Podman) -> None:
                 ["debootstrap", "--variant=minbase", "bookworm", rootfs], check=True, capture_output=True, timeout=900
             )
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(["podman", "import", "-", DEBIAN_IMAGE], stdin=tar.stdout, env=podman.env, check=True)
-            assert tar.wait() == 0
+            assert tar.stdout is not None
+            try:
+                imported = subprocess.run(["podman", "import", "-", DEBIAN_IMAGE], stdin=tar.stdout, env=podman.env)
+            finally:
+                tar.stdout.close()  # an import that stopped early leaves tar a broken pipe: it ends
+                tarred = tar.wait(timeout=120)
+            assert tarred == 0 and imported.returncode == 0, f"tar {tarred}, podman import {imported.returncode}"
     else:
         print(f"\n==> base image {DEBIAN_IMAGE}: present, kept from an earlier run", flush=True)
     with TIMINGS.step("base image: Debian's Python 3.11"):
@@ -169,17 +176,23 @@ def build_images(podman: Podman) -> None:
 
 
 class HealthTicker(threading.Thread):
-    """Runs the health checks that systemd's timers would run (see the module docstring)."""
+    """Runs the health checks that systemd's timers would run (see the module docstring).
 
-    def __init__(self, podman: Podman, interval_s: float = 2.0) -> None:
+    Only for containers whose name contains `name_filter`: other containers on the machine are not ours.
+    """
+
+    def __init__(self, podman: Podman, name_filter: str, interval_s: float = 2.0) -> None:
         super().__init__(name="health-ticker", daemon=True)
         self.podman = podman
+        self.name_filter = name_filter
         self.interval_s = interval_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            listed = self.podman("ps", "--format", "{{.ID}} {{.Status}}", check=False).stdout
+            listed = self.podman(
+                "ps", "--filter", f"name={self.name_filter}", "--format", "{{.ID}} {{.Status}}", check=False
+            ).stdout
             for line in listed.splitlines():
                 if "(starting)" in line or "(healthy)" in line or "(unhealthy)" in line:
                     self.podman("healthcheck", "run", line.split()[0], check=False, timeout=60)
@@ -190,8 +203,11 @@ class HealthTicker(threading.Thread):
 
 
 @contextlib.contextmanager
-def docker_api(podman: Podman) -> Iterator[str]:
-    """`podman system service` on a private socket: DOCKER_HOST for the Compose binary."""
+def docker_api(podman: Podman, name_filter: str) -> Iterator[str]:
+    """`podman system service` on a private socket: DOCKER_HOST for the Compose binary.
+
+    Health checks run for the containers whose name contains `name_filter` (see `HealthTicker`).
+    """
     with tempfile.TemporaryDirectory(prefix="nexus-podman-") as folder:
         socket = Path(folder) / "podman.sock"
         log = (Path(folder) / "service.log").open("w")
@@ -202,7 +218,7 @@ def docker_api(podman: Podman) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        ticker = HealthTicker(podman)
+        ticker = HealthTicker(podman, name_filter)
         try:
             deadline = time.monotonic() + 30
             while not socket.exists():

@@ -95,7 +95,8 @@ def bed(podman: Podman, images: tuple[str, ...], tmp_path: Path) -> Iterator[Pod
             for pod in (bed.name, f"{bed.name}-sync"):
                 podman("pod", "rm", "--force", "--time", "10", pod, check=False)
             podman("rm", "--force", "--time", "5", bed.s3, check=False)
-            podman("volume", "rm", "--force", bed.volume, bed.config_map, check=False)
+            for volume in (bed.volume, bed.config_map):
+                podman("volume", "rm", "--force", volume, check=False)
             podman("network", "rm", "--force", bed.network, check=False)
 
 
