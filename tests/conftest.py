@@ -24,6 +24,8 @@ from nexusml.sync import sync
 from nexusml.triton import TritonServer
 
 TEST_BUCKET = "nexus-test"
+# A small hidden layer keeps uploads and Triton start-up quick; the shape contract is the demo's.
+DEMO_SPEC = demo.DemoSpec(hidden=64, layers=2)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,10 +34,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run tests/deploy/containers: build the images and start compose and the Helm pod in podman",
     )
-
-
-# A small hidden layer keeps uploads and Triton start-up quick; the shape contract is the demo's.
-DEMO_SPEC = demo.DemoSpec(hidden=64, layers=2)
 
 
 def free_port() -> int:

@@ -4,8 +4,9 @@ What podman 4.3 (Debian 12) needs here, measured on these machines:
 - `containers.conf` beside this file (passed as CONTAINERS_CONF): runc, since crun fails on hybrid cgroups;
   cgroupfs; no default ulimits, since the sandbox forbids raising resource limits.
 - No systemd: podman runs health checks from systemd timers, so they never run by themselves and compose's
-  `condition: service_healthy` would wait forever. `HealthTicker` runs `podman healthcheck run` for every
-  container that has a check, every 2 s (a container's own interval is not honoured: faster is harmless).
+  `condition: service_healthy` would wait forever. `HealthTicker` runs `podman healthcheck run` for this
+  run's containers that have a check, every 2 s (a container's own interval is not honoured: faster is
+  harmless).
 - No registry: the base image is made here (debootstrap -> `localhost/nexus-test/debian:bookworm`, kept
   between runs), then Debian's Python 3.11 on top of it stands in for `python:3.11-slim-bookworm`. Builds
   mount the host's CA bundle (pip goes through a TLS-inspecting gateway) and pip's find-links folder (the
@@ -15,6 +16,7 @@ What podman 4.3 (Debian 12) needs here, measured on these machines:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import signal
@@ -30,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 CONTAINERS_CONF = HERE / "containers.conf"
+DOCKERFILE = ROOT / "docker" / "nexus.Dockerfile"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 DEBIAN_IMAGE = "localhost/nexus-test/debian:bookworm"
@@ -107,15 +110,25 @@ class Podman:
         listing = self("ps", "-a", "--filter", f"name={name_filter}", "--format", "{{.Names}}\t{{.Status}}")
         parts = [f"containers:\n{listing.stdout}"]
         for line in listing.stdout.splitlines():
-            name = line.split("\t")[0]
-            parts.append(f"--- last log lines of {name} ({line.split(chr(9))[-1]}):\n{self.logs(name)}")
+            name, _, status = line.partition("\t")
+            parts.append(f"--- last log lines of {name} ({status}):\n{self.logs(name)}")
         return "\n".join(parts)
+
+    @contextlib.contextmanager
+    def explaining(self, name_filter: str) -> Iterator[None]:
+        """On any failure (Ctrl-C included), print `explain(name_filter)` before the error goes on."""
+        try:
+            yield
+        except BaseException:
+            print(self.explain(name_filter), flush=True)
+            raise
 
     def size(self, image: str) -> int:
         return int(self("image", "inspect", image, "--format", "{{.Size}}").stdout.strip())
 
 
-def build_arguments() -> list[str]:
+@functools.cache
+def build_arguments() -> tuple[str, ...]:
     """Volumes and build arguments for pip inside builds on this machine (see the module docstring)."""
     args = ["--format", "docker"]  # OCI images drop HEALTHCHECK
     if HOST_CA_BUNDLE.is_file():
@@ -128,7 +141,7 @@ def build_arguments() -> list[str]:
         torch_version = importlib.metadata.version("torch").split("+")[0]
         args += ["--volume", f"{found[0]}:/wheels:ro", "--build-arg", "PIP_FIND_LINKS=/wheels"]
         args += ["--build-arg", f"TORCH_VERSION={torch_version}", "--build-arg", "TORCH_INDEX_URL="]
-    return args
+    return tuple(args)
 
 
 def make_base_images(podman: Podman) -> None:
@@ -157,22 +170,12 @@ def make_base_images(podman: Podman) -> None:
 
 def build_images(podman: Podman) -> None:
     """The project's images from docker/nexus.Dockerfile on the local base, and the S3 stand-in."""
-    common = [*build_arguments(), "--build-arg", f"BASE_IMAGE={PYTHON_IMAGE}", "-f", "docker/nexus.Dockerfile"]
+    on_base = [*build_arguments(), "--build-arg", f"BASE_IMAGE={PYTHON_IMAGE}"]
     for target, tag in (("runtime", NEXUS_IMAGE), ("demo", DEMO_IMAGE), ("triton-cpu", TRITON_IMAGE)):
         with TIMINGS.step(f"build {tag} (target {target})"):
-            podman("build", *common, "--target", target, "-t", tag, str(ROOT), timeout=1800)
+            podman("build", *on_base, "-f", str(DOCKERFILE), "--target", target, "-t", tag, str(ROOT), timeout=1800)
     with TIMINGS.step(f"build {S3_IMAGE} (moto, stand-in for MinIO)"):
-        podman(
-            "build",
-            *build_arguments(),
-            "--build-arg",
-            f"BASE_IMAGE={PYTHON_IMAGE}",
-            "-f",
-            str(HERE / "s3.Containerfile"),
-            "-t",
-            S3_IMAGE,
-            str(HERE),
-        )
+        podman("build", *on_base, "-f", str(HERE / "s3.Containerfile"), "-t", S3_IMAGE, str(HERE))
 
 
 class HealthTicker(threading.Thread):

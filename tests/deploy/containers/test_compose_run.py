@@ -95,7 +95,7 @@ def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compos
 
 def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
     url = f"http://{compose.env['PROXY_PUBLISH']}"
-    try:
+    with podman.explaining(compose.project):
         with TIMINGS.step("compose --profile demo up -d (MinIO stand-in, demo, sync, Triton, proxy)"):
             compose("--profile", "demo", "up", "--detach", "--no-build", "--pull", "never")
             ready = wait_ready(url)
@@ -120,6 +120,3 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
             compose("stop")
         codes = {service: podman.exit_code(compose.container(service)) for service in SERVICES}
         assert codes == dict.fromkeys(SERVICES, 0), codes
-    except BaseException:
-        print(podman.explain(compose.project), flush=True)
-        raise

@@ -181,7 +181,7 @@ def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> Non
 
 def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
     podman, port = bed.podman, free_port()
-    try:
+    with podman.explaining(bed.name):
         with TIMINGS.step("helm pod: publish the demo model, render the chart (Helm engine)"):
             values = {
                 "image": image_values(NEXUS_IMAGE),
@@ -210,6 +210,3 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
             podman("pod", "stop", "--time", "90", bed.name, timeout=120)
         codes = {c: podman.exit_code(f"{bed.name}-{c}") for c in ("triton", "proxy")}
         assert codes == {"triton": 0, "proxy": 0}, codes
-    except BaseException:
-        print(podman.explain(bed.name), flush=True)
-        raise
