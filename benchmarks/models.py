@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexusml import demo, storage
-from nexusml.metadata import Artifact, BatchingHints, ModelMetadata, TensorSpec
+from nexusml import demo
+from nexusml.core.metadata import Artifact, BatchingHints, ModelMetadata, TensorSpec
+from nexusml.sync import storage
 
 
 @dataclass(frozen=True)

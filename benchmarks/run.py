@@ -34,7 +34,7 @@ from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case
 from benchmarks.monitor import CpuWindow, GpuSampler, Nvml, bottleneck, by_role
 from benchmarks.parsing import LoadResult, average_batch, triton_counts
 from benchmarks.stack import BenchStack, ProxyUnavailable
-from nexusml.process import ManagedProcess
+from nexusml.core.process import ManagedProcess
 
 log = logging.getLogger("benchmarks")
 
@@ -326,7 +326,7 @@ class Runner:
 def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
     """The proxy's coalescing settings as its own settings class reads them from `env` (for the report)."""
     try:
-        from nexusml.settings import load
+        from nexusml.core.settings import load
         from proxy.settings import ProxySettings
 
         settings = load(ProxySettings, env)

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.models import ModelCase
-from nexusml import storage
-from nexusml.errors import NexusError
-from nexusml.metadata import ModelMetadata
-from nexusml.process import ManagedProcess
+from nexusml.core.errors import NexusError
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.process import ManagedProcess
+from nexusml.core.settings import load
 from nexusml.s3local import CREDENTIALS, LocalS3
-from nexusml.settings import S3Settings, SyncSettings, TritonSettings, load
-from nexusml.sync import sync
-from nexusml.triton import TritonServer
+from nexusml.sync import storage
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
+from nexusml.sync.triton import TritonServer
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from nexusml.errors import NexusError
+from nexusml.core.errors import NexusError
 
 log = logging.getLogger("nexus")
 
 
 def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml import metadata
-    from nexusml.settings import SyncSettings, load
-    from nexusml.sync import sync
+    from nexusml.core import metadata
+    from nexusml.core.settings import load
+    from nexusml.sync.pipeline import sync
+    from nexusml.sync.settings import SyncSettings
 
     settings = load(SyncSettings, environ)
     meta = metadata.load(settings.meta_path)
@@ -35,10 +36,11 @@ def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.errors import ServerError
-    from nexusml.process import Stopped, stop_all, supervising, wait_for_exit
-    from nexusml.settings import TritonSettings, load
-    from nexusml.triton import TritonServer
+    from nexusml.core.errors import ServerError
+    from nexusml.core.process import Stopped, stop_all, supervising, wait_for_exit
+    from nexusml.core.settings import load
+    from nexusml.sync.settings import TritonSettings
+    from nexusml.sync.triton import TritonServer
 
     server = TritonServer(load(TritonSettings, environ), dict(environ))
     with supervising():
@@ -54,9 +56,11 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml import demo, storage
-    from nexusml.repository import disk_errors
-    from nexusml.settings import SyncSettings, load
+    from nexusml import demo
+    from nexusml.core.settings import load
+    from nexusml.sync import storage
+    from nexusml.sync.repository import disk_errors
+    from nexusml.sync.settings import SyncSettings
 
     settings = load(SyncSettings, environ)
     bucket = args.bucket or settings.s3.model_bucket or "nexus-models"
@@ -78,7 +82,7 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _proxy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.settings import load
+    from nexusml.core.settings import load
     from proxy.server import serve
     from proxy.settings import ProxySettings
 
@@ -86,7 +90,7 @@ def _proxy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.settings import load
+    from nexusml.core.settings import load
     from nexusml.stack import StackSettings, up
 
     return up(load(StackSettings, environ), dict(environ))

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexusml import storage
-from nexusml.metadata import ARTIFACT_FILES, Artifact, BatchingHints, ModelMetadata, TensorSpec
+from nexusml.core.metadata import ARTIFACT_FILES, Artifact, BatchingHints, ModelMetadata, TensorSpec
+from nexusml.sync import storage
 
 MAX_EXPORT_BATCH = 4096
 

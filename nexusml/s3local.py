@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nexusml.process import ManagedProcess
+from nexusml.core.process import ManagedProcess
 
 # moto accepts any credentials; these keep boto3's credential chain from looking further.
 CREDENTIALS = {

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from nexusml import metadata
-from nexusml.errors import ServerError
-from nexusml.process import ManagedProcess, Stopped, stop_all, supervising, wait_for_exit
+from nexusml.core import metadata
+from nexusml.core.errors import ServerError
+from nexusml.core.process import ManagedProcess, Stopped, stop_all, supervising, wait_for_exit
+from nexusml.core.settings import env, nested
 from nexusml.s3local import LocalS3
-from nexusml.settings import S3Settings, TritonSettings, env, nested
-from nexusml.triton import TritonServer
+from nexusml.sync.settings import S3Settings, TritonSettings
+from nexusml.sync.triton import TritonServer
 from proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)

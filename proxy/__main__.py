@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from nexusml.errors import NexusError
-from nexusml.settings import load
+from nexusml.core.errors import NexusError
+from nexusml.core.settings import load
 from proxy.server import serve
 from proxy.settings import ProxySettings
 

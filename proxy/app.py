@@ -24,8 +24,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from nexusml import metadata
-from nexusml.errors import MetadataError, NexusError
+from nexusml.core import metadata
+from nexusml.core.errors import MetadataError, NexusError
 from proxy.client import Outputs, Upstream, connect
 from proxy.coalesce import Coalescer
 from proxy.errors import (
@@ -47,7 +47,7 @@ from proxy.errors import (
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
-from proxy.validation import parse_json, render, to_prediction
+from proxy.validation import parse_json, response_body, to_prediction
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 READY_CACHE_S = 1.0
@@ -380,7 +380,7 @@ async def predict(request: web.Request) -> web.Response:
             outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
         else:
             outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
-        body = render(outputs, schema, prediction)
+        body = response_body(outputs, schema, prediction)
     finally:
         state.in_flight -= 1
     return web.Response(

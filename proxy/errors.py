@@ -8,7 +8,7 @@ come back later carry `retry_after`, sent as the `Retry-After` header.
 
 from __future__ import annotations
 
-from nexusml.errors import NexusError
+from nexusml.core.errors import NexusError
 
 
 class ProxyError(NexusError):

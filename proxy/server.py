@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 import uvloop
 from aiohttp import web
 
-from nexusml.errors import NexusError, ServerError
+from nexusml.core.errors import NexusError, ServerError
 from proxy.app import STATE, create_app, server_options
 from proxy.settings import ProxySettings
 

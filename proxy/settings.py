@@ -1,6 +1,6 @@
 """`nexus proxy` settings: one frozen object per process, read from the environment once, at start-up.
 
-Declared with `nexusml.settings.env` like every other settings class, so a bad value stops start-up with a
+Declared with `nexusml.core.settings.env` like every other settings class, so a bad value stops start-up with a
 `SettingsError` naming the variable, and the README's table is generated from the same declarations.
 `BATCH_SIZE` and `BATCH_TIMEOUT_MS` keep the meaning they have for `nexus sync` (rows per batch, longest
 wait to fill one); here they size the proxy-side coalescer.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nexusml.errors import SettingsError
-from nexusml.settings import env, parse_bool
+from nexusml.core.errors import SettingsError
+from nexusml.core.settings import env, parse_bool
 
 
 def parse_list(raw: str) -> tuple[str, ...]:

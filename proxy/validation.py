@@ -213,7 +213,7 @@ def _kind(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-def render(outputs: dict[str, np.ndarray], schema: ModelSchema, prediction: Prediction) -> bytes:
+def response_body(outputs: dict[str, np.ndarray], schema: ModelSchema, prediction: Prediction) -> bytes:
     """Triton's outputs -> the JSON answer for `prediction`'s form (see the module docstring)."""
     if prediction.batch:
         if len(schema.outputs) == 1:

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from nexusml import demo
+from nexusml.core.settings import load
 from nexusml.s3local import CREDENTIALS, LocalS3
-from nexusml.settings import S3Settings, SyncSettings, load
-from nexusml.sync import sync
-from nexusml.triton import TritonServer
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import S3Settings, SyncSettings
+from nexusml.sync.triton import TritonServer
 from reliability import procinfo
 from reliability.load import Workload
 from reliability.models import expected_output
@@ -131,7 +132,7 @@ def standalone_bed(workdir: Path) -> Iterator[Bed]:
         os.environ.update(CREDENTIALS)
         stack.callback(_restore, saved)
         s3_env = {**base_environment(), **s3.client_environment(), "MODEL_BUCKET": TEST_BUCKET}
-        from nexusml import storage
+        from nexusml.sync import storage
 
         client = storage.client(load(S3Settings, s3_env))
         client.create_bucket(Bucket=TEST_BUCKET)

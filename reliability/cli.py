@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reliability.bed import Bed, standalone_bed
-from reliability.report import render
+from reliability.report import to_markdown
 from reliability.result import ScenarioResult
 from reliability.scenarios import (
     hostile_http,
@@ -72,6 +72,6 @@ def main(argv: list[str] | None = None) -> int:
                     failed = ScenarioResult(name)
                     failed.check("scenario ran to the end", False, f"{type(err).__name__}: {err}")
                     results.append(failed)
-                args.out.write_text(render(results, command, skipped, time.monotonic() - started))
+                args.out.write_text(to_markdown(results, command, skipped, time.monotonic() - started))
     print(f"wrote {args.out}")
     return 0 if all(r.passed for r in results) else 1

@@ -2,7 +2,7 @@
 
 `add_faulty_model(repository, name, behaviour)` writes `<repository>/<name>/config.pbtxt` (generated
 through Triton's protobuf, like the sync's) and `<name>/1/model.py` (a copy of
-`reliability/test_model.py`). The model is tiny and its answer is a pure function of its input
+`reliability/fault_model.py`). The model is tiny and its answer is a pure function of its input
 (`expected_output`), so a scenario can tell a correct 200 from a wrong one.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nexusml.config import render
+from nexusml.sync.triton_config import to_pbtxt
 
-MODEL_SOURCE = Path(__file__).with_name("test_model.py")
+MODEL_SOURCE = Path(__file__).with_name("fault_model.py")
 CRASH_TRIGGER = -7777.0
 WIDTH = 5
 
@@ -25,7 +25,7 @@ def faulty_config(name: str, behaviour: str, marker_dir: Path | None = None, max
     parameters = {"BEHAVIOUR": {"string_value": behaviour}}
     if marker_dir is not None:
         parameters["MARKER_DIR"] = {"string_value": str(marker_dir)}
-    return render(
+    return to_pbtxt(
         {
             "name": name,
             "backend": "python",

@@ -74,7 +74,7 @@ def _recovery(result: ScenarioResult) -> str:
     return "-"
 
 
-def render(results: list[ScenarioResult], command: str, skipped: list[str], elapsed_s: float) -> str:
+def to_markdown(results: list[ScenarioResult], command: str, skipped: list[str], elapsed_s: float) -> str:
     lines = [
         "# Reliability and security: figures from the last run",
         "",

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
-from nexusml import demo, storage
-from nexusml.metadata import ModelMetadata
+from nexusml import demo
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.settings import load
 from nexusml.s3local import CREDENTIALS, LocalS3
-from nexusml.settings import S3Settings, SyncSettings, TritonSettings, load
-from nexusml.sync import sync
-from nexusml.triton import TritonServer
+from nexusml.sync import storage
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
+from nexusml.sync.triton import TritonServer
 
 TEST_BUCKET = "nexus-test"
 # A small hidden layer keeps uploads and Triton start-up quick; the shape contract is the demo's.

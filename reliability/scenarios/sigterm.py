@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from nexusml.process import http_ok
+from nexusml.core.process import http_ok
 from reliability.bed import Bed, demo_workload
 from reliability.load import closed_loop, summarize
 from reliability.result import ScenarioResult

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from nexusml.core.settings import load
 from nexusml.s3local import LocalS3
-from nexusml.settings import SyncSettings, load
-from nexusml.sync import sync
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import SyncSettings
 from reliability.bed import Bed
 from reliability.relay import CuttingRelay
 from reliability.result import ScenarioResult

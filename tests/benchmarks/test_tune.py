@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.tune import Candidate, choose, preferred_sizes, serving_for
-from nexusml.config import ServingConfig, model_config, parse, render
-from nexusml.metadata import Artifact, ModelMetadata, TensorSpec
+from nexusml.core.metadata import Artifact, ModelMetadata, TensorSpec
+from nexusml.sync.triton_config import ServingConfig, from_pbtxt, model_config, to_pbtxt
 
 
 def result(mbs: int, delay: int, inst: int, throughput: float, p99: float | None, ok: bool = True) -> dict:
@@ -70,7 +70,7 @@ def test_candidate_renders_through_the_generator():
         outputs=(TensorSpec("OUTPUT__0", "FP32", (2,)),),
     )
     base = ServingConfig(32, 50_000, (4, 8, 16, 32), 256, 2_000_000, "KIND_CPU", 1, 1, dynamic_batching=False)
-    config = parse(render(model_config(meta, serving_for(base, Candidate(64, 2000, 2)))))
+    config = from_pbtxt(to_pbtxt(model_config(meta, serving_for(base, Candidate(64, 2000, 2)))))
     assert config["max_batch_size"] == 64
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "2000"
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16, 32, 64]

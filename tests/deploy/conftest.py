@@ -63,7 +63,7 @@ def render_files(values: dict[str, Any]) -> dict[str, str]:
     return dict(_render_cached(json.dumps(values, sort_keys=True)))
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+def render_chart(values: dict[str, Any]) -> list[dict[str, Any]]:
     """Every Kubernetes object the chart renders for `values`."""
     objects = []
     for path, text in render_files(values).items():

@@ -15,13 +15,24 @@ import yaml
 from packaging.requirements import Requirement
 
 from nexusml.cli import parser
-from nexusml.settings import S3Settings, SyncSettings, TritonSettings, variables
-from nexusml.triton import TritonDistribution, command
+from nexusml.core.settings import variables
+from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
+from nexusml.sync.triton import TritonDistribution, command
 from proxy.settings import ProxySettings
-from tests.deploy.conftest import CHART, COMPOSE, DOCKER_DIR, ROOT, container, env_of, load_compose, pod_spec, render
+from tests.deploy.conftest import (
+    CHART,
+    COMPOSE,
+    DOCKER_DIR,
+    ROOT,
+    container,
+    env_of,
+    load_compose,
+    pod_spec,
+    render_chart,
+)
 
 # Modules that declare settings classes.
-SETTINGS_MODULES = ("nexusml.settings", "nexusml.stack", "proxy.settings")
+SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
 
 # Variables boto3 reads itself (credential chain); no settings class declares them.
 BOTO3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
@@ -153,7 +164,7 @@ def test_triton_flags_are_the_launchers() -> None:
     compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
     assert compose_argv[0] == "tritonserver"
     assert _deployed_flags(compose_argv) == expected
-    helm_triton = container(pod_spec(render({})), "triton")
+    helm_triton = container(pod_spec(render_chart({})), "triton")
     assert helm_triton["command"] == ["tritonserver"]
     assert _deployed_flags(helm_triton["args"]) == expected
 
@@ -191,7 +202,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
     known = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
     if process == "proxy":
         known = proxy_defaults()
-    env = env_of(container(pod_spec(render(values)), name))
+    env = env_of(container(pod_spec(render_chart(values)), name))
     for variable, value in env.items():
         assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"
         if isinstance(value, str) and variable not in DEPLOYMENT_OVERRIDES and variable in known:
@@ -202,7 +213,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
 
 
 def test_proxy_talks_to_triton_over_localhost() -> None:
-    spec = pod_spec(render({}))
+    spec = pod_spec(render_chart({}))
     url = env_of(container(spec, "proxy"))["MODEL_SERVER_URL"]
     assert url == proxy_defaults()["MODEL_SERVER_URL"] == f"grpc://127.0.0.1:{TritonSettings().grpc_port}"
 

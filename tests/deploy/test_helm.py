@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from nexusml.settings import TritonSettings, variables
+from nexusml.core.settings import variables
+from nexusml.sync.settings import TritonSettings
 from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
@@ -18,7 +19,7 @@ from tests.deploy.conftest import (
     container,
     env_of,
     pod_spec,
-    render,
+    render_chart,
     render_files,
 )
 
@@ -36,7 +37,7 @@ def test_lint_is_clean() -> None:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_every_manifest_validates(values: dict[str, Any]) -> None:
-    objects = render(values)
+    objects = render_chart(values)
     expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
     if not values.get("nexusMeta"):
         expected.add("ConfigMap")
@@ -48,7 +49,7 @@ def test_every_manifest_validates(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_restricted_security_context(values: dict[str, Any]) -> None:
-    spec = pod_spec(render(values))
+    spec = pod_spec(render_chart(values))
     pod = spec["securityContext"]
     assert pod["runAsNonRoot"] is True
     assert pod["runAsUser"] != 0
@@ -73,7 +74,7 @@ def test_restricted_security_context(values: dict[str, Any]) -> None:
 
 
 def test_pipeline_shares_the_model_repository() -> None:
-    spec = pod_spec(render({}))
+    spec = pod_spec(render_chart({}))
     sync, triton = container(spec, "sync"), container(spec, "triton")
     volumes = {v["name"]: v for v in spec["volumes"]}
     models = {m["name"]: m for m in sync["volumeMounts"]}["models"]
@@ -88,12 +89,12 @@ def test_pipeline_shares_the_model_repository() -> None:
     meta_mount = {m["name"]: m for m in sync["volumeMounts"]}["nexus-meta"]
     key = volumes["nexus-meta"]["configMap"]["items"][0]["path"]
     assert env_of(sync)["NEXUS_META_PATH"] == f"{meta_mount['mountPath']}/{key}"
-    assert volumes["nexus-meta"]["configMap"]["name"] == by_kind(render({}), "ConfigMap")[0]["metadata"]["name"]
+    assert volumes["nexus-meta"]["configMap"]["name"] == by_kind(render_chart({}), "ConfigMap")[0]["metadata"]["name"]
 
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_probes(values: dict[str, Any]) -> None:
-    spec = pod_spec(render(values))
+    spec = pod_spec(render_chart(values))
     proxy, triton = container(spec, "proxy"), container(spec, "triton")
     ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
     assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -112,7 +113,7 @@ def test_probes(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_no_service_exposes_triton(values: dict[str, Any]) -> None:
-    objects = render(values)
+    objects = render_chart(values)
     services = by_kind(objects, "Service")
     assert len(services) == 1
     spec = pod_spec(objects)
@@ -140,7 +141,7 @@ def test_no_service_exposes_triton(values: dict[str, Any]) -> None:
     ],
 )
 def test_gpu_resources(values: dict[str, Any], gpus: int, device: str) -> None:
-    spec = pod_spec(render(values))
+    spec = pod_spec(render_chart(values))
     limits = container(spec, "triton")["resources"].get("limits", {})
     assert limits.get("nvidia.com/gpu", 0) == gpus
     for name in ("sync", "proxy"):
@@ -162,7 +163,7 @@ def test_gpu_resources(values: dict[str, Any], gpus: int, device: str) -> None:
     ],
 )
 def test_autoscaling(values: dict[str, Any], metric_types: list[str]) -> None:
-    objects = render(values)
+    objects = render_chart(values)
     (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
     (deployment,) = by_kind(objects, "Deployment")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -172,11 +173,11 @@ def test_autoscaling(values: dict[str, Any], metric_types: list[str]) -> None:
     # utilisation needs CPU requests on every container
     for item in deployment["spec"]["template"]["spec"]["containers"]:
         assert item["resources"]["requests"]["cpu"], item["name"]
-    assert by_kind(render({}), "HorizontalPodAutoscaler") == []
+    assert by_kind(render_chart({}), "HorizontalPodAutoscaler") == []
 
 
 def test_disruption_budget_and_rollout() -> None:
-    objects = render({})
+    objects = render_chart({})
     (pdb,) = by_kind(objects, "PodDisruptionBudget")
     (deployment,) = by_kind(objects, "Deployment")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -190,7 +191,7 @@ def _drain(item: dict[str, Any]) -> int:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_termination_grace_exceeds_drains(values: dict[str, Any]) -> None:
-    spec = pod_spec(render(values))
+    spec = pod_spec(render_chart(values))
     proxy, triton = container(spec, "proxy"), container(spec, "triton")
     proxy_grace = float(env_of(proxy)["SHUTDOWN_GRACE_S"])
     triton_grace = int(re.search(r"--exit-timeout-secs=(\d+)", " ".join(triton["args"])).group(1))
@@ -202,12 +203,12 @@ def test_termination_grace_exceeds_drains(values: dict[str, Any]) -> None:
 
 def test_too_short_grace_is_refused() -> None:
     with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
-        render({"terminationGracePeriodSeconds": 30})
+        render_chart({"terminationGracePeriodSeconds": 30})
 
 
 def test_aws_credentials_only_in_the_init_container() -> None:
     values = CHART_CASES[-1].values[0]
-    objects = render(values)
+    objects = render_chart(values)
     spec = pod_spec(objects)
     sync_env = env_of(container(spec, "sync"))
     assert sync_env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "nexus-aws", "key": "AWS_ACCESS_KEY_ID"}}
@@ -224,14 +225,14 @@ def test_aws_credentials_only_in_the_init_container() -> None:
 
 def test_metadata_from_values_lands_in_the_configmap() -> None:
     content = '{"schema_version": 1, "name": "m"}'
-    (config_map,) = by_kind(render({"nexusMeta": {"content": content}}), "ConfigMap")
+    (config_map,) = by_kind(render_chart({"nexusMeta": {"content": content}}), "ConfigMap")
     assert config_map["data"] == {".nexus_meta.json": content}
-    default = by_kind(render({}), "ConfigMap")[0]["data"][".nexus_meta.json"]
+    default = by_kind(render_chart({}), "ConfigMap")[0]["data"][".nexus_meta.json"]
     assert default == (CHART / "files" / "nexus_meta.example.json").read_text().strip()
 
 
 def test_triton_admin_key_comes_from_a_secret() -> None:
-    objects = render({})
+    objects = render_chart({})
     (secret,) = by_kind(objects, "Secret")
     triton = container(pod_spec(objects), "triton")
     ref = env_of(triton)["TRITON_ADMIN_KEY"]["secretKeyRef"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nexusml import archive
-from nexusml.errors import UnsafeArchive
+from nexusml.core.errors import UnsafeArchive
+from nexusml.sync import archive
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], mode: str = "w") -> Path:

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from nexusml import config, metadata
-from nexusml.errors import SettingsError
-from nexusml.metadata import BatchingHints
-from nexusml.settings import SyncSettings, load
+from nexusml.core import metadata
+from nexusml.core.errors import SettingsError
+from nexusml.core.metadata import BatchingHints
+from nexusml.core.settings import load
+from nexusml.sync import triton_config as config
+from nexusml.sync.settings import SyncSettings
 
 HERE = Path(__file__).parent
 EXAMPLE = metadata.load(HERE.parents[1] / "examples" / "nexus_meta.example.json")
@@ -103,7 +105,7 @@ def test_dynamic_batching_can_be_turned_off() -> None:
     generated = config.model_config(EXAMPLE, serving)
     assert "dynamic_batching" not in generated
     assert generated["max_batch_size"] == 32  # clients may still send batches of their own
-    config.render(generated)
+    config.to_pbtxt(generated)
 
 
 def test_variable_dims_are_not_warmed_up() -> None:
@@ -115,18 +117,18 @@ def test_variable_dims_are_not_warmed_up() -> None:
 def test_golden_file() -> None:
     """The rendered text for the example metadata on a GPU host with two instances."""
     settings = load(SyncSettings, {"DEVICE": "cuda", "INSTANCE_COUNT": "2", "TORCH_THREADS": "2"})
-    text = config.render(config.model_config(EXAMPLE, config.serving_config(EXAMPLE, settings)))
+    text = config.to_pbtxt(config.model_config(EXAMPLE, config.serving_config(EXAMPLE, settings)))
     assert text == GOLDEN.read_text()
 
 
 def test_render_rejects_what_triton_would() -> None:
     with pytest.raises(json_format.ParseError):
-        config.render({"name": "x", "max_batch_size": "lots"})
+        config.to_pbtxt({"name": "x", "max_batch_size": "lots"})
 
 
 def test_parse_inverts_render() -> None:
     serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu"}))
     generated = config.model_config(EXAMPLE, serving)
-    parsed = config.parse(config.render(generated))
+    parsed = config.from_pbtxt(config.to_pbtxt(generated))
     assert parsed["max_batch_size"] == 32
     assert parsed["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]

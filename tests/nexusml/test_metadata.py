@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nexusml import metadata
-from nexusml.errors import MetadataError
+from nexusml.core import metadata
+from nexusml.core.errors import MetadataError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "nexus_meta.example.json"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nexusml import metadata
-from nexusml.errors import IntegrityError
-from nexusml.repository import Repository
+from nexusml.core import metadata
+from nexusml.core.errors import IntegrityError
+from nexusml.sync.repository import Repository
 
 EXAMPLE = metadata.load(Path(__file__).parents[2] / "examples" / "nexus_meta.example.json")
 

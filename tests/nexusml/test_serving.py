@@ -13,11 +13,13 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from nexusml import demo, storage
-from nexusml.metadata import BatchingHints
-from nexusml.settings import SyncSettings, load
-from nexusml.sync import sync
-from nexusml.triton import TritonServer
+from nexusml import demo
+from nexusml.core.metadata import BatchingHints
+from nexusml.core.settings import load
+from nexusml.sync import storage
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import SyncSettings
+from nexusml.sync.triton import TritonServer
 from tests.conftest import DEMO_SPEC, TEST_BUCKET, start_triton
 
 pytestmark = pytest.mark.integration

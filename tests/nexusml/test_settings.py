@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from nexusml.errors import SettingsError
-from nexusml.settings import SyncSettings, TritonSettings, load, variables
+from nexusml.core.errors import SettingsError
+from nexusml.core.settings import load, variables
 from nexusml.stack import StackSettings
+from nexusml.sync.settings import SyncSettings, TritonSettings
 
 
 def test_defaults() -> None:

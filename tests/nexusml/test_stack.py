@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from nexusml.process import http_ok
+from nexusml.core.process import http_ok
 from tests.conftest import base_environment, free_port
 
 pytestmark = pytest.mark.integration

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nexusml import demo, metadata
-from nexusml.metadata import ModelMetadata
+from nexusml import demo
+from nexusml.core import metadata
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.settings import load
 from nexusml.s3local import LocalS3
-from nexusml.settings import SyncSettings, load
-from nexusml.sync import sync
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import SyncSettings
 from tests.conftest import TEST_BUCKET, PublishedModel, base_environment, free_port, publish, start_triton
 from tests.nexusml.test_serving import infer
 

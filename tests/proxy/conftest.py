@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from nexusml.settings import load
-from nexusml.triton import TritonServer
+from nexusml.core.settings import load
+from nexusml.sync.triton import TritonServer
 from proxy.app import create_app, server_options
 from proxy.settings import ProxySettings
 from tests.conftest import base_environment, free_port

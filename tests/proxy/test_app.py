@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nexusml import demo
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from proxy.app import OPENAPI_PATH
 from tests.conftest import DEMO_SPEC, PublishedModel, start_triton
 from tests.proxy.conftest import ROW, MakeClient

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nexusml import demo
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from proxy.coalesce import Coalescer
 from proxy.errors import UpstreamUnavailable
 from tests.conftest import DEMO_SPEC

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from proxy.app import OPENAPI_PATH
 from tests.proxy.conftest import ProxyProcess
 

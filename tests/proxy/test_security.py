@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from tests.proxy.conftest import ROW, MakeClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]

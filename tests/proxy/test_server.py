@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from tests.conftest import base_environment
 from tests.proxy.conftest import ROOT, ProxyProcess
 

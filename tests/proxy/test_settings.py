@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nexusml.errors import SettingsError
-from nexusml.settings import load
+from nexusml.core.errors import SettingsError
+from nexusml.core.settings import load
 from proxy.settings import ProxySettings
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from proxy.client import GrpcUpstream, from_triton_error
 from tests.conftest import base_environment, free_port, start_triton
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings

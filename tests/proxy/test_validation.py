@@ -18,7 +18,7 @@ import yaml
 from proxy.app import OPENAPI_PATH
 from proxy.errors import ProxyError
 from proxy.schema import ModelSchema, TensorSchema
-from proxy.validation import parse_json, render, to_prediction
+from proxy.validation import parse_json, response_body, to_prediction
 from tests.proxy.conftest import ROW
 
 JSON = {"Content-Type": "application/json"}
@@ -266,10 +266,10 @@ def test_named_inputs_and_outputs() -> None:
     assert single.arrays["A"].shape == (1, 2) and single.arrays["A"].dtype == np.float32
     assert single.arrays["B"].tolist() == [[3, 4, 5]] and single.arrays["B"].dtype == np.int8
     outputs = {"X": np.array([[0.5]], np.float32), "Y": np.array([[1, 2]], np.int64)}
-    assert orjson.loads(render(outputs, TWO_IN_TWO_OUT, single)) == {"output": {"X": [0.5], "Y": [1, 2]}}
+    assert orjson.loads(response_body(outputs, TWO_IN_TWO_OUT, single)) == {"output": {"X": [0.5], "Y": [1, 2]}}
     batch = to_prediction({"inputs": [{"A": [1, 2], "B": [1]}, {"A": [3, 4], "B": [2]}]}, TWO_IN_TWO_OUT)
     outputs = {"X": np.array([[0.5], [1.5]], np.float32), "Y": np.array([[1, 2], [3, 4]], np.int64)}
-    assert orjson.loads(render(outputs, TWO_IN_TWO_OUT, batch)) == {
+    assert orjson.loads(response_body(outputs, TWO_IN_TWO_OUT, batch)) == {
         "outputs": [{"X": [0.5], "Y": [1, 2]}, {"X": [1.5], "Y": [3, 4]}]
     }
 
@@ -299,7 +299,7 @@ def test_integral_floats_fit_integer_inputs() -> None:
 def test_unbatched_boolean_model() -> None:
     prediction = to_prediction({"input": [[True, False], [False, True]]}, UNBATCHED)
     assert prediction.arrays["FLAGS"].shape == (2, 2) and prediction.arrays["FLAGS"].dtype == np.bool_
-    assert orjson.loads(render({"Z": np.array(0.25)}, UNBATCHED, prediction)) == {"output": 0.25}
+    assert orjson.loads(response_body({"Z": np.array(0.25)}, UNBATCHED, prediction)) == {"output": 0.25}
     for doc, code in [
         ({"input": [[1, 0], [0, 1]]}, "wrong_type"),
         ({"inputs": [[[True, False], [False, True]]]}, "batch_size"),

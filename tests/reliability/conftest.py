@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nexusml.triton import TritonServer
+from nexusml.sync.triton import TritonServer
 from reliability.bed import Bed
 from reliability.result import ScenarioResult
 from tests.conftest import PublishedModel

@@ -35,7 +35,7 @@ import yaml
 
 from nexusml import demo
 from tests.conftest import free_port
-from tests.deploy.conftest import by_kind, render
+from tests.deploy.conftest import by_kind, render_chart
 from tests.deploy.containers.conftest import assert_serves, wait_ready
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman
 
@@ -190,7 +190,7 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
                 "s3": {"endpointUrl": f"http://{bed.s3}:9000", "bucket": BUCKET, "region": "us-east-1"},
                 "aws": {"credentialsSecret": "nexus-aws"},
             }
-            objects = render(values)
+            objects = render_chart(values)
             sync_pod, serving_pod = pods_for_podman(objects, bed, port)
         with TIMINGS.step("helm pod: init container `sync` (kube play, wait for exit 0)"):
             play(bed, objects, sync_pod)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nexusml.errors import ServerError
+from nexusml.core.errors import ServerError
 
 log = logging.getLogger(__name__)
 

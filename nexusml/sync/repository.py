@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from nexusml.errors import DiskError
-from nexusml.metadata import ModelMetadata
-from nexusml.storage import sha256_file
+from nexusml.core.errors import DiskError
+from nexusml.core.metadata import ModelMetadata
+from nexusml.sync.storage import sha256_file
 
 RECORD_FILE = ".nexus_meta.json"
 MODEL_CODE = "model.py"

@@ -1,6 +1,6 @@
 """`.nexus_meta.json`: parsed and validated once into a typed, immutable `ModelMetadata`.
 
-The contract is the JSON Schema in `nexusml/schemas/nexus_meta.schema.json`; a violation is reported as
+The contract is the JSON Schema in `nexusml/core/schemas/nexus_meta.schema.json`; a violation is reported as
 one line naming the field (`$.artifact.sha256: ...`). Everything downstream takes `ModelMetadata`.
 """
 
@@ -15,14 +15,14 @@ from typing import Any
 
 import jsonschema
 
-from nexusml.errors import MetadataError
+from nexusml.core.errors import MetadataError
 
 ARTIFACT_FILES = {"torchscript": "model.pt", "torch_export": "model.pt2"}
 
 
 @cache
 def schema() -> dict[str, Any]:
-    text = resources.files("nexusml").joinpath("schemas/nexus_meta.schema.json").read_text()
+    text = resources.files("nexusml.core").joinpath("schemas/nexus_meta.schema.json").read_text()
     return json.loads(text)
 
 

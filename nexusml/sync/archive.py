@@ -11,7 +11,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from nexusml.errors import UnsafeArchive
+from nexusml.core.errors import UnsafeArchive
 
 MAX_MEMBERS = 10_000
 

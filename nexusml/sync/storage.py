@@ -34,7 +34,7 @@ from botocore.exceptions import (
 from tqdm import tqdm
 from urllib3.exceptions import ProtocolError
 
-from nexusml.errors import (
+from nexusml.core.errors import (
     AccessDenied,
     ArtifactNotFound,
     EndpointUnreachable,
@@ -43,7 +43,7 @@ from nexusml.errors import (
     NexusError,
     UnsafeArchive,
 )
-from nexusml.settings import S3Settings
+from nexusml.sync.settings import S3Settings
 
 CHUNK_BYTES = 1 << 20
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}

@@ -1,7 +1,7 @@
 """`config.pbtxt` generation: from data, through Triton's own protobuf, never by string templates.
 
 `serving_config` decides the numbers (settings override the metadata's hints, which override defaults);
-`model_config` turns metadata + those numbers into the dict form of `inference.ModelConfig`; `render`
+`model_config` turns metadata + those numbers into the dict form of `inference.ModelConfig`; `to_pbtxt`
 checks it against the protobuf schema and prints Triton's text format.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from nexusml.errors import SettingsError
-from nexusml.metadata import ModelMetadata, TensorSpec
-from nexusml.settings import SyncSettings
+from nexusml.core.errors import SettingsError
+from nexusml.core.metadata import ModelMetadata, TensorSpec
+from nexusml.sync.settings import SyncSettings
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_BATCH_TIMEOUT_MS = 50.0
@@ -143,13 +143,13 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
     return generated
 
 
-def render(config: dict[str, Any]) -> str:
+def to_pbtxt(config: dict[str, Any]) -> str:
     """Validate `config` against Triton's protobuf and print it in text format."""
     message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
     return text_format.MessageToString(message)
 
 
-def parse(text: str) -> dict[str, Any]:
-    """The inverse of `render`, for reading a generated file back (tests, the tuning sweep)."""
+def from_pbtxt(text: str) -> dict[str, Any]:
+    """The inverse of `to_pbtxt`, for reading a generated file back (tests, the tuning sweep)."""
     message = text_format.Parse(text, model_config_pb2.ModelConfig())
     return json_format.MessageToDict(message, preserving_proto_field_name=True)

@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexusml.errors import ServerError
-from nexusml.process import ManagedProcess
-from nexusml.settings import TritonSettings
+from nexusml.core.errors import ServerError
+from nexusml.core.process import ManagedProcess
+from nexusml.sync.settings import TritonSettings
 
 
 @dataclass(frozen=True)

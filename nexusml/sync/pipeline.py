@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexusml import archive, storage
-from nexusml.config import model_config, render, serving_config
-from nexusml.errors import IntegrityError
-from nexusml.metadata import ModelMetadata
-from nexusml.repository import Repository, disk_errors
-from nexusml.settings import SyncSettings
+from nexusml.core.errors import IntegrityError
+from nexusml.core.metadata import ModelMetadata
+from nexusml.sync import archive, storage
+from nexusml.sync.repository import Repository, disk_errors
+from nexusml.sync.settings import SyncSettings
+from nexusml.sync.triton_config import model_config, serving_config, to_pbtxt
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool) -> Ca
 def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> SyncResult:
     """Make the repository hold `meta`'s version, verified, with a matching config; idempotent."""
     repo = Repository(settings.repository)
-    config_text = render(model_config(meta, serving_config(meta, settings)))
+    config_text = to_pbtxt(model_config(meta, serving_config(meta, settings)))
     with repo.locked(meta.name):
         downloaded = not repo.installed(meta)
         if downloaded:

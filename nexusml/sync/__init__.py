@@ -1,0 +1,6 @@
+"""The sync side: S3 -> verified artifact -> Triton model repository, and the bundled tritonserver.
+
+`pipeline.sync` runs the steps: `storage` (S3), `archive` (safe unpacking), `repository` (atomic versions),
+`triton_config` (config.pbtxt through Triton's protobuf); `triton` starts the server on the result.
+Stands on `nexusml.core` only.
+"""
