@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What each command installs (pyproject.toml's groups): `make run` the `run` group, the rest `dev` (which
+# holds `run`); one stamp per group, so a change to pyproject.toml reinstalls.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 # Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64;
 # wrk drives the HTTP paths in the benchmarks.
 DEB_PACKAGES := libpython3.11 libb64-0d wrk
@@ -20,9 +23,9 @@ define apt-install
 	fi
 endef
 
-.PHONY: run test test-deploy bench soak lint sysdeps deploy-sysdeps venv clean
+.PHONY: run test test-deploy bench soak lint settings-docs sysdeps deploy-sysdeps venv clean
 
-run: venv
+run: sysdeps $(RUN_STAMP)
 	$(BIN)/nexus up
 
 test: venv
@@ -42,7 +45,11 @@ soak: venv
 lint: venv
 	$(BIN)/ruff check .
 
-venv: sysdeps $(STAMP)
+# README.md's settings tables, generated from the settings classes (the tests fail while they are stale).
+settings-docs: venv
+	$(BIN)/python -m nexusml.settings_docs
+
+venv: sysdeps $(DEV_STAMP)
 
 sysdeps:
 	$(call apt-install,$(DEB_PACKAGES))
@@ -52,11 +59,20 @@ sysdeps:
 deploy-sysdeps:
 	$(call apt-install,$(DEPLOY_PACKAGES))
 
-$(STAMP): pyproject.toml
+# $(call install,GROUP): the package (editable) with GROUP's dependencies and the pinned torch.
+define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" -e ".[$(1)]"
+endef
+
+$(RUN_STAMP): pyproject.toml
+	$(call install,run)
 	touch $@
+
+$(DEV_STAMP): pyproject.toml
+	$(call install,dev)
+	touch $@ $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) .nexus model_repository/*/

@@ -247,7 +247,7 @@ class Runner:
             if path not in paths:
                 continue
             model["proxy"][path] = proxy_settings(
-                self.stack.proxy_env(triton_model, 1, args.proxy_workers, 0, proxy_extra[path])
+                self.stack.proxy_env(triton_model, args.proxy_workers, 0, proxy_extra[path])
             )
             try:
                 proxy, url = self.stack.start_proxy(

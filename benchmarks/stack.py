@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,29 +18,15 @@ from benchmarks.models import ModelCase
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.process import ManagedProcess
-from nexusml.core.settings import load
-from nexusml.s3local import CREDENTIALS, LocalS3
-from nexusml.sync import storage
-from nexusml.sync.pipeline import sync
-from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.models import sync_into
+from nexusml.testing.servers import ProxyProcess, s3_client, s3_environment, start_local_s3, start_triton
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "nexus-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def base_environment() -> dict[str, str]:
-    """This process's environment without anything pointing at a real AWS account or another stack."""
-    drop = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in ("PORT", "HOST", "DEVICE")}
 
 
 class BenchStack:
@@ -73,56 +57,24 @@ class BenchStack:
 
     def prepare(self) -> None:
         """Publish every case to a local S3 and sync it into the repository (twice: batching on and off)."""
-        env = base_environment()
-        s3 = LocalS3(free_port(), env, log_file=self.workdir / "moto.log")
-        s3.start()
-        saved = {name: os.environ.get(name) for name in CREDENTIALS}
-        os.environ.update(CREDENTIALS)  # boto3 reads credentials from this process's environment
+        s3 = start_local_s3(self.workdir / "moto.log")
         try:
-            s3_env = {**env, **s3.client_environment(), "MODEL_BUCKET": BUCKET}
-            client = storage.client(load(S3Settings, s3_env))
-            client.create_bucket(Bucket=BUCKET)
+            s3_env = s3_environment(s3, BUCKET)
+            client = s3_client(s3_env)
             for case in self.cases:
                 meta = case.publish(client, BUCKET, self.workdir / "export", s3.endpoint_url)
                 self._sync(meta, s3_env, batching=True)
                 if self.nobatch_copies:
                     self._sync(dataclasses.replace(meta, name=case.nobatch_key), s3_env, batching=False)
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             s3.stop()  # everything is in the repository now
 
     def start_triton(self) -> None:
-        env = base_environment()
-        self.triton = TritonServer(
-            load(
-                TritonSettings,
-                {
-                    "MODEL_REPOSITORY": str(self.repository),
-                    "TRITON_HTTP_PORT": str(free_port()),
-                    "TRITON_GRPC_PORT": str(free_port()),
-                    "TRITON_METRICS_PORT": str(free_port()),
-                    "TRITON_EXIT_TIMEOUT_S": "5",
-                    "TRITON_STARTUP_TIMEOUT_S": "300",
-                },
-            ),
-            env,
-            log_file=self.workdir / "triton.log",
-        )
-        self.triton.start()
+        self.triton = start_triton(self.repository, self.workdir, TRITON_STARTUP_TIMEOUT_S="300")
 
     def _sync(self, meta: ModelMetadata, s3_env: dict[str, str], batching: bool) -> None:
-        env = {
-            **s3_env,
-            **self.sync_env,
-            "MODEL_REPOSITORY": str(self.repository),
-            "DEVICE": self.device,
-            "DYNAMIC_BATCHING": "true" if batching else "false",
-        }
-        sync(meta, load(SyncSettings, env))
+        settings = {"BATCH_TIMEOUT_MS": "", **self.sync_env, "DEVICE": self.device}
+        sync_into(meta, s3_env, self.repository, DYNAMIC_BATCHING="true" if batching else "false", **settings)
         self.metas[meta.name] = meta
         self.configs[meta.name] = (self.repository / meta.name / "config.pbtxt").read_text()
 
@@ -173,15 +125,12 @@ class BenchStack:
         )
         return self._start(process), f"http://127.0.0.1:{port}"
 
-    def proxy_env(self, model: str, port: int, workers: int, body_bytes: int, extra: dict[str, str]) -> dict[str, str]:
+    def proxy_env(self, model: str, workers: int, body_bytes: int, extra: dict[str, str]) -> dict[str, str]:
+        """The proxy's settings for one path (its port and host are the harness's)."""
         assert self.triton is not None
         return {
-            **base_environment(),
-            "PYTHONPATH": str(ROOT),
             "MODEL_SERVER_URL": self.triton.grpc_url,
             "MODEL_NAME": model,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
             "PROXY_WORKERS": str(workers),
             "ACCESS_LOG": "false",
             "LOG_LEVEL": "warning",
@@ -193,26 +142,15 @@ class BenchStack:
     def start_proxy(
         self, model: str, workers: int = 1, body_bytes: int = 0, extra: dict[str, str] | None = None
     ) -> tuple[ManagedProcess, str]:
-        """`python -m proxy` for `model` over gRPC; raises `ProxyUnavailable` when it cannot start."""
-        if not (ROOT / "proxy" / "__main__.py").exists():
-            raise ProxyUnavailable("proxy/ has no __main__.py")
-        assert self.triton is not None
-        port = free_port()
-        env = self.proxy_env(model, port, workers, body_bytes, extra or {})
-        process = ManagedProcess(
-            f"proxy ({model})",
-            [sys.executable, "-m", "proxy"],
-            env,
-            ready_url=f"http://127.0.0.1:{port}/readyz",
-            startup_timeout_s=60,
-            stop_timeout_s=25,
-            log_file=self.workdir / f"proxy-{model}.log",
-        )
+        """`nexus proxy` for `model` over gRPC; raises `ProxyUnavailable` when it cannot start."""
+        env = self.proxy_env(model, workers, body_bytes, extra or {})
+        process = ProxyProcess(self.workdir / f"proxy-{model}.log", stop_timeout_s=25, **env)
         try:
-            return self._start(process), f"http://127.0.0.1:{port}"
+            process.start()
         except NexusError as err:
-            tail = _tail(self.workdir / f"proxy-{model}.log")
-            raise ProxyUnavailable(f"{err}{': ' + tail if tail else ''}") from err
+            raise ProxyUnavailable(str(err)) from err
+        self._children.append(process)
+        return process, process.url
 
     def stop(self) -> None:
         for process in reversed(self._children):
@@ -236,11 +174,3 @@ class BenchStack:
 
 class ProxyUnavailable(RuntimeError):
     """The proxy could not be started: its paths are reported as not available."""
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])

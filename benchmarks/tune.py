@@ -35,15 +35,17 @@ from benchmarks import loadgen
 from benchmarks.models import mlp_case
 from benchmarks.parsing import average_batch
 from benchmarks.run import _stats
-from benchmarks.stack import BenchStack, base_environment, free_port
+from benchmarks.stack import BenchStack
 from nexusml.core import metadata
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync.repository import RECORD_FILE, Repository
-from nexusml.sync.settings import SyncSettings, TritonSettings
+from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton import TritonServer
 from nexusml.sync.triton_config import ServingConfig, model_config, serving_config, to_pbtxt
+from nexusml.testing.environment import base_environment
+from nexusml.testing.servers import start_triton
 
 log = logging.getLogger("benchmarks.tune")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,21 +118,13 @@ def sync_demo(repository: Path, workdir: Path, hidden: int, layers: int) -> None
 def measure(
     scratch: Path, meta: ModelMetadata, concurrencies: list[int], duration: float, workdir: Path, tag: str
 ) -> dict[str, Any]:
-    env = base_environment()
-    settings = load(
-        TritonSettings,
-        {
-            "MODEL_REPOSITORY": str(scratch),
-            "TRITON_HTTP_PORT": str(free_port()),
-            "TRITON_GRPC_PORT": str(free_port()),
-            "TRITON_METRICS_PORT": str(free_port()),
-            "TRITON_EXIT_TIMEOUT_S": "5",
-        },
-    )
-    triton = TritonServer(settings, env, log_file=workdir / f"{tag}.triton.log")
+    triton: TritonServer | None = None
     points = []
     try:
-        triton.start()
+        log_dir = workdir / tag
+        log_dir.mkdir(parents=True, exist_ok=True)
+        triton = start_triton(scratch, log_dir)
+        settings = triton.settings
         shape = "INPUT__0:" + ",".join(str(d) for d in meta.inputs[0].shape) if len(meta.inputs) == 1 else None
         for conc in concurrencies:
             before = _stats(triton.http_url, meta.name)
@@ -141,7 +135,7 @@ def measure(
                 duration,
                 workdir,
                 f"{tag}-c{conc}",
-                dict(os.environ),
+                base_environment(),
                 shape=shape,
             )
             after = _stats(triton.http_url, meta.name)
@@ -157,7 +151,8 @@ def measure(
     except (NexusError, loadgen.LoadError) as err:
         return {"ok": False, "error": str(err), "points": points, "throughput": 0.0, "p99_ms": None}
     finally:
-        triton.stop()
+        if triton is not None:
+            triton.stop()
     p99s = [p["p99_ms"] for p in points if p["p99_ms"] is not None]
     return {
         "ok": True,

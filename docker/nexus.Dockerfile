@@ -26,9 +26,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, so editing the code does not reinstall them.
-COPY docker/requirements-runtime.txt /tmp/requirements-runtime.txt
-RUN pip install --requirement /tmp/requirements-runtime.txt
+# Dependencies first, so editing the code does not reinstall them: the `sync` and `proxy` groups of
+# pyproject.toml (what `nexus sync` and `nexus proxy` import), read from it by docker/extras.py.
+COPY pyproject.toml docker/extras.py /tmp/deps/
+RUN python3 /tmp/deps/extras.py /tmp/deps/pyproject.toml sync proxy > /tmp/deps/requirements.txt \
+    && pip install --requirement /tmp/deps/requirements.txt \
+    && rm -rf /tmp/deps
 
 ############################ builder: the package on top
 FROM dependencies AS builder
@@ -39,8 +42,9 @@ ARG PIP_FIND_LINKS
 ARG PIP_CERT
 # .dockerignore lets in only pyproject.toml, README.md, nexusml/, proxy/ and the files under docker/ used here.
 COPY . .
+# --no-deps: the groups' dependencies are all installed above; the imports below prove it.
 RUN pip install --no-deps . \
-    && python -c "import nexusml.cli, nexusml.sync, proxy.app, tritonclient.grpc"
+    && python -c "import nexusml.cli, nexusml.sync.pipeline, proxy.server, tritonclient.grpc"
 
 ############################ demo-builder: adds a CPU build of PyTorch for `nexus publish-demo`
 # From `dependencies`, so that editing the code does not reinstall PyTorch.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from nexusml.core import metadata
-from nexusml.core.errors import ServerError
+from nexusml.core.errors import NexusError, ServerError
 from nexusml.core.process import ManagedProcess, Stopped, stop_all, supervising, wait_for_exit
 from nexusml.core.settings import env, nested
 from nexusml.s3local import LocalS3
@@ -46,11 +46,19 @@ class StackSettings:
         return self.s3.endpoint_url is None and self.s3.model_bucket is None
 
 
+class StepFailed(NexusError):
+    """A one-shot step (publish, sync) exited non-zero: `nexus up` exits with that step's code."""
+
+    def __init__(self, name: str, exit_code: int) -> None:
+        super().__init__(f"{name} failed with exit code {exit_code}")
+        self.exit_code = exit_code
+
+
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
     log.info("%s: %s", name, " ".join(argv))
-    code = subprocess.call([sys.executable, "-m", "nexusml.cli", *argv], env=env, start_new_session=True)
+    code = subprocess.call([sys.executable, "-m", "nexusml", *argv], env=env, start_new_session=True)
     if code != 0:
-        raise SystemExit(code)
+        raise StepFailed(name, code)
 
 
 def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> ManagedProcess:
@@ -58,7 +66,7 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
     proxy_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "MODEL_NAME": model}
     return ManagedProcess(
         "proxy",
-        [sys.executable, "-m", "nexusml.cli", "proxy"],
+        [sys.executable, "-m", "nexusml", "proxy"],
         proxy_env,
         ready_url=f"http://127.0.0.1:{settings.proxy.port}/readyz",
         startup_timeout_s=60,
@@ -85,8 +93,9 @@ def up(settings: StackSettings, environ: dict[str, str]) -> int:
         except Stopped as signal_name:
             log.info("%s: stopping", signal_name)
             return 0
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
+        except StepFailed as failed:
+            log.error("%s", failed)  # the step printed its own cause
+            return failed.exit_code
         finally:
             stop_all(running)
 

@@ -78,7 +78,7 @@ class ProxyState:
     loader: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.worker, lambda: self.in_flight)
+        self.metrics = Metrics()
 
     async def send(
         self, arrays: dict[str, np.ndarray], rows: int, deadline: float, request_id: str = ""
@@ -90,7 +90,7 @@ class ProxyState:
         try:
             return await self.upstream.infer(self.schema, self.settings.model_version, arrays, deadline, request_id)
         except ProxyError as err:
-            self.metrics.upstream_errors.inc(err.code)
+            self.metrics.upstream_errors.labels(err.code).inc()
             raise
         finally:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
@@ -292,8 +292,7 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource
         template = route.canonical if route is not None else "unmatched"
-        state.metrics.requests.inc(template, str(response.status))
-        state.metrics.latency.observe(elapsed, template)
+        state.metrics.request_done(template, response.status, elapsed)
         if settings.access_log:
             level = logging.WARNING if response.status >= 500 else logging.INFO
             if access_log.isEnabledFor(level):
@@ -373,6 +372,7 @@ async def predict(request: web.Request) -> web.Response:
     if state.in_flight >= settings.max_in_flight:
         raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
     state.in_flight += 1
+    state.metrics.in_flight.inc()
     try:
         deadline = _deadline(request)
         prediction = to_prediction(parse_json(await _read_body(request, settings)), schema)
@@ -383,6 +383,7 @@ async def predict(request: web.Request) -> web.Response:
         body = response_body(outputs, schema, prediction)
     finally:
         state.in_flight -= 1
+        state.metrics.in_flight.dec()
     return web.Response(
         body=body,
         content_type=_JSON,
@@ -444,8 +445,8 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    state = request.app[STATE]
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": state.metrics.content_type})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -457,7 +458,7 @@ def _dumps(value: Any) -> str:
 
 
 def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
-    """The proxy for one worker process; `worker` only labels its metrics and logs."""
+    """The proxy for one worker process; `worker` only labels its logs."""
     app = web.Application(middlewares=[_middleware(settings)], client_max_size=settings.max_body_bytes)
     app[STATE] = ProxyState(settings, worker)
     app[OPENAPI] = OPENAPI_PATH.read_bytes()

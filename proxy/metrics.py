@@ -1,103 +1,109 @@
-"""Prometheus text exposition, written by hand: a few counters and histograms, no dependency.
+"""The proxy's Prometheus metrics, on prometheus-client; `/metrics` shows the whole pod, whichever worker answers.
 
-Each worker process keeps its own figures and labels them with `worker` (its index), so a scrape that
-lands on one worker of several is still a consistent series; Prometheus sums them with `sum without
-(worker)`. Label values come from a bounded set (route templates, status codes, error codes), never from
-what a client sends.
+What is counted: HTTP requests by route template and status (`nexus_proxy_requests_total`) and their
+latency by route (`nexus_proxy_request_duration_seconds`); predictions in progress (`nexus_proxy_in_flight`,
+the HPA's custom metric); and, per call to Triton, its latency (`nexus_proxy_upstream_duration_seconds`),
+its rows (`nexus_proxy_upstream_batch_rows`) and its failures by error code
+(`nexus_proxy_upstream_errors_total`). Label values come from bounded sets (route templates, so unmatched
+paths are one `unmatched` series; status codes; the proxy's own error codes), never from what a client
+sends, so a client cannot grow the number of series. No `_created` series are exported.
+
+One worker (`PROXY_WORKERS=1`): each `Metrics` owns a `CollectorRegistry` (tests build many apps in one
+process, and the global default registry would refuse the same name twice) with the usual process,
+platform and GC collectors.
+
+Several workers: prometheus-client's multiprocess mode. `proxy.server.serve` creates a fresh private
+directory and names it in `PROMETHEUS_MULTIPROC_DIR` before it spawns the workers; prometheus-client reads
+that variable when it is imported and then keeps every value in a per-process file there. A scrape, on any
+worker, reads all the files and sums them, so every scrape shows the pod's totals and no series carries a
+worker label; `nexus_proxy_in_flight` is summed over live workers only (`livesum`; the parent drops a
+worker's file when it exits). This mode is on exactly when that variable is set, as prometheus-client
+decides. Its limitation: the process, platform and GC collectors do not work across processes, so with
+several workers `process_*` and `python_*` series are not exported.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Sequence
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    escaped = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values)
-    return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, escaped, strict=True)) + "}"
-
-
-def _number(value: float) -> str:
-    """Exact sample values: `:g` would print 1234567 as 1.23457e+06 and break rate() on busy counters."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def render(self, extra: tuple[str, str]) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        names = (*self.label_names, extra[0])
-        for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(names, (*labels, extra[1]))} {_number(value)}")
-        return lines
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float], labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, tuple(labels)
-        self.buckets = tuple(buckets)
-        self.series: dict[tuple[str, ...], list[float]] = {}
-
-    def observe(self, value: float, *labels: str) -> None:
-        series = self.series.get(labels)
-        if series is None:
-            # Per-bucket counts, then +Inf, then the sum.
-            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        series[bisect.bisect_left(self.buckets, value)] += 1
-        series[-1] += value
-
-    def render(self, extra: tuple[str, str]) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        names = (*self.label_names, extra[0], "le")
-        base = (*self.label_names, extra[0])
-        for labels, series in sorted(self.series.items()):
-            running = 0.0
-            for bound, count in zip((*self.buckets, "+Inf"), series[:-1], strict=True):
-                running += count
-                le = bound if isinstance(bound, str) else f"{bound:g}"
-                lines.append(f"{self.name}_bucket{_labels(names, (*labels, extra[1], le))} {_number(running)}")
-            lines.append(f"{self.name}_count{_labels(base, (*labels, extra[1]))} {_number(running)}")
-            lines.append(f"{self.name}_sum{_labels(base, (*labels, extra[1]))} {_number(series[-1])}")
-        return lines
+disable_created_metrics()
 
 
 class Metrics:
-    """Everything one worker measures."""
+    """Everything one worker measures; `render()` is the body of `/metrics`, of type `content_type`."""
 
-    def __init__(self, worker: int, in_flight: Callable[[], int]) -> None:
-        self.worker = ("worker", str(worker))
-        self.in_flight = in_flight
-        self.requests = Counter("nexus_proxy_requests_total", "HTTP requests by route and status", ("route", "status"))
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        directory = os.environ.get(MULTIPROC_DIR_ENV)
+        self.multiprocess = bool(directory)
+        # Multiprocess: values live in files, not in a registry; a scrape reads the files (all workers').
+        own = None if self.multiprocess else CollectorRegistry()
+        self.requests = Counter(
+            "nexus_proxy_requests_total", "HTTP requests by route and status", ("route", "status"), registry=own
+        )
         self.latency = Histogram(
-            "nexus_proxy_request_duration_seconds", "time from request to response", LATENCY_BUCKETS, ("route",)
+            "nexus_proxy_request_duration_seconds",
+            "time from request to response",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=own,
         )
         self.upstream_errors = Counter(
-            "nexus_proxy_upstream_errors_total", "failed Triton calls by error code", ("code",)
+            "nexus_proxy_upstream_errors_total", "failed Triton calls by error code", ("code",), registry=own
         )
         self.upstream_latency = Histogram(
-            "nexus_proxy_upstream_duration_seconds", "Triton inference calls", LATENCY_BUCKETS
+            "nexus_proxy_upstream_duration_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS, registry=own
         )
         self.batch_rows = Histogram(
-            "nexus_proxy_upstream_batch_rows", "rows per inference request sent to Triton", BATCH_BUCKETS
+            "nexus_proxy_upstream_batch_rows",
+            "rows per inference request sent to Triton",
+            buckets=BATCH_BUCKETS,
+            registry=own,
         )
+        self.in_flight = Gauge(
+            "nexus_proxy_in_flight", "predictions in progress", multiprocess_mode="livesum", registry=own
+        )
+        # (route, status) -> the two labelled children, so the per-request cost is one dict lookup.
+        self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        if own is None:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=directory)
+        else:
+            self.registry = own
+            ProcessCollector(registry=own)
+            PlatformCollector(registry=own)
+            GCCollector(registry=own)
+
+    def request_done(self, route: str, status: int, elapsed: float) -> None:
+        """One answered request: `route` is a route template (or `unmatched`), never a client's path."""
+        children = self._per_route.get((route, status))
+        if children is None:
+            children = self._per_route[route, status] = (
+                self.requests.labels(route, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
 
     def render(self) -> bytes:
-        lines = [
-            "# HELP nexus_proxy_in_flight predictions in progress",
-            "# TYPE nexus_proxy_in_flight gauge",
-            f"nexus_proxy_in_flight{_labels((self.worker[0],), (self.worker[1],))} {self.in_flight()}",
-        ]
-        for metric in (self.requests, self.latency, self.upstream_errors, self.upstream_latency, self.batch_rows):
-            lines.extend(metric.render(self.worker))
-        return ("\n".join(lines) + "\n").encode()
+        """The exposition: this worker's figures, or with several workers the sum of all of theirs."""
+        return generate_latest(self.registry)

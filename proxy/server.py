@@ -1,9 +1,11 @@
 """Run the proxy: `PROXY_WORKERS` uvloop processes sharing one port, graceful on SIGTERM.
 
-One process per worker, each with its own event loop, upstream client and metrics, all bound to the same
-port with SO_REUSEPORT so the kernel spreads connections over them; this is how a Python server uses more
-than one core. The parent only supervises: it forwards SIGTERM/SIGINT, and when a worker dies on its own
-it stops the others and exits with that worker's code, leaving restarts to the orchestrator.
+One process per worker, each with its own event loop and upstream client, all bound to the same port with
+SO_REUSEPORT so the kernel spreads connections over them; this is how a Python server uses more than one
+core. The workers add up their metrics through files in a private temporary directory (see
+`proxy.metrics`), so a scrape on any worker shows the whole pod. The parent only supervises: it forwards
+SIGTERM/SIGINT, and when a worker dies on its own it stops the others and exits with that worker's code,
+leaving restarts to the orchestrator.
 
 Shutdown, per worker: readiness turns false first (new predictions on open connections get 503), the
 listening socket closes, in-flight requests get up to `SHUTDOWN_GRACE_S` to finish, the upstream client
@@ -15,16 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 
 import uvloop
 from aiohttp import web
+from prometheus_client import multiprocess as prometheus_multiprocess
 
 from nexusml.core.errors import NexusError, ServerError
 from proxy.app import STATE, create_app, server_options
+from proxy.metrics import MULTIPROC_DIR_ENV
 from proxy.settings import ProxySettings
 
 log = logging.getLogger("proxy")
@@ -96,6 +103,12 @@ def serve(settings: ProxySettings) -> int:
     if settings.workers == 1:
         return run_worker(settings)
     configure_logging(settings.log_level)
+    # prometheus-client learns where the workers' metric files go only from this variable, read when a
+    # worker imports it; spawned workers inherit this process's environment, so this is the one place the
+    # proxy writes the environment. A fresh directory per run: no earlier run's figures get summed in.
+    metrics_dir = tempfile.mkdtemp(prefix="nexus-proxy-metrics-")
+    previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
+    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [
         context.Process(target=_worker_main, args=(settings, index), name=f"proxy-worker-{index}")
@@ -116,9 +129,13 @@ def serve(settings: ProxySettings) -> int:
             process.start()
         log.info("proxy: %d workers on port %d", len(workers), settings.port)
         failed = 0
+        dead: set[int] = set()
         while any(process.is_alive() for process in workers):
             for process in workers:
                 process.join(timeout=0.2)
+                if process.pid is not None and not process.is_alive() and process.pid not in dead:
+                    dead.add(process.pid)  # its in-flight figure leaves the sum; its counters stay
+                    prometheus_multiprocess.mark_process_dead(process.pid, metrics_dir)
                 if not process.is_alive() and process.exitcode not in (0, None) and not stopping:
                     log.error("%s exited with code %s; stopping the others", process.name, process.exitcode)
                     failed = failed or int(process.exitcode or 1)
@@ -128,3 +145,8 @@ def serve(settings: ProxySettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if previous_dir is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = previous_dir
+        shutil.rmtree(metrics_dir, ignore_errors=True)

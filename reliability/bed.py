@@ -1,8 +1,8 @@
 """The test bed every scenario runs on: local S3 with the demo model published, a synced repository,
 and helpers to start private tritonservers and proxies on free loopback ports.
 
-The pieces are the project's own test harness (`tests/conftest.py`: `free_port`, `start_triton`,
-`publish`; `tests/proxy/conftest.py`: `ProxyProcess`), reused rather than rewritten: under pytest the
+The pieces are the project's shared harness (`nexusml.testing`: `start_triton`, `publish`, `sync_into`,
+`ProxyProcess`), reused rather than rewritten: under pytest the
 `bed` fixture builds a `Bed` from the session fixtures; `python -m reliability` builds one with
 `standalone_bed`, which starts the same servers without pytest. Everything started is stopped by
 `Bed.close()`, so no tritonserver, moto or proxy process is left behind.
@@ -22,16 +22,19 @@ from typing import Any
 import numpy as np
 
 from nexusml import demo
-from nexusml.core.settings import load
-from nexusml.s3local import CREDENTIALS, LocalS3
-from nexusml.sync.pipeline import sync
-from nexusml.sync.settings import S3Settings, SyncSettings
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
+from nexusml.testing.servers import (
+    ProxyProcess,
+    restart_triton,
+    s3_client,
+    s3_environment,
+    start_local_s3,
+    start_triton,
+)
 from reliability import procinfo
 from reliability.load import Workload
 from reliability.models import expected_output
-from tests.conftest import DEMO_SPEC, TEST_BUCKET, PublishedModel, base_environment, free_port, publish, start_triton
-from tests.proxy.conftest import ProxyProcess
 
 
 @dataclass
@@ -68,8 +71,7 @@ class Bed:
 
     def restart_triton(self, server: TritonServer, log_dir: Path) -> TritonServer:
         """A new tritonserver with the same settings (ports, repository) as `server`, as an orchestrator would."""
-        fresh = TritonServer(server.settings, base_environment(), log_file=log_dir / "triton.log")
-        fresh.start()
+        fresh = restart_triton(server, log_dir)
         self.tritons.append(fresh)
         return fresh
 
@@ -126,29 +128,14 @@ def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> boo
 def standalone_bed(workdir: Path) -> Iterator[Bed]:
     """The bed without pytest: moto S3, the demo model published and synced, all on free ports."""
     workdir.mkdir(parents=True, exist_ok=True)
-    saved = {name: os.environ.get(name) for name in CREDENTIALS}
     with ExitStack() as stack:
-        s3 = stack.enter_context(LocalS3(free_port(), base_environment(), log_file=workdir / "moto.log"))
-        os.environ.update(CREDENTIALS)
-        stack.callback(_restore, saved)
-        s3_env = {**base_environment(), **s3.client_environment(), "MODEL_BUCKET": TEST_BUCKET}
-        from nexusml.sync import storage
-
-        client = storage.client(load(S3Settings, s3_env))
-        client.create_bucket(Bucket=TEST_BUCKET)
+        s3 = start_local_s3(workdir / "moto.log")
+        stack.callback(s3.stop)
+        s3_env = s3_environment(s3, TEST_BUCKET)
+        client = s3_client(s3_env)
         (workdir / "demo").mkdir(exist_ok=True)
         model = publish(DEMO_SPEC, client, workdir / "demo")
-        repository = workdir / "model_repository"
-        env = {**s3_env, "MODEL_REPOSITORY": str(repository), "DEVICE": "cpu", "BATCH_TIMEOUT_MS": "2"}
-        sync(model.meta, load(SyncSettings, env))
+        repository = sync_into(model.meta, s3_env, workdir / "model_repository")
         bed = Bed(workdir, s3_env, client, model, repository)
         stack.callback(bed.close)
         yield bed
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

@@ -80,9 +80,11 @@ class EnvVar:
         return value
 
 
-def env(name: str, default: Any, doc: str, parse: Callable[[str], Any] = str, **bounds: Any) -> Any:
-    """Declare a settings field read from the variable `name`."""
-    return field(default=default, metadata={"env": EnvVar(name, doc, parse, **bounds)})
+def env(
+    name: str, default: Any, doc: str, parse: Callable[[str], Any] = str, *, secret: bool = False, **bounds: Any
+) -> Any:
+    """Declare a settings field read from the variable `name`; a `secret` one is left out of the repr (logs)."""
+    return field(default=default, repr=not secret, metadata={"env": EnvVar(name, doc, parse, **bounds)})
 
 
 def nested(cls: type) -> Any:

@@ -1,6 +1,6 @@
 """S3 access: locate, download (streamed, verified, resumable) and upload artifacts.
 
-boto3's default credential chain supplies credentials (environment, profiles, instance or pod roles);
+Credentials come from the settings (the AWS_* variables), else from boto3's chain (profiles, instance or pod roles);
 the endpoint is passed only when one is configured. botocore's 'standard' retry mode retries whole
 calls; a stream that breaks halfway is resumed here with a ranged GET pinned to the object's ETag, so an
 object replaced mid-download is detected instead of being stitched from two versions.
@@ -91,7 +91,14 @@ def client(settings: S3Settings) -> Any:
         read_timeout=settings.read_timeout_s,
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
     )
-    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+    # Credentials and region come from the settings; left unset, boto3's own chain (profiles, IRSA) applies.
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        aws_session_token=settings.session_token,
+        region_name=settings.region,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
 @contextmanager

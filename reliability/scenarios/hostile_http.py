@@ -129,13 +129,13 @@ def _refused_early(port: int, head: bytes, body_chunks: int, chunk: bytes) -> tu
 def fuzz(url: str, examples: int, timeout_s: float = 10.0) -> dict[str, int]:
     """schemathesis over `proxy/openapi.yaml`: every operation, `examples` cases each, with a timeout.
 
-    Reuses the schema and checks of `tests/proxy/test_openapi.py`; returns counts by status, with
+    Reuses the schema and checks of `nexusml.testing.openapi`; returns counts by status, with
     `hang` for a call that did not answer within `timeout_s` and `failed_check` for a check failure.
     """
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import NonInteractiveExampleWarning  # noqa: F401
 
-    from tests.proxy.test_openapi import CHECKS, schema
+    from nexusml.testing.openapi import CHECKS, schema
 
     counts: dict[str, int] = {}
     failures: list[str] = []

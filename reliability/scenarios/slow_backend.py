@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from nexusml.testing.servers import ProxyProcess
 from reliability import procinfo
 from reliability.bed import Bed, faulty_workload, wait_until
 from reliability.load import Workload, closed_loop, summarize
@@ -31,14 +32,9 @@ class Config:
         return cls(protocol=protocol, slow_requests=32, normal_requests=1000)
 
 
-def _in_flight(proxy: object) -> int:
-    status, text = proxy.get("/metrics")  # type: ignore[attr-defined]
-    if status != 200:
-        return -1
-    for line in text.decode().splitlines():
-        if line.startswith("nexus_proxy_in_flight{"):
-            return int(float(line.split()[-1]))
-    return -1
+def _in_flight(proxy: ProxyProcess) -> int:
+    value = proxy.metric("nexus_proxy_in_flight")
+    return -1 if value is None else int(value)
 
 
 def _upstream_connections(pid: int, port: int) -> int:

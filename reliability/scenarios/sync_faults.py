@@ -1,7 +1,7 @@
-"""Sync faults beyond `tests/nexusml/test_sync.py`'s table, whose helpers (run_sync, snapshot, put,
-tar_of, with_artifact, the full-disk limit) are reused here.
+"""Sync faults beyond the harness's `SYNC_FAILURES` table (`nexusml.testing.artifacts`), whose helpers
+(run_sync, snapshot, put, tar_of, with_artifact, the full-disk limit) are reused here.
 
-Each case runs the documented entry point (`scripts/sync_model.py`) as a subprocess against a repository
+Each case runs `nexus sync` as a subprocess against a repository
 already holding version 1, and checks: the exit code names the cause; the repository holds the old version
 or the new one, never a mix (on failure: byte-for-byte as before; on success: the new version verifies);
 no temporary file (`.staging-*`, `.config-*`) is left behind. S3 faults go through `CuttingRelay`, a TCP
@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from nexusml.core.settings import load
-from nexusml.s3local import LocalS3
-from nexusml.sync.pipeline import sync
-from nexusml.sync.settings import SyncSettings
+from nexusml.testing.artifacts import SYNC_FAILURES, limit_file_size, put, run_sync, snapshot, tar_of, with_artifact
+from nexusml.testing.models import TEST_BUCKET, sync_into
+from nexusml.testing.servers import start_local_s3
 from reliability.bed import Bed
 from reliability.relay import CuttingRelay
 from reliability.result import ScenarioResult
-from tests.conftest import TEST_BUCKET, base_environment, free_port
-from tests.nexusml.test_sync import FAILURES, _limit_file_size, put, run_sync, snapshot, tar_of, with_artifact
 
 ARTIFACT_BYTES = 2 << 20
 CUT_AFTER = 256 << 10
@@ -135,7 +132,7 @@ def _bomb(bed: Bed, key: str) -> Any:
 
 
 def _full_disk(bed: Bed, key: str) -> Any:
-    return _file_meta(bed, key), {}, None, _limit_file_size
+    return _file_meta(bed, key), {}, None, limit_file_size
 
 
 CASES = [
@@ -151,8 +148,6 @@ CASES = [
     Case("disk-full", 9, "File too large", _full_disk),
 ]
 CASE_IDS = [case.id for case in CASES]
-# The existing table of tests/nexusml/test_sync.py, re-run by the long form for the leftover check.
-EXISTING = [(param.id, param.values) for param in FAILURES]
 
 
 def leftovers(repository: Path) -> list[str]:
@@ -168,7 +163,7 @@ def fresh_repository(bed: Bed, name: str) -> dict[str, str]:
     """A repository already holding the demo model's version 1, and the environment to sync into it."""
     workdir = bed.path(f"sync-{name}")
     env = {**bed.s3_env, "MODEL_REPOSITORY": str(workdir / "model_repository")}
-    sync(bed.demo_model.meta, load(SyncSettings, {**env, "DEVICE": "cpu"}))
+    sync_into(bed.demo_model.meta, env, workdir / "model_repository", BATCH_TIMEOUT_MS="")
     return env
 
 
@@ -219,11 +214,12 @@ def run_case(bed: Bed, case: Case, result: ScenarioResult) -> None:
 
 def run_existing(bed: Bed, result: ScenarioResult, auth_endpoint: str) -> None:
     """The existing failure table, with the leftover check this suite adds."""
-    for case_id, (prepare, exit_code, _message) in EXISTING:
+    for failure in SYNC_FAILURES:
+        case_id, exit_code = failure.id, failure.exit_code
         env = fresh_repository(bed, f"existing-{case_id}")
         repository = Path(env["MODEL_REPOSITORY"])
         before = snapshot(repository)
-        meta, extra = prepare(bed.demo_model.meta, bed.s3_client, {"auth_endpoint": auth_endpoint})
+        meta, extra = failure.prepare(bed.demo_model.meta, bed.s3_client, {"auth_endpoint": auth_endpoint})
         completed = run_sync(env, meta, repository.parent, **extra)
         left = leftovers(repository)
         result.figures[f"existing/{case_id}"] = {"exit": completed.returncode}
@@ -249,8 +245,10 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         run_case(bed, case, result)
     if config.include_existing:
         # The access-denied case needs an S3 endpoint that checks credentials, as in test_sync's fixture.
-        env = {**base_environment(), "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-        with LocalS3(free_port(), env, log_file=bed.path("auth-s3") / "moto.log") as auth:
+        auth = start_local_s3(bed.path("auth-s3") / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="0")
+        try:
             run_existing(bed, result, auth.endpoint_url)
+        finally:
+            auth.stop()
     os.sync()
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import re
 import tomllib
@@ -159,7 +160,7 @@ def _deployed_flags(argv: list[str]) -> dict[str, str]:
 
 
 def test_triton_flags_are_the_launchers() -> None:
-    """compose and Helm start tritonserver with exactly the flags of nexusml/triton.py (+ restricted APIs)."""
+    """compose and Helm start tritonserver with exactly the flags of nexusml/sync/triton.py (+ restricted APIs)."""
     expected = _launcher_flags()
     compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
     assert compose_argv[0] == "tritonserver"
@@ -233,28 +234,25 @@ def test_cli_has_the_commands_the_deployments_run() -> None:
         pytest.skip("`nexus proxy` is not in nexusml/cli.py yet (the image's default command needs it)")
 
 
-def test_runtime_requirements_are_pyprojects() -> None:
+def test_the_image_installs_the_groups_its_commands_need() -> None:
+    """The nexus image runs `nexus sync` and `nexus proxy`: pyproject's `sync` and `proxy` groups, no copy."""
+    dockerfile = (DOCKER_DIR / "nexus.Dockerfile").read_text()
+    assert "extras.py /tmp/deps/pyproject.toml sync proxy" in dockerfile
+    spec = importlib.util.spec_from_file_location("extras", DOCKER_DIR / "extras.py")
+    assert spec is not None and spec.loader is not None
+    extras = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extras)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
-    lines = (DOCKER_DIR / "requirements-runtime.txt").read_text().splitlines()
-    runtime = [Requirement(x) for x in lines if x.strip() and not x.startswith("#")]
-    for requirement in runtime:
-        assert str(requirement) == str(declared[requirement.name]), requirement.name
-    # left out on purpose (see the file's header): the server wheel, torch, the local S3
-    assert set(declared) - {r.name for r in runtime} == {"torch", "nvidia-pytriton", "moto"}
+    listed = {Requirement(r).name for r in extras.requirements(project, ["sync", "proxy"])}
+    groups = project["optional-dependencies"]
+    assert listed == {Requirement(r).name for r in [*project["dependencies"], *groups["sync"], *groups["proxy"]]}
+    # what Triton's image or the demo image brings, never the runtime image
+    assert not listed & {"torch", "nvidia-pytriton", "moto"}
 
 
 def test_chart_placeholder_is_the_example_metadata() -> None:
     ours = json.loads((CHART / "files" / "nexus_meta.example.json").read_text())
     assert ours == json.loads((ROOT / "examples" / "nexus_meta.example.json").read_text())
-
-
-def _readme_rows() -> dict[str, str]:
-    """`NAME` -> its default cell, from the tables of the README's "## Settings" section."""
-    section = _readme_section("## Settings")
-    rows = re.findall(r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|([^|\n]*)\|", section, re.MULTILINE)
-    assert rows, "README.md's Settings section has no | `NAME` | default | ... rows"
-    return {name: cell.strip() for name, cell in rows}
 
 
 def _readme_section(heading: str) -> str:
@@ -263,49 +261,6 @@ def _readme_section(heading: str) -> str:
     start = text.index(f"\n{heading}\n")
     end = text.find("\n## ", start + len(heading) + 2)
     return text[start : end if end != -1 else len(text)]
-
-
-def _readme_forms(default: Any) -> set[str]:
-    """How a default may be written in the README's default column."""
-    forms = {_as_text(default)}
-    if isinstance(default, bool):
-        forms = {str(default).lower()}
-    elif isinstance(default, int) and default >= 1 << 30 and default % (1 << 30) == 0:
-        forms.add(f"{default >> 30} GiB")
-    elif isinstance(default, tuple):
-        forms = {", ".join(map(str, default)), ",".join(map(str, default))} if default else {"empty"}
-    return forms
-
-
-@pytest.mark.parametrize(
-    "class_name", ["SyncSettings", "S3Settings", "TritonSettings", "StackSettings", "ProxySettings"]
-)
-def test_readme_settings_table_agrees(class_name: str) -> None:
-    classes = {cls.__name__: cls for cls in settings_classes()}
-    if class_name not in classes:
-        pytest.skip(f"{class_name} is not declared in {', '.join(SETTINGS_MODULES)}")
-    rows = _readme_rows()
-    declared = {  # the class's own variables; nested settings classes have their own case
-        f.metadata["env"].name: f.default for f in dataclasses.fields(classes[class_name]) if "env" in f.metadata
-    }
-    others = {  # variables other classes declare themselves (nested classes not expanded)
-        f.metadata["env"].name
-        for name, cls in classes.items()
-        if name != class_name
-        for f in dataclasses.fields(cls)
-        if "env" in f.metadata
-    }
-    if not (set(declared) - others) & set(rows):
-        pytest.skip(f"README.md has no rows for {class_name}'s variables yet")
-    missing = sorted(set(declared) - set(rows))
-    assert missing == [], f"{class_name}: variables the code reads but the README does not list"
-    for name, default in declared.items():
-        if default is None or default == "":
-            continue  # "unset" / "metadata hint, else ..." are prose
-        cell = rows[name].replace("`", "")
-        assert any(re.search(rf"(?<![\w.]){re.escape(form)}(?![\w])", cell) for form in _readme_forms(default)), (
-            f"README default of {name}: {cell!r}, code: {default!r}"
-        )
 
 
 def test_deploy_doc_has_the_commands() -> None:

@@ -155,7 +155,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "README.md",
         "nexusml",
         "proxy",
-        "docker/requirements-runtime.txt",
+        "docker/extras.py",
         "docker/healthcheck.py",
     }
     for name in allowed - {"README.md"}:

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.core.process import http_ok
-from tests.conftest import base_environment, free_port
+from nexusml.testing.environment import base_environment, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +82,15 @@ def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
     assert process.wait(timeout=60) == 0
     assert not http_ok(s3)
     assert not http_ok(f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}/v2/health/live")
+
+
+def test_a_failing_step_ends_the_job_with_that_steps_exit_code(tmp_path: Path) -> None:
+    """S3 configured but no metadata: the sync step exits 3 (bad metadata), so `nexus up` exits 3 too."""
+    env = {**base_environment(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "MODEL_BUCKET": "models"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nexusml", "up"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr
+    assert "nexus sync: error: " in result.stderr
+    assert "sync failed with exit code 3" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr

@@ -2,17 +2,14 @@
 
 `proxy_client(url, **env)` builds a proxy app on aiohttp's test server (same connection options as
 production) for one upstream URL; `upstream_url` is parametrized so a test runs once per protocol.
-`ProxyProcess` runs `python -m proxy` as a real process on a free port, for signal and worker tests.
+`proxy_process(**env)` runs `nexus proxy` as a real process on a free port (the harness's `ProxyProcess`),
+for signal and worker tests.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +20,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from nexusml.core.settings import load
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.servers import ProxyProcess
 from proxy.app import create_app, server_options
 from proxy.settings import ProxySettings
-from tests.conftest import base_environment, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
+BODY = json.dumps({"input": [1, 2, 3, 4, 5]}).encode()
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -67,64 +64,6 @@ async def client(proxy_client: MakeClient, triton: TritonServer) -> TestClient:
     return await proxy_client(triton.grpc_url, PROXY_COALESCE="0")
 
 
-class ProxyProcess:
-    """`python -m proxy` on a free port; stopped (SIGKILL as a last resort) when the test ends."""
-
-    def __init__(self, log_file: Path, **env: str) -> None:
-        self.port = free_port()
-        self.env = {**base_environment(), "PORT": str(self.port), "HOST": "127.0.0.1", **env}
-        self.log_file = log_file
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait_for: str = "/readyz", timeout_s: float = 60) -> ProxyProcess:
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "proxy"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"proxy exited with {self.process.returncode}: {self.log()}")
-            if self.get(wait_for)[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"proxy not answering {wait_for}: {self.log()}")
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-        except OSError:
-            return 0, b""
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float = 60) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
@@ -141,3 +80,35 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 
 def error_code(body: Any) -> str:
     return body["error"]["code"]
+
+
+def answered_by(proxy: ProxyProcess, path: str) -> set[int]:
+    """The workers whose access log shows a request for `path` (metrics no longer tell workers apart)."""
+    lines = proxy.log_file.read_text(errors="replace").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
+    return {record["worker"] for record in records if record["path"] == path}
+
+
+def open_request(proxy: ProxyProcess) -> socket.socket:
+    """A prediction whose head and half its body are sent: in flight until the rest arrives."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + BODY[:10])
+    return sock
+
+
+def finish_request(sock: socket.socket) -> tuple[int, bytes]:
+    sock.sendall(BODY[10:])
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    sock.close()
+    return int(head.split()[1]), rest

@@ -10,9 +10,9 @@ import pytest
 
 from nexusml import demo
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.models import DEMO_SPEC
 from proxy.coalesce import Coalescer
 from proxy.errors import UpstreamUnavailable
-from tests.conftest import DEMO_SPEC
 from tests.proxy.conftest import MakeClient
 
 

@@ -21,8 +21,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.servers import ProxyProcess
 from proxy.app import OPENAPI_PATH
-from tests.proxy.conftest import ProxyProcess
 
 pytestmark = pytest.mark.integration
 

@@ -72,7 +72,7 @@ async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeCl
     held = asyncio.create_task(client.post("/predict", data=slow_body(), headers={"Content-Type": "application/json"}))
     for _ in range(200):
         metrics = await (await client.get("/metrics")).text()
-        if 'nexus_proxy_in_flight{worker="0"} 1' in metrics:
+        if "\nnexus_proxy_in_flight 1.0\n" in metrics:
             break
         await asyncio.sleep(0.01)
     rejected = await client.post("/predict", json={"input": ROW})

@@ -1,10 +1,9 @@
-"""`python -m proxy` as a real process: start-up errors, graceful SIGTERM with requests in flight, workers."""
+"""`nexus proxy` as a real process: start-up errors, graceful SIGTERM with requests in flight, workers."""
 
 from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,51 +12,21 @@ from collections.abc import Callable
 import pytest
 
 from nexusml.sync.triton import TritonServer
-from tests.conftest import base_environment
-from tests.proxy.conftest import ROOT, ProxyProcess
+from nexusml.testing.environment import base_environment
+from nexusml.testing.servers import ProxyProcess
+from tests.proxy.conftest import answered_by, finish_request, open_request
 
 pytestmark = pytest.mark.integration
 
-BODY = json.dumps({"input": [1, 2, 3, 4, 5]}).encode()
-
 
 def in_flight(proxy: ProxyProcess) -> int:
-    status, text = proxy.get("/metrics")
-    if status != 200:
-        return -1
-    line = next(line for line in text.decode().splitlines() if line.startswith("nexus_proxy_in_flight{"))
-    return int(float(line.split()[-1]))
-
-
-def open_request(proxy: ProxyProcess) -> socket.socket:
-    """A prediction whose head and half its body are sent: in flight until the rest arrives."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + BODY[:10])
-    return sock
-
-
-def finish_request(sock: socket.socket) -> tuple[int, bytes]:
-    sock.sendall(BODY[10:])
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(
-        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    )
-    while len(rest) < length:
-        rest += sock.recv(65536)
-    sock.close()
-    return int(head.split()[1]), rest
+    value = proxy.metric("nexus_proxy_in_flight")
+    return -1 if value is None else int(value)
 
 
 def test_bad_setting_stops_start_up_naming_the_variable() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy"],
-        cwd=ROOT,
+        [sys.executable, "-m", "nexusml", "proxy"],
         env={**base_environment(), "MAX_IN_FLIGHT": "lots"},
         capture_output=True,
         text=True,
@@ -95,16 +64,14 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     proxy_process: Callable[..., ProxyProcess], triton: TritonServer
 ) -> None:
     proxy = proxy_process(MODEL_SERVER_URL=triton.http_url, PROXY_WORKERS="2").start()
-    workers = set()
+    workers: set[int] = set()
     for _ in range(400):
-        status, text = proxy.get("/metrics")
+        status, _ = proxy.get("/metrics")
         assert status == 200
-        workers |= {
-            line.split('worker="')[1].split('"')[0] for line in text.decode().splitlines() if 'worker="' in line
-        }
-        if workers == {"0", "1"}:
+        workers = answered_by(proxy, "/metrics")
+        if workers == {0, 1}:
             break
-    assert workers == {"0", "1"}
+    assert workers == {0, 1}
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
 

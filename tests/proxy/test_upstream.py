@@ -16,8 +16,9 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.servers import start_triton
 from proxy.client import GrpcUpstream, from_triton_error
-from tests.conftest import base_environment, free_port, start_triton
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings
 
 pytestmark = pytest.mark.integration

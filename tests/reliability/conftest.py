@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.models import PublishedModel
 from reliability.bed import Bed
 from reliability.result import ScenarioResult
-from tests.conftest import PublishedModel
 
 
 @pytest.fixture

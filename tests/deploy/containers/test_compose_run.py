@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nexusml import demo
-from tests.conftest import base_environment, free_port
+from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, compose_binary
 from tests.deploy.containers.conftest import assert_serves, wait_ready
 from tests.deploy.containers.podman import (

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from nexusml import demo
-from tests.conftest import free_port
+from nexusml.testing.environment import free_port
 from tests.deploy.conftest import by_kind, render_chart
 from tests.deploy.containers.conftest import assert_serves, wait_ready
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman

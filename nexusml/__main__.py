@@ -1,0 +1,7 @@
+"""`python -m nexusml ...` is the `nexus` command (for environments where its script is not on PATH)."""
+
+import sys
+
+from nexusml.cli import main
+
+sys.exit(main())

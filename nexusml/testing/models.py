@@ -1,0 +1,39 @@
+"""Models as the control plane would publish them, and synced as `nexus sync` would install them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nexusml import demo
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.settings import load
+from nexusml.sync.pipeline import sync
+from nexusml.sync.settings import SyncSettings
+
+TEST_BUCKET = "nexus-test"
+# A small hidden layer keeps uploads and Triton start-up quick; the shape contract is the demo's.
+DEMO_SPEC = demo.DemoSpec(hidden=64, layers=2)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    spec: demo.DemoSpec
+    meta: ModelMetadata
+    meta_path: Path
+
+
+def publish(spec: demo.DemoSpec, s3_client: Any, directory: Path, bucket: str = TEST_BUCKET) -> PublishedModel:
+    """Export `spec`, upload it to `bucket`, write its `.nexus_meta.json` in `directory`."""
+    meta = demo.publish(spec, s3_client, bucket, directory / "export")
+    meta_path = directory / ".nexus_meta.json"
+    meta_path.write_text(meta.to_json())
+    return PublishedModel(spec, meta, meta_path)
+
+
+def sync_into(meta: ModelMetadata, s3_env: dict[str, str], repository: Path, **settings: str) -> Path:
+    """`meta` synced into `repository` in this process (CPU, a short batching delay unless `settings` say)."""
+    env = {"DEVICE": "cpu", "BATCH_TIMEOUT_MS": "2", **s3_env, "MODEL_REPOSITORY": str(repository), **settings}
+    sync(meta, load(SyncSettings, env))
+    return repository

@@ -1,0 +1,143 @@
+"""The servers a test, a benchmark or a reliability scenario runs against, each on free loopback ports.
+
+Each is a `ManagedProcess` (the same class `nexus up` supervises with): started, waited for until ready,
+stopped with SIGTERM then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexusml.core.errors import ServerError
+from nexusml.core.process import ManagedProcess
+from nexusml.core.settings import load
+from nexusml.s3local import LocalS3
+from nexusml.sync import storage
+from nexusml.sync.settings import S3Settings, TritonSettings
+from nexusml.sync.triton import TritonServer
+from nexusml.testing.environment import base_environment, free_port
+
+
+def start_local_s3(log_file: Path, **extra: str) -> LocalS3:
+    """moto's S3 server on a free port (extra variables configure moto, e.g. INITIAL_NO_AUTH_ACTION_COUNT)."""
+    server = LocalS3(free_port(), {**base_environment(), **extra}, log_file=log_file)
+    server.start()
+    return server
+
+
+def s3_environment(s3: LocalS3, bucket: str) -> dict[str, str]:
+    """An environment for child processes (and settings) that reaches `s3`, with `bucket` as MODEL_BUCKET."""
+    return {**base_environment(), **s3.client_environment(), "MODEL_BUCKET": bucket}
+
+
+def s3_client(environ: dict[str, str]) -> Any:
+    """A boto3 client for the S3 that `environ` names, with its MODEL_BUCKET created."""
+    settings = load(S3Settings, environ)
+    client = storage.client(settings)
+    if settings.model_bucket:
+        client.create_bucket(Bucket=settings.model_bucket)
+    return client
+
+
+def start_triton(repository: Path, log_dir: Path, extra_args: tuple[str, ...] = (), **extra: str) -> TritonServer:
+    """The bundled tritonserver on `repository`; `extra` are TRITON_* settings, `extra_args` more flags."""
+    env = {
+        **base_environment(),
+        "MODEL_REPOSITORY": str(repository),
+        "TRITON_HTTP_PORT": str(free_port()),
+        "TRITON_GRPC_PORT": str(free_port()),
+        "TRITON_METRICS_PORT": str(free_port()),
+        "TRITON_EXIT_TIMEOUT_S": "5",
+        **extra,
+    }
+    server = TritonServer(load(TritonSettings, env), base_environment(), log_dir / "triton.log", extra_args)
+    server.start()
+    return server
+
+
+def restart_triton(server: TritonServer, log_dir: Path) -> TritonServer:
+    """A new tritonserver with the settings (ports, repository) of `server`, as an orchestrator would."""
+    fresh = TritonServer(server.settings, base_environment(), log_file=log_dir / "triton.log")
+    fresh.start()
+    return fresh
+
+
+def triton_infer(server: TritonServer, model: str, rows: np.ndarray) -> Any:
+    """One request to Triton's own HTTP endpoint with `rows` as INPUT__0; returns tritonclient's result."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"{server.settings.host}:{server.settings.http_port}")
+    tensor = httpclient.InferInput("INPUT__0", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    return client.infer(model, [tensor])
+
+
+class ProxyProcess(ManagedProcess):
+    """`nexus proxy` on a free port, with `env` as its settings; ready when `wait_for` answers 200."""
+
+    def __init__(self, log_file: Path, startup_timeout_s: float = 60, stop_timeout_s: float = 30, **env: str) -> None:
+        self.port = free_port()
+        super().__init__(
+            "proxy",
+            [sys.executable, "-m", "nexusml", "proxy"],
+            {**base_environment(), "PORT": str(self.port), "HOST": "127.0.0.1", **env},
+            ready_url=f"{self.url}/readyz",
+            startup_timeout_s=startup_timeout_s,
+            stop_timeout_s=stop_timeout_s,
+            log_file=log_file,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_for: str = "/readyz") -> ProxyProcess:  # type: ignore[override]
+        """Start and wait for `wait_for`; a failure names the cause with the end of the proxy's log."""
+        self.ready_url = self.url + wait_for
+        try:
+            super().start()
+        except ServerError as err:
+            raise ServerError(f"{err}: {self.log()}") from err
+        return self
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of GET `path`; status 0 when nothing answers."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except OSError:
+            return 0, b""
+
+    def metric(self, name: str) -> float | None:
+        """The sum of the samples of `name` in one scrape of /metrics; None when the scrape fails or lacks it."""
+        status, body = self.get("/metrics")
+        if status != 200:
+            return None
+        values = [
+            float(line.rsplit(" ", 1)[1])
+            for line in body.decode().splitlines()
+            if line.startswith((f"{name} ", f"{name}{{"))
+        ]
+        return sum(values) if values else None
+
+    def log(self) -> str:
+        """The end of the proxy's output."""
+        assert self.log_file is not None
+        return self.log_file.read_text(errors="replace")[-4000:] if self.log_file.exists() else ""
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)

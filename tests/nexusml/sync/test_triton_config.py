@@ -1,0 +1,134 @@
+"""config.pbtxt generation: resolution of the numbers, the exact dict, and one golden file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from nexusml.core import metadata
+from nexusml.core.errors import SettingsError
+from nexusml.core.metadata import BatchingHints
+from nexusml.core.settings import load
+from nexusml.sync import triton_config as config
+from nexusml.sync.settings import SyncSettings
+
+HERE = Path(__file__).parent
+EXAMPLE = metadata.load(HERE.parents[2] / "examples" / "nexus_meta.example.json")
+GOLDEN = HERE / "golden" / "demo_mlp.config.pbtxt"
+NO_HINTS = dataclasses.replace(EXAMPLE, batching=BatchingHints())
+
+
+@pytest.mark.parametrize(
+    ("meta", "environ", "expected"),
+    [
+        pytest.param(NO_HINTS, {}, (32, 50_000, (4, 8, 16, 32)), id="defaults"),
+        pytest.param(EXAMPLE, {}, (32, 50_000, (4, 8, 16, 32)), id="metadata-hints"),
+        pytest.param(
+            EXAMPLE, {"BATCH_SIZE": "64", "BATCH_TIMEOUT_MS": "2"}, (64, 2_000, (4, 8, 16, 32)), id="env-overrides"
+        ),
+        pytest.param(NO_HINTS, {"BATCH_SIZE": "48"}, (48, 50_000, (4, 8, 16, 32, 48)), id="powers-up-to-size"),
+        pytest.param(NO_HINTS, {"PREFERRED_BATCH_SIZES": "16,8"}, (32, 50_000, (8, 16)), id="preferred-sorted"),
+    ],
+)
+def test_serving_numbers(meta: metadata.ModelMetadata, environ: dict[str, str], expected: tuple) -> None:
+    serving = config.serving_config(meta, load(SyncSettings, {"DEVICE": "cpu", **environ}))
+    assert (serving.max_batch_size, serving.max_queue_delay_us, serving.preferred_batch_sizes) == expected
+
+
+def test_hint_larger_than_env_batch_size_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="BATCH_SIZE"):
+        config.serving_config(EXAMPLE, load(SyncSettings, {"BATCH_SIZE": "16"}))
+
+
+@pytest.mark.parametrize(
+    ("device", "gpu", "kind"),
+    [
+        pytest.param("cuda", False, "KIND_GPU", id="cuda"),
+        pytest.param("cpu", True, "KIND_CPU", id="cpu"),
+        pytest.param("auto", True, "KIND_GPU", id="auto-gpu"),
+        pytest.param("auto", False, "KIND_CPU", id="auto-cpu"),
+    ],
+)
+def test_instance_kind_from_device(device: str, gpu: bool, kind: str) -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": device}), gpu=gpu)
+    assert serving.kind == kind
+
+
+def test_model_config_exact_dict() -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "PREFERRED_BATCH_SIZES": "32"}))
+    assert config.model_config(EXAMPLE, serving) == {
+        "name": "demo_mlp",
+        "backend": "python",
+        "max_batch_size": 32,
+        "version_policy": {"specific": {"versions": [1]}},
+        "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [5]}],
+        "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [2]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 50_000,
+            "preferred_batch_size": [32],
+            "default_queue_policy": {
+                "max_queue_size": 256,
+                "default_timeout_microseconds": 2_000_000,
+                "timeout_action": "REJECT",
+                "allow_timeout_override": True,
+            },
+        },
+        "instance_group": [{"kind": "KIND_CPU", "count": 2}],
+        "parameters": {
+            "ARTIFACT_FILE": {"string_value": "model.pt"},
+            "ARTIFACT_FORMAT": {"string_value": "torchscript"},
+            "TORCH_THREADS": {"string_value": "1"},
+        },
+        "model_warmup": [
+            {
+                "name": "batch_32",
+                "batch_size": 32,
+                "inputs": {"INPUT__0": {"data_type": "TYPE_FP32", "dims": [5], "zero_data": True}},
+            }
+        ],
+    }
+
+
+def test_single_instance_gets_no_queue_policy() -> None:
+    """Triton 2.51 stalls a single instance's batcher ~0.5 s when a queue policy is set (measured)."""
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "INSTANCE_COUNT": "1"}))
+    batching = config.model_config(EXAMPLE, serving)["dynamic_batching"]
+    assert "default_queue_policy" not in batching
+    assert batching["max_queue_delay_microseconds"] == 50_000
+
+
+def test_dynamic_batching_can_be_turned_off() -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "DYNAMIC_BATCHING": "false"}))
+    generated = config.model_config(EXAMPLE, serving)
+    assert "dynamic_batching" not in generated
+    assert generated["max_batch_size"] == 32  # clients may still send batches of their own
+    config.to_pbtxt(generated)
+
+
+def test_variable_dims_are_not_warmed_up() -> None:
+    variable = dataclasses.replace(EXAMPLE, inputs=(dataclasses.replace(EXAMPLE.inputs[0], shape=(-1, 5)),))
+    serving = config.serving_config(variable, load(SyncSettings, {"DEVICE": "cpu"}))
+    assert config.model_config(variable, serving)["model_warmup"] == []
+
+
+def test_golden_file() -> None:
+    """The rendered text for the example metadata on a GPU host with two instances."""
+    settings = load(SyncSettings, {"DEVICE": "cuda", "INSTANCE_COUNT": "2", "TORCH_THREADS": "2"})
+    text = config.to_pbtxt(config.model_config(EXAMPLE, config.serving_config(EXAMPLE, settings)))
+    assert text == GOLDEN.read_text()
+
+
+def test_render_rejects_what_triton_would() -> None:
+    with pytest.raises(json_format.ParseError):
+        config.to_pbtxt({"name": "x", "max_batch_size": "lots"})
+
+
+def test_parse_inverts_render() -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu"}))
+    generated = config.model_config(EXAMPLE, serving)
+    parsed = config.from_pbtxt(config.to_pbtxt(generated))
+    assert parsed["max_batch_size"] == 32
+    assert parsed["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]
