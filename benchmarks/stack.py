@@ -3,7 +3,7 @@
 local S3 (moto) -> each model published as the control plane would -> `nexus sync` twice per model into one
 repository: `<name>` with the project's batching defaults and `<name>_nobatch` (same artifact, a copy of
 the metadata under another name, synced with `DYNAMIC_BATCHING=false`) -> one Triton serving both ->
-the proxy (`python -m proxy`) and the naive server, started per path and stopped after it.
+the proxy (`nexus proxy`, the harness's `ProxyProcess`) and the naive server, started per path and stopped after it.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ class BenchStack:
         self.triton = start_triton(self.repository, self.workdir, TRITON_STARTUP_TIMEOUT_S="300")
 
     def _sync(self, meta: ModelMetadata, s3_env: dict[str, str], batching: bool) -> None:
-        settings = {"BATCH_TIMEOUT_MS": "", **self.sync_env, "DEVICE": self.device}
-        sync_into(meta, s3_env, self.repository, DYNAMIC_BATCHING="true" if batching else "false", **settings)
+        settings = {**self.sync_env, "DEVICE": self.device, "DYNAMIC_BATCHING": "true" if batching else "false"}
+        sync_into(meta, s3_env, self.repository, **settings)
         self.metas[meta.name] = meta
         self.configs[meta.name] = (self.repository / meta.name / "config.pbtxt").read_text()
 
@@ -148,7 +148,7 @@ class BenchStack:
         try:
             process.start()
         except NexusError as err:
-            raise ProxyUnavailable(str(err)) from err
+            raise ProxyUnavailable(str(err)) from err  # one line: the cause and the proxy's last log lines
         self._children.append(process)
         return process, process.url
 

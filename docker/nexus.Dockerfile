@@ -14,6 +14,13 @@
 # behind a mirror or a TLS-inspecting proxy (unset: PyPI).
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
+############################ requirements: the runtime groups of pyproject.toml as a requirements file
+# A stage of its own, so that only a change to those groups (not to any other line of pyproject.toml) makes
+# the next stage reinstall its dependencies.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml docker/extras.py /tmp/deps/
+RUN python3 /tmp/deps/extras.py /tmp/deps/pyproject.toml sync proxy > /tmp/deps/requirements.txt
+
 ############################ dependencies: a virtual environment with the runtime dependencies
 FROM ${BASE_IMAGE} AS dependencies
 ARG PIP_INDEX_URL
@@ -26,12 +33,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, so editing the code does not reinstall them: the `sync` and `proxy` groups of
-# pyproject.toml (what `nexus sync` and `nexus proxy` import), read from it by docker/extras.py.
-COPY pyproject.toml docker/extras.py /tmp/deps/
-RUN python3 /tmp/deps/extras.py /tmp/deps/pyproject.toml sync proxy > /tmp/deps/requirements.txt \
-    && pip install --requirement /tmp/deps/requirements.txt \
-    && rm -rf /tmp/deps
+# Dependencies first, so editing the code does not reinstall them: the `sync` and `proxy` groups (what
+# `nexus sync` and `nexus proxy` import).
+COPY --from=requirements /tmp/deps/requirements.txt /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt
 
 ############################ builder: the package on top
 FROM dependencies AS builder

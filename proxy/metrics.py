@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -50,7 +50,7 @@ disable_created_metrics()
 class Metrics:
     """Everything one worker measures; `render()` is the body of `/metrics`, of type `content_type`."""
 
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus scrapes
 
     def __init__(self) -> None:
         directory = os.environ.get(MULTIPROC_DIR_ENV)

@@ -135,7 +135,7 @@ def standalone_bed(workdir: Path) -> Iterator[Bed]:
         client = s3_client(s3_env)
         (workdir / "demo").mkdir(exist_ok=True)
         model = publish(DEMO_SPEC, client, workdir / "demo")
-        repository = sync_into(model.meta, s3_env, workdir / "model_repository")
+        repository = sync_into(model.meta, s3_env, workdir / "model_repository", BATCH_TIMEOUT_MS="2")
         bed = Bed(workdir, s3_env, client, model, repository)
         stack.callback(bed.close)
         yield bed

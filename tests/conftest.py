@@ -59,7 +59,9 @@ def demo_repository(
 ) -> Path:
     """The demo model synced into a fresh repository (CPU, short batching delay)."""
     repository = tmp_path_factory.mktemp("repo") / "model_repository"
-    return sync_into(demo_model.meta, s3_env, repository, NEXUS_META_PATH=str(demo_model.meta_path))
+    return sync_into(
+        demo_model.meta, s3_env, repository, NEXUS_META_PATH=str(demo_model.meta_path), BATCH_TIMEOUT_MS="2"
+    )
 
 
 @pytest.fixture(scope="session")

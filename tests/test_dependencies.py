@@ -86,6 +86,7 @@ def third_party_imports(folder: Path) -> set[str]:
         pytest.param("nexusml/sync", ("sync",), id="sync"),
         pytest.param("proxy", ("proxy",), id="proxy"),
         pytest.param("nexusml/backend", ("triton",), id="backend-model"),
+        pytest.param("nexusml/testing", ("dev",), id="harness-dev"),
     ],
 )
 def test_layer_imports_are_in_its_group(folder: str, groups: tuple[str, ...]) -> None:

@@ -39,11 +39,9 @@ class S3Settings:
         "AWS_SECRET_ACCESS_KEY", None, "secret key, with AWS_ACCESS_KEY_ID", secret=True
     )
     session_token: str | None = env("AWS_SESSION_TOKEN", None, "session token of temporary credentials", secret=True)
-    region: str | None = env("AWS_DEFAULT_REGION", None, "region; unset: boto3's chain, else us-east-1")
-
-    def validate(self) -> None:
-        if bool(self.access_key_id) != bool(self.secret_access_key):
-            raise SettingsError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")
+    region: str | None = env(
+        "AWS_REGION", None, "region (MinIO wants one); unset: boto3's chain (AWS_DEFAULT_REGION, profile)"
+    )
 
 
 @dataclass(frozen=True)

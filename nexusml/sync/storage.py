@@ -92,6 +92,8 @@ def client(settings: S3Settings) -> Any:
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
     )
     # Credentials and region come from the settings; left unset, boto3's own chain (profiles, IRSA) applies.
+    if bool(settings.access_key_id) != bool(settings.secret_access_key):
+        raise AccessDenied("no usable AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
     session = boto3.session.Session(
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key,

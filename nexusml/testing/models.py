@@ -33,7 +33,7 @@ def publish(spec: demo.DemoSpec, s3_client: Any, directory: Path, bucket: str = 
 
 
 def sync_into(meta: ModelMetadata, s3_env: dict[str, str], repository: Path, **settings: str) -> Path:
-    """`meta` synced into `repository` in this process (CPU, a short batching delay unless `settings` say)."""
-    env = {"DEVICE": "cpu", "BATCH_TIMEOUT_MS": "2", **s3_env, "MODEL_REPOSITORY": str(repository), **settings}
+    """`meta` synced into `repository` in this process: CPU unless `settings` say, the sync's defaults else."""
+    env = {"DEVICE": "cpu", **s3_env, "MODEL_REPOSITORY": str(repository), **settings}
     sync(meta, load(SyncSettings, env))
     return repository

@@ -7,6 +7,7 @@ stopped with SIGTERM then SIGKILL.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -23,6 +24,33 @@ from nexusml.sync import storage
 from nexusml.sync.settings import S3Settings, TritonSettings
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment, free_port
+
+# The README's request, for the demo model's five inputs.
+PREDICT_BODY = b'{"input": [1, 2, 3, 4, 5]}'
+
+
+def held_request(port: int, body: bytes = PREDICT_BODY) -> socket.socket:
+    """A prediction whose head and the first 10 bytes of its body are sent: in flight until the rest arrives."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body[:10])
+    return sock
+
+
+def finish_request(sock: socket.socket, body: bytes = PREDICT_BODY) -> tuple[int, bytes]:
+    """Send the rest of a `held_request`'s body; its status and response body."""
+    sock.sendall(body[10:])
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    sock.close()
+    return int(head.split()[1]), rest
 
 
 def start_local_s3(log_file: Path, **extra: str) -> LocalS3:
@@ -80,7 +108,10 @@ def triton_infer(server: TritonServer, model: str, rows: np.ndarray) -> Any:
 
 
 class ProxyProcess(ManagedProcess):
-    """`nexus proxy` on a free port, with `env` as its settings; ready when `wait_for` answers 200."""
+    """`nexus proxy` on a free port, with `env` as its settings; ready when `wait_for` answers 200.
+
+    Runs `python -m nexusml`, so the package must be installed in this interpreter (`make venv` does, editable).
+    """
 
     def __init__(self, log_file: Path, startup_timeout_s: float = 60, stop_timeout_s: float = 30, **env: str) -> None:
         self.port = free_port()
@@ -104,7 +135,7 @@ class ProxyProcess(ManagedProcess):
         try:
             super().start()
         except ServerError as err:
-            raise ServerError(f"{err}: {self.log()}") from err
+            raise ServerError(f"{err}: {self.tail()}") from err
         return self
 
     def get(self, path: str) -> tuple[int, bytes]:
@@ -128,6 +159,10 @@ class ProxyProcess(ManagedProcess):
             if line.startswith((f"{name} ", f"{name}{{"))
         ]
         return sum(values) if values else None
+
+    def tail(self, lines: int = 3) -> str:
+        """The last `lines` lines of the proxy's output, on one line."""
+        return " | ".join(self.log().strip().splitlines()[-lines:])
 
     def log(self) -> str:
         """The end of the proxy's output."""

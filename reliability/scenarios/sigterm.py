@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from nexusml.core.process import http_ok
+from nexusml.testing.servers import held_request
 from reliability.bed import Bed, demo_workload
 from reliability.load import closed_loop, summarize
 from reliability.result import ScenarioResult
@@ -61,14 +62,6 @@ def _read_status(sock: socket.socket) -> tuple[int, bytes]:
         return 0, data
 
 
-def _held_request(port: int) -> socket.socket:
-    """A prediction whose head and part of its body are sent: in flight until the rest arrives."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    sock.sendall(head.encode() + BODY[:10])
-    return sock
-
-
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult(f"sigterm-{config.target}", settings=config.__dict__.copy())
     log_dir = bed.path(f"sigterm-{config.target}")
@@ -88,7 +81,7 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         try:
             time.sleep(config.before_s)
             keep_alive = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-            held = _held_request(proxy.port)
+            held = held_request(proxy.port, BODY)
             time.sleep(0.3)
             marks["signal"] = time.monotonic()
             proxy.signal(signal.SIGTERM)

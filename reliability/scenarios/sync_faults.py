@@ -163,7 +163,7 @@ def fresh_repository(bed: Bed, name: str) -> dict[str, str]:
     """A repository already holding the demo model's version 1, and the environment to sync into it."""
     workdir = bed.path(f"sync-{name}")
     env = {**bed.s3_env, "MODEL_REPOSITORY": str(workdir / "model_repository")}
-    sync_into(bed.demo_model.meta, env, workdir / "model_repository", BATCH_TIMEOUT_MS="")
+    sync_into(bed.demo_model.meta, env, workdir / "model_repository")
     return env
 
 
@@ -244,7 +244,7 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     for case in CASES:
         run_case(bed, case, result)
     if config.include_existing:
-        # The access-denied case needs an S3 endpoint that checks credentials, as in test_sync's fixture.
+        # The access-denied case needs an S3 endpoint that checks credentials, as in test_pipeline's `auth_s3` fixture.
         auth = start_local_s3(bed.path("auth-s3") / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="0")
         try:
             run_existing(bed, result, auth.endpoint_url)

@@ -35,7 +35,8 @@ from tests.deploy.conftest import (
 # Modules that declare settings classes.
 SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
 
-# Variables boto3 reads itself (credential chain); no settings class declares them.
+# S3Settings' credential variables: the shared environment block of compose and the chart hands them to
+# every container, also to those that do not read them.
 BOTO3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 # Set in the containers for the runtimes, not for our code.
 RUNTIME_VARIABLES = {"HOME", "PYTHONDONTWRITEBYTECODE", "TRITON_ADMIN_KEY"}
@@ -237,7 +238,8 @@ def test_cli_has_the_commands_the_deployments_run() -> None:
 def test_the_image_installs_the_groups_its_commands_need() -> None:
     """The nexus image runs `nexus sync` and `nexus proxy`: pyproject's `sync` and `proxy` groups, no copy."""
     dockerfile = (DOCKER_DIR / "nexus.Dockerfile").read_text()
-    assert "extras.py /tmp/deps/pyproject.toml sync proxy" in dockerfile
+    assert "extras.py /tmp/deps/pyproject.toml sync proxy > /tmp/deps/requirements.txt" in dockerfile
+    assert "COPY --from=requirements /tmp/deps/requirements.txt" in dockerfile
     spec = importlib.util.spec_from_file_location("extras", DOCKER_DIR / "extras.py")
     assert spec is not None and spec.loader is not None
     extras = importlib.util.module_from_spec(spec)

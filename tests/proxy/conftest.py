@@ -9,7 +9,6 @@ for signal and worker tests.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,28 +86,3 @@ def answered_by(proxy: ProxyProcess, path: str) -> set[int]:
     lines = proxy.log_file.read_text(errors="replace").splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
     return {record["worker"] for record in records if record["path"] == path}
-
-
-def open_request(proxy: ProxyProcess) -> socket.socket:
-    """A prediction whose head and half its body are sent: in flight until the rest arrives."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + BODY[:10])
-    return sock
-
-
-def finish_request(sock: socket.socket) -> tuple[int, bytes]:
-    sock.sendall(BODY[10:])
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(
-        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    )
-    while len(rest) < length:
-        rest += sock.recv(65536)
-    sock.close()
-    return int(head.split()[1]), rest

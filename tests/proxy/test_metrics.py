@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from nexusml.sync.triton import TritonServer
-from nexusml.testing.servers import ProxyProcess
+from nexusml.testing.servers import ProxyProcess, finish_request, held_request
 from proxy.metrics import Metrics
-from tests.proxy.conftest import BODY, answered_by, finish_request, open_request
+from tests.proxy.conftest import BODY, answered_by
 
 PREDICT_OK = 'nexus_proxy_requests_total{route="/predict",status="200"}'
 SCRAPE_OK = 'nexus_proxy_requests_total{route="/metrics",status="200"}'
@@ -107,7 +107,7 @@ def test_two_workers_in_flight_is_the_pods_total(
     proxy = proxy_process(
         MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="demo_mlp", PROXY_WORKERS="2", BODY_TIMEOUT_S="120"
     ).start()
-    held = [open_request(proxy) for _ in range(6)]  # each on its own connection, spread over the workers
+    held = [held_request(proxy.port) for _ in range(6)]  # each on its own connection, spread over the workers
 
     def in_flight() -> float | None:
         status, text = proxy.get("/metrics")

@@ -13,21 +13,12 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.openapi import CHECKS, schema
 from nexusml.testing.servers import ProxyProcess
-from proxy.app import OPENAPI_PATH
 
 pytestmark = pytest.mark.integration
-
-schema = schemathesis.openapi.from_path(OPENAPI_PATH)
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")

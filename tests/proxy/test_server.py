@@ -13,8 +13,8 @@ import pytest
 
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment
-from nexusml.testing.servers import ProxyProcess
-from tests.proxy.conftest import answered_by, finish_request, open_request
+from nexusml.testing.servers import ProxyProcess, finish_request, held_request
+from tests.proxy.conftest import answered_by
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(
     proxy_process: Callable[..., ProxyProcess], triton: TritonServer
 ) -> None:
     proxy = proxy_process(MODEL_SERVER_URL=triton.grpc_url, SHUTDOWN_GRACE_S="30", BODY_TIMEOUT_S="120").start()
-    held = [open_request(proxy) for _ in range(3)]
+    held = [held_request(proxy.port) for _ in range(3)]
     for _ in range(300):
         if in_flight(proxy) == 3:
             break

@@ -16,8 +16,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from nexusml.sync.triton import TritonServer
-from nexusml.testing.environment import base_environment, free_port
-from nexusml.testing.servers import start_triton
+from nexusml.testing.environment import free_port
+from nexusml.testing.servers import restart_triton, start_triton
 from proxy.client import GrpcUpstream, from_triton_error
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings
 
@@ -36,8 +36,7 @@ class OwnTriton:
 
     def restart(self) -> None:
         # A stopped TritonServer removes its backend folder, so a new one is made with the same settings.
-        self.server = TritonServer(self.server.settings, base_environment(), log_file=self.log_dir / "triton.log")
-        self.server.start()
+        self.server = restart_triton(self.server, self.log_dir)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,9 @@ from tritonclient.utils import InferenceServerException
 
 from nexusml import demo
 from nexusml.core.metadata import BatchingHints
-from nexusml.core.settings import load
 from nexusml.sync import storage
-from nexusml.sync.pipeline import sync
-from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton import TritonServer
-from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET
+from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 
 pytestmark = pytest.mark.integration
@@ -61,7 +58,7 @@ def test_one_bad_request_fails_alone(s3_client: Any, s3_env: dict[str, str], tmp
         batching=BatchingHints(max_batch_size=16, max_queue_delay_ms=200, preferred_batch_sizes=(16,)),
     )
     repository = tmp_path / "repo"
-    sync(meta, load(SyncSettings, {**s3_env, "MODEL_REPOSITORY": str(repository), "DEVICE": "cpu"}))
+    sync_into(meta, s3_env, repository)
     server = start_triton(repository, tmp_path)
     try:
         rows = [np.full((1, 4), 13.0 if i == 3 else float(i), dtype=np.float32) for i in range(8)]

@@ -126,7 +126,7 @@ def test_render_rejects_what_triton_would() -> None:
         config.to_pbtxt({"name": "x", "max_batch_size": "lots"})
 
 
-def test_parse_inverts_render() -> None:
+def test_from_pbtxt_inverts_to_pbtxt() -> None:
     serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu"}))
     generated = config.model_config(EXAMPLE, serving)
     parsed = config.from_pbtxt(config.to_pbtxt(generated))
