@@ -43,20 +43,29 @@ def create_app(model: torch.nn.Module, device: torch.device) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = arguments(__doc__ or "", argv)
+    model, device = load_model(args.model_file, args.threads, args.device)
+    web.run_app(create_app(model, device), host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+def load_model(model_file: str, threads: int, device_name: str) -> tuple[torch.nn.Module, torch.device]:
+    """The TorchScript artifact Triton serves, with `threads` intra-op threads (shared by both baselines)."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
+        return torch.jit.load(model_file, map_location=device).eval(), device
+
+
+def arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-file", required=True, help="TorchScript file (the artifact Triton serves)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Triton instances use 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
-        model = torch.jit.load(args.model_file, map_location=device).eval()
-    web.run_app(create_app(model, device), host=args.host, port=args.port, access_log=None, print=None)
-    return 0
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

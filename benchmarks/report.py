@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 PATHS: dict[str, str] = {
-    "naive": "(a) naive server",
+    "naive": "(a) naive aiohttp server",
+    "fastapi": "(a2) FastAPI + uvicorn (the design's baseline)",
     "proxy_nobatch": "(b) proxy -> Triton, batching off",
     "proxy_batch": "(c) proxy -> Triton, batching on",
     "triton_nobatch": "(d) Triton direct, batching off",
@@ -22,6 +23,7 @@ PATHS: dict[str, str] = {
 }
 TOOLS = {
     "naive": "wrk",
+    "fastapi": "wrk",
     "proxy_nobatch": "wrk",
     "proxy_batch": "wrk",
     "triton_nobatch": "perf_analyzer",
@@ -31,6 +33,7 @@ TOOLS = {
 # name: (numerator path, denominator path or "ceiling", target or None)
 RATIOS: dict[str, tuple[str, str]] = {
     "c/a": ("proxy_batch", "naive"),
+    "c/a2 (FastAPI)": ("proxy_batch", "fastapi"),
     "c/b": ("proxy_batch", "proxy_nobatch"),
     "proxy/direct (batching on)": ("proxy_batch", "triton_batch"),
     "proxy/direct (batching off)": ("proxy_nobatch", "triton_nobatch"),
@@ -40,7 +43,7 @@ RATIOS: dict[str, tuple[str, str]] = {
     "direct/ceiling (d on)": ("triton_batch", "ceiling"),
 }
 TARGETS = {
-    "cpu": {"c/b": 5.0, "c/a": 5.0, "proxy/Triton HTTP (c / d http)": 0.9},
+    "cpu": {"c/b": 5.0, "c/a": 3.0, "proxy/Triton HTTP (c / d http)": 1.0},
     "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5},
 }
 
@@ -122,6 +125,35 @@ def _other_text(run: dict[str, Any]) -> str:
     return "-" if value is None else f"{max(value, 0):.0f}"
 
 
+# A lone request through the proxy (path c at 1 connection) should take the model's time plus the hops.
+LONE_P50_TARGET_MS = 3.0
+
+
+def _felt_lines(model: dict[str, Any]) -> list[str]:
+    """What a user feels, per path: throughput under load and the latency of a lone request."""
+    ratios = model.get("ratios") or {}
+    busy = ratios.get("headline_concurrency")
+    runs = {(run["path"], run["concurrency"]): run for run in model["runs"] if run.get("status") == "ok"}
+    if busy is None or not runs:
+        return []
+    lines = [
+        f"**What a user feels**: req/s at {busy} connections; p50 / p99 of a lone request (1 connection). "
+        f"Target for (c): p50 <= {LONE_P50_TARGET_MS:g} ms.",
+        "",
+        f"| path | req/s at {busy} | lone p50 ms | lone p99 ms |",
+        "|---|--:|--:|--:|",
+    ]
+    for path, label in PATHS.items():
+        loaded, lone = runs.get((path, busy)), runs.get((path, 1))
+        if loaded is None and lone is None:
+            continue
+        lines.append(
+            f"| {label} | {_num(loaded['throughput']) if loaded else '-'} | "
+            f"{_num(lone['p50_ms'], 2) if lone else '-'} | {_num(lone['p99_ms'], 2) if lone else '-'} |"
+        )
+    return [*lines, ""]
+
+
 def model_markdown(model: dict[str, Any]) -> str:
     lines = [f"### {model['description']}", ""]
     ceiling = model.get("ceiling")
@@ -134,6 +166,7 @@ def model_markdown(model: dict[str, Any]) -> str:
             + "."
         )
         lines.append("")
+    lines += _felt_lines(model)
     lines += [
         "| path | tool | conc. | req/s | p50 ms | p95 ms | p99 ms | avg batch | errors | CPU % server / proxy / "
         "loadgen | other CPU % | GPU % | limited by |",

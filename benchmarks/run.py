@@ -230,10 +230,12 @@ class Runner:
             except Exception as err:  # a ceiling failure must not lose the served figures
                 log.warning("ceiling failed: %s", err)
 
-        if "naive" in paths:
-            server, url = self.stack.start_naive(case, threads=args.naive_threads)
+        for path, module in (("naive", "naive_server"), ("fastapi", "fastapi_server")):
+            if path not in paths:
+                continue
+            server, url = self.stack.start_naive(case, threads=args.naive_threads, module=module)
             try:
-                runs += self.http_path(case, "naive", server, url, {"server": server.process.pid}, None)  # type: ignore[union-attr]
+                runs += self.http_path(case, path, server, url, {"server": server.process.pid}, None)  # type: ignore[union-attr]
             finally:
                 self.stack.stop_child(server)
 
@@ -331,9 +333,10 @@ def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
 
         settings = load(ProxySettings, env)
         return {
-            "coalesce": getattr(settings, "coalesce", None),
-            "batch_size": getattr(settings, "batch_size", None),
-            "batch_timeout_ms": getattr(settings, "batch_timeout_ms", None),
+            "coalesce": settings.coalesce,
+            "coalesce_max_rows": settings.coalesce_max_rows,
+            "coalesce_max_batches": settings.coalesce_max_batches,
+            "coalesce_max_wait_ms": settings.coalesce_max_wait_ms,
             "workers": settings.workers,
         }
     except Exception as err:  # the proxy is someone else's moving target: never fail the run over it
@@ -346,7 +349,16 @@ def _child_env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-ALL_PATHS = ("ceiling", "naive", "proxy_nobatch", "proxy_batch", "triton_http", "triton_nobatch", "triton_batch")
+ALL_PATHS = (
+    "ceiling",
+    "naive",
+    "fastapi",
+    "proxy_nobatch",
+    "proxy_batch",
+    "triton_http",
+    "triton_nobatch",
+    "triton_batch",
+)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -98,12 +98,15 @@ class BenchStack:
         if process in self._children:
             self._children.remove(process)
 
-    def start_naive(self, case: ModelCase, threads: int = 1) -> tuple[ManagedProcess, str]:
+    def start_naive(
+        self, case: ModelCase, threads: int = 1, module: str = "naive_server"
+    ) -> tuple[ManagedProcess, str]:
+        """A one-forward-per-request baseline: `naive_server` (aiohttp) or `fastapi_server` (FastAPI + uvicorn)."""
         port = free_port()
         argv = [
             sys.executable,
             "-m",
-            "benchmarks.naive_server",
+            f"benchmarks.{module}",
             "--model-file",
             str(self.model_file(case)),
             "--port",
@@ -115,13 +118,13 @@ class BenchStack:
         ]
         env = {**base_environment(), "PYTHONPATH": str(ROOT)}
         process = ManagedProcess(
-            "naive server",
+            module.replace("_", " "),
             argv,
             env,
             ready_url=f"http://127.0.0.1:{port}/healthz",
             startup_timeout_s=120,
             stop_timeout_s=10,
-            log_file=self.workdir / "naive.log",
+            log_file=self.workdir / f"{module}.log",
         )
         return self._start(process), f"http://127.0.0.1:{port}"
 
@@ -132,8 +135,6 @@ class BenchStack:
             "MODEL_SERVER_URL": self.triton.grpc_url,
             "MODEL_NAME": model,
             "PROXY_WORKERS": str(workers),
-            "ACCESS_LOG": "false",
-            "LOG_LEVEL": "warning",
             "MAX_IN_FLIGHT": "4096",
             "MAX_BODY_BYTES": str(max(1 << 20, 2 * body_bytes)),
             **extra,

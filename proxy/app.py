@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -78,7 +79,7 @@ class ProxyState:
     loader: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics()
+        self.metrics = Metrics(in_flight=lambda: self.in_flight)
 
     async def send(
         self, arrays: dict[str, np.ndarray], rows: int, deadline: float, request_id: str = ""
@@ -150,15 +151,28 @@ async def _load_schema(state: ProxyState) -> None:
                 logged = type(err).__name__
             await asyncio.sleep(SCHEMA_RETRY_S)
             continue
-        if settings.coalesce and state.schema.batched:
-            rows = min(settings.batch_size, state.schema.max_batch_size)
-            state.coalescer = Coalescer(state.send, rows, settings.batch_timeout_ms / 1000)
+        schema = state.schema
+        if settings.coalesce and schema.batched:
+            state.coalescer = Coalescer(
+                state.send,
+                max_rows=min(settings.coalesce_max_rows or schema.max_batch_size, schema.max_batch_size),
+                slots=settings.coalesce_max_batches or schema.instance_count,
+                max_wait_s=settings.coalesce_max_wait_ms / 1000,
+                preferred=schema.preferred_batch_sizes,
+                on_padding=state.metrics.padded_rows.inc,
+            )
+        coalescing = "off"
+        if state.coalescer is not None:
+            coalescing = (
+                f"on ({state.coalescer.slots} batches in flight, up to {state.coalescer.max_rows} rows, "
+                f"shaped to preferred sizes {list(state.coalescer.preferred) or 'none'})"
+            )
         log.info(
             "serving model %s (versions %s) from %s; coalescing %s",
-            state.schema.name,
-            ",".join(state.schema.versions),
+            schema.name,
+            ",".join(schema.versions),
             settings.model_server_url,
-            "on" if state.coalescer else "off",
+            coalescing,
         )
         return
 
@@ -248,6 +262,9 @@ def _authorized(request: web.Request, keys: tuple[bytes, ...]) -> bool:
 def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamResponse]]:
     keys = tuple(key.encode() for key in settings.api_keys)
     open_paths = frozenset(settings.open_endpoints)
+    # Generated request ids: unique per worker run (random prefix) without a random draw per request.
+    id_prefix = secrets.token_hex(4) + "-"
+    id_counter = itertools.count(1)
 
     @web.middleware
     async def middleware(
@@ -256,8 +273,8 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
         started = time.perf_counter()
         state = request.app[STATE]
         request_id = request.headers.get("X-Request-Id", "")
-        if not _REQUEST_ID_FORMAT.fullmatch(request_id):
-            request_id = secrets.token_hex(8)
+        if not request_id or not _REQUEST_ID_FORMAT.fullmatch(request_id):
+            request_id = f"{id_prefix}{next(id_counter):x}"
         request[REQUEST_ID] = request_id
         request[DEADLINE] = asyncio.get_running_loop().time() + settings.request_timeout_ms / 1000
         error: NexusError | None = None
@@ -293,7 +310,7 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
         route = request.match_info.route.resource
         template = route.canonical if route is not None else "unmatched"
         state.metrics.request_done(template, response.status, elapsed)
-        if settings.access_log:
+        if settings.access_log == "all" or (response.status >= 400 and settings.access_log == "errors"):
             level = logging.WARNING if response.status >= 500 else logging.INFO
             if access_log.isEnabledFor(level):
                 record: dict[str, Any] = {
@@ -331,6 +348,9 @@ async def _read_body(request: web.Request, settings: ProxySettings) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    content = request.content
+    if declared is not None and content.is_eof() and content.total_bytes == declared:
+        return content.read_nowait()  # arrived with the head (the common small body): no timer needed
     chunks: list[bytes] = []
     size = 0
     try:
@@ -372,7 +392,7 @@ async def predict(request: web.Request) -> web.Response:
     if state.in_flight >= settings.max_in_flight:
         raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
     state.in_flight += 1
-    state.metrics.in_flight.inc()
+    state.metrics.in_flight_changed(1)
     try:
         deadline = _deadline(request)
         prediction = to_prediction(parse_json(await _read_body(request, settings)), schema)
@@ -383,7 +403,7 @@ async def predict(request: web.Request) -> web.Response:
         body = response_body(outputs, schema, prediction)
     finally:
         state.in_flight -= 1
-        state.metrics.in_flight.dec()
+        state.metrics.in_flight_changed(-1)
     return web.Response(
         body=body,
         content_type=_JSON,
@@ -423,8 +443,10 @@ async def _check_ready(state: ProxyState) -> ProxyError | None:
     if not await upstream.model_ready(schema.name, state.settings.model_version):
         return NotReady(f"model {schema.name} is not ready in Triton")
     if state.settings.ready_probe:
+        # As many rows as the smallest preferred batch size: Triton runs that at once, one row it would hold.
+        rows = (schema.preferred_batch_sizes or (1,))[0]
         arrays = {
-            spec.name: np.zeros(((1,) if schema.batched else ()) + tuple(max(d, 1) for d in spec.shape), spec.dtype)
+            spec.name: np.zeros(((rows,) if schema.batched else ()) + tuple(max(d, 1) for d in spec.shape), spec.dtype)
             for spec in schema.inputs
         }
         deadline = asyncio.get_running_loop().time() + state.settings.connect_timeout_s

@@ -25,6 +25,7 @@ several workers `process_*` and `python_*` series are not exported.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -52,7 +53,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus scrapes
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: Callable[[], int] = lambda: 0) -> None:
         directory = os.environ.get(MULTIPROC_DIR_ENV)
         self.multiprocess = bool(directory)
         # Multiprocess: values live in files, not in a registry; a scrape reads the files (all workers').
@@ -79,9 +80,18 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=own,
         )
+        self.padded_rows = Counter(
+            "nexus_proxy_padded_rows_total",
+            "rows the coalescer added to reach one of Triton's preferred batch sizes (computed, then dropped)",
+            registry=own,
+        )
         self.in_flight = Gauge(
             "nexus_proxy_in_flight", "predictions in progress", multiprocess_mode="livesum", registry=own
         )
+        # One process: the gauge reads the worker's own counter when scraped, so a request costs it nothing.
+        # Several: each worker's value must be in its file, so it moves with every request.
+        if not self.multiprocess:
+            self.in_flight.set_function(in_flight)
         # (route, status) -> the two labelled children, so the per-request cost is one dict lookup.
         self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         if own is None:
@@ -92,6 +102,11 @@ class Metrics:
             ProcessCollector(registry=own)
             PlatformCollector(registry=own)
             GCCollector(registry=own)
+
+    def in_flight_changed(self, delta: int) -> None:
+        """A prediction started (+1) or ended (-1); only the multiprocess gauge needs telling."""
+        if self.multiprocess:
+            self.in_flight.inc(delta)
 
     def request_done(self, route: str, status: int, elapsed: float) -> None:
         """One answered request: `route` is a route template (or `unmatched`), never a client's path."""

@@ -58,6 +58,9 @@ class ModelSchema:
     max_batch_size: int
     inputs: tuple[TensorSchema, ...]
     outputs: tuple[TensorSchema, ...]
+    # From the model config: how many batches Triton runs at once, and the sizes its batcher runs at once.
+    instance_count: int = 1
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     @property
     def batched(self) -> bool:
@@ -95,6 +98,9 @@ def from_triton(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSchema
     config = config.get("config", config)
     max_batch_size = int(config.get("max_batch_size", 0))
     batched = max_batch_size > 0
+    groups = config.get("instance_group") or [{}]
+    instances = sum(int(group.get("count", 1)) * max(1, len(group.get("gpus") or [])) for group in groups)
+    preferred = (config.get("dynamic_batching") or {}).get("preferred_batch_size") or []
     return ModelSchema(
         name=str(metadata["name"]),
         versions=tuple(str(v) for v in metadata.get("versions", ())),
@@ -102,4 +108,6 @@ def from_triton(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSchema
         max_batch_size=max_batch_size,
         inputs=_tensors(metadata.get("inputs", []), batched, "input"),
         outputs=_tensors(metadata.get("outputs", []), batched, "output"),
+        instance_count=max(1, instances),
+        preferred_batch_sizes=tuple(sorted(int(size) for size in preferred)),
     )

@@ -166,14 +166,16 @@ def _array(value: Any, spec: TensorSchema, where: str, rows: int | None) -> np.n
     return _convert(raw, spec, where)
 
 
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
+
 def _convert(raw: np.ndarray, spec: TensorSchema, where: str) -> np.ndarray:
     dtype = np.dtype(spec.dtype)
     if dtype.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = raw.astype(dtype)
-        if not np.isfinite(array).all():
+        # JSON has no inf or NaN, so a value is out of range exactly when it is beyond the type's largest.
+        if raw.size and (raw.max() > _FLOAT_MAX[dtype] or raw.min() < -_FLOAT_MAX[dtype]):
             raise OutOfRange(f"{where}: a value overflows {spec.datatype}")
-        return array
+        return raw.astype(dtype)
     if raw.size == 0:
         return raw.astype(dtype)
     if raw.dtype.kind == "f" and not np.array_equal(raw, np.trunc(raw)):

@@ -84,7 +84,7 @@ class Bed:
         procinfo.reap(stubs)
 
     def proxy(self, log_dir: Path, **env: str) -> ProxyProcess:
-        settings = {"ACCESS_LOG": "0", **env}
+        settings = {"ACCESS_LOG": "off", **env}
         process = ProxyProcess(log_dir / f"proxy-{len(self.proxies)}.log", **settings)
         self.proxies.append(process)
         process.start()

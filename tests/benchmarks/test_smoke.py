@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.run import ALL_PATHS
+
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,9 +40,7 @@ def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
 
     runs = model["runs"]
     assert {(r["path"], r["concurrency"]) for r in runs} == {
-        (path, conc)
-        for path in ("naive", "proxy_nobatch", "proxy_batch", "triton_http", "triton_nobatch", "triton_batch")
-        for conc in (1, 4)
+        (path, conc) for path in ALL_PATHS if path != "ceiling" for conc in (1, 4)
     }
     # A path may be "not available" (no wrk, proxy not runnable) but nothing may fail outright.
     assert all(r["status"] in ("ok", "not available") for r in runs), [r.get("note") for r in runs]

@@ -58,7 +58,7 @@ def test_every_variable_is_documented_with_its_default(cls: type) -> None:
 
 def test_shared_variables_appear_in_each_process_table() -> None:
     text = tables()
-    assert text.count("| `BATCH_SIZE` |") == 2  # sync's max_batch_size, the proxy's coalescer
+    assert text.count("| `BATCH_SIZE` |") == 1  # Triton's max_batch_size only; the coalescer has COALESCE_*
     assert text.count("| `NEXUS_META_PATH` |") == 3  # sync, proxy, `nexus up`
     assert text.count("| `MODEL_REPOSITORY` |") == 2  # sync, triton
 

@@ -32,14 +32,14 @@ def sample(text: str, series: str) -> float | None:
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:
-    first, second = Metrics(), Metrics()  # the same names twice in one process: no duplicate error
+    in_flight = [1]
+    first, second = Metrics(lambda: in_flight[0]), Metrics()  # the same names twice in one process: no error
     first.request_done("/predict", 200, 0.01)
     first.request_done("/predict", 200, 0.02)
     first.request_done("unmatched", 404, 0.001)
     first.batch_rows.observe(3)
     first.upstream_errors.labels("upstream_unavailable").inc()
     first.upstream_latency.observe(0.005)
-    first.in_flight.inc()
     one, two = first.render().decode(), second.render().decode()
     assert sample(one, PREDICT_OK) == 2
     assert sample(one, 'nexus_proxy_requests_total{route="unmatched",status="404"}') == 1
@@ -48,7 +48,9 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     assert sample(one, 'nexus_proxy_upstream_batch_rows_bucket{le="4.0"}') == 1
     assert sample(one, 'nexus_proxy_upstream_errors_total{code="upstream_unavailable"}') == 1
     assert sample(one, "nexus_proxy_upstream_duration_seconds_count") == 1
-    assert sample(one, "nexus_proxy_in_flight") == 1
+    assert sample(one, "nexus_proxy_in_flight") == 1  # read from the worker's counter at scrape time
+    in_flight[0] = 0
+    assert sample(first.render().decode(), "nexus_proxy_in_flight") == 0
     assert sample(two, PREDICT_OK) is None
     assert sample(two, "nexus_proxy_in_flight") == 0
     assert "process_cpu_seconds_total" in one and "python_info" in one and "python_gc_objects_collected" in one
@@ -78,7 +80,7 @@ def test_two_workers_counts_add_up_on_every_scrape(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proxy = proxy_process(
-        MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="demo_mlp", PROXY_WORKERS="2", TMPDIR=str(tmp)
+        MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="demo_mlp", PROXY_WORKERS="2", TMPDIR=str(tmp), ACCESS_LOG="all"
     ).start()
     [directory] = metrics_dirs(tmp)  # the workers' shared files, in a fresh private directory
     assert [post_predict(proxy) for _ in range(REQUESTS)] == [200] * REQUESTS

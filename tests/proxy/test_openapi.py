@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def running_proxy(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     log_dir: Path = tmp_path_factory.mktemp("proxy-openapi")
-    proxy = ProxyProcess(log_dir / "proxy.log", MODEL_SERVER_URL=triton.grpc_url, ACCESS_LOG="0")
+    proxy = ProxyProcess(log_dir / "proxy.log", MODEL_SERVER_URL=triton.grpc_url, ACCESS_LOG="off")
     proxy.start()
     yield proxy
     proxy.stop()

@@ -63,7 +63,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(
 def test_two_workers_share_the_port_and_stop_cleanly(
     proxy_process: Callable[..., ProxyProcess], triton: TritonServer
 ) -> None:
-    proxy = proxy_process(MODEL_SERVER_URL=triton.http_url, PROXY_WORKERS="2").start()
+    proxy = proxy_process(MODEL_SERVER_URL=triton.http_url, PROXY_WORKERS="2", ACCESS_LOG="all").start()
     workers: set[int] = set()
     for _ in range(400):
         status, _ = proxy.get("/metrics")
@@ -76,13 +76,26 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     assert proxy.wait() == 0, proxy.log()
 
 
+@pytest.mark.parametrize(
+    ("access_log", "logged"),
+    [
+        pytest.param("all", {"/healthz", "/nope"}, id="all"),
+        pytest.param(None, {"/nope"}, id="default-errors-only"),
+        pytest.param("off", set(), id="off"),
+    ],
+)
 def test_request_log_is_one_json_line_per_request(
-    proxy_process: Callable[..., ProxyProcess], triton: TritonServer
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, access_log: str | None, logged: set[str]
 ) -> None:
-    proxy = proxy_process(MODEL_SERVER_URL=triton.grpc_url).start()
+    setting = {"ACCESS_LOG": access_log} if access_log else {}
+    proxy = proxy_process(MODEL_SERVER_URL=triton.grpc_url, **setting).start()
     proxy.get("/healthz")
+    proxy.get("/nope")
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
     lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
-    health = [line for line in lines if line["path"] == "/healthz"]
-    assert health and health[0]["status"] == 200 and health[0]["request_id"]
+    lines = [line for line in lines if line["path"] != "/readyz"]  # the harness's start-up polling
+    assert {line["path"] for line in lines} == logged
+    for line in lines:
+        assert line["request_id"] and line["status"] == (200 if line["path"] == "/healthz" else 404)
+        assert line.get("code") == (None if line["status"] == 200 else "not_found")

@@ -49,7 +49,8 @@ def test_lists() -> None:
         pytest.param("REQUEST_TIMEOUT_MS", "soon", id="timeout-not-number"),
         pytest.param("LOG_LEVEL", "loud", id="log-level"),
         pytest.param("OPEN_ENDPOINTS", "healthz", id="open-endpoint-not-path"),
-        pytest.param("BATCH_SIZE", "0", id="batch-size-zero"),
+        pytest.param("COALESCE_MAX_ROWS", "-1", id="coalesce-rows-negative"),
+        pytest.param("COALESCE_MAX_WAIT_MS", "soon", id="coalesce-wait-not-a-number"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
