@@ -151,17 +151,16 @@ class Coalescer:
             if rows > real:
                 self.on_padding(rows - real)
             outputs, version = await self.send(merged, max(rows, real), min(m.deadline for m in live))
-        except Exception as err:
+            start = 0
+            for member in live:
+                stop = start + member.rows
+                if not member.future.done():
+                    member.future.set_result(({name: out[start:stop] for name, out in outputs.items()}, version))
+                start = stop
+        except Exception as err:  # whatever fails, no member is left waiting (and holding its in-flight slot)
             for member in live:
                 if not member.future.done():
                     member.future.set_exception(err)
-            return
-        start = 0
-        for member in live:
-            stop = start + member.rows
-            if not member.future.done():
-                member.future.set_result(({name: out[start:stop] for name, out in outputs.items()}, version))
-            start = stop
 
     async def close(self) -> None:
         """Send what is still queued, then wait for every upstream call to end."""

@@ -149,3 +149,15 @@ async def test_coalescing_end_to_end_matches_the_model(proxy_client: MakeClient,
     metrics = await (await client.get("/metrics")).text()
     count = next(line for line in metrics.splitlines() if line.startswith("nexus_proxy_upstream_batch_rows_count"))
     assert float(count.split()[-1]) < len(requests)  # fewer upstream calls than requests
+
+
+@pytest.mark.asyncio
+async def test_a_failure_after_the_upstream_call_still_answers_every_member() -> None:
+    async def broken(arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
+        return {"OUT": 5}, "7"  # not an array: splitting the answer fails
+
+    coalescer = Coalescer(broken, max_rows=8, slots=1, max_wait_s=3600)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(coalescer.submit(rows(1, i), 1, 1.0) for i in range(3)), return_exceptions=True), timeout=5
+    )
+    assert all(isinstance(result, TypeError) for result in results)
