@@ -8,6 +8,8 @@ The pieces are the shared harness's (`nexusml.testing`), which benchmarks and th
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,22 @@ from nexusml.sync.triton import TritonServer
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import s3_client as make_s3_client
 from nexusml.testing.servers import s3_environment, start_local_s3, start_triton
+
+# Modules that declare settings classes.
+SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
+
+
+def settings_classes() -> list[type]:
+    """Every `*Settings` dataclass declared in SETTINGS_MODULES (what the README tables and deployments document)."""
+    found = []
+    for module_name in SETTINGS_MODULES:
+        module = importlib.import_module(module_name)
+        found += [
+            obj
+            for name, obj in vars(module).items()
+            if name.endswith("Settings") and dataclasses.is_dataclass(obj) and obj.__module__ == module_name
+        ]
+    return found
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -20,6 +19,7 @@ from nexusml.core.settings import variables
 from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
 from nexusml.sync.triton import TritonDistribution, command
 from proxy.settings import ProxySettings
+from tests.conftest import settings_classes
 from tests.deploy.conftest import (
     CHART,
     COMPOSE,
@@ -31,9 +31,6 @@ from tests.deploy.conftest import (
     pod_spec,
     render_chart,
 )
-
-# Modules that declare settings classes.
-SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
 
 # S3Settings' credential variables: the shared environment block of compose and the chart hands them to
 # every container, also to those that do not read them.
@@ -53,19 +50,6 @@ DEPLOYMENT_OVERRIDES = {
     "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
 }
-
-
-def settings_classes() -> list[type]:
-    """Every `*Settings` dataclass declared in SETTINGS_MODULES."""
-    found = []
-    for module_name in SETTINGS_MODULES:
-        module = importlib.import_module(module_name)
-        found += [
-            obj
-            for name, obj in vars(module).items()
-            if name.endswith("Settings") and dataclasses.is_dataclass(obj) and obj.__module__ == module_name
-        ]
-    return found
 
 
 def code_variables() -> dict[str, set[str]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -13,22 +11,9 @@ import pytest
 from nexusml import settings_docs
 from nexusml.core.settings import EnvVar, variables
 from nexusml.settings_docs import BEGIN, END, PROCESSES, block_of, render_default, render_meaning, tables
+from tests.conftest import settings_classes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Modules that declare settings classes (as in tests/deploy/test_consistency.py).
-SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
-
-
-def settings_classes() -> list[type]:
-    found = []
-    for module_name in SETTINGS_MODULES:
-        module = importlib.import_module(module_name)
-        found += [
-            obj
-            for name, obj in vars(module).items()
-            if name.endswith("Settings") and dataclasses.is_dataclass(obj) and obj.__module__ == module_name
-        ]
-    return found
 
 
 def _rows(block: str) -> set[tuple[str, str]]:

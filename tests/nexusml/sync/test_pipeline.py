@@ -19,13 +19,10 @@ import pytest
 from nexusml import demo
 from nexusml.core import metadata
 from nexusml.core.metadata import ModelMetadata
-from nexusml.core.settings import load
 from nexusml.s3local import LocalS3
-from nexusml.sync.pipeline import sync
-from nexusml.sync.settings import SyncSettings
 from nexusml.testing import artifacts
 from nexusml.testing.artifacts import put, snapshot, with_artifact
-from nexusml.testing.models import TEST_BUCKET, PublishedModel, publish
+from nexusml.testing.models import TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import start_local_s3, start_triton, triton_infer
 
 pytestmark = pytest.mark.integration
@@ -44,7 +41,7 @@ def run_sync(
 def repo_env(s3_env: dict[str, str], demo_model: PublishedModel, tmp_path: Path) -> dict[str, str]:
     """A repository already holding the demo model's version 1."""
     env = {**s3_env, "MODEL_REPOSITORY": str(tmp_path / "model_repository")}
-    sync(demo_model.meta, load(SyncSettings, {**env, "DEVICE": "cpu"}))
+    sync_into(demo_model.meta, env, tmp_path / "model_repository")
     return env
 
 
