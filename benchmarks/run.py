@@ -337,7 +337,7 @@ def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
             "coalesce_max_rows": settings.coalesce_max_rows,
             "coalesce_max_batches": settings.coalesce_max_batches,
             "coalesce_max_wait_ms": settings.coalesce_max_wait_ms,
-            "workers": settings.workers,
+            "workers": settings.worker_count,
         }
     except Exception as err:  # the proxy is someone else's moving target: never fail the run over it
         return {"error": str(err)}
@@ -375,7 +375,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, help="demo MLP hidden layers (default 3; --quick 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="DEVICE for sync, naive server, ceiling")
     p.add_argument("--paths", default=",".join(ALL_PATHS), help=f"comma subset of {','.join(ALL_PATHS)}")
-    p.add_argument("--proxy-workers", type=int, default=1, help="PROXY_WORKERS for the proxy (default 1)")
+    p.add_argument(
+        "--proxy-workers", type=int, default=0, help="PROXY_WORKERS (default 0: the proxy picks from the CPU count)"
+    )
     p.add_argument(
         "--proxy-coalesce",
         choices=("default", "on", "off"),

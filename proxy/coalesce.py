@@ -130,19 +130,22 @@ class Coalescer:
         self.busy += 1
         task = asyncio.get_running_loop().create_task(self._run(members, rows))
         self.tasks.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self.tasks.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+    def _release(self) -> None:
         self.busy -= 1
         self._pump()
 
     async def _run(self, members: list[_Member], rows: int) -> None:
+        """One upstream call. Its slot is freed as soon as the answer is back, before any member is answered:
+        resolving a member schedules its handler, and the next batch should not queue behind those handlers
+        on the event loop while a model instance idles."""
+        released = False
         live = [m for m in members if not m.future.done()]
-        if not live:
-            return
         real = sum(m.rows for m in live)
         try:
+            if not live:
+                return
             names = list(live[0].arrays)
             if len(live) == 1 and rows == real:
                 merged = live[0].arrays
@@ -151,6 +154,8 @@ class Coalescer:
             if rows > real:
                 self.on_padding(rows - real)
             outputs, version = await self.send(merged, max(rows, real), min(m.deadline for m in live))
+            released = True
+            self._release()
             start = 0
             for member in live:
                 stop = start + member.rows
@@ -161,6 +166,9 @@ class Coalescer:
             for member in live:
                 if not member.future.done():
                     member.future.set_exception(err)
+        finally:
+            if not released:
+                self._release()
 
     async def close(self) -> None:
         """Send what is still queued, then wait for every upstream call to end."""

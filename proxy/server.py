@@ -100,7 +100,7 @@ def _worker_main(settings: ProxySettings, worker: int) -> None:
 
 def serve(settings: ProxySettings) -> int:
     """Run the proxy until SIGTERM/SIGINT; 0 after a clean shutdown."""
-    if settings.workers == 1:
+    if settings.worker_count == 1:
         return run_worker(settings)
     configure_logging(settings.log_level)
     # prometheus-client learns where the workers' metric files go only from this variable, read when a
@@ -112,7 +112,7 @@ def serve(settings: ProxySettings) -> int:
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [
         context.Process(target=_worker_main, args=(settings, index), name=f"proxy-worker-{index}")
-        for index in range(settings.workers)
+        for index in range(settings.worker_count)
     ]
     stopping = False
 

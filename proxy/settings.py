@@ -8,6 +8,7 @@ batcher only (`max_batch_size`, `max_queue_delay_microseconds`), which the sync 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -61,7 +62,12 @@ class ProxySettings:
     host: str = env("HOST", "0.0.0.0", "address the proxy listens on")
     port: int = env("PORT", 8080, "port the proxy listens on", int, minimum=1, maximum=65535)
     workers: int = env(
-        "PROXY_WORKERS", 1, "worker processes sharing the port (SO_REUSEPORT)", int, minimum=1, maximum=64
+        "PROXY_WORKERS",
+        0,
+        "worker processes sharing the port (SO_REUSEPORT); 0: one per 4 usable CPUs, 1 to 8, leaving cores to Triton",
+        int,
+        minimum=0,
+        maximum=64,
     )
     coalesce: bool = env(
         "PROXY_COALESCE",
@@ -199,3 +205,27 @@ class ProxySettings:
     def upstream_address(self) -> str:
         """`host:port` without the scheme, the form tritonclient wants."""
         return urlsplit(self.model_server_url).netloc
+
+    @property
+    def worker_count(self) -> int:
+        """`PROXY_WORKERS`, with 0 resolved from the CPUs this process may use.
+
+        Measured on 2 cores: a second worker takes CPU from Triton and lowers throughput, so small machines get
+        one; a GPU host (16+ cores) gets one per 4 CPUs, capped at 8, leaving most cores to Triton's front end.
+        """
+        if self.workers:
+            return self.workers
+        return min(8, max(1, usable_cpus() // 4))
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may run on, lowered to a container's CPU limit (cgroup v2 quota) when there is one:
+    a pod limited to 2 CPUs on a 64-core node must not start 16 workers."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus

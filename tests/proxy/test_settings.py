@@ -2,19 +2,55 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nexusml.core.errors import SettingsError
 from nexusml.core.settings import load
-from proxy.settings import ProxySettings
+from proxy.settings import ProxySettings, usable_cpus
 
 
 def test_defaults() -> None:
     settings = load(ProxySettings, {})
     assert settings.model_server_url == "grpc://127.0.0.1:8001"
     assert (settings.upstream_protocol, settings.upstream_address) == ("grpc", "127.0.0.1:8001")
-    assert settings.port == 8080 and settings.workers == 1 and settings.coalesce
+    assert settings.port == 8080 and settings.workers == 0 and settings.coalesce
     assert settings.api_keys == () and "/healthz" in settings.open_endpoints
+
+
+@pytest.mark.parametrize(
+    ("workers", "cpus", "count"),
+    [
+        pytest.param("", 2, 1, id="auto-2-cpus"),
+        pytest.param("", 16, 4, id="auto-16-cpus"),
+        pytest.param("", 96, 8, id="auto-capped"),
+        pytest.param("3", 2, 3, id="explicit"),
+    ],
+)
+def test_worker_count_from_usable_cpus(workers: str, cpus: int, count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.settings.usable_cpus", lambda: cpus)
+    assert load(ProxySettings, {"PROXY_WORKERS": workers}).worker_count == count
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus"),
+    [
+        pytest.param(None, 64, id="no-cgroup-file"),
+        pytest.param("max 100000\n", 64, id="no-limit"),
+        pytest.param("200000 100000\n", 2, id="limit-2"),
+        pytest.param("150000 100000\n", 2, id="limit-rounds-up"),
+        pytest.param("garbage\n", 64, id="unreadable"),
+    ],
+)
+def test_usable_cpus_honours_a_container_limit(
+    cpu_max: str | None, cpus: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert usable_cpus(path) == cpus
 
 
 @pytest.mark.parametrize(
@@ -43,7 +79,7 @@ def test_lists() -> None:
         pytest.param("MODEL_SERVER_URL", "https://triton:8000", id="url-https"),
         pytest.param("MODEL_SERVER_URL", "grpc://triton", id="url-no-port"),
         pytest.param("MODEL_SERVER_URL", "http://triton:8000/v2", id="url-path"),
-        pytest.param("PROXY_WORKERS", "0", id="workers-zero"),
+        pytest.param("PROXY_WORKERS", "-1", id="workers-negative"),
         pytest.param("PROXY_COALESCE", "maybe", id="coalesce-not-bool"),
         pytest.param("MAX_BODY_BYTES", "-1", id="body-negative"),
         pytest.param("REQUEST_TIMEOUT_MS", "soon", id="timeout-not-number"),
