@@ -23,7 +23,7 @@ define apt-install
 	fi
 endef
 
-.PHONY: run test test-deploy bench soak lint settings-docs sysdeps deploy-sysdeps venv clean
+.PHONY: run test test-deploy bench soak lint settings-docs chart-files sysdeps deploy-sysdeps venv clean
 
 run: sysdeps $(RUN_STAMP)
 	$(BIN)/nexus up
@@ -48,6 +48,10 @@ lint: venv
 # README.md's settings tables, generated from the settings classes (the tests fail while they are stale).
 settings-docs: venv
 	$(BIN)/python -m nexusml.settings_docs
+
+# The chart cannot read files outside its folder: it ships a copy of the watchdog (checked by tests/deploy).
+chart-files:
+	cp nexusml/sync/watchdog.py helm/nexus-dataplane/files/triton_watchdog.py
 
 venv: sysdeps $(DEV_STAMP)
 

@@ -16,7 +16,15 @@ CREDENTIALS = {
 
 
 class LocalS3(ManagedProcess):
-    def __init__(self, port: int, environ: dict[str, str], host: str = "127.0.0.1", log_file: Path | None = None):
+    def __init__(
+        self,
+        port: int,
+        environ: dict[str, str],
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        port_setting: str | None = None,
+    ) -> None:
+        """`port_setting`: the setting that chose `port` (`nexus up`'s LOCAL_S3_PORT), named when it is taken."""
         self.endpoint_url = f"http://{host}:{port}"
         super().__init__(
             "local S3 (moto)",
@@ -26,6 +34,7 @@ class LocalS3(ManagedProcess):
             startup_timeout_s=30,
             stop_timeout_s=10,
             log_file=log_file,
+            port_setting=port_setting,
         )
 
     def client_environment(self) -> dict[str, str]:

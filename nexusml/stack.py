@@ -3,6 +3,12 @@
 local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton -> proxy on `PORT`.
 Each step is its own process with its own settings, as in the container deployments; a step that fails
 stops the job with that step's exit code, and SIGINT/SIGTERM stop the servers in reverse order.
+
+While serving, a watchdog (`nexusml.sync.watchdog`) sends Triton one probe inference every
+`WATCHDOG_INTERVAL_S` and restarts it on the same ports after `WATCHDOG_FAILURES` failures in a row: a dead
+Python-backend stub leaves the model READY but answering nothing, which only a restart heals. The proxy keeps
+running and reconnects by itself. The watchdog runs in this loop, not in a thread, so the restart and the
+check for servers that died never race.
 """
 
 from __future__ import annotations
@@ -10,17 +16,19 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from nexusml.core import metadata
-from nexusml.core.errors import NexusError, ServerError
-from nexusml.core.process import ManagedProcess, Stopped, stop_all, supervising, wait_for_exit
+from nexusml.core.errors import NexusError, ServerError, SettingsError
+from nexusml.core.process import ManagedProcess, Stopped, child_options, stop_all, supervising
 from nexusml.core.settings import env, nested
 from nexusml.s3local import LocalS3
 from nexusml.sync.settings import S3Settings, TritonSettings
 from nexusml.sync.triton import TritonServer
+from nexusml.sync.watchdog import Watchdog, probe
 from proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)
@@ -36,9 +44,56 @@ class StackSettings:
     local_s3_port: int = env(
         "LOCAL_S3_PORT", 9000, "port of the local S3 started when none is configured", int, minimum=1, maximum=65535
     )
+    watchdog_interval_s: float = env(
+        "WATCHDOG_INTERVAL_S",
+        5.0,
+        "seconds between the watchdog's probe inferences to Triton; 0 turns the watchdog off",
+        float,
+        minimum=0,
+        maximum=3600,
+    )
+    watchdog_failures: int = env(
+        "WATCHDOG_FAILURES",
+        3,
+        "failed probes in a row that make the watchdog restart Triton",
+        int,
+        minimum=1,
+        maximum=100,
+    )
+    watchdog_timeout_s: float = env(
+        "WATCHDOG_TIMEOUT_S",
+        5.0,
+        "longest a probe (ready, config, one inference) may take",
+        float,
+        minimum=0.1,
+        maximum=600,
+    )
+    watchdog_backoff_s: float = env(
+        "WATCHDOG_BACKOFF_S",
+        30.0,
+        "least time between two restarts, doubled after each one up to WATCHDOG_BACKOFF_MAX_S",
+        float,
+        minimum=0,
+        maximum=86400,
+    )
+    watchdog_backoff_max_s: float = env(
+        "WATCHDOG_BACKOFF_MAX_S",
+        600.0,
+        "cap of the back-off; probes passing this long in a row reset it",
+        float,
+        minimum=0,
+        maximum=86400,
+    )
     s3: S3Settings = nested(S3Settings)
     triton: TritonSettings = nested(TritonSettings)
     proxy: ProxySettings = nested(ProxySettings)
+
+    def validate(self) -> None:
+        if self.watchdog_backoff_max_s < self.watchdog_backoff_s:
+            raise SettingsError(
+                f"WATCHDOG_BACKOFF_MAX_S={self.watchdog_backoff_max_s:g} is below "
+                f"WATCHDOG_BACKOFF_S={self.watchdog_backoff_s:g}"
+            )
 
     @property
     def local_s3(self) -> bool:
@@ -56,7 +111,7 @@ class StepFailed(NexusError):
 
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
     log.info("%s: %s", name, " ".join(argv))
-    code = subprocess.call([sys.executable, "-m", "nexusml", *argv], env=env, start_new_session=True)
+    code = subprocess.call([sys.executable, "-m", "nexusml", *argv], env=env, **child_options())
     if code != 0:
         raise StepFailed(name, code)
 
@@ -71,6 +126,7 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
         ready_url=f"http://127.0.0.1:{settings.proxy.port}/readyz",
         startup_timeout_s=60,
         stop_timeout_s=settings.proxy.shutdown_grace_s + 5,
+        port_setting="PORT",
     )
 
 
@@ -103,7 +159,7 @@ def up(settings: StackSettings, environ: dict[str, str]) -> int:
 def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProcess]) -> NoReturn:
     """Start every step in order, then wait; appends each server to `running` as it starts."""
     if settings.local_s3:
-        s3 = LocalS3(settings.local_s3_port, env)
+        s3 = LocalS3(settings.local_s3_port, env, port_setting="LOCAL_S3_PORT")
         s3.start()
         running.append(s3)
         env.update(s3.client_environment())
@@ -119,5 +175,42 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     proxy.start()
     running.append(proxy)
     print(_banner(meta, settings.proxy.port), flush=True)
-    died = wait_for_exit(running)
-    raise ServerError(f"{died.name} exited unexpectedly with code {died.process.returncode}")
+    watchdog = _watchdog(settings, running, running.index(triton), meta.name, env)
+    while True:
+        for process in running:
+            if not process.alive():
+                code = process.process.returncode if process.process else None
+                raise ServerError(f"{process.name} exited unexpectedly with code {code}")
+        if watchdog is not None:
+            watchdog.poll()
+        time.sleep(0.2)
+
+
+def _watchdog(
+    settings: StackSettings, running: list[ManagedProcess], slot: int, model: str, env: dict[str, str]
+) -> Watchdog | None:
+    """The watchdog over the Triton at `running[slot]`; a restart replaces it there, on the same ports."""
+    if settings.watchdog_interval_s == 0:
+        return None
+
+    def check() -> str | None:
+        triton = running[slot]
+        assert isinstance(triton, TritonServer)
+        return probe(triton.http_url, model, settings.watchdog_timeout_s)
+
+    def restart(cause: str) -> None:
+        running[slot].stop()
+        fresh = TritonServer(settings.triton, env)
+        running[slot] = fresh  # before start(): a signal meanwhile stops the new one too
+        fresh.start()
+        log.info("watchdog: Triton restarted (restart %d) and ready", watchdog.restarts)
+
+    watchdog = Watchdog(
+        check,
+        restart,
+        failures=settings.watchdog_failures,
+        interval_s=settings.watchdog_interval_s,
+        backoff_s=settings.watchdog_backoff_s,
+        backoff_max_s=settings.watchdog_backoff_max_s,
+    )
+    return watchdog

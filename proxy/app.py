@@ -53,6 +53,8 @@ from proxy.validation import parse_json, response_body, to_prediction
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 READY_CACHE_S = 1.0
 SCHEMA_RETRY_S = 1.0
+LINGER_S = 1.0
+CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in metrics, never sent
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _JSON = "application/json"
 
@@ -70,7 +72,8 @@ class ProxyState:
     schema: ModelSchema | None = None
     schema_problem: str = "model metadata not read from Triton yet"
     coalescer: Coalescer | None = None
-    in_flight: int = 0
+    in_flight: int = 0  # predictions in progress, bodies still arriving included
+    admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
     draining: bool = False
     metrics: Metrics = field(init=False)
     ready_at: float = -1.0
@@ -116,10 +119,13 @@ def server_options(settings: ProxySettings) -> dict[str, Any]:
         "access_log": None,
         "max_line_size": 8190,
         "max_field_size": 8190,
-        # A body left unread (408, 413, 415, ...) closes the connection after the answer, instead of
-        # aiohttp's default of reading and discarding it for up to 10 s more, which let a slow-loris
-        # sender hold the connection that long past BODY_TIMEOUT_S.
-        "lingering_time": 0,
+        # A body left unread (408, 413, 415, ...) is read and discarded for at most LINGER_S after the answer,
+        # then the connection closes. Closing at once (no lingering) made the kernel reset the connection
+        # while the client was still sending, so a client posting 64 MiB saw a reset, not the 413; aiohttp's
+        # default of 10 s let a slow-loris sender hold the connection that long past BODY_TIMEOUT_S.
+        "lingering_time": LINGER_S,
+        # A client that goes away cancels its handler: its in-flight slot is freed at once, not at its deadline.
+        "handler_cancellation": True,
     }
 
 
@@ -259,6 +265,12 @@ def _authorized(request: web.Request, keys: tuple[bytes, ...]) -> bool:
     return matched
 
 
+def _route(request: web.Request) -> str:
+    """The route's template (`/predict`), never the raw path: metrics labels stay few."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamResponse]]:
     keys = tuple(key.encode() for key in settings.api_keys)
     open_paths = frozenset(settings.open_endpoints)
@@ -283,6 +295,9 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
             if keys and request.path not in open_paths and not _authorized(request, keys):
                 raise Unauthorized("missing or invalid API key (Authorization: Bearer or X-API-Key)")
             response = await handler(request)
+        except asyncio.CancelledError:
+            state.metrics.request_done(_route(request), CLIENT_GONE, time.perf_counter() - started)
+            raise
         except NexusError as err:
             error = err
         except web.HTTPException as exc:
@@ -307,9 +322,7 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
             # the worker is about to close (they would see a reset instead of an answer or a refusal).
             response.force_close()
         elapsed = time.perf_counter() - started
-        route = request.match_info.route.resource
-        template = route.canonical if route is not None else "unmatched"
-        state.metrics.request_done(template, response.status, elapsed)
+        state.metrics.request_done(_route(request), response.status, elapsed)
         if settings.access_log == "all" or (response.status >= 400 and settings.access_log == "errors"):
             level = logging.WARNING if response.status >= 500 else logging.INFO
             if access_log.isEnabledFor(level):
@@ -389,17 +402,24 @@ async def predict(request: web.Request) -> web.Response:
     schema = state.schema
     if schema is None:
         raise NotReady(state.schema_problem)
-    if state.in_flight >= settings.max_in_flight:
-        raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
-    state.in_flight += 1
+    state.in_flight += 1  # in progress from here (the gauge, and what a graceful shutdown waits for)
     state.metrics.in_flight_changed(1)
     try:
         deadline = _deadline(request)
-        prediction = to_prediction(parse_json(await _read_body(request, settings)), schema)
-        if state.coalescer is not None:
-            outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
-        else:
-            outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
+        prediction = to_prediction(parse_json(await _read_body(request, settings)), schema, settings.max_dynamic_dim)
+        # A MAX_IN_FLIGHT slot is taken only once the body is in: clients still uploading (slowly, maybe on
+        # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
+        # BODY_TIMEOUT_S and MAX_BODY_BYTES instead.
+        if state.admitted >= settings.max_in_flight:
+            raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
+        state.admitted += 1
+        try:
+            if state.coalescer is not None:
+                outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
+            else:
+                outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
+        finally:
+            state.admitted -= 1
         body = response_body(outputs, schema, prediction)
     finally:
         state.in_flight -= 1

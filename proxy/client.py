@@ -3,8 +3,9 @@
 Both sides expose the same small surface (`live`, `model_ready`, `ready_models`, `schema`, `infer`) and
 convert every failure at this boundary, once, into a `ProxyError`: unreachable -> 503, queue full -> 429,
 deadline -> 504, rejected -> 400, anything else -> 502. Every call has a timeout: health and metadata calls
-`UPSTREAM_CONNECT_TIMEOUT_S`, inferences the request's remaining deadline, which is also sent to Triton as the
-request's own `timeout` so Triton drops work nobody waits for any more.
+`UPSTREAM_CONNECT_TIMEOUT_S`, inferences the request's remaining deadline. Triton gets the smaller of that and
+the model's queue timeout as the request's own `timeout` (which overrides the queue policy's), so Triton drops
+work nobody waits for any more and no request outstays `QUEUE_TIMEOUT_MS` in its queue.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class Upstream(ABC):
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed before the request reached Triton")
+        # Triton's `timeout` bounds the time in its queue: the model's QUEUE_TIMEOUT_MS unless the deadline is sooner.
+        queue_timeout_s = min(remaining, schema.queue_timeout_s or remaining)
         try:
-            return await self._infer(schema, version, arrays, remaining, request_id)
+            return await self._infer(schema, version, arrays, remaining, queue_timeout_s, request_id)
         except InferenceServerException as err:
             raise from_triton_error(err) from err
         except TimeoutError as err:
@@ -143,7 +146,13 @@ class Upstream(ABC):
 
     @abstractmethod
     async def _infer(
-        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+        self,
+        schema: ModelSchema,
+        version: str,
+        arrays: dict[str, np.ndarray],
+        timeout_s: float,
+        queue_timeout_s: float,
+        request_id: str,
     ) -> tuple[Outputs, str]: ...
 
     @abstractmethod
@@ -172,7 +181,13 @@ class GrpcUpstream(Upstream):
         return await self.client.get_model_config(name, version, as_json=True)
 
     async def _infer(
-        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+        self,
+        schema: ModelSchema,
+        version: str,
+        arrays: dict[str, np.ndarray],
+        timeout_s: float,
+        queue_timeout_s: float,
+        request_id: str,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
@@ -185,7 +200,7 @@ class GrpcUpstream(Upstream):
             inputs,
             model_version=version,
             request_id=request_id,
-            timeout=max(int(timeout_s * 1_000_000), 1),
+            timeout=max(int(queue_timeout_s * 1_000_000), 1),
             client_timeout=timeout_s,
         )
         outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
@@ -220,7 +235,13 @@ class HttpUpstream(Upstream):
         return await self.client.get_model_config(name, version)
 
     async def _infer(
-        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], timeout_s: float, request_id: str
+        self,
+        schema: ModelSchema,
+        version: str,
+        arrays: dict[str, np.ndarray],
+        timeout_s: float,
+        queue_timeout_s: float,
+        request_id: str,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
@@ -236,7 +257,7 @@ class HttpUpstream(Upstream):
                 model_version=version,
                 outputs=requested,
                 request_id=request_id,
-                timeout=max(int(timeout_s * 1_000_000), 1),
+                timeout=max(int(queue_timeout_s * 1_000_000), 1),
             )
         outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
         return outputs, str(result.get_response().get("model_version", version))

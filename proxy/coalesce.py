@@ -14,8 +14,14 @@ each batch is shaped to a preferred size: as many whole requests as fit in the l
 queue can fill, and a batch smaller than every preferred size is padded up to the next one by repeating
 its last row (the padding's outputs are dropped). Without preferred sizes batches go as they are.
 
-Only requests whose non-batch shapes and dtypes agree are merged; a batch's deadline is its earliest
-member's; a failure reaches every member of the batch.
+Only requests whose non-batch shapes and dtypes agree are merged. Members stay isolated from each other:
+- each keeps its own deadline: `submit` gives up at the member's deadline (504) while the batch goes on for
+  the others, a member that expired (or whose client went away) before its batch left is dropped from it,
+  and the batch carries its latest member's deadline to Triton;
+- when a merged batch fails for a reason that may be one member's (Triton rejected the request, or the model
+  raised), each member is re-sent alone so only the bad one fails; failures of the whole upstream
+  (unavailable, busy, deadline, forbidden) reach every member at once, since re-sending would only add load;
+- every member is answered on every path, and a batch whose members have all gone is cancelled upstream.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from proxy.errors import DeadlineExceeded, UpstreamError, UpstreamForbidden, UpstreamRejected, UpstreamUnavailable
 
 Outputs = dict[str, np.ndarray]
 Send = Callable[[dict[str, np.ndarray], int, float], Awaitable[tuple[Outputs, str]]]
@@ -94,12 +102,17 @@ class Coalescer:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Outputs, str]:
+        """The member's outputs; `DeadlineExceeded` at its own `deadline` (event-loop clock) whatever its batch does."""
         loop = asyncio.get_running_loop()
         key = tuple((name, array.shape[1:], array.dtype.str) for name, array in arrays.items())
         member = _Member(arrays, rows, deadline, loop.time(), loop.create_future())
         self.queues.setdefault(key, deque()).append(member)
         self._pump()
-        return await member.future
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await member.future  # cancelled with it on timeout or when the client goes away
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed while the request was queued or in a merged batch") from None
 
     def _oldest(self) -> tuple | None:
         heads = [(queue[0].queued_at, key) for key, queue in self.queues.items() if queue]
@@ -123,6 +136,11 @@ class Coalescer:
 
     def _launch(self, key: tuple) -> None:
         queue = self.queues[key]
+        if any(member.future.done() for member in queue):  # expired or abandoned before leaving: not sent
+            queue = self.queues[key] = deque(member for member in queue if not member.future.done())
+            if not queue:
+                del self.queues[key]
+                return
         count, rows = batch_plan([member.rows for member in queue], self.max_rows, self.preferred)
         members = [queue.popleft() for _ in range(count)]
         if not queue:
@@ -132,43 +150,65 @@ class Coalescer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+        def abandoned(_: asyncio.Future[tuple[Outputs, str]]) -> None:
+            if not task.done() and all(member.future.done() for member in members):
+                task.cancel()  # nobody waits for this batch any more: Triton drops it too (call cancelled)
+
+        for member in members:
+            member.future.add_done_callback(abandoned)
+
     def _release(self) -> None:
         self.busy -= 1
         self._pump()
 
     async def _run(self, members: list[_Member], rows: int) -> None:
-        """One upstream call. Its slot is freed as soon as the answer is back, before any member is answered:
-        resolving a member schedules its handler, and the next batch should not queue behind those handlers
-        on the event loop while a model instance idles."""
+        """One slot's upstream work. The slot is freed as soon as the answer is back, before any member is
+        answered: resolving a member schedules its handler, and the next batch should not queue behind those
+        handlers on the event loop while a model instance idles."""
         released = False
-        live = [m for m in members if not m.future.done()]
-        real = sum(m.rows for m in live)
         try:
-            if not live:
-                return
-            names = list(live[0].arrays)
-            if len(live) == 1 and rows == real:
-                merged = live[0].arrays
-            else:
-                merged = {name: _padded([m.arrays[name] for m in live], rows - real) for name in names}
-            if rows > real:
-                self.on_padding(rows - real)
-            outputs, version = await self.send(merged, max(rows, real), min(m.deadline for m in live))
+            outputs, version = await self._send(members, rows)
             released = True
             self._release()
-            start = 0
-            for member in live:
-                stop = start + member.rows
-                if not member.future.done():
-                    member.future.set_result(({name: out[start:stop] for name, out in outputs.items()}, version))
-                start = stop
-        except Exception as err:  # whatever fails, no member is left waiting (and holding its in-flight slot)
-            for member in live:
-                if not member.future.done():
-                    member.future.set_exception(err)
+            self._answer(members, outputs, version)
+        except Exception as err:
+            if len(members) > 1 and isolatable(err):
+                await asyncio.gather(*(self._alone(member) for member in members))
+            else:
+                _fail(members, err)
         finally:
+            _fail(members, UpstreamUnavailable("the upstream call was cancelled"))  # only if cancelled mid-way
             if not released:
                 self._release()
+
+    async def _alone(self, member: _Member) -> None:
+        """Re-send one member of a failed batch by itself; its own answer or error, and nobody else's."""
+        if member.future.done():
+            return
+        try:
+            rows = batch_plan([member.rows], self.max_rows, self.preferred)[1]
+            self._answer([member], *(await self._send([member], rows)))
+        except Exception as err:
+            _fail([member], err)
+
+    async def _send(self, members: list[_Member], rows: int) -> tuple[Outputs, str]:
+        real = sum(member.rows for member in members)
+        if len(members) == 1 and rows == real:
+            merged = members[0].arrays
+        else:
+            merged = {name: _padded([m.arrays[name] for m in members], rows - real) for name in members[0].arrays}
+        if rows > real:
+            self.on_padding(rows - real)
+        return await self.send(merged, max(rows, real), max(member.deadline for member in members))
+
+    @staticmethod
+    def _answer(members: list[_Member], outputs: Outputs, version: str) -> None:
+        start = 0
+        for member in members:
+            stop = start + member.rows
+            if not member.future.done():
+                member.future.set_result(({name: out[start:stop] for name, out in outputs.items()}, version))
+            start = stop
 
     async def close(self) -> None:
         """Send what is still queued, then wait for every upstream call to end."""
@@ -179,6 +219,18 @@ class Coalescer:
             self._launch(key)
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+def isolatable(err: BaseException) -> bool:
+    """Could this failure be one member's fault? Triton rejecting the request, or the model raising, yes;
+    the whole upstream being unavailable, busy, forbidden or out of time, no."""
+    return isinstance(err, UpstreamRejected | UpstreamError) and not isinstance(err, UpstreamForbidden)
+
+
+def _fail(members: list[_Member], err: BaseException) -> None:
+    for member in members:
+        if not member.future.done():
+            member.future.set_exception(err)
 
 
 def _padded(parts: list[np.ndarray], extra: int) -> np.ndarray:

@@ -127,7 +127,7 @@ class WrongType(InvalidInput):
 
 
 class WrongShape(InvalidInput):
-    """Wrong nesting depth or wrong length for the model's input shape."""
+    """Wrong nesting depth or wrong length for the model's input shape (a -1 dimension: 1 to MAX_DYNAMIC_DIM)."""
 
     code = "wrong_shape"
 
@@ -139,7 +139,7 @@ class NonFinite(InvalidInput):
 
 
 class OutOfRange(InvalidInput):
-    """A number the input's dtype cannot hold (1e39 for FP32, 300 for INT8, 1.5 for an integer)."""
+    """A number the input's dtype cannot hold exactly (1e39 for FP32, 300 for INT8, 1.5 or 2.0**63 for an integer)."""
 
     code = "out_of_range"
 
@@ -176,6 +176,12 @@ class UpstreamForbidden(UpstreamError):
     """Triton refused an API that the deployment restricts to its admin key (`--*-restricted-*` flags)."""
 
     code = "upstream_forbidden"
+
+
+class NonFiniteOutput(UpstreamError):
+    """The model answered NaN or Infinity, which JSON cannot carry: the model is at fault, not the request."""
+
+    code = "non_finite_output"
 
 
 class NotReady(ProxyError):

@@ -61,6 +61,9 @@ class ModelSchema:
     # From the model config: how many batches Triton runs at once, and the sizes its batcher runs at once.
     instance_count: int = 1
     preferred_batch_sizes: tuple[int, ...] = ()
+    # Triton's queue timeout (`QUEUE_TIMEOUT_MS` at sync time); 0: none. A request's own `timeout` overrides
+    # it in Triton, so the proxy sends the smaller of the two.
+    queue_timeout_s: float = 0.0
 
     @property
     def batched(self) -> bool:
@@ -100,7 +103,9 @@ def from_triton(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSchema
     batched = max_batch_size > 0
     groups = config.get("instance_group") or [{}]
     instances = sum(int(group.get("count", 1)) * max(1, len(group.get("gpus") or [])) for group in groups)
-    preferred = (config.get("dynamic_batching") or {}).get("preferred_batch_size") or []
+    batching = config.get("dynamic_batching") or {}
+    preferred = batching.get("preferred_batch_size") or []
+    queue_timeout_us = int((batching.get("default_queue_policy") or {}).get("default_timeout_microseconds", 0))
     return ModelSchema(
         name=str(metadata["name"]),
         versions=tuple(str(v) for v in metadata.get("versions", ())),
@@ -110,4 +115,5 @@ def from_triton(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSchema
         outputs=_tensors(metadata.get("outputs", []), batched, "output"),
         instance_count=max(1, instances),
         preferred_batch_sizes=tuple(sorted(int(size) for size in preferred)),
+        queue_timeout_s=queue_timeout_us / 1e6,
     )

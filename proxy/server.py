@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from nexusml.core.errors import NexusError, ServerError
+from nexusml.core.process import die_with_parent
 from proxy.app import STATE, create_app, server_options
 from proxy.metrics import MULTIPROC_DIR_ENV
 from proxy.settings import ProxySettings
@@ -94,7 +95,8 @@ def run_worker(settings: ProxySettings, worker: int = 0) -> int:
         return err.exit_code
 
 
-def _worker_main(settings: ProxySettings, worker: int) -> None:
+def _worker_main(settings: ProxySettings, worker: int, parent: int) -> None:
+    die_with_parent(parent)  # a SIGKILLed parent must not leave workers holding the port
     sys.exit(run_worker(settings, worker))
 
 
@@ -111,7 +113,7 @@ def serve(settings: ProxySettings) -> int:
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [
-        context.Process(target=_worker_main, args=(settings, index), name=f"proxy-worker-{index}")
+        context.Process(target=_worker_main, args=(settings, index, os.getpid()), name=f"proxy-worker-{index}")
         for index in range(settings.worker_count)
     ]
     stopping = False

@@ -35,6 +35,12 @@ def parse_server_url(raw: str) -> str:
     return url.rstrip("/")
 
 
+# A -1 dimension is most often a sequence length. 8192 covers the usual model contexts; the body limit alone
+# (1 MiB, some 500,000 numbers) bounds memory but not the model's work, which for attention grows with the
+# square of the length.
+DEFAULT_MAX_DYNAMIC_DIM = 8192
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """The JSON front proxy in front of Triton."""
@@ -107,10 +113,18 @@ class ProxySettings:
         minimum=64,
         maximum=1 << 30,
     )
+    max_dynamic_dim: int = env(
+        "MAX_DYNAMIC_DIM",
+        DEFAULT_MAX_DYNAMIC_DIM,
+        "longest a variable (-1) input dimension may be; longer, or empty, answers 422 wrong_shape",
+        int,
+        minimum=1,
+        maximum=1 << 20,
+    )
     max_in_flight: int = env(
         "MAX_IN_FLIGHT",
         256,
-        "predictions in progress per worker; beyond it 429 at once",
+        "predictions per worker past their body (uploads in progress hold none); beyond it 429 at once",
         int,
         minimum=1,
         maximum=100_000,

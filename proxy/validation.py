@@ -8,6 +8,11 @@ Body forms (the choice is documented in `proxy/openapi.yaml`):
 
 Parsing is orjson's: it refuses nesting deeper than 1024 and `NaN`/`Infinity` literals, and is fast. Its
 errors are told apart only here, on the error path, so each bad body gets its own stable code.
+
+Integer inputs are exact. orjson reads integer literals within 64 bits as Python ints and anything else as a
+double, so an integer input takes integer literals as written, and a float only when it is integral and at
+most 2^53 - 1 in magnitude (beyond, a double stands for many integers and the one meant cannot be known).
+Bounds are checked on exact integers, never on a double rounded from the type's limit.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from proxy.errors import (
     JsonTooDeep,
     MissingInput,
     NonFinite,
+    NonFiniteOutput,
     NumberTooLarge,
     OutOfRange,
     TooManyRows,
@@ -35,6 +41,7 @@ from proxy.errors import (
     WrongType,
 )
 from proxy.schema import ModelSchema, TensorSchema
+from proxy.settings import DEFAULT_MAX_DYNAMIC_DIM
 
 _NON_FINITE = ("NaN", "Infinity", "-Infinity", "+Infinity")
 _NUMERIC_KINDS = frozenset("iuf")
@@ -75,8 +82,9 @@ def _classify(body: bytes, err: orjson.JSONDecodeError) -> Exception:
     return InvalidJson(f"not a valid JSON document: {reason} at character {err.pos}")
 
 
-def to_prediction(doc: Any, schema: ModelSchema) -> Prediction:
-    """Check a parsed body against `schema` and build the input arrays."""
+def to_prediction(doc: Any, schema: ModelSchema, max_dynamic_dim: int = DEFAULT_MAX_DYNAMIC_DIM) -> Prediction:
+    """Check a parsed body against `schema` and build the input arrays; a -1 dimension takes 1 to
+    `max_dynamic_dim` (`MAX_DYNAMIC_DIM`) elements."""
     if not isinstance(doc, dict):
         raise WrongBodyType(f"the body must be a JSON object, not {_kind(doc)}")
     unknown = sorted(set(doc) - {"input", "inputs"})
@@ -85,9 +93,9 @@ def to_prediction(doc: Any, schema: ModelSchema) -> Prediction:
     if "input" in doc and "inputs" in doc:
         raise UnknownField("send either 'input' (one row) or 'inputs' (a batch), not both")
     if doc.get("input") is not None:
-        return _single(doc["input"], schema)
+        return _single(doc["input"], schema, max_dynamic_dim)
     if doc.get("inputs") is not None:
-        return _batch(doc["inputs"], schema)
+        return _batch(doc["inputs"], schema, max_dynamic_dim)
     raise MissingInput("'input' is missing or null")
 
 
@@ -109,16 +117,16 @@ def _named(value: Any, schema: ModelSchema, where: str) -> dict[str, Any]:
     return {schema.inputs[0].name: value}
 
 
-def _single(value: Any, schema: ModelSchema) -> Prediction:
+def _single(value: Any, schema: ModelSchema, max_dim: int) -> Prediction:
     named = _named(value, schema, "input")
     arrays = {}
     for spec in schema.inputs:
-        array = _array(named[spec.name], spec, f"input {spec.name}", rows=None)
+        array = _array(named[spec.name], spec, f"input {spec.name}", None, max_dim)
         arrays[spec.name] = array[np.newaxis] if schema.batched else array
     return Prediction(arrays, 1, batch=False)
 
 
-def _batch(value: Any, schema: ModelSchema) -> Prediction:
+def _batch(value: Any, schema: ModelSchema, max_dim: int) -> Prediction:
     if not isinstance(value, list):
         raise WrongType(f"'inputs' must be a list of rows, not {_kind(value)}")
     if not schema.batched:
@@ -128,16 +136,16 @@ def _batch(value: Any, schema: ModelSchema) -> Prediction:
         raise TooManyRows(f"'inputs' has {rows} rows; model {schema.name} takes 1 to {schema.max_batch_size}")
     if len(schema.inputs) == 1 and all(isinstance(row, list) for row in value):
         spec = schema.inputs[0]
-        return Prediction({spec.name: _array(value, spec, f"inputs ({spec.name})", rows)}, rows, batch=True)
+        return Prediction({spec.name: _array(value, spec, f"inputs ({spec.name})", rows, max_dim)}, rows, batch=True)
     named = [_named(row, schema, f"inputs[{i}]") for i, row in enumerate(value)]
     arrays = {
-        spec.name: _array([row[spec.name] for row in named], spec, f"inputs ({spec.name})", rows)
+        spec.name: _array([row[spec.name] for row in named], spec, f"inputs ({spec.name})", rows, max_dim)
         for spec in schema.inputs
     }
     return Prediction(arrays, rows, batch=True)
 
 
-def _array(value: Any, spec: TensorSchema, where: str, rows: int | None) -> np.ndarray:
+def _array(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim: int) -> np.ndarray:
     """Nested lists -> an array of `spec`'s dtype and shape ((rows, *shape) when `rows` is given)."""
     if not isinstance(value, list):
         raise _not_a_list(value, where)
@@ -151,6 +159,8 @@ def _array(value: Any, spec: TensorSchema, where: str, rows: int | None) -> np.n
         raise WrongType(f"{where}: only {_element(spec)} allowed (found null, object or mixed types)")
     if raw.ndim != len(expected) or any(want not in (-1, got) for want, got in zip(expected, raw.shape, strict=True)):
         raise WrongShape(f"{where}: got shape {_shape(raw.shape)}, expected {_shape(expected)}")
+    if -1 in spec.shape:
+        _check_variable_dims(raw.shape, expected, max_dim, where)
     if spec.datatype == "BOOL":
         if kind != "b":
             raise WrongType(f"{where}: only booleans allowed")
@@ -163,28 +173,75 @@ def _array(value: Any, spec: TensorSchema, where: str, rows: int | None) -> np.n
         raise WrongType(f"{where}: only numbers allowed (found {'booleans' if kind == 'b' else 'strings'})")
     if _has_bool(value, raw.ndim):
         raise WrongType(f"{where}: only numbers allowed (found booleans)")
-    return _convert(raw, spec, where)
+    return _convert(raw, value, spec, where)
+
+
+def _check_variable_dims(got: tuple[int, ...], expected: tuple[int, ...], max_dim: int, where: str) -> None:
+    """A -1 dimension matches any length, so without bounds an empty list reaches the model (which may fail
+    on it) and one long list costs the model as much as the body limit allows; both are refused here."""
+    for length, want in zip(got, expected, strict=True):
+        if want == -1 and not 1 <= length <= max_dim:
+            raise WrongShape(
+                f"{where}: got shape {_shape(got)}; a variable (*) dimension takes 1 to MAX_DYNAMIC_DIM={max_dim}"
+                " elements"
+            )
 
 
 _FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+# Every integer up to this magnitude is exactly one double (JavaScript's Number.MAX_SAFE_INTEGER).
+_SAFE_INT = 2**53 - 1
 
 
-def _convert(raw: np.ndarray, spec: TensorSchema, where: str) -> np.ndarray:
+def _convert(raw: np.ndarray, value: list[Any], spec: TensorSchema, where: str) -> np.ndarray:
     dtype = np.dtype(spec.dtype)
     if dtype.kind == "f":
         # JSON has no inf or NaN, so a value is out of range exactly when it is beyond the type's largest.
-        if raw.size and (raw.max() > _FLOAT_MAX[dtype] or raw.min() < -_FLOAT_MAX[dtype]):
-            raise OutOfRange(f"{where}: a value overflows {spec.datatype}")
+        limit = _FLOAT_MAX[dtype]
+        if raw.size and (raw.max() > limit or raw.min() < -limit):
+            index = _first_index((raw > limit) | (raw < -limit))
+            raise OutOfRange(f"{where}{_at(index)}: {raw[index].item()!r} overflows {spec.datatype}")
         return raw.astype(dtype)
     if raw.size == 0:
         return raw.astype(dtype)
-    if raw.dtype.kind == "f" and not np.array_equal(raw, np.trunc(raw)):
-        raise OutOfRange(f"{where}: {spec.datatype} takes integers only")
     info = np.iinfo(dtype)
     low, high = raw.min(), raw.max()
-    if low < info.min or high > info.max:
-        raise OutOfRange(f"{where}: values must lie in [{info.min}, {info.max}] for {spec.datatype}")
-    return raw.astype(dtype)
+    if raw.dtype.kind == "f":
+        # Integral doubles within +-(2^53 - 1) are exact, and so is every integer literal numpy turned into one.
+        exact = low >= -_SAFE_INT and high <= _SAFE_INT and np.array_equal(raw, np.trunc(raw))
+        fits = exact and info.min <= low and high <= info.max
+    else:
+        fits = info.min <= int(low) and int(high) <= info.max
+    if fits:
+        return raw.astype(dtype)
+    return _exact_integers(value, spec, where)
+
+
+def _exact_integers(value: list[Any], spec: TensorSchema, where: str) -> np.ndarray:
+    """The slow path, element by element on the parsed numbers: names the first value that does not fit, or
+    converts exactly a rare list that does (integer literals beyond 2^53 mixed with integral floats, which
+    numpy would have rounded to doubles)."""
+    items = np.array(value, dtype=object)
+    info = np.iinfo(spec.dtype)
+    for index, item in np.ndenumerate(items):
+        if item.__class__ is float and not item.is_integer():
+            raise OutOfRange(f"{where}{_at(index)}: {item!r} is not an integer; {spec.datatype} takes integers only")
+        number = int(item)
+        if not info.min <= number <= info.max:
+            raise OutOfRange(f"{where}{_at(index)}: {item!r} is outside [{info.min}, {info.max}] for {spec.datatype}")
+        if item.__class__ is float and abs(number) > _SAFE_INT:
+            raise OutOfRange(
+                f"{where}{_at(index)}: {item!r} is a float beyond 2^53 - 1, so not an exact integer;"
+                " send it as an integer literal"
+            )
+    return items.astype(spec.dtype)
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def _at(index: tuple[int, ...]) -> str:
+    return f", element {''.join(f'[{i}]' for i in index)}" if index else ""
 
 
 def _has_bool(value: list[Any], depth: int) -> bool:
@@ -230,9 +287,22 @@ def response_body(outputs: dict[str, np.ndarray], schema: ModelSchema, predictio
         first = {spec.name: _first(outputs[spec.name], schema) for spec in schema.outputs}
         body = {"output": first[schema.outputs[0].name] if len(first) == 1 else first}
     try:
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        text = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
-        return orjson.dumps(body, default=_plain)
+        text = orjson.dumps(body, default=_plain)
+    # orjson writes NaN and Infinity as null, which would pass for an answer. Numbers are never null otherwise,
+    # so only a body holding one gets the look at every output; the one-byte search (memchr) goes first, since
+    # the answer's own keys hold no "n".
+    if b"n" in text and b"null" in text:
+        _check_finite(outputs, schema)
+    return text
+
+
+def _check_finite(outputs: dict[str, np.ndarray], schema: ModelSchema) -> None:
+    for spec in schema.outputs:
+        array = outputs[spec.name]
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise NonFiniteOutput(f"the model returned NaN or Infinity in output {spec.name}")
 
 
 def _first(array: np.ndarray, schema: ModelSchema) -> np.ndarray:

@@ -68,9 +68,14 @@ def _memory(result: ScenarioResult) -> str:
 
 def _recovery(result: ScenarioResult) -> str:
     f = result.figures
-    for key in ("recovery_after_ready_s", "exit_after_signal_s"):
+    suffixes = {
+        "recovery_after_ready_s": " after ready",
+        "recovery_s": " after the crash",
+        "exit_after_signal_s": " (exit)",
+    }
+    for key, suffix in suffixes.items():
         if key in f:
-            return f"{f[key]} s" + (" (exit)" if key == "exit_after_signal_s" else " after ready")
+            return f"{f[key]} s{suffix}"
     return "-"
 
 

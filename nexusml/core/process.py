@@ -1,20 +1,45 @@
-"""Child server processes: start, wait for an HTTP readiness URL, stop with SIGTERM then SIGKILL."""
+"""Child server processes: start, wait for an HTTP readiness URL, stop with SIGTERM then SIGKILL.
+
+Children must not outlive the process that started them: one killed hard (SIGKILL, the OOM killer) cannot
+stop them, and they would keep their ports (a leftover local S3 on :9000 stops the next `make run`). So each
+child asks the kernel for a signal when its parent dies (`child_options`), and a start that finds its port
+taken says who holds it (`port_holder`).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import logging
+import os
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from nexusml.core.errors import ServerError
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# What a child receives when this process dies. SIGTERM, not SIGKILL: each of our children stops in bounded
+# time on SIGTERM (tritonserver within --exit-timeout-secs, the proxy within SHUTDOWN_GRACE_S, moto and the
+# benchmark servers at once) and cleans up what it owns on the way: tritonserver its Python-backend stubs,
+# the proxy its worker processes, which a SIGKILL would leave to fend for themselves. The cost: a child that
+# ignores SIGTERM would outlive us; none of ours does.
+PARENT_DEATH_SIGNAL = signal.SIGTERM
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -25,8 +50,168 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent: the child between fork and exec must not load anything."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _die_with_parent(prctl: Callable[..., int], parent: int, signum: int) -> None:
+    """Runs in the child between fork and exec: ask for `signum` when the parent dies.
+
+    The parent may already have died between the fork and this call; then the child has been re-parented
+    and no signal will ever come, so it exits instead of starting a server nobody will stop.
+    """
+    if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def child_options() -> dict[str, Any]:
+    """Popen keyword arguments for a child that must not outlive this process, for `subprocess` calls.
+
+    - `start_new_session`: the child gets no terminal signals (Ctrl-C); the supervisor alone decides when
+      and in which order children stop (see `supervising`).
+    - `preexec_fn`: Linux's PR_SET_PDEATHSIG, so the kernel sends `PARENT_DEATH_SIGNAL` to the child when
+      we die, however we die. subprocess documents `preexec_fn` as unsafe with threads: the child starts as
+      a copy of one thread, and locks other threads held at the fork stay held. The hook only calls a libc
+      function resolved beforehand (no dynamic loader) and `os.getppid`: nothing that waits on such a lock.
+
+    The kernel sends the signal when the *thread* that forked the child ends, not the process. Call this
+    from the main thread (it ends with the process), or start the child with `spawn`, which forks from a
+    thread that lives as long as the process.
+    """
+    prctl = _prctl()
+    if prctl is None:  # not Linux: no parent-death signal; the supervisor's own stop is all there is
+        return {"start_new_session": True}
+    hook = functools.partial(_die_with_parent, prctl, os.getpid(), int(PARENT_DEATH_SIGNAL))
+    return {"start_new_session": True, "preexec_fn": hook}
+
+
+def die_with_parent(parent: int) -> None:
+    """`child_options`' parent-death signal for a child that runs our own code (a `multiprocessing` worker),
+    set by the child itself first thing; `parent` is the pid that started it."""
+    prctl = _prctl()
+    if prctl is not None:
+        _die_with_parent(prctl, parent, int(PARENT_DEATH_SIGNAL))
+
+
+_spawner_lock = threading.Lock()
+_spawner: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _spawner_thread() -> ThreadPoolExecutor:
+    """One thread per process that forks children for other threads; its worker never ends before exit.
+
+    Keyed by pid: a forked copy of this process has no such thread and makes its own.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner[0] != os.getpid():
+            _spawner = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-spawner"))
+        return _spawner[1]
+
+
+def spawn(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(argv, **popen, **child_options())`, forked from a thread that lives as long as we do.
+
+    A server started from a short-lived thread (a `threading.Thread`, `asyncio.to_thread`) would otherwise
+    get the parent-death signal as soon as that thread ends. The main thread, which ends only with the
+    process, forks itself: were it to wait on another thread, a signal there (`Stopped`) could leave the new
+    child running with no handle for the supervisor to stop it by.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(argv, **popen, **child_options())
+    return _spawner_thread().submit(lambda: subprocess.Popen(argv, **popen, **child_options())).result()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server already listens where a child would bind `host:port`.
+
+    Probed by binding there: the kernel's own answer, wildcard listeners included. SO_REUSEADDR so that
+    connections of a server stopped moments ago (TIME_WAIT) do not count, as they do not for the servers,
+    and no SO_REUSEPORT so that a leftover proxy (which binds with it) counts.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        return False  # the child will fail on the name itself, with its own message
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """`socket:[inode]` links of the TCP sockets listening on `port`, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st ... inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def _descriptor_links(pid: str) -> set[str]:
+    """What the open descriptors of `pid` point at; empty for a process we may not inspect or that ended."""
+    links = set()
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return links
+    for descriptor in descriptors:
+        try:
+            links.add(os.readlink(descriptor))
+        except OSError:
+            continue  # closed meanwhile
+    return links
+
+
+def _command_line(pid: str, limit: int = 80) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [os.path.basename(argv[0].decode(errors="replace"))] + [a.decode(errors="replace") for a in argv[1:] if a]
+    text = " ".join(words)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def port_holder(port: int) -> str:
+    """Who listens on TCP `port`: "pid 1234 (python -m moto.server ...)", or "another process".
+
+    No dependency: the listening socket's inode from /proc/net/tcp{,6}, then the process with a descriptor
+    linked to it in /proc/*/fd, the lowest pid first (a prefork server's parent before its workers). Other
+    users' processes are not visible without privileges; they are "another process".
+    """
+    sockets = _listening_sockets(port)
+    if sockets:
+        for pid in sorted((entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit()), key=int):
+            if sockets.intersection(_descriptor_links(pid)):
+                return f"pid {pid} ({_command_line(pid)})"
+    return "another process"
+
+
 class ManagedProcess:
-    """One server child. Its output goes to `log_file` when given, else to ours."""
+    """One server child. Its output goes to `log_file` when given, else to ours.
+
+    The child listens on the port of `ready_url` (every user's child binds it itself); `port_setting` names
+    the setting that chose that port, for the message when it is taken.
+    """
 
     def __init__(
         self,
@@ -37,6 +222,7 @@ class ManagedProcess:
         startup_timeout_s: float,
         stop_timeout_s: float,
         log_file: Path | None = None,
+        port_setting: str | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -45,30 +231,47 @@ class ManagedProcess:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.log_file = log_file
+        self.port_setting = port_setting
         self.process: subprocess.Popen[bytes] | None = None
 
+    def ports(self) -> dict[int, str | None]:
+        """The ports the child will listen on, each with the setting that chooses it (None: not a setting)."""
+        port = urllib.parse.urlsplit(self.ready_url).port
+        return {port: self.port_setting} if port is not None else {}
+
     def start(self) -> None:
+        try:
+            self._refuse_taken_ports()
+            self.process = self._launch()
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # also releases what a subclass prepared for the start (Triton's backend folder)
+            raise
+
+    def _refuse_taken_ports(self) -> None:
+        """Fail at once with the holder's name, rather than wait for a child that cannot bind.
+
+        Worse than a failed bind: a child that binds with SO_REUSEPORT (gRPC's default, the proxy's) would
+        start beside a leftover server of the same user and share its traffic.
+        """
+        host = urllib.parse.urlsplit(self.ready_url).hostname or "127.0.0.1"
+        for port, setting in self.ports().items():
+            if port_in_use(host, port):
+                hint = f"stop it or set {setting}" if setting else "stop it"
+                raise ServerError(
+                    f"cannot start {self.name}: port {port} is already in use by {port_holder(port)}; {hint}"
+                )
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         log.info("starting %s: %s", self.name, " ".join(self.argv))
         output = self.log_file.open("ab") if self.log_file else None
         try:
-            self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
-                start_new_session=True,  # the supervisor alone decides when and in which order it stops
-            )
-        except OSError as err:
-            self.stop()  # releases what a subclass prepared for the start (Triton's backend folder)
+            return spawn(self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT if output else None)
+        except (OSError, subprocess.SubprocessError) as err:
             raise ServerError(f"cannot start {self.name}: {err}") from err
         finally:
             if output:
                 output.close()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -122,8 +325,8 @@ def supervising() -> Iterator[None]:
     """SIGINT/SIGTERM raise `Stopped` in the main thread for the duration.
 
     So a signal during a start-up step (a sync, a server becoming ready) interrupts it too, and the
-    caller's `finally` stops what was started. Children run in sessions of their own (see `start`), so a
-    Ctrl-C on the terminal reaches only the supervisor, which then stops them in order.
+    caller's `finally` stops what was started. Children run in sessions of their own (see `child_options`),
+    so a Ctrl-C on the terminal reaches only the supervisor, which then stops them in order.
     """
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -48,7 +48,7 @@ def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool) -> Ca
             )
         if packed:
             with disk_errors(f"cannot unpack into {version}"):
-                archive.unpack(dest, version, settings.max_artifact_bytes)
+                archive.unpack(dest, version, settings.max_artifact_bytes, {meta.artifact.filename})
             if not (version / meta.artifact.filename).is_file():
                 raise IntegrityError(f"{location}: archive has no {meta.artifact.filename} at its root")
 

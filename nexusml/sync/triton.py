@@ -122,6 +122,17 @@ class TritonServer(ManagedProcess):
     def grpc_url(self) -> str:
         return f"grpc://{self.settings.host}:{self.settings.grpc_port}"
 
+    def ports(self) -> dict[int, str | None]:
+        """All three ports, each with its setting, not only the HTTP one of `ready_url`.
+
+        Otherwise a taken gRPC or metrics port shows only as "exited with code 1" and a line in Triton's log.
+        """
+        return {
+            self.settings.http_port: "TRITON_HTTP_PORT",
+            self.settings.grpc_port: "TRITON_GRPC_PORT",
+            self.settings.metrics_port: "TRITON_METRICS_PORT",
+        }
+
     def start(self) -> None:
         if not self.settings.repository.is_dir():
             raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")

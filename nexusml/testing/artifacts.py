@@ -77,6 +77,17 @@ def add_file(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def model_and(*extra: str) -> Callable[[tarfile.TarFile], None]:
+    """A tar builder: the model file at the root, and `extra` files beside it (which a tar may not hold)."""
+
+    def build(tar: tarfile.TarFile) -> None:
+        add_file(tar, "model.pt")
+        for name in extra:
+            add_file(tar, name)
+
+    return build
+
+
 def add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
     info = tarfile.TarInfo(name)
     info.type = tarfile.SYMTYPE
@@ -189,8 +200,26 @@ SYNC_FAILURES = [
     ),
     SyncFailure(
         "archive-without-model",
-        lambda m, s3, env: (archive_meta(m, s3, "bad/nomodel.tgz", tar_of(lambda t: add_file(t, "weights.bin"))), {}),
+        lambda m, s3, env: (archive_meta(m, s3, "bad/nomodel.tgz", tar_of(lambda t: None)), {}),
         7,
         "no model.pt",
+    ),
+    SyncFailure(
+        "archive-python-beside-model",
+        lambda m, s3, env: (archive_meta(m, s3, "bad/init.tgz", tar_of(model_and("__init__.py"))), {}),
+        8,
+        "'__init__.py' is not allowed",
+    ),
+    SyncFailure(
+        "archive-extra-data-file",
+        lambda m, s3, env: (archive_meta(m, s3, "bad/extra.tgz", tar_of(model_and("weights.bin"))), {}),
+        8,
+        "'weights.bin' is not allowed",
+    ),
+    SyncFailure(
+        "archive-model-in-a-folder",
+        lambda m, s3, env: (archive_meta(m, s3, "bad/nested.tgz", tar_of(lambda t: add_file(t, "model/model.pt"))), {}),
+        8,
+        "'model/model.pt' is not allowed",
     ),
 ]

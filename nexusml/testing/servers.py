@@ -135,7 +135,8 @@ class ProxyProcess(ManagedProcess):
         try:
             super().start()
         except ServerError as err:
-            raise ServerError(f"{err}: {self.tail()}") from err
+            tail = self.tail()
+            raise ServerError(f"{err}: {tail}" if tail else str(err)) from err
         return self
 
     def get(self, path: str) -> tuple[int, bytes]:

@@ -3,7 +3,9 @@
 Pass criteria (issue 6, 7): fuzzing the OpenAPI document (schemathesis) gives no 5xx and no hang;
 hundreds of slow-loris connections (a request head, or a body, one byte at a time) do not starve normal
 traffic (all its requests still answered 200) and are dropped by the read timeouts (`HEADER_TIMEOUT_S`,
-`BODY_TIMEOUT_S`); oversized headers and bodies are refused before the client has sent them whole;
+`BODY_TIMEOUT_S`); oversized headers and bodies are refused before the client has sent them whole, and a
+client that sends an oversized body whole anyway (64 MiB, Content-Length or chunked) reads the 413, not a reset;
+slow bodies outnumbering `MAX_IN_FLIGHT` take no in-flight slot (issue 12);
 [timing] normal traffic's p99 moves less than 25% under slow-loris.
 """
 
@@ -25,6 +27,8 @@ from reliability.result import ScenarioResult
 class Config:
     loris: int = 200
     loris_interval_s: float = 0.5
+    max_in_flight: int = 16  # fewer than the slow bodies (loris / 2): they must not hold slots
+    whole_body_mib: int = 64
     header_timeout_s: float = 2.0
     body_timeout_s: float = 2.0
     normal_requests: int = 300
@@ -111,19 +115,42 @@ def _refused_early(port: int, head: bytes, body_chunks: int, chunk: bytes) -> tu
                 break
             sent += len(piece)
         sock.settimeout(10)
-        try:
-            while b"\r\n" not in answer:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                answer += data
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            answer = _status_line(sock, answer)
     try:
         status = int(answer.split(b" ", 2)[1])
     except (IndexError, ValueError):
         status = 0
     return status, sent, total
+
+
+def _sent_whole(port: int, head: bytes, body: bytes, repeat: int) -> str:
+    """Send `head` and `body` x `repeat` without looking for an answer (as most HTTP clients do), then read it.
+
+    Returns the answer's status, or what went wrong instead ("reset while sending", ...).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(head)
+            for _ in range(repeat):
+                sock.sendall(body)
+        except OSError as err:
+            return f"{type(err).__name__} while sending"
+        try:
+            answer = _status_line(sock)
+        except OSError as err:
+            return f"{type(err).__name__} while reading"
+    return answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed without an answer"
+
+
+def _status_line(sock: socket.socket, answer: bytes = b"") -> bytes:
+    """Read until the answer's first line is in (or the server closes)."""
+    while b"\r\n" not in answer:
+        data = sock.recv(65536)
+        if not data:
+            break
+        answer += data
+    return answer
 
 
 def fuzz(url: str, examples: int, timeout_s: float = 10.0) -> dict[str, int]:
@@ -176,6 +203,7 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         HEADER_TIMEOUT_S=str(config.header_timeout_s),
         BODY_TIMEOUT_S=str(config.body_timeout_s),
         MAX_BODY_BYTES=str(64 << 10),
+        MAX_IN_FLIGHT=str(config.max_in_flight),
     )
     assert proxy.process is not None
     work = demo_workload(proxy.url, timeout_s=30)
@@ -217,6 +245,17 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     )
     chunk = b"10000\r\n" + b"[" * 65536 + b"\r\n"
     chunked_status, chunked_sent, chunked_total = _refused_early(proxy.port, chunked_head, 256, chunk)
+    piece = b"[" * (1 << 20)
+    whole_body = _sent_whole(
+        proxy.port,
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {config.whole_body_mib << 20}\r\n\r\n".encode(),
+        piece,
+        config.whole_body_mib,
+    )
+    whole_chunked = _sent_whole(
+        proxy.port, chunked_head, f"{len(piece):x}\r\n".encode() + piece + b"\r\n", config.whole_body_mib
+    )
     fuzzed = fuzz(proxy.url, config.fuzz_examples)
     alive = proxy.get("/healthz")[0] == 200
 
@@ -233,12 +272,15 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         oversized_header=f"{header_status} after {header_sent} of {header_total} bytes",
         oversized_body=f"{body_status} after {body_sent} of {body_total} bytes",
         oversized_chunked=f"{chunked_status} after {chunked_sent} of {chunked_total} bytes",
+        whole_oversized_body=whole_body,
+        whole_oversized_chunked=whole_chunked,
         fuzz_statuses=fuzzed,
         memory_before=before.as_dict(),
         memory_after=after.as_dict(),
     )
     result.check(
-        "normal traffic not starved (all 200, correct)",
+        f"normal traffic not starved (all 200, correct) by {len(bodies)} slow bodies over MAX_IN_FLIGHT "
+        f"{config.max_in_flight}",
         during.by_status == {"200": per_phase} and during.wrong_bodies == 0,
         f"{during.by_status}",
     )
@@ -262,6 +304,16 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         "oversized chunked body refused (413) before it is sent whole",
         chunked_status == 413 and chunked_sent < chunked_total,
         result.figures["oversized_chunked"],
+    )
+    result.check(
+        f"a {config.whole_body_mib} MiB body sent whole reads its 413 (Content-Length)",
+        whole_body.startswith("HTTP/1.1 413"),
+        whole_body,
+    )
+    result.check(
+        f"a {config.whole_body_mib} MiB body sent whole reads its 413 (chunked)",
+        whole_chunked.startswith("HTTP/1.1 413"),
+        whole_chunked,
     )
     server_errors = {k: v for k, v in fuzzed.items() if k.startswith("5") or k in ("hang", "no_answer")}
     result.check("fuzzing: no 5xx, no hang", not server_errors, f"{fuzzed}")

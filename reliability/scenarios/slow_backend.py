@@ -3,13 +3,18 @@
 Pass criteria (issue 6, 4): every slow request answers 504 `deadline_exceeded`; the model sees the
 cancellation (it records `cancelled` markers: nothing slow runs to its end); afterwards the proxy has no
 prediction in flight, holds no more upstream connections than before, and normal requests all succeed;
+Clients that go away (issue 12): with a long deadline and `MAX_IN_FLIGHT` slow requests whose clients then
+close their connections, the proxy frees every slot and cancels the upstream calls (the model sees it)
+long before the deadline, and a normal request is answered 200, not 429.
 [timing] the 504 arrives within 100 ms of the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from nexusml.testing.servers import ProxyProcess
 from reliability import procinfo
@@ -26,6 +31,8 @@ class Config:
     sleep_s: float = 3.0
     slow_requests: int = 8
     normal_requests: int = 100
+    gone_clients: int = 4  # also the second proxy's MAX_IN_FLIGHT
+    gone_deadline_ms: int = 60_000
 
     @classmethod
     def long(cls, duration_s: float, protocol: str = "grpc") -> Config:
@@ -45,6 +52,52 @@ def _upstream_connections(pid: int, port: int) -> int:
         for c in psutil.Process(pid).net_connections("tcp")
         if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
     )
+
+
+def _clients_go_away(bed: Bed, url: str, log_dir: Path, markers: Path, config: Config) -> dict[str, object]:
+    """Fill every in-flight slot with slow requests, close their connections, then ask for one more."""
+    proxy = bed.proxy(
+        log_dir,
+        MODEL_SERVER_URL=url,
+        MODEL_NAME="sleepy",
+        REQUEST_TIMEOUT_MS=str(config.gone_deadline_ms),
+        MAX_IN_FLIGHT=str(config.gone_clients),
+    )
+    started_before = sum(1 for p in markers.iterdir() if p.name.startswith("started"))
+    cancelled_before = sum(1 for p in markers.iterdir() if p.name.startswith("cancelled"))
+    sockets = []
+    for i in range(config.gone_clients):
+        body = f'{{"input": [{config.gone_deadline_ms / 1000 + i * 0.01}, 1, 1, 1, 1]}}'.encode()
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        sockets.append(sock)
+    full = wait_until(lambda: _in_flight(proxy) == config.gone_clients, 30)
+    for sock in sockets:
+        sock.close()
+    # Bounds, not verdicts on speed: the deadline is a minute away, so anything freed within 20 s was freed
+    # because the clients went away.
+    freed = wait_until(lambda: _in_flight(proxy) == 0, 20)
+
+    def cancelled() -> int:
+        return sum(1 for p in markers.iterdir() if p.name.startswith("cancelled")) - cancelled_before
+
+    seen_cancelled = wait_until(lambda: cancelled() > 0, 20)
+    status, _ = proxy.get("/healthz")
+    after = summarize(asyncio.run(closed_loop(faulty_workload(proxy.url, timeout_s=30), 1, 30, max_requests=5)))
+    started = sum(1 for p in markers.iterdir() if p.name.startswith("started")) - started_before
+    return {
+        "slots_filled": full,
+        "slots_freed": freed,
+        "model_started": started,
+        "model_cancelled": cancelled(),
+        "upstream_cancelled": seen_cancelled,
+        "next_requests": after.by_status,
+        "alive": status == 200,
+    }
 
 
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
@@ -121,5 +174,24 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         after_stats.by_status == {"200": config.normal_requests} and after_stats.wrong_bodies == 0,
         f"{after_stats.by_status}",
     )
+    if config.protocol == "grpc":
+        gone = _clients_go_away(bed, url, log_dir, markers, config)
+        result.figures["clients_gone"] = gone
+        result.check(
+            f"{config.gone_clients} clients that go away free their slots (MAX_IN_FLIGHT {config.gone_clients}) "
+            "before their deadline",
+            bool(gone["slots_filled"]) and bool(gone["slots_freed"]),
+            f"filled {gone['slots_filled']}, freed {gone['slots_freed']}",
+        )
+        result.check(
+            "their upstream calls are cancelled (the model saw it)",
+            bool(gone["upstream_cancelled"]),
+            f"started {gone['model_started']}, cancelled {gone['model_cancelled']}",
+        )
+        result.check(
+            "the next requests are answered 200, not 429",
+            gone["next_requests"] == {"200": 5},
+            f"{gone['next_requests']}",
+        )
     result.check("504 within 100 ms of the deadline", overshoot <= 100, f"{overshoot:.0f} ms over", timing=True)
     return result

@@ -126,17 +126,62 @@ def test_only_the_proxy_port_is_published(services: dict[str, Any]) -> None:
     assert services["proxy"]["environment"]["PORT"] == "8080"
 
 
+def _seconds(value: str) -> float:
+    return float(value.removesuffix("s"))
+
+
 def test_triton_service(services: dict[str, Any]) -> None:
     triton = services["triton"]
     assert triton["image"] == "${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3}"
-    check = " ".join(triton["healthcheck"]["test"])
-    assert "http://127.0.0.1:8000/v2/health/ready" in check
     assert triton["healthcheck"]["start_period"].endswith("s")
     (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     assert "models:/models:ro" in triton["volumes"]
     assert triton["shm_size"] == "1gb"
     assert triton["user"] == "1000:1000"
+
+
+def test_triton_healthcheck_restarts_a_server_whose_model_stopped_answering(services: dict[str, Any]) -> None:
+    """Healthy = the models answer an inference; after K failures the check ends tritonserver, and only an
+    exited container is restarted by the engine (`restart: unless-stopped`), never an unhealthy one."""
+    triton = services["triton"]
+    kind, command = triton["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    argv = command.split()
+    assert argv[:2] == ["python3", "/opt/nexus/triton_watchdog.py"]
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert options["--url"] == "http://127.0.0.1:8000"
+    assert options["--repository"] == "/models" and "models:/models:ro" in triton["volumes"]
+    assert int(options["--end-after"]) >= 2
+    # the probe's own bound is inside the engine's timeout for the check
+    assert float(options["--timeout"]) < _seconds(triton["healthcheck"]["timeout"])
+    (script,) = [v for v in triton["volumes"] if isinstance(v, dict) and v["target"] == argv[1]]
+    assert script["type"] == "bind" and script["read_only"] is True
+    assert (ROOT / script["source"]).resolve() == (ROOT / "nexusml" / "sync" / "watchdog.py").resolve()
+    assert triton["restart"] == "unless-stopped"
+    # the check writes its failure count to the writable /tmp of a read-only container
+    assert triton["read_only"] is True and "/tmp" in triton["tmpfs"]
+
+
+RESTRICTED_APIS = {"model-repository", "logging", "trace", "shared-memory", "statistics"}
+
+
+def test_triton_runs_untrusted_code_without_credentials_route_out_or_admin_apis(services: dict[str, Any]) -> None:
+    triton = services["triton"]
+    assert not [name for name in triton["environment"] if name.startswith("AWS_")]
+    assert "env_file" not in triton
+    # alone with the proxy on an internal network: no route to S3, the metadata service or the internet
+    assert triton["networks"] == ["serving"]
+    assert load_compose(COMPOSE)["networks"]["serving"] == {"internal": True}
+    on_serving = {name for name, service in services.items() if "serving" in service.get("networks", [])}
+    assert on_serving == {"triton", "proxy"}
+    assert set(services["proxy"]["networks"]) == {"serving", "default"}
+    restricted = [arg for arg in triton["command"] if "restricted" in arg]
+    assert len(restricted) == 2
+    for flag in restricted:
+        categories, _, header = flag.partition("=")[2].partition(":")
+        assert set(categories.split(",")) == RESTRICTED_APIS, flag
+        assert header == "nexus-admin-key=${TRITON_ADMIN_KEY:-change-me}"
 
 
 def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) -> None:

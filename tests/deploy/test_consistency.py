@@ -121,19 +121,20 @@ def test_compose_ports_match_the_code() -> None:
     port = proxy_env["PORT"]
     assert services["proxy"]["ports"] == [f"${{PROXY_PUBLISH:-127.0.0.1:{port}}}:{port}"]
     assert proxy_defaults()["MODEL_SERVER_URL"].rsplit(":", 1)[1] == str(triton.grpc_port)
-    assert f"127.0.0.1:{triton.http_port}/v2/health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert f"--url http://127.0.0.1:{triton.http_port} " in " ".join(services["triton"]["healthcheck"]["test"])
 
 
 def _launcher_flags() -> dict[str, str]:
     dist = TritonDistribution(Path("tritonserver"), Path("libs"), Path("python"), Path("stub"))
     argv = command(TritonSettings(), dist, Path("backends"))[1:]
     flags = dict(arg.partition("=")[::2] for arg in argv)
-    for path_or_address in ("--model-repository", "--backend-directory", "--http-address", "--grpc-address"):
-        flags.pop(path_or_address)
+    for path in ("--model-repository", "--backend-directory"):
+        flags.pop(path)
     return flags
 
 
 RESTRICTED = {"--http-restricted-api", "--grpc-restricted-protocol"}
+ADDRESSES = ("--http-address", "--grpc-address")
 
 
 def _deployed_flags(argv: list[str]) -> dict[str, str]:
@@ -145,14 +146,19 @@ def _deployed_flags(argv: list[str]) -> dict[str, str]:
 
 
 def test_triton_flags_are_the_launchers() -> None:
-    """compose and Helm start tritonserver with exactly the flags of nexusml/sync/triton.py (+ restricted APIs)."""
-    expected = _launcher_flags()
+    """compose and Helm start tritonserver with exactly the flags of nexusml/sync/triton.py (+ restricted APIs).
+
+    Addresses: the chart binds loopback as the launcher does (the proxy is in the same pod); compose cannot,
+    since the proxy calls Triton from another container (compose keeps Triton on an internal network instead).
+    """
+    launcher = _launcher_flags()
     compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
     assert compose_argv[0] == "tritonserver"
-    assert _deployed_flags(compose_argv) == expected
+    assert _deployed_flags(compose_argv) == {k: v for k, v in launcher.items() if k not in ADDRESSES}
     helm_triton = container(pod_spec(render_chart({})), "triton")
     assert helm_triton["command"] == ["tritonserver"]
-    assert _deployed_flags(helm_triton["args"]) == expected
+    assert _deployed_flags(helm_triton["args"]) == launcher
+    assert {launcher[a] for a in ADDRESSES} == {TritonSettings().host} == {"127.0.0.1"}
 
 
 def test_chart_defaults_match_the_code() -> None:

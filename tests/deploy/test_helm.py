@@ -13,6 +13,7 @@ from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
     KUBE_VERSION,
+    ROOT,
     TRITON_PORT_NAMES,
     TRITON_PORTS,
     by_kind,
@@ -89,7 +90,18 @@ def test_pipeline_shares_the_model_repository() -> None:
     meta_mount = {m["name"]: m for m in sync["volumeMounts"]}["nexus-meta"]
     key = volumes["nexus-meta"]["configMap"]["items"][0]["path"]
     assert env_of(sync)["NEXUS_META_PATH"] == f"{meta_mount['mountPath']}/{key}"
-    assert volumes["nexus-meta"]["configMap"]["name"] == by_kind(render_chart({}), "ConfigMap")[0]["metadata"]["name"]
+    assert volumes["nexus-meta"]["configMap"]["name"] == meta_config_map(render_chart({}))["metadata"]["name"]
+
+
+def meta_config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-meta")]
+    return found
+
+
+def _probe_argv(probe: dict[str, Any]) -> dict[str, str]:
+    argv = probe["exec"]["command"]
+    assert argv[:2] == ["python3", "/opt/nexus/triton_watchdog.py"]
+    return dict(zip(argv[2::2], argv[3::2], strict=True))
 
 
 @pytest.mark.parametrize("values", CHART_CASES)
@@ -102,13 +114,55 @@ def test_probes(values: dict[str, Any]) -> None:
     assert ports["http"] == 8080
     # start-up: Triton has at least the local launcher's readiness wait, and more, for model load
     startup = triton["startupProbe"]
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget >= 2 * TritonSettings().startup_timeout_s, budget
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    triton_ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
-    assert triton_ports[triton["startupProbe"]["httpGet"]["port"]] == TritonSettings().http_port
+    # the pod's readiness is the proxy's /readyz (which asks Triton); Triton's own would add nothing
+    assert "readinessProbe" not in triton
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_triton_binds_loopback_and_its_probes_run_inside_the_container(values: dict[str, Any]) -> None:
+    """httpGet and tcpSocket probes come from the kubelet, on the pod's address: Triton on 127.0.0.1 needs exec."""
+    spec = pod_spec(render_chart(values))
+    triton = container(spec, "triton")
+    assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1"} <= set(triton["args"])
+    assert {p["name"] for p in triton["ports"]} == {"triton-metrics"}
+    http_port = int(re.search(r"--http-port=(\d+)", " ".join(triton["args"])).group(1))
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name in ("startupProbe", "livenessProbe"):
+        probe = triton[name]
+        assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set(), name
+        options = _probe_argv(probe)
+        assert options["--url"] == f"http://127.0.0.1:{http_port}", name
+        assert options["--repository"] == "/models" and mounts["/models"]["readOnly"] is True
+        assert "--end-after" not in options, "the kubelet restarts the container, with CrashLoopBackOff back-off"
+        assert float(options["--timeout"]) < probe["timeoutSeconds"], name
+    script = mounts["/opt/nexus"]
+    assert script["readOnly"] is True
+    assert volumes[script["name"]]["configMap"]["name"].endswith("-triton-probe")
+
+
+def test_the_probe_script_is_the_watchdog_source() -> None:
+    """The chart cannot read outside its folder: files/triton_watchdog.py is a copy, never edited by hand."""
+    source = (ROOT / "nexusml" / "sync" / "watchdog.py").read_text()
+    assert (CHART / "files" / "triton_watchdog.py").read_text() == source, "stale copy: run make chart-files"
+    (config_map,) = [o for o in by_kind(render_chart({}), "ConfigMap") if o["metadata"]["name"].endswith("-probe")]
+    assert config_map["data"] == {"triton_watchdog.py": source}
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_egress_is_dns_and_the_syncs_s3_only(values: dict[str, Any]) -> None:
+    (policy,) = by_kind(render_chart(values), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    dns, *rules = policy["spec"]["egress"]
+    assert dns == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    (https,) = rules
+    assert https["ports"] == [{"port": 443, "protocol": "TCP"}]
+    (block,) = https["to"]
+    assert "169.254.169.254/32" in block["ipBlock"]["except"], "the cloud metadata service (node role) is denied"
+    (open_policy,) = by_kind(render_chart({"networkPolicy": {"egress": {"enabled": False}}}), "NetworkPolicy")
+    assert open_policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in open_policy["spec"]
 
 
 @pytest.mark.parametrize("values", CHART_CASES)
@@ -218,16 +272,21 @@ def test_aws_credentials_only_in_the_init_container() -> None:
     (account,) = by_kind(objects, "ServiceAccount")
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     assert spec["serviceAccountName"] == account["metadata"]["name"]
-    assert by_kind(objects, "ConfigMap") == [] and by_kind(objects, "Secret") == []
+    # IRSA: EKS' pod identity webhook would inject the role into every container; it skips those named here
+    (deployment,) = by_kind(objects, "Deployment")
+    skipped = deployment["spec"]["template"]["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"]
+    assert set(skipped.split(",")) == {c["name"] for c in spec["containers"]} == {"triton", "proxy"}
+    assert [o["metadata"]["name"] for o in by_kind(objects, "ConfigMap")] == ["nexus-nexus-dataplane-triton-probe"]
+    assert by_kind(objects, "Secret") == []
     assert {v["name"]: v for v in spec["volumes"]}["nexus-meta"]["configMap"]["name"] == "control-plane-meta"
     assert env_of(container(spec, "proxy"))["API_KEYS"]["secretKeyRef"]["name"] == "nexus-api-keys"
 
 
 def test_metadata_from_values_lands_in_the_configmap() -> None:
     content = '{"schema_version": 1, "name": "m"}'
-    (config_map,) = by_kind(render_chart({"nexusMeta": {"content": content}}), "ConfigMap")
+    config_map = meta_config_map(render_chart({"nexusMeta": {"content": content}}))
     assert config_map["data"] == {".nexus_meta.json": content}
-    default = by_kind(render_chart({}), "ConfigMap")[0]["data"][".nexus_meta.json"]
+    default = meta_config_map(render_chart({}))["data"][".nexus_meta.json"]
     assert default == (CHART / "files" / "nexus_meta.example.json").read_text().strip()
 
 
@@ -238,9 +297,10 @@ def test_triton_admin_key_comes_from_a_secret() -> None:
     ref = env_of(triton)["TRITON_ADMIN_KEY"]["secretKeyRef"]
     assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
     restricted = [a for a in triton["args"] if "restricted" in a]
+    categories = "model-repository,logging,trace,shared-memory,statistics"
     assert restricted == [
-        "--http-restricted-api=model-repository,logging,trace:nexus-admin-key=$(TRITON_ADMIN_KEY)",
-        "--grpc-restricted-protocol=model-repository,logging,trace:nexus-admin-key=$(TRITON_ADMIN_KEY)",
+        f"--http-restricted-api={categories}:nexus-admin-key=$(TRITON_ADMIN_KEY)",
+        f"--grpc-restricted-protocol={categories}:nexus-admin-key=$(TRITON_ADMIN_KEY)",
     ]
 
 
@@ -261,6 +321,7 @@ VERBATIM = {
     "livenessProbe",
     "readinessProbe",
     "tolerations",
+    "rules",
 }
 
 

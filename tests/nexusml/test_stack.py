@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.http as httpclient
 
@@ -64,6 +66,79 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     assert not http_ok(f"{triton}/v2/health/live")
     assert not http_ok(f"{proxy}/healthz")
     assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")
+
+
+def _predict(proxy: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+def _tritonserver(up: subprocess.Popen[bytes]) -> psutil.Process:
+    (server,) = [p for p in psutil.Process(up.pid).children(recursive=True) if p.name() == "tritonserver"]
+    return server
+
+
+def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp_path: Path) -> None:
+    """The Python-backend stubs SIGKILLed: Triton keeps the model READY and fails every inference; the watchdog
+    restarts Triton on the same ports, says why in the log, and the same proxy serves again on its own."""
+    ports = {
+        name: str(free_port())
+        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PORT")
+    }
+    watchdog = {"WATCHDOG_INTERVAL_S": "0.5", "WATCHDOG_FAILURES": "2", "WATCHDOG_BACKOFF_S": "1"}
+    log_path = tmp_path / "up.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexusml.cli", "up"],
+        cwd=tmp_path,
+        env={**base_environment(), **ports, **watchdog, "DEVICE": "cpu", "TRITON_EXIT_TIMEOUT_S": "5"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proxy = f"http://127.0.0.1:{ports['PORT']}"
+    try:
+        deadline = time.monotonic() + 180
+        while not http_ok(f"{proxy}/readyz"):
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "nexus up did not become ready"
+            time.sleep(0.5)
+        assert _predict(proxy)[0] == 200
+        proxy_pid = next(p.pid for p in psutil.Process(process.pid).children() if "proxy" in p.cmdline())
+        server = _tritonserver(process)
+        stubs = server.children(recursive=True)
+        assert stubs, "no Python-backend stub under tritonserver"
+        for stub in stubs:
+            stub.kill()
+        psutil.wait_procs(stubs, timeout=30)
+        deadline = time.monotonic() + 180
+        while "watchdog: Triton restarted (restart 1)" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        deadline = time.monotonic() + 60  # the proxy's gRPC channel reconnects by itself
+        while (answer := _predict(proxy))[0] != 200:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.5)
+        assert len(json.loads(answer[1])["output"]) == 2
+        assert _tritonserver(process).pid != server.pid
+        assert proxy_pid in {p.pid for p in psutil.Process(process.pid).children()}, "the proxy was not restarted"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        log.close()
+    text = log_path.read_text()
+    assert code == 0, text[-3000:]
+    (line,) = [line for line in text.splitlines() if "watchdog: restarting Triton" in line]
+    assert "(restart 1): 2 consecutive probes failed: model demo_mlp is ready but does not answer" in line, line
+    assert "is not healthy" in line, line
 
 
 def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:

@@ -45,8 +45,11 @@ async def proxy_client() -> AsyncIterator[MakeClient]:
     async def make(url: str, **env: str) -> TestClient:
         settings = proxy_settings(url, **env)
         server = TestServer(create_app(settings))
-        # TestServer passes runner options only through start_server, not its constructor.
-        await server.start_server(**server_options(settings))
+        # TestServer passes runner options only through start_server, not its constructor, and always turns
+        # handler cancellation on itself (so this tier cannot tell it was off: see the slow-backend scenario).
+        options = server_options(settings)
+        options.pop("handler_cancellation")
+        await server.start_server(**options)
         client = TestClient(server)
         await client.start_server()
         clients.append(client)

@@ -12,30 +12,53 @@ from nexusml import demo
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.models import DEMO_SPEC
 from proxy.coalesce import Coalescer, batch_plan
-from proxy.errors import UpstreamUnavailable
+from proxy.errors import (
+    DeadlineExceeded,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamForbidden,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from tests.proxy.conftest import MakeClient
 
 
 class FakeUpstream:
-    """Doubles its input; records every call's rows and deadline; holds calls while `gate` is closed."""
+    """Doubles its input; records every call's rows and deadline; holds calls while `gate` is closed.
 
-    def __init__(self, fail: bool = False) -> None:
+    `fail` is raised for every call; `poison` only for calls whose input holds that value (one bad row).
+    """
+
+    def __init__(self, fail: Exception | None = None, poison: float | None = None) -> None:
         self.calls: list[tuple[int, float]] = []
+        self.cancelled = 0
         self.fail = fail
+        self.poison = poison
         self.gate = asyncio.Event()
         self.gate.set()
 
     async def send(self, arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
         assert len(arrays["IN"]) == rows
         self.calls.append((rows, deadline))
-        await self.gate.wait()
-        if self.fail:
-            raise UpstreamUnavailable("down")
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail is not None:
+            raise self.fail
+        if self.poison is not None and (arrays["IN"] == self.poison).any():
+            raise UpstreamError("the model raised on a row")
         return {"OUT": arrays["IN"] * 2}, "7"
 
 
 def rows(n: int, value: float) -> dict[str, np.ndarray]:
     return {"IN": np.full((n, 3), value, np.float32)}
+
+
+def later(seconds: float) -> float:
+    """A deadline `seconds` from now on the event loop's clock (the coalescer's)."""
+    return asyncio.get_running_loop().time() + seconds
 
 
 async def settle() -> None:
@@ -47,8 +70,9 @@ async def settle() -> None:
 async def test_a_lone_request_leaves_at_once() -> None:
     fake = FakeUpstream()
     coalescer = Coalescer(fake.send, max_rows=8, slots=2, max_wait_s=3600)
-    outputs, version = await asyncio.wait_for(coalescer.submit(rows(1, 4), 1, 9.0), timeout=5)
-    assert fake.calls == [(1, 9.0)] and version == "7"
+    deadline = later(9)
+    outputs, version = await asyncio.wait_for(coalescer.submit(rows(1, 4), 1, deadline), timeout=5)
+    assert fake.calls == [(1, deadline)] and version == "7"
     np.testing.assert_array_equal(outputs["OUT"], np.full((1, 3), 8, np.float32))
 
 
@@ -57,17 +81,19 @@ async def test_requests_queue_while_every_slot_is_busy_and_leave_together() -> N
     fake = FakeUpstream()
     fake.gate.clear()
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
-    first = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, 100.0))
+    first_deadline, deadlines = later(100), [later(100), later(50), later(200)]
+    first = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, first_deadline))
     await settle()
     queued = [
         asyncio.ensure_future(coalescer.submit(rows(n, value), n, deadline))
-        for n, value, deadline in [(1, 1, 100.0), (2, 2, 50.0), (1, 3, 200.0)]
+        for (n, value), deadline in zip([(1, 1), (2, 2), (1, 3)], deadlines, strict=True)
     ]
     await settle()
-    assert fake.calls == [(1, 100.0)]  # the slot is busy: the others wait here, not in Triton's queue
+    assert fake.calls == [(1, first_deadline)]  # the slot is busy: the others wait here, not in Triton's queue
     fake.gate.set()
     results = await asyncio.gather(first, *queued)
-    assert fake.calls == [(1, 100.0), (4, 50.0)]  # then one upstream call, the earliest deadline
+    # then one upstream call carrying the latest deadline (each member keeps its own in the proxy)
+    assert fake.calls == [(1, first_deadline), (4, max(deadlines))]
     for (outputs, version), (n, value) in zip(results, [(1, 0), (1, 1), (2, 2), (1, 3)], strict=True):
         assert version == "7"
         np.testing.assert_array_equal(outputs["OUT"], np.full((n, 3), value * 2, np.float32))
@@ -96,7 +122,7 @@ async def test_batches_are_shaped_to_preferred_sizes_and_padding_is_dropped() ->
     fake.gate.clear()
     padded: list[int] = []
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600, preferred=(4, 8), on_padding=padded.append)
-    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, 1.0)) for i in range(6)]
+    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, later(10))) for i in range(6)]
     await settle()
     fake.gate.set()
     results = await asyncio.gather(*futures)
@@ -111,7 +137,7 @@ async def test_the_cap_sends_a_request_without_a_free_slot() -> None:
     fake = FakeUpstream()
     fake.gate.clear()
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=0.05)
-    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, 1.0)) for i in range(2)]
+    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, later(10))) for i in range(2)]
     await settle()
     assert len(fake.calls) == 1
     await asyncio.sleep(0.2)
@@ -122,11 +148,11 @@ async def test_the_cap_sends_a_request_without_a_free_slot() -> None:
 
 @pytest.mark.asyncio
 async def test_different_shapes_are_not_merged_and_failures_reach_every_member() -> None:
-    fake = FakeUpstream(fail=True)
+    fake = FakeUpstream(fail=UpstreamUnavailable("down"))
     fake.gate.clear()
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
     futures = [
-        asyncio.ensure_future(coalescer.submit({"IN": np.zeros((1, width), np.float32)}, 1, 1.0))
+        asyncio.ensure_future(coalescer.submit({"IN": np.zeros((1, width), np.float32)}, 1, later(10)))
         for width in (3, 3, 4, 3)
     ]
     await settle()
@@ -158,6 +184,109 @@ async def test_a_failure_after_the_upstream_call_still_answers_every_member() ->
 
     coalescer = Coalescer(broken, max_rows=8, slots=1, max_wait_s=3600)
     results = await asyncio.wait_for(
-        asyncio.gather(*(coalescer.submit(rows(1, i), 1, 1.0) for i in range(3)), return_exceptions=True), timeout=5
+        asyncio.gather(*(coalescer.submit(rows(1, i), 1, later(10)) for i in range(3)), return_exceptions=True),
+        timeout=5,
     )
     assert all(isinstance(result, TypeError) for result in results)
+
+
+@pytest.mark.asyncio
+async def test_a_short_deadline_fails_only_its_own_request() -> None:
+    """Issue 12: one request with `X-Request-Timeout-Ms: 1` used to turn its whole merged batch into 504s."""
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
+    busy = asyncio.ensure_future(coalescer.submit(rows(1, 9), 1, later(10)))
+    await settle()
+    queued = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, later(10))) for i in range(3)]
+    hasty = asyncio.ensure_future(coalescer.submit(rows(1, 7), 1, later(0.02)))
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(hasty, timeout=5)  # answered at its own deadline while the slot is still busy
+    fake.gate.set()
+    results = await asyncio.gather(busy, *queued)
+    assert [float(outputs["OUT"][0, 0]) for outputs, _ in results] == [18.0, 0.0, 2.0, 4.0]
+    assert [call[0] for call in fake.calls] == [1, 3]  # the expired request was dropped before its batch left
+
+
+@pytest.mark.asyncio
+async def test_a_member_expiring_in_flight_leaves_the_batch_to_the_others() -> None:
+    first, merged = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    async def send(arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
+        calls.append(rows)
+        await (merged if rows > 1 else first).wait()
+        return {"OUT": arrays["IN"] * 2}, "7"
+
+    coalescer = Coalescer(send, max_rows=8, slots=1, max_wait_s=3600)
+    alone = asyncio.ensure_future(coalescer.submit(rows(1, 1), 1, later(10)))
+    await settle()
+    patient = asyncio.ensure_future(coalescer.submit(rows(1, 2), 1, later(10)))
+    hasty = asyncio.ensure_future(coalescer.submit(rows(1, 3), 1, later(0.05)))
+    await settle()
+    first.set()  # the first call returns; the two queued leave together and are held upstream
+    await alone
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(hasty, timeout=5)
+    merged.set()
+    outputs, _ = await asyncio.wait_for(patient, timeout=5)
+    assert float(outputs["OUT"][0, 0]) == 4.0 and calls == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("error", "resent"),
+    [
+        pytest.param(UpstreamError("the model raised"), True, id="model-error-resent-singly"),
+        pytest.param(UpstreamRejected("Triton rejected the request"), True, id="rejected-resent-singly"),
+        pytest.param(UpstreamUnavailable("down"), False, id="unavailable-reaches-all"),
+        pytest.param(UpstreamBusy("queue full"), False, id="busy-reaches-all"),
+        pytest.param(DeadlineExceeded("late"), False, id="deadline-reaches-all"),
+        pytest.param(UpstreamForbidden("restricted"), False, id="forbidden-reaches-all"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_failed_batch_is_resent_singly_only_when_one_member_may_be_at_fault(
+    error: Exception, resent: bool
+) -> None:
+    fake = FakeUpstream(fail=error)
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
+    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, later(10))) for i in range(4)]
+    await settle()
+    fake.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=5)
+    assert all(result is error for result in results)
+    # one row alone, then three merged; re-sent: each of the three alone
+    assert [call[0] for call in fake.calls] == ([1, 3, 1, 1, 1] if resent else [1, 3])
+
+
+@pytest.mark.asyncio
+async def test_one_bad_row_fails_only_its_own_request() -> None:
+    """Issue 12: a row that passes validation but breaks the model used to fail everyone merged with it."""
+    fake = FakeUpstream(poison=-1.0)
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
+    busy = asyncio.ensure_future(coalescer.submit(rows(1, 5), 1, later(10)))
+    await settle()
+    merged = [asyncio.ensure_future(coalescer.submit(rows(1, value), 1, later(10))) for value in (1, -1, 2)]
+    await settle()
+    fake.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(busy, *merged, return_exceptions=True), timeout=5)
+    assert isinstance(results[2], UpstreamError)
+    assert [float(r[0]["OUT"][0, 0]) for i, r in enumerate(results) if i != 2] == [10.0, 2.0, 4.0]
+    assert coalescer.busy == 0
+
+
+@pytest.mark.asyncio
+async def test_a_batch_nobody_waits_for_is_cancelled_upstream() -> None:
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
+    waiting = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, later(10)))
+    await settle()
+    waiting.cancel()  # the client went away (aiohttp cancels its handler)
+    await settle()
+    assert fake.cancelled == 1 and coalescer.busy == 0
+    fake.gate.set()
+    outputs, _ = await asyncio.wait_for(coalescer.submit(rows(1, 3), 1, later(10)), timeout=5)
+    assert float(outputs["OUT"][0, 0]) == 6.0  # the slot is free again

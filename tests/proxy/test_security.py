@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from nexusml.sync.triton import TritonServer
+from proxy.app import STATE
 from tests.proxy.conftest import ROW, MakeClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -59,8 +62,48 @@ async def test_keys_are_never_logged(
     assert "k-one" not in caplog.text and "guess-secret" not in caplog.text
 
 
+async def in_flight(client: TestClient, count: int) -> None:
+    """Wait (bounded) until the proxy's in-flight gauge reads `count`."""
+    for _ in range(500):
+        metrics = await (await client.get("/metrics")).text()
+        if f"\nnexus_proxy_in_flight {count:.1f}\n" in metrics:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the in-flight gauge never read {count}")
+
+
+async def holding_upstream(client: TestClient) -> asyncio.Event:
+    """Make every inference wait upstream until the returned event is set (the schema is read first)."""
+    assert (await client.get("/readyz")).status == 200
+    state = client.server.app[STATE]
+    assert state.upstream is not None
+    release, infer = asyncio.Event(), state.upstream.infer
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()
+        return await infer(*args, **kwargs)
+
+    state.upstream.infer = held  # type: ignore[method-assign]
+    return release
+
+
 async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeClient, triton: TritonServer) -> None:
-    """One request held in flight (its body still arriving) fills MAX_IN_FLIGHT=1; the next gets 429."""
+    """One request held in flight upstream fills MAX_IN_FLIGHT=1; the next gets 429 at once."""
+    client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1", PROXY_COALESCE="0")
+    release = await holding_upstream(client)
+    held = asyncio.create_task(client.post("/predict", json={"input": ROW}))
+    await in_flight(client, 1)
+    rejected = await client.post("/predict", json={"input": ROW})
+    assert rejected.status == 429
+    assert (await rejected.json())["error"]["code"] == "overloaded"
+    assert int(rejected.headers["Retry-After"]) >= 1
+    release.set()
+    assert (await held).status == 200
+    assert (await client.post("/predict", json={"input": ROW})).status == 200
+
+
+async def test_slow_uploads_hold_no_in_flight_slot(proxy_client: MakeClient, triton: TritonServer) -> None:
+    """Issue 12: the slot used to be taken before the body was read, so slow uploads made everyone else 429."""
     client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1")
     release = asyncio.Event()
 
@@ -69,16 +112,26 @@ async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeCl
         await release.wait()
         yield b" 4, 5]}"
 
-    held = asyncio.create_task(client.post("/predict", data=slow_body(), headers={"Content-Type": "application/json"}))
-    for _ in range(200):
-        metrics = await (await client.get("/metrics")).text()
-        if "\nnexus_proxy_in_flight 1.0\n" in metrics:
-            break
-        await asyncio.sleep(0.01)
-    rejected = await client.post("/predict", json={"input": ROW})
-    assert rejected.status == 429
-    assert (await rejected.json())["error"]["code"] == "overloaded"
-    assert int(rejected.headers["Retry-After"]) >= 1
-    release.set()
-    assert (await held).status == 200
+    uploads = [
+        asyncio.create_task(client.post("/predict", data=slow_body(), headers={"Content-Type": "application/json"}))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.2)  # the uploads have started (and hold nothing)
     assert (await client.post("/predict", json={"input": ROW})).status == 200
+    release.set()  # the three bodies complete together for one slot: 429 for those that find it taken
+    statuses = [(await upload).status for upload in uploads]
+    assert 200 in statuses and set(statuses) <= {200, 429}, statuses
+
+
+async def test_a_client_that_goes_away_frees_its_slot(proxy_client: MakeClient, triton: TritonServer) -> None:
+    """Issue 12: a client that disconnected kept its slot until its deadline (handler cancellation was off)."""
+    client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1", PROXY_COALESCE="0")
+    release = await holding_upstream(client)
+    gone = asyncio.create_task(client.post("/predict", json={"input": ROW}))
+    await in_flight(client, 1)
+    gone.cancel()  # closes the connection
+    await in_flight(client, 0)
+    release.set()
+    assert (await client.post("/predict", json={"input": ROW})).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'route="/predict",status="499"' in metrics  # counted as "client closed", never sent

@@ -76,6 +76,21 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     assert proxy.wait() == 0, proxy.log()
 
 
+def test_workers_die_with_a_parent_killed_hard(
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer
+) -> None:
+    """Issue 12: a SIGKILLed proxy (OOM) must not leave its workers holding the port."""
+    import psutil
+
+    proxy = proxy_process(MODEL_SERVER_URL=triton.grpc_url, PROXY_WORKERS="2").start()
+    assert proxy.process is not None
+    workers = [child for child in psutil.Process(proxy.process.pid).children() if "python" in child.name()]
+    assert len(workers) >= 2
+    proxy.signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(workers, timeout=30)  # a bound for the event, not a verdict on speed
+    assert not alive, [worker.pid for worker in alive]
+
+
 @pytest.mark.parametrize(
     ("access_log", "logged"),
     [

@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert (settings.upstream_protocol, settings.upstream_address) == ("grpc", "127.0.0.1:8001")
     assert settings.port == 8080 and settings.workers == 0 and settings.coalesce
     assert settings.api_keys == () and "/healthz" in settings.open_endpoints
+    assert settings.max_dynamic_dim == 8192
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,8 @@ def test_lists() -> None:
         pytest.param("OPEN_ENDPOINTS", "healthz", id="open-endpoint-not-path"),
         pytest.param("COALESCE_MAX_ROWS", "-1", id="coalesce-rows-negative"),
         pytest.param("COALESCE_MAX_WAIT_MS", "soon", id="coalesce-wait-not-a-number"),
+        pytest.param("MAX_DYNAMIC_DIM", "0", id="dynamic-dim-zero"),
+        pytest.param("MAX_DYNAMIC_DIM", "2000000", id="dynamic-dim-over-metadata-limit"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:

@@ -137,8 +137,18 @@ async def test_deadline_passed_gives_504(client: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_remaining_deadline_is_sent_to_triton(triton: TritonServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both Triton's own request timeout (microseconds) and the gRPC deadline carry what is left."""
+@pytest.mark.parametrize(
+    ("deadline_s", "queue_bound"),
+    [
+        pytest.param(5.0, True, id="queue-timeout-sooner"),
+        pytest.param(0.5, False, id="deadline-sooner"),
+    ],
+)
+async def test_remaining_deadline_is_sent_to_triton(
+    triton: TritonServer, monkeypatch: pytest.MonkeyPatch, deadline_s: float, queue_bound: bool
+) -> None:
+    """The gRPC deadline carries what is left; Triton's own request timeout (which overrides the model's queue
+    policy) the smaller of that and the model's QUEUE_TIMEOUT_MS (issue 12: 10 s used to override 2 s)."""
     upstream = GrpcUpstream(proxy_settings(triton.grpc_url))
     seen: dict[str, Any] = {}
     real = upstream.client.infer
@@ -151,13 +161,15 @@ async def test_remaining_deadline_is_sent_to_triton(triton: TritonServer, monkey
     import numpy as np
 
     schema = await upstream.schema("demo_mlp", "")
+    assert schema.queue_timeout_s == 2.0  # the sync's QUEUE_TIMEOUT_MS default, read from the model config
     loop = asyncio.get_running_loop()
-    outputs, version = await upstream.infer(schema, "", {"INPUT__0": np.ones((1, 5), np.float32)}, loop.time() + 5)
+    arrays = {"INPUT__0": np.ones((1, 5), np.float32)}
+    outputs, version = await upstream.infer(schema, "", arrays, loop.time() + deadline_s)
     await upstream.close()
     assert outputs["OUTPUT__0"].shape == (1, 2) and version == "1"
-    assert 0 < seen["client_timeout"] <= 5
-    assert 0 < seen["timeout"] <= 5_000_000
-    assert seen["timeout"] == pytest.approx(seen["client_timeout"] * 1_000_000, abs=1)
+    assert 0 < seen["client_timeout"] <= deadline_s
+    expected = 2_000_000 if queue_bound else seen["client_timeout"] * 1_000_000
+    assert seen["timeout"] == pytest.approx(expected, abs=1)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from proxy.app import OPENAPI_PATH
-from proxy.errors import ProxyError
+from proxy.errors import NonFiniteOutput, OutOfRange, ProxyError, WrongShape
 from proxy.schema import ModelSchema, TensorSchema
 from proxy.validation import parse_json, response_body, to_prediction
 from tests.proxy.conftest import ROW
@@ -141,6 +141,16 @@ CASES = [
         422,
         "out_of_range",
         id="overflows-fp32-neg",
+    ),
+    pytest.param(
+        "POST",
+        "/predict",
+        body({"input": [3e38] * 5}),
+        JSON,
+        False,
+        502,
+        "non_finite_output",
+        id="model-answers-nan",
     ),
     pytest.param(
         "POST",
@@ -282,6 +292,9 @@ def test_named_inputs_and_outputs() -> None:
         pytest.param({"input": {"A": [1, 2], "B": [300]}}, "out_of_range", id="int8-overflow"),
         pytest.param({"input": {"A": [1, 2], "B": [1.5]}}, "out_of_range", id="fraction-for-int"),
         pytest.param({"input": {"A": [1, 2], "B": [[1]]}}, "wrong_shape", id="variable-dim-wrong-depth"),
+        pytest.param({"input": {"A": [1, 2], "B": []}}, "wrong_shape", id="variable-dim-empty"),
+        pytest.param({"inputs": [{"A": [1, 2], "B": []}]}, "wrong_shape", id="variable-dim-empty-in-batch"),
+        pytest.param({"input": {"A": [1, 2], "B": [1] * 8193}}, "wrong_shape", id="variable-dim-over-default-max"),
         pytest.param({"inputs": [{"A": [1, 2], "B": [1]}] * 5}, "batch_size", id="over-max-batch"),
     ],
 )
@@ -294,6 +307,101 @@ def test_two_input_model_refusals(doc: Any, code: str) -> None:
 def test_integral_floats_fit_integer_inputs() -> None:
     prediction = to_prediction({"input": {"A": [1, 2], "B": [1.0, -128, 127]}}, TWO_IN_TWO_OUT)
     assert prediction.arrays["B"].tolist() == [[1, -128, 127]]
+
+
+def _integers(datatype: str) -> ModelSchema:
+    return ModelSchema(
+        "i", ("1",), "python", 4, (TensorSchema("N", datatype, (-1,)),), (TensorSchema("Y", "FP32", (1,)),)
+    )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "raw", "message"),
+    [
+        pytest.param("INT64", b"[0, 9223372036854775807.0]", "outside", id="int64-max-written-as-float"),
+        pytest.param("UINT64", b"[0, 1.8446744073709552e19]", "outside", id="uint64-max-written-as-float"),
+        pytest.param("UINT64", b"[0, 18446744073709551616]", "outside", id="uint64-max-plus-one"),
+        pytest.param("INT64", b"[0, 9223372036854775808]", "outside", id="int64-max-plus-one"),
+        pytest.param("INT64", b"[0, -9223372036854775809]", "not an exact integer", id="int64-min-minus-one"),
+        pytest.param("INT64", b"[0, 9007199254740993.0]", "not an exact integer", id="float-beyond-2-pow-53"),
+        pytest.param("INT64", b"[0, 1e300]", "outside", id="huge-float"),
+        pytest.param("INT32", b"[0, 2147483648]", "outside", id="int32-max-plus-one"),
+        pytest.param("INT32", b"[0, 1.5]", "not an integer", id="fraction"),
+        pytest.param("UINT8", b"[0, -1]", "outside", id="negative-for-unsigned"),
+        pytest.param("UINT64", b"[0, -1, 18446744073709551615]", "outside", id="negative-beside-uint64-max"),
+    ],
+)
+def test_integer_inputs_refuse_what_they_cannot_hold_exactly(datatype: str, raw: bytes, message: str) -> None:
+    with pytest.raises(OutOfRange, match=message) as caught:
+        to_prediction({"input": orjson.loads(raw)}, _integers(datatype))
+    assert caught.value.code == "out_of_range" and caught.value.http_status == 422
+    assert str(caught.value).startswith("input N, element [1]: ")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "raw", "expected"),
+    [
+        pytest.param(
+            "INT64",
+            b"[9223372036854775807, -9223372036854775808]",
+            [9223372036854775807, -9223372036854775808],
+            id="int64-limits",
+        ),
+        pytest.param("UINT64", b"[18446744073709551615, 0]", [18446744073709551615, 0], id="uint64-limits"),
+        pytest.param("INT64", b"[9007199254740993, 1.0]", [9007199254740993, 1], id="big-literal-beside-a-float"),
+        pytest.param(
+            "UINT64", b"[18446744073709551615, 2.0]", [18446744073709551615, 2], id="uint64-max-beside-a-float"
+        ),
+        pytest.param("INT64", b"[9007199254740991.0, -2e3]", [9007199254740991, -2000], id="safe-floats"),
+    ],
+)
+def test_integer_inputs_are_exact(datatype: str, raw: bytes, expected: list[int]) -> None:
+    array = to_prediction({"input": orjson.loads(raw)}, _integers(datatype)).arrays["N"]
+    assert array.dtype == np.dtype(_integers(datatype).inputs[0].dtype)
+    assert array.tolist() == [expected]
+
+
+def test_the_batch_index_is_named() -> None:
+    with pytest.raises(OutOfRange, match=r"^inputs \(N\), element \[1\]\[2\]: 4.5 is not an integer"):
+        to_prediction({"inputs": [[1, 2, 3], [4, 5, 4.5]]}, _integers("INT16"))
+
+
+def test_variable_dimension_bounds_come_from_the_setting() -> None:
+    schema = _integers("INT32")
+    assert to_prediction({"input": [7] * 4}, schema, max_dynamic_dim=4).arrays["N"].shape == (1, 4)
+    assert to_prediction({"input": [7]}, schema, max_dynamic_dim=4).arrays["N"].shape == (1, 1)
+    with pytest.raises(WrongShape, match="MAX_DYNAMIC_DIM=4") as caught:
+        to_prediction({"input": [7] * 5}, schema, max_dynamic_dim=4)
+    assert caught.value.code == "wrong_shape" and caught.value.http_status == 422
+
+
+@pytest.mark.parametrize(
+    "value", [pytest.param(np.nan, id="nan"), pytest.param(np.inf, id="inf"), pytest.param(-np.inf, id="minus-inf")]
+)
+@pytest.mark.parametrize("batch", [pytest.param(False, id="single"), pytest.param(True, id="batch")])
+def test_non_finite_outputs_are_the_models_fault(value: float, batch: bool) -> None:
+    doc = {"inputs": [{"A": [1, 2], "B": [1]}]} if batch else {"input": {"A": [1, 2], "B": [1]}}
+    prediction = to_prediction(doc, TWO_IN_TWO_OUT)
+    outputs = {"X": np.array([[value]], np.float32), "Y": np.array([[1, 2]], np.int64)}
+    with pytest.raises(NonFiniteOutput, match=r"output X$") as caught:
+        response_body(outputs, TWO_IN_TWO_OUT, prediction)
+    assert (caught.value.http_status, caught.value.code) == (502, "non_finite_output")
+
+
+def test_null_in_names_and_strings_is_not_mistaken_for_a_non_finite_output() -> None:
+    schema = ModelSchema(
+        "n",
+        ("1",),
+        "python",
+        0,
+        (TensorSchema("A", "FP32", (1,)),),
+        (TensorSchema("null_score", "FP32", (1,)), TensorSchema("label", "BYTES", (1,))),
+    )
+    prediction = to_prediction({"input": [1]}, schema)
+    outputs = {"null_score": np.array([0.5], np.float32), "label": np.array([b"null"], np.object_)}
+    assert orjson.loads(response_body(outputs, schema, prediction)) == {
+        "output": {"null_score": [0.5], "label": ["null"]}
+    }
 
 
 def test_unbatched_boolean_model() -> None:

@@ -74,3 +74,8 @@ app.kubernetes.io/part-of: nexusml
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* Triton's exec probe: the watchdog's probe of every model in /models; its own timeout 1 s under the kubelet's. */}}
+{{- define "nexus.tritonProbe" -}}
+["python3", "/opt/nexus/triton_watchdog.py", "--url", "http://127.0.0.1:{{ .port }}", "--repository", "/models", "--timeout", "{{ max 1 (sub (int .timeout) 1) }}"]
+{{- end }}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 
 from nexusml import demo
 from nexusml.testing.environment import base_environment, free_port
-from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, compose_binary
+from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
 from tests.deploy.containers.conftest import assert_serves, wait_ready
 from tests.deploy.containers.podman import (
     COMPOSE_PROJECT_PREFIX,
@@ -80,8 +81,17 @@ class Compose:
 
 @pytest.fixture
 def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compose]:
-    """A compose project in an empty folder (the demo writes `.nexus_meta.json` there), removed at the end."""
+    """A compose project in an empty folder (the demo writes `.nexus_meta.json` there), removed at the end.
+
+    Relative paths of the compose file resolve against that folder: it gets the one source file compose
+    mounts (Triton's healthcheck, nexusml/sync/watchdog.py), as a checkout has it.
+    """
     tmp_path.chmod(0o755)
+    probe = tmp_path / "nexusml" / "sync" / "watchdog.py"
+    probe.parent.mkdir(parents=True)
+    shutil.copyfile(ROOT / "nexusml" / "sync" / "watchdog.py", probe)
+    for folder in (probe.parent, probe.parent.parent):
+        folder.chmod(0o755)
     project = Compose(tmp_path, docker_host, free_port())
     try:
         yield project

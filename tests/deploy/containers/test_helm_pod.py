@@ -14,7 +14,8 @@ with these changes, each a limit of podman, not of the chart:
   measured), so the played copy carries the secrets' values inline;
 - with no cluster there is no Service: the proxy's port gets a hostPort on loopback;
 - probes go: podman runs an httpGet probe as `curl` inside the container, which our images do not have
-  (the kubelet makes the request itself), so the liveness check failed and podman killed Triton (measured).
+  (the kubelet makes the request itself), so the liveness check failed and podman killed Triton (measured);
+  Triton's exec probes (the watchdog script from its ConfigMap) would need systemd timers to run at all.
 Not covered by podman and checked as rendered manifests against Kubernetes 1.30's schemas instead
 (tests/deploy/test_helm.py): GPU resources and toleration, Service, NetworkPolicy, HPA, PDB, probes
 (this test polls /readyz itself) and preStop hooks.
@@ -74,8 +75,16 @@ class PodBed:
 
     @property
     def config_map(self) -> str:
-        """The chart's ConfigMap under a name of this run's (kube play keeps it as a volume of that name)."""
+        """The chart's metadata ConfigMap under a name of this run's (kube play keeps it as a volume of that name)."""
         return f"{self.name}-meta"
+
+    @property
+    def probe_config_map(self) -> str:
+        """The chart's ConfigMap of Triton's probe script, likewise."""
+        return f"{self.name}-probe"
+
+    def config_map_name(self, chart_name: str) -> str:
+        return self.probe_config_map if chart_name.endswith("-triton-probe") else self.config_map
 
     def s3_environment(self) -> list[str]:
         values = {**AWS_SECRET, "AWS_ENDPOINT_URL": f"http://{self.s3}:9000", "AWS_REGION": "us-east-1"}
@@ -95,7 +104,7 @@ def bed(podman: Podman, images: tuple[str, ...], tmp_path: Path) -> Iterator[Pod
             for pod in (bed.name, f"{bed.name}-sync"):
                 podman("pod", "rm", "--force", "--time", "10", pod, check=False)
             podman("rm", "--force", "--time", "5", bed.s3, check=False)
-            for volume in (bed.volume, bed.config_map):
+            for volume in (bed.volume, bed.config_map, bed.probe_config_map):
                 podman("volume", "rm", "--force", volume, check=False)
             podman("network", "rm", "--force", bed.network, check=False)
 
@@ -149,7 +158,7 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
             volume.pop("emptyDir")
             volume["hostPath"] = {"path": str(folder), "type": "Directory"}
         elif "configMap" in volume:
-            volume["configMap"]["name"] = bed.config_map
+            volume["configMap"]["name"] = bed.config_map_name(volume["configMap"]["name"])
     for container in spec["initContainers"] + spec["containers"]:
         inline_secrets(container, secrets)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -170,13 +179,16 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
 
 
 def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> None:
-    (config_map,) = by_kind(objects, "ConfigMap")
-    config_map = {**config_map, "metadata": {**config_map["metadata"], "name": bed.config_map}}
-    config_file = bed.folder / "configmap.yaml"
-    config_file.write_text(yaml.safe_dump(config_map))
+    """`podman kube play` of `pod` with the chart's ConfigMaps (metadata, Triton's probe) under this run's names."""
+    config_args = []
+    for config_map in by_kind(objects, "ConfigMap"):
+        name = bed.config_map_name(config_map["metadata"]["name"])
+        config_file = bed.folder / f"configmap-{name}.yaml"
+        config_file.write_text(yaml.safe_dump({**config_map, "metadata": {**config_map["metadata"], "name": name}}))
+        config_args += ["--configmap", str(config_file)]
     pod_file = bed.folder / f"{pod['metadata']['name']}.yaml"
     pod_file.write_text(yaml.safe_dump(pod))
-    bed.podman("kube", "play", "--network", bed.network, "--configmap", str(config_file), str(pod_file))
+    bed.podman("kube", "play", "--network", bed.network, *config_args, str(pod_file))
 
 
 def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:

@@ -1,8 +1,10 @@
-"""Archive checks: anything that could escape the target, or is not a plain file, or is too big, is refused."""
+"""Archive checks: anything that could escape the target, is not a plain file, is too big, or is not the model file
+at the archive's root, is refused."""
 
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -28,13 +30,21 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 4, link: str = 
     return info
 
 
-def test_plain_files_unpack(tmp_path: Path) -> None:
-    tar = make_tar(tmp_path / "ok.tar", [member("model.pt"), member("extra/labels.txt")])
+@pytest.mark.parametrize(
+    ("members", "name"),
+    [
+        pytest.param([member("model.pt")], "model.pt", id="torchscript"),
+        pytest.param([member("model.pt2")], "model.pt2", id="torch-export"),
+        pytest.param([member("./", tarfile.DIRTYPE), member("./model.pt")], "model.pt", id="tar-of-dot"),
+    ],
+)
+def test_the_model_file_unpacks(tmp_path: Path, members: list[tarfile.TarInfo], name: str) -> None:
+    tar = make_tar(tmp_path / "ok.tar", members)
     target = tmp_path / "out"
     target.mkdir()
     archive.unpack(tar, target, max_bytes=1 << 20)
-    assert (target / "model.pt").read_bytes() == b"\0" * 4
-    assert (target / "extra" / "labels.txt").is_file()
+    assert [p.name for p in target.iterdir()] == [name]
+    assert (target / name).read_bytes() == b"\0" * 4
 
 
 @pytest.mark.parametrize(
@@ -51,22 +61,34 @@ def test_plain_files_unpack(tmp_path: Path) -> None:
         pytest.param([member("null", tarfile.CHRTYPE)], "device", id="char-device"),
         pytest.param([member("disk", tarfile.BLKTYPE)], "device", id="block-device"),
         pytest.param([member("pipe", tarfile.FIFOTYPE)], "fifo", id="fifo"),
-        pytest.param([member("big", size=5000)], "MAX_ARTIFACT_BYTES", id="over-cap"),
-        pytest.param([member("a", size=600), member("b", size=600)], "MAX_ARTIFACT_BYTES", id="sum-over-cap"),
+        pytest.param([member("model.pt", size=5000)], "MAX_ARTIFACT_BYTES", id="over-cap"),
+        pytest.param(
+            [member("model.pt", size=600), member("model.pt", size=600)], "MAX_ARTIFACT_BYTES", id="sum-over-cap"
+        ),
+        pytest.param([member("model.pt"), member("__init__.py")], "'__init__.py' is not allowed", id="python-beside"),
+        pytest.param([member("__init__.py"), member("model.pt")], "'__init__.py' is not allowed", id="python-first"),
+        pytest.param([member("model.pt"), member("./model.py")], "'./model.py' is not allowed", id="dot-slash-python"),
+        pytest.param([member("model.pt"), member("labels.txt")], "'labels.txt' is not allowed", id="data-beside"),
+        pytest.param([member("sub/model.pt")], "'sub/model.pt' is not allowed", id="model-in-a-folder"),
+        pytest.param([member("pkg", tarfile.DIRTYPE)], "'pkg' is not allowed", id="folder"),
+        pytest.param([member("model.pt", tarfile.DIRTYPE)], "'model.pt' is not allowed", id="model-name-as-folder"),
+        pytest.param(
+            [member("model.pt"), member("pkg/__init__.py")], "'pkg/__init__.py' is not allowed", id="package-beside"
+        ),
     ],
 )
 def test_unsafe_members_are_refused(tmp_path: Path, members: list[tarfile.TarInfo], message: str) -> None:
     tar = make_tar(tmp_path / "bad.tar", members)
     target = tmp_path / "out"
     target.mkdir()
-    with pytest.raises(UnsafeArchive, match=message):
+    with pytest.raises(UnsafeArchive, match=re.escape(message)):
         archive.unpack(tar, target, max_bytes=1000)
     assert list(target.iterdir()) == []
 
 
 def test_decompression_bomb_is_refused_before_writing(tmp_path: Path) -> None:
     """64 MiB of zeros compress to a few KiB; the cap is checked from headers, not after writing."""
-    tar = make_tar(tmp_path / "bomb.tar.gz", [member("zeros", size=64 << 20)], mode="w:gz")
+    tar = make_tar(tmp_path / "bomb.tar.gz", [member("model.pt", size=64 << 20)], mode="w:gz")
     assert tar.stat().st_size < 1 << 20
     target = tmp_path / "out"
     target.mkdir()
@@ -80,3 +102,14 @@ def test_not_a_tar(tmp_path: Path) -> None:
     path.write_bytes(b"PK\x03\x04 not a tar")
     with pytest.raises(UnsafeArchive, match="not a readable tar"):
         archive.unpack(path, tmp_path, max_bytes=1000)
+
+
+def test_a_caller_that_knows_the_format_allows_its_file_only(tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "other.tar", [member("model.pt2")])
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(
+        UnsafeArchive, match=re.escape("'model.pt2' is not allowed; an archive holds only model.pt at its root")
+    ):
+        archive.unpack(tar, target, max_bytes=1000, allowed={"model.pt"})
+    assert list(target.iterdir()) == []
