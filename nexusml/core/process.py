@@ -312,8 +312,13 @@ class ManagedProcess:
         self.stop()
 
 
-class Stopped(Exception):
-    """SIGINT or SIGTERM arrived while supervising."""
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived while supervising.
+
+    A BaseException, like KeyboardInterrupt: the signal can land anywhere, and code that catches `Exception`
+    must not swallow it. Measured: one arriving while `logging` wrote a line was caught by the handler's
+    `handleError`, and `nexus up` went on starting servers after its SIGTERM.
+    """
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:

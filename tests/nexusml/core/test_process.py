@@ -6,6 +6,7 @@ and is then SIGKILLed, and a listening socket of this test in the way of a child
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nexusml.core.errors import ServerError
-from nexusml.core.process import ManagedProcess, http_ok, port_holder
+from nexusml.core.process import ManagedProcess, Stopped, http_ok, port_holder, supervising
 from nexusml.testing.environment import base_environment, free_port
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,21 @@ def test_port_holder_names_the_listening_process(listener: socket.socket) -> Non
     assert port_holder(port).startswith(f"pid {os.getpid()} (python")
     listener.close()
     assert port_holder(port) == "another process"
+
+
+def test_a_signal_while_a_log_line_is_written_still_stops() -> None:
+    """Logging handlers catch `Exception` around their write: `Stopped` must get through (it is a BaseException)."""
+
+    class Signalling(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the signal's handler runs here, inside the write, as it can in a real one
+            except Exception:
+                self.handleError(record)
+
+    logger = logging.getLogger("nexus-test-stopped")
+    logger.propagate = False
+    logger.addHandler(Signalling())
+    with supervising(), pytest.raises(Stopped):
+        logger.warning("a line")
