@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.metadata
 import itertools
 import logging
 import re
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from nexusml.core import metadata
 from nexusml.core.errors import MetadataError, NexusError
+from proxy import v2
 from proxy.client import Outputs, Upstream, connect
 from proxy.coalesce import Coalescer
 from proxy.errors import (
@@ -48,9 +50,10 @@ from proxy.errors import (
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
-from proxy.validation import parse_json, response_body, to_prediction
+from proxy.validation import Prediction, parse_json, response_body, to_prediction
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+_VERSION = importlib.metadata.version("nexusml-dataplane")  # reported by GET /v2
 READY_CACHE_S = 1.0
 SCHEMA_RETRY_S = 1.0
 LINGER_S = 1.0
@@ -226,9 +229,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 # --- the one middleware: request id, auth, error bodies, metrics, access log ---------------------------
-def error_response(err: NexusError, settings: ProxySettings) -> web.Response:
-    body = orjson.dumps({"error": {"code": err.code, "message": str(err)}})
-    response = web.Response(status=err.http_status, body=body, content_type=_JSON)
+def error_response(err: NexusError, settings: ProxySettings, v2: bool = False) -> web.Response:
+    """`{"error": {"code", "message"}}`; on the v2 routes the protocol's own form, `{"error": "message"}`,
+    with its 400 for every invalid request (the proxy's own routes say 422 for invalid input)."""
+    status = err.http_status
+    if v2:
+        body = orjson.dumps({"error": f"{err.code}: {err}"})
+        status = 400 if status == 422 else status
+    else:
+        body = orjson.dumps({"error": {"code": err.code, "message": str(err)}})
+    response = web.Response(status=status, body=body, content_type=_JSON)
     if err.http_status in (429, 503):
         retry = getattr(err, "retry_after", None) or settings.retry_after_s
         response.headers["Retry-After"] = str(retry)
@@ -309,7 +319,7 @@ def _middleware(settings: ProxySettings) -> Callable[..., Awaitable[web.StreamRe
             log.exception("unhandled error in request %s", request_id)
             error = ProxyError("internal error; see the proxy's log for this request id")
         if error is not None:
-            response = error_response(error, settings)
+            response = error_response(error, settings, v2=request.path.startswith("/v2"))
             if allow:
                 response.headers["Allow"] = allow
         response.headers["X-Request-Id"] = request_id
@@ -350,6 +360,10 @@ def _check_headers(request: web.Request) -> None:
     charset = request.charset
     if charset and charset.lower() not in ("utf-8", "utf8"):
         raise UnsupportedMediaType(f"charset must be utf-8, not {charset!r}")
+    _check_encoding(request)
+
+
+def _check_encoding(request: web.Request) -> None:
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
@@ -393,10 +407,16 @@ def _deadline(request: web.Request) -> float:
     return deadline
 
 
-async def predict(request: web.Request) -> web.Response:
+Parsed = TypeVar("Parsed")
+
+
+async def _predicting(
+    request: web.Request, parse: Callable[[bytes, ModelSchema], tuple[Prediction, Parsed]]
+) -> tuple[ModelSchema, Parsed, Outputs, str]:
+    """What every inference route shares: readiness, the in-flight bookkeeping, the body, the deadline, and
+    the upstream call (coalesced or not). `parse` turns the body into validated arrays for `schema`."""
     state = request.app[STATE]
     settings = state.settings
-    _check_headers(request)
     if state.draining:
         raise NotReady("the proxy is shutting down")
     schema = state.schema
@@ -406,7 +426,7 @@ async def predict(request: web.Request) -> web.Response:
     state.metrics.in_flight_changed(1)
     try:
         deadline = _deadline(request)
-        prediction = to_prediction(parse_json(await _read_body(request, settings)), schema, settings.max_dynamic_dim)
+        prediction, parsed = parse(await _read_body(request, settings), schema)
         # A MAX_IN_FLIGHT slot is taken only once the body is in: clients still uploading (slowly, maybe on
         # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
         # BODY_TIMEOUT_S and MAX_BODY_BYTES instead.
@@ -420,15 +440,73 @@ async def predict(request: web.Request) -> web.Response:
                 outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
         finally:
             state.admitted -= 1
-        body = response_body(outputs, schema, prediction)
+        return schema, parsed, outputs, version
     finally:
         state.in_flight -= 1
         state.metrics.in_flight_changed(-1)
+
+
+async def predict(request: web.Request) -> web.Response:
+    _check_headers(request)
+    max_dim = request.app[STATE].settings.max_dynamic_dim
+
+    def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, Prediction]:
+        prediction = to_prediction(parse_json(body), schema, max_dim)
+        return prediction, prediction
+
+    schema, prediction, outputs, version = await _predicting(request, parse)
     return web.Response(
-        body=body,
+        body=response_body(outputs, schema, prediction),
         content_type=_JSON,
         headers={"X-Model-Name": schema.name, "X-Model-Version": version},
     )
+
+
+# --- the Open Inference Protocol (KServe v2), see proxy/v2.py ---------------------------------------------
+def _served(request: web.Request) -> ModelSchema:
+    """The served model's schema, if the route names it (and one of its versions); else the protocol's 404."""
+    schema = request.app[STATE].schema
+    if schema is None:
+        raise NotReady(request.app[STATE].schema_problem)
+    v2.check_model(schema, request.match_info["name"], request.match_info.get("version"))
+    return schema
+
+
+async def v2_server(request: web.Request) -> web.Response:
+    return web.json_response(v2.server_metadata(_VERSION), dumps=_dumps)
+
+
+async def v2_model(request: web.Request) -> web.Response:
+    return web.json_response(v2.model_metadata(_served(request)), dumps=_dumps)
+
+
+async def v2_model_config(request: web.Request) -> web.Response:
+    return web.json_response(v2.model_config(_served(request)), dumps=_dumps)
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    """Server or model ready: the same check as /readyz (Triton live, model ready, a probe inference)."""
+    if "name" in request.match_info:
+        _served(request)
+    await readyz(request)
+    return web.Response(status=200)
+
+
+async def v2_infer(request: web.Request) -> web.Response:
+    _check_encoding(request)
+    schema = _served(request)
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    max_dim = request.app[STATE].settings.max_dynamic_dim
+
+    def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, v2.InferRequest]:
+        parsed = v2.parse_infer(body, header_length, schema, max_dim)
+        return parsed.prediction, parsed
+
+    schema, parsed, outputs, version = await _predicting(request, parse)
+    body, json_length = v2.infer_response(outputs, schema, parsed, version)
+    if json_length is None:
+        return web.Response(body=body, content_type=_JSON)
+    return web.Response(body=body, content_type=v2.BINARY, headers={v2.HEADER_LENGTH: str(json_length)})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -511,4 +589,12 @@ def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/openapi.yaml", openapi)
+    app.router.add_get("/v2", v2_server)
+    app.router.add_get("/v2/health/live", healthz, allow_head=True)
+    app.router.add_get("/v2/health/ready", v2_ready, allow_head=True)
+    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_get(model, v2_model)
+        app.router.add_get(f"{model}/config", v2_model_config)
+        app.router.add_get(f"{model}/ready", v2_ready, allow_head=True)
+        app.router.add_post(f"{model}/infer", v2_infer)
     return app

@@ -121,7 +121,7 @@ def _single(value: Any, schema: ModelSchema, max_dim: int) -> Prediction:
     named = _named(value, schema, "input")
     arrays = {}
     for spec in schema.inputs:
-        array = _array(named[spec.name], spec, f"input {spec.name}", None, max_dim)
+        array = tensor(named[spec.name], spec, f"input {spec.name}", None, max_dim)
         arrays[spec.name] = array[np.newaxis] if schema.batched else array
     return Prediction(arrays, 1, batch=False)
 
@@ -136,16 +136,16 @@ def _batch(value: Any, schema: ModelSchema, max_dim: int) -> Prediction:
         raise TooManyRows(f"'inputs' has {rows} rows; model {schema.name} takes 1 to {schema.max_batch_size}")
     if len(schema.inputs) == 1 and all(isinstance(row, list) for row in value):
         spec = schema.inputs[0]
-        return Prediction({spec.name: _array(value, spec, f"inputs ({spec.name})", rows, max_dim)}, rows, batch=True)
+        return Prediction({spec.name: tensor(value, spec, f"inputs ({spec.name})", rows, max_dim)}, rows, batch=True)
     named = [_named(row, schema, f"inputs[{i}]") for i, row in enumerate(value)]
     arrays = {
-        spec.name: _array([row[spec.name] for row in named], spec, f"inputs ({spec.name})", rows, max_dim)
+        spec.name: tensor([row[spec.name] for row in named], spec, f"inputs ({spec.name})", rows, max_dim)
         for spec in schema.inputs
     }
     return Prediction(arrays, rows, batch=True)
 
 
-def _array(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim: int) -> np.ndarray:
+def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim: int) -> np.ndarray:
     """Nested lists -> an array of `spec`'s dtype and shape ((rows, *shape) when `rows` is given)."""
     if not isinstance(value, list):
         raise _not_a_list(value, where)
