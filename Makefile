@@ -23,7 +23,7 @@ define apt-install
 	fi
 endef
 
-.PHONY: run test test-deploy bench soak lint settings-docs chart-files sysdeps deploy-sysdeps venv clean
+.PHONY: run test test-deploy bench soak gpu-bundle lint settings-docs chart-files sysdeps deploy-sysdeps venv clean
 
 run: sysdeps $(RUN_STAMP)
 	$(BIN)/nexus up
@@ -38,6 +38,10 @@ test-deploy: venv deploy-sysdeps
 
 bench: venv
 	$(BIN)/python -m benchmarks
+
+# The offline bundle a GPU session carries (benchmarks/README.md, "On a GPU machine"): needs the network.
+gpu-bundle: venv
+	$(BIN)/python -m benchmarks.gpu_bundle
 
 soak: venv
 	$(BIN)/python -m reliability
