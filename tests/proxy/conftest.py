@@ -8,6 +8,7 @@ for signal and worker tests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nexusml.core.settings import load
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.servers import ProxyProcess
-from proxy.app import create_app, server_options
+from proxy.app import STATE, create_app, server_options
 from proxy.settings import ProxySettings
 
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -89,3 +90,28 @@ def answered_by(proxy: ProxyProcess, path: str) -> set[int]:
     lines = proxy.log_file.read_text(errors="replace").splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
     return {record["worker"] for record in records if record["path"] == path}
+
+
+async def in_flight(client: TestClient, count: int) -> None:
+    """Wait (bounded) until the proxy's in-flight gauge reads `count`."""
+    for _ in range(500):
+        metrics = await (await client.get("/metrics")).text()
+        if f"\nnexus_proxy_in_flight {count:.1f}\n" in metrics:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the in-flight gauge never read {count}")
+
+
+async def holding_upstream(client: TestClient) -> asyncio.Event:
+    """Make every inference wait upstream until the returned event is set (the schema is read first)."""
+    assert (await client.get("/readyz")).status == 200
+    state = client.server.app[STATE]
+    assert state.upstream is not None
+    release, infer = asyncio.Event(), state.upstream.infer
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()
+        return await infer(*args, **kwargs)
+
+    state.upstream.infer = held  # type: ignore[method-assign]
+    return release

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from nexusml.sync.triton import TritonServer
-from proxy.app import STATE
-from tests.proxy.conftest import ROW, MakeClient
+from tests.proxy.conftest import ROW, MakeClient, holding_upstream, in_flight
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -60,31 +57,6 @@ async def test_keys_are_never_logged(
         await client.post("/predict", json={"input": ROW}, headers={"X-API-Key": "guess-secret"})
     assert caplog.records
     assert "k-one" not in caplog.text and "guess-secret" not in caplog.text
-
-
-async def in_flight(client: TestClient, count: int) -> None:
-    """Wait (bounded) until the proxy's in-flight gauge reads `count`."""
-    for _ in range(500):
-        metrics = await (await client.get("/metrics")).text()
-        if f"\nnexus_proxy_in_flight {count:.1f}\n" in metrics:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the in-flight gauge never read {count}")
-
-
-async def holding_upstream(client: TestClient) -> asyncio.Event:
-    """Make every inference wait upstream until the returned event is set (the schema is read first)."""
-    assert (await client.get("/readyz")).status == 200
-    state = client.server.app[STATE]
-    assert state.upstream is not None
-    release, infer = asyncio.Event(), state.upstream.infer
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        await release.wait()
-        return await infer(*args, **kwargs)
-
-    state.upstream.infer = held  # type: ignore[method-assign]
-    return release
 
 
 async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeClient, triton: TritonServer) -> None:
