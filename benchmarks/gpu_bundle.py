@@ -9,25 +9,35 @@ own packages travels in one git-ignored folder, `.gpu-bundle/`, built here where
   that layout and `nexusml/sync/triton.py` finds the server through `importlib.util.find_spec("pytriton")`.
   Only the server, the Python backend, the 3.12 stub and the libraries they load (their DT_NEEDED closure)
   are kept; a one-line `pytriton/__init__.py` stands in for the package, so pytriton's own Python code and
-  dependencies are not needed. With `--with-libpython`, `libpython3.12.so.1.0` comes along as a fallback for
-  the stub, used only when the machine has none (+7 MiB); `wrk` and the libraries a bare machine may lack
-  (LuaJIT) come along too.
-- `wheels/`: cp312 manylinux wheels of what the benchmark imports, minus what the machine already has
-  (`MACHINE_PROVIDES`, from the device notes' package list: torch, numpy, matplotlib, aiohttp, grpcio, ...).
-  Two pins have no cp312 wheel on PyPI and are built here with a local 3.12 (`BUILD_FROM_SOURCE`). The two
-  largest wheels are trimmed (`TRIMS`): perf_client (a byte-identical copy of perf_analyzer) and botocore's
-  API models of services the benchmark never calls.
-- `manifest.json`: every file with its size, and the size check against the carry budget.
+  dependencies are not needed. ICU's 28 MB data library (loaded by libxml2, which Triton loads for cloud
+  storage and never uses with a local repository) is replaced by ICU's own "stubdata" equivalent, compiled
+  here. `libpython3.12.so.1.0` comes along as a fallback for the stub (used only when the machine has none;
+  `--no-libpython` leaves it out), and `wrk` with the libraries a bare machine may lack (LuaJIT).
+- `wheels.tar.xz`: cp312 manylinux wheels of what the benchmark imports, minus what the machine already has
+  (`MACHINE_PROVIDES`, from the device notes' package list: torch, matplotlib, aiohttp, grpcio, ...). Two
+  pins have no cp312 wheel on PyPI and are built here with a local 3.12 (`BUILD_FROM_SOURCE`). Some wheels
+  are trimmed (`TRIMS`): perf_client (a copy of perf_analyzer), botocore's API models of services the
+  benchmark never calls, numpy's tests and f2py.
+  Every wheel is rewritten uncompressed (RECORD updated) and every ELF file in it stripped, so that one xz
+  stream compresses them all together: about a third smaller than the wheels as PyPI ships them.
+- `manifest.json`: every file with its size, the wheels' sizes, and the size check against the carry budget.
 
-Usage: `python -m benchmarks.gpu_bundle [--out .gpu-bundle] [--python312 PATH]` (or `make gpu-bundle`).
+Binaries are stripped of their symbol tables (`strip --strip-unneeded`): the debug sections of
+libtritonserver, tritonserver and libpython are most of their size and nothing reads them there.
+
+Usage: `python -m benchmarks.gpu_bundle [--out .gpu-bundle] [--python312 PATH] [--no-libpython]`
+(or `make gpu-bundle`).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import fnmatch
+import hashlib
 import io
 import json
+import lzma
 import re
 import shutil
 import subprocess
@@ -46,7 +56,7 @@ MIB = 1024 * 1024
 # What the device tool carries in all (tree + carried paths), and the share the bundle may take of it: the
 # remainder is the working tree with room to grow.
 CARRY_LIMIT = 64 * MIB
-BUNDLE_BUDGET = 60 * MIB
+BUNDLE_BUDGET = 54 * MIB
 PY_TAG = "3.12"
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "linux_x86_64")
 # pyproject.toml's groups that the benchmark path needs (bench holds run, which holds the rest).
@@ -64,11 +74,14 @@ REPLACE: dict[str, tuple[str, ...]] = {
 # sdists without a cp312 wheel on PyPI, built here by the local Python 3.12.
 BUILD_FROM_SOURCE = ("geventhttpclient==2.0.2", "Flask-BasicAuth==0.2.0")
 # Distributions the GPU machine already has (KINDS.md, "Python packages already there"): left out of the
-# wheelhouse. protobuf is not here although the machine has one: tritonclient 2.51 needs protobuf<5.
+# wheelhouse. Two it has are not here, because its versions break the benchmark: protobuf (tritonclient 2.51
+# needs protobuf<5) and numpy (the machine's numpy 2 makes tritonclient 2.51's `as_numpy` fail, "cannot
+# reshape array of size 0"; pyproject pins numpy<2). The venv's own site-packages come first on sys.path,
+# so the bundled numpy 1.26 is the one imported, torch included (its numpy bridge works with 1.x).
 MACHINE_PROVIDES = frozenset(
     """aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs certifi charset-normalizer click contourpy
     cycler filelock fonttools frozenlist fsspec grpcio h11 httpcore httpx idna jinja2 kiwisolver markupsafe
-    matplotlib msgpack multidict networkx numpy packaging pillow prometheus-client propcache psutil pyparsing
+    matplotlib msgpack multidict networkx packaging pillow prometheus-client propcache psutil pyparsing
     python-dateutil pyyaml requests setuptools six sympy tqdm typing-extensions urllib3 uvloop werkzeug wheel
     yarl zipp""".split()  # noqa: SIM905 (one list, read as text)
 )
@@ -95,6 +108,8 @@ TRIMS: dict[str, Trim] = {
         drop=("botocore/data/*/*",),
         keep=tuple(f"botocore/data/{s}/*" for s in ("s3", "sts", "sso", "sso-oidc")),
     ),
+    # numpy's test suites (6 MB), f2py, type stubs, and `_simd` (3.5 MB; imported by its tests only).
+    "numpy": Trim(drop=("numpy/*tests/*", "numpy/f2py/*", "*.pyi", "numpy/core/_simd.*", "numpy/_pyinstaller/*")),
 }
 # Inside the nvidia-pytriton install: what the server needs, relative to site-packages.
 TRITON_FILES = (
@@ -169,22 +184,64 @@ def build_command(python312: str, dest: Path) -> list[str]:
     return [python312, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), *BUILD_FROM_SOURCE]
 
 
-def trim_wheel(path: Path, trim: Trim) -> int:
-    """Rewrite the wheel without the dropped files (RECORD too); returns the bytes saved."""
-    before = path.stat().st_size
+def strip_elf(data: bytes) -> bytes:
+    """`data` without its symbol tables and debug sections if it is an ELF file, else unchanged.
+
+    `--strip-unneeded` keeps the dynamic symbols, so libraries still link; a file strip cannot handle (or
+    that comes out no smaller) is kept as it is.
+    """
+    if not data.startswith(b"\x7fELF"):
+        return data
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in", Path(tmp) / "out"
+        src.write_bytes(data)
+        done = subprocess.run(["strip", "--strip-unneeded", "-o", str(dst), str(src)], capture_output=True)
+        if done.returncode != 0 or not dst.exists():
+            return data
+        stripped = dst.read_bytes()
+    return stripped if len(stripped) < len(data) else data
+
+
+def record_line(name: str, data: bytes) -> str:
+    """A wheel RECORD line (PEP 376/427): path, urlsafe-base64 sha256 without padding, size."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def repack_wheel(path: Path, trim: Trim | None = None, prepare: Callable[[bytes], bytes] = strip_elf) -> int:
+    """Rewrite the wheel uncompressed, without the trimmed files and with `prepare` applied to each file.
+
+    Uncompressed, because the wheels travel inside one xz stream that compresses them far better together
+    than deflate does file by file. RECORD is regenerated, so its hashes match the stripped files.
+    Returns the bytes of content saved (files dropped or stripped).
+    """
+    saved = 0
     tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        kept = {i.filename for i in src.infolist() if trim.keeps(i.filename)}
-        for info in src.infolist():
-            if info.filename not in kept:
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+        infos = [i for i in src.infolist() if not i.is_dir()]
+        record = next(i.filename for i in infos if i.filename.endswith(".dist-info/RECORD"))
+        lines: list[str] = []
+        for info in infos:
+            if info.filename == record:
                 continue
-            data = src.read(info)
-            if info.filename.endswith(".dist-info/RECORD"):
-                lines = data.decode().splitlines()
-                data = "".join(f"{ln}\n" for ln in lines if ln.split(",", 1)[0] in kept).encode()
-            dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+            if trim is not None and not trim.keeps(info.filename):
+                saved += info.file_size
+                continue
+            data = prepare(src.read(info))
+            saved += info.file_size - len(data)
+            dst.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+            lines.append(record_line(info.filename, data))
+        lines.append(f"{record},,")
+        dst.writestr(src.getinfo(record), "".join(f"{ln}\n" for ln in lines), compress_type=zipfile.ZIP_STORED)
     tmp.replace(path)
-    return before - path.stat().st_size
+    return saved
+
+
+def write_wheels_archive(wheels: Iterable[Path], dest: Path) -> None:
+    """One tar.xz of the (uncompressed) wheels: xz's 64 MiB window finds the redundancy across them."""
+    with tarfile.open(dest, "w:xz", preset=9 | lzma.PRESET_EXTREME) as tar:
+        for whl in sorted(wheels):
+            tar.add(whl, arcname=f"wheels/{whl.name}")
 
 
 def elf_needed(path: Path) -> list[str]:
@@ -223,17 +280,89 @@ def triton_members(site: Path) -> list[tuple[Path, str]]:
     return [(f, str(f.relative_to(site))) for f in [*files, *libs]]
 
 
-def write_triton_archive(members: list[tuple[Path, str]], extras: list[tuple[Path, str]], dest: Path) -> None:
-    """One tar.xz: the server (`site/`), the libpython fallback and wrk (`extra/`)."""
-    with tarfile.open(dest, "w:xz", preset=6) as tar:
+def icu_stub_source(symbol: str) -> str:
+    """C source of an empty ICU common-data package named `symbol` (`icudt70_dat`), as ICU's stubdata builds.
+
+    libicuuc needs the symbol to load; with no data in it, ICU's converters and locales fail when asked
+    for, which nothing on the benchmark's path does (libxml2 asks only for non-UTF-8 XML documents).
+    """
+    return f"""/* ICU stubdata (icu4c/source/stubdata): header, UDataInfo "ToCP" 1.0, an empty table of contents. */
+typedef struct {{
+    unsigned short headerSize;
+    unsigned char magic1, magic2;
+    struct {{
+        unsigned short size, reservedWord;
+        unsigned char isBigEndian, charsetFamily, sizeofUChar, reservedByte;
+        unsigned char dataFormat[4], formatVersion[4], dataVersion[4];
+    }} info;
+    char padding[8];
+    unsigned int count, reserved;
+    struct {{ unsigned int nameOffset, dataOffset; }} toc[1];
+}} Header;
+__attribute__((visibility("default"))) const Header {symbol} = {{
+    32, 0xda, 0x27, {{20, 0, 0, 0, 2, 0, {{0x54, 0x6f, 0x43, 0x50}}, {{1, 0, 0, 0}}, {{0, 0, 0, 0}}}}, {{0}}, 0, 0,
+    {{{{0, 0}}}}}};
+"""
+
+
+def icu_data_symbol(lib: Path) -> str | None:
+    """The `icudtNN_dat` symbol a libicudata exports (its name carries ICU's major version)."""
+    out = subprocess.run(["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"\b(icudt\d+[lb]?_dat)\b", out)
+    return found.group(1) if found else None
+
+
+def build_icu_stub(real: Path, workdir: Path) -> Path | None:
+    """A stand-in for `real` (libicudata, 28 MB) under the same file name and SONAME; None without a compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    symbol = icu_data_symbol(real)
+    if cc is None or symbol is None:
+        print(f"gpu_bundle: {real.name} travels whole (no C compiler here, or no ICU data symbol in it)")
+        return None
+    source = workdir / "icudata_stub.c"
+    source.write_text(icu_stub_source(symbol))
+    stub = workdir / real.name
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-nostdlib", f"-Wl,-soname,{real.name}", "-o", str(stub), str(source)],
+        check=True,
+    )
+    return stub
+
+
+def replace_icu_data(members: list[tuple[Path, str]], workdir: Path) -> list[tuple[Path, str]]:
+    """`members` with libicudata's source swapped for the stub when one can be built here."""
+    out = []
+    for source, name in members:
+        if Path(name).name.startswith("libicudata") and (stub := build_icu_stub(source, workdir)) is not None:
+            source = stub
+        out.append((source, name))
+    return out
+
+
+def _add_file(tar: tarfile.TarFile, source: Path, arcname: str, prepare: Callable[[bytes], bytes]) -> None:
+    data = prepare(source.resolve().read_bytes())
+    info = tar.gettarinfo(str(source.resolve()), arcname=arcname)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_triton_archive(
+    members: list[tuple[Path, str]],
+    extras: list[tuple[Path, str]],
+    dest: Path,
+    prepare: Callable[[bytes], bytes] = strip_elf,
+) -> None:
+    """One tar.xz: the server (`site/`), the libpython fallback and wrk (`extra/`), each file through `prepare`."""
+    with tarfile.open(dest, "w:xz", preset=9 | lzma.PRESET_EXTREME) as tar:
         for source, name in members:
-            tar.add(source, arcname=f"site/{name}")
+            _add_file(tar, source, f"site/{name}", prepare)
         init = PYTRITON_INIT.encode()
         info = tarfile.TarInfo("site/pytriton/__init__.py")
         info.size = len(init)
+        info.mode = 0o644
         tar.addfile(info, io.BytesIO(init))
         for source, name in extras:
-            tar.add(source.resolve(), arcname=f"extra/{name}")
+            _add_file(tar, source, f"extra/{name}", prepare)
 
 
 def python312_extras(python312: str) -> list[tuple[Path, str]]:
@@ -284,30 +413,40 @@ def site_packages() -> Path:
     return Path(pytriton.__file__).resolve().parents[1]
 
 
-def build(out: Path, python312: str, with_libpython: bool = False) -> dict:
+def build(out: Path, python312: str, with_libpython: bool = True) -> dict:
+    """Download, trim, strip and pack everything into `out`; returns the manifest (also written there)."""
     started = time.monotonic()
     shutil.rmtree(out, ignore_errors=True)
-    wheels = out / "wheels"
-    wheels.mkdir(parents=True)
+    out.mkdir(parents=True)
+    wheel_sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        built = Path(tmp) / "built"
+        built, every, wheels = Path(tmp) / "built", Path(tmp) / "all", Path(tmp) / "wheels"
+        wheels.mkdir()
         subprocess.run(build_command(python312, built), check=True)
         with (ROOT / "pyproject.toml").open("rb") as f:
             reqs = requirements(tomllib.load(f))
-        subprocess.run(download_command(sys.executable, reqs, Path(tmp) / "all", built), check=True)
-        for whl in sorted((Path(tmp) / "all").glob("*.whl")):
+        subprocess.run(download_command(sys.executable, reqs, every, built), check=True)
+        for whl in sorted(every.glob("*.whl")):
             if keep_wheel(whl.name):
                 shutil.copy2(whl, wheels / whl.name)
-    for whl in wheels.glob("*.whl"):
-        if trim := TRIMS.get(wheel_name(whl.name)):
-            print(f"trimmed {whl.name}: -{trim_wheel(whl, trim) / MIB:.1f} MiB")
-    write_triton_archive(
-        triton_members(site_packages()),
-        [*(python312_extras(python312) if with_libpython else []), *wrk_extras()],
-        out / "triton.tar.xz",
-    )
+        for whl in sorted(wheels.glob("*.whl")):
+            saved = repack_wheel(whl, TRIMS.get(wheel_name(whl.name)))
+            wheel_sizes[whl.name] = whl.stat().st_size
+            if saved > MIB:
+                print(f"gpu_bundle: {whl.name}: -{saved / MIB:.1f} MiB (trimmed, stripped)")
+        write_wheels_archive(wheels.glob("*.whl"), out / "wheels.tar.xz")
+        write_triton_archive(
+            replace_icu_data(triton_members(site_packages()), Path(tmp)),
+            [*(python312_extras(python312) if with_libpython else []), *wrk_extras()],
+            out / "triton.tar.xz",
+        )
     files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    manifest = {"files": files, **budget_report(files, tree_bytes()), "build_s": round(time.monotonic() - started, 1)}
+    manifest = {
+        "files": files,
+        **budget_report(files, tree_bytes()),
+        "wheels_unpacked_bytes": dict(sorted(wheel_sizes.items(), key=lambda kv: -kv[1])),
+        "build_s": round(time.monotonic() - started, 1),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -321,13 +460,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a shared-build Python 3.12 here: builds the sdist-only wheels, gives libpython3.12",
     )
     p.add_argument(
-        "--with-libpython",
-        action="store_true",
-        help="bundle libpython3.12.so.1.0 for a machine without one (+7 MiB; the device image has python3.12)",
+        "--no-libpython",
+        dest="with_libpython",
+        action="store_false",
+        help="leave out the stub's fallback libpython3.12.so.1.0 (1.5 MiB packed) when the machine surely has one",
     )
     args = p.parse_args(argv)
     manifest = build(args.out, args.python312, args.with_libpython)
-    mib = {k: round(v / MIB, 1) for k, v in manifest.items() if k.endswith("_bytes")}
+    mib = {k: round(v / MIB, 1) for k, v in manifest.items() if k.endswith("_bytes") and isinstance(v, int)}
     print(f"gpu_bundle: {args.out} in {manifest['build_s']} s; MiB: {mib}")
     if not manifest["fits"]:
         print("gpu_bundle: over budget: the device tool would refuse the carry")
