@@ -5,7 +5,9 @@ Two models side by side, each through every path: the demo MLP and a ResNet-50 w
 `DEVICE=cuda` (Triton `KIND_GPU`); the naive server and the in-process ceiling run on the GPU too; NVML
 utilisation is sampled during every point. Output format is identical to the CPU run (`results.json`,
 `results.md`, PNGs), in one folder. Sized to finish within 8 minutes on one H100: 3 s per point, a time
-budget after which remaining points are recorded as skipped rather than overrunning.
+budget after which remaining points are recorded as skipped rather than overrunning. The large-input paths
+(f) run on the ResNet-50 at one concurrency only (8: enough to keep the GPU fed by binary requests and to
+saturate a JSON-parsing proxy worker), two points and one proxy start, about 15 s of the budget.
 
     python -m benchmarks.gpu --out benchmarks/results/gpu-h100
 Any `python -m benchmarks` option may follow and overrides these defaults.
@@ -27,6 +29,8 @@ DEFAULTS = [
     "mlp,resnet50",
     "--concurrency",
     "1,8,32,64,128",
+    "--large-concurrency",
+    "8",
     "--duration",
     "3",
     "--warmup",

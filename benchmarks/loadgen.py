@@ -70,21 +70,27 @@ class Run:
 
 def wrk(
     url: str,
-    body: str,
+    body: str | bytes,
     concurrency: int,
     duration_s: float,
     workdir: Path,
     tag: str,
     threads: int = 1,
     timeout_s: float = 10.0,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> Run:
-    """`wrk -c N` POSTing `body` to `url` for `duration_s`; one thread is plenty on loopback (C, epoll)."""
+    """`wrk -c N` POSTing `body` to `url` for `duration_s`; one thread is plenty on loopback (C, epoll).
+
+    `body` is JSON text, or bytes (a binary v2 request, with its `Inference-Header-Content-Length` in
+    `headers`). The script is written once per `workdir`: every point of a path sends the same body.
+    """
     exe = wrk_path()
     if exe is None:
         raise LoadError("wrk is not installed (Debian package wrk)")
     script = workdir / "post.lua"
     if not script.exists():
-        script.write_text(wrk_script(body, urlsplit(url).path or "/"))
+        script.write_text(wrk_script(body, urlsplit(url).path or "/", content_type, headers))
     threads = max(1, min(threads, concurrency))
     argv = [
         exe,

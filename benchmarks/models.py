@@ -1,14 +1,16 @@
 """The models benchmarked, and the in-process compute ceiling.
 
 A `ModelCase` knows how to build and publish its artifact (TorchScript, uploaded to S3 with its metadata
-as the control plane would) and what one request looks like. Two cases: the demo MLP of `nexusml.demo`
-(the CPU run) and a ResNet-50 with random weights written here in plain torch (the GPU run; torchvision is
-not installable beside torch 2.13 on these machines, and nothing is downloaded).
+as the control plane would) and what one request looks like. Three cases: the demo MLP of `nexusml.demo`
+(the CPU run), a ResNet-50 with random weights written here in plain torch (the GPU run, and the large-input
+paths; torchvision is not installable beside torch 2.13 on these machines, and nothing is downloaded), and a
+tiny image model with the same 3x224x224 input (the large-input paths of `--quick`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,22 +33,46 @@ class ModelCase:
     description: str
     input_shape: tuple[int, ...]  # one row, without the batch dimension
     publish: Callable[[Any, str, Path, str | None], ModelMetadata]  # (s3, bucket, workdir, endpoint) -> meta
+    # A companion added only for the large-input paths (the run's own models have no image input): it runs
+    # those paths alone, and is synced with batching on only.
+    large_only: bool = False
 
     @property
     def nobatch_key(self) -> str:
         return f"{self.key}_nobatch"
 
-    def row(self) -> Any:
-        """One request's input: deterministic small values (a nested list of the input shape)."""
-        count = 1
-        for dim in self.input_shape:
-            count *= dim
+    @property
+    def image_input(self) -> bool:
+        """A C x H x W input: the large-input paths apply (a request is a whole tensor, not a few numbers)."""
+        return len(self.input_shape) == 3
+
+    def array(self) -> np.ndarray:
+        """One request's input: deterministic small values, FP32, of the input shape."""
+        count = math.prod(self.input_shape)
         flat = [round((i % 7) * 0.25 - 0.75, 2) for i in range(count)] if count > 5 else [1, 2, 3, 4, 5][:count]
-        return torch.tensor(flat, dtype=torch.float32).reshape(self.input_shape).tolist()
+        return np.array(flat, dtype=np.float32).reshape(self.input_shape)
+
+    def row(self) -> Any:
+        """`array()` as the nested list a JSON body carries."""
+        return self.array().tolist()
 
     def body(self) -> str:
         """The proxy's one-row JSON body."""
         return json.dumps({"input": self.row()}, separators=(",", ":"))
+
+    def v2_binary_body(self, batched: bool = True) -> tuple[bytes, int]:
+        """The same row as an Open Inference Protocol request in the binary tensor extension, and the length of
+        its JSON header (the `Inference-Header-Content-Length` header).
+
+        The header names the tensor and its byte count; the raw little-endian FP32 bytes follow it. Outputs
+        come back binary too (`binary_data_output`), as `tritonclient.http` asks for with `binary_data=True`.
+        `batched`: the model takes a batch dimension (the `<key>` model does, `<key>_nobatch` does not).
+        """
+        data = np.ascontiguousarray(self.array(), dtype="<f4").tobytes()
+        shape = [1, *self.input_shape] if batched else list(self.input_shape)
+        tensor = {"name": "INPUT__0", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(data)}}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}, separators=(",", ":"))
+        return header.encode() + data, len(header)
 
     def triton_body(self) -> str:
         """The same row as Triton's own HTTP/JSON (KServe v2) request: what a client without the proxy sends."""
@@ -131,18 +158,20 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet50_case(image: int = 224) -> ModelCase:
-    name = "resnet50"
+def _publisher(
+    name: str, build: Callable[[], nn.Module], input_shape: tuple[int, ...], classes: int
+) -> Callable[[Any, str, Path, str | None], ModelMetadata]:
+    """Publishing for a model written here: seeded weights, traced to TorchScript, uploaded, its metadata."""
 
     def publish(s3: Any, bucket: str, workdir: Path, endpoint: str | None) -> ModelMetadata:
         folder = workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = ResNet50().eval()
+        model = build().eval()
         path = folder / "model.pt"
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
-            torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, image, image)), str(path))
+            torch.jit.save(torch.jit.trace(model, torch.zeros(1, *input_shape)), str(path))
         location = storage.ObjectLocation(bucket, f"{name}/1/model.pt")
         storage.upload(s3, location, path, endpoint)
         return ModelMetadata(
@@ -151,13 +180,48 @@ def resnet50_case(image: int = 224) -> ModelCase:
             artifact=Artifact(
                 uri=str(location), sha256=storage.sha256_file(path), size=path.stat().st_size, format="torchscript"
             ),
-            inputs=(TensorSpec("INPUT__0", "FP32", (3, image, image)),),
-            outputs=(TensorSpec("OUTPUT__0", "FP32", (1000,)),),
+            inputs=(TensorSpec("INPUT__0", "FP32", input_shape),),
+            outputs=(TensorSpec("OUTPUT__0", "FP32", (classes,)),),
             batching=BatchingHints(),
         )
 
+    return publish
+
+
+def resnet50_case(image: int = 224) -> ModelCase:
+    shape = (3, image, image)
     return ModelCase(
-        name, f"ResNet-50 (random weights), 3x{image}x{image} fp32, TorchScript", (3, image, image), publish
+        "resnet50",
+        f"ResNet-50 (random weights), 3x{image}x{image} fp32, TorchScript",
+        shape,
+        _publisher("resnet50", ResNet50, shape, 1000),
+    )
+
+
+class TinyImageNet(nn.Module):
+    """A 3xHxW classifier with next to no compute: one 16x16 stride-16 convolution, pooling, a linear layer.
+
+    The large-input paths of `--quick` use it: the proxy's work on a 3x224x224 request (the figure those paths
+    measure) is the same as for ResNet-50, while the model's, which would make the smoke run slow on CPU, is nil.
+    """
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 16, stride=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def tiny_image_case(image: int = 224) -> ModelCase:
+    shape = (3, image, image)
+    return ModelCase(
+        "tiny_image",
+        f"tiny image model (one strided conv, random weights), 3x{image}x{image} fp32, TorchScript",
+        shape,
+        _publisher("tiny_image", TinyImageNet, shape, 10),
     )
 
 

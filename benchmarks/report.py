@@ -20,6 +20,8 @@ PATHS: dict[str, str] = {
     "triton_nobatch": "(d) Triton direct, batching off",
     "triton_batch": "(d) Triton direct, batching on",
     "triton_http": "(d) Triton HTTP/JSON direct, batching on",
+    "proxy_large_json": "(f) proxy, image input as JSON (/predict)",
+    "proxy_large_binary": "(f) proxy, image input as binary v2 (/v2/.../infer)",
 }
 TOOLS = {
     "naive": "wrk",
@@ -29,7 +31,14 @@ TOOLS = {
     "triton_nobatch": "perf_analyzer",
     "triton_batch": "perf_analyzer",
     "triton_http": "wrk",
+    "proxy_large_json": "wrk",
+    "proxy_large_binary": "wrk",
 }
+# (f): one image-sized row through the proxy (batching on) as JSON and as a binary v2 request, side by side.
+LARGE_PATHS = ("proxy_large_json", "proxy_large_binary")
+# Issue 13's target: a binary v2 request of a 3x224x224 FP32 tensor costs the proxy <= 1/20 of the CPU per request
+# of the same request as JSON. A ceiling, unlike the throughput targets (floors).
+LARGE_CPU_TARGET = 1 / 20
 # name: (numerator path, denominator path or "ceiling", target or None)
 RATIOS: dict[str, tuple[str, str]] = {
     "c/a": ("proxy_batch", "naive"),
@@ -90,6 +99,59 @@ def compute_ratios(
             "met": None if target is None or value is None else value >= target,
         }
     return {"headline_concurrency": headline, "headline": head, "by_concurrency": table}
+
+
+def cpu_ms_per_request(run: dict[str, Any] | None, role: str = "proxy") -> float | None:
+    """CPU milliseconds `role` spent per successful request in one point (recorded by the runner for wrk points)."""
+    if run is None or run.get("status") != "ok":
+        return None
+    value = (run.get("cpu_ms_per_request") or {}).get(role)
+    return None if value is None else float(value)
+
+
+def net_cpu_ms_per_request(run: dict[str, Any] | None, idle_pct: float | None, role: str = "proxy") -> float | None:
+    """`cpu_ms_per_request` less what `role` spends with no requests at all (`idle_pct`, its CPU % at rest).
+
+    At a few requests per second (ResNet-50 on a CPU) the proxy's own ticks (event loop, metrics, health)
+    are most of its CPU, so the gross figure measures the clock, not the request; at hundreds per second
+    the two agree. Never below zero.
+    """
+    gross = cpu_ms_per_request(run, role)
+    if gross is None or idle_pct is None or run is None or not run.get("window_s"):
+        return None
+    ok = round(run["throughput"] * run["duration_s"])
+    return max(gross - idle_pct * 10 * run["window_s"] / ok, 0.0)
+
+
+def large_input(runs: list[dict[str, Any]], concurrencies: list[int], idle_pct: float | None = None) -> dict[str, Any]:
+    """(f) side by side at each concurrency: req/s, the proxy's CPU % and CPU ms per request (gross, and net of
+    its idle CPU when `idle_pct` was measured), and the ratio binary / JSON against `LARGE_CPU_TARGET`.
+
+    `met` is read on the net ratio when there is one (the request's own cost), else on the gross one; overall,
+    every measured concurrency must meet it.
+    """
+    found = {(r["path"], r["concurrency"]): r for r in runs if r.get("status") == "ok"}
+    rows: dict[str, dict[str, Any]] = {}
+    for conc in concurrencies:
+        row: dict[str, Any] = {}
+        for kind, path in zip(("json", "binary"), LARGE_PATHS, strict=True):
+            run = found.get((path, conc))
+            row[f"{kind}_req_s"] = run["throughput"] if run else None
+            row[f"{kind}_proxy_cpu_pct"] = (run.get("cpu") or {}).get("proxy") if run else None
+            row[f"{kind}_proxy_cpu_ms"] = cpu_ms_per_request(run)
+            row[f"{kind}_proxy_cpu_ms_net"] = net_cpu_ms_per_request(run, idle_pct)
+        row["cpu_ratio"] = ratio(row["binary_proxy_cpu_ms"], row["json_proxy_cpu_ms"])
+        row["cpu_ratio_net"] = ratio(row["binary_proxy_cpu_ms_net"], row["json_proxy_cpu_ms_net"])
+        value = row["cpu_ratio_net"] if row["cpu_ratio_net"] is not None else row["cpu_ratio"]
+        row["met"] = None if value is None else value <= LARGE_CPU_TARGET
+        rows[str(conc)] = row
+    measured = [row["met"] for row in rows.values() if row["met"] is not None]
+    return {
+        "target": LARGE_CPU_TARGET,
+        "proxy_idle_cpu_pct": idle_pct,
+        "met": all(measured) if measured else None,
+        "by_concurrency": rows,
+    }
 
 
 def pick_headline(concurrencies: list[int], wanted: int = 64) -> int:
@@ -154,6 +216,56 @@ def _felt_lines(model: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _fraction_text(value: float | None) -> str:
+    """A small ratio both ways: `0.031x (1/32)`."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}x (1/{1 / value:.0f})" if value > 0 else f"{value:.3f}x"
+
+
+def _large_lines(model: dict[str, Any]) -> list[str]:
+    """(f): the same image-sized row as JSON and as binary v2, and what each costs the proxy per request."""
+    large = model.get("large_input")
+    if not large:
+        return []
+    sizes = large.get("body_bytes") or {}
+    check = large.get("check") or {}
+    shape = "x".join(str(d) for d in large.get("input_shape") or [])
+    agree = check.get("agree")
+    answers = {True: "the two answers agree", False: "**the two answers differ**", None: "answers not compared"}[agree]
+    if check.get("note"):
+        answers += f" ({check['note']})"
+    target = large["target"]
+    idle = large.get("proxy_idle_cpu_pct")
+    idle_text = (
+        "not measured: the ratio is read on gross figures"
+        if idle is None
+        else f"{idle:.2f} % at rest (measured with no requests before the points); the target is read on the "
+        "ratio net of it, the request's own cost"
+    )
+    lines = [
+        f"**Large input through the proxy (f)**: one {shape} FP32 row, as JSON to `/predict` "
+        f"({_num(sizes.get('json'))} bytes) and as a binary v2 request to `/v2/models/{model['key']}/infer` "
+        f"({_num(sizes.get('binary'))} bytes, outputs binary too); {answers}. Proxy CPU per request = the proxy's "
+        f"CPU-seconds / successful requests (gross); net = less the proxy's idle CPU, {idle_text}. "
+        f"Target: binary <= 1/{1 / target:.0f} of JSON ({target:g}x).",
+        "",
+        "| conc. | req/s JSON | req/s binary | proxy CPU % JSON | proxy CPU % binary | proxy CPU ms/req JSON "
+        "(gross / net) | proxy CPU ms/req binary (gross / net) | binary / JSON, gross | binary / JSON, net | met |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for conc, row in large["by_concurrency"].items():
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        lines.append(
+            f"| {conc} | {_num(row['json_req_s'], 1)} | {_num(row['binary_req_s'], 1)} | "
+            f"{_num(row['json_proxy_cpu_pct'], 1)} | {_num(row['binary_proxy_cpu_pct'], 1)} | "
+            f"{_num(row['json_proxy_cpu_ms'], 2)} / {_num(row.get('json_proxy_cpu_ms_net'), 2)} | "
+            f"{_num(row['binary_proxy_cpu_ms'], 2)} / {_num(row.get('binary_proxy_cpu_ms_net'), 2)} | "
+            f"{_fraction_text(row['cpu_ratio'])} | {_fraction_text(row.get('cpu_ratio_net'))} | {met} |"
+        )
+    return [*lines, ""]
+
+
 def model_markdown(model: dict[str, Any]) -> str:
     lines = [f"### {model['description']}", ""]
     ceiling = model.get("ceiling")
@@ -167,6 +279,7 @@ def model_markdown(model: dict[str, Any]) -> str:
         )
         lines.append("")
     lines += _felt_lines(model)
+    lines += _large_lines(model)
     lines += [
         "| path | tool | conc. | req/s | p50 ms | p95 ms | p99 ms | avg batch | errors | CPU % server / proxy / "
         "loadgen | other CPU % | GPU % | limited by |",

@@ -5,16 +5,19 @@
     python -m benchmarks --quick                          # seconds: small model, concurrency 1,4, 2 s windows
 
 Order per model: the in-process ceiling (e) first, on an idle machine; then (a) the naive server, (b) and
-(c) the proxy with batching off and on (wrk; plus one locust run on (c)), and (d) Triton alone with
-batching off and on (perf_analyzer). Each point is a closed loop at one concurrency; around it the runner
-reads Triton's statistics (average executed batch, failures), the CPU of every process and, with a GPU,
-NVML's utilisation. A path that cannot run (no proxy, no wrk) is recorded as "not available" and the run
-goes on. Output: `results.json`, `results.md` and PNG plots in the results folder.
+(c) the proxy with batching off and on (wrk; plus one locust run on (c)), (f) for a model with an image
+input, one 3x224x224 row through the proxy as JSON and as a binary v2 request, side by side, with the
+proxy's CPU per request (wrk; a companion model is added for it when the run's models have no image input),
+and (d) Triton alone with batching off and on (perf_analyzer). Each point is a closed loop at one
+concurrency; around it the runner reads Triton's statistics (average executed batch, failures), the CPU of
+every process and, with a GPU, NVML's utilisation. A path that cannot run (no proxy, no wrk) is recorded as
+"not available" and the run goes on. Output: `results.json`, `results.md` and PNG plots in the results folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -25,14 +28,15 @@ import signal
 import sys
 import time
 import traceback
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, report
-from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case
+from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case, tiny_image_case
 from benchmarks.monitor import CpuWindow, GpuSampler, Nvml, bottleneck, by_role
-from benchmarks.parsing import LoadResult, average_batch, triton_counts
+from benchmarks.parsing import LoadResult, ParseError, average_batch, first_output, triton_counts
 from benchmarks.stack import BenchStack, ProxyUnavailable
 from nexusml.core.process import ManagedProcess
 
@@ -41,6 +45,10 @@ log = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"concurrency": "1,8,32,64,128", "duration": 10.0, "warmup": 2.0, "hidden": 1024, "layers": 3}
 QUICK = {"concurrency": "1,4", "duration": 2.0, "warmup": 0.5, "hidden": 64, "layers": 2}
+# (f) runs each swept concurrency capped at this (unless --large-concurrency): ResNet-50 on a CPU serves a few
+# requests per second, so more connections only queue, and wrk's 10 s timeout would start counting errors.
+LARGE_MAX_CONCURRENCY = 4
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def machine() -> dict[str, Any]:
@@ -109,6 +117,7 @@ class Runner:
         window = CpuWindow(roles)
         gpu = GpuSampler(self.nvml)
         window.start()
+        started = time.monotonic()
         gpu.start()
         record: dict[str, Any] = {"path": path, "concurrency": concurrency, "tool": report.TOOLS.get(path, "")}
         if self.out_of_time():
@@ -124,6 +133,7 @@ class Runner:
             return {**record, "status": "failed", "note": note}
         util, peak = gpu.stop()
         processes = window.stop(run.name, run.cores)
+        wall = time.monotonic() - started
         after = _stats(http, triton_model) if triton_model else None
         result: LoadResult = run.result
         errors = result.errors
@@ -144,6 +154,8 @@ class Runner:
                 "gpu_util_pct": util,
                 "gpu_util_peak_pct": peak,
                 "bottleneck": bottleneck(processes, self.nproc, util),
+                "cpu_ms_per_request": _cpu_ms_per_request(processes, result, wall),
+                "window_s": round(wall, 4),
             }
         )
         log.info(
@@ -159,11 +171,13 @@ class Runner:
         )
         return record
 
-    def _unavailable(self, path: str, note: str) -> list[dict[str, Any]]:
-        log.warning("%s: not available: %s", path, note)
+    def _unavailable(
+        self, path: str, note: str, concurrencies: list[int] | None = None, status: str = "not available"
+    ) -> list[dict[str, Any]]:
+        log.warning("%s: %s: %s", path, status, note)
         return [
-            {"path": path, "concurrency": c, "tool": report.TOOLS[path], "status": "not available", "note": note}
-            for c in self.args.concurrencies
+            {"path": path, "concurrency": c, "tool": report.TOOLS[path], "status": status, "note": note}
+            for c in (concurrencies or self.args.concurrencies)
         ]
 
     # ------------------------------------------------------------------------------------- HTTP paths
@@ -214,7 +228,7 @@ class Runner:
             "ceiling": None,
         }
         runs: list[dict[str, Any]] = model["runs"]
-        paths = args.paths
+        paths = applicable(case, args.paths)
 
         if "ceiling" in paths:
             log.info("%s: in-process ceiling", case.key)
@@ -284,6 +298,9 @@ class Runner:
             finally:
                 self.stack.stop_child(proxy)
 
+        if any(path in paths for path in report.LARGE_PATHS):
+            runs += self.large_input_paths(case, paths, model)
+
         if "triton_http" in paths:
             # Triton's own HTTP endpoint driven exactly like the proxy (wrk, JSON): the proxy's overhead target.
             triton = self.stack.triton
@@ -321,8 +338,181 @@ class Runner:
         headline = report.pick_headline(concs, args.headline_concurrency)
         ceiling_value = model["ceiling"]["samples_per_s"] if model["ceiling"] else None
         targets = report.TARGETS["gpu" if args.device == "cuda" else "cpu"]
-        model["ratios"] = report.compute_ratios(runs, concs, ceiling_value, headline, targets)
+        # (f) alone (a companion, or `--paths` naming only it) has no throughput ratio: no empty table for it.
+        only_large = set(paths) <= set(report.LARGE_PATHS)
+        model["ratios"] = None if only_large else report.compute_ratios(runs, concs, ceiling_value, headline, targets)
         return model
+
+    # ------------------------------------------------------------------------------- (f) large input
+
+    def large_input_paths(self, case: ModelCase, paths: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
+        """(f): one image-sized row through one proxy (batching on, as (c)) as JSON and as binary v2.
+
+        One proxy serves both, and the points alternate JSON, binary at each concurrency, so both see the same
+        machine (other load on a shared box drifts over minutes). Before measuring, each body is sent once
+        and the two answers compared: a body the proxy rejects or misreads is reported as such instead of
+        as a throughput of errors. Fills `model["large_input"]` with the sizes, that check and the side-by-side
+        summary (`report.large_input`).
+        """
+        assert self.stack is not None and self.stack.triton is not None
+        args = self.args
+        concs: list[int] = args.large_concurrencies
+        chosen = [path for path in report.LARGE_PATHS if path in paths]
+        json_body = case.body()
+        binary_body, header_length = case.v2_binary_body()
+        requests = {
+            "proxy_large_json": ("/predict", json_body, "application/json", {}),
+            "proxy_large_binary": (
+                f"/v2/models/{case.key}/infer",
+                binary_body,
+                "application/octet-stream",
+                {V2_HEADER_LENGTH: str(header_length)},
+            ),
+        }
+        large: dict[str, Any] = {
+            "input_shape": list(case.input_shape),
+            "body_bytes": {"json": len(json_body.encode()), "binary": len(binary_body)},
+        }
+        model["large_input"] = large
+        runs: list[dict[str, Any]] = []
+        idle: float | None = None
+        if loadgen.wrk_path() is None:
+            for path in chosen:
+                runs += self._unavailable(path, "wrk is not installed (Debian package wrk)", concs)
+        elif self.out_of_time():
+            for path in chosen:
+                runs += self._unavailable(path, "--time-budget-s spent", concs, "skipped")
+        else:
+            runs, idle = self._large_points(case, chosen, requests, large)
+        large.update(report.large_input(runs, concs, idle))
+        return runs
+
+    def _large_points(
+        self,
+        case: ModelCase,
+        chosen: list[str],
+        requests: dict[str, tuple[str, str | bytes, str, dict[str, str]]],
+        large: dict[str, Any],
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """The points of (f), and the proxy's CPU % at rest (measured after the warm-up, for net figures)."""
+        assert self.stack is not None and self.stack.triton is not None
+        args = self.args
+        concs: list[int] = args.large_concurrencies
+        extra: dict[str, str] = {}  # the proxy as (c) runs it
+        if args.proxy_coalesce != "default":
+            extra["PROXY_COALESCE"] = "true" if args.proxy_coalesce == "on" else "false"
+        json_bytes = large["body_bytes"]["json"]
+        large["proxy"] = proxy_settings(self.stack.proxy_env(case.key, args.proxy_workers, json_bytes, extra))
+        try:
+            proxy, url = self.stack.start_proxy(case.key, args.proxy_workers, json_bytes, extra)
+        except ProxyUnavailable as err:
+            refused = [run for path in chosen for run in self._unavailable(path, f"proxy not available: {err}", concs)]
+            return refused, None
+        try:
+            roles = {"server": self.stack.triton.process.pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
+            refused = self._check_large(url, chosen, requests, large)
+            ready = [path for path in chosen if path not in refused]
+            workdirs = {path: self.raw / f"{case.key}-{path}" for path in ready}
+            for path in ready:
+                workdirs[path].mkdir(exist_ok=True)
+                endpoint, body, content_type, headers = requests[path]
+                if args.warmup > 0 and not self.out_of_time():
+                    try:
+                        warm = max(concs)
+                        loadgen.wrk(
+                            f"{url}{endpoint}",
+                            body,
+                            warm,
+                            args.warmup,
+                            workdirs[path],
+                            "warmup",
+                            content_type=content_type,
+                            headers=headers,
+                        )
+                    except loadgen.LoadError as err:
+                        log.warning("%s warm-up failed: %s", path, err)
+            idle = self._idle_cpu_pct(proxy.process.pid) if ready else None  # type: ignore[union-attr]
+            runs: list[dict[str, Any]] = []
+            for conc in concs:
+                for path in chosen:
+                    if path in refused:
+                        runs += self._unavailable(path, refused[path], [conc], "failed")
+                        continue
+                    endpoint, body, content_type, headers = requests[path]
+
+                    def load(
+                        conc: int = conc,
+                        target: str = f"{url}{endpoint}",
+                        body: str | bytes = body,
+                        workdir: Path = workdirs[path],
+                        content_type: str = content_type,
+                        headers: dict[str, str] = headers,
+                    ) -> loadgen.Run:
+                        return loadgen.wrk(
+                            target,
+                            body,
+                            conc,
+                            args.duration,
+                            workdir,
+                            f"c{conc}",
+                            content_type=content_type,
+                            headers=headers,
+                        )
+
+                    runs.append(self.measure(path, conc, roles, case.key, load))
+            return runs, idle
+        finally:
+            self.stack.stop_child(proxy)
+
+    def _idle_cpu_pct(self, pid: int) -> float | None:
+        """The proxy's CPU % with no requests, over one point's length (its timers and housekeeping): what the
+        net CPU per request of (f) leaves out. None when the time budget is spent."""
+        if self.out_of_time():
+            return None
+        window = CpuWindow({"proxy": pid})
+        window.start()
+        time.sleep(self.args.duration)
+        return sum(proc.cpu_pct for proc in window.stop())
+
+    def _check_large(
+        self,
+        url: str,
+        chosen: list[str],
+        requests: dict[str, tuple[str, str | bytes, str, dict[str, str]]],
+        large: dict[str, Any],
+    ) -> dict[str, str]:
+        """Send each large body once; returns {path: why} for those the proxy did not answer, and records in
+        `large["check"]` the statuses and whether the JSON and binary answers agree."""
+        refused: dict[str, str] = {}
+        answers: dict[str, list[float]] = {}
+        statuses: dict[str, int] = {}
+        for path in chosen:
+            endpoint, body, content_type, headers = requests[path]
+            data = body.encode() if isinstance(body, str) else body
+            status, answer_headers, answer = _post(f"{url}{endpoint}", data, {"Content-Type": content_type, **headers})
+            statuses[path] = status
+            if status != 200:
+                refused[path] = f"the proxy answered {status} to the body: {answer[:300].decode(errors='replace')}"
+                continue
+            try:
+                answers[path] = first_output(answer, answer_headers.get(V2_HEADER_LENGTH.lower()))
+            except ParseError as err:
+                refused[path] = f"unreadable answer: {err}"
+        check: dict[str, Any] = {"status": statuses, "agree": None, "max_abs_diff": None}
+        if len(answers) == 2:
+            json_out, binary_out = answers["proxy_large_json"], answers["proxy_large_binary"]
+            if len(json_out) == len(binary_out):
+                diff = max((abs(a - b) for a, b in zip(json_out, binary_out, strict=True)), default=0.0)
+                scale = max((abs(a) for a in json_out), default=0.0)
+                check["max_abs_diff"] = diff
+                check["agree"] = diff <= 1e-3 * max(1.0, scale)
+            else:
+                check["agree"] = False
+                check["note"] = f"{len(json_out)} outputs by JSON, {len(binary_out)} by binary"
+        if refused:
+            check["note"] = "; ".join(f"{path}: {why}" for path, why in refused.items())
+        large["check"] = check
+        return refused
 
 
 def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
@@ -347,6 +537,43 @@ def _child_env() -> dict[str, str]:
     return dict(os.environ)
 
 
+def _cpu_ms_per_request(processes: list[Any], result: LoadResult, wall_s: float) -> dict[str, float] | None:
+    """CPU milliseconds per successful request, per role: what a request costs each process, whatever the rate.
+
+    wrk points only: their CPU window is the load itself, so CPU-seconds over the window / successful requests
+    is exact; perf_analyzer's window also holds its own warm-up trials and locust's its ramp.
+    """
+    ok = round(result.throughput * result.duration_s)
+    if result.tool != "wrk" or ok <= 0:
+        return None
+    seconds: dict[str, float] = {}
+    for proc in processes:
+        seconds[proc.role] = seconds.get(proc.role, 0.0) + proc.cpu_pct / 100 * wall_s
+    return {role: round(1000 * value / ok, 4) for role, value in seconds.items()}
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """One POST: (status, headers with lower-case names, body), an error status included; status 0 when nothing
+    answered."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+    except OSError as err:
+        return 0, {}, str(err).encode()
+
+
+def applicable(case: ModelCase, paths: list[str]) -> list[str]:
+    """The requested paths that `case` runs: (f) needs an image input, and a companion runs (f) alone."""
+    if case.large_only:
+        return [path for path in paths if path in report.LARGE_PATHS]
+    if not case.image_input:
+        return [path for path in paths if path not in report.LARGE_PATHS]
+    return list(paths)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 ALL_PATHS = (
@@ -355,6 +582,7 @@ ALL_PATHS = (
     "fastapi",
     "proxy_nobatch",
     "proxy_batch",
+    *report.LARGE_PATHS,
     "triton_http",
     "triton_nobatch",
     "triton_batch",
@@ -367,6 +595,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (seconds, not minutes)")
     p.add_argument("--concurrency", help=f"comma list (default {FULL['concurrency']}; --quick {QUICK['concurrency']})")
+    p.add_argument(
+        "--large-concurrency",
+        help=f"comma list for the large-input paths (default: each --concurrency capped at {LARGE_MAX_CONCURRENCY})",
+    )
     p.add_argument("--duration", type=float, help="seconds measured per point (default 10; --quick 2)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up per HTTP path (default 2; --quick 0.5)")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<UTC timestamp>)")
@@ -401,6 +633,10 @@ def parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     base = QUICK if args.quick else FULL
     args.concurrencies = [int(c) for c in str(args.concurrency or base["concurrency"]).split(",") if c.strip()]
+    if args.large_concurrency:
+        args.large_concurrencies = [int(c) for c in str(args.large_concurrency).split(",") if c.strip()]
+    else:
+        args.large_concurrencies = sorted({min(c, LARGE_MAX_CONCURRENCY) for c in args.concurrencies})
     args.duration = args.duration or base["duration"]
     args.warmup = base["warmup"] if args.warmup is None else args.warmup
     args.hidden = args.hidden or base["hidden"]
@@ -422,6 +658,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def cases(args: argparse.Namespace) -> list[ModelCase]:
+    """The models of `--model`, less those no chosen path applies to, plus a companion for (f) when chosen and
+    no model has an image input: ResNet-50, or with `--quick` a tiny model of the same 3x224x224 input."""
     found = []
     for name in args.models:
         if name == "mlp":
@@ -430,7 +668,9 @@ def cases(args: argparse.Namespace) -> list[ModelCase]:
             found.append(resnet50_case())
         else:
             raise SystemExit(f"unknown model {name!r}: expected mlp or resnet50")
-    return found
+    if any(path in args.paths for path in report.LARGE_PATHS) and not any(case.image_input for case in found):
+        found.append(dataclasses.replace(tiny_image_case() if args.quick else resnet50_case(), large_only=True))
+    return [case for case in found if applicable(case, args.paths)]
 
 
 def sync_env(args: argparse.Namespace) -> dict[str, str]:
@@ -475,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             "sync_env": sync_env(args),
             "locust_users": args.locust_users,
             "paths": args.paths,
+            "large_concurrency": args.large_concurrencies,
             "time_budget_s": args.time_budget_s,
         },
         "models": [],
@@ -483,7 +724,11 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         work.mkdir(exist_ok=True)
-        with BenchStack(work, cases(args), device=args.device, sync_env=sync_env(args)) as stack:
+        # The `_nobatch` copies serve (b) and (d off) only: a run without them skips their sync and Triton load.
+        nobatch = any(path in args.paths for path in ("proxy_nobatch", "triton_nobatch"))
+        with BenchStack(
+            work, cases(args), device=args.device, sync_env=sync_env(args), nobatch_copies=nobatch
+        ) as stack:
             runner.stack = stack
             for case in stack.cases:
                 results["models"].append(runner.run_case(case))

@@ -64,7 +64,7 @@ class BenchStack:
             for case in self.cases:
                 meta = case.publish(client, BUCKET, self.workdir / "export", s3.endpoint_url)
                 self._sync(meta, s3_env, batching=True)
-                if self.nobatch_copies:
+                if self.nobatch_copies and not case.large_only:  # a companion runs on the batching copy only
                     self._sync(dataclasses.replace(meta, name=case.nobatch_key), s3_env, batching=False)
         finally:
             s3.stop()  # everything is in the repository now

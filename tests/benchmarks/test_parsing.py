@@ -1,6 +1,15 @@
-"""Result parsing: wrk's JSON line, perf_analyzer's CSV, locust's stats CSV, Triton's statistics."""
+"""Result parsing: wrk's JSON line and Lua script (binary bodies included), perf_analyzer's CSV, locust's
+stats CSV, Triton's statistics, the proxy's answers."""
 
 from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import struct
+import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +18,8 @@ from benchmarks.parsing import (
     ParseError,
     average_batch,
     concurrency_of,
+    first_output,
+    lua_string,
     parse_locust_stats,
     parse_perf_analyzer_csv,
     parse_wrk,
@@ -74,6 +85,96 @@ def test_wrk_script_posts_the_body_and_prints_the_marker():
     assert 'wrk.body = "{\\"input\\": [1, 2, 3, 4, 5]}"' in script
     assert WRK_MARKER in script
     assert "latency:percentile(99)" in script
+
+
+@pytest.mark.parametrize(
+    ("data", "literal"),
+    [
+        pytest.param(b"abc {}", '"abc {}"', id="printable"),
+        pytest.param(b'"\\', '"\\034\\092"', id="quote-and-backslash"),
+        pytest.param(b"\x00" + b"1", '"\\0001"', id="nul-then-digit"),
+        pytest.param(b"\n\x7f\xff", '"\\010\\127\\255"', id="control-and-high"),
+        pytest.param(b"", '""', id="empty"),
+    ],
+)
+def test_lua_string(data, literal):
+    assert lua_string(data) == literal
+
+
+def test_wrk_script_for_a_binary_body_sets_its_headers():
+    script = wrk_script(
+        b"{}\x00\x01", "/v2/models/m/infer", "application/octet-stream", {"Inference-Header-Content-Length": "2"}
+    )
+    assert 'wrk.path = "/v2/models/m/infer"' in script
+    assert 'wrk.body = "{}\\000\\001"' in script
+    assert 'wrk.headers["Content-Type"] = "application/octet-stream"' in script
+    assert 'wrk.headers["Inference-Header-Content-Length"] = "2"' in script
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_sends_a_binary_body_byte_for_byte(tmp_path: Path) -> None:
+    body = b'{"inputs":[]}' + bytes(range(256)) * 64 + b'\\"1\x000'
+    seen: list[tuple[bool, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            data = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((data == body, self.headers.get("Inference-Header-Content-Length")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = tmp_path / "post.lua"
+        script.write_text(wrk_script(body, "/x", "application/octet-stream", {"Inference-Header-Content-Length": "13"}))
+        url = f"http://127.0.0.1:{server.server_port}/x"
+        done = subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(script), url], capture_output=True, text=True)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert seen and set(seen) == {(True, "13")}
+
+
+def _binary_answer(values: list[float], datatype: str = "FP32") -> tuple[bytes, str]:
+    data = struct.pack(f"<{len(values)}f", *values)
+    entry = {"name": "OUTPUT__0", "datatype": datatype, "shape": [1, len(values)]}
+    header = json.dumps({"outputs": [{**entry, "parameters": {"binary_data_size": len(data)}}]}).encode()
+    return header + data, str(len(header))
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "expected"),
+    [
+        pytest.param(b'{"output": [[0.5, -1.0], [2.0, 3.0]]}', None, [0.5, -1.0, 2.0, 3.0], id="predict"),
+        pytest.param(b'{"outputs": [{"name": "O", "data": [1, 2.5]}]}', None, [1.0, 2.5], id="v2-json"),
+        pytest.param(*_binary_answer([0.25, -2.0, 7.5]), [0.25, -2.0, 7.5], id="v2-binary"),
+    ],
+)
+def test_first_output(body, header_length, expected):
+    assert first_output(body, header_length) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length"),
+    [
+        pytest.param(b"not json", None, id="not-json"),
+        pytest.param(b'{"error": "overloaded"}', None, id="error-answer"),
+        pytest.param(_binary_answer([1.0])[0][:-2], _binary_answer([1.0])[1], id="truncated"),
+        pytest.param(*_binary_answer([1.0], "FP16"), id="not-fp32"),
+        pytest.param(b"{}", "x", id="bad-header-length"),
+    ],
+)
+def test_first_output_rejects(body, header_length):
+    with pytest.raises(ParseError):
+        first_output(body, header_length)
 
 
 PA_HEADER = (

@@ -134,3 +134,121 @@ def test_markdown_lists_every_run_and_the_ratios():
     assert "| (a) naive aiohttp server | wrk | 64 | 1,400 | 40.00 | 50.00 | 60.00 |" in text
     assert "not available" in text and "proxy not available: boom" in text
     assert "| c/b | 7.00x | >= 5x | yes |" in text
+
+
+def large(path: str, conc: int, throughput: float, cpu_pct: float, cpu_ms: float, status: str = "ok") -> dict:
+    return {
+        **run(path, conc, throughput, status),
+        "tool": "wrk",
+        "cpu": {"server": 150.0, "proxy": cpu_pct},
+        "cpu_ms_per_request": {"server": 100.0, "proxy": cpu_ms},
+        "duration_s": 10.0,
+        "window_s": 10.0,
+    }
+
+
+LARGE_RUNS = [
+    large("proxy_large_json", 1, 6.0, 30.0, 50.0),
+    large("proxy_large_binary", 1, 8.0, 2.0, 2.5),
+    large("proxy_large_json", 4, 7.0, 35.0, 50.0),
+    large("proxy_large_binary", 4, 9.0, 6.0, 6.0),
+    large("proxy_large_json", 8, 7.0, 35.0, 50.0),
+    large("proxy_large_binary", 8, 0.0, 0.0, 0.0, status="failed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("conc", "cpu_ratio", "met"),
+    [
+        pytest.param(1, 0.05, True, id="at-the-target"),
+        pytest.param(4, 0.12, False, id="above-the-target"),
+        pytest.param(8, None, None, id="binary-failed"),
+        pytest.param(16, None, None, id="not-measured"),
+    ],
+)
+def test_large_input_ratio_of_proxy_cpu_per_request(conc, cpu_ratio, met):
+    summary = report.large_input(LARGE_RUNS, [1, 4, 8, 16])
+    row = summary["by_concurrency"][str(conc)]
+    assert row["cpu_ratio"] == (None if cpu_ratio is None else pytest.approx(cpu_ratio))
+    assert row["met"] is met
+    assert summary["target"] == pytest.approx(1 / 20)
+
+
+@pytest.mark.parametrize(
+    ("concurrencies", "met"),
+    [
+        pytest.param([1], True, id="all-met"),
+        pytest.param([1, 4], False, id="one-missed"),
+        pytest.param([8, 16], None, id="nothing-measured"),
+    ],
+)
+def test_large_input_met_overall(concurrencies, met):
+    assert report.large_input(LARGE_RUNS, concurrencies)["met"] is met
+
+
+def test_cpu_ms_per_request_needs_an_ok_point():
+    assert report.cpu_ms_per_request(LARGE_RUNS[0]) == 50.0
+    assert report.cpu_ms_per_request(LARGE_RUNS[0], "server") == 100.0
+    assert report.cpu_ms_per_request(LARGE_RUNS[-1]) is None
+    assert report.cpu_ms_per_request(run("proxy_batch", 1, 5.0)) is None
+    assert report.cpu_ms_per_request(None) is None
+
+
+@pytest.mark.parametrize(
+    ("index", "idle_pct", "expected"),
+    [
+        pytest.param(1, 1.0, 2.5 - 1.0 * 10 * 10 / 80, id="binary-less-idle"),
+        pytest.param(0, 1.0, 50.0 - 1.0 * 10 * 10 / 60, id="json-less-idle"),
+        pytest.param(1, 50.0, 0.0, id="never-negative"),
+        pytest.param(1, None, None, id="idle-not-measured"),
+        pytest.param(5, 1.0, None, id="failed-point"),
+    ],
+)
+def test_net_cpu_ms_per_request(index, idle_pct, expected):
+    value = report.net_cpu_ms_per_request(LARGE_RUNS[index], idle_pct)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("conc", "idle_pct", "gross", "net", "met"),
+    [
+        pytest.param(1, 1.0, 0.05, 1.25 / (50 - 10 / 6), True, id="both-meet"),
+        pytest.param(4, 3.0, 0.12, (6 - 30 / 9) / (50 - 30 / 7), False, id="both-miss"),
+        pytest.param(4, 5.2, 0.12, (6 - 52 / 9) / (50 - 52 / 7), True, id="net-decides"),
+        pytest.param(4, None, 0.12, None, False, id="gross-without-idle"),
+    ],
+)
+def test_large_input_target_is_read_on_the_net_ratio_when_idle_was_measured(conc, idle_pct, gross, net, met):
+    row = report.large_input(LARGE_RUNS, [conc], idle_pct)["by_concurrency"][str(conc)]
+    assert row["cpu_ratio"] == pytest.approx(gross)
+    assert row["cpu_ratio_net"] == (None if net is None else pytest.approx(net))
+    assert row["met"] is met
+
+
+def test_markdown_shows_the_large_input_paths_side_by_side():
+    runs = LARGE_RUNS[:4]
+    model = {
+        "key": "resnet50",
+        "description": "ResNet-50",
+        "ceiling": None,
+        "runs": [{**r, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "errors": 0, "gpu_util_pct": None} for r in runs],
+        "locust": None,
+        "ratios": None,
+        "large_input": {
+            "input_shape": [3, 224, 224],
+            "body_bytes": {"json": 752640, "binary": 602300},
+            "check": {"status": {}, "agree": True, "max_abs_diff": 0.0},
+            **report.large_input(runs, [1, 4], idle_pct=1.0),
+        },
+    }
+    text = report.markdown({"machine": {"nproc": 2, "cpu_model": "x", "ram_gb": 1, "gpus": []}, "models": [model]})
+    assert "**Large input through the proxy (f)**: one 3x224x224 FP32 row" in text
+    assert "(752,640 bytes)" in text and "(602,300 bytes, outputs binary too); the two answers agree" in text
+    assert "net = less the proxy's idle CPU, 1.00 % at rest" in text
+    assert "Target: binary <= 1/20 of JSON (0.05x)" in text
+    assert "| 1 | 6.0 | 8.0 | 30.0 | 2.0 | 50.00 / 48.33 | 2.50 / 1.25 | 0.050x (1/20) | 0.026x (1/39) | yes |" in text
+    assert (
+        "| 4 | 7.0 | 9.0 | 35.0 | 6.0 | 50.00 / 48.57 | 6.00 / 4.89 | 0.120x (1/8) | 0.101x (1/10) | **no** |" in text
+    )
+    assert "| (f) proxy, image input as binary v2 (/v2/.../infer) | wrk | 4 | 9 |" in text
+    assert "Headline ratios" not in text
