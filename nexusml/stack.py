@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from nexusml.core import metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
-from nexusml.core.process import ManagedProcess, Stopped, child_options, stop_all, supervising
+from nexusml.core.process import ManagedProcess, Stopped, child_options, guarded, stop_all, supervising
 from nexusml.core.settings import env, nested
 from nexusml.s3local import LocalS3
 from nexusml.sync.settings import S3Settings, TritonSettings
@@ -111,7 +111,7 @@ class StepFailed(NexusError):
 
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
     log.info("%s: %s", name, " ".join(argv))
-    code = subprocess.call([sys.executable, "-m", "nexusml", *argv], env=env, **child_options())
+    code = subprocess.call(guarded([sys.executable, "-m", "nexusml", *argv]), env=env, **child_options())
     if code != 0:
         raise StepFailed(name, code)
 

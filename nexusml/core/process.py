@@ -2,7 +2,7 @@
 
 Children must not outlive the process that started them: one killed hard (SIGKILL, the OOM killer) cannot
 stop them, and they would keep their ports (a leftover local S3 on :9000 stops the next `make run`). So each
-child asks the kernel for a signal when its parent dies (`child_options`), and a start that finds its port
+child asks the kernel for a signal when its parent dies (`guarded`), and a start that finds its port
 taken says who holds it (`port_holder`).
 """
 
@@ -52,7 +52,7 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 @functools.cache
 def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up once in the parent: the child between fork and exec must not load anything."""
+    """libc's prctl, or None where there is none (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -61,45 +61,42 @@ def _prctl() -> Callable[..., int] | None:
     return prctl
 
 
-def _die_with_parent(prctl: Callable[..., int], parent: int, signum: int) -> None:
-    """Runs in the child between fork and exec: ask for `signum` when the parent dies.
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel for `PARENT_DEATH_SIGNAL` when this process's parent dies; `parent` is its pid.
 
-    The parent may already have died between the fork and this call; then the child has been re-parented
-    and no signal will ever come, so it exits instead of starting a server nobody will stop.
+    Called first thing by a child that runs our code (the exec guard below, a proxy worker). The parent may
+    already have died before this call; then the child has been re-parented and no signal will ever come, so
+    it exits instead of starting a server nobody will stop.
     """
-    if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+    prctl = _prctl()
+    if prctl is None:  # not Linux: no parent-death signal; the supervisor's own stop is all there is
+        return
+    if prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
         os._exit(1)
 
 
 def child_options() -> dict[str, Any]:
-    """Popen keyword arguments for a child that must not outlive this process, for `subprocess` calls.
+    """Popen keyword arguments for our children: a session of their own, so they get no terminal signals
+    (Ctrl-C) and the supervisor alone decides when and in which order they stop (see `supervising`)."""
+    return {"start_new_session": True}
 
-    - `start_new_session`: the child gets no terminal signals (Ctrl-C); the supervisor alone decides when
-      and in which order children stop (see `supervising`).
-    - `preexec_fn`: Linux's PR_SET_PDEATHSIG, so the kernel sends `PARENT_DEATH_SIGNAL` to the child when
-      we die, however we die. subprocess documents `preexec_fn` as unsafe with threads: the child starts as
-      a copy of one thread, and locks other threads held at the fork stay held. The hook only calls a libc
-      function resolved beforehand (no dynamic loader) and `os.getppid`: nothing that waits on such a lock.
 
-    The kernel sends the signal when the *thread* that forked the child ends, not the process. Call this
-    from the main thread (it ends with the process), or start the child with `spawn`, which forks from a
-    thread that lives as long as the process.
+def guarded(argv: list[str], max_file_bytes: int | None = None) -> list[str]:
+    """`argv` run through `nexusml.core.exec_guard`, which sets the parent-death signal (and, for tests, a
+    file-size limit) in the child itself and then execs `argv` in its place.
+
+    Not subprocess's `preexec_fn`: that runs Python in the forked child before exec, which gRPC's fork
+    handlers abort when the parent has gRPC loaded (measured in the test process: "epoll_wait error: Bad
+    file descriptor", exit -6), and subprocess documents it as unsafe with threads. The cost is one Python
+    start-up per child. The kernel sends the signal when the *thread* that started the child ends, not the
+    process: start it from the main thread, or with `spawn`.
     """
-    prctl = _prctl()
-    if prctl is None:  # not Linux: no parent-death signal; the supervisor's own stop is all there is
-        return {"start_new_session": True}
-    hook = functools.partial(_die_with_parent, prctl, os.getpid(), int(PARENT_DEATH_SIGNAL))
-    return {"start_new_session": True, "preexec_fn": hook}
-
-
-def die_with_parent(parent: int) -> None:
-    """`child_options`' parent-death signal for a child that runs our own code (a `multiprocessing` worker),
-    set by the child itself first thing; `parent` is the pid that started it."""
-    prctl = _prctl()
-    if prctl is not None:
-        _die_with_parent(prctl, parent, int(PARENT_DEATH_SIGNAL))
+    guard = [sys.executable, "-m", "nexusml.core.exec_guard", "--parent", str(os.getpid())]
+    if max_file_bytes is not None:
+        guard += ["--max-file-bytes", str(max_file_bytes)]
+    return [*guard, "--", *argv]
 
 
 _spawner_lock = threading.Lock()
@@ -119,16 +116,17 @@ def _spawner_thread() -> ThreadPoolExecutor:
 
 
 def spawn(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
-    """`subprocess.Popen(argv, **popen, **child_options())`, forked from a thread that lives as long as we do.
+    """`argv`, `guarded`, in a session of its own, started from a thread that lives as long as we do.
 
     A server started from a short-lived thread (a `threading.Thread`, `asyncio.to_thread`) would otherwise
     get the parent-death signal as soon as that thread ends. The main thread, which ends only with the
     process, forks itself: were it to wait on another thread, a signal there (`Stopped`) could leave the new
     child running with no handle for the supervisor to stop it by.
     """
+    command = guarded(argv)
     if threading.current_thread() is threading.main_thread():
-        return subprocess.Popen(argv, **popen, **child_options())
-    return _spawner_thread().submit(lambda: subprocess.Popen(argv, **popen, **child_options())).result()
+        return subprocess.Popen(command, **popen, **child_options())
+    return _spawner_thread().submit(lambda: subprocess.Popen(command, **popen, **child_options())).result()
 
 
 def port_in_use(host: str, port: int) -> bool:

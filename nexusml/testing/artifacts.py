@@ -10,8 +10,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import resource
-import signal
 import subprocess
 import sys
 import tarfile
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nexusml.core.metadata import ModelMetadata
+from nexusml.core.process import guarded
 from nexusml.testing.environment import free_port
 from nexusml.testing.models import TEST_BUCKET
 
@@ -32,20 +31,21 @@ def run_sync(
     env: dict[str, str],
     meta: ModelMetadata | dict[str, Any],
     workdir: Path,
-    preexec_fn: Callable[[], None] | None = None,
+    max_file_bytes: int | None = None,
     command: tuple[str, ...] = SYNC_COMMAND,
     **extra: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Write the metadata into `workdir` and run the sync on it (CPU); its output is captured."""
+    """Write the metadata into `workdir` and run the sync on it (CPU); its output is captured.
+
+    `max_file_bytes` caps the sync's file sizes as a full disk would (through `nexusml.core.exec_guard`)."""
     data = meta if isinstance(meta, dict) else meta.to_dict()
     (workdir / ".nexus_meta.json").write_text(json.dumps(data))
     return subprocess.run(
-        list(command),
+        list(command) if max_file_bytes is None else guarded(list(command), max_file_bytes),
         env={**env, "NEXUS_META_PATH": str(workdir / ".nexus_meta.json"), "DEVICE": "cpu", **extra},
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=preexec_fn,
     )
 
 
@@ -105,10 +105,8 @@ def archive_meta(meta: ModelMetadata, s3_client: Any, key: str, data: bytes) -> 
     return with_artifact(meta, uri=uri, sha256=sha, size=size, packaging="tar")
 
 
-def limit_file_size() -> None:
-    """A failing write, as on a full disk: files may not grow past 64 KiB (EFBIG instead of SIGXFSZ)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+# A failing write, as on a full disk: files may not grow past 64 KiB (EFBIG instead of SIGXFSZ); see `run_sync`.
+FULL_DISK_BYTES = 64 << 10
 
 
 # prepare(meta, s3_client, {"auth_endpoint": url}) -> (the metadata to sync, extra settings)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from nexusml.testing.artifacts import SYNC_FAILURES, limit_file_size, put, run_sync, snapshot, tar_of, with_artifact
+from nexusml.testing.artifacts import FULL_DISK_BYTES, SYNC_FAILURES, put, run_sync, snapshot, tar_of, with_artifact
 from nexusml.testing.models import TEST_BUCKET, sync_into
 from nexusml.testing.servers import start_local_s3
 from reliability.bed import Bed
@@ -38,7 +38,7 @@ class Case:
     id: str
     exit_code: int
     message: str
-    build: Callable[[Bed, str], tuple[Any, dict[str, str], CuttingRelay | None, Callable[[], None] | None]]
+    build: Callable[[Bed, str], tuple[Any, dict[str, str], CuttingRelay | None, int | None]]
 
 
 def _payload(seed: str) -> bytes:
@@ -132,7 +132,7 @@ def _bomb(bed: Bed, key: str) -> Any:
 
 
 def _full_disk(bed: Bed, key: str) -> Any:
-    return _file_meta(bed, key), {}, None, limit_file_size
+    return _file_meta(bed, key), {}, None, FULL_DISK_BYTES
 
 
 CASES = [
@@ -172,13 +172,13 @@ def run_case(bed: Bed, case: Case, result: ScenarioResult) -> None:
     repository = Path(env["MODEL_REPOSITORY"])
     workdir = repository.parent
     before = snapshot(repository)
-    meta, extra, relay, preexec = case.build(bed, f"faults/{case.id}/{time.monotonic_ns()}")
+    meta, extra, relay, max_file_bytes = case.build(bed, f"faults/{case.id}/{time.monotonic_ns()}")
     started = time.monotonic()
     if relay is not None:
         with relay:
-            completed = run_sync(env, meta, workdir, preexec_fn=preexec, **extra)
+            completed = run_sync(env, meta, workdir, max_file_bytes=max_file_bytes, **extra)
     else:
-        completed = run_sync(env, meta, workdir, preexec_fn=preexec, **extra)
+        completed = run_sync(env, meta, workdir, max_file_bytes=max_file_bytes, **extra)
     elapsed = time.monotonic() - started
     last = (completed.stderr.strip().splitlines() or [""])[-1]
     left = leftovers(repository)

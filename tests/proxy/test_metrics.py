@@ -69,6 +69,17 @@ def post_predict(proxy: ProxyProcess) -> int:
         return response.status
 
 
+def wait_for_both_workers(proxy: ProxyProcess) -> None:
+    """The harness's start waits for one worker's /readyz; the other may still be starting (each is a fresh
+    interpreter), and the kernel hands connections only to listening sockets. Needs ACCESS_LOG=all."""
+    for _ in range(400):
+        proxy.get("/healthz")
+        if answered_by(proxy, "/healthz") == {0, 1}:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"only workers {answered_by(proxy, '/healthz')} answered")
+
+
 def metrics_dirs(tmp: Path) -> list[Path]:
     return sorted(tmp.glob("nexus-proxy-metrics-*"))
 
@@ -82,6 +93,7 @@ def test_two_workers_counts_add_up_on_every_scrape(
     proxy = proxy_process(
         MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="demo_mlp", PROXY_WORKERS="2", TMPDIR=str(tmp), ACCESS_LOG="all"
     ).start()
+    wait_for_both_workers(proxy)
     [directory] = metrics_dirs(tmp)  # the workers' shared files, in a fresh private directory
     assert [post_predict(proxy) for _ in range(REQUESTS)] == [200] * REQUESTS
     scrapes = []
@@ -107,8 +119,13 @@ def test_two_workers_in_flight_is_the_pods_total(
 ) -> None:
     """The HPA's metric: predictions in progress on all workers, on every scrape."""
     proxy = proxy_process(
-        MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="demo_mlp", PROXY_WORKERS="2", BODY_TIMEOUT_S="120"
+        MODEL_SERVER_URL=triton.grpc_url,
+        MODEL_NAME="demo_mlp",
+        PROXY_WORKERS="2",
+        BODY_TIMEOUT_S="120",
+        ACCESS_LOG="all",
     ).start()
+    wait_for_both_workers(proxy)
     held = [held_request(proxy.port) for _ in range(6)]  # each on its own connection, spread over the workers
 
     def in_flight() -> float | None:

@@ -89,7 +89,7 @@ def test_full_disk_is_a_disk_error(
     before = snapshot(repository)
     uri, sha, size = put(s3_client, "big/model.pt", b"\1" * (256 << 10))
     meta = with_artifact(demo_model.meta, uri=uri, sha256=sha, size=size)
-    result = run_sync(repo_env, meta, tmp_path, preexec_fn=artifacts.limit_file_size)
+    result = run_sync(repo_env, meta, tmp_path, max_file_bytes=artifacts.FULL_DISK_BYTES)
     assert result.returncode == 9, result.stderr
     assert "File too large" in result.stderr.splitlines()[-1]
     assert snapshot(repository) == before
