@@ -23,7 +23,7 @@ import orjson
 
 from proxy.errors import BadRequest, NonFinite, NonFiniteOutput, NotFound, TooManyRows, WrongShape, WrongType
 from proxy.schema import ModelSchema, TensorSchema
-from proxy.validation import Prediction, parse_json, tensor
+from proxy.validation import Prediction, check_variable_dims, parse_json, tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY = "application/octet-stream"
@@ -192,11 +192,9 @@ def _from_bytes(
         raise NonFinite(f"{where}: NaN or Infinity in a binary tensor")
     if spec.datatype == "BOOL" and array.view(np.uint8).max(initial=0) > 1:
         raise WrongType(f"{where}: BOOL bytes must be 0 or 1")
-    if -1 in spec.shape:
-        tensor_dims = shape[1:] if len(shape) > len(spec.shape) else shape
-        for length, want in zip(tensor_dims, spec.shape, strict=True):
-            if want == -1 and not 1 <= length <= max_dim:
-                raise WrongShape(f"{where}: a variable dimension takes 1 to MAX_DYNAMIC_DIM={max_dim} elements")
+    if -1 in spec.shape:  # the batch dimension, when there is one, is bounded by max_batch_size instead
+        expected = (shape[0], *spec.shape) if len(shape) > len(spec.shape) else spec.shape
+        check_variable_dims(shape, expected, max_dim, where)
     return array, offset + size
 
 

@@ -160,7 +160,7 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
     if raw.ndim != len(expected) or any(want not in (-1, got) for want, got in zip(expected, raw.shape, strict=True)):
         raise WrongShape(f"{where}: got shape {_shape(raw.shape)}, expected {_shape(expected)}")
     if -1 in spec.shape:
-        _check_variable_dims(raw.shape, expected, max_dim, where)
+        check_variable_dims(raw.shape, expected, max_dim, where)
     if spec.datatype == "BOOL":
         if kind != "b":
             raise WrongType(f"{where}: only booleans allowed")
@@ -176,7 +176,7 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
     return _convert(raw, value, spec, where)
 
 
-def _check_variable_dims(got: tuple[int, ...], expected: tuple[int, ...], max_dim: int, where: str) -> None:
+def check_variable_dims(got: tuple[int, ...], expected: tuple[int, ...], max_dim: int, where: str) -> None:
     """A -1 dimension matches any length, so without bounds an empty list reaches the model (which may fail
     on it) and one long list costs the model as much as the body limit allows; both are refused here."""
     for length, want in zip(got, expected, strict=True):

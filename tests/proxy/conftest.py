@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,21 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 
 def error_code(body: Any) -> str:
     return body["error"]["code"]
+
+
+def wait_for_both_workers(proxy: ProxyProcess, path: str = "/healthz") -> None:
+    """Until both of a two-worker proxy's workers have answered `path` (each on a fresh connection).
+
+    The harness's start waits for one worker's /readyz; the other may still be starting (each is a fresh
+    interpreter), and the kernel hands connections only to listening sockets. Needs ACCESS_LOG=all.
+    """
+    for _ in range(400):
+        status, _ = proxy.get(path)
+        assert status == 200
+        if answered_by(proxy, path) == {0, 1}:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"only workers {answered_by(proxy, path)} answered {path}")
 
 
 def answered_by(proxy: ProxyProcess, path: str) -> set[int]:

@@ -14,7 +14,7 @@ import pytest
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
 from proxy.metrics import Metrics
-from tests.proxy.conftest import BODY, answered_by
+from tests.proxy.conftest import BODY, answered_by, wait_for_both_workers
 
 PREDICT_OK = 'nexus_proxy_requests_total{route="/predict",status="200"}'
 SCRAPE_OK = 'nexus_proxy_requests_total{route="/metrics",status="200"}'
@@ -67,17 +67,6 @@ def post_predict(proxy: ProxyProcess) -> int:
     with urllib.request.urlopen(request, timeout=30) as response:
         assert "output" in json.loads(response.read())
         return response.status
-
-
-def wait_for_both_workers(proxy: ProxyProcess) -> None:
-    """The harness's start waits for one worker's /readyz; the other may still be starting (each is a fresh
-    interpreter), and the kernel hands connections only to listening sockets. Needs ACCESS_LOG=all."""
-    for _ in range(400):
-        proxy.get("/healthz")
-        if answered_by(proxy, "/healthz") == {0, 1}:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"only workers {answered_by(proxy, '/healthz')} answered")
 
 
 def metrics_dirs(tmp: Path) -> list[Path]:

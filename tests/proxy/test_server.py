@@ -14,7 +14,7 @@ import pytest
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
-from tests.proxy.conftest import answered_by
+from tests.proxy.conftest import wait_for_both_workers
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,7 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     proxy_process: Callable[..., ProxyProcess], triton: TritonServer
 ) -> None:
     proxy = proxy_process(MODEL_SERVER_URL=triton.http_url, PROXY_WORKERS="2", ACCESS_LOG="all").start()
-    workers: set[int] = set()
-    for _ in range(400):
-        status, _ = proxy.get("/metrics")
-        assert status == 200
-        workers = answered_by(proxy, "/metrics")
-        if workers == {0, 1}:
-            break
-    assert workers == {0, 1}
+    wait_for_both_workers(proxy, "/metrics")
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
 

@@ -239,3 +239,27 @@ def test_v2_routes_need_the_api_key(triton: TritonServer, tmp_path: Path) -> Non
         assert post(process, "/v2/models/demo_mlp/infer", body.encode(), {"X-API-Key": "k-one"})[0] == 200
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    ("length", "accepted"),
+    [
+        pytest.param(3, True, id="within-max-dynamic-dim"),
+        pytest.param(5, False, id="over-max-dynamic-dim"),
+        pytest.param(0, False, id="empty-variable-dimension"),
+    ],
+)
+def test_binary_variable_dimensions_follow_max_dynamic_dim(length: int, accepted: bool) -> None:
+    """The same bound as JSON inputs (the shared check in proxy.validation), on a model with a -1 dimension."""
+    from proxy import v2
+    from proxy.errors import WrongShape
+    from proxy.schema import ModelSchema, TensorSchema
+
+    schema = ModelSchema("m", ("1",), "python", 8, (TensorSchema("X", "FP32", (-1,)),), ())
+    tensor = {"name": "X", "shape": [1, length], "datatype": "FP32", "parameters": {"binary_data_size": 4 * length}}
+    body, headers = binary_body({"inputs": [tensor]}, struct.pack(f"<{length}f", *range(length)))
+    if accepted:
+        assert v2.parse_infer(body, headers["Inference-Header-Content-Length"], schema, 4).prediction.rows == 1
+    else:
+        with pytest.raises(WrongShape, match="MAX_DYNAMIC_DIM=4"):
+            v2.parse_infer(body, headers["Inference-Header-Content-Length"], schema, 4)
