@@ -1,5 +1,6 @@
 """Load generators' outputs -> one `LoadResult` shape: wrk (JSON from its Lua `done`), perf_analyzer (CSV),
-locust (`--csv` stats file). Pure functions over text, so the unit tests feed them recorded outputs.
+locust (`--csv` stats file); and the proxy's error answers counted from its log. Pure functions over text, so
+the unit tests feed them recorded outputs.
 """
 
 from __future__ import annotations
@@ -127,6 +128,25 @@ def parse_wrk(stdout: str) -> LoadResult:
         mean_ms=latency["mean"] / 1000 if has_latency else None,
         error_detail={key: value for key, value in errors.items() if value},
     )
+
+
+def logged_errors(text: str) -> dict[str, int]:
+    """The proxy's error answers counted from its log text, as {"504 deadline_exceeded": 3}: with the
+    default `ACCESS_LOG=errors` it writes one JSON object per answer >= 400. wrk only counts non-2xx answers;
+    this says which they were. Lines that are not such objects (start-up, warnings) are skipped."""
+    causes: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("status"), int):
+            continue
+        key = f"{record['status']} {record.get('code', '')}".strip()
+        causes[key] = causes.get(key, 0) + 1
+    return causes
 
 
 # ------------------------------------------------------------------------------- the proxy's answers

@@ -36,7 +36,7 @@ from typing import Any
 from benchmarks import loadgen, report
 from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case, tiny_image_case
 from benchmarks.monitor import CpuWindow, GpuSampler, Nvml, bottleneck, by_role
-from benchmarks.parsing import LoadResult, ParseError, average_batch, first_output, triton_counts
+from benchmarks.parsing import LoadResult, ParseError, average_batch, first_output, logged_errors, triton_counts
 from benchmarks.stack import BenchStack, ProxyUnavailable
 from nexusml.core.process import ManagedProcess
 
@@ -109,10 +109,13 @@ class Runner:
         roles: dict[str, int],
         triton_model: str | None,
         load: Any,
+        server_log: Path | None = None,
     ) -> dict[str, Any]:
-        """Run `load()` (-> loadgen.Run) with CPU, GPU and Triton statistics read around it."""
+        """Run `load()` (-> loadgen.Run) with CPU, GPU and Triton statistics read around it. When the point
+        counts errors and `server_log` is the proxy's log, the record says which answers they were."""
         assert self.stack is not None and self.stack.triton is not None
         http = self.stack.triton.http_url
+        log_offset = _size(server_log)
         before = _stats(http, triton_model) if triton_model else None
         window = CpuWindow(roles)
         gpu = GpuSampler(self.nvml)
@@ -158,6 +161,11 @@ class Runner:
                 "window_s": round(wall, 4),
             }
         )
+        if errors and server_log is not None:
+            with server_log.open("rb") as handle:
+                handle.seek(log_offset)
+                record["error_causes"] = logged_errors(handle.read().decode(errors="replace"))
+            log.warning("%s c=%d: %d errors; the proxy logged %s", path, concurrency, errors, record["error_causes"])
         log.info(
             "%-15s c=%-4d %9.0f req/s  p50 %7.2f  p99 %7.2f ms  batch %s  errors %d  [%s]",
             path,
@@ -210,7 +218,7 @@ class Runner:
             def load(conc: int = conc) -> loadgen.Run:
                 return loadgen.wrk(f"{url}{endpoint}", body, conc, self.args.duration, workdir, f"c{conc}")
 
-            records.append(self.measure(path, conc, roles, triton_model, load))
+            records.append(self.measure(path, conc, roles, triton_model, load, server.log_file))
         return records
 
     def run_case(self, case: ModelCase) -> dict[str, Any]:
@@ -459,7 +467,7 @@ class Runner:
                             headers=headers,
                         )
 
-                    runs.append(self.measure(path, conc, roles, case.key, load))
+                    runs.append(self.measure(path, conc, roles, case.key, load, proxy.log_file))
             return runs, idle
         finally:
             self.stack.stop_child(proxy)
@@ -531,6 +539,13 @@ def proxy_settings(env: dict[str, str]) -> dict[str, Any]:
         }
     except Exception as err:  # the proxy is someone else's moving target: never fail the run over it
         return {"error": str(err)}
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
 
 
 def _child_env() -> dict[str, str]:

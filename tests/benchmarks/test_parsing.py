@@ -1,5 +1,5 @@
 """Result parsing: wrk's JSON line and Lua script (binary bodies included), perf_analyzer's CSV, locust's
-stats CSV, Triton's statistics, the proxy's answers."""
+stats CSV, Triton's statistics, the proxy's answers and its logged errors."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from benchmarks.parsing import (
     average_batch,
     concurrency_of,
     first_output,
+    logged_errors,
     lua_string,
     parse_locust_stats,
     parse_perf_analyzer_csv,
@@ -175,6 +176,25 @@ def test_first_output(body, header_length, expected):
 def test_first_output_rejects(body, header_length):
     with pytest.raises(ParseError):
         first_output(body, header_length)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("", {}, id="empty"),
+        pytest.param(
+            "2026-11-28 02:00:00,000 INFO proxy: serving tiny_image\n"
+            '{"request_id": "a-1", "status": 504, "code": "deadline_exceeded", "ms": 10000.1}\n'
+            '{"request_id": "a-2", "status": 504, "code": "deadline_exceeded", "ms": 10000.2}\n'
+            '{"request_id": "a-3", "status": 499}\n',
+            {"504 deadline_exceeded": 2, "499": 1},
+            id="access-lines-counted-by-status-and-code",
+        ),
+        pytest.param('{"status": "x"}\n{not json\n[1, 2]\n', {}, id="not-access-lines"),
+    ],
+)
+def test_logged_errors(text, expected):
+    assert logged_errors(text) == expected
 
 
 PA_HEADER = (
