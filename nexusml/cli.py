@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -53,6 +54,28 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return 0
         finally:
             stop_all([server])
+
+
+def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml.core.errors import SettingsError
+    from nexusml.core.process import Stopped, supervising
+    from nexusml.core.settings import load
+    from nexusml.sync.watch import WatchSettings, serve_metrics, watcher
+
+    settings = load(WatchSettings, environ)
+    if settings.interval_s == 0:
+        raise SettingsError("WATCH_INTERVAL_S=0 turns the watcher off: nothing to run")
+    watching = watcher(settings)
+    serve_metrics(settings, watching.metrics)
+    source = settings.meta_uri or settings.sync.meta_path
+    print(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}", flush=True)
+    with supervising():
+        try:
+            while True:
+                watching.poll()
+                time.sleep(settings.interval_s)
+        except Stopped:
+            return 0
 
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -125,6 +148,13 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--packaging", choices=["file", "tar"], default="file")
     demo.add_argument("--workdir", default=".nexus/demo", help="where the exported files are kept")
     demo.set_defaults(handler=_publish_demo)
+
+    watch = commands.add_parser(
+        "watch", help="put new metadata's version live under traffic: install, smoke-test, switch, or roll back"
+    )
+    watch.add_argument("--meta", help="metadata file (env NEXUS_META_PATH)")
+    watch.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
+    watch.set_defaults(handler=_watch)
 
     proxy = commands.add_parser("proxy", help="serve the JSON front proxy (POST /predict) in front of Triton")
     proxy.set_defaults(handler=_proxy)

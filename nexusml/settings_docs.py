@@ -25,6 +25,7 @@ from typing import Any
 from nexusml.core.settings import EnvVar
 from nexusml.stack import StackSettings
 from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
+from nexusml.sync.watch import WatchSettings
 from proxy.settings import ProxySettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,6 +40,7 @@ PROCESSES: tuple[tuple[str, str, type], ...] = (
     ("S3", "`nexus sync`, `nexus publish-demo`, `nexus up`", S3Settings),
     ("Triton", "`nexus triton`", TritonSettings),
     ("Proxy", "`nexus proxy`", ProxySettings),
+    ("Watcher", "`nexus watch`, `nexus up`", WatchSettings),
     ("Main job", "`nexus up`", StackSettings),
 )
 

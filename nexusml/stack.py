@@ -1,6 +1,6 @@
 """`nexus up` (`make run`): the whole data plane on one machine, in the order compose and Helm use.
 
-local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton -> proxy on `PORT`.
+local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton -> proxy on `PORT` -> watcher.
 Each step is its own process with its own settings, as in the container deployments; a step that fails
 stops the job with that step's exit code, and SIGINT/SIGTERM stop the servers in reverse order.
 
@@ -9,11 +9,17 @@ While serving, a watchdog (`nexusml.sync.watchdog`) sends Triton one probe infer
 Python-backend stub leaves the model READY but answering nothing, which only a restart heals. The proxy keeps
 running and reconnects by itself. The watchdog runs in this loop, not in a thread, so the restart and the
 check for servers that died never race.
+
+The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
+(README "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
+TRITON_ADMIN_KEY is set), which only the watcher is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import subprocess
 import sys
 import time
@@ -28,6 +34,7 @@ from nexusml.core.settings import env, nested
 from nexusml.s3local import LocalS3
 from nexusml.sync.settings import S3Settings, TritonSettings
 from nexusml.sync.triton import TritonServer
+from nexusml.sync.watch import WatchSettings
 from nexusml.sync.watchdog import Watchdog, probe
 from proxy.settings import ProxySettings
 
@@ -87,8 +94,13 @@ class StackSettings:
     s3: S3Settings = nested(S3Settings)
     triton: TritonSettings = nested(TritonSettings)
     proxy: ProxySettings = nested(ProxySettings)
+    watch: WatchSettings = nested(WatchSettings)
 
     def validate(self) -> None:
+        if self.watch.interval_s > 0 and self.watch.metrics_port == 0:
+            raise SettingsError(
+                "`nexus up` sees the watcher ready on WATCH_METRICS_PORT: set a port, or WATCH_INTERVAL_S=0"
+            )
         if self.watchdog_backoff_max_s < self.watchdog_backoff_s:
             raise SettingsError(
                 f"WATCHDOG_BACKOFF_MAX_S={self.watchdog_backoff_max_s:g} is below "
@@ -130,6 +142,21 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
     )
 
 
+def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
+    """`nexus watch` on the Triton just started, with the admin key of this run; ready when its metrics answer."""
+    watch_env = {**env, "TRITON_URL": triton.http_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
+    port = settings.watch.metrics_port
+    return ManagedProcess(
+        "watcher",
+        [sys.executable, "-m", "nexusml", "watch"],
+        watch_env,
+        ready_url=f"http://{settings.watch.metrics_host}:{port}/metrics",
+        startup_timeout_s=60,
+        stop_timeout_s=settings.watch.load_timeout_s,
+        port_setting="WATCH_METRICS_PORT",
+    )
+
+
 def _banner(meta: metadata.ModelMetadata, port: int) -> str:
     width = meta.inputs[0].shape[0] if len(meta.inputs) == 1 and meta.inputs[0].shape[0] > 0 else 5
     body = '{"input": [' + ", ".join(str(i + 1) for i in range(width)) + "]}"
@@ -167,6 +194,10 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         log.info("no S3 configured: local S3 at %s, publishing the demo model", s3.endpoint_url)
         _step("publish demo model", ["publish-demo"], env)
     _step("sync", ["sync"], env)
+    triton_settings = dataclasses.replace(
+        settings.triton, admin_key=settings.triton.admin_key or secrets.token_urlsafe(24)
+    )
+    settings = dataclasses.replace(settings, triton=triton_settings)
     triton = TritonServer(settings.triton, env)
     triton.start()
     running.append(triton)
@@ -174,6 +205,10 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     proxy = _proxy(settings, triton, meta.name, env)
     proxy.start()
     running.append(proxy)
+    if settings.watch.interval_s > 0:
+        watcher = _watcher(settings, triton, env)
+        watcher.start()
+        running.append(watcher)
     print(_banner(meta, settings.proxy.port), flush=True)
     watchdog = _watchdog(settings, running, running.index(triton), meta.name, env)
     while True:

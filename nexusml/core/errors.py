@@ -85,3 +85,19 @@ class ServerError(NexusError):
     exit_code = 10
     http_status = 503
     code = "server"
+
+
+class ModelLoadFailed(NexusError):
+    """Triton could not load a new model version (its code, its artifact, or its config is broken)."""
+
+    exit_code = 11
+    http_status = 502
+    code = "load"
+
+
+class SmokeTestFailed(NexusError):
+    """A new model version loaded but its test inference failed or answered the wrong shape, type or values."""
+
+    exit_code = 12
+    http_status = 502
+    code = "smoke_test"

@@ -118,11 +118,16 @@ def load(path: Path) -> ModelMetadata:
         raise MetadataError(f"{path}: metadata file not found") from err
     except (OSError, UnicodeDecodeError) as err:
         raise MetadataError(f"{path}: cannot read metadata ({err})") from err
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str) -> ModelMetadata:
+    """Validate metadata text read from `source` (a path, an S3 location: named in every error)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise MetadataError(f"{path}: not valid JSON ({err})") from err
+        raise MetadataError(f"{source}: not valid JSON ({err})") from err
     try:
         return parse(data)
     except MetadataError as err:
-        raise MetadataError(f"{path}: {err}") from err
+        raise MetadataError(f"{source}: {err}") from err

@@ -55,17 +55,36 @@ def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool) -> Ca
     return populate
 
 
-def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> SyncResult:
-    """Make the repository hold `meta`'s version, verified, with a matching config; idempotent."""
+def config_text(meta: ModelMetadata, settings: SyncSettings) -> str:
+    """The `config.pbtxt` that serves `meta` with `settings`."""
+    return to_pbtxt(model_config(meta, serving_config(meta, settings)))
+
+
+def install(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> tuple[Path, bool]:
+    """Make the repository hold `meta`'s version, verified (call it inside `Repository.locked`).
+
+    Returns the version's folder and whether it was downloaded. Serving it is a separate step (`activate`),
+    so the watcher can install a version beside the one served and test it before switching.
+    """
     repo = Repository(settings.repository)
-    config_text = to_pbtxt(model_config(meta, serving_config(meta, settings)))
+    if repo.installed(meta):
+        log.info("%s version %d already present and verified; nothing downloaded", meta.name, meta.version)
+        return repo.version_dir(meta.name, meta.version), False
+    return repo.install(meta, _populate(meta, settings, progress)), True
+
+
+def activate(meta: ModelMetadata, settings: SyncSettings) -> tuple[bool, list[int]]:
+    """Point `config.pbtxt` at `meta`'s installed version and prune; returns (config written, pruned)."""
+    repo = Repository(settings.repository)
+    written = repo.write_config(meta.name, config_text(meta, settings))
+    return written, repo.prune(meta.name, meta.version, settings.keep_versions)
+
+
+def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> SyncResult:
+    """Make the repository hold and serve `meta`'s version, verified, with a matching config; idempotent."""
+    repo = Repository(settings.repository)
     with repo.locked(meta.name):
-        downloaded = not repo.installed(meta)
-        if downloaded:
-            path = repo.install(meta, _populate(meta, settings, progress))
-        else:
-            path = repo.version_dir(meta.name, meta.version)
-            log.info("%s version %d already present and verified; nothing downloaded", meta.name, meta.version)
-        written = repo.write_config(meta.name, config_text)
-        pruned = repo.prune(meta.name, meta.version, settings.keep_versions)
+        repo.drop_candidate(meta.name)  # left by a watcher that stopped mid-swap: Triton would load it
+        path, downloaded = install(meta, settings, progress)
+        written, pruned = activate(meta, settings)
     return SyncResult(path=path, downloaded=downloaded, config_written=written, pruned=pruned)

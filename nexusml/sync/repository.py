@@ -8,6 +8,9 @@ filesystem (rename is atomic) and Triton ignores it (it loads only integer-named
 folder at the root would be taken for a model). It becomes visible by one rename, after verification.
 
 Pruning rule: keep the version just synced plus the newest `keep - 1` others; delete the rest.
+
+A candidate (`<root>/<name>__candidate/`) is how the watcher tries a new version before users get it: a model
+of its own, with one instance and the new version's folder linked in, that Triton loads beside the served one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from nexusml.sync.storage import sha256_file
 RECORD_FILE = ".nexus_meta.json"
 MODEL_CODE = "model.py"
 STAGING_PREFIX = ".staging-"
+# Also in nexusml/sync/watchdog.py (standard library only), whose probe skips candidates.
+CANDIDATE_SUFFIX = "__candidate"
 
 
 def model_code() -> bytes:
@@ -199,6 +204,34 @@ class Repository:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             return True
+
+    def config_text(self, name: str) -> str | None:
+        """The model's current `config.pbtxt`, or None when it has none."""
+        try:
+            return (self.model_dir(name) / "config.pbtxt").read_text()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def candidate_name(name: str) -> str:
+        return f"{name}{CANDIDATE_SUFFIX}"
+
+    def stage_candidate(self, name: str, version: int, config_text: str) -> str:
+        """The candidate model of `name`'s installed `version`, with `config_text`; returns its model name."""
+        candidate = self.candidate_name(name)
+        folder = self.model_dir(candidate)
+        self.drop_candidate(name)
+        with disk_errors(f"cannot write candidate {folder}"):
+            folder.mkdir()
+            (folder / str(version)).symlink_to(Path("..") / name / str(version), target_is_directory=True)
+            (folder / "config.pbtxt").write_text(config_text)
+        return candidate
+
+    def drop_candidate(self, name: str) -> None:
+        shutil.rmtree(self.model_dir(self.candidate_name(name)), ignore_errors=True)
+
+    def remove(self, name: str, version: int) -> None:
+        shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
 
     def prune(self, name: str, keep_version: int, keep: int) -> list[int]:
         """Delete versions beyond the pruning rule; returns the versions deleted."""

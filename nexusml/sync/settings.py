@@ -117,6 +117,12 @@ class TritonSettings:
         "TRITON_EXIT_TIMEOUT_S", 30, "seconds Triton drains in-flight requests on stop", int, minimum=0
     )
     log_verbose: int = env("TRITON_LOG_VERBOSE", 0, "Triton's --log-verbose level", int, minimum=0)
+    admin_key: str | None = env(
+        "TRITON_ADMIN_KEY",
+        None,
+        "value of the nexus-admin-key header Triton's repository API wants (`nexus up` makes one); unset: open",
+        secret=True,
+    )
 
     def validate(self) -> None:
         ports = [self.http_port, self.grpc_port, self.metrics_port]

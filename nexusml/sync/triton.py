@@ -60,7 +60,21 @@ class TritonDistribution:
         return root
 
 
+# The header Triton's restricted APIs want (compose and the chart name the same); its value is TRITON_ADMIN_KEY.
+ADMIN_HEADER = "nexus-admin-key"
+
+
+def restricted_flags(key: str, apis: str = "model-repository,logging,trace") -> list[str]:
+    """Triton's flags that make `apis` answer only requests carrying `ADMIN_HEADER: key`."""
+    return [
+        f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
+        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}",
+    ]
+
+
 def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Path) -> list[str]:
+    """Explicit model control: Triton loads every model of the repository at start-up (the sync removed any
+    stale candidate), and later only what the watcher asks for, through the repository API."""
     return [
         str(dist.binary),
         f"--model-repository={settings.repository.resolve()}",
@@ -70,7 +84,8 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         f"--http-port={settings.http_port}",
         f"--grpc-port={settings.grpc_port}",
         f"--metrics-port={settings.metrics_port}",
-        "--model-control-mode=none",
+        "--model-control-mode=explicit",
+        "--load-model=*",
         "--strict-readiness=true",
         "--exit-on-error=true",
         "--disable-auto-complete-config",
@@ -78,6 +93,7 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         f"--log-verbose={settings.log_verbose}",
         "--allow-sagemaker=false",
         "--allow-vertex-ai=false",
+        *(restricted_flags(settings.admin_key) if settings.admin_key else []),
     ]
 
 

@@ -219,9 +219,15 @@ class Watchdog:
 
 
 # --- container healthcheck / probe ---------------------------------------------------------------------------
+# A model the watcher is trying (nexusml.sync.repository.CANDIDATE_SUFFIX): not served, so not probed.
+CANDIDATE_SUFFIX = "__candidate"
+
+
 def repository_models(repository: Path) -> list[str]:
-    """The models Triton loads from `repository` with --model-control-mode=none: folders with a config.pbtxt."""
-    return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    """The models Triton serves from `repository`: folders with a config.pbtxt, less the watcher's candidates."""
+    return sorted(
+        p.parent.name for p in repository.glob("*/config.pbtxt") if not p.parent.name.endswith(CANDIDATE_SUFFIX)
+    )
 
 
 def _process_named(name: str) -> tuple[int, int] | None:

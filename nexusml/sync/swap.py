@@ -1,0 +1,195 @@
+"""A new model version goes live under traffic, or not at all: install, try, switch, prune.
+
+The steps, each of which must pass before the next (`Swapper.swap`):
+
+1. **install**: download and verify the version into the repository beside the served one (the sync's own
+   staging and atomic rename); `config.pbtxt` still serves the old version.
+2. **try**: a candidate model (`<name>__candidate`, one instance, the new version's folder linked in) is loaded
+   through Triton's repository API, and a **smoke test** sends it one real inference of zeros, checked for every
+   output's shape, datatype and finiteness. Users never reach the candidate: the proxy serves `<name>` only.
+3. **switch**: `config.pbtxt` points at the new version and `<name>` is loaded again. Triton loads the new
+   version in the background while the old one serves, then swaps them; the old version is unloaded once its
+   in-flight requests are done. If this load fails, Triton keeps the old one and the old config is put back.
+4. **prune** the versions beyond `KEEP_VERSIONS`, and drop the candidate.
+
+A failure at any step leaves the old version serving and raises a `NexusError` whose `code` names the cause.
+Triton's explicit model control reloads a model whenever its config changes, and a reload keeps the loaded
+model until the new one is ready (the availability the switch relies on); the candidate is a model of its own
+because loading the new version beside the old inside `<name>` would send unpinned traffic to the higher
+version before the smoke test, and costs a third copy of the model in memory during the switch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+
+from nexusml.core import metadata
+from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SmokeTestFailed
+from nexusml.core.metadata import ModelMetadata, TensorSpec
+from nexusml.sync import pipeline
+from nexusml.sync.repository import RECORD_FILE, Repository
+from nexusml.sync.settings import SyncSettings
+from nexusml.sync.triton import ADMIN_HEADER
+from nexusml.sync.triton_config import from_pbtxt, model_config, serving_config, to_pbtxt
+
+log = logging.getLogger(__name__)
+
+
+class TritonAdmin:
+    """Triton's repository API (load, unload: restricted to the admin key) and the inference the smoke test sends."""
+
+    def __init__(self, http_url: str, admin_key: str | None, timeout_s: float) -> None:
+        address = http_url.split("://", 1)[-1].rstrip("/")
+        self.url = http_url
+        self.client = httpclient.InferenceServerClient(address, connection_timeout=timeout_s, network_timeout=timeout_s)
+        self.headers = {ADMIN_HEADER: admin_key} if admin_key else None
+
+    def load(self, model: str) -> None:
+        """Load (or reload) `model` from the repository; returns when it is loaded."""
+        self._call(lambda: self.client.load_model(model, headers=self.headers), ModelLoadFailed, f"loading {model}")
+
+    def unload(self, model: str) -> None:
+        self._call(lambda: self.client.unload_model(model, headers=self.headers), ServerError, f"unloading {model}")
+
+    def infer(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = self._call(
+            lambda: self.client.infer(model, tensors, model_version=str(version)),
+            SmokeTestFailed,
+            f"the test inference of {model} version {version}",
+        )
+        response = result.get_response()
+        return {out["name"]: result.as_numpy(out["name"]) for out in response.get("outputs", [])}
+
+    def _call(self, action: Callable[[], Any], failure: type[NexusError], what: str) -> Any:
+        """Triton unreachable -> `ServerError` (transient: the swap is tried again); Triton's refusal -> `failure`."""
+        try:
+            return action()
+        except InferenceServerException as err:
+            message = err.message() or str(err)
+            if "restricted" in message.lower() or str(err.status()) == "403":
+                raise ServerError(
+                    f"{what}: Triton refused its repository API: TRITON_ADMIN_KEY is missing or wrong"
+                ) from err
+            raise failure(f"{what}: {message}") from err
+        except OSError as err:  # refused, reset, timed out
+            raise ServerError(f"{what}: Triton at {self.url} is not reachable: {err}") from err
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def smoke_inputs(meta: ModelMetadata) -> dict[str, np.ndarray]:
+    """One row of zeros per input; a variable (-1) dimension gets length 1."""
+    return {
+        spec.name: np.zeros((1, *(max(dim, 1) for dim in spec.shape)), dtype=triton_to_np_dtype(spec.dtype))
+        for spec in meta.inputs
+    }
+
+
+def check_outputs(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> None:
+    """Every declared output present, with one row of the declared shape and datatype, and finite."""
+    for spec in meta.outputs:
+        array = outputs.get(spec.name)
+        if array is None:
+            raise SmokeTestFailed(f"output {spec.name} is missing from the answer (got {sorted(outputs)})")
+        _check_output(spec, array)
+
+
+def _check_output(spec: TensorSpec, array: np.ndarray) -> None:
+    expected = (1, *spec.shape)
+    fits = len(array.shape) == len(expected) and all(e in (-1, a) for e, a in zip(expected, array.shape, strict=True))
+    if not fits:
+        shape = "x".join("?" if d == -1 else str(d) for d in expected)
+        raise SmokeTestFailed(f"output {spec.name} has shape {list(array.shape)}, the metadata says {shape}")
+    got = np_to_triton_dtype(array.dtype)
+    if got != spec.dtype:
+        raise SmokeTestFailed(f"output {spec.name} is {got}, the metadata says {spec.dtype}")
+    if array.dtype.kind == "f" and not bool(np.isfinite(array).all()):
+        raise SmokeTestFailed(f"output {spec.name} is not finite for an input of zeros")
+
+
+def served(repo: Repository, name: str) -> ModelMetadata | None:
+    """The metadata of the version `config.pbtxt` serves, from that version's record; None when none is."""
+    text = repo.config_text(name)
+    if text is None:
+        return None
+    versions = from_pbtxt(text).get("version_policy", {}).get("specific", {}).get("versions", [])
+    if len(versions) != 1:
+        return None
+    try:
+        record = json.loads((repo.version_dir(name, int(versions[0])) / RECORD_FILE).read_text())
+        return metadata.parse(record["metadata"])
+    except (OSError, ValueError, KeyError, NexusError):
+        return None
+
+
+class Swapper:
+    """Runs the steps of a swap against one Triton; `on_step(step)` reports progress (for logs and metrics)."""
+
+    def __init__(self, settings: SyncSettings, admin: TritonAdmin) -> None:
+        self.settings = settings
+        self.admin = admin
+        self.repo = Repository(settings.repository)
+
+    def swap(self, meta: ModelMetadata, on_step: Callable[[str], None] = lambda step: None) -> None:
+        with self.repo.locked(meta.name):
+            on_step("install")
+            pipeline.install(meta, self.settings)
+            try:
+                on_step("try")
+                self._try(meta)
+                on_step("switch")
+                self._switch(meta)
+            except BaseException:
+                current = served(self.repo, meta.name)
+                if current is None or current.version != meta.version:
+                    self.repo.remove(meta.name, meta.version)  # a version that failed leaves nothing behind
+                raise
+            pruned = self.repo.prune(meta.name, meta.version, self.settings.keep_versions)
+            if pruned:
+                log.info("pruned versions %s of %s", pruned, meta.name)
+
+    def _try(self, meta: ModelMetadata) -> None:
+        """Load the candidate and smoke-test it; it is unloaded and removed whatever happens."""
+        config = model_config(meta, serving_config(meta, self.settings))
+        candidate = self.repo.candidate_name(meta.name)
+        config["name"] = candidate
+        for group in config["instance_group"]:
+            group["count"] = 1
+        self.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
+        loaded = False
+        try:
+            self.admin.load(candidate)
+            loaded = True
+            outputs = self.admin.infer(candidate, meta.version, smoke_inputs(meta))
+            check_outputs(meta, outputs)
+        finally:
+            if loaded:
+                try:
+                    self.admin.unload(candidate)
+                except NexusError as err:
+                    log.warning("%s", err)
+            self.repo.drop_candidate(meta.name)
+
+    def _switch(self, meta: ModelMetadata) -> None:
+        """Point the config at the new version and reload; on failure Triton keeps the old, and so does the disk."""
+        previous = self.repo.config_text(meta.name)
+        self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
+        try:
+            self.admin.load(meta.name)
+        except BaseException:
+            if previous is not None:
+                self.repo.write_config(meta.name, previous)
+            raise
