@@ -56,6 +56,7 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 _VERSION = importlib.metadata.version("nexusml-dataplane")  # reported by GET /v2
 READY_CACHE_S = 1.0
 SCHEMA_RETRY_S = 1.0
+SCHEMA_REFRESH_S = 2.0
 LINGER_S = 1.0
 CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in metrics, never sent
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -83,6 +84,8 @@ class ProxyState:
     ready_error: ProxyError | None = None
     ready_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loader: asyncio.Task[None] | None = None
+    version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
+    follower: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(in_flight=lambda: self.in_flight)
@@ -95,12 +98,45 @@ class ProxyState:
         self.metrics.batch_rows.observe(rows)
         started = time.perf_counter()
         try:
-            return await self.upstream.infer(self.schema, self.settings.model_version, arrays, deadline, request_id)
+            outputs, version = await self.upstream.infer(
+                self.schema, self.settings.model_version, arrays, deadline, request_id
+            )
         except ProxyError as err:
             self.metrics.upstream_errors.labels(err.code).inc()
             raise
         finally:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        self.version_seen = version
+        return outputs, version
+
+    async def follow_schema(self) -> None:
+        """Re-read the schema every `SCHEMA_REFRESH_S`, so validation follows a new version the watcher put live
+        (its interface may differ). Two small metadata calls per worker; a failure keeps the schema it has."""
+        assert self.upstream is not None
+        while True:
+            await asyncio.sleep(SCHEMA_REFRESH_S)
+            current = self.schema
+            if current is None:
+                continue
+            try:
+                fresh = await self.upstream.schema(current.name, self.settings.model_version)
+            except ProxyError:
+                continue
+            if fresh == current:
+                continue
+            self.schema = fresh
+            if self.coalescer is not None and fresh.batched:
+                self.coalescer.max_rows, self.coalescer.slots = coalescing_limits(self.settings, fresh)
+                self.coalescer.preferred = fresh.preferred_batch_sizes
+            log.info("model %s now serves version %s", fresh.name, ",".join(fresh.versions))
+
+
+def coalescing_limits(settings: ProxySettings, schema: ModelSchema) -> tuple[int, int]:
+    """(rows per merged batch, batches in flight): the settings, else what the model's config says."""
+    return (
+        min(settings.coalesce_max_rows or schema.max_batch_size, schema.max_batch_size),
+        settings.coalesce_max_batches or schema.instance_count,
+    )
 
 
 STATE = web.AppKey("state", ProxyState)
@@ -162,10 +198,11 @@ async def _load_schema(state: ProxyState) -> None:
             continue
         schema = state.schema
         if settings.coalesce and schema.batched:
+            max_rows, slots = coalescing_limits(settings, schema)
             state.coalescer = Coalescer(
                 state.send,
-                max_rows=min(settings.coalesce_max_rows or schema.max_batch_size, schema.max_batch_size),
-                slots=settings.coalesce_max_batches or schema.instance_count,
+                max_rows=max_rows,
+                slots=slots,
                 max_wait_s=settings.coalesce_max_wait_ms / 1000,
                 preferred=schema.preferred_batch_sizes,
                 on_padding=state.metrics.padded_rows.inc,
@@ -183,6 +220,7 @@ async def _load_schema(state: ProxyState) -> None:
             settings.model_server_url,
             coalescing,
         )
+        state.follower = asyncio.get_running_loop().create_task(state.follow_schema())
         return
 
 
@@ -223,6 +261,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         state.loader.cancel()
+        if state.follower is not None:
+            state.follower.cancel()
         if state.coalescer is not None:
             await state.coalescer.close()
         await state.upstream.close()
@@ -558,10 +598,22 @@ async def _check_ready(state: ProxyState) -> ProxyError | None:
 
 
 async def models(request: web.Request) -> web.Response:
+    """The served model, the version serving it, and during a model update the version being tried."""
     state = request.app[STATE]
     if state.schema is None:
         raise NotReady(state.schema_problem)
-    return web.json_response({"models": [state.schema.describe()]}, dumps=_dumps)
+    assert state.upstream is not None
+    described = state.schema.describe()
+    described["served_version"] = state.version_seen or (state.schema.versions[-1] if state.schema.versions else None)
+    described["trying_version"] = None
+    candidate = metadata.candidate_name(state.schema.name)
+    try:
+        if await state.upstream.model_ready(candidate, ""):
+            tried = await state.upstream.schema(candidate, "")
+            described["trying_version"] = tried.versions[-1] if tried.versions else None
+    except ProxyError:
+        pass  # no candidate, or Triton busy: nothing is being tried that the proxy can see
+    return web.json_response({"models": [described]}, dumps=_dumps)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,14 +27,12 @@ from importlib import resources
 from pathlib import Path
 
 from nexusml.core.errors import DiskError
-from nexusml.core.metadata import ModelMetadata
+from nexusml.core.metadata import ModelMetadata, candidate_name
 from nexusml.sync.storage import sha256_file
 
 RECORD_FILE = ".nexus_meta.json"
 MODEL_CODE = "model.py"
 STAGING_PREFIX = ".staging-"
-# Also in nexusml/sync/watchdog.py (standard library only), whose probe skips candidates.
-CANDIDATE_SUFFIX = "__candidate"
 
 
 def model_code() -> bytes:
@@ -212,13 +210,9 @@ class Repository:
         except FileNotFoundError:
             return None
 
-    @staticmethod
-    def candidate_name(name: str) -> str:
-        return f"{name}{CANDIDATE_SUFFIX}"
-
     def stage_candidate(self, name: str, version: int, config_text: str) -> str:
         """The candidate model of `name`'s installed `version`, with `config_text`; returns its model name."""
-        candidate = self.candidate_name(name)
+        candidate = candidate_name(name)
         folder = self.model_dir(candidate)
         self.drop_candidate(name)
         with disk_errors(f"cannot write candidate {folder}"):
@@ -228,7 +222,7 @@ class Repository:
         return candidate
 
     def drop_candidate(self, name: str) -> None:
-        shutil.rmtree(self.model_dir(self.candidate_name(name)), ignore_errors=True)
+        shutil.rmtree(self.model_dir(candidate_name(name)), ignore_errors=True)
 
     def remove(self, name: str, version: int) -> None:
         shutil.rmtree(self.version_dir(name, version), ignore_errors=True)

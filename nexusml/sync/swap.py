@@ -164,7 +164,7 @@ class Swapper:
     def _try(self, meta: ModelMetadata) -> None:
         """Load the candidate and smoke-test it; it is unloaded and removed whatever happens."""
         config = model_config(meta, serving_config(meta, self.settings))
-        candidate = self.repo.candidate_name(meta.name)
+        candidate = metadata.candidate_name(meta.name)
         config["name"] = candidate
         for group in config["instance_group"]:
             group["count"] = 1

@@ -17,16 +17,24 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.core.process import http_ok
+from nexusml.s3local import CREDENTIALS
 from nexusml.testing.environment import base_environment, free_port
 
 pytestmark = pytest.mark.integration
 
+# Every port `nexus up` opens, each on a free one.
+PORT_SETTINGS = (
+    "LOCAL_S3_PORT",
+    "TRITON_HTTP_PORT",
+    "TRITON_GRPC_PORT",
+    "TRITON_METRICS_PORT",
+    "PORT",
+    "WATCH_METRICS_PORT",
+)
+
 
 def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
-    ports = {
-        name: str(free_port())
-        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PORT")
-    }
+    ports = {name: str(free_port()) for name in PORT_SETTINGS}
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "nexusml.cli", "up"],
@@ -58,6 +66,22 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
         np.testing.assert_allclose(answer["output"], direct, rtol=1e-5, atol=1e-6)
         assert (tmp_path / ".nexus_meta.json").is_file()
         assert (tmp_path / "model_repository" / "demo_mlp" / "1" / "model.pt").is_file()
+        # The control plane publishes version 2: the watcher puts it live, the proxy's answers say so.
+        s3 = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}"}
+        published = subprocess.run(
+            [sys.executable, "-m", "nexusml", "publish-demo", "--model-version", "2", "--bucket", "nexus-models"],
+            cwd=tmp_path,
+            env={**base_environment(), **s3},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert published.returncode == 0, published.stderr
+        deadline = time.monotonic() + 120
+        while _version(proxy) != "2":
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert "demo_mlp version 2 is live" in (tmp_path / "up.log").read_text()
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
@@ -81,6 +105,14 @@ def _predict(proxy: str) -> tuple[int, bytes]:
         return 0, b""
 
 
+def _version(proxy: str) -> str | None:
+    request = urllib.request.Request(
+        f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["X-Model-Version"]
+
+
 def _tritonserver(up: subprocess.Popen[bytes]) -> psutil.Process:
     (server,) = [p for p in psutil.Process(up.pid).children(recursive=True) if p.name() == "tritonserver"]
     return server
@@ -89,10 +121,7 @@ def _tritonserver(up: subprocess.Popen[bytes]) -> psutil.Process:
 def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp_path: Path) -> None:
     """The Python-backend stubs SIGKILLed: Triton keeps the model READY and fails every inference; the watchdog
     restarts Triton on the same ports, says why in the log, and the same proxy serves again on its own."""
-    ports = {
-        name: str(free_port())
-        for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PORT")
-    }
+    ports = {name: str(free_port()) for name in PORT_SETTINGS}
     watchdog = {"WATCHDOG_INTERVAL_S": "0.5", "WATCHDOG_FAILURES": "2", "WATCHDOG_BACKOFF_S": "1"}
     log_path = tmp_path / "up.log"
     log = log_path.open("w")
@@ -143,11 +172,11 @@ def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp
 
 def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
     """A signal while the demo model is being published: the local S3 already runs and must be stopped."""
-    ports = {name: str(free_port()) for name in ("LOCAL_S3_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "PORT")}
+    ports = {name: str(free_port()) for name in PORT_SETTINGS}
     process = subprocess.Popen(
         [sys.executable, "-m", "nexusml.cli", "up"],
         cwd=tmp_path,
-        env={**base_environment(), **ports, "TRITON_METRICS_PORT": str(free_port()), "DEVICE": "cpu"},
+        env={**base_environment(), **ports, "DEVICE": "cpu"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

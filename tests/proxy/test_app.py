@@ -65,6 +65,8 @@ async def test_health_ready_models_metrics(proxy_client: MakeClient, upstream_ur
             "max_batch_size": 32,
             "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [5]}],
             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [2]}],
+            "served_version": "1",
+            "trying_version": None,
         }
     ]
     await client.post("/predict", json={"inputs": [ROW, ROW, ROW]})

@@ -219,7 +219,7 @@ class Watchdog:
 
 
 # --- container healthcheck / probe ---------------------------------------------------------------------------
-# A model the watcher is trying (nexusml.sync.repository.CANDIDATE_SUFFIX): not served, so not probed.
+# A model the watcher is trying (nexusml.core.metadata.CANDIDATE_SUFFIX): not served, so not probed.
 CANDIDATE_SUFFIX = "__candidate"
 
 

@@ -7,8 +7,12 @@ older version is a rollback through the same path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +23,19 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml import demo
-from nexusml.core.metadata import ModelMetadata
+from nexusml.core import metadata
+from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
 from nexusml.core.settings import load
-from nexusml.sync.repository import CANDIDATE_SUFFIX, Repository
+from nexusml.sync import pipeline
+from nexusml.sync.repository import Repository
 from nexusml.sync.swap import served
 from nexusml.sync.triton import TritonServer
+from nexusml.sync.triton_config import from_pbtxt, to_pbtxt
 from nexusml.sync.watch import STATE_FILE, S3Source, Watcher, WatchSettings, watcher
 from nexusml.testing import updates
 from nexusml.testing.environment import free_port
-from nexusml.testing.models import TEST_BUCKET, PublishedModel, sync_into
-from nexusml.testing.servers import start_triton
+from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
+from nexusml.testing.servers import ProxyProcess, start_triton
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +227,80 @@ def test_unusable_metadata_is_reported_once_and_changes_nothing(bed: Bed, caplog
         assert watching.poll() == "unusable"
     assert sum("metadata not usable" in r.getMessage() for r in caplog.records) == 1
     assert bed.answer()[0] == "2"
+
+
+# --- through the proxy ----------------------------------------------------------------------------------------
+def _post(proxy: ProxyProcess, row: list[float]) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(
+        proxy.url + "/predict", json.dumps({"input": row}).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["X-Model-Version"], response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, "", err.read()
+
+
+def _until(check: Callable[[], bool], timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def proxy(bed: Bed, tmp_path: Path) -> Iterator[ProxyProcess]:
+    process = ProxyProcess(tmp_path / "proxy.log", MODEL_SERVER_URL=bed.triton.grpc_url, MODEL_NAME="demo_mlp")
+    yield process.start()
+    process.stop()
+
+
+def _models(proxy: ProxyProcess) -> dict[str, Any]:
+    status, body = proxy.get("/v1/models")
+    assert status == 200, body
+    return json.loads(body)["models"][0]
+
+
+def test_the_proxy_shows_the_version_being_tried(bed: Bed, proxy: ProxyProcess) -> None:
+    _serve(bed, 2)
+    assert _post(proxy, [1, 2, 3, 4, 5])[:2] == (200, "2")
+    assert _models(proxy)["served_version"] == "2" and _models(proxy)["trying_version"] is None
+    # The first half of a swap, by hand: version 3 installed and loaded as the candidate.
+    settings = bed.settings()
+    swapper = watcher(settings).swapper
+    meta = bed.published[3].meta
+    with swapper.repo.locked(meta.name):
+        pipeline.install(meta, settings.sync)
+    candidate = metadata.candidate_name(meta.name)
+    config = from_pbtxt(pipeline.config_text(meta, settings.sync))
+    config["name"] = candidate
+    swapper.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
+    try:
+        swapper.admin.load(candidate)
+        shown = _models(proxy)
+        assert (shown["served_version"], shown["trying_version"]) == ("2", "3")
+    finally:
+        swapper.admin.unload(candidate)
+        swapper.repo.drop_candidate(meta.name)
+        swapper.repo.remove(meta.name, meta.version)
+    assert _until(lambda: _models(proxy)["trying_version"] is None)
+
+
+def test_the_proxy_follows_a_new_version_with_a_new_interface(
+    bed: Bed, proxy: ProxyProcess, s3_client: Any, tmp_path: Path
+) -> None:
+    _serve(bed, 2)
+    assert _post(proxy, [1, 2, 3, 4, 5])[:2] == (200, "2")
+    wider = publish(dataclasses.replace(DEMO_SPEC, version=21, width=6, seed=21), s3_client, tmp_path / "wider")
+    watching = watcher(bed.settings())
+    bed.publish(wider.meta)
+    assert watching.poll() == "swapped"
+    # Within the proxy's schema refresh, validation follows the new version: six inputs now, not five.
+    assert _until(lambda: _post(proxy, [1, 2, 3, 4, 5, 6])[0] == 200)
+    status, version, _ = _post(proxy, [1, 2, 3, 4, 5, 6])
+    assert (status, version) == (200, "21")
+    assert _post(proxy, [1, 2, 3, 4, 5])[0] == 422
+    assert json.loads(proxy.get("/v1/models")[1])["models"][0]["inputs"][0]["shape"] == [6]
+    _serve(bed, 2)  # the width the other tests send
