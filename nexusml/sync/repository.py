@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from nexusml.core.errors import DiskError
-from nexusml.core.metadata import ModelMetadata, candidate_name
+from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata, candidate_name
 from nexusml.sync.storage import sha256_file
 
 RECORD_FILE = ".nexus_meta.json"
@@ -77,6 +77,14 @@ class Repository:
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.root / name / str(version)
+
+    def models(self) -> list[str]:
+        """The models the repository serves: folders with a config.pbtxt, less candidates."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.parent.name for p in self.root.glob("*/config.pbtxt") if not p.parent.name.endswith(CANDIDATE_SUFFIX)
+        )
 
     def versions(self, name: str) -> list[int]:
         model_dir = self.model_dir(name)

@@ -200,6 +200,15 @@ class Watcher:
         except NexusError as err:
             self._tell(f"metadata not usable: {err}", logging.WARNING)
             return "unusable"
+        others = [name for name in self.swapper.repo.models() if name != meta.name]
+        if others:
+            # The proxy serves one model, named at its start: another name is a new deployment, not an update.
+            self._tell(
+                f"{where} names model {meta.name}, the repository serves {', '.join(others)}: "
+                "a different model needs a restart (nexus up) or a redeploy, not an update",
+                logging.ERROR,
+            )
+            return "other model"
         current = served(self.swapper.repo, meta.name)
         if current is not None:
             self.metrics.served.set(current.version)

@@ -218,6 +218,18 @@ def test_metadata_from_s3_is_polled_by_etag(bed: Bed, s3_client: Any) -> None:
     assert bed.answer()[0] == "3"
 
 
+def test_another_model_is_not_an_update(bed: Bed, caplog: pytest.LogCaptureFixture) -> None:
+    _serve(bed, 2)
+    watching = watcher(bed.settings())
+    renamed = dataclasses.replace(bed.published[3].meta, name="other_model")
+    bed.publish(renamed)
+    with caplog.at_level("ERROR"):
+        assert watching.poll() == "other model"
+    assert "a different model needs a restart" in caplog.text
+    assert Repository(bed.repository).models() == ["demo_mlp"]
+    assert bed.answer()[0] == "2"
+
+
 def test_unusable_metadata_is_reported_once_and_changes_nothing(bed: Bed, caplog: pytest.LogCaptureFixture) -> None:
     _serve(bed, 2)
     watching = watcher(bed.settings())
