@@ -1,7 +1,8 @@
-"""Container health check of the proxy: GET http://127.0.0.1:$PORT<path>, exit 0 on a 2xx answer.
+"""Container health check: GET http://127.0.0.1:<port><path>, exit 0 on a 2xx answer.
 
-Standard library only, so the final image needs no curl. The image and compose pass `/readyz` (healthy
-means ready to serve: Triton up, the model answering); without an argument it asks `/healthz` (alive).
+Standard library only, so the final image needs no curl. Arguments: the path (default `/healthz`) and the
+port (default `$PORT`, else 8080). The image and compose's proxy pass `/readyz` (healthy means ready to serve:
+Triton up, the model answering); compose's watcher passes `/metrics 9102` (its metrics endpoint answers).
 """
 
 import os
@@ -9,7 +10,8 @@ import sys
 import urllib.request
 
 path = sys.argv[1] if len(sys.argv) > 1 else "/healthz"
-url = f"http://127.0.0.1:{os.environ.get('PORT', '8080')}{path}"
+port = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("PORT", "8080")
+url = f"http://127.0.0.1:{port}{path}"
 try:
     with urllib.request.urlopen(url, timeout=3) as response:  # a fixed loopback URL
         sys.exit(0 if 200 <= response.status < 300 else 1)

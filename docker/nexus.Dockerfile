@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The NexusML data-plane images, from one Dockerfile:
-#   runtime (default)  nexus sync (compose `model-sync`, Helm init container) and nexus proxy (`proxy`)
+#   runtime (default)  nexus sync (compose `model-sync`, Helm init container), nexus proxy (`proxy`) and
+#                      nexus watch (compose `watcher`, Helm container `watcher`)
 #   demo               runtime + CPU PyTorch, for `nexus publish-demo` (compose profile `demo`)
 #   triton-cpu         a CPU-only Triton 2.51 (the server of nvidia-pytriton 0.7.0 = NGC 24.10) + PyTorch,
 #                      a stand-in for nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3 that takes the same
@@ -34,7 +35,7 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, so editing the code does not reinstall them: the `sync` and `proxy` groups (what
-# `nexus sync` and `nexus proxy` import).
+# `nexus sync` and `nexus proxy` import; `nexus watch` needs both).
 COPY --from=requirements /tmp/deps/requirements.txt /tmp/requirements.txt
 RUN pip install --requirement /tmp/requirements.txt
 
@@ -49,7 +50,7 @@ ARG PIP_CERT
 COPY . .
 # --no-deps: the groups' dependencies are all installed above; the imports below prove it.
 RUN pip install --no-deps . \
-    && python -c "import nexusml.cli, nexusml.sync.pipeline, proxy.server, tritonclient.grpc"
+    && python -c "import nexusml.cli, nexusml.sync.pipeline, nexusml.sync.watch, proxy.server, tritonclient.grpc"
 
 ############################ demo-builder: adds a CPU build of PyTorch for `nexus publish-demo`
 # From `dependencies`, so that editing the code does not reinstall PyTorch.
@@ -141,7 +142,7 @@ CMD ["tritonserver", "--model-repository=/models"]
 ############################ runtime (default target): sync + proxy, non-root, no build tools
 FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="nexusml-dataplane" \
-      org.opencontainers.image.description="NexusML data plane: nexus sync (init/one-shot) and nexus proxy" \
+      org.opencontainers.image.description="NexusML data plane: nexus sync (init/one-shot), nexus proxy, nexus watch" \
       org.opencontainers.image.version="0.1.0"
 # uid/gid 1000 = the `triton-server` user of NVIDIA's Triton image, so the model repository written by
 # `nexus sync` is owned by the same ids as the server that reads it. /models is created here so a fresh
@@ -159,7 +160,8 @@ WORKDIR /home/nexus
 USER 1000:1000
 EXPOSE 8080
 # Healthy = ready to serve (GET /readyz on $PORT: Triton up, the model answering). The one-shot `sync`
-# container disables it in compose; Kubernetes ignores it and uses the chart's probes.
+# container disables it in compose, the `watcher` checks its metrics port instead; Kubernetes ignores it and
+# uses the chart's probes.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/opt/nexus/healthcheck.py", "/readyz"]
 ENTRYPOINT ["nexus"]

@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from nexusml.core.errors import NexusError
+
+if TYPE_CHECKING:
+    from nexusml.sync.watch import WatchSettings
 
 log = logging.getLogger("nexus")
 
@@ -57,25 +61,33 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.core.errors import SettingsError
     from nexusml.core.process import Stopped, supervising
     from nexusml.core.settings import load
-    from nexusml.sync.watch import WatchSettings, serve_metrics, watcher
+    from nexusml.sync.watch import WatchSettings
 
     settings = load(WatchSettings, environ)
-    if settings.interval_s == 0:
-        raise SettingsError("WATCH_INTERVAL_S=0 turns the watcher off: nothing to run")
+    with supervising():
+        try:
+            if settings.interval_s == 0:
+                # Off, but still a service that stays up: compose would restart one that exited, in a loop.
+                print("watcher off (WATCH_INTERVAL_S=0); waiting to be stopped", flush=True)
+                while True:
+                    time.sleep(3600)
+            return _watching(settings)
+        except Stopped:
+            return 0
+
+
+def _watching(settings: WatchSettings) -> NoReturn:
+    from nexusml.sync.watch import serve_metrics, watcher
+
     watching = watcher(settings)
     serve_metrics(settings, watching.metrics)
     source = settings.meta_uri or settings.sync.meta_path
     print(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}", flush=True)
-    with supervising():
-        try:
-            while True:
-                watching.poll()
-                time.sleep(settings.interval_s)
-        except Stopped:
-            return 0
+    while True:
+        watching.poll()
+        time.sleep(settings.interval_s)
 
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -6,7 +6,7 @@ import os
 import socket
 
 # Variables of ours or boto3's that would make a child reach something other than what the harness started.
-_OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_")
+_OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_", "WATCH_")
 _SINGLE = ("PORT", "HOST", "DEVICE")
 
 

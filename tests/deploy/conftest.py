@@ -128,4 +128,13 @@ CHART_CASES = [
         },
         id="secrets-irsa-existing",
     ),
+    pytest.param(
+        {
+            "watcher": {"enabled": True, "metaUri": "s3://control-plane/nexus_meta.json"},
+            "aws": {"credentialsSecret": "nexus-aws"},
+            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/nexus"}},
+            "networkPolicy": {"watcherMetricsFrom": [{"namespaceSelector": {}}]},
+        },
+        id="watcher",
+    ),
 ]

@@ -26,7 +26,20 @@ from tests.deploy.conftest import (
     load_compose,
 )
 
-NEXUS_SERVICES = ("model-sync", "proxy", "publish-demo")
+NEXUS_SERVICES = ("model-sync", "proxy", "publish-demo", "watcher")
+# What config.pbtxt is written from: model-sync (first version) and the watcher (every later one) alike.
+SERVING_VARIABLES = (
+    "DEVICE",
+    "BATCH_SIZE",
+    "BATCH_TIMEOUT_MS",
+    "PREFERRED_BATCH_SIZES",
+    "INSTANCE_COUNT",
+    "TORCH_THREADS",
+    "MAX_QUEUE_SIZE",
+    "QUEUE_TIMEOUT_MS",
+    "DYNAMIC_BATCHING",
+    "KEEP_VERSIONS",
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +96,8 @@ def test_matches_the_compose_schema(path: Path) -> None:
 )
 def test_compose_own_config_check(files: tuple[Path, ...], profiles: tuple[str, ...]) -> None:
     config = merged_config(*files, profiles=profiles)
-    expected = {"minio", "minio-setup", "model-sync", "triton", "proxy"} | ({"publish-demo"} if profiles else set())
+    expected = {"minio", "minio-setup", "model-sync", "triton", "proxy", "watcher"}
+    expected |= {"publish-demo"} if profiles else set()
     assert set(config["services"]) == expected
     published = [
         (name, p["target"], p.get("published"))
@@ -93,6 +107,7 @@ def test_compose_own_config_check(files: tuple[Path, ...], profiles: tuple[str, 
     assert published == [("proxy", 8080, "8080")]
     devices = config["services"]["triton"].get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
     device = config["services"]["model-sync"]["environment"]["DEVICE"]
+    assert config["services"]["watcher"]["environment"]["DEVICE"] == device, "both write config.pbtxt"
     if COMPOSE_CPU in files:
         assert not devices and device == "cpu"
     else:
@@ -104,7 +119,7 @@ def _depends(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
 
 
 def test_start_order(services: dict[str, Any]) -> None:
-    """minio -> minio-setup -> [publish-demo] -> model-sync -> triton -> proxy, as `nexus up`."""
+    """minio -> minio-setup -> [publish-demo] -> model-sync -> triton -> proxy + watcher, as `nexus up`."""
     assert _depends(services["minio-setup"]) == {"minio": ("service_healthy", True)}
     assert _depends(services["publish-demo"]) == {"minio-setup": ("service_completed_successfully", True)}
     assert _depends(services["model-sync"]) == {
@@ -113,6 +128,7 @@ def test_start_order(services: dict[str, Any]) -> None:
     }
     assert _depends(services["triton"]) == {"model-sync": ("service_completed_successfully", True)}
     assert _depends(services["proxy"]) == {"triton": ("service_healthy", True)}
+    assert _depends(services["watcher"]) == {"triton": ("service_healthy", True)}
     assert services["publish-demo"]["profiles"] == ["demo"]
     for one_shot in ("minio-setup", "publish-demo", "model-sync"):
         assert services[one_shot]["restart"] == "no"
@@ -174,8 +190,9 @@ def test_triton_runs_untrusted_code_without_credentials_route_out_or_admin_apis(
     assert triton["networks"] == ["serving"]
     assert load_compose(COMPOSE)["networks"]["serving"] == {"internal": True}
     on_serving = {name for name, service in services.items() if "serving" in service.get("networks", [])}
-    assert on_serving == {"triton", "proxy"}
+    assert on_serving == {"triton", "proxy", "watcher"}
     assert set(services["proxy"]["networks"]) == {"serving", "default"}
+    assert set(services["watcher"]["networks"]) == {"serving", "default"}
     restricted = [arg for arg in triton["command"] if "restricted" in arg]
     assert len(restricted) == 2
     for flag in restricted:
@@ -209,6 +226,7 @@ def test_proxy_is_healthy_when_ready_and_reads_the_metadata(services: dict[str, 
 def test_cpu_override_drops_the_gpu() -> None:
     override = load_compose(COMPOSE_CPU)
     assert override["services"]["model-sync"]["environment"] == {"DEVICE": "cpu"}
+    assert override["services"]["watcher"]["environment"] == {"DEVICE": "cpu"}
     text = COMPOSE_CPU.read_text()
     assert "devices: !reset []" in text
 
@@ -235,3 +253,50 @@ def test_builds_point_at_existing_targets(services: dict[str, Any]) -> None:
         dockerfile = ROOT / build["dockerfile"]
         assert dockerfile.exists(), name
         assert f" AS {build['target']}\n" in dockerfile.read_text(), name
+
+
+def test_watcher_service(services: dict[str, Any]) -> None:
+    """`nexus watch` beside Triton: writes the models volume, reads the metadata, loads through the admin key."""
+    watcher, sync, triton = services["watcher"], services["model-sync"], services["triton"]
+    assert watcher["command"] == ["watch"]
+    assert watcher["image"] == sync["image"] and watcher["build"] == sync["build"]
+    assert "models:/models" in watcher["volumes"], "read-write: it installs versions and rewrites config.pbtxt"
+    assert "models:/models:ro" in triton["volumes"], "the same path as Triton's (the candidate's links resolve)"
+    (bind,) = [v for v in watcher["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
+    assert bind == {"type": "bind", "source": "${NEXUS_META_DIR:-.}", "target": "/project", "read_only": True}
+    env = watcher["environment"]
+    assert env["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
+    assert env["MODEL_REPOSITORY"] == sync["environment"]["MODEL_REPOSITORY"] == "/models"
+    assert env["TRITON_URL"] == "http://triton:8000" and "--http-port=8000" in triton["command"]
+    # the key Triton's restricted repository API wants, from the same variable and default
+    assert env["TRITON_ADMIN_KEY"] == "${TRITON_ADMIN_KEY:-change-me}"
+    assert all(f":nexus-admin-key={env['TRITON_ADMIN_KEY']}" in a for a in triton["command"] if "restricted" in a)
+    assert env["WATCH_INTERVAL_S"] == "${WATCH_INTERVAL_S:-}" and env["WATCH_META_URI"] == "${WATCH_META_URI:-}"
+    assert env["WATCH_METRICS_HOST"] == "0.0.0.0"
+    # S3 as the sync reads it
+    assert {k: v for k, v in env.items() if k.startswith("AWS_") or k == "MODEL_BUCKET"} == {
+        k: v for k, v in sync["environment"].items() if k.startswith("AWS_") or k == "MODEL_BUCKET"
+    }
+    assert "AWS_ACCESS_KEY_ID" in env and "MODEL_BUCKET" in env
+    # never published; metrics on the project's networks, and the health check asks them
+    assert "ports" not in watcher
+    assert watcher["expose"] == [env["WATCH_METRICS_PORT"]]
+    assert watcher["healthcheck"]["test"] == ["CMD", "python", "/opt/nexus/healthcheck.py", "/metrics", "9102"]
+    assert env["WATCH_METRICS_PORT"] == "9102"
+    assert watcher["restart"] == "unless-stopped"
+    assert 10 <= _seconds(watcher["stop_grace_period"]) <= _seconds(triton["stop_grace_period"])
+
+
+def test_sync_and_watcher_write_the_same_serving_config(services: dict[str, Any]) -> None:
+    """A version the watcher installs is served as the first one was: the same serving settings, one anchor."""
+    sync, watcher = services["model-sync"]["environment"], services["watcher"]["environment"]
+    for name in SERVING_VARIABLES:
+        assert sync[name] == watcher[name] == f"${{{name}:-{'cuda' if name == 'DEVICE' else ''}}}", name
+    assert "x-serving-env: &serving-env" in COMPOSE.read_text()
+
+
+def test_only_the_sync_side_gets_s3_credentials(services: dict[str, Any]) -> None:
+    """Credentials go to the containers that read S3 (minio-setup, publish-demo, model-sync, watcher) only."""
+    with_keys = {name for name, s in services.items() if "AWS_SECRET_ACCESS_KEY" in (s.get("environment") or {})}
+    assert with_keys == {"minio-setup", "publish-demo", "model-sync", "watcher"}
+    assert "TRITON_ADMIN_KEY" not in services["proxy"]["environment"]

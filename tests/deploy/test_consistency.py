@@ -18,6 +18,7 @@ from nexusml.cli import parser
 from nexusml.core.settings import variables
 from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
 from nexusml.sync.triton import TritonDistribution, command
+from nexusml.sync.watch import WatchSettings
 from proxy.settings import ProxySettings
 from tests.conftest import settings_classes
 from tests.deploy.conftest import (
@@ -49,6 +50,8 @@ DEPLOYMENT_OVERRIDES = {
     "AWS_REGION": "MinIO wants a region",
     "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
+    "TRITON_URL": "Triton's HTTP address as seen from the watcher (compose's service name; the chart's port)",
+    "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
 }
 
 
@@ -63,6 +66,11 @@ def code_variables() -> dict[str, set[str]]:
 
 def sync_defaults() -> dict[str, Any]:
     return {spec.name: default for spec, default in variables(SyncSettings)}
+
+
+def watch_defaults() -> dict[str, Any]:
+    """WatchSettings' variables, the sync's and S3's among them (nested)."""
+    return {spec.name: default for spec, default in variables(WatchSettings)}
 
 
 def proxy_defaults() -> dict[str, Any]:
@@ -95,12 +103,15 @@ def test_settings_classes_are_found() -> None:
         pytest.param("model-sync", "sync", id="compose-model-sync"),
         pytest.param("publish-demo", "sync", id="compose-publish-demo"),
         pytest.param("proxy", "proxy", id="compose-proxy"),
+        pytest.param("watcher", "watch", id="compose-watcher"),
     ],
 )
 def test_compose_variables_are_known_and_defaults_agree(service: str, process: str) -> None:
     defaults = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
     if process == "proxy":
         defaults = proxy_defaults()
+    elif process == "watch":
+        defaults = watch_defaults()
     for name, value in compose_environment(service).items():
         assert name in defaults or name in BOTO3_VARIABLES | RUNTIME_VARIABLES, f"{service}: unknown {name}"
         match = _INTERPOLATION.match(value)
@@ -181,7 +192,11 @@ def test_chart_defaults_match_the_code() -> None:
 
 @pytest.mark.parametrize(
     ("name", "process"),
-    [pytest.param("sync", "sync", id="init-sync"), pytest.param("proxy", "proxy", id="proxy")],
+    [
+        pytest.param("sync", "sync", id="init-sync"),
+        pytest.param("proxy", "proxy", id="proxy"),
+        pytest.param("watcher", "watch", id="watcher"),
+    ],
 )
 def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -> None:
     values = {
@@ -190,10 +205,13 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
         "proxy": {"extraEnv": {"PROXY_WORKERS": 2}},
         "s3": {"endpointUrl": "http://minio:9000", "bucket": "b", "region": "eu-west-1"},
         "aws": {"credentialsSecret": "aws"},
+        "watcher": {"enabled": True},
     }
     known = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
     if process == "proxy":
         known = proxy_defaults()
+    elif process == "watch":
+        known = watch_defaults()
     env = env_of(container(pod_spec(render_chart(values)), name))
     for variable, value in env.items():
         assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"
@@ -201,7 +219,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
             if variable in {"BATCH_SIZE", "BATCH_TIMEOUT_MS", "INSTANCE_COUNT", "PROXY_WORKERS"}:
                 continue  # set by this test's values
             assert value == _as_text(known[variable]), f"{name}: {variable}={value} vs {known[variable]!r}"
-    if process == "sync":
+    if process in ("sync", "watch"):
         assert env["BATCH_SIZE"] == "64" and env["BATCH_TIMEOUT_MS"] == "5"
     else:  # Triton's batcher is the sync's business; the proxy's coalescer has its own COALESCE_* names
         assert "BATCH_SIZE" not in env and "BATCH_TIMEOUT_MS" not in env

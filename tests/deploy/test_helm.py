@@ -6,9 +6,11 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from nexusml.core.settings import variables
 from nexusml.sync.settings import TritonSettings
+from nexusml.sync.watch import WatchSettings
 from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
@@ -30,8 +32,11 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 RESTRICTED_VOLUME_TYPES = {"configMap", "emptyDir", "secret", "projected", "downwardAPI", "persistentVolumeClaim"}
 
 
-def test_lint_is_clean() -> None:
-    report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
+@pytest.mark.parametrize(
+    "values", [pytest.param(None, id="default"), pytest.param({"watcher": {"enabled": True}}, id="watcher")]
+)
+def test_lint_is_clean(values: dict[str, Any] | None) -> None:
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], report
 
@@ -57,7 +62,8 @@ def test_restricted_security_context(values: dict[str, Any]) -> None:
     assert pod["seccompProfile"]["type"] == "RuntimeDefault"
     assert spec["automountServiceAccountToken"] is False
     containers = spec["initContainers"] + spec["containers"]
-    assert [c["name"] for c in containers] == ["sync", "triton", "proxy"]
+    watcher = ["watcher"] if values.get("watcher", {}).get("enabled") else []
+    assert [c["name"] for c in containers] == ["sync", "triton", "proxy", *watcher]
     for item in containers:
         ctx = item["securityContext"]
         assert ctx["allowPrivilegeEscalation"] is False, item["name"]
@@ -261,7 +267,7 @@ def test_too_short_grace_is_refused() -> None:
 
 
 def test_aws_credentials_only_in_the_init_container() -> None:
-    values = CHART_CASES[-1].values[0]
+    (values,) = [case.values[0] for case in CHART_CASES if case.id == "secrets-irsa-existing"]
     objects = render_chart(values)
     spec = pod_spec(objects)
     sync_env = env_of(container(spec, "sync"))
@@ -352,3 +358,125 @@ def test_chart_values_cover_triton_settings() -> None:
     text = (CHART / "values.yaml").read_text()
     for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_EXIT_TIMEOUT_S"):
         assert f"-- {name}" in text, name
+
+
+# --- the watcher (`nexus watch`, watcher.enabled) ------------------------------------------------------------
+WATCHER_CASE = next(case.values[0] for case in CHART_CASES if case.id == "watcher")
+
+
+def _mounts(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in item["volumeMounts"]}
+
+
+def test_watcher_is_off_by_default_and_metadata_changes_roll_the_deployment() -> None:
+    """Without the watcher, Kubernetes' rolling update is the update path: the metadata's checksum rolls the pods."""
+    objects = render_chart({})
+    spec = pod_spec(objects)
+    assert [c["name"] for c in spec["containers"]] == ["triton", "proxy"]
+    assert "watcher-tmp" not in {v["name"] for v in spec["volumes"]}
+    (deployment,) = by_kind(objects, "Deployment")
+    assert "checksum/nexus-meta" in deployment["spec"]["template"]["metadata"]["annotations"]
+    (policy,) = by_kind(render_chart({"networkPolicy": {"watcherMetricsFrom": [{"podSelector": {}}]}}), "NetworkPolicy")
+    assert all(p["port"] != "watch-metrics" for rule in policy["spec"]["ingress"] for p in rule["ports"])
+
+
+def test_watcher_container() -> None:
+    objects = render_chart(WATCHER_CASE)
+    spec = pod_spec(objects)
+    watcher, sync, triton = container(spec, "watcher"), container(spec, "sync"), container(spec, "triton")
+    assert watcher["args"] == ["watch"]
+    assert watcher["image"] == sync["image"] == container(spec, "proxy")["image"]
+    env = env_of(watcher)
+    # the pod's model repository, written, at the path Triton reads it from (the candidate's links resolve)
+    models = _mounts(watcher)["models"]
+    assert models["mountPath"] == _mounts(triton)["models"]["mountPath"] == env["MODEL_REPOSITORY"] == "/models"
+    assert not models.get("readOnly", False)
+    assert _mounts(triton)["models"]["readOnly"] is True
+    # the metadata ConfigMap, mounted whole (a subPath mount never sees the kubelet's refresh)
+    meta = _mounts(watcher)["nexus-meta"]
+    assert meta == _mounts(sync)["nexus-meta"] and meta["readOnly"] is True and "subPath" not in meta
+    assert env["NEXUS_META_PATH"] == env_of(sync)["NEXUS_META_PATH"]
+    # Triton's HTTP endpoint over loopback, with the admin key Triton's restricted repository API wants
+    http_port = int(re.search(r"--http-port=(\d+)", " ".join(triton["args"])).group(1))
+    assert env["TRITON_URL"] == f"http://127.0.0.1:{http_port}"
+    assert env["TRITON_ADMIN_KEY"] == env_of(triton)["TRITON_ADMIN_KEY"]
+    assert env["TRITON_ADMIN_KEY"]["secretKeyRef"]["name"].endswith("-triton-admin")
+    assert env["WATCH_INTERVAL_S"] == "2" and env["WATCH_META_URI"] == "s3://control-plane/nexus_meta.json"
+    # every variable the sync gets (S3, credentials, serving settings): the same config for every version
+    assert {k: v for k, v in env.items() if k in env_of(sync)} == env_of(sync)
+    # metrics on the pod's address, for the kubelet's liveness probe (and listed scrapers)
+    assert env["WATCH_METRICS_HOST"] == "0.0.0.0"
+    (port,) = watcher["ports"]
+    assert port == {"name": "watch-metrics", "containerPort": int(env["WATCH_METRICS_PORT"]), "protocol": "TCP"}
+    assert watcher["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "watch-metrics"}
+    assert "readinessProbe" not in watcher, "the pod's readiness stays the proxy's /readyz"
+    assert "nvidia.com/gpu" not in watcher["resources"].get("limits", {})
+    assert _mounts(watcher)["watcher-tmp"]["mountPath"] == "/tmp"
+
+
+def test_watcher_gets_s3_credentials_and_triton_still_none() -> None:
+    objects = render_chart(WATCHER_CASE)
+    spec = pod_spec(objects)
+    env = env_of(container(spec, "watcher"))
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "nexus-aws", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "nexus-aws"
+    for name in ("triton", "proxy"):
+        assert not [k for k in env_of(container(spec, name)) if k.startswith("AWS_")], name
+    assert "TRITON_ADMIN_KEY" not in env_of(container(spec, "proxy"))
+    # IRSA: the webhook still skips Triton and the proxy, so the role reaches the sync and the watcher only
+    (deployment,) = by_kind(objects, "Deployment")
+    skipped = deployment["spec"]["template"]["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"]
+    assert set(skipped.split(",")) == {"triton", "proxy"}
+
+
+def test_watcher_keeps_the_pod_on_a_metadata_change() -> None:
+    """With the watcher, a new metadata updates the ConfigMap in place: no checksum, so the Deployment stays."""
+    first = render_chart({"watcher": {"enabled": True}, "nexusMeta": {"content": '{"version": 1}'}})
+    second = render_chart({"watcher": {"enabled": True}, "nexusMeta": {"content": '{"version": 2}'}})
+    (one,), (two,) = by_kind(first, "Deployment"), by_kind(second, "Deployment")
+    assert "checksum/nexus-meta" not in one["spec"]["template"]["metadata"]["annotations"]
+    assert one["spec"]["template"] == two["spec"]["template"]
+    assert meta_config_map(first)["data"] != meta_config_map(second)["data"]
+
+
+def test_watcher_egress_and_metrics_ingress() -> None:
+    """The watcher reads S3 through the pod's egress rules (as the sync does); its metrics only from listed peers."""
+    (policy,) = by_kind(render_chart(WATCHER_CASE), "NetworkPolicy")
+    (default_policy,) = by_kind(render_chart({}), "NetworkPolicy")
+    assert policy["spec"]["egress"] == default_policy["spec"]["egress"]
+    (rule,) = [r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {"watch-metrics"}]
+    assert rule["from"] == [{"namespaceSelector": {}}]
+    (closed,) = by_kind(render_chart({"watcher": {"enabled": True}}), "NetworkPolicy")
+    assert all(p["port"] != "watch-metrics" for r in closed["spec"]["ingress"] for p in r["ports"])
+
+
+@pytest.mark.parametrize(
+    ("watcher", "message"),
+    [
+        pytest.param({"intervalSeconds": 0}, "watcher.intervalSeconds", id="interval-0"),
+        pytest.param({"metricsPort": 8000}, "watcher.metricsPort", id="port-of-triton"),
+        pytest.param({"metricsPort": 8080}, "watcher.metricsPort", id="port-of-the-proxy"),
+    ],
+)
+def test_bad_watcher_values_are_refused(watcher: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render_chart({"watcher": {"enabled": True, **watcher}})
+
+
+def test_notes_say_how_models_are_updated() -> None:
+    def notes(values: dict[str, Any]) -> str:
+        return next(text for path, text in render_files(values).items() if path.endswith("NOTES.txt"))
+
+    assert "rolls the Deployment" in notes({})
+    assert "rollout restart" in notes({"nexusMeta": {"existingConfigMap": "cm"}})
+    with_watcher = notes({"watcher": {"enabled": True}})
+    assert "-c watcher" in with_watcher and "recommended" not in with_watcher
+    assert "recommended" in notes({"watcher": {"enabled": True}, "replicaCount": 2})
+
+
+def test_chart_watcher_defaults_match_the_code() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["watcher"]
+    code = WatchSettings()
+    assert values["enabled"] is False
+    assert values["intervalSeconds"] == code.interval_s and values["metricsPort"] == code.metrics_port
+    assert values["metaUri"] == "" and code.meta_uri is None

@@ -79,3 +79,56 @@ app.kubernetes.io/part-of: nexusml
 {{- define "nexus.tritonProbe" -}}
 ["python3", "/opt/nexus/triton_watchdog.py", "--url", "http://127.0.0.1:{{ .port }}", "--repository", "/models", "--timeout", "{{ max 1 (sub (int .timeout) 1) }}"]
 {{- end }}
+
+{{/* What `nexus sync` and `nexus watch` write the model repository from: the metadata, the repository and the
+serving settings (config.*, sync.extraEnv). The init container and the watcher get the same, so a version the
+watcher installs is served as the first one was. */}}
+{{- define "nexus.syncEnv" -}}
+{{- $v := .Values -}}
+- name: NEXUS_META_PATH
+  value: {{ include "nexus.metaPath" . | quote }}
+- name: MODEL_REPOSITORY
+  value: /models
+- name: DEVICE
+  value: {{ include "nexus.device" . | quote }}
+{{- with (include "nexus.envMap" (dict "BATCH_SIZE" $v.config.batchSize "BATCH_TIMEOUT_MS" $v.config.batchTimeoutMs "AWS_ENDPOINT_URL" $v.s3.endpointUrl "MODEL_BUCKET" $v.s3.bucket "AWS_REGION" $v.s3.region) | trim) }}
+{{ . }}
+{{- end }}
+{{- with (include "nexus.envMap" $v.sync.extraEnv | trim) }}
+{{ . }}
+{{- end }}
+{{- include "nexus.awsCredentialsEnv" . }}
+{{- end }}
+
+{{/* AWS credentials from aws.credentialsSecret: for the containers that read S3 (sync, watcher), never Triton
+or the proxy. With IRSA instead, the pod's eks.amazonaws.com/skip-containers annotation does the same. */}}
+{{- define "nexus.awsCredentialsEnv" -}}
+{{- $v := .Values -}}
+{{- with $v.aws.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $v.aws.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $v.aws.secretAccessKeyKey }}
+- name: AWS_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $v.aws.sessionTokenKey }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{/* TRITON_ADMIN_KEY from the admin Secret: Triton (its restricted APIs) and the watcher (which calls them). */}}
+{{- define "nexus.adminKeyEnv" -}}
+- name: TRITON_ADMIN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "nexus.adminSecret" . }}
+      key: {{ .Values.triton.adminKey.secretKey }}
+{{- end }}

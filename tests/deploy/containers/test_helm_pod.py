@@ -1,4 +1,4 @@
-"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton and the proxy; ready, right.
+"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher.
 
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
 node: images, S3 endpoint and bucket, the metadata (`--set-file nexusMeta.content=`), a credentials Secret.
@@ -201,6 +201,8 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
                 "nexusMeta": {"content": publish_demo(bed)},
                 "s3": {"endpointUrl": f"http://{bed.s3}:9000", "bucket": BUCKET, "region": "us-east-1"},
                 "aws": {"credentialsSecret": "nexus-aws"},
+                # Runs beside them (it finds the version served: nothing to swap; compose's test swaps one).
+                "watcher": {"enabled": True},
             }
             objects = render_chart(values)
             sync_pod, serving_pod = pods_for_podman(objects, bed, port)
@@ -208,17 +210,20 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
             play(bed, objects, sync_pod)
             code = podman("wait", f"{bed.name}-sync-sync", timeout=600).stdout.strip()
             assert code == "0", podman.logs(f"{bed.name}-sync-sync")
-        with TIMINGS.step("helm pod: Triton and proxy (kube play), until /readyz answers 200"):
+        with TIMINGS.step("helm pod: Triton, proxy and watcher (kube play), until /readyz answers 200"):
             play(bed, objects, serving_pod)
             ready = wait_ready(f"http://127.0.0.1:{port}")
         assert ready["model"] == "demo_mlp"
         assert_serves(f"http://127.0.0.1:{port}", demo.DemoSpec())
-        for container in ("triton", "proxy"):
+        watcher = f"{bed.name}-watcher"
+        state = podman("inspect", watcher, "--format", "{{.State.Running}} {{.RestartCount}}").stdout.split()
+        assert state == ["true", "0"], podman.logs(watcher)
+        for container in ("triton", "proxy", "watcher"):
             inspected = podman(
                 "inspect", f"{bed.name}-{container}", "--format", "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}"
             ).stdout.split()
             assert inspected == ["1000:1000", "true"], (container, inspected)
         with TIMINGS.step("helm pod: stop (SIGTERM: the proxy drains, Triton drains)"):
             podman("pod", "stop", "--time", "90", bed.name, timeout=120)
-        codes = {c: podman.exit_code(f"{bed.name}-{c}") for c in ("triton", "proxy")}
-        assert codes == {"triton": 0, "proxy": 0}, codes
+        codes = {c: podman.exit_code(f"{bed.name}-{c}") for c in ("triton", "proxy", "watcher")}
+        assert codes == {"triton": 0, "proxy": 0, "watcher": 0}, codes
