@@ -16,6 +16,7 @@ from reliability.report import to_markdown
 from reliability.result import ScenarioResult
 from reliability.scenarios import (
     hostile_http,
+    model_update,
     overload,
     sigterm,
     slow_backend,
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Runner] = {
     "sigterm": lambda bed, a: [sigterm.run(bed, sigterm.Config.long(a.duration, t)) for t in ("proxy", "triton")],
     "sync-faults": lambda bed, a: [sync_faults.run(bed, sync_faults.Config.long(a.duration))],
     "hostile-http": lambda bed, a: [hostile_http.run(bed, hostile_http.Config.long(a.duration))],
+    "model-update": lambda bed, a: [model_update.run(bed, model_update.Config.long(a.duration))],
     "soak": lambda bed, a: [soak.run(bed, soak.Config.long(a.soak_minutes))],
 }
 

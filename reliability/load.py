@@ -1,19 +1,22 @@
 """A small HTTP load generator for the proxy: closed loop (N connections) or open loop (a fixed rate).
 
 Every answer is recorded (status, error code, latency, whether `Retry-After` came with a 429/503, whether a
-200's body equals the expected output), so a scenario can assert what clients saw, not just count. Loops
-are bounded both in requests and in time, target only the URL they are given (127.0.0.1 here), and every
-request carries a client-side timeout so that a hang shows up as a failure (`code="hang"`) rather than a
-stuck test. wrk would drive more load but cannot check bodies; here the load generator and the proxy
-share the same 2 cores, so figures name the generator's rate.
+200's body equals the expected output, the `X-Model-Version` that answered), so a scenario can assert what
+clients saw, not just count. Loops are bounded both in requests and in time, target only the URL they are
+given (127.0.0.1 here), and every request carries a client-side timeout so that a hang shows up as a failure
+(`code="hang"`) rather than a stuck test. wrk would drive more load but cannot check bodies; here the load
+generator and the proxy share the same 2 cores, so figures name the generator's rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +35,17 @@ class Sample:
     code: str  # the error body's code, or refused / disconnected / hang for client-side failures
     retry_after: bool
     correct: bool | None  # for 200s: the body matched the expected output
+    version: str = ""  # the answer's X-Model-Version header ("" when none came)
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What to send: single-row predictions chosen round-robin from `rows`, checked against `expected`."""
+    """What to send: single-row predictions chosen round-robin from `rows`, checked against `expected`.
+
+    While a model update goes live, two versions answer the same rows with different outputs: with
+    `expected_by_version` ({"1": outputs, "2": outputs}), a 200 is checked against the outputs of the version
+    its `X-Model-Version` header names, and an answer from a version not listed is a wrong body.
+    """
 
     url: str
     rows: list[list[float]]
@@ -44,6 +53,14 @@ class Workload:
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 30.0
     path: str = "/predict"
+    expected_by_version: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def expectation(self, version: str, row_index: int) -> list[float] | None:
+        """The output `row_index` should get from `version`; None when that version is not expected at all."""
+        if not self.expected_by_version:
+            return self.expected[row_index]
+        outputs = self.expected_by_version.get(version)
+        return None if outputs is None else outputs[row_index]
 
 
 def _close(got: Any, want: list[float]) -> bool:
@@ -65,6 +82,7 @@ async def request(session: aiohttp.ClientSession, work: Workload, index: int) ->
                 raw = await response.read()
                 status = response.status
                 retry = "Retry-After" in response.headers
+                version = response.headers.get("X-Model-Version", "")
     except TimeoutError:
         return Sample(started, time.monotonic() - started, 0, "hang", False, None)
     except aiohttp.ClientConnectorError:
@@ -78,12 +96,34 @@ async def request(session: aiohttp.ClientSession, work: Workload, index: int) ->
     except orjson.JSONDecodeError:
         doc = None
     if status == 200:
-        correct = isinstance(doc, dict) and _close(doc.get("output"), work.expected[row_index])
+        want = work.expectation(version, row_index)
+        correct = want is not None and isinstance(doc, dict) and _close(doc.get("output"), want)
     elif isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         code = str(doc["error"].get("code", ""))
     else:
         code = "non_json_error"
-    return Sample(started, latency, status, code, retry, correct)
+    return Sample(started, latency, status, code, retry, correct, version)
+
+
+@contextmanager
+def frozen_heap(enabled: bool = True) -> Iterator[None]:
+    """Keep the collector's full passes off the objects that exist before the load (`gc.freeze`).
+
+    The generator's process holds a large heap (torch for the reference outputs, the bed's clients): a
+    generation-2 collection over it measured 160-240 ms here, every few seconds under load. During one the
+    generator sends nothing, then sends the arrivals it missed at once: a burst that real clients never make,
+    which past the proxy's MAX_IN_FLIGHT is answered 429 and counted against the system under test. Frozen,
+    the existing objects are no longer scanned; what the load creates still is (cycles are still collected).
+    """
+    if not enabled:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _session(limit: int) -> aiohttp.ClientSession:
@@ -117,12 +157,29 @@ async def closed_loop(
     return samples
 
 
-async def open_loop(work: Workload, rate: float, duration_s: float, max_outstanding: int = 1024) -> list[Sample]:
+async def open_loop(
+    work: Workload,
+    rate: float,
+    duration_s: float,
+    max_outstanding: int = 1024,
+    stop: asyncio.Event | None = None,
+    freeze_heap: bool = False,
+) -> list[Sample]:
     """Requests sent at `rate` per second whatever the answers (the way real traffic arrives).
 
     When `max_outstanding` requests are already waiting, an arrival is skipped and counted as
-    `code="client_saturated"` (status -1), so an overloaded generator is visible in the figures.
+    `code="client_saturated"` (status -1), so an overloaded generator is visible in the figures. Setting
+    `stop` ends the arrivals before `duration_s` (for scenarios whose phases have no length known up front);
+    the requests already sent are still awaited. `freeze_heap`: see `frozen_heap` (off by default, so the
+    figures of the scenarios measured before it stay comparable).
     """
+    with frozen_heap(freeze_heap):
+        return await _open_loop(work, rate, duration_s, max_outstanding, stop)
+
+
+async def _open_loop(
+    work: Workload, rate: float, duration_s: float, max_outstanding: int, stop: asyncio.Event | None
+) -> list[Sample]:
     samples: list[Sample] = []
     tasks: set[asyncio.Task[None]] = set()
     interval = 1.0 / rate
@@ -137,6 +194,8 @@ async def open_loop(work: Workload, rate: float, duration_s: float, max_outstand
             delay = started + index * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if stop is not None and stop.is_set():
+                break
             if len(tasks) >= max_outstanding:
                 samples.append(Sample(time.monotonic(), 0.0, -1, "client_saturated", False, None))
                 continue

@@ -34,12 +34,14 @@ from nexusml.sync.triton_config import from_pbtxt, to_pbtxt
 from nexusml.sync.watch import STATE_FILE, S3Source, Watcher, WatchSettings, watcher
 from nexusml.testing import updates
 from nexusml.testing.environment import free_port
-from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
+from nexusml.testing.models import DEMO_SPEC, PublishedModel, publish, sync_into
 from nexusml.testing.servers import ProxyProcess, start_triton
 
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "test-admin-key"
+# A bucket of this module's own: its versions must not overwrite the session's demo model (demo_mlp/1/...).
+BUCKET = "nexus-watch-test"
 ROW = np.array([[1, 2, 3, 4, 5]], dtype=np.float32)
 
 
@@ -73,7 +75,8 @@ class Bed:
 def bed(s3_env: dict[str, str], s3_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     """Version 1 synced and served by a Triton whose repository API wants `ADMIN_KEY`; 2 and 3 published."""
     root = tmp_path_factory.mktemp("watch")
-    published = {v: updates.good(v, s3_client, root / "published") for v in (1, 2, 3)}
+    s3_client.create_bucket(Bucket=BUCKET)
+    published = {v: updates.good(v, s3_client, root / "published", BUCKET) for v in (1, 2, 3)}
     repository = root / "model_repository"
     sync_into(published[1].meta, s3_env, repository, BATCH_TIMEOUT_MS="2")
     meta_path = root / ".nexus_meta.json"
@@ -156,8 +159,8 @@ Broken = Callable[[Bed, Any, Path], ModelMetadata]
 FAILURES = [
     pytest.param(lambda bed, s3, tmp: updates.missing(bed.published[1].meta, 11), "not_found", id="download"),
     pytest.param(lambda bed, s3, tmp: updates.corrupt(bed.published[1].meta, 12), "integrity", id="verify"),
-    pytest.param(lambda bed, s3, tmp: updates.unloadable(bed.published[1].meta, 13, s3), "load", id="load"),
-    pytest.param(lambda bed, s3, tmp: updates.wrong_shape(14, s3, tmp), "smoke_test", id="smoke-test-shape"),
+    pytest.param(lambda bed, s3, tmp: updates.unloadable(bed.published[1].meta, 13, s3, BUCKET), "load", id="load"),
+    pytest.param(lambda bed, s3, tmp: updates.wrong_shape(14, s3, tmp, BUCKET), "smoke_test", id="smoke-test-shape"),
 ]
 
 
@@ -208,12 +211,12 @@ def test_the_repository_api_wants_the_admin_key(bed: Bed) -> None:
 def test_metadata_from_s3_is_polled_by_etag(bed: Bed, s3_client: Any) -> None:
     _serve(bed, 2)
     key = "control-plane/demo_mlp.json"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=bed.published[2].meta.to_json().encode())
-    watching = watcher(bed.settings(WATCH_META_URI=f"s3://{TEST_BUCKET}/{key}"))
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=bed.published[2].meta.to_json().encode())
+    watching = watcher(bed.settings(WATCH_META_URI=f"s3://{BUCKET}/{key}"))
     assert isinstance(watching.source, S3Source)
     assert watching.poll() == "served"
     assert watching.poll() == "unchanged"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=bed.published[3].meta.to_json().encode())
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=bed.published[3].meta.to_json().encode())
     assert watching.poll() == "swapped"
     assert bed.answer()[0] == "3"
 
@@ -305,7 +308,7 @@ def test_the_proxy_follows_a_new_version_with_a_new_interface(
 ) -> None:
     _serve(bed, 2)
     assert _post(proxy, [1, 2, 3, 4, 5])[:2] == (200, "2")
-    wider = publish(dataclasses.replace(DEMO_SPEC, version=21, width=6, seed=21), s3_client, tmp_path / "wider")
+    wider = publish(dataclasses.replace(DEMO_SPEC, version=21, width=6, seed=21), s3_client, tmp_path / "wider", BUCKET)
     watching = watcher(bed.settings())
     bed.publish(wider.meta)
     assert watching.poll() == "swapped"
