@@ -144,7 +144,7 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
 
 def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
     """`nexus watch` on the Triton just started, with the admin key of this run; ready when its metrics answer."""
-    watch_env = {**env, "TRITON_URL": triton.http_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
+    watch_env = {**env, "TRITON_URL": triton.grpc_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
     port = settings.watch.metrics_port
     return ManagedProcess(
         "watcher",

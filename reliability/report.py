@@ -28,14 +28,16 @@ CAUSES = {
     "serve less than that short measurement: the generator itself falls behind (the -1 arrivals) and the "
     "proxy answers the excess with correct 429s (MAX_IN_FLIGHT). No wrong bodies, no 5xx, and memory, file "
     "descriptors and connections end where they started. Measuring 70% needs the load generator on other cores.",
-    "model-update": "Measured per 250 ms: latency rises during the whole swap, with stalls of 150-250 ms when the "
-    "candidate model's stub has started (torch imported, the model loaded) and when the reload starts the served "
-    "model's two new instance stubs. On 2 cores these starts take the CPU the proxy, Triton and the load generator "
-    "need. At half of the capacity a stall leaves about 300 requests waiting: in some runs that passed the proxy's "
-    "MAX_IN_FLIGHT (256) and the excess was answered 429 with Retry-After (111 of 82,000 in one run, none in "
-    "another); never a wrong body, a 5xx or an answer from a broken version, and version 2 took over within the "
-    "swap's own duration. A failing version costs one stub start (smaller stalls). Outside swaps the p99 is about "
-    "10-20 ms; the short pytest form offers 25% of the capacity and asserts no failed request.",
+    "model-update": "Measured per 250 ms: latency rises during the whole swap, with stalls of 150-250 ms "
+    "when the candidate model's stub has started (torch imported, the model loaded) and when the reload starts "
+    "the served model's two new instance stubs. Each stub start costs about 1 CPU-second (measured without "
+    "load: 3 new stubs, 1.0-1.1 s each, in a 2.2 s swap), so a swap wants both of these 2 cores for about 2 s, "
+    "the CPU the proxy, Triton and the load generator need. At half of the capacity a stall leaves about 300 "
+    "requests waiting: in some runs that passed the proxy's MAX_IN_FLIGHT (256) and the excess was answered 429 "
+    "with Retry-After (a few to 111 of 82,000; none in others); never a wrong body, a 5xx or an answer from a "
+    "broken version, and version 2 took over within the swap's own duration. A failing version costs one stub "
+    "start (smaller stalls). Outside swaps the p99 is about 10-20 ms; the short pytest form offers 25% of the "
+    "capacity and asserts no failed request.",
     "hostile-http": "500 slow-loris connections each cost the proxy's one event loop a little work per byte, and "
     "the normal traffic's client shares the same 2 cores: its p99 moved from a few ms to about 11 ms, all 200. "
     "Every slow connection was dropped at its read timeout.",

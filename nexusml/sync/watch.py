@@ -66,7 +66,7 @@ class WatchSettings:
         None,
         "s3://bucket/key of the metadata to watch (ETag polling); unset: the file NEXUS_META_PATH",
     )
-    triton_url: str = env("TRITON_URL", "http://127.0.0.1:8000", "Triton's HTTP endpoint (repository API, smoke test)")
+    triton_url: str = env("TRITON_URL", "grpc://127.0.0.1:8001", "Triton's gRPC endpoint (repository API, smoke test)")
     admin_key: str | None = env(
         "TRITON_ADMIN_KEY", None, "value of the nexus-admin-key header Triton's repository API wants", secret=True
     )

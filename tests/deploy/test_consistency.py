@@ -50,7 +50,7 @@ DEPLOYMENT_OVERRIDES = {
     "AWS_REGION": "MinIO wants a region",
     "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
-    "TRITON_URL": "Triton's HTTP address as seen from the watcher (compose's service name; the chart's port)",
+    "TRITON_URL": "Triton's gRPC address as seen from the watcher (compose's service name; the chart's port)",
     "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
 }
 
