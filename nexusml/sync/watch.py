@@ -241,6 +241,13 @@ class Watcher:
                 return f"failed: {err.code}"
             self._tell(f"{meta.name} version {meta.version}: {err}; retrying every {self.settings.interval_s:g} s")
             return f"retry: {err.code}"
+        except Exception as err:  # a bug of ours: said (once, with its trace), retried, the version not marked
+            self.metrics.failed.labels("internal").inc()
+            message = f"{meta.name} version {meta.version}: the swap failed unexpectedly ({err!r}); {was} keeps serving"
+            if message != self._told:
+                log.exception("%s", message)
+                self._told = message
+            return "retry: internal"
         finally:
             self.metrics.trying.set(0)
         self.metrics.succeeded.inc()

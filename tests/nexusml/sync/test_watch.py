@@ -200,6 +200,23 @@ def test_triton_unreachable_is_retried_not_marked(bed: Bed) -> None:
     assert all(entry["version"] != 3 for entry in marked.values())
 
 
+def test_an_unexpected_error_is_retried_and_changes_nothing(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(bed, 2)
+    watching = watcher(bed.settings())
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(watching.swapper, "swap", broken)
+    bed.publish(bed.published[3].meta)
+    assert watching.poll() == "retry: internal"
+    assert watching.metrics.failed.labels("internal")._value.get() == 1
+    assert bed.answer()[0] == "2"
+    monkeypatch.undo()
+    assert watching.poll() == "swapped"  # retried at the next poll, not marked
+    assert bed.answer()[0] == "3"
+
+
 def test_the_repository_api_wants_the_admin_key(bed: Bed) -> None:
     _serve(bed, 2)
     watching = watcher(bed.settings(TRITON_ADMIN_KEY="wrong"))
