@@ -99,9 +99,6 @@ class TritonAdmin:
                 raise ServerError(f"{what}: Triton at {self.url} did not answer: {message}") from err
             raise failure(f"{what}: {message}") from err
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def smoke_inputs(meta: ModelMetadata) -> dict[str, np.ndarray]:
     """One row of zeros per input; a variable (-1) dimension gets length 1."""
@@ -176,25 +173,32 @@ class Swapper:
 
     def _try(self, meta: ModelMetadata) -> None:
         """Load the candidate and smoke-test it; it is unloaded and removed whatever happens."""
-        config = model_config(meta, serving_config(meta, self.settings))
-        candidate = metadata.candidate_name(meta.name)
-        config["name"] = candidate
-        for group in config["instance_group"]:
-            group["count"] = 1
-        self.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
         loaded = False
         try:
-            self.admin.load(candidate)
+            candidate = self.load_candidate(meta)
             loaded = True
-            outputs = self.admin.infer(candidate, meta.version, smoke_inputs(meta))
-            check_outputs(meta, outputs)
+            check_outputs(meta, self.admin.infer(candidate, meta.version, smoke_inputs(meta)))
         finally:
-            if loaded:
-                try:
-                    self.admin.unload(candidate)
-                except NexusError as err:
-                    log.warning("%s", err)
-            self.repo.drop_candidate(meta.name)
+            self.unload_candidate(meta.name, loaded)
+
+    def load_candidate(self, meta: ModelMetadata) -> str:
+        """Stage `meta`'s installed version as the candidate model (one instance) and load it; returns its name."""
+        config = model_config(meta, serving_config(meta, self.settings))
+        config["name"] = metadata.candidate_name(meta.name)
+        for group in config["instance_group"]:
+            group["count"] = 1
+        candidate = self.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
+        self.admin.load(candidate)
+        return candidate
+
+    def unload_candidate(self, name: str, loaded: bool = True) -> None:
+        """Unload `name`'s candidate (when it was loaded) and remove its folder."""
+        if loaded:
+            try:
+                self.admin.unload(metadata.candidate_name(name))
+            except NexusError as err:
+                log.warning("%s", err)
+        self.repo.drop_candidate(name)
 
     def _switch(self, meta: ModelMetadata) -> None:
         """Point the config at the new version and reload; on failure Triton keeps the old, and so does the disk."""

@@ -55,10 +55,7 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
         tensor = httpclient.InferInput("INPUT__0", [1, 5], "FP32")
         tensor.set_data_from_numpy(np.array([[1, 2, 3, 4, 5]], dtype=np.float32))
         assert client.infer("demo_mlp", [tensor]).as_numpy("OUTPUT__0").shape == (1, 2)
-        request = urllib.request.Request(
-            f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(_request(proxy), timeout=10) as response:
             answer = json.loads(response.read())
         # Within float32 rounding: the proxy may run the row in a batch of another size (padded to a preferred
         # size), and matrix kernels round differently by batch size.
@@ -92,12 +89,16 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")
 
 
-def _predict(proxy: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(
+def _request(proxy: str) -> urllib.request.Request:
+    """The README's prediction, for the proxy at `proxy`."""
+    return urllib.request.Request(
         f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
     )
+
+
+def _predict(proxy: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(_request(proxy), timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
@@ -106,10 +107,7 @@ def _predict(proxy: str) -> tuple[int, bytes]:
 
 
 def _version(proxy: str) -> str | None:
-    request = urllib.request.Request(
-        f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(_request(proxy), timeout=10) as response:
         return response.headers["X-Model-Version"]
 
 

@@ -23,14 +23,12 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml import demo
-from nexusml.core import metadata
 from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
 from nexusml.sync.repository import Repository
 from nexusml.sync.swap import served
 from nexusml.sync.triton import TritonServer
-from nexusml.sync.triton_config import from_pbtxt, to_pbtxt
 from nexusml.sync.watch import STATE_FILE, S3Source, Watcher, WatchSettings, watcher
 from nexusml.testing import updates
 from nexusml.testing.environment import free_port
@@ -305,17 +303,12 @@ def test_the_proxy_shows_the_version_being_tried(bed: Bed, proxy: ProxyProcess) 
     meta = bed.published[3].meta
     with swapper.repo.locked(meta.name):
         pipeline.install(meta, settings.sync)
-    candidate = metadata.candidate_name(meta.name)
-    config = from_pbtxt(pipeline.config_text(meta, settings.sync))
-    config["name"] = candidate
-    swapper.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
     try:
-        swapper.admin.load(candidate)
+        swapper.load_candidate(meta)
         shown = _models(proxy)
         assert (shown["served_version"], shown["trying_version"]) == ("2", "3")
     finally:
-        swapper.admin.unload(candidate)
-        swapper.repo.drop_candidate(meta.name)
+        swapper.unload_candidate(meta.name)
         swapper.repo.remove(meta.name, meta.version)
     assert _until(lambda: _models(proxy)["trying_version"] is None)
 
