@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -313,3 +314,44 @@ def average_batch(before: tuple[int, int, int], after: tuple[int, int, int]) -> 
     inferences = after[0] - before[0]
     executions = after[1] - before[1]
     return inferences / executions if executions > 0 else None
+
+
+# The stages nexusml/backend/model.py times (its `STAGES`), in a batch's order.
+BACKEND_STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
+_STAGE_LINE = re.compile(r"nexus_backend_stages model=(\S+) version=\S+ pid=(\d+) ((?:\w+=[0-9.eE+-]+ ?)+)")
+
+
+def backend_stages(log_text: str, model: str) -> dict[str, float]:
+    """Seconds per stage and batches so far of `model`, from the backend's `nexus_backend_stages` lines in
+    Triton's log (cumulative per instance, logged every STAGE_LOG_INTERVAL_S): the last line of each instance,
+    summed over instances."""
+    latest: dict[str, dict[str, float]] = {}
+    for found in _STAGE_LINE.finditer(log_text):
+        if found.group(1) == model:
+            pairs = (item.split("=") for item in found.group(3).split())
+            latest[found.group(2)] = {key: float(value) for key, value in pairs}
+    totals: dict[str, float] = {}
+    for values in latest.values():
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def stage_breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+    """Where a batch's time went between two `backend_stages` snapshots: ms per batch and share per stage."""
+    batches = after.get("batches", 0.0) - before.get("batches", 0.0)
+    seconds = {stage: after.get(stage, 0.0) - before.get(stage, 0.0) for stage in BACKEND_STAGES}
+    total = sum(seconds.values())
+    if batches <= 0 or total <= 0:
+        return None
+    return {
+        "batches": int(batches),
+        "ms_per_batch": {stage: round(value * 1000 / batches, 4) for stage, value in seconds.items()},
+        "share": {stage: round(value / total, 4) for stage, value in seconds.items()},
+    }
+
+
+def served_precision(config_text: str) -> str:
+    """The PRECISION a generated `config.pbtxt` runs the model in (fp32 when it names none)."""
+    found = re.search(r'key: "PRECISION"\s+value \{\s+string_value: "(\w+)"', config_text)
+    return found.group(1) if found else "fp32"

@@ -266,6 +266,30 @@ def _large_lines(model: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _stage_lines(model: dict[str, Any]) -> list[str]:
+    """Where a batch's time goes inside model.py, per point that ran the model (`backend_stages` of each run)."""
+    runs = [r for r in model["runs"] if r.get("status") == "ok" and r.get("backend_stages")]
+    if not runs:
+        return []
+    stages = list(runs[0]["backend_stages"]["ms_per_batch"])
+    lines = [
+        "**Where a batch's time goes in the backend** (`nexus_backend_stage_seconds_total` from Triton's metrics, "
+        "ms per batch, share of the batch's time in brackets; on a GPU the copies and the forward are timed by "
+        "CUDA events):",
+        "",
+        "| path | conc. | batches | avg batch | " + " | ".join(stages) + " |",
+        "|---|--:|--:|--:|" + "--:|" * len(stages),
+    ]
+    for run in runs:
+        breakdown = run["backend_stages"]
+        cells = [f"{breakdown['ms_per_batch'][s]:.3f} ({breakdown['share'][s] * 100:.0f} %)" for s in stages]
+        lines.append(
+            f"| {PATHS.get(run['path'], run['path'])} | {run['concurrency']} | {breakdown['batches']} | "
+            f"{_num(run.get('avg_batch'), 1)} | " + " | ".join(cells) + " |"
+        )
+    return [*lines, ""]
+
+
 def model_markdown(model: dict[str, Any]) -> str:
     lines = [f"### {model['description']}", ""]
     ceiling = model.get("ceiling")
@@ -280,6 +304,7 @@ def model_markdown(model: dict[str, Any]) -> str:
         lines.append("")
     lines += _felt_lines(model)
     lines += _large_lines(model)
+    lines += _stage_lines(model)
     lines += [
         "| path | tool | conc. | req/s | p50 ms | p95 ms | p99 ms | avg batch | errors | CPU % server / proxy / "
         "loadgen | other CPU % | GPU % | limited by |",

@@ -36,7 +36,17 @@ from typing import Any
 from benchmarks import loadgen, report
 from benchmarks.models import ModelCase, ceiling, mlp_case, resnet50_case, tiny_image_case
 from benchmarks.monitor import CpuWindow, GpuSampler, Nvml, bottleneck, by_role
-from benchmarks.parsing import LoadResult, ParseError, average_batch, first_output, logged_errors, triton_counts
+from benchmarks.parsing import (
+    LoadResult,
+    ParseError,
+    average_batch,
+    backend_stages,
+    first_output,
+    logged_errors,
+    served_precision,
+    stage_breakdown,
+    triton_counts,
+)
 from benchmarks.stack import BenchStack, ProxyUnavailable
 from nexusml.core.process import ManagedProcess
 
@@ -75,6 +85,16 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def _stages(log_file: Path | None, model: str) -> dict[str, float] | None:
+    """The backend's stage timings of `model` so far, from Triton's log."""
+    if log_file is None:
+        return None
+    try:
+        return backend_stages(log_file.read_text(errors="replace"), model)
+    except OSError:
+        return None
 
 
 def _stats(url: str, model: str) -> tuple[int, int, int] | None:
@@ -116,7 +136,9 @@ class Runner:
         assert self.stack is not None and self.stack.triton is not None
         http = self.stack.triton.http_url
         log_offset = _size(server_log)
+        triton_log = self.stack.triton.log_file
         before = _stats(http, triton_model) if triton_model else None
+        stages_before = _stages(triton_log, triton_model) if triton_model else None
         window = CpuWindow(roles)
         gpu = GpuSampler(self.nvml)
         window.start()
@@ -138,6 +160,7 @@ class Runner:
         processes = window.stop(run.name, run.cores)
         wall = time.monotonic() - started
         after = _stats(http, triton_model) if triton_model else None
+        stages_after = _stages(triton_log, triton_model) if triton_model else None
         result: LoadResult = run.result
         errors = result.errors
         if before and after and result.tool == "perf_analyzer":
@@ -149,6 +172,9 @@ class Runner:
                 "errors": errors,
                 "avg_batch": average_batch(before, after) if before and after else None,
                 "triton_executions": (after[1] - before[1]) if before and after else None,
+                "backend_stages": stage_breakdown(stages_before, stages_after)
+                if stages_before is not None and stages_after is not None
+                else None,
                 "cpu": by_role(processes),
                 # Everything the machine did, ours or not: much above the sum of `cpu`, something else ran.
                 "machine_cpu_pct": round(window.machine_busy_pct(), 1),
@@ -248,6 +274,7 @@ class Runner:
                     seconds=args.ceiling_seconds,
                     threads=(1,) if args.device == "cuda" else tuple(sorted({1, args.ceiling_threads or self.nproc})),
                     device=args.device,
+                    precision=served_precision(self.stack.configs[case.key]),
                 )
             except Exception as err:  # a ceiling failure must not lose the served figures
                 log.warning("ceiling failed: %s", err)
@@ -689,7 +716,7 @@ def cases(args: argparse.Namespace) -> list[ModelCase]:
 
 
 def sync_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {}
+    env = {"STAGE_LOG_INTERVAL_S": "1"}  # the backend's stage timings per point (`backend_stages`)
     if args.batch_size:
         env["BATCH_SIZE"] = str(args.batch_size)
     if args.batch_delay_ms is not None:

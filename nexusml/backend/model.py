@@ -9,16 +9,111 @@ Batching is real: the requests of one `execute` call are grouped by their non-ba
 concatenated into one tensor per input and run in one forward pass, and the results are split back. A
 request that cannot be served gets its own error response and the rest are still answered; when a whole
 batched forward fails, its requests are retried one by one so one poisonous request fails alone.
+
+Where a batch's time goes is timed per stage and logged when `STAGE_LOG_INTERVAL_S` asks (`StageClock`).
+On a GPU, requests are concatenated straight into pinned host buffers that are copied to the device
+asynchronously, and `PRECISION` (fp16 or bf16, when the model's metadata allows it) runs the forward in
+reduced precision, after checking its outputs against fp32 at load.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
+
+STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class StageClock:
+    """Seconds spent per stage of a batch, since the instance loaded, logged every `STAGE_LOG_INTERVAL_S`.
+
+    Host stages are timed by the wall clock. On a GPU the copies and the forward are asynchronous, so the
+    three device stages are timed by CUDA events recorded between them and read once the outputs are on the
+    host, which waits for them anyway: timing adds no synchronisation. The totals go to Triton's log as one
+    `nexus_backend_stages model=... pid=... batches=N inputs=S ...` line (cumulative, per instance), not to
+    Triton's metrics: custom metrics shared by several instances crash tritonserver 2.51 when the model
+    reloads (measured here in a watcher swap: `tcache_thread_shutdown(): unaligned tcache chunk detected`;
+    triton-inference-server/server#8663), and a swap reloads the model.
+    """
+
+    def __init__(self, device: torch.device, labels: str, interval_s: float) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.batches = 0
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if device.type == "cuda" else []
+        self.labels = labels
+        self.interval_s = interval_s
+        self.mark = self.logged = time.perf_counter()
+
+    def start(self) -> None:
+        self.mark = time.perf_counter()
+
+    def host(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] += now - self.mark
+        self.mark = now
+
+    def device(self, stage: str) -> None:
+        """The end of a device stage: an event on a GPU (after `device_begin`), the wall clock on a CPU."""
+        if self.events:
+            self.events[STAGES.index(stage) - 1].record()
+        else:
+            self.host(stage)
+
+    def device_begin(self) -> None:
+        """Before the first copy to the device; `device` then records the end of each device stage."""
+        if self.events:
+            self.events[0].record()
+
+    def device_end(self) -> None:
+        """On a GPU, after the outputs reached the host: read the events (all complete by then)."""
+        if not self.events:
+            return
+        self.events[-1].synchronize()
+        for stage, (begin, end) in zip(STAGES[2:5], zip(self.events, self.events[1:], strict=False), strict=True):
+            self.seconds[stage] += begin.elapsed_time(end) / 1000
+        self.mark = time.perf_counter()
+
+    def log(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.interval_s <= 0 or not (force or now - self.logged >= self.interval_s):
+            return
+        self.logged = now
+        totals = " ".join(f"{stage}={seconds:.6f}" for stage, seconds in self.seconds.items())
+        pb_utils.Logger.log_info(f"nexus_backend_stages {self.labels} batches={self.batches} {totals}")
+
+
+class PinnedStaging:
+    """One pinned host buffer per input, reused across batches, that requests are concatenated into.
+
+    A copy to the GPU from ordinary (pageable) memory is synchronous and goes through a staging buffer of
+    the driver's; from pinned memory it is one asynchronous DMA, and concatenating into the buffer replaces
+    the copy `np.concatenate` makes anyway. A buffer is refilled only once the copies that read it last
+    have finished (`copied`, recorded after them).
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.copied = torch.cuda.Event()
+
+    def fill(self, index: int, parts: list[np.ndarray]) -> torch.Tensor:
+        shape = (sum(part.shape[0] for part in parts), *parts[0].shape[1:])
+        size = int(np.prod(shape))
+        dtype = torch.from_numpy(np.empty(0, dtype=parts[0].dtype)).dtype
+        buffer = self.buffers.get(index)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = torch.empty(1 << max(size - 1, 0).bit_length(), dtype=dtype, pin_memory=True)
+            self.buffers[index] = buffer
+        self.copied.synchronize()
+        staged = buffer[:size].view(shape)
+        np.concatenate(parts, out=staged.numpy())
+        return staged
 
 
 class TritonPythonModel:
@@ -34,11 +129,21 @@ class TritonPythonModel:
         if args["model_instance_kind"] == "GPU":
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
             torch.cuda.set_device(self.device)
+            self.staging: PinnedStaging | None = PinnedStaging()
         else:
             self.device = torch.device("cpu")
+            self.staging = None
         path = Path(args["model_repository"]) / args["model_version"] / params["ARTIFACT_FILE"]
         self.model = self._load(path, params["ARTIFACT_FORMAT"])
-        self.logger.log_info(f"{args['model_name']} v{args['model_version']}: {path.name} loaded on {self.device}")
+        self.compute_dtype = torch.float32
+        if params.get("PRECISION", "fp32") != "fp32":
+            self._reduce_precision(config, params)
+        labels = f"model={args['model_name']} version={args['model_version']} pid={os.getpid()}"
+        self.clock = StageClock(self.device, labels, float(params.get("STAGE_LOG_INTERVAL_S", "0")))
+        self.logger.log_info(
+            f"{args['model_name']} v{args['model_version']}: {path.name} loaded on {self.device}"
+            f" ({params.get('PRECISION', 'fp32')})"
+        )
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -54,7 +159,45 @@ class TritonPythonModel:
             return program.module().to(self.device)  # torch < 2.6 (the NGC 24.10 image ships 2.5)
         raise ValueError(f"unknown ARTIFACT_FORMAT {artifact_format!r}")
 
+    def _reduce_precision(self, config: dict, params: dict[str, str]) -> None:
+        """Convert the model to PRECISION, refusing the load when its outputs drift from fp32's too far.
+
+        The check runs one batch of seeded standard-normal inputs (zeros for integer inputs; a variable
+        dimension gets length 8) through both and compares each output's largest difference with the largest
+        fp32 magnitude: `PRECISION_TOLERANCE` (from the metadata) of it at most.
+        """
+        tolerance = float(params["PRECISION_TOLERANCE"])
+        generator = torch.Generator().manual_seed(0)
+        rows = max(1, min(8, int(config.get("max_batch_size", 0)) or 1))
+        batch = [rows] if int(config.get("max_batch_size", 0)) > 0 else []
+        columns = []
+        for spec, (_, dtype) in zip(config["input"], self.inputs, strict=True):
+            shape = batch + [8 if dim == -1 else int(dim) for dim in spec["dims"]]
+            if np.issubdtype(dtype, np.floating):
+                columns.append(torch.randn(shape, generator=generator).numpy().astype(dtype))
+            else:
+                columns.append(np.zeros(shape, dtype=dtype))
+        reference = self._forward([torch.from_numpy(column) for column in columns])
+        self.compute_dtype = PRECISIONS[params["PRECISION"]]
+        self.model = self.model.to(self.compute_dtype)
+        try:
+            reduced = self._forward([torch.from_numpy(column) for column in columns])
+        except Exception as err:
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise ValueError(f"the model fails in {params['PRECISION']}: {last}") from err
+        for (name, _), want, got in zip(self.outputs, reference, reduced, strict=True):
+            if not np.issubdtype(want.dtype, np.floating):
+                continue
+            scale = float(np.abs(want).max()) or 1.0
+            drift = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max()) / scale
+            if not drift <= tolerance:
+                raise ValueError(
+                    f"output {name} in {params['PRECISION']} differs from fp32 by {drift:.3g} of its scale, "
+                    f"over PRECISION_TOLERANCE {tolerance:g}"
+                )
+
     def execute(self, requests: list) -> list:
+        self.clock.start()
         responses: list = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = {}
         for index, request in enumerate(requests):
@@ -65,8 +208,10 @@ class TritonPythonModel:
                 continue
             signature = tuple(array.shape[1:] for array in arrays)
             groups.setdefault(signature, []).append((index, arrays))
+        self.clock.host("inputs")
         for members in groups.values():
             self._run_group(members, responses)
+        self.clock.log()
         return responses
 
     def _request_arrays(self, request: object) -> list[np.ndarray]:
@@ -83,8 +228,10 @@ class TritonPythonModel:
 
     def _run_group(self, members: list[tuple[int, list[np.ndarray]]], responses: list) -> None:
         try:
-            columns = [np.concatenate([arrays[i] for _, arrays in members]) for i in range(len(self.inputs))]
-            outputs = self._forward(columns)
+            columns = [self._column(i, [arrays[i] for _, arrays in members]) for i in range(len(self.inputs))]
+            self.clock.host("concatenate")
+            outputs = self._forward(columns, self.clock)
+            self.clock.batches += 1
         except Exception as err:
             if len(members) == 1:
                 responses[members[0][0]] = self._error(err, pb_utils.TritonError.INTERNAL)
@@ -101,11 +248,28 @@ class TritonPythonModel:
                 for (name, _), parts in zip(self.outputs, per_output, strict=True)
             ]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        self.clock.host("responses")
 
-    def _forward(self, columns: list[np.ndarray]) -> list[np.ndarray]:
-        tensors = [torch.from_numpy(column).to(self.device, non_blocking=True) for column in columns]
+    def _column(self, index: int, parts: list[np.ndarray]) -> torch.Tensor:
+        """One input of a group as one host tensor (on a GPU, in pinned memory)."""
+        if self.staging is not None:
+            return self.staging.fill(index, parts)
+        return torch.from_numpy(np.concatenate(parts))
+
+    def _forward(self, columns: list[torch.Tensor], clock: StageClock | None = None) -> list[np.ndarray]:
+        if clock:
+            clock.device_begin()
+        tensors = [column.to(self.device, non_blocking=True) for column in columns]
+        if self.staging is not None:
+            self.staging.copied.record()
+        if self.compute_dtype != torch.float32:
+            tensors = [t.to(self.compute_dtype) if t.is_floating_point() else t for t in tensors]
+        if clock:
+            clock.device("to_device")
         with torch.inference_mode():
             result = self.model(*tensors)
+        if clock:
+            clock.device("forward")
         results = result if isinstance(result, tuple | list) else (result,)
         if len(results) != len(self.outputs):
             raise ValueError(f"model returned {len(results)} outputs, the config declares {len(self.outputs)}")
@@ -114,13 +278,19 @@ class TritonPythonModel:
         for tensor, (name, dtype) in zip(results, self.outputs, strict=True):
             if tensor.shape[0] != rows:
                 raise ValueError(f"output {name} has {tensor.shape[0]} rows for {rows} input rows")
+            if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+                tensor = tensor.float()
             arrays.append(tensor.detach().cpu().numpy().astype(dtype, copy=False))
+        if clock:
+            clock.device("to_host")
+            clock.device_end()
         return arrays
 
     def _error(self, err: Exception, code: int) -> object:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), code))
 
     def finalize(self) -> None:
+        self.clock.log(force=True)
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

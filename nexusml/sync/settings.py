@@ -78,6 +78,20 @@ class SyncSettings:
         "INSTANCE_COUNT", 2, "model instances per device (each a Python-backend process)", int, minimum=1, maximum=64
     )
     torch_threads: int = env("TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256)
+    precision: str = env(
+        "PRECISION",
+        "auto",
+        "forward pass in fp32, fp16 or bf16 (these two only when the metadata allows them); auto: on a GPU the "
+        "first reduced precision the metadata allows, else fp32",
+        choices=("auto", "fp32", "fp16", "bf16"),
+    )
+    stage_log_interval_s: float = env(
+        "STAGE_LOG_INTERVAL_S",
+        0.0,
+        "seconds between the backend's per-stage timing lines in Triton's log (0: none)",
+        float,
+        minimum=0,
+    )
     max_queue_size: int | None = env(
         "MAX_QUEUE_SIZE",
         None,

@@ -16,7 +16,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.metadata import ModelMetadata, TensorSpec
+from nexusml.core.metadata import DEFAULT_PRECISION_TOLERANCE, ModelMetadata, TensorSpec
 from nexusml.sync.settings import SyncSettings
 
 DEFAULT_BATCH_SIZE = 32
@@ -37,6 +37,9 @@ class ServingConfig:
     instance_count: int
     torch_threads: int
     dynamic_batching: bool = True
+    precision: str = "fp32"
+    precision_tolerance: float = DEFAULT_PRECISION_TOLERANCE
+    stage_log_interval_s: float = 0.0
 
 
 def gpu_present() -> bool:
@@ -68,6 +71,16 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
         raise SettingsError(f"preferred batch sizes {too_big} exceed max_batch_size {batch_size} (BATCH_SIZE)")
     detected = gpu_present() if gpu is None else gpu
     use_gpu = detected if settings.device == "auto" else settings.device == "cuda"
+    allowed = meta.precision.allowed
+    if settings.precision == "auto":
+        precision = allowed[0] if use_gpu and allowed else "fp32"
+    elif settings.precision == "fp32" or settings.precision in allowed:
+        precision = settings.precision
+    else:
+        raise SettingsError(
+            f"PRECISION={settings.precision}, but the metadata of {meta.name} allows "
+            f"{', '.join(allowed) if allowed else 'no reduced precision'} ($.precision.allowed)"
+        )
     return ServingConfig(
         max_batch_size=batch_size,
         max_queue_delay_us=round(delay_ms * 1000),
@@ -78,6 +91,9 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
         instance_count=settings.instance_count,
         torch_threads=settings.torch_threads,
         dynamic_batching=settings.dynamic_batching,
+        precision=precision,
+        precision_tolerance=meta.precision.effective_tolerance,
+        stage_log_interval_s=settings.stage_log_interval_s,
     )
 
 
@@ -129,9 +145,14 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
             "ARTIFACT_FILE": {"string_value": meta.artifact.filename},
             "ARTIFACT_FORMAT": {"string_value": meta.artifact.format},
             "TORCH_THREADS": {"string_value": str(serving.torch_threads)},
+            "PRECISION": {"string_value": serving.precision},
         },
         "model_warmup": _warmups(meta, serving),
     }
+    if serving.stage_log_interval_s:
+        generated["parameters"]["STAGE_LOG_INTERVAL_S"] = {"string_value": f"{serving.stage_log_interval_s:g}"}
+    if serving.precision != "fp32":
+        generated["parameters"]["PRECISION_TOLERANCE"] = {"string_value": f"{serving.precision_tolerance:g}"}
     if not serving.dynamic_batching:
         del generated["dynamic_batching"]
     elif serving.instance_count == 1:

@@ -17,6 +17,7 @@ from benchmarks.parsing import (
     WRK_MARKER,
     ParseError,
     average_batch,
+    backend_stages,
     concurrency_of,
     first_output,
     logged_errors,
@@ -24,6 +25,8 @@ from benchmarks.parsing import (
     parse_locust_stats,
     parse_perf_analyzer_csv,
     parse_wrk,
+    served_precision,
+    stage_breakdown,
     triton_counts,
     wrk_script,
 )
@@ -332,3 +335,48 @@ def test_triton_counts():
     assert triton_counts(STATS, "other") == (1, 1, 0)
     with pytest.raises(ParseError):
         triton_counts(STATS, "missing")
+
+
+TRITON_LOG = """I1128 05:27:18 1 model.py:166] "demo v1: model.pt loaded on cpu (fp32)"
+I1128 05:27:19 1 model.py:90] "nexus_backend_stages model=m version=1 pid=11 batches=10 inputs=0.1 forward=1.0"
+I1128 05:27:19 1 model.py:90] "nexus_backend_stages model=m version=1 pid=12 batches=5 inputs=0.05 forward=0.5"
+I1128 05:27:20 1 model.py:90] "nexus_backend_stages model=other version=1 pid=13 batches=9 inputs=9 forward=9"
+I1128 05:27:20 1 model.py:90] "nexus_backend_stages model=m version=1 pid=11 batches=20 inputs=0.2 forward=2.0"
+"""
+
+
+def test_backend_stages_takes_each_instance_latest_line():
+    assert backend_stages(TRITON_LOG, "m") == pytest.approx({"batches": 25, "inputs": 0.25, "forward": 2.5})
+    assert backend_stages("", "m") == {}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        pytest.param(
+            {"forward": 1.0, "batches": 10},
+            {"forward": 2.0, "inputs": 0.25, "batches": 110},
+            {"batches": 100, "forward": (10.0, 0.8), "inputs": (2.5, 0.2)},
+            id="deltas",
+        ),
+        pytest.param({"batches": 5}, {"batches": 5}, None, id="nothing-ran"),
+        pytest.param({}, {"forward": 1.0}, None, id="no-batches-pushed"),
+    ],
+)
+def test_stage_breakdown(before, after, expected):
+    breakdown = stage_breakdown(before, after)
+    if expected is None:
+        assert breakdown is None
+        return
+    assert breakdown["batches"] == expected.pop("batches")
+    for stage, (ms, share) in expected.items():
+        assert breakdown["ms_per_batch"][stage] == pytest.approx(ms)
+        assert breakdown["share"][stage] == pytest.approx(share)
+    assert sum(breakdown["share"].values()) == pytest.approx(1.0)
+
+
+def test_served_precision_reads_the_generated_config():
+    golden = Path(__file__).parents[1] / "nexusml" / "sync" / "golden" / "demo_mlp.config.pbtxt"
+    assert served_precision(golden.read_text()) == "fp32"
+    assert served_precision(golden.read_text().replace('"fp32"', '"fp16"')) == "fp16"
+    assert served_precision('name: "m"') == "fp32"

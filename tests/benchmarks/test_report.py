@@ -225,6 +225,18 @@ def test_large_input_target_is_read_on_the_net_ratio_when_idle_was_measured(conc
     assert row["met"] is met
 
 
+def test_markdown_shows_where_a_batch_time_goes():
+    stages = {"inputs": 0.1, "forward": 0.3}
+    point = {
+        **run("triton_batch", 64, 5000.0),
+        "avg_batch": 16.0,
+        "backend_stages": {"batches": 40, "ms_per_batch": stages, "share": {"inputs": 0.25, "forward": 0.75}},
+    }
+    text = "\n".join(report._stage_lines({"runs": [point, run("naive", 64, 1.0)]}))
+    assert "| path | conc. | batches | avg batch | inputs | forward |" in text
+    assert "| (d) Triton direct, batching on | 64 | 40 | 16.0 | 0.100 (25 %) | 0.300 (75 %) |" in text
+
+
 def test_markdown_shows_the_large_input_paths_side_by_side():
     runs = LARGE_RUNS[:4]
     model = {

@@ -33,12 +33,29 @@ def test_round_trip() -> None:
     assert metadata.parse(meta.to_dict()) == meta
 
 
+@pytest.mark.parametrize(
+    "precision",
+    [
+        pytest.param({"allowed": ["bf16"]}, id="allowed-only"),
+        pytest.param({"allowed": ["fp16", "bf16"], "tolerance": 0.05}, id="with-tolerance"),
+    ],
+)
+def test_precision_round_trip(precision: dict[str, Any]) -> None:
+    meta = metadata.parse({**example(), "precision": precision})
+    assert meta.precision.allowed == tuple(precision["allowed"])
+    assert meta.to_dict()["precision"] == precision
+    assert metadata.parse(meta.to_dict()) == meta
+
+
 def test_optional_fields_default() -> None:
     data = example()
     del data["batching"], data["artifact"]["packaging"], data["schema_version"]
     meta = metadata.parse(data)
     assert meta.artifact.packaging == "file"
     assert meta.batching.max_batch_size is None
+    assert meta.precision.allowed == ()
+    assert meta.precision.effective_tolerance == metadata.DEFAULT_PRECISION_TOLERANCE
+    assert "precision" not in meta.to_dict()
 
 
 def _set(path: str, value: Any) -> dict[str, Any]:
@@ -81,6 +98,9 @@ _DELETE = object()
         pytest.param("outputs.0.name", "INPUT__0", "unique", id="tensor-name-repeated"),
         pytest.param("batching.max_batch_size", 0, "$.batching.max_batch_size", id="batch-zero"),
         pytest.param("batching.preferred_batch_sizes", [64], "preferred_batch_sizes", id="preferred-too-big"),
+        pytest.param("precision", {"allowed": ["int8"]}, "$.precision.allowed[0]", id="precision-unknown"),
+        pytest.param("precision", {"allowed": []}, "$.precision.allowed", id="precision-empty"),
+        pytest.param("precision", {"allowed": ["fp16"], "tolerance": 0}, "$.precision.tolerance", id="tolerance-zero"),
         pytest.param("surprise", 1, "surprise", id="unknown-field"),
     ],
 )

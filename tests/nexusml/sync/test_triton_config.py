@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from nexusml.core import metadata
 from nexusml.core.errors import SettingsError
-from nexusml.core.metadata import BatchingHints
+from nexusml.core.metadata import BatchingHints, PrecisionHints
 from nexusml.core.settings import load
 from nexusml.sync import triton_config as config
 from nexusml.sync.settings import SyncSettings
@@ -57,6 +57,33 @@ def test_instance_kind_from_device(device: str, gpu: bool, kind: str) -> None:
     assert serving.kind == kind
 
 
+FP16_BF16 = dataclasses.replace(EXAMPLE, precision=PrecisionHints(("fp16", "bf16"), 0.05))
+
+
+@pytest.mark.parametrize(
+    ("meta", "environ", "gpu", "expected"),
+    [
+        pytest.param(FP16_BF16, {}, True, "fp16", id="auto-gpu-first-allowed"),
+        pytest.param(FP16_BF16, {}, False, "fp32", id="auto-cpu-fp32"),
+        pytest.param(EXAMPLE, {}, True, "fp32", id="auto-gpu-none-allowed"),
+        pytest.param(FP16_BF16, {"PRECISION": "bf16"}, True, "bf16", id="explicit-allowed"),
+        pytest.param(FP16_BF16, {"PRECISION": "bf16"}, False, "bf16", id="explicit-on-cpu"),
+        pytest.param(FP16_BF16, {"PRECISION": "fp32"}, True, "fp32", id="explicit-fp32"),
+    ],
+)
+def test_precision(meta: metadata.ModelMetadata, environ: dict[str, str], gpu: bool, expected: str) -> None:
+    serving = config.serving_config(meta, load(SyncSettings, environ), gpu=gpu)
+    parameters = config.model_config(meta, serving)["parameters"]
+    assert parameters["PRECISION"] == {"string_value": expected}
+    tolerance = parameters.get("PRECISION_TOLERANCE", {}).get("string_value")
+    assert tolerance == (None if expected == "fp32" else "0.05")
+
+
+def test_precision_the_metadata_does_not_allow_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"PRECISION=fp16, but the metadata of demo_mlp allows no reduced"):
+        config.serving_config(EXAMPLE, load(SyncSettings, {"PRECISION": "fp16"}), gpu=True)
+
+
 def test_model_config_exact_dict() -> None:
     serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "PREFERRED_BATCH_SIZES": "32"}))
     assert config.model_config(EXAMPLE, serving) == {
@@ -81,6 +108,7 @@ def test_model_config_exact_dict() -> None:
             "ARTIFACT_FILE": {"string_value": "model.pt"},
             "ARTIFACT_FORMAT": {"string_value": "torchscript"},
             "TORCH_THREADS": {"string_value": "1"},
+            "PRECISION": {"string_value": "fp32"},
         },
         "model_warmup": [
             {

@@ -1,0 +1,72 @@
+"""The Python-backend model (nexusml/backend/model.py) inside a real Triton: stage timings and precision."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.parsing import BACKEND_STAGES, backend_stages
+from nexusml import demo
+from nexusml.core.errors import NexusError
+from nexusml.core.metadata import PrecisionHints
+from nexusml.sync.triton import TritonServer
+from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
+from nexusml.testing.servers import start_triton, triton_infer
+
+ROWS = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3]], dtype=np.float32)
+
+
+def _outputs(server: TritonServer, model: str) -> list[np.ndarray]:
+    result = triton_infer(server, model, ROWS)
+    return [result.as_numpy(f"OUTPUT__{i}") for i in range(DEMO_SPEC.heads)]
+
+
+@pytest.fixture(scope="module")
+def precision_repository(demo_model: PublishedModel, s3_env: dict[str, str], tmp_path_factory: Any) -> Path:
+    """The demo model as `demo_fp32` and, with the metadata allowing bf16, as `demo_bf16` (PRECISION=bf16)."""
+    repository = tmp_path_factory.mktemp("precision") / "model_repository"
+    meta = demo_model.meta
+    timed = {"BATCH_TIMEOUT_MS": "1", "STAGE_LOG_INTERVAL_S": "0.2"}
+    sync_into(dataclasses.replace(meta, name="demo_fp32"), s3_env, repository, **timed)
+    allowed = dataclasses.replace(meta, name="demo_bf16", precision=PrecisionHints(("bf16",), 0.05))
+    return sync_into(allowed, s3_env, repository, PRECISION="bf16", **timed)
+
+
+def test_reduced_precision_answers_within_its_tolerance(precision_repository: Path, tmp_path: Path) -> None:
+    """bf16 runs on a CPU too, so the GPU's reduced-precision path is exercised here end to end; and every
+    stage of a batch is timed and logged (STAGE_LOG_INTERVAL_S), which is what `make bench` reads."""
+    server = start_triton(precision_repository, tmp_path)
+    try:
+        reference = demo.reference_outputs(DEMO_SPEC, ROWS.tolist())
+        full, reduced = _outputs(server, "demo_fp32"), _outputs(server, "demo_bf16")
+        time.sleep(0.3)
+        _outputs(server, "demo_fp32")  # the first execute after the interval logs the totals
+    finally:
+        server.stop()
+    log = (tmp_path / "triton.log").read_text()
+    assert "demo_bf16 v1: model.pt loaded on cpu (bf16)" in log
+    stages = backend_stages(log, "demo_fp32")
+    assert stages["batches"] >= 2
+    assert all(stages[stage] > 0 for stage in BACKEND_STAGES), stages
+    for want, exact, approximate in zip(reference, full, reduced, strict=True):
+        np.testing.assert_allclose(exact, want, rtol=1e-5, atol=1e-6)
+        assert approximate.dtype == np.float32
+        assert np.abs(approximate - want).max() <= 0.05 * np.abs(want).max()
+        assert not np.array_equal(approximate, exact)  # it did run in bf16
+
+
+def test_precision_outside_its_tolerance_is_refused_at_load(
+    demo_model: PublishedModel, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    strict = dataclasses.replace(demo_model.meta, precision=PrecisionHints(("bf16",), 1e-9))
+    repository = sync_into(strict, s3_env, tmp_path / "model_repository", PRECISION="bf16")
+    with pytest.raises(NexusError):
+        start_triton(repository, tmp_path).stop()
+    log = (tmp_path / "triton.log").read_text()
+    assert "output OUTPUT__0 in bf16 differs from fp32 by" in log
+    assert "over PRECISION_TOLERANCE 1e-09" in log
