@@ -273,7 +273,7 @@ def _stage_lines(model: dict[str, Any]) -> list[str]:
         return []
     stages = list(runs[0]["backend_stages"]["ms_per_batch"])
     lines = [
-        "**Where a batch's time goes in the backend** (`nexus_backend_stage_seconds_total` from Triton's metrics, "
+        "**Where a batch's time goes in the backend** (model.py's `nexus_backend_stages` lines in Triton's log, "
         "ms per batch, share of the batch's time in brackets; on a GPU the copies and the forward are timed by "
         "CUDA events):",
         "",
