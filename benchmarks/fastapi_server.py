@@ -21,16 +21,16 @@ class Row(BaseModel):
     input: list[float]
 
 
-def create_app(model: torch.nn.Module, device: torch.device) -> FastAPI:
+def create_app(model: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> FastAPI:
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(row: Row) -> dict[str, list[float]]:
-        batch = torch.tensor([row.input], dtype=torch.float32, device=device)
+        batch = torch.tensor([row.input], dtype=dtype, device=device)
         with torch.inference_mode():
             out = model(batch)
         first = out[0] if isinstance(out, tuple | list) else out
-        return {"output": first[0].cpu().tolist()}
+        return {"output": first[0].float().cpu().tolist()}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -41,8 +41,8 @@ def create_app(model: torch.nn.Module, device: torch.device) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__ or "", argv)
-    model, device = load_model(args.model_file, args.threads, args.device)
-    uvicorn.run(create_app(model, device), host=args.host, port=args.port, log_level="warning", access_log=False)
+    model, device, dtype = load_model(args.model_file, args.threads, args.device, args.precision)
+    uvicorn.run(create_app(model, device, dtype), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 

@@ -26,6 +26,9 @@ from nexusml import demo
 from nexusml.core.metadata import Artifact, BatchingHints, ModelMetadata, PrecisionHints, TensorSpec
 from nexusml.sync import storage
 
+# PRECISION's values (nexusml.sync.settings) as torch dtypes, for the runs beside Triton (ceiling, baselines).
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class ModelCase:
@@ -252,7 +255,7 @@ def ceiling(
     A fresh load per point, and ten warm-up calls, keep TorchScript's shape specialisation out of the timing.
     """
     dev = torch.device(device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = PRECISIONS[precision]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     previous = torch.get_num_threads()
     by_threads: dict[str, dict[str, float]] = {}

@@ -18,19 +18,21 @@ import orjson
 import torch
 from aiohttp import web
 
+from benchmarks.models import PRECISIONS
 
-def create_app(model: torch.nn.Module, device: torch.device) -> web.Application:
+
+def create_app(model: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> web.Application:
     async def predict(request: web.Request) -> web.Response:
         try:
             row = orjson.loads(await request.read())["input"]
-            batch = torch.tensor([row], dtype=torch.float32, device=device)
+            batch = torch.tensor([row], dtype=dtype, device=device)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             body = {"error": {"code": "bad_request", "message": str(err)}}
             return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
         with torch.inference_mode():
             out = model(batch)
         first = out[0] if isinstance(out, tuple | list) else out
-        answer = orjson.dumps({"output": first[0].cpu().tolist()})
+        answer = orjson.dumps({"output": first[0].float().cpu().tolist()})
         return web.Response(body=answer, content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
@@ -44,18 +46,22 @@ def create_app(model: torch.nn.Module, device: torch.device) -> web.Application:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__ or "", argv)
-    model, device = load_model(args.model_file, args.threads, args.device)
-    web.run_app(create_app(model, device), host=args.host, port=args.port, access_log=None, print=None)
+    model, device, dtype = load_model(args.model_file, args.threads, args.device, args.precision)
+    web.run_app(create_app(model, device, dtype), host=args.host, port=args.port, access_log=None, print=None)
     return 0
 
 
-def load_model(model_file: str, threads: int, device_name: str) -> tuple[torch.nn.Module, torch.device]:
-    """The TorchScript artifact Triton serves, with `threads` intra-op threads (shared by both baselines)."""
+def load_model(
+    model_file: str, threads: int, device_name: str, precision: str = "fp32"
+) -> tuple[torch.nn.Module, torch.device, torch.dtype]:
+    """The TorchScript artifact Triton serves, with `threads` intra-op threads (shared by both baselines), in
+    the precision Triton serves it in, so that the comparison stays model for model."""
     torch.set_num_threads(threads)
     device = torch.device(device_name)
+    dtype = PRECISIONS[precision]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
-        return torch.jit.load(model_file, map_location=device).eval(), device
+        return torch.jit.load(model_file, map_location=device).eval().to(dtype), device, dtype
 
 
 def arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +71,7 @@ def arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Triton instances use 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="as the served model's")
     return parser.parse_args(argv)
 
 

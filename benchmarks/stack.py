@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.models import ModelCase
+from benchmarks.parsing import served_precision
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.process import ManagedProcess
@@ -115,6 +116,8 @@ class BenchStack:
             str(threads),
             "--device",
             "cuda" if self.device == "cuda" else "cpu",
+            "--precision",
+            served_precision(self.configs[case.key]),
         ]
         env = {**base_environment(), "PYTHONPATH": str(ROOT)}
         process = ManagedProcess(
