@@ -177,14 +177,10 @@ class TritonPythonModel:
                 columns.append(torch.randn(shape, generator=generator).numpy().astype(dtype))
             else:
                 columns.append(np.zeros(shape, dtype=dtype))
-        reference = self._forward([torch.from_numpy(column) for column in columns])
+        reference = self._checked_forward(columns, "fp32")
         self.compute_dtype = PRECISIONS[params["PRECISION"]]
         self.model = self.model.to(self.compute_dtype)
-        try:
-            reduced = self._forward([torch.from_numpy(column) for column in columns])
-        except Exception as err:
-            last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise ValueError(f"the model fails in {params['PRECISION']}: {last}") from err
+        reduced = self._checked_forward(columns, params["PRECISION"])
         for (name, _), want, got in zip(self.outputs, reference, reduced, strict=True):
             if not np.issubdtype(want.dtype, np.floating):
                 continue
@@ -195,6 +191,13 @@ class TritonPythonModel:
                     f"output {name} in {params['PRECISION']} differs from fp32 by {drift:.3g} of its scale, "
                     f"over PRECISION_TOLERANCE {tolerance:g}"
                 )
+
+    def _checked_forward(self, columns: list[np.ndarray], precision: str) -> list[np.ndarray]:
+        try:
+            return self._forward([torch.from_numpy(column) for column in columns])
+        except Exception as err:  # TorchScript's messages carry whole tracebacks: keep their last line
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise ValueError(f"the precision check's batch fails in {precision}: {last}") from err
 
     def execute(self, requests: list) -> list:
         self.clock.start()
