@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.parsing import BACKEND_STAGES, backend_stages
 from nexusml import demo
 from nexusml.core.errors import NexusError
-from nexusml.core.metadata import PrecisionHints
+from nexusml.core.metadata import ModelMetadata, PrecisionHints
 from nexusml.sync.triton import TritonServer
+from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 
@@ -60,13 +62,39 @@ def test_reduced_precision_answers_within_its_tolerance(precision_repository: Pa
         assert not np.array_equal(approximate, exact)  # it did run in bf16
 
 
-def test_precision_outside_its_tolerance_is_refused_at_load(
-    demo_model: PublishedModel, s3_env: dict[str, str], tmp_path: Path
+class Fp32Only(torch.nn.Module):
+    """The demo's interface with a weight traced in as a constant, which `.to(bf16)` leaves in fp32."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(x @ torch.ones(DEMO_SPEC.width, DEMO_SPEC.outputs) for _ in range(DEMO_SPEC.heads))
+
+
+def _fp32_only(meta: ModelMetadata, s3_client: Any, tmp_path: Path) -> ModelMetadata:
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(Fp32Only(), torch.zeros(2, DEMO_SPEC.width)), str(path))
+    uri, sha, size = put(s3_client, "fp32-only/model.pt", path.read_bytes())
+    return dataclasses.replace(meta, artifact=dataclasses.replace(meta.artifact, uri=uri, sha256=sha, size=size))
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "fp32_only", "logged"),
+    [
+        pytest.param(1e-9, False, "output OUTPUT__0 in bf16 differs from fp32 by", id="drifts-too-far"),
+        pytest.param(0.05, True, "the precision check's batch fails in bf16: RuntimeError: ", id="fails-in-bf16"),
+    ],
+)
+def test_a_precision_the_model_cannot_keep_is_refused_at_load(
+    demo_model: PublishedModel,
+    s3_env: dict[str, str],
+    s3_client: Any,
+    tmp_path: Path,
+    tolerance: float,
+    fp32_only: bool,
+    logged: str,
 ) -> None:
-    strict = dataclasses.replace(demo_model.meta, precision=PrecisionHints(("bf16",), 1e-9))
-    repository = sync_into(strict, s3_env, tmp_path / "model_repository", PRECISION="bf16")
+    meta = _fp32_only(demo_model.meta, s3_client, tmp_path) if fp32_only else demo_model.meta
+    allowed = dataclasses.replace(meta, precision=PrecisionHints(("bf16",), tolerance))
+    repository = sync_into(allowed, s3_env, tmp_path / "model_repository", PRECISION="bf16")
     with pytest.raises(NexusError):
         start_triton(repository, tmp_path).stop()
-    log = (tmp_path / "triton.log").read_text()
-    assert "output OUTPUT__0 in bf16 differs from fp32 by" in log
-    assert "over PRECISION_TOLERANCE 1e-09" in log
+    assert logged in (tmp_path / "triton.log").read_text()
