@@ -644,9 +644,11 @@ def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
     app.router.add_get("/v2", v2_server)
     app.router.add_get("/v2/health/live", healthz, allow_head=True)
     app.router.add_get("/v2/health/ready", v2_ready, allow_head=True)
-    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    served = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for model in served:  # first: aiohttp tries the routes under /v2/models in the order they were added
+        app.router.add_post(f"{model}/infer", v2_infer)
+    for model in served:
         app.router.add_get(model, v2_model)
         app.router.add_get(f"{model}/config", v2_model_config)
         app.router.add_get(f"{model}/ready", v2_ready, allow_head=True)
-        app.router.add_post(f"{model}/infer", v2_infer)
     return app

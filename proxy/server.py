@@ -15,6 +15,7 @@ closes, and the worker exits 0.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -84,9 +85,35 @@ async def _serve(settings: ProxySettings, worker: int) -> int:
     return 0
 
 
+# glibc's malloc: below this size from its heap, and this much free heap kept rather than given back to the kernel.
+_MALLOC_MMAP_THRESHOLD = 32 << 20  # the most glibc allows; its own adaptive threshold never goes higher either
+_MALLOC_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def keep_large_buffers() -> bool:
+    """Let freed request-sized buffers be reused instead of unmapped (glibc only; elsewhere nothing changes).
+
+    A large request (a 602 KB binary tensor) allocates several buffers of its size: the body, the gRPC message,
+    gRPC's own copy. By default glibc maps each afresh (or gives the heap's top back to the kernel once more than
+    twice the adaptive threshold is free), so every page of every buffer is faulted in again on every request:
+    measured with 8 connections, 86 page faults per binary request, and 1.2 ms of proxy CPU per request where
+    these limits give 1.05 ms. With them the pages stay, and the process keeps at most `_MALLOC_TRIM_THRESHOLD`
+    of free heap.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _MALLOC_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _MALLOC_TRIM_THRESHOLD)
+    )
+
+
 def run_worker(settings: ProxySettings, worker: int = 0) -> int:
     """One worker process's whole life; returns its exit code."""
     configure_logging(settings.log_level)
+    keep_large_buffers()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_serve(settings, worker))

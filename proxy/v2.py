@@ -23,7 +23,7 @@ import orjson
 
 from proxy.errors import BadRequest, NonFinite, NonFiniteOutput, NotFound, TooManyRows, WrongShape, WrongType
 from proxy.schema import ModelSchema, TensorSchema
-from proxy.validation import Prediction, check_variable_dims, parse_json, tensor
+from proxy.validation import Prediction, check_variable_dims, flat_tensor, parse_json, tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY = "application/octet-stream"
@@ -136,13 +136,19 @@ def _input(
     if entry.get("datatype") != spec.datatype:
         raise WrongType(f"{where}: datatype must be {spec.datatype}, not {entry.get('datatype')!r}")
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list):
         raise WrongShape(f"{where}: 'shape' must be a list of non-negative integers")
+    for dim in shape:  # plain loops: this runs on every request, and generators cost more than the checks
+        if dim.__class__ is not int or dim < 0:  # JSON integers are exactly int; booleans are not dimensions
+            raise WrongShape(f"{where}: 'shape' must be a list of non-negative integers")
     declared = tuple(shape)
     expected = ((-1,) if schema.batched else ()) + spec.shape
-    if len(declared) != len(expected) or any(
-        want not in (-1, got) for want, got in zip(expected, declared, strict=True)
-    ):
+    matches = len(declared) == len(expected)
+    if matches:
+        for want, got in zip(expected, declared, strict=True):
+            if want != -1 and want != got:
+                matches = False
+    if not matches:
         raise WrongShape(f"{where}: shape {list(declared)} does not match the model's {list(expected)}")
     rows = declared[0] if schema.batched else None
     if rows is not None and not 1 <= rows <= schema.max_batch_size:
@@ -164,11 +170,13 @@ def _from_json(
     """JSON `data`, flat (as tritonclient sends it) or nested, checked as `/predict` checks its rows."""
     if not isinstance(data, list):
         raise WrongType(f"{where}: 'data' must be a list")
-    if data and not isinstance(data[0], list):  # flat: as many values as the shape holds
-        if len(data) != math.prod(shape):
-            raise WrongShape(f"{where}: 'data' has {len(data)} values; shape {list(shape)} holds {math.prod(shape)}")
-        data = np.array(data, dtype=object).reshape(shape).tolist()
-    return tensor(data, spec, where, rows, max_dim)
+    if not data or isinstance(data[0], list):  # nested, as `/predict` takes it
+        return tensor(data, spec, where, rows, max_dim)
+    if len(data) != math.prod(shape):  # flat: as many values as the shape holds
+        raise WrongShape(f"{where}: 'data' has {len(data)} values; shape {list(shape)} holds {math.prod(shape)}")
+    if -1 in spec.shape:  # the batch dimension, when there is one, is bounded by max_batch_size instead
+        check_variable_dims(shape, (shape[0], *spec.shape) if rows is not None else spec.shape, max_dim, where)
+    return flat_tensor(data, spec, shape, where)
 
 
 def _from_bytes(
@@ -231,26 +239,37 @@ def infer_response(
     """The answer's body, and the JSON header's length when binary tensors follow it."""
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    in_json: list[str] = []
     for name in request.outputs:
         spec = next(s for s in schema.outputs if s.name == name)
         array = outputs[name]
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            raise NonFiniteOutput(f"the model returned NaN or Infinity in output {name}")
-        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": array.shape}
         if name in request.binary and spec.datatype != "BYTES":
+            _check_finite(array, name)
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
             entry["data"] = array.reshape(-1)
+            in_json.append(name)
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": schema.name, "model_version": version, "outputs": entries}
     if request.request_id:
         doc["id"] = request.request_id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+    # orjson writes NaN and Infinity as null; a header without "null" anywhere has none in its JSON outputs, so
+    # only a header holding one (a NaN, or a name or id that says null) gets the look at every value.
+    if in_json and b"null" in header:
+        for name in in_json:
+            _check_finite(outputs[name], name)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise NonFiniteOutput(f"the model returned NaN or Infinity in output {name}")
 
 
 def _plain(value: Any) -> Any:

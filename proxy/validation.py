@@ -150,17 +150,39 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
     if not isinstance(value, list):
         raise _not_a_list(value, where)
     expected = spec.shape if rows is None else (rows, *spec.shape)
-    try:
-        raw = np.array(value)
-    except (ValueError, TypeError):
-        raise WrongShape(f"{where}: ragged nesting; expected shape {_shape(expected)}") from None
-    kind = raw.dtype.kind
-    if kind == "O":
-        raise WrongType(f"{where}: only {_element(spec)} allowed (found null, object or mixed types)")
+    raw = _array(value, spec, where, f"ragged nesting; expected shape {_shape(expected)}")
     if raw.ndim != len(expected) or any(want not in (-1, got) for want, got in zip(expected, raw.shape, strict=True)):
         raise WrongShape(f"{where}: got shape {_shape(raw.shape)}, expected {_shape(expected)}")
     if -1 in spec.shape:
         check_variable_dims(raw.shape, expected, max_dim, where)
+    return _typed(raw, value, raw.ndim, spec, where)
+
+
+def flat_tensor(values: list[Any], spec: TensorSchema, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A flat list of scalars, as many as `shape` holds (the Open Inference Protocol's `data`, as tritonclient
+    sends it) -> an array of `spec`'s dtype and `shape`, with `tensor`'s checks and errors, without building the
+    nested lists. The caller has checked `shape` (against the model's, and the count of `values`)."""
+    not_flat = "'data' must be flat, or nested as the shape says"
+    raw = _array(values, spec, where, not_flat)
+    if raw.ndim != 1:
+        raise WrongShape(f"{where}: {not_flat}")
+    return _typed(raw.reshape(shape), values, 1, spec, where)
+
+
+def _array(value: list[Any], spec: TensorSchema, where: str, ragged: str) -> np.ndarray:
+    """numpy's reading of JSON lists, refused when ragged or holding anything but scalars of one kind."""
+    try:
+        raw = np.array(value)
+    except (ValueError, TypeError):
+        raise WrongShape(f"{where}: {ragged}") from None
+    if raw.dtype.kind == "O":
+        raise WrongType(f"{where}: only {_element(spec)} allowed (found null, object or mixed types)")
+    return raw
+
+
+def _typed(raw: np.ndarray, value: list[Any], depth: int, spec: TensorSchema, where: str) -> np.ndarray:
+    """`raw` (numpy's reading of `value`, lists `depth` deep) checked against `spec`'s datatype, converted to it."""
+    kind = raw.dtype.kind
     if spec.datatype == "BOOL":
         if kind != "b":
             raise WrongType(f"{where}: only booleans allowed")
@@ -171,7 +193,7 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
         return np.vectorize(str.encode, otypes=[np.object_])(raw) if raw.size else raw.astype(np.object_)
     if kind not in _NUMERIC_KINDS:
         raise WrongType(f"{where}: only numbers allowed (found {'booleans' if kind == 'b' else 'strings'})")
-    if _has_bool(value, raw.ndim):
+    if _has_bool(value, depth):
         raise WrongType(f"{where}: only numbers allowed (found booleans)")
     return _convert(raw, value, spec, where)
 
@@ -193,6 +215,7 @@ _SAFE_INT = 2**53 - 1
 
 
 def _convert(raw: np.ndarray, value: list[Any], spec: TensorSchema, where: str) -> np.ndarray:
+    """`raw` (numpy's reading of `value`, a nested or flat list of the same numbers in order) as `spec`'s dtype."""
     dtype = np.dtype(spec.dtype)
     if dtype.kind == "f":
         # JSON has no inf or NaN, so a value is out of range exactly when it is beyond the type's largest.
@@ -213,14 +236,14 @@ def _convert(raw: np.ndarray, value: list[Any], spec: TensorSchema, where: str) 
         fits = info.min <= int(low) and int(high) <= info.max
     if fits:
         return raw.astype(dtype)
-    return _exact_integers(value, spec, where)
+    return _exact_integers(value, raw.shape, spec, where)
 
 
-def _exact_integers(value: list[Any], spec: TensorSchema, where: str) -> np.ndarray:
+def _exact_integers(value: list[Any], shape: tuple[int, ...], spec: TensorSchema, where: str) -> np.ndarray:
     """The slow path, element by element on the parsed numbers: names the first value that does not fit, or
     converts exactly a rare list that does (integer literals beyond 2^53 mixed with integral floats, which
     numpy would have rounded to doubles)."""
-    items = np.array(value, dtype=object)
+    items = np.array(value, dtype=object).reshape(shape)  # a flat `value` too: errors name the element by index
     info = np.iinfo(spec.dtype)
     for index, item in np.ndenumerate(items):
         if item.__class__ is float and not item.is_integer():

@@ -14,6 +14,7 @@ import pytest
 from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
+from proxy.server import keep_large_buffers
 from tests.proxy.conftest import wait_for_both_workers
 
 pytestmark = pytest.mark.integration
@@ -107,3 +108,8 @@ def test_request_log_is_one_json_line_per_request(
     for line in lines:
         assert line["request_id"] and line["status"] == (200 if line["path"] == "/healthz" else 404)
         assert line.get("code") == (None if line["status"] == 200 else "not_found")
+
+
+def test_large_buffers_are_kept_for_reuse_on_glibc() -> None:
+    """Freed request-sized buffers stay mapped (glibc's mallopt), so a large body is not faulted in afresh."""
+    assert keep_large_buffers() is True

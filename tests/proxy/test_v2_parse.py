@@ -1,0 +1,155 @@
+"""The v2 body's JSON tensors and answers without a server: flat `data` (as tritonclient sends it) is read as the
+same nested rows `/predict` takes would be, with the same refusals; and the gRPC request the proxy serialises
+itself is the one tritonclient would have built."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf.internal import encoder
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc._utils import _get_inference_request
+
+from proxy import v2
+from proxy.client import _field_header, infer_request
+from proxy.errors import NonFiniteOutput, ProxyError
+from proxy.schema import ModelSchema, TensorSchema
+
+
+def model(datatype: str, shape: tuple[int, ...], batch: int = 8) -> ModelSchema:
+    return ModelSchema(
+        "m", ("1",), "python", batch, (TensorSchema("X", datatype, shape),), (TensorSchema("Y", "FP32", (2,)),)
+    )
+
+
+def v2_body(datatype: str, shape: list[int], data: Any) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "X", "datatype": datatype, "shape": shape, "data": data}]})
+
+
+def nested(flat: list[Any], shape: list[int]) -> Any:
+    return np.array(flat, dtype=object).reshape(shape).tolist() if flat else flat
+
+
+def outcome(schema: ModelSchema, body: bytes) -> tuple[str, Any]:
+    try:
+        array = v2.parse_infer(body, None, schema, 4).prediction.arrays["X"]
+    except ProxyError as err:
+        return "error", (err.code, str(err))
+    return "ok", (array.dtype, array.shape, array.tolist())
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "flat"),
+    [
+        pytest.param("FP32", (3,), [1.0, 2, -3.5, 4.0, 5, 6], id="fp32"),
+        pytest.param("FP32", (3,), [1.0, 2, 3e39, 4.0, 5, 6], id="fp32-overflow"),
+        pytest.param("FP32", (3,), [1.0, True, 3, 4, 5, 6], id="boolean-among-numbers"),
+        pytest.param("FP32", (3,), [1.0, None, 3, 4, 5, 6], id="null"),
+        pytest.param("FP32", (3,), [1.0, "2", 3, 4, 5, 6], id="string-among-numbers"),
+        pytest.param("FP32", (3,), ["a", "b", "c", "d", "e", "f"], id="strings"),
+        pytest.param("INT32", (3,), [1, 2, 3, 4, 5, 2**31], id="int32-out-of-range"),
+        pytest.param("INT32", (3,), [1, 2.0, 3, 4, 5.5, 6], id="fraction-in-integers"),
+        pytest.param("INT64", (3,), [1, 2**63 - 1, 3, 4.0, 5, 6], id="int64-exact-mixed"),
+        pytest.param("UINT8", (3,), [1, 2, 3, 4, 5, -1], id="uint8-negative"),
+        pytest.param("BOOL", (3,), [True, False, True, True, False, False], id="bool"),
+        pytest.param("BOOL", (3,), [True, False, 1, True, False, False], id="number-among-booleans"),
+        pytest.param("BYTES", (3,), ["a", "b", "c", "d", "e", "f"], id="bytes"),
+        pytest.param("BYTES", (3,), ["a", "b", 3, "d", "e", "f"], id="number-among-strings"),
+        pytest.param("FP32", (-1,), [1.0, 2, 3, 4, 5, 6], id="variable-dimension"),
+    ],
+)
+def test_flat_data_reads_as_its_nested_form(datatype: str, shape: tuple[int, ...], flat: list[Any]) -> None:
+    schema = model(datatype, shape)
+    declared = [2, 3]
+    assert outcome(schema, v2_body(datatype, declared, flat)) == outcome(
+        schema, v2_body(datatype, declared, nested(flat, declared))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param([1.0, [2.0], 3.0], "wrong_shape", id="list-among-scalars"),
+        pytest.param([1.0, 2.0], "wrong_shape", id="too-few-values"),
+        pytest.param([{"a": 1}, 2.0, 3.0], "wrong_type", id="object"),
+    ],
+)
+def test_malformed_flat_data_is_refused(data: list[Any], code: str) -> None:
+    kind, (got, _) = outcome(model("FP32", (3,)), v2_body("FP32", [1, 3], data))
+    assert (kind, got) == ("error", code)
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(3, True), (5, False)])
+def test_flat_variable_dimensions_follow_max_dynamic_dim(length: int, accepted: bool) -> None:
+    kind, _ = outcome(model("FP32", (-1,)), v2_body("FP32", [1, length], [1.0] * length))
+    assert kind == ("ok" if accepted else "error")
+
+
+def test_flat_integer_errors_name_the_nested_element() -> None:
+    _, (code, message) = outcome(model("INT32", (3,)), v2_body("INT32", [2, 3], [1, 2, 3, 4, 5, 2**31]))
+    assert code == "out_of_range" and "element [1][2]" in message
+
+
+def request(schema: ModelSchema, binary: bool, request_id: str = "") -> v2.InferRequest:
+    names = tuple(spec.name for spec in schema.outputs)
+    prediction = v2.Prediction({}, 1, batch=True)
+    return v2.InferRequest(prediction, request_id, names, frozenset(names) if binary else frozenset())
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_outputs_are_refused_in_both_forms(binary: bool, value: float) -> None:
+    schema = model("FP32", (3,))
+    with pytest.raises(NonFiniteOutput):
+        v2.infer_response({"Y": np.array([[1.0, value]], np.float32)}, schema, request(schema, binary), "1")
+
+
+def test_null_in_an_id_is_not_mistaken_for_a_non_finite_output() -> None:
+    schema = model("FP32", (3,))
+    body, length = v2.infer_response(
+        {"Y": np.array([[1.0, 2.0]], np.float32)}, schema, request(schema, False, "null"), "1"
+    )
+    assert length is None and orjson.loads(body)["outputs"][0] == {
+        "name": "Y",
+        "datatype": "FP32",
+        "shape": [1, 2],
+        "data": [1.0, 2.0],
+    }
+
+
+@pytest.mark.parametrize(
+    ("datatype", "dtype", "shape"),
+    [
+        pytest.param("FP32", np.float32, (2, 3, 4), id="fp32"),
+        pytest.param("FP16", np.float16, (1, 7), id="fp16"),
+        pytest.param("INT64", np.int64, (3, 2), id="int64"),
+        pytest.param("UINT8", np.uint8, (1, 300), id="uint8-two-byte-length"),
+        pytest.param("BOOL", np.bool_, (2, 2), id="bool"),
+        pytest.param("FP32", np.float32, (1, 0), id="empty"),
+    ],
+)
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_grpc_request_is_the_one_tritonclient_builds(
+    datatype: str, dtype: type[np.generic], shape: tuple[int, ...], layout: str
+) -> None:
+    inputs = (TensorSchema("A", datatype, shape[1:]), TensorSchema("B", "BYTES", (2,)))
+    schema = ModelSchema("m", ("1",), "python", 8, inputs, (TensorSchema("Y", "FP32", (2,)),))
+    values = np.arange(math.prod(shape)).reshape(shape) % 7
+    arrays = {"A": np.array(values, dtype=dtype, order=layout), "B": np.array([[b"a", b"bc"]] * shape[0], object)}
+    tensors = []
+    for spec in inputs:
+        tensor = grpcclient.InferInput(spec.name, list(arrays[spec.name].shape), spec.datatype)
+        tensor.set_data_from_numpy(arrays[spec.name])
+        tensors.append(tensor)
+    expected = _get_inference_request("m", tensors, "1", "id-7", None, 0, False, False, 0, 1234, None)
+    assert service_pb2.ModelInferRequest.FromString(infer_request(schema, "1", arrays, "id-7", 1234)) == expected
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 16_383, 16_384, 602_112, 2**31 - 1])
+def test_field_header_is_protobufs_encoding(length: int) -> None:
+    assert _field_header(7, length) == encoder.TagBytes(7, 2) + encoder._VarintBytes(length)
