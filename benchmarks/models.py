@@ -78,7 +78,8 @@ class ModelCase:
         return header.encode() + data, len(header)
 
     def triton_body(self) -> str:
-        """The same row as Triton's own HTTP/JSON (KServe v2) request: what a client without the proxy sends."""
+        """The same row as an Open Inference Protocol (KServe v2) JSON request: what a client sends to Triton's own
+        HTTP endpoint, or to the proxy's `/v2/.../infer` (path (c2))."""
         flat = torch.tensor(self.row(), dtype=torch.float32).reshape(-1).tolist()
         tensor = {"name": "INPUT__0", "shape": [1, *self.input_shape], "datatype": "FP32", "data": flat}
         return json.dumps({"inputs": [tensor]}, separators=(",", ":"))

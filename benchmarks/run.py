@@ -295,7 +295,9 @@ class Runner:
             proxy_extra["proxy_batch"]["PROXY_COALESCE"] = "true" if args.proxy_coalesce == "on" else "false"
         model["proxy"] = {}
         for path, triton_model in (("proxy_nobatch", case.nobatch_key), ("proxy_batch", case.key)):
-            if path not in paths:
+            # (c2) is (c)'s proxy driven by the Open Inference Protocol's JSON form: side by side, same config.
+            v2 = path == "proxy_batch" and "proxy_v2" in paths
+            if path not in paths and not v2:
                 continue
             model["proxy"][path] = proxy_settings(
                 self.stack.proxy_env(triton_model, args.proxy_workers, 0, proxy_extra[path])
@@ -317,8 +319,14 @@ class Runner:
                 continue
             try:
                 roles = {"server": triton_pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
-                runs += self.http_path(case, path, proxy, url, roles, triton_model)
-                if path == "proxy_batch" and args.locust_users:
+                if path in paths:
+                    runs += self.http_path(case, path, proxy, url, roles, triton_model)
+                if v2:
+                    endpoint = f"/v2/models/{case.key}/infer"
+                    runs += self.http_path(
+                        case, "proxy_v2", proxy, url, roles, triton_model, endpoint, case.triton_body()
+                    )
+                if path == "proxy_batch" and path in paths and args.locust_users:
                     users = args.locust_users
                     workdir = self.raw / f"{case.key}-locust"
                     workdir.mkdir(exist_ok=True)
@@ -624,6 +632,7 @@ ALL_PATHS = (
     "fastapi",
     "proxy_nobatch",
     "proxy_batch",
+    "proxy_v2",
     *report.LARGE_PATHS,
     "triton_http",
     "triton_nobatch",
