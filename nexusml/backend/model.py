@@ -18,6 +18,7 @@ reduced precision, after checking its outputs against fp32 at load.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -76,7 +77,7 @@ class StageClock:
         if not self.events:
             return
         self.events[-1].synchronize()
-        for stage, (begin, end) in zip(STAGES[2:5], zip(self.events, self.events[1:], strict=False), strict=True):
+        for stage, (begin, end) in zip(STAGES[2:5], itertools.pairwise(self.events), strict=True):
             self.seconds[stage] += begin.elapsed_time(end) / 1000
         self.mark = time.perf_counter()
 
@@ -168,8 +169,8 @@ class TritonPythonModel:
         """
         tolerance = float(params["PRECISION_TOLERANCE"])
         generator = torch.Generator().manual_seed(0)
-        rows = max(1, min(8, int(config.get("max_batch_size", 0)) or 1))
-        batch = [rows] if int(config.get("max_batch_size", 0)) > 0 else []
+        max_batch_size = int(config.get("max_batch_size", 0))
+        batch = [min(8, max_batch_size)] if max_batch_size > 0 else []
         columns = []
         for spec, (_, dtype) in zip(config["input"], self.inputs, strict=True):
             shape = batch + [8 if dim == -1 else int(dim) for dim in spec["dims"]]
