@@ -16,15 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from tritonclient.grpc import service_pb2
-from tritonclient.grpc._utils import get_error_grpc
-from tritonclient.utils import InferenceServerException, serialize_bf16_tensor, serialize_byte_tensor
+from tritonclient.utils import InferenceServerException
 
 from proxy.errors import (
     DeadlineExceeded,
@@ -48,8 +45,6 @@ _GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
-_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-_RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents, `repeated bytes`
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED", "503", "404")
 _FORBIDDEN = ("StatusCode.PERMISSION_DENIED", "403")
 _REJECTED = ("StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "400")
@@ -74,46 +69,6 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
     if status in _REJECTED:
         return UpstreamRejected(f"Triton rejected the request: {message}")
     return UpstreamError(f"Triton failed: {message} ({status or 'no status'})")
-
-
-def infer_request(
-    schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], request_id: str, timeout_us: int
-) -> bytes:
-    """A serialised `ModelInferRequest`, as tritonclient's `infer` would send it, with one copy of the tensors.
-
-    The small fields go through protobuf; each input's bytes are appended as a `raw_input_contents` field
-    (protobuf fields may come in any order) straight from the array's memory, so a binary v2 request's tensor,
-    which is a view of the request body, is copied once here, into the message, and not three times.
-    """
-    request = service_pb2.ModelInferRequest(model_name=schema.name, model_version=version, id=request_id)
-    request.parameters["timeout"].int64_param = timeout_us
-    contents: list[Any] = []
-    for spec in schema.inputs:
-        array = arrays[spec.name]
-        tensor = request.inputs.add()
-        tensor.name, tensor.datatype = spec.name, spec.datatype
-        tensor.shape.extend(array.shape)
-        data: Any
-        if not array.size:
-            data = b""
-        elif spec.datatype == "BYTES":
-            data = serialize_byte_tensor(array).item()
-        elif spec.datatype == "BF16":
-            data = serialize_bf16_tensor(array).item()
-        else:
-            data = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).cast("B")
-        contents += [_field_header(_RAW_INPUT_CONTENTS, len(data)), data]
-    return b"".join([request.SerializeToString(), *contents])
-
-
-def _field_header(number: int, length: int) -> bytes:
-    """A length-delimited protobuf field's tag and length (varints)."""
-    out = bytearray([number << 3 | 2])
-    while length > 0x7F:
-        out.append(length & 0x7F | 0x80)
-        length >>= 7
-    out.append(length)
-    return bytes(out)
 
 
 class Upstream(ABC):
@@ -208,11 +163,6 @@ class GrpcUpstream(Upstream):
     def __init__(self, settings: ProxySettings) -> None:
         super().__init__(settings)
         self.client = grpcaio.InferenceServerClient(settings.upstream_address, channel_args=_GRPC_CHANNEL_ARGS)
-        # ModelInfer on the client's own channel, but taking the request already serialised (`infer_request`):
-        # tritonclient would copy each input three times on the way (tobytes, into the protobuf, out of it).
-        self.model_infer = self.client._channel.unary_unary(
-            _MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString
-        )
 
     async def _live(self) -> bool:
         return await self.client.is_server_live(client_timeout=self.settings.connect_timeout_s)
@@ -239,14 +189,22 @@ class GrpcUpstream(Upstream):
         queue_timeout_s: float,
         request_id: str,
     ) -> tuple[Outputs, str]:
-        message = infer_request(schema, version, arrays, request_id, max(int(queue_timeout_s * 1_000_000), 1))
-        try:
-            response = await self.model_infer(message, timeout=timeout_s)
-        except grpc.RpcError as err:
-            raise get_error_grpc(err) from None
-        result = grpcclient.InferResult(response)
+        inputs = []
+        for spec in schema.inputs:
+            array = arrays[spec.name]
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        result = await self.client.infer(
+            schema.name,
+            inputs,
+            model_version=version,
+            request_id=request_id,
+            timeout=max(int(queue_timeout_s * 1_000_000), 1),
+            client_timeout=timeout_s,
+        )
         outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
-        return outputs, response.model_version
+        return outputs, result.get_response().model_version
 
     async def close(self) -> None:
         await self.client.close()

@@ -1,22 +1,15 @@
 """The v2 body's JSON tensors and answers without a server: flat `data` (as tritonclient sends it) is read as the
-same nested rows `/predict` takes would be, with the same refusals; and the gRPC request the proxy serialises
-itself is the one tritonclient would have built."""
+same nested rows `/predict` takes would be, with the same refusals; non-finite outputs refused in both forms."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-import tritonclient.grpc as grpcclient
-from google.protobuf.internal import encoder
-from tritonclient.grpc import service_pb2
-from tritonclient.grpc._utils import _get_inference_request
 
 from proxy import v2
-from proxy.client import _field_header, infer_request
 from proxy.errors import NonFiniteOutput, ProxyError
 from proxy.schema import ModelSchema, TensorSchema
 
@@ -120,36 +113,3 @@ def test_null_in_an_id_is_not_mistaken_for_a_non_finite_output() -> None:
         "shape": [1, 2],
         "data": [1.0, 2.0],
     }
-
-
-@pytest.mark.parametrize(
-    ("datatype", "dtype", "shape"),
-    [
-        pytest.param("FP32", np.float32, (2, 3, 4), id="fp32"),
-        pytest.param("FP16", np.float16, (1, 7), id="fp16"),
-        pytest.param("INT64", np.int64, (3, 2), id="int64"),
-        pytest.param("UINT8", np.uint8, (1, 300), id="uint8-two-byte-length"),
-        pytest.param("BOOL", np.bool_, (2, 2), id="bool"),
-        pytest.param("FP32", np.float32, (1, 0), id="empty"),
-    ],
-)
-@pytest.mark.parametrize("layout", ["C", "F"])
-def test_grpc_request_is_the_one_tritonclient_builds(
-    datatype: str, dtype: type[np.generic], shape: tuple[int, ...], layout: str
-) -> None:
-    inputs = (TensorSchema("A", datatype, shape[1:]), TensorSchema("B", "BYTES", (2,)))
-    schema = ModelSchema("m", ("1",), "python", 8, inputs, (TensorSchema("Y", "FP32", (2,)),))
-    values = np.arange(math.prod(shape)).reshape(shape) % 7
-    arrays = {"A": np.array(values, dtype=dtype, order=layout), "B": np.array([[b"a", b"bc"]] * shape[0], object)}
-    tensors = []
-    for spec in inputs:
-        tensor = grpcclient.InferInput(spec.name, list(arrays[spec.name].shape), spec.datatype)
-        tensor.set_data_from_numpy(arrays[spec.name])
-        tensors.append(tensor)
-    expected = _get_inference_request("m", tensors, "1", "id-7", None, 0, False, False, 0, 1234, None)
-    assert service_pb2.ModelInferRequest.FromString(infer_request(schema, "1", arrays, "id-7", 1234)) == expected
-
-
-@pytest.mark.parametrize("length", [0, 1, 127, 128, 16_383, 16_384, 602_112, 2**31 - 1])
-def test_field_header_is_protobufs_encoding(length: int) -> None:
-    assert _field_header(7, length) == encoder.TagBytes(7, 2) + encoder._VarintBytes(length)
