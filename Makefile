@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Debian packages: the Triton Python-backend stub embeds libpython3.11; perf_analyzer needs libb64;
 # wrk drives the HTTP paths in the benchmarks.
 DEB_PACKAGES := libpython3.11 libb64-0d wrk
-DEPLOY_PACKAGES := podman runc netavark aardvark-dns debootstrap
+DEPLOY_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap
 
 # $(call apt-install,PACKAGES): install those of the Debian packages that are missing.
 define apt-install
@@ -63,7 +63,7 @@ sysdeps:
 	$(call apt-install,$(DEB_PACKAGES))
 
 # podman runs the containers of test-deploy (runc: crun fails here; netavark + aardvark-dns give compose its
-# service names; debootstrap makes the base image).
+# service names, and netavark needs iptables, which a new machine lacks; debootstrap makes the base image).
 deploy-sysdeps:
 	$(call apt-install,$(DEPLOY_PACKAGES))
 
