@@ -51,11 +51,11 @@ lint: venv
 
 # README.md's settings tables, generated from the settings classes (the tests fail while they are stale).
 settings-docs: venv
-	$(BIN)/python -m nexusml.settings_docs
+	$(BIN)/python -m nexusml.command.settings_docs
 
 # The chart cannot read files outside its folder: it ships a copy of the watchdog (checked by tests/deploy).
 chart-files:
-	cp nexusml/sync/watchdog.py helm/nexus-dataplane/files/triton_watchdog.py
+	cp nexusml/triton/watchdog.py helm/nexus-dataplane/files/triton_watchdog.py
 
 venv: sysdeps $(DEV_STAMP)
 

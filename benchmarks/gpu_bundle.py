@@ -6,7 +6,7 @@ own packages travels in one git-ignored folder, `.gpu-bundle/`, built here where
 
 - `triton.tar.xz`: Triton 2.51 trimmed out of the nvidia-pytriton wheel, laid out as the wheel lays it out
   (`pytriton/tritonserver/...` beside `nvidia_pytriton.libs/`) because the binaries' RPATHs are relative to
-  that layout and `nexusml/sync/triton.py` finds the server through `importlib.util.find_spec("pytriton")`.
+  that layout and `nexusml/triton/server.py` finds the server through `importlib.util.find_spec("pytriton")`.
   Only the server, the Python backend, the 3.12 stub and the libraries they load (their DT_NEEDED closure)
   are kept; a one-line `pytriton/__init__.py` stands in for the package, so pytriton's own Python code and
   dependencies are not needed. ICU's 28 MB data library (loaded by libxml2, which Triton loads for cloud

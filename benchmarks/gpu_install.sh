@@ -11,7 +11,7 @@
 # - The venv's site-packages come before the machine's on sys.path, so its numpy 1.26 shadows the machine's
 #   numpy 2 for the benchmark, the proxy and the Triton stub alike (the stub runs the venv's python3).
 # - The project goes in as a .pth line (the repository root), the same as an editable install, with no build.
-# - The trimmed Triton is unpacked into the venv's site-packages, where nexusml/sync/triton.py looks for it
+# - The trimmed Triton is unpacked into the venv's site-packages, where nexusml/triton/server.py looks for it
 #   (importlib finds the one-line `pytriton` package; the binaries' RPATHs find nvidia_pytriton.libs).
 # - The 3.12 stub needs libpython3.12.so.1.0: the machine's if it has one, else the bundled copy.
 # - wrk comes with its LuaJIT. perf_analyzer needs libcudart.so.12 and libb64.so.0d, which a bare machine
@@ -80,7 +80,7 @@ import torch
 
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__} from {numpy.__file__}: the bundle's 1.26 lost"
 assert torch.from_numpy(numpy.arange(4.0)).sum().item() == 6.0
-from nexusml.sync.triton import TritonDistribution
+from nexusml.triton.server import TritonDistribution
 
 print(f"gpu_install: numpy {numpy.__version__} at {numpy.__file__}; torch's numpy bridge works")
 print(f"gpu_install: tritonserver at {TritonDistribution.find().binary}")

@@ -1,7 +1,7 @@
 """The models benchmarked, and the in-process compute ceiling.
 
 A `ModelCase` knows how to build and publish its artifact (TorchScript, uploaded to S3 with its metadata
-as the control plane would) and what one request looks like. Three cases: the demo MLP of `nexusml.demo`
+as the control plane would) and what one request looks like. Three cases: the demo MLP of `nexusml.command.demo`
 (the CPU run), a ResNet-50 with random weights written here in plain torch (the GPU run, and the large-input
 paths; torchvision is not installable beside torch 2.13 on these machines, and nothing is downloaded), and a
 tiny image model with the same 3x224x224 input (the large-input paths of `--quick`).
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.metadata import Artifact, BatchingHints, ModelMetadata, PrecisionHints, TensorSpec
 from nexusml.sync import storage
 

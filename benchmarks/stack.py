@@ -19,10 +19,10 @@ from benchmarks.parsing import served_precision
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.process import ManagedProcess
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment, free_port
 from nexusml.testing.models import sync_into
 from nexusml.testing.servers import ProxyProcess, s3_client, s3_environment, start_local_s3, start_triton
+from nexusml.triton.server import TritonServer
 
 log = logging.getLogger(__name__)
 

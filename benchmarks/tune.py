@@ -42,10 +42,10 @@ from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
-from nexusml.sync.triton import TritonServer
 from nexusml.sync.triton_config import ServingConfig, model_config, serving_config, to_pbtxt
 from nexusml.testing.environment import base_environment
 from nexusml.testing.servers import start_triton
+from nexusml.triton.server import TritonServer
 
 log = logging.getLogger("benchmarks.tune")
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,7 @@
 """NexusML data plane. Layers, each importing only those below it (tests/test_layers.py checks):
 
-`core` (errors, settings, processes, the metadata contract) <- `sync` (S3 -> model repository, the Triton
-launcher) and the top-level `proxy` package, side by side <- the command (`cli`, `stack`, `demo`, `s3local`,
-`settings_docs`) <- `testing` (the shared harness). `backend/model.py` runs inside Triton and imports none.
+`core` (errors, settings, processes, the metadata contract) <- `sync` (S3 -> model repository) <- `triton`
+(the server and its watchdog) <- `updates` (new versions without downtime); the top-level `proxy` package
+stands on `core` alone; `command` (`nexus` and `nexus up`) sits on all of them, and `testing` (the harness,
+not shipped in the wheel) on top. `backend/model.py` runs inside Triton and imports none of them.
 """

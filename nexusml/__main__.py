@@ -2,6 +2,6 @@
 
 import sys
 
-from nexusml.cli import main
+from nexusml.command.cli import main
 
 sys.exit(main())

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nexusml import demo
-from nexusml.sync.triton import TritonServer
+from nexusml.command import demo
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import (
     ProxyProcess,
@@ -32,6 +31,7 @@ from nexusml.testing.servers import (
     start_local_s3,
     start_triton,
 )
+from nexusml.triton.server import TritonServer
 from reliability import procinfo
 from reliability.load import Workload
 from reliability.models import expected_output

@@ -6,7 +6,7 @@ Exit codes are listed in the README; options: see `scripts/sync_model.py --help`
 
 import sys
 
-from nexusml.cli import main
+from nexusml.command.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["sync", *sys.argv[1:]]))

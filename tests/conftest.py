@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from nexusml.s3local import LocalS3
-from nexusml.sync.triton import TritonServer
+from nexusml.command.s3local import LocalS3
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import s3_client as make_s3_client
 from nexusml.testing.servers import s3_environment, start_local_s3, start_triton
+from nexusml.triton.server import TritonServer
 
 # Modules that declare settings classes.
-SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.stack", "proxy.settings")
+SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.triton.settings", "nexusml.command.stack", "proxy.settings")
 
 
 def settings_classes() -> list[type]:

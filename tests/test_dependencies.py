@@ -84,6 +84,8 @@ def third_party_imports(folder: Path) -> set[str]:
     [
         pytest.param("nexusml/core", (), id="core-base-only"),
         pytest.param("nexusml/sync", ("sync",), id="sync"),
+        pytest.param("nexusml/triton", ("sync",), id="triton-launcher"),
+        pytest.param("nexusml/updates", ("sync",), id="updates"),
         pytest.param("proxy", ("proxy",), id="proxy"),
         pytest.param("nexusml/backend", ("triton",), id="backend-model"),
         pytest.param("nexusml/testing", ("dev",), id="harness-dev"),

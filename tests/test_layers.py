@@ -1,4 +1,8 @@
-"""The layers point only down: core <- (sync | proxy) <- command <- testing <- tools; nothing imports tests.
+"""The layers point only down; nothing imports tests.
+
+    core <- sync <- triton <- updates          (nexusml/: the contract, then each side of the data plane)
+    core <- proxy                              (the front proxy stands on core alone)
+    all of those <- command <- testing <- tools <- tests
 
 Every Python file of the project is parsed (imports inside functions included) and each import of one of
 our packages is checked against the layer table below. The same check runs on hand-written cases, so a
@@ -19,21 +23,28 @@ OURS = ("nexusml", "proxy", "benchmarks", "reliability", "scripts", "tests")
 ALLOWED = {
     "core": {"core"},
     "sync": {"core", "sync"},
+    "triton": {"core", "triton"},
+    "updates": {"core", "sync", "triton", "updates"},
     "proxy": {"core", "proxy"},
     "backend": set(),  # runs inside Triton's Python stub: the model file imports nothing of ours
-    "command": {"core", "sync", "proxy", "command"},
-    "testing": {"core", "sync", "proxy", "command", "testing"},
-    "tools": {"core", "sync", "proxy", "command", "testing", "tools"},
-    "tests": {"core", "sync", "proxy", "command", "testing", "tools", "tests"},
+    "command": {"core", "sync", "triton", "updates", "proxy", "command"},
+    "testing": {"core", "sync", "triton", "updates", "proxy", "command", "testing"},
+    "tools": {"core", "sync", "triton", "updates", "proxy", "command", "testing", "tools"},
+    "tests": {"core", "sync", "triton", "updates", "proxy", "command", "testing", "tools", "tests"},
 }
+# nexusml's subpackages are layers of their own; its root modules (`python -m nexusml`) are the command's.
+NEXUSML_LAYERS = ("core", "sync", "triton", "updates", "backend", "command", "testing")
 
 
 def layer_of(module: str) -> str:
-    """The layer of a dotted module name of ours."""
+    """The layer of a dotted module name of ours; a nexusml subpackage missing from the table fails loudly."""
     parts = module.split(".")
     if parts[0] == "nexusml":
-        sub = parts[1] if len(parts) > 1 else ""
-        return {"core": "core", "sync": "sync", "backend": "backend", "testing": "testing"}.get(sub, "command")
+        if len(parts) == 1 or parts[1] in ("__init__", "__main__"):
+            return "command"
+        if parts[1] not in NEXUSML_LAYERS:
+            raise AssertionError(f"{module}: nexusml.{parts[1]} is not in the layer table of {__name__}")
+        return parts[1]
     return {"proxy": "proxy", "tests": "tests"}.get(parts[0], "tools")
 
 
@@ -91,9 +102,15 @@ def test_every_import_points_down() -> None:
         pytest.param("nexusml.core.settings", "import proxy.settings", True, id="core-imports-proxy"),
         pytest.param("proxy.app", "from nexusml.sync.storage import client", True, id="proxy-imports-sync"),
         pytest.param("nexusml.sync.pipeline", "from proxy.errors import NotReady", True, id="sync-imports-proxy"),
-        pytest.param("nexusml.sync.pipeline", "from nexusml import demo", True, id="sync-imports-command"),
-        pytest.param("proxy.server", "from nexusml.cli import main", True, id="proxy-imports-command"),
-        pytest.param("nexusml.stack", "from nexusml.testing import servers", True, id="command-imports-testing"),
+        pytest.param("nexusml.sync.pipeline", "from nexusml.command import demo", True, id="sync-imports-command"),
+        pytest.param("proxy.server", "from nexusml.command.cli import main", True, id="proxy-imports-command"),
+        pytest.param(
+            "nexusml.command.stack", "from nexusml.testing import servers", True, id="command-imports-testing"
+        ),
+        pytest.param("nexusml.sync.pipeline", "from nexusml.triton import server", True, id="sync-imports-triton"),
+        pytest.param("nexusml.triton.server", "from nexusml.updates import swap", True, id="triton-imports-updates"),
+        pytest.param("proxy.client", "from nexusml.triton import watchdog", True, id="proxy-imports-triton"),
+        pytest.param("nexusml.updates.swap", "from nexusml.sync import pipeline", False, id="updates-on-sync"),
         pytest.param("nexusml.testing.servers", "from benchmarks import run", True, id="testing-imports-tools"),
         pytest.param("reliability.bed", "from tests.conftest import DEMO_SPEC", True, id="tools-import-tests"),
         pytest.param("nexusml.testing.models", "import tests", True, id="harness-imports-tests"),
@@ -101,7 +118,7 @@ def test_every_import_points_down() -> None:
         pytest.param("nexusml.core.metadata", "from .errors import MetadataError", False, id="relative-in-core"),
         pytest.param("nexusml.core.metadata", "from ..sync import storage", True, id="relative-up-into-sync"),
         pytest.param("proxy.app", "from nexusml.core.errors import NexusError", False, id="proxy-on-core"),
-        pytest.param("nexusml.cli", "from proxy.server import serve", False, id="command-on-proxy"),
+        pytest.param("nexusml.command.cli", "from proxy.server import serve", False, id="command-on-proxy"),
         pytest.param("tests.proxy.test_app", "from tests.proxy.conftest import ROW", False, id="test-on-conftest"),
         pytest.param("nexusml.backend.model", "import numpy\nimport torch", False, id="backend-third-party"),
     ],

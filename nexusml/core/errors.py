@@ -2,7 +2,7 @@
 
 Every failure a user can cause or meet is one of these classes. Each carries the process exit code the
 command-line tools return for it and the HTTP status and stable error code the proxy answers with; the
-mapping to an exit code lives in `nexusml.cli`, the mapping to an HTTP body in the proxy's middleware.
+mapping to an exit code lives in `nexusml.command.cli`, the mapping to an HTTP body in the proxy's middleware.
 Third-party errors are converted where they are caught, with `raise ... from err`.
 """
 

@@ -24,7 +24,7 @@ ARTIFACT_FILES = {"torchscript": "model.pt", "torch_export": "model.pt2"}
 DEFAULT_PRECISION_TOLERANCE = 0.01
 
 
-# The model the watcher loads to try a new version before users get it (`nexusml.sync.swap`); the proxy shows
+# The model the watcher loads to try a new version before users get it (`nexusml.updates.swap`); the proxy shows
 # it in /v1/models. The watchdog (standard library only) keeps a copy of the suffix.
 CANDIDATE_SUFFIX = "__candidate"
 

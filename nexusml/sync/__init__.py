@@ -1,6 +1,5 @@
-"""The sync side: S3 -> verified artifact -> Triton model repository, and the bundled tritonserver.
+"""The sync side: S3 -> verified artifact -> Triton model repository.
 
 `pipeline.sync` runs the steps: `storage` (S3), `archive` (safe unpacking), `repository` (atomic versions),
-`triton_config` (config.pbtxt through Triton's protobuf); `triton` starts the server on the result.
-Stands on `nexusml.core` only.
+`triton_config` (config.pbtxt through Triton's protobuf). Stands on `nexusml.core` only.
 """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync.pipeline import sync

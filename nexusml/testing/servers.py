@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from nexusml.command.s3local import LocalS3
 from nexusml.core.errors import ServerError
 from nexusml.core.process import ManagedProcess
 from nexusml.core.settings import load
-from nexusml.s3local import LocalS3
 from nexusml.sync import storage
-from nexusml.sync.settings import S3Settings, TritonSettings
-from nexusml.sync.triton import TritonServer
+from nexusml.sync.settings import S3Settings
 from nexusml.testing.environment import base_environment, free_port
+from nexusml.triton.server import TritonServer
+from nexusml.triton.settings import TritonSettings
 
 # The README's request, for the demo model's five inputs.
 PREDICT_BODY = b'{"input": [1, 2, 3, 4, 5]}'

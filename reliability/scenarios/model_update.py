@@ -50,17 +50,17 @@ from typing import Any
 
 import numpy as np
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
 from nexusml.core.process import spawn
 from nexusml.core.settings import load
 from nexusml.sync.repository import Repository
-from nexusml.sync.swap import served
-from nexusml.sync.watch import WatchSettings, watcher
 from nexusml.testing import updates
 from nexusml.testing.environment import base_environment
 from nexusml.testing.models import PublishedModel
 from nexusml.testing.servers import ProxyProcess
+from nexusml.updates.swap import served
+from nexusml.updates.watch import WatchSettings, watcher
 from reliability.bed import Bed, wait_until
 from reliability.load import Sample, Workload, closed_loop, open_loop, percentile, summarize
 from reliability.result import ScenarioResult
@@ -170,7 +170,7 @@ def _watch_main() -> None:
             if message.rsplit(": ", 1)[-1] in ("install", "try", "switch"):
                 emit({"step": message, "at": time.monotonic()})
 
-    logging.getLogger("nexusml.sync.watch").addHandler(Steps())
+    logging.getLogger("nexusml.updates.watch").addHandler(Steps())
     watching = watcher(load(WatchSettings, os.environ))
     while True:
         started = time.monotonic()

@@ -2,7 +2,7 @@
 
 Triton 2.51 does not restart a dead stub: the model stays "ready" while every request fails with "Stub
 process is not healthy". The proxy's `/readyz` (which runs a probe inference) takes the pod out of
-rotation, and the watchdog of `nexus up` (`nexusml.sync.watchdog`, the same probe the containers' health
+rotation, and the watchdog of `nexus up` (`nexusml.triton.watchdog`, the same probe the containers' health
 checks run) restarts Triton on the same ports after a few failed probes; the proxy reconnects by itself.
 
 Pass criteria (issue 6, 3; issue 12, 2): no 200 with a wrong body, no 500; the failures are answered as
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 
-from nexusml.sync.triton import TritonServer
-from nexusml.sync.watchdog import Watchdog, probe
+from nexusml.triton.server import TritonServer
+from nexusml.triton.watchdog import Watchdog, probe
 from reliability.bed import Bed, faulty_workload
 from reliability.load import Workload, closed_loop, request, summarize
 from reliability.models import CRASH_TRIGGER, add_faulty_model

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from nexusml.cli import parser
+from nexusml.command.cli import parser
 from nexusml.core.settings import variables
-from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
-from nexusml.sync.triton import TritonDistribution, command
-from nexusml.sync.watch import WatchSettings
+from nexusml.sync.settings import S3Settings, SyncSettings
+from nexusml.triton.server import TritonDistribution, command
+from nexusml.triton.settings import TritonSettings
+from nexusml.updates.watch import WatchSettings
 from proxy.settings import ProxySettings
 from tests.conftest import settings_classes
 from tests.deploy.conftest import (
@@ -157,7 +158,7 @@ def _deployed_flags(argv: list[str]) -> dict[str, str]:
 
 
 def test_triton_flags_are_the_launchers() -> None:
-    """compose and Helm start tritonserver with exactly the flags of nexusml/sync/triton.py (+ restricted APIs).
+    """compose and Helm start tritonserver with exactly the flags of nexusml/triton/server.py (+ restricted APIs).
 
     Addresses: the chart binds loopback as the launcher does (the proxy is in the same pod); compose cannot,
     since the proxy calls Triton from another container (compose keeps Triton on an internal network instead).
@@ -243,7 +244,7 @@ def test_cli_has_the_commands_the_deployments_run() -> None:
     commands = set(parser()._subparsers._group_actions[0].choices)  # argparse has no public API
     assert {"sync", "publish-demo"} <= commands
     if "proxy" not in commands:
-        pytest.skip("`nexus proxy` is not in nexusml/cli.py yet (the image's default command needs it)")
+        pytest.skip("`nexus proxy` is not in nexusml/command/cli.py yet (the image's default command needs it)")
 
 
 def test_the_image_installs_the_groups_its_commands_need() -> None:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from nexusml.core.settings import variables
-from nexusml.sync.settings import TritonSettings
-from nexusml.sync.watch import WatchSettings
+from nexusml.triton.settings import TritonSettings
+from nexusml.updates.watch import WatchSettings
 from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
@@ -151,7 +151,7 @@ def test_triton_binds_loopback_and_its_probes_run_inside_the_container(values: d
 
 def test_the_probe_script_is_the_watchdog_source() -> None:
     """The chart cannot read outside its folder: files/triton_watchdog.py is a copy, never edited by hand."""
-    source = (ROOT / "nexusml" / "sync" / "watchdog.py").read_text()
+    source = (ROOT / "nexusml" / "triton" / "watchdog.py").read_text()
     assert (CHART / "files" / "triton_watchdog.py").read_text() == source, "stale copy: run make chart-files"
     (config_map,) = [o for o in by_kind(render_chart({}), "ConfigMap") if o["metadata"]["name"].endswith("-probe")]
     assert config_map["data"] == {"triton_watchdog.py": source}

@@ -20,8 +20,8 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from nexusml.core.settings import load
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.servers import ProxyProcess
+from nexusml.triton.server import TritonServer
 from proxy.app import STATE, create_app, server_options
 from proxy.settings import ProxySettings
 

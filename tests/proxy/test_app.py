@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from nexusml import demo
-from nexusml.sync.triton import TritonServer
+from nexusml.command import demo
 from nexusml.testing.models import DEMO_SPEC, PublishedModel
 from nexusml.testing.servers import start_triton
+from nexusml.triton.server import TritonServer
 from proxy.app import OPENAPI_PATH
 from tests.proxy.conftest import ROW, MakeClient
 

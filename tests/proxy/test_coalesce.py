@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nexusml import demo
-from nexusml.sync.triton import TritonServer
+from nexusml.command import demo
 from nexusml.testing.models import DEMO_SPEC
+from nexusml.triton.server import TritonServer
 from proxy.coalesce import Coalescer, batch_plan
 from proxy.errors import (
     DeadlineExceeded,

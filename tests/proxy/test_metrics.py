@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
+from nexusml.triton.server import TritonServer
 from proxy.metrics import Metrics
 from tests.proxy.conftest import BODY, answered_by, wait_for_both_workers
 

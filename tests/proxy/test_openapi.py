@@ -14,9 +14,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.openapi import CHECKS, schema
 from nexusml.testing.servers import ProxyProcess
+from nexusml.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
 

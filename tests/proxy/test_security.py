@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from nexusml.sync.triton import TritonServer
+from nexusml.triton.server import TritonServer
 from tests.proxy.conftest import ROW, MakeClient, holding_upstream, in_flight
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import base_environment
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
+from nexusml.triton.server import TritonServer
 from proxy.server import keep_large_buffers
 from tests.proxy.conftest import wait_for_both_workers
 

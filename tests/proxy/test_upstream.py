@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.environment import free_port
 from nexusml.testing.servers import restart_triton, start_triton
+from nexusml.triton.server import TritonServer
 from proxy.client import GrpcUpstream, from_triton_error
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings
 

@@ -19,8 +19,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
 from benchmarks.loadgen import perf_analyzer_env, perf_analyzer_path
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.servers import ProxyProcess, triton_infer
+from nexusml.triton.server import TritonServer
 from tests.proxy.conftest import MakeClient, holding_upstream, in_flight
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.models import PublishedModel
+from nexusml.triton.server import TritonServer
 from reliability.bed import Bed
 from reliability.result import ScenarioResult
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nexusml import demo
+from nexusml.command import demo
 from tests.deploy.containers.podman import (
     COMPOSE_PROJECT_PREFIX,
     DEMO_IMAGE,

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.testing.environment import free_port
 from tests.deploy.conftest import by_kind, render_chart
 from tests.deploy.containers.conftest import assert_serves, wait_ready

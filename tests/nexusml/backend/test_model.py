@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from benchmarks.parsing import BACKEND_STAGES, backend_stages
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata, PrecisionHints
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
+from nexusml.triton.server import TritonServer
 
 ROWS = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3]], dtype=np.float32)
 

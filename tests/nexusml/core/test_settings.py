@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from nexusml.command.stack import StackSettings
 from nexusml.core.errors import AccessDenied, SettingsError
 from nexusml.core.settings import load, variables
-from nexusml.stack import StackSettings
 from nexusml.sync import storage
-from nexusml.sync.settings import S3Settings, SyncSettings, TritonSettings
+from nexusml.sync.settings import S3Settings, SyncSettings
+from nexusml.triton.settings import TritonSettings
 
 
 def test_defaults() -> None:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nexusml import demo
+from nexusml.command import demo
+from nexusml.command.s3local import LocalS3
 from nexusml.core import metadata
 from nexusml.core.metadata import ModelMetadata
-from nexusml.s3local import LocalS3
 from nexusml.testing import artifacts
 from nexusml.testing.artifacts import put, snapshot, with_artifact
 from nexusml.testing.models import TEST_BUCKET, PublishedModel, publish, sync_into

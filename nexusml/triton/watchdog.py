@@ -4,7 +4,7 @@ Why: Triton 2.51 keeps a Python-backend model READY after its stub process died 
 so every inference fails ("Stub process is not healthy") while Triton's own health endpoints say all is well.
 Only an inference notices, and only a Triton restart heals it. Three supervisors use this one file:
 
-- `nexus up` (`nexusml.stack`) runs a `Watchdog` that calls `probe` every few seconds and restarts Triton
+- `nexus up` (`nexusml.command.stack`) runs a `Watchdog` that calls `probe` every few seconds and restarts Triton
   after K consecutive failures, with an exponential back-off between restarts so that a model broken for
   good is not restarted in a tight loop;
 - compose mounts this file into Triton's container as its healthcheck (`python3 watchdog.py ... --end-after K`):

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from nexusml.sync import watchdog
-from nexusml.sync.triton import TritonServer
-from nexusml.sync.watchdog import Watchdog, inference_request, probe
+from nexusml.triton import watchdog
+from nexusml.triton.server import TritonServer
+from nexusml.triton.watchdog import Watchdog, inference_request, probe
 
 CONFIG = {
     "name": "m",

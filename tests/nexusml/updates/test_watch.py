@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
 from nexusml.sync.repository import Repository
-from nexusml.sync.swap import served
-from nexusml.sync.triton import TritonServer
-from nexusml.sync.watch import STATE_FILE, S3Source, Watcher, WatchSettings, watcher
 from nexusml.testing import updates
 from nexusml.testing.environment import free_port
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, publish, sync_into
 from nexusml.testing.servers import ProxyProcess, start_triton
+from nexusml.triton.server import TritonServer
+from nexusml.updates.swap import served
+from nexusml.updates.watch import STATE_FILE, S3Source, Watcher, WatchSettings, watcher
 
 pytestmark = pytest.mark.integration
 

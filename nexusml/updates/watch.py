@@ -1,4 +1,4 @@
-"""`nexus watch`: notice new metadata and put its version live without downtime (`nexusml.sync.swap`).
+"""`nexus watch`: notice new metadata and put its version live without downtime (`nexusml.updates.swap`).
 
 The control plane publishes a version by writing a new `.nexus_meta.json`, locally or, with `WATCH_META_URI`,
 as an S3 object (polled by ETag). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
@@ -40,7 +40,7 @@ from nexusml.core.settings import env, nested
 from nexusml.sync import storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
-from nexusml.sync.swap import Swapper, TritonAdmin, served
+from nexusml.updates.swap import Swapper, TritonAdmin, served
 
 log = logging.getLogger(__name__)
 

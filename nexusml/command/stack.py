@@ -4,7 +4,7 @@ local S3 + demo model (only when no S3 is configured) -> `nexus sync` -> Triton 
 Each step is its own process with its own settings, as in the container deployments; a step that fails
 stops the job with that step's exit code, and SIGINT/SIGTERM stop the servers in reverse order.
 
-While serving, a watchdog (`nexusml.sync.watchdog`) sends Triton one probe inference every
+While serving, a watchdog (`nexusml.triton.watchdog`) sends Triton one probe inference every
 `WATCHDOG_INTERVAL_S` and restarts it on the same ports after `WATCHDOG_FAILURES` failures in a row: a dead
 Python-backend stub leaves the model READY but answering nothing, which only a restart heals. The proxy keeps
 running and reconnects by itself. The watchdog runs in this loop, not in a thread, so the restart and the
@@ -27,15 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from nexusml.command.s3local import LocalS3
 from nexusml.core import metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
 from nexusml.core.process import ManagedProcess, Stopped, child_options, guarded, stop_all, supervising
 from nexusml.core.settings import env, nested
-from nexusml.s3local import LocalS3
-from nexusml.sync.settings import S3Settings, TritonSettings
-from nexusml.sync.triton import TritonServer
-from nexusml.sync.watch import WatchSettings
-from nexusml.sync.watchdog import Watchdog, probe
+from nexusml.sync.settings import S3Settings
+from nexusml.triton.server import TritonServer
+from nexusml.triton.settings import TritonSettings
+from nexusml.triton.watchdog import Watchdog, probe
+from nexusml.updates.watch import WatchSettings
 from proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)

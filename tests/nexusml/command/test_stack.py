@@ -16,8 +16,8 @@ import psutil
 import pytest
 import tritonclient.http as httpclient
 
+from nexusml.command.s3local import CREDENTIALS
 from nexusml.core.process import http_ok
-from nexusml.s3local import CREDENTIALS
 from nexusml.testing.environment import base_environment, free_port
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in PORT_SETTINGS}
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "nexusml.cli", "up"],
+        [sys.executable, "-m", "nexusml.command.cli", "up"],
         cwd=tmp_path,
         env={**base_environment(), **ports, "DEVICE": "cpu", "TRITON_EXIT_TIMEOUT_S": "5"},
         stdout=log,
@@ -124,7 +124,7 @@ def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp
     log_path = tmp_path / "up.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "nexusml.cli", "up"],
+        [sys.executable, "-m", "nexusml.command.cli", "up"],
         cwd=tmp_path,
         env={**base_environment(), **ports, **watchdog, "DEVICE": "cpu", "TRITON_EXIT_TIMEOUT_S": "5"},
         stdout=log,
@@ -172,7 +172,7 @@ def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
     """A signal while the demo model is being published: the local S3 already runs and must be stopped."""
     ports = {name: str(free_port()) for name in PORT_SETTINGS}
     process = subprocess.Popen(
-        [sys.executable, "-m", "nexusml.cli", "up"],
+        [sys.executable, "-m", "nexusml.command.cli", "up"],
         cwd=tmp_path,
         env={**base_environment(), **ports, "DEVICE": "cpu"},
         stdout=subprocess.DEVNULL,

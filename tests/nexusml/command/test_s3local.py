@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from nexusml.command.s3local import LocalS3
 from nexusml.core.errors import ServerError
-from nexusml.s3local import LocalS3
 from nexusml.testing.environment import base_environment
 
 pytestmark = pytest.mark.integration

@@ -36,8 +36,8 @@ from nexusml.core.metadata import ModelMetadata, TensorSpec
 from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
-from nexusml.sync.triton import ADMIN_HEADER
 from nexusml.sync.triton_config import from_pbtxt, model_config, serving_config, to_pbtxt
+from nexusml.triton.server import ADMIN_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nexusml.core.errors import ServerError
 from nexusml.core.process import ManagedProcess
-from nexusml.sync.settings import TritonSettings
+from nexusml.triton.settings import TritonSettings
 
 
 @dataclass(frozen=True)

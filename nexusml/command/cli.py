@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 from nexusml.core.errors import NexusError
 
 if TYPE_CHECKING:
-    from nexusml.sync.watch import WatchSettings
+    from nexusml.updates.watch import WatchSettings
 
 log = logging.getLogger("nexus")
 
@@ -44,8 +44,8 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.core.errors import ServerError
     from nexusml.core.process import Stopped, stop_all, supervising, wait_for_exit
     from nexusml.core.settings import load
-    from nexusml.sync.settings import TritonSettings
-    from nexusml.sync.triton import TritonServer
+    from nexusml.triton.server import TritonServer
+    from nexusml.triton.settings import TritonSettings
 
     server = TritonServer(load(TritonSettings, environ), dict(environ))
     with supervising():
@@ -63,7 +63,7 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.core.process import Stopped, supervising
     from nexusml.core.settings import load
-    from nexusml.sync.watch import WatchSettings
+    from nexusml.updates.watch import WatchSettings
 
     settings = load(WatchSettings, environ)
     with supervising():
@@ -79,7 +79,7 @@ def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _watching(settings: WatchSettings) -> NoReturn:
-    from nexusml.sync.watch import serve_metrics, watcher
+    from nexusml.updates.watch import serve_metrics, watcher
 
     watching = watcher(settings)
     serve_metrics(settings, watching.metrics)
@@ -91,7 +91,7 @@ def _watching(settings: WatchSettings) -> NoReturn:
 
 
 def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml import demo
+    from nexusml.command import demo
     from nexusml.core.settings import load
     from nexusml.sync import storage
     from nexusml.sync.repository import disk_errors
@@ -125,8 +125,8 @@ def _proxy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from nexusml.command.stack import StackSettings, up
     from nexusml.core.settings import load
-    from nexusml.stack import StackSettings, up
 
     return up(load(StackSettings, environ), dict(environ))
 

@@ -13,12 +13,12 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from nexusml import demo
+from nexusml.command import demo
 from nexusml.core.metadata import BatchingHints
 from nexusml.sync import storage
-from nexusml.sync.triton import TritonServer
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
+from nexusml.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
 

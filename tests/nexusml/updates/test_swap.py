@@ -7,7 +7,7 @@ import pytest
 
 from nexusml.core.errors import SmokeTestFailed
 from nexusml.core.metadata import Artifact, ModelMetadata, TensorSpec
-from nexusml.sync.swap import check_outputs, smoke_inputs
+from nexusml.updates.swap import check_outputs, smoke_inputs
 
 META = ModelMetadata(
     name="m",

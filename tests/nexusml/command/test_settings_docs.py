@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from nexusml import settings_docs
+from nexusml.command import settings_docs
+from nexusml.command.settings_docs import BEGIN, END, PROCESSES, block_of, render_default, render_meaning, tables
 from nexusml.core.settings import EnvVar, variables
-from nexusml.settings_docs import BEGIN, END, PROCESSES, block_of, render_default, render_meaning, tables
 from tests.conftest import settings_classes
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _rows(block: str) -> set[tuple[str, str]]:
