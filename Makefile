@@ -53,9 +53,10 @@ lint: venv
 settings-docs: venv
 	$(BIN)/python -m nexusml.command.settings_docs
 
-# The chart cannot read files outside its folder: it ships a copy of the watchdog (checked by tests/deploy).
-chart-files:
-	cp nexusml/triton/watchdog.py helm/nexus-dataplane/files/triton_watchdog.py
+# The watchdog as one file for Triton's container (the chart ships it, compose mounts it): generated from
+# nexusml/triton/watchdog.py with nexusml/core/probe.py inlined (tests/deploy checks it is current).
+chart-files: venv
+	$(BIN)/python -m nexusml.command.chart_files
 
 venv: sysdeps $(DEV_STAMP)
 

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from nexusml.core import metadata
+from nexusml.core import metadata, probe
 from nexusml.core.errors import MetadataError, NexusError
 from proxy import v2
 from proxy.client import Outputs, Upstream, connect
@@ -606,7 +606,7 @@ async def models(request: web.Request) -> web.Response:
     described = state.schema.describe()
     described["served_version"] = state.version_seen or (state.schema.versions[-1] if state.schema.versions else None)
     described["trying_version"] = None
-    candidate = metadata.candidate_name(state.schema.name)
+    candidate = probe.candidate_name(state.schema.name)
     try:
         if await state.upstream.model_ready(candidate, ""):
             tried = await state.upstream.schema(candidate, "")

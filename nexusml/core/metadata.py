@@ -24,15 +24,6 @@ ARTIFACT_FILES = {"torchscript": "model.pt", "torch_export": "model.pt2"}
 DEFAULT_PRECISION_TOLERANCE = 0.01
 
 
-# The model the watcher loads to try a new version before users get it (`nexusml.updates.swap`); the proxy shows
-# it in /v1/models. The watchdog (standard library only) keeps a copy of the suffix.
-CANDIDATE_SUFFIX = "__candidate"
-
-
-def candidate_name(name: str) -> str:
-    return f"{name}{CANDIDATE_SUFFIX}"
-
-
 @cache
 def schema() -> dict[str, Any]:
     text = resources.files("nexusml.core").joinpath("schemas/nexus_meta.schema.json").read_text()

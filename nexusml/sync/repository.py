@@ -27,7 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 from nexusml.core.errors import DiskError
-from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata, candidate_name
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.probe import candidate_name, served_models
 from nexusml.sync.storage import sha256_file
 
 RECORD_FILE = ".nexus_meta.json"
@@ -80,11 +81,7 @@ class Repository:
 
     def models(self) -> list[str]:
         """The models the repository serves: folders with a config.pbtxt, less candidates."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.parent.name for p in self.root.glob("*/config.pbtxt") if not p.parent.name.endswith(CANDIDATE_SUFFIX)
-        )
+        return served_models(self.root)
 
     def versions(self, name: str) -> list[int]:
         model_dir = self.model_dir(name)

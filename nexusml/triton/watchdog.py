@@ -13,8 +13,10 @@ Only an inference notices, and only a Triton restart heals it. Three supervisors
 - the Helm chart ships it in a ConfigMap as Triton's exec startup and liveness probe; the kubelet restarts the
   container and its CrashLoopBackOff is the back-off.
 
-Standard library only, and nothing of the project imported, so the same file runs in NVIDIA's Triton image.
-Settings come from the command line (or, in `nexus up`, from the stack's settings), never the environment.
+Standard library only. Of the project it imports only `nexusml.core.probe` (the probe's shape and which
+models are served; standard library too), which the standalone copy that compose and the chart run in NVIDIA's
+Triton image carries inlined (`make chart-files` generates it). Settings come from the command line (or, in
+`nexus up`, from the stack's settings), never the environment.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from nexusml.core.probe import probe_shape, served_models
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +88,17 @@ def _call(url: str, deadline: float, body: bytes | None = None, headers: dict[st
 def inference_request(config: dict) -> tuple[bytes, bytes]:
     """Header and body of an inference of zeros for the model `config` (Triton's JSON model config).
 
-    Rows: the smallest preferred batch size, so Triton's dynamic batcher runs it at once instead of holding
-    it for its queue delay; variable dimensions (-1) become 1. Inputs travel as binary data, which every
-    datatype (FP16 and BYTES included) accepts; outputs come back binary, so the answer stays small.
+    Shaped as every probe is (`probe_shape`). Inputs travel as binary data, which every datatype (FP16 and
+    BYTES included) accepts; outputs come back binary, so the answer stays small.
     """
     max_batch = int(config.get("max_batch_size", 0))
-    preferred = [int(n) for n in (config.get("dynamic_batching") or {}).get("preferred_batch_size", [])]
-    rows = min([n for n in preferred if n <= max_batch] or [1])
+    preferred = (config.get("dynamic_batching") or {}).get("preferred_batch_size", [])
     inputs, body = [], b""
     for spec in config.get("input", []):
         if spec.get("optional"):
             continue
         datatype = spec["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES")
-        shape = ([rows] if max_batch > 0 else []) + [max(int(d), 1) for d in spec.get("dims", [])]
+        shape = list(probe_shape(spec.get("dims", []), max_batch, preferred))
         size = math.prod(shape) * ELEMENT_BYTES[datatype]
         inputs.append(
             {"name": spec["name"], "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
@@ -219,15 +221,6 @@ class Watchdog:
 
 
 # --- container healthcheck / probe ---------------------------------------------------------------------------
-# A model the watcher is trying (nexusml.core.metadata.CANDIDATE_SUFFIX): not served, so not probed.
-CANDIDATE_SUFFIX = "__candidate"
-
-
-def repository_models(repository: Path) -> list[str]:
-    """The models Triton serves from `repository`: folders with a config.pbtxt, less the watcher's candidates."""
-    return sorted(
-        p.parent.name for p in repository.glob("*/config.pbtxt") if not p.parent.name.endswith(CANDIDATE_SUFFIX)
-    )
 
 
 def _process_named(name: str) -> tuple[int, int] | None:
@@ -283,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", default="tritonserver", help="command name of the process to end")
     parser.add_argument("--state", type=Path, default=Path("/tmp/nexus-triton-watchdog.json"), help="failure count")
     args = parser.parse_args(argv)
-    models = args.model or (repository_models(args.repository) if args.repository else [])
+    models = args.model or (served_models(args.repository) if args.repository else [])
     if not models:
         print("unhealthy: no model to probe (--model or a --repository with models)", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from nexusml.core import metadata
 from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SmokeTestFailed
 from nexusml.core.metadata import ModelMetadata, TensorSpec
+from nexusml.core.probe import candidate_name, probe_rows, probe_shape
+from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
@@ -40,6 +42,8 @@ from nexusml.sync.triton_config import from_pbtxt, model_config, serving_config,
 from nexusml.triton.server import ADMIN_HEADER
 
 log = logging.getLogger(__name__)
+# Triton errors that say nothing about the new version: the swap is tried again later.
+_TRANSIENT = frozenset({TritonFailure.QUEUE_FULL, TritonFailure.TIMED_OUT, TritonFailure.UNREACHABLE})
 
 
 class TritonAdmin:
@@ -86,39 +90,41 @@ class TritonAdmin:
         return {out.name: result.as_numpy(out.name) for out in result.get_response().outputs}
 
     def _call(self, action: Callable[[], Any], failure: type[NexusError], what: str) -> Any:
-        """Triton unreachable or refusing the key -> `ServerError` (transient: tried again); else `failure`."""
+        """Triton unreachable, busy, out of time or refusing the key -> `ServerError` (transient: tried again);
+        else `failure`. What a Triton error means is `nexusml.core.triton_errors`'s rule, the proxy's too."""
         try:
             return action()
         except InferenceServerException as err:
-            message = err.message() or str(err)
-            if "restricted" in message.lower():
+            meaning = classify(err)
+            message = status_and_message(err)[1]
+            if meaning is TritonFailure.RESTRICTED:
                 raise ServerError(
                     f"{what}: Triton refused its repository API: TRITON_ADMIN_KEY is missing or wrong"
                 ) from err
-            if str(err.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+            if meaning in _TRANSIENT:
                 raise ServerError(f"{what}: Triton at {self.url} did not answer: {message}") from err
             raise failure(f"{what}: {message}") from err
 
 
-def smoke_inputs(meta: ModelMetadata) -> dict[str, np.ndarray]:
-    """One row of zeros per input; a variable (-1) dimension gets length 1."""
+def smoke_inputs(meta: ModelMetadata, max_batch_size: int = 1, preferred: Sequence[int] = ()) -> dict[str, np.ndarray]:
+    """Zeros for every input, shaped as every probe is (`nexusml.core.probe`)."""
     return {
-        spec.name: np.zeros((1, *(max(dim, 1) for dim in spec.shape)), dtype=triton_to_np_dtype(spec.dtype))
+        spec.name: np.zeros(probe_shape(spec.shape, max_batch_size, preferred), dtype=triton_to_np_dtype(spec.dtype))
         for spec in meta.inputs
     }
 
 
-def check_outputs(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> None:
-    """Every declared output present, with one row of the declared shape and datatype, and finite."""
+def check_outputs(meta: ModelMetadata, outputs: dict[str, np.ndarray], rows: int = 1) -> None:
+    """Every declared output present, with `rows` rows of the declared shape and datatype, and finite."""
     for spec in meta.outputs:
         array = outputs.get(spec.name)
         if array is None:
             raise SmokeTestFailed(f"output {spec.name} is missing from the answer (got {sorted(outputs)})")
-        _check_output(spec, array)
+        _check_output(spec, array, rows)
 
 
-def _check_output(spec: TensorSpec, array: np.ndarray) -> None:
-    expected = (1, *spec.shape)
+def _check_output(spec: TensorSpec, array: np.ndarray, rows: int) -> None:
+    expected = (rows, *spec.shape)
     fits = len(array.shape) == len(expected) and all(e in (-1, a) for e, a in zip(expected, array.shape, strict=True))
     if not fits:
         shape = "x".join("?" if d == -1 else str(d) for d in expected)
@@ -175,16 +181,22 @@ class Swapper:
         """Load the candidate and smoke-test it; it is unloaded and removed whatever happens."""
         loaded = False
         try:
-            candidate = self.load_candidate(meta)
+            candidate, config = self.load_candidate(meta)
             loaded = True
-            check_outputs(meta, self.admin.infer(candidate, meta.version, smoke_inputs(meta)))
+            batch = config["max_batch_size"]
+            preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])
+            answer = self.admin.infer(candidate, meta.version, smoke_inputs(meta, batch, preferred))
+            check_outputs(meta, answer, probe_rows(batch, preferred))
         finally:
             self.unload_candidate(meta.name, loaded)
 
-    def load_candidate(self, meta: ModelMetadata) -> str:
-        """Stage `meta`'s installed version as the candidate model (one instance) and load it; returns its name."""
+    def load_candidate(self, meta: ModelMetadata) -> tuple[str, dict[str, Any]]:
+        """Stage `meta`'s installed version as the candidate model (one instance) and load it.
+
+        Returns the candidate's name and its model config (a dict as Triton's protobuf has it).
+        """
         config = model_config(meta, serving_config(meta, self.settings))
-        config["name"] = metadata.candidate_name(meta.name)
+        config["name"] = candidate_name(meta.name)
         for group in config["instance_group"]:
             group["count"] = 1
         candidate = self.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
@@ -195,7 +207,7 @@ class Swapper:
         """Unload `name`'s candidate (when it was loaded) and remove its folder."""
         if loaded:
             try:
-                self.admin.unload(metadata.candidate_name(name))
+                self.admin.unload(candidate_name(name))
             except NexusError as err:
                 log.warning("%s", err)
         self.repo.drop_candidate(name)

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from nexusml.command import chart_files
 from tests.deploy.conftest import (
     COMPOSE,
     COMPOSE_CPU,
@@ -173,7 +174,7 @@ def test_triton_healthcheck_restarts_a_server_whose_model_stopped_answering(serv
     assert float(options["--timeout"]) < _seconds(triton["healthcheck"]["timeout"])
     (script,) = [v for v in triton["volumes"] if isinstance(v, dict) and v["target"] == argv[1]]
     assert script["type"] == "bind" and script["read_only"] is True
-    assert (ROOT / script["source"]).resolve() == (ROOT / "nexusml" / "triton" / "watchdog.py").resolve()
+    assert (ROOT / script["source"]).resolve() == chart_files.STANDALONE
     assert triton["restart"] == "unless-stopped"
     # the check writes its failure count to the writable /tmp of a read-only container
     assert triton["read_only"] is True and "/tmp" in triton["tmpfs"]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nexusml.command import chart_files
 from nexusml.core.settings import variables
 from nexusml.triton.settings import TritonSettings
 from nexusml.updates.watch import WatchSettings
@@ -15,7 +16,6 @@ from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
     KUBE_VERSION,
-    ROOT,
     TRITON_PORT_NAMES,
     TRITON_PORTS,
     by_kind,
@@ -150,8 +150,8 @@ def test_triton_binds_loopback_and_its_probes_run_inside_the_container(values: d
 
 
 def test_the_probe_script_is_the_watchdog_source() -> None:
-    """The chart cannot read outside its folder: files/triton_watchdog.py is a copy, never edited by hand."""
-    source = (ROOT / "nexusml" / "triton" / "watchdog.py").read_text()
+    """The chart cannot read outside its folder: files/triton_watchdog.py is generated, never edited by hand."""
+    source = chart_files.render()
     assert (CHART / "files" / "triton_watchdog.py").read_text() == source, "stale copy: run make chart-files"
     (config_map,) = [o for o in by_kind(render_chart({}), "ConfigMap") if o["metadata"]["name"].endswith("-probe")]
     assert config_map["data"] == {"triton_watchdog.py": source}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from nexusml.command import demo
+from nexusml.command import chart_files, demo
 from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
 from tests.deploy.containers.conftest import ROW, assert_serves, http, wait_ready
@@ -139,14 +139,14 @@ def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compos
     """A compose project in an empty folder (the demo writes `.nexus_meta.json` there), removed at the end.
 
     Relative paths of the compose file resolve against that folder: it gets the one source file compose
-    mounts (Triton's healthcheck, nexusml/triton/watchdog.py), as a checkout has it.
+    mounts (Triton's healthcheck, the watchdog's standalone file), as a checkout has it.
     """
     tmp_path.chmod(0o755)
-    probe = tmp_path / "nexusml" / "triton" / "watchdog.py"
+    probe = tmp_path / chart_files.STANDALONE.relative_to(ROOT)
     probe.parent.mkdir(parents=True)
-    shutil.copyfile(ROOT / "nexusml" / "triton" / "watchdog.py", probe)
-    for folder in (probe.parent, probe.parent.parent):
-        folder.chmod(0o755)
+    shutil.copyfile(chart_files.STANDALONE, probe)
+    for folder in probe.relative_to(tmp_path).parents:
+        (tmp_path / folder).chmod(0o755)
     project = Compose(tmp_path, docker_host, free_port())
     try:
         yield project

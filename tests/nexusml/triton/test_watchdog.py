@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from nexusml.command import chart_files
 from nexusml.triton import watchdog
 from nexusml.triton.server import TritonServer
 from nexusml.triton.watchdog import Watchdog, inference_request, probe
@@ -279,18 +280,38 @@ def test_healthcheck_probes_every_model_of_the_repository(fake: FakeTriton, tmp_
     assert watchdog.main(["--url", fake.url, "--repository", str(tmp_path / "empty")]) == 1
 
 
-def test_the_script_needs_only_the_standard_library() -> None:
-    """It is mounted into NVIDIA's Triton image (compose) and shipped in a ConfigMap (chart)."""
-    tree = ast.parse(Path(watchdog.__file__).read_text())
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     imported = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
     imported |= {
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert imported - {"__future__"} <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    return imported - {"__future__"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(chart_files.STANDALONE, id="standalone-copy"),
+        pytest.param(chart_files.SHARED, id="shared-probe-module"),
+    ],
+)
+def test_what_runs_in_tritons_image_needs_only_the_standard_library(path: Path) -> None:
+    imported = _top_level_imports(path)
+    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+
+
+def test_the_source_imports_nothing_of_ours_but_the_shared_probe_module() -> None:
+    assert _top_level_imports(Path(watchdog.__file__)) - sys.stdlib_module_names == {"nexusml"}
+    assert chart_files.SHARED_IMPORT in Path(watchdog.__file__).read_text()
+
+
+def test_the_standalone_script_runs_alone() -> None:
+    """It is mounted into NVIDIA's Triton image (compose) and shipped in a ConfigMap (chart)."""
     result = subprocess.run(
-        [sys.executable, "-I", watchdog.__file__, "--url", "http://127.0.0.1:9", "--model", "m", "--timeout", "1"],
+        [sys.executable, "-I", chart_files.STANDALONE, "--url", "http://127.0.0.1:9", "--model", "m", "--timeout", "1"],
         capture_output=True,
         text=True,
         timeout=30,

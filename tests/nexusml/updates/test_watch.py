@@ -23,7 +23,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.command import demo
-from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.probe import CANDIDATE_SUFFIX
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
 from nexusml.sync.repository import Repository
