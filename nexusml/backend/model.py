@@ -39,9 +39,8 @@ class StageClock:
     three device stages are timed by CUDA events recorded between them and read once the outputs are on the
     host, which waits for them anyway: timing adds no synchronisation. The totals go to Triton's log as one
     `nexus_backend_stages model=... pid=... batches=N inputs=S ...` line (cumulative, per instance), not to
-    Triton's metrics: custom metrics shared by several instances crash tritonserver 2.51 when the model
-    reloads (measured here in a watcher swap: `tcache_thread_shutdown(): unaligned tcache chunk detected`;
-    triton-inference-server/server#8663), and a swap reloads the model.
+    Triton's metrics: custom metrics shared by several instances crash tritonserver 2.51 when the model reloads,
+    and every watcher swap reloads it (docs/decisions.md).
     """
 
     def __init__(self, device: torch.device, labels: str, interval_s: float) -> None:
@@ -125,7 +124,7 @@ class TritonPythonModel:
         self.inputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["input"]]
         self.outputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["output"]]
         # The stub is one process per instance: without this each instance spawns a thread per core and
-        # they fight over the CPU (measured: ResNet-50 on an H100 10x slower with the default).
+        # they fight over the CPU (ResNet-50 ran 10x slower; docs/decisions.md).
         torch.set_num_threads(int(params.get("TORCH_THREADS", "1")))
         if args["model_instance_kind"] == "GPU":
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")

@@ -156,13 +156,9 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
     if not serving.dynamic_batching:
         del generated["dynamic_batching"]
     elif serving.instance_count == 1:
-        # Measured on tritonserver 2.51 (CPU, demo MLP, wrk straight at Triton's HTTP endpoint, 2026-11-28): with a
-        # single instance, every queue policy tried makes the dynamic batcher hold requests for 0.5-1 s: 7,715 req/s
-        # and p99 11 ms without one at 64 connections, 243-1,161 req/s and p99 0.5-1.0 s with one (the generated
-        # policy; max_queue_size alone; no timeout override; timeout_action DELAY; queue delay 0; no preferred
-        # sizes; priority levels), and p99 0.5-1.0 s for a lone client. With two instances it does not happen.
-        # So with one instance the queue is bounded by its only client, the proxy: at most MAX_IN_FLIGHT requests
-        # per worker, each cancelled upstream at its deadline (REQUEST_TIMEOUT_MS). README "Queues and deadlines".
+        # With one instance, tritonserver 2.51's batcher holds requests 0.5-1 s under any queue policy (measured:
+        # docs/decisions.md). The queue is then bounded by its only client, the proxy: at most MAX_IN_FLIGHT
+        # requests per worker, each cancelled upstream at its deadline (docs/api.md, "Queues and deadlines").
         del generated["dynamic_batching"]["default_queue_policy"]
     return generated
 

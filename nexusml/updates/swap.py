@@ -49,9 +49,8 @@ _TRANSIENT = frozenset({TritonFailure.QUEUE_FULL, TritonFailure.TIMED_OUT, Trito
 class TritonAdmin:
     """Triton's repository API (load, unload: restricted to the admin key) and the inference the smoke test sends.
 
-    Over gRPC: Triton's HTTP server answers nothing else while it handles a load request (measured on 2.51: HTTP
-    inferences stalled for the whole 1.1-1.4 s load of the demo model, which also fails the HTTP health probes of
-    the watchdog and the containers), while a load over gRPC leaves both endpoints answering.
+    Over gRPC: Triton 2.51's HTTP server answers nothing else while it handles a load request (which would also
+    fail the HTTP health probes), while a load over gRPC leaves both endpoints answering (docs/decisions.md).
     """
 
     def __init__(self, url: str, admin_key: str | None, timeout_s: float) -> None:
