@@ -23,7 +23,7 @@ define apt-install
 	fi
 endef
 
-.PHONY: run test test-deploy bench soak gpu-bundle lint settings-docs chart-files sysdeps deploy-sysdeps venv clean
+.PHONY: run test test-fast test-deploy bench soak gpu-bundle lint settings-docs chart-files sysdeps deploy-sysdeps venv clean
 
 run: sysdeps $(RUN_STAMP)
 	$(BIN)/nexus up
@@ -31,6 +31,11 @@ run: sysdeps $(RUN_STAMP)
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The quick loop: the tests that start no server (tests/conftest.py refuses a server to an unmarked test).
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not integration"
 
 # The deployments started for real (podman): images built here, docker compose and the Helm pod.
 test-deploy: venv deploy-sysdeps

@@ -17,17 +17,25 @@ from typing import Any
 import pytest
 
 from nexusml.command.s3local import LocalS3
+from nexusml.core.process import ManagedProcess
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import s3_client as make_s3_client
 from nexusml.testing.servers import s3_environment, start_local_s3, start_triton
 from nexusml.triton.server import TritonServer
 
 # Modules that declare settings classes.
-SETTINGS_MODULES = ("nexusml.sync.settings", "nexusml.triton.settings", "nexusml.command.stack", "proxy.settings")
+SETTINGS_MODULES = (
+    "nexusml.core.settings",
+    "nexusml.sync.settings",
+    "nexusml.triton.settings",
+    "nexusml.updates.watch",
+    "nexusml.command.stack",
+    "proxy.settings",
+)
 
 
 def settings_classes() -> list[type]:
-    """Every `*Settings` dataclass declared in SETTINGS_MODULES (what the README tables and deployments document)."""
+    """Every `*Settings` dataclass declared in SETTINGS_MODULES (what docs/settings.md and deployments document)."""
     found = []
     for module_name in SETTINGS_MODULES:
         module = importlib.import_module(module_name)
@@ -37,6 +45,21 @@ def settings_classes() -> list[type]:
             if name.endswith("Settings") and dataclasses.is_dataclass(obj) and obj.__module__ == module_name
         ]
     return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """A test not marked `integration` may start no server process: `make test-fast` runs just those tests and
+    promises a loop under a minute. Such a test runs (fixtures included) with `ManagedProcess.start` refused."""
+    if item.get_closest_marker("integration") is not None:
+        return (yield)
+
+    def refuse(process: ManagedProcess) -> None:
+        raise AssertionError(f"{item.nodeid} starts {process.name}: mark it `integration`")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ManagedProcess, "start", refuse)
+        return (yield)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

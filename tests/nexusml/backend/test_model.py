@@ -20,6 +20,8 @@ from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 from nexusml.triton.server import TritonServer
 
+pytestmark = pytest.mark.integration
+
 ROWS = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3]], dtype=np.float32)
 
 
