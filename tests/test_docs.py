@@ -81,6 +81,21 @@ def test_no_history_in_the_docs(page: Path) -> None:
     assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", text), f"{page.name} holds a dated note: move it to decisions.md"
 
 
+# A path of the repository as the docs and the code's comments name it.
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:nexusml|proxy|tests|benchmarks|reliability|scripts|docker|helm|examples)/[\w/.-]*\w"
+    r"\.(?:py|yaml|yml|json|md|sh|toml|Dockerfile|pbtxt))"
+)
+SOURCES = [*PAGES, *sorted(ROOT.glob("nexusml/**/*.py")), *sorted(ROOT.glob("proxy/*.py"))]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.relative_to(ROOT).as_posix() for p in SOURCES])
+def test_named_files_exist(source: Path) -> None:
+    """A file named in the docs or in a docstring still exists (modules move; their mentions must follow)."""
+    missing = sorted({path for path in REPO_PATH.findall(read(source)) if not (ROOT / path).exists()})
+    assert not missing, f"{source.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
 def test_product_code_names_no_issue() -> None:
     for path in [*ROOT.glob("nexusml/**/*.py"), *ROOT.glob("proxy/**/*.py")]:
         assert not re.findall(r"\bissue \d+", read(path), re.I), f"{path.relative_to(ROOT)} names an issue"

@@ -1,6 +1,6 @@
 """Versions a control plane might publish while a model is served: good ones, and three kinds of broken.
 
-Read by `tests/nexusml/sync/test_watch.py` (the watcher against real S3 and Triton) and by the reliability bed's
+Read by `tests/nexusml/updates/test_watch.py` (the watcher against real S3 and Triton) and by the reliability bed's
 model-update scenario (the same versions published under load).
 """
 
