@@ -1,7 +1,7 @@
 """The docs cannot drift: every table in README.md and docs/ that mirrors code is checked against that code.
 
 Generated tables (docs/settings.md) have their own check (tests/nexusml/command/test_settings_docs.py); the tables
-here are written by hand, so each is compared with its source: the tree, the OpenAPI document, the errors, the
+here are written by hand, so each is compared with its source: the tree, the OpenAPI document, the
 dependency groups, compose, the Makefile, tritonserver's command line. Links between the docs must resolve.
 """
 
@@ -15,7 +15,6 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from nexusml.command.cli import EXIT_CODES
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
 
@@ -127,12 +126,6 @@ def test_routes_are_the_openapi_paths() -> None:
     expected = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     documented = {(row[0], CODE.findall(row[1])[0]) for row in table(DOCS / "api.md", "routes")}
     assert documented == expected
-
-
-def test_exit_codes_are_the_errors() -> None:
-    expected = {0} | set(EXIT_CODES.values())
-    documented = [int(row[0]) for row in table(DOCS / "models.md", "exit-codes")]
-    assert sorted(documented) == sorted(expected)
 
 
 def _name(requirement: str) -> str:
