@@ -7,6 +7,7 @@ dependency groups, compose, the Makefile, tritonserver's command line. Links bet
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -93,6 +94,33 @@ def test_named_files_exist(source: Path) -> None:
     """A file named in the docs or in a docstring still exists (modules move; their mentions must follow)."""
     missing = sorted({path for path in REPO_PATH.findall(read(source)) if not (ROOT / path).exists()})
     assert not missing, f"{source.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
+DOTTED = re.compile(r"`((?:nexusml|proxy)\.[a-z_]+(?:\.[A-Za-z_]+)*)`")  # camelCase after proxy.: chart values
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as err:
+            if err.name and not err.name.startswith(("nexusml", "proxy")):
+                return True  # runs elsewhere (model.py inside Triton): not importable here
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.relative_to(ROOT).as_posix() for p in SOURCES])
+def test_named_objects_exist(source: Path) -> None:
+    """A module, class or function named as `nexusml.x.y` or `proxy.x` in the docs or a docstring still exists."""
+    missing = sorted({name for name in DOTTED.findall(read(source)) if not _resolves(name)})
+    assert not missing, f"{source.relative_to(ROOT)} names what does not exist: {missing}"
 
 
 def test_product_code_names_no_issue() -> None:
