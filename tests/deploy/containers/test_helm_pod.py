@@ -44,7 +44,7 @@ from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TI
 pytestmark = pytest.mark.timeout(1800)
 
 BUCKET = "nexus-models"
-# The user's S3 credentials Secret (README: kubectl create secret generic nexus-aws ...); moto takes any.
+# The user's S3 credentials Secret (docs/deployment.md: kubectl create secret generic nexus-aws ...); moto takes any.
 AWS_SECRET = {"AWS_ACCESS_KEY_ID": "nexus-test", "AWS_SECRET_ACCESS_KEY": "nexus-test-secret"}
 
 
