@@ -16,8 +16,10 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from nexusml.core.settings import variables
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
+from tests.conftest import settings_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -121,6 +123,24 @@ def test_named_objects_exist(source: Path) -> None:
     """A module, class or function named as `nexusml.x.y` or `proxy.x` in the docs or a docstring still exists."""
     missing = sorted({name for name in DOTTED.findall(read(source)) if not _resolves(name)})
     assert not missing, f"{source.relative_to(ROOT)} names what does not exist: {missing}"
+
+
+# Upper-case names the docs use that are not ours to declare: boto3's profile, Triton's instance kinds.
+FOREIGN_NAMES = {"AWS_PROFILE", "AWS_DEFAULT_REGION", "KIND_GPU", "KIND_CPU"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_variables_are_declared(page: Path) -> None:
+    """An environment variable the docs name is declared: by a settings class (or its former spelling), by
+    compose, or as a build argument or Makefile variable. A renamed variable fails here until the docs follow."""
+    declared = set(FOREIGN_NAMES)
+    for cls in settings_classes():
+        for spec, _default in variables(cls):
+            declared |= {spec.name, *getattr(spec, "aliases", ())}
+    elsewhere = "".join(read(ROOT / p) for p in ("docker-compose.yml", "docker/nexus.Dockerfile", "Makefile"))
+    named = set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)", read(page)))
+    missing = sorted(name for name in named - declared if not re.search(rf"\b{name}\b", elsewhere))
+    assert not missing, f"{page.name} names variables nothing declares: {missing}"
 
 
 def test_product_code_names_no_issue() -> None:
