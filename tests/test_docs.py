@@ -205,6 +205,14 @@ def test_test_folders_are_the_tree() -> None:
     assert documented == actual
 
 
+def test_make_targets_are_the_makefiles() -> None:
+    phony = re.search(r"^\.PHONY:(.*)$", read(ROOT / "Makefile"), re.M)
+    assert phony
+    steps = {"sysdeps", "deploy-sysdeps", "venv"}  # what the targets run first, not commands of their own
+    documented = {t for row in table(DOCS / "development.md", "make-targets") for t in CODE.findall(row[0])}
+    assert {t.removeprefix("make ") for t in documented} == set(phony.group(1).split()) - steps
+
+
 def test_compose_variables_are_compose_defaults() -> None:
     compose = read(ROOT / "docker-compose.yml")
     defaults = dict(re.findall(r"\$\{([A-Z0-9_]+):?-([^}]+)\}", compose))
