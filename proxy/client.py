@@ -2,10 +2,11 @@
 
 Both sides expose the same small surface (`live`, `model_ready`, `ready_models`, `schema`, `infer`) and
 convert every failure at this boundary, once, into a `ProxyError`: unreachable -> 503, queue full -> 429,
-deadline -> 504, rejected -> 400, anything else -> 502. Every call has a timeout: health and metadata calls
-`UPSTREAM_CONNECT_TIMEOUT_S`, inferences the request's remaining deadline. Triton gets the smaller of that and
-the model's queue timeout as the request's own `timeout` (which overrides the queue policy's), so Triton drops
-work nobody waits for any more and no request outstays `QUEUE_TIMEOUT_MS` in its queue.
+deadline -> 504, rejected -> 400, anything else -> 502 (what a Triton error means is decided by
+`nexusml.core.triton_errors`). Every call has a timeout: health and metadata calls `UPSTREAM_CONNECT_TIMEOUT_S`,
+inferences the request's remaining deadline. Triton gets the smaller of that and the model's queue timeout as
+the request's own `timeout` (which overrides the queue policy's), so Triton drops work nobody waits for any
+more and no request outstays `QUEUE_TIMEOUT_MS` in its queue.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from proxy.errors import (
     DeadlineExceeded,
     ProxyError,
@@ -45,28 +47,23 @@ _GRPC_CHANNEL_ARGS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
-_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED", "503", "404")
-_FORBIDDEN = ("StatusCode.PERMISSION_DENIED", "403")
-_REJECTED = ("StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "400")
-
 Outputs = dict[str, np.ndarray]
 
 
 def from_triton_error(err: InferenceServerException) -> ProxyError:
-    """Map one Triton error to the proxy's answer; Triton's message is kept for the client."""
-    message = str(err.message() or err)
-    status = str(err.status() or "")
-    lower = message.lower()
-    if "maximum queue size" in lower or status in ("StatusCode.RESOURCE_EXHAUSTED", "429"):
+    """Map one Triton error to the proxy's answer, by its meaning (`nexusml.core.triton_errors`, the watcher's
+    rule too); Triton's message is kept for the client."""
+    status, message = status_and_message(err)
+    failure = classify(err)
+    if failure is TritonFailure.QUEUE_FULL:
         return UpstreamBusy(f"Triton's queue is full: {message}")
-    if "timeout expired" in lower or status in ("StatusCode.DEADLINE_EXCEEDED", "504"):
+    if failure is TritonFailure.TIMED_OUT:
         return DeadlineExceeded(f"the deadline passed in Triton: {message}")
-    if "is restricted" in lower or status in _FORBIDDEN:
-        # Before UNAVAILABLE: over gRPC, Triton refuses a restricted protocol with StatusCode.UNAVAILABLE.
+    if failure is TritonFailure.RESTRICTED:
         return UpstreamForbidden(f"Triton refused a restricted API: {message}")
-    if "unknown model" in lower or status in _UNAVAILABLE:
+    if failure in (TritonFailure.UNREACHABLE, TritonFailure.MODEL_UNKNOWN):
         return UpstreamUnavailable(f"Triton is unavailable: {message}")
-    if status in _REJECTED:
+    if failure is TritonFailure.REJECTED:
         return UpstreamRejected(f"Triton rejected the request: {message}")
     return UpstreamError(f"Triton failed: {message} ({status or 'no status'})")
 

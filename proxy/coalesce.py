@@ -101,6 +101,12 @@ class Coalescer:
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, max_rows: int, slots: int, preferred: Sequence[int]) -> None:
+        """New limits (a new model version's config) for the batches still to leave; those in flight keep theirs."""
+        self.max_rows = max_rows
+        self.slots = slots
+        self.preferred = tuple(sorted(set(preferred)))
+
     async def submit(self, arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Outputs, str]:
         """The member's outputs; `DeadlineExceeded` at its own `deadline` (event-loop clock) whatever its batch does."""
         loop = asyncio.get_running_loop()

@@ -1,9 +1,10 @@
-"""The proxy's errors: each a `NexusError` with its HTTP status and a stable snake_case `code`.
+"""The proxy's errors, each a `NexusError` with a stable snake_case `code`, and `HTTP_STATUS`, their statuses.
 
-Handlers and the upstream client raise these; one middleware (`proxy.app`) turns any of them into
-`{"error": {"code": ..., "message": ...}}`. Clients branch on `code`, never on `message`, so codes are
-part of the API (listed in `proxy/openapi.yaml`) and are never renamed. Errors that ask the client to
-come back later carry `retry_after`, sent as the `Retry-After` header.
+Handlers and the upstream client raise these; the middleware's error rendering (`proxy.middleware`) turns any
+`NexusError` into `{"error": {"code": ..., "message": ...}}` with the status `HTTP_STATUS` gives its class.
+Clients branch on `code`, never on `message`, so codes are part of the API (listed in `proxy/openapi.yaml` and
+`docs/errors.md`) and are never renamed. Errors that ask the client to come back later carry `retry_after`,
+sent as the `Retry-After` header.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from nexusml.core.errors import NexusError
 
 
 class ProxyError(NexusError):
-    """Base of every error the proxy answers with."""
+    """Base of every error the proxy answers with; raised itself only for a bug (`internal_error`)."""
 
-    http_status = 500
-    code = "internal_error"
     retry_after: int | None = None
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
@@ -23,10 +22,22 @@ class ProxyError(NexusError):
         if retry_after is not None:
             self.retry_after = retry_after
 
+    @property
+    def http_status(self) -> int:
+        return http_status(self)
+
+
+class HttpError(ProxyError):
+    """An HTTP error aiohttp raised that has no class here: its own status, and a code made of its reason."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
 
 # --- 400: the body is not a usable JSON document --------------------------------------------------------
 class BadRequest(ProxyError):
-    http_status = 400
     code = "bad_request"
 
 
@@ -64,43 +75,35 @@ class UpstreamRejected(BadRequest):
 
 # --- 401 / 404 / 405 / 408 / 413 / 415 ------------------------------------------------------------------
 class Unauthorized(ProxyError):
-    http_status = 401
     code = "unauthorized"
 
 
 class NotFound(ProxyError):
-    http_status = 404
     code = "not_found"
 
 
 class MethodNotAllowed(ProxyError):
-    http_status = 405
     code = "method_not_allowed"
 
 
 class BodyTimeout(ProxyError):
-    http_status = 408
     code = "body_timeout"
 
 
 class PayloadTooLarge(ProxyError):
-    http_status = 413
     code = "payload_too_large"
 
 
 class UnsupportedMediaType(ProxyError):
-    http_status = 415
     code = "unsupported_media_type"
 
 
 class UnsupportedEncoding(ProxyError):
-    http_status = 415
     code = "unsupported_encoding"
 
 
 # --- 422: valid JSON that does not fit the model ----------------------------------------------------------
 class InvalidInput(ProxyError):
-    http_status = 422
     code = "invalid_input"
 
 
@@ -154,21 +157,18 @@ class TooManyRows(InvalidInput):
 class Overloaded(ProxyError):
     """This worker already has `MAX_IN_FLIGHT` predictions in progress."""
 
-    http_status = 429
     code = "overloaded"
 
 
 class UpstreamBusy(ProxyError):
     """Triton's queue for the model is full."""
 
-    http_status = 429
     code = "upstream_busy"
 
 
 class UpstreamError(ProxyError):
     """Triton failed in a way that is not the client's fault."""
 
-    http_status = 502
     code = "upstream_error"
 
 
@@ -187,7 +187,6 @@ class NonFiniteOutput(UpstreamError):
 class NotReady(ProxyError):
     """The model's metadata is not loaded yet, or the proxy is shutting down."""
 
-    http_status = 503
     code = "not_ready"
 
 
@@ -198,12 +197,40 @@ class ModelUnknown(NotReady):
 class UpstreamUnavailable(ProxyError):
     """Triton cannot be reached, or the model is not loaded there."""
 
-    http_status = 503
     code = "upstream_unavailable"
 
 
 class DeadlineExceeded(ProxyError):
     """The request's deadline (`REQUEST_TIMEOUT_MS`) passed before Triton answered."""
 
-    http_status = 504
     code = "deadline_exceeded"
+
+
+# The one table of HTTP statuses. A class not listed answers with its nearest listed ancestor's status; the
+# project's other errors (`nexusml.core.errors`) never come from a request, so one that reaches the edge is ours: 500.
+HTTP_STATUS: dict[type[NexusError], int] = {
+    NexusError: 500,
+    ProxyError: 500,
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    BodyTimeout: 408,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    UnsupportedEncoding: 415,
+    InvalidInput: 422,
+    Overloaded: 429,
+    UpstreamBusy: 429,
+    UpstreamError: 502,
+    NotReady: 503,
+    UpstreamUnavailable: 503,
+    DeadlineExceeded: 504,
+}
+
+
+def http_status(err: NexusError) -> int:
+    """The status `err` is answered with: its class's in `HTTP_STATUS`, else its nearest ancestor's."""
+    if isinstance(err, HttpError):
+        return err.status
+    return next(HTTP_STATUS[cls] for cls in type(err).__mro__ if cls in HTTP_STATUS)

@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 import uvloop
@@ -32,9 +33,10 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from nexusml.core.errors import NexusError, ServerError
 from nexusml.core.process import die_with_parent
-from proxy.app import STATE, create_app, server_options
+from proxy.app import create_app, server_options
 from proxy.metrics import MULTIPROC_DIR_ENV
 from proxy.settings import ProxySettings
+from proxy.state import STATE
 
 log = logging.getLogger("proxy")
 # After the grace period, handlers still running get this long before they are cancelled.
@@ -110,8 +112,11 @@ def keep_large_buffers() -> bool:
     )
 
 
-def run_worker(settings: ProxySettings, worker: int = 0) -> int:
-    """One worker process's whole life; returns its exit code."""
+ExitCode = Callable[[NexusError], int]
+
+
+def run_worker(settings: ProxySettings, exit_code: ExitCode, worker: int = 0) -> int:
+    """One worker process's whole life; returns its exit code (`exit_code` maps a failure to one)."""
     configure_logging(settings.log_level)
     keep_large_buffers()
     try:
@@ -119,18 +124,22 @@ def run_worker(settings: ProxySettings, worker: int = 0) -> int:
             return runner.run(_serve(settings, worker))
     except NexusError as err:
         log.error("%s", err)
-        return err.exit_code
+        return exit_code(err)
 
 
-def _worker_main(settings: ProxySettings, worker: int, parent: int) -> None:
+def _worker_main(settings: ProxySettings, exit_code: ExitCode, worker: int, parent: int) -> None:
     die_with_parent(parent)  # a SIGKILLed parent must not leave workers holding the port
-    sys.exit(run_worker(settings, worker))
+    sys.exit(run_worker(settings, exit_code, worker))
 
 
-def serve(settings: ProxySettings) -> int:
-    """Run the proxy until SIGTERM/SIGINT; 0 after a clean shutdown."""
+def serve(settings: ProxySettings, exit_code: ExitCode) -> int:
+    """Run the proxy until SIGTERM/SIGINT; 0 after a clean shutdown, else `exit_code` of the failure.
+
+    `exit_code` is the command layer's table (the proxy does not import it); spawned workers get it pickled by
+    name, so it must be a module-level function.
+    """
     if settings.worker_count == 1:
-        return run_worker(settings)
+        return run_worker(settings, exit_code)
     configure_logging(settings.log_level)
     # prometheus-client learns where the workers' metric files go only from this variable, read when a
     # worker imports it; spawned workers inherit this process's environment, so this is the one place the
@@ -140,9 +149,24 @@ def serve(settings: ProxySettings) -> int:
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [
-        context.Process(target=_worker_main, args=(settings, index, os.getpid()), name=f"proxy-worker-{index}")
+        context.Process(
+            target=_worker_main, args=(settings, exit_code, index, os.getpid()), name=f"proxy-worker-{index}"
+        )
         for index in range(settings.worker_count)
     ]
+    try:
+        return _supervise(workers, settings.port, metrics_dir)
+    finally:
+        if previous_dir is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = previous_dir
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
+    """Start the workers and wait for them all; SIGTERM/SIGINT are forwarded, and a worker that dies on its own
+    stops the others. Returns the first failed worker's exit code, else 0."""
     stopping = False
 
     def forward(_signum: int, _frame: object) -> None:
@@ -156,7 +180,7 @@ def serve(settings: ProxySettings) -> int:
     try:
         for process in workers:
             process.start()
-        log.info("proxy: %d workers on port %d", len(workers), settings.port)
+        log.info("proxy: %d workers on port %d", len(workers), port)
         failed = 0
         dead: set[int] = set()
         while any(process.is_alive() for process in workers):
@@ -174,8 +198,3 @@ def serve(settings: ProxySettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if previous_dir is None:
-            os.environ.pop(MULTIPROC_DIR_ENV, None)
-        else:
-            os.environ[MULTIPROC_DIR_ENV] = previous_dir
-        shutil.rmtree(metrics_dir, ignore_errors=True)

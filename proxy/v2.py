@@ -8,7 +8,7 @@ that declare `parameters.binary_data_size`. Binary tensors become numpy arrays w
 lists; JSON tensors go through the same checks as `/predict`'s. Answers are JSON, or binary for the outputs a
 client asks so (`binary_data_output`, or `binary_data` per output), as the protocol says.
 
-Parsing here is pure (bytes in, arrays out, bytes back), so the handlers in `proxy.app` stay thin and the
+Parsing here is pure (bytes in, arrays out, bytes back), so the handlers in `proxy.v2_routes` stay thin and the
 hostile cases are tested without a server.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from proxy.errors import BadRequest, NonFinite, NonFiniteOutput, NotFound, TooManyRows, WrongShape, WrongType
+from proxy.errors import BadRequest, NonFinite, NotFound, TooManyRows, WrongShape, WrongType
 from proxy.schema import ModelSchema, TensorSchema
-from proxy.validation import Prediction, check_variable_dims, flat_tensor, parse_json, tensor
+from proxy.validation import Prediction, check_finite, check_variable_dims, flat_tensor, parse_json, tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY = "application/octet-stream"
@@ -245,7 +245,7 @@ def infer_response(
         array = outputs[name]
         entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": array.shape}
         if name in request.binary and spec.datatype != "BYTES":
-            _check_finite(array, name)
+            check_finite(array, name)
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
@@ -261,15 +261,10 @@ def infer_response(
     # only a header holding one (a NaN, or a name or id that says null) gets the look at every value.
     if in_json and b"null" in header:
         for name in in_json:
-            _check_finite(outputs[name], name)
+            check_finite(outputs[name], name)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
-
-
-def _check_finite(array: np.ndarray, name: str) -> None:
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        raise NonFiniteOutput(f"the model returned NaN or Infinity in output {name}")
 
 
 def _plain(value: Any) -> Any:
@@ -277,4 +272,4 @@ def _plain(value: Any) -> Any:
         return [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in value.tolist()]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    raise TypeError
+    raise TypeError(f"cannot serialise {type(value).__name__}")

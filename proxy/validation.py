@@ -323,9 +323,13 @@ def response_body(outputs: dict[str, np.ndarray], schema: ModelSchema, predictio
 
 def _check_finite(outputs: dict[str, np.ndarray], schema: ModelSchema) -> None:
     for spec in schema.outputs:
-        array = outputs[spec.name]
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            raise NonFiniteOutput(f"the model returned NaN or Infinity in output {spec.name}")
+        check_finite(outputs[spec.name], spec.name)
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """An output JSON cannot carry (NaN, Infinity) is the model's fault: `NonFiniteOutput`, on every route."""
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise NonFiniteOutput(f"the model returned NaN or Infinity in output {name}")
 
 
 def _first(array: np.ndarray, schema: ModelSchema) -> np.ndarray:

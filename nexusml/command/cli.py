@@ -15,12 +15,47 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from nexusml.core.errors import NexusError
+from nexusml.core.errors import (
+    AccessDenied,
+    ArtifactNotFound,
+    DiskError,
+    EndpointUnreachable,
+    IntegrityError,
+    MetadataError,
+    ModelLoadFailed,
+    NexusError,
+    ServerError,
+    SettingsError,
+    SmokeTestFailed,
+    UnsafeArchive,
+)
 
 if TYPE_CHECKING:
     from nexusml.updates.watch import WatchSettings
 
 log = logging.getLogger("nexus")
+
+# The process exit code of each failure, the one table of them (docs/errors.md lists it; scripts branch on it).
+# A class not listed exits with its nearest listed ancestor's code; NexusError's 1 is the generic failure.
+EXIT_CODES: dict[type[NexusError], int] = {
+    NexusError: 1,
+    SettingsError: 2,
+    MetadataError: 3,
+    ArtifactNotFound: 4,
+    AccessDenied: 5,
+    EndpointUnreachable: 6,
+    IntegrityError: 7,
+    UnsafeArchive: 8,
+    DiskError: 9,
+    ServerError: 10,
+    ModelLoadFailed: 11,
+    SmokeTestFailed: 12,
+}
+
+
+def exit_code(err: NexusError) -> int:
+    """`err`'s exit code: its class's in `EXIT_CODES`, else its nearest ancestor's."""
+    return next(EXIT_CODES[cls] for cls in type(err).__mro__ if cls in EXIT_CODES)
 
 
 def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -121,7 +156,7 @@ def _proxy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from proxy.server import serve
     from proxy.settings import ProxySettings
 
-    return serve(load(ProxySettings, environ))
+    return serve(load(ProxySettings, environ), exit_code)
 
 
 def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -192,7 +227,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return handler(args, env)
     except NexusError as err:
         print(f"nexus {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return exit_code(err)
     except KeyboardInterrupt:
         return 130
 

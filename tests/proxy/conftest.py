@@ -22,8 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from nexusml.core.settings import load
 from nexusml.testing.servers import ProxyProcess
 from nexusml.triton.server import TritonServer
-from proxy.app import STATE, create_app, server_options
+from proxy.app import create_app, server_options
 from proxy.settings import ProxySettings
+from proxy.state import STATE
 
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
 BODY = json.dumps({"input": [1, 2, 3, 4, 5]}).encode()

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from nexusml.testing.environment import free_port
 from nexusml.testing.servers import restart_triton, start_triton
 from nexusml.triton.server import TritonServer
+from proxy import health
 from proxy.client import GrpcUpstream, from_triton_error
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings
 
@@ -46,6 +47,22 @@ def own_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
     own.stop()
 
 
+@pytest.fixture
+def uncached_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every /readyz asks Triton afresh, so a test sees a change at once rather than after the cache's second."""
+    monkeypatch.setattr(health, "READY_CACHE_S", 0.0)
+
+
+async def poll_ready(client: Any, expected: int, attempts: int = 100) -> Any:
+    """GET /readyz until it answers `expected` (at most `attempts` tries, 50 ms apart); the last answer."""
+    for _ in range(attempts):
+        response = await client.get("/readyz")
+        if response.status == expected:
+            return response
+        await asyncio.sleep(0.05)
+    return response
+
+
 async def poll_status(client: Any, expected: int, attempts: int = 300) -> int:
     status = 0
     for _ in range(attempts):
@@ -58,6 +75,7 @@ async def poll_status(client: Any, expected: int, attempts: int = 300) -> int:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.usefixtures("uncached_readiness")
 async def test_triton_stopped_mid_run_gives_503_then_recovers(
     proxy_client: MakeClient, own_triton: OwnTriton, protocol: str
 ) -> None:
@@ -77,8 +95,7 @@ async def test_triton_stopped_mid_run_gives_503_then_recovers(
     finally:
         own_triton.restart()
     assert await poll_status(client, 200) == 200
-    await asyncio.sleep(1.1)  # readiness answers are cached for a second
-    assert (await client.get("/readyz")).status == 200
+    assert (await poll_ready(client, 200)).status == 200
 
 
 @pytest.mark.asyncio
@@ -115,6 +132,7 @@ def _stub_pids(server: TritonServer) -> list[int]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("uncached_readiness")
 async def test_dead_python_stub_turns_readiness_false(proxy_client: MakeClient, own_triton: OwnTriton) -> None:
     client = await proxy_client(own_triton.server.grpc_url)
     assert (await client.get("/readyz")).status == 200
@@ -122,8 +140,7 @@ async def test_dead_python_stub_turns_readiness_false(proxy_client: MakeClient, 
     assert pids, "no Python backend stub found under tritonserver"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    await asyncio.sleep(1.1)  # past the readiness cache
-    ready = await client.get("/readyz")
+    ready = await poll_ready(client, 503)
     assert ready.status == 503, await ready.text()
     assert (await ready.json())["error"]["code"] == "not_ready"
 
@@ -148,7 +165,8 @@ async def test_remaining_deadline_is_sent_to_triton(
     triton: TritonServer, monkeypatch: pytest.MonkeyPatch, deadline_s: float, queue_bound: bool
 ) -> None:
     """The gRPC deadline carries what is left; Triton's own request timeout (which overrides the model's queue
-    policy) the smaller of that and the model's QUEUE_TIMEOUT_MS (issue 12: 10 s used to override 2 s)."""
+    policy) the smaller of that and the model's QUEUE_TIMEOUT_MS: a 10 s deadline must not override a 2 s queue
+    timeout."""
     upstream = GrpcUpstream(proxy_settings(triton.grpc_url))
     seen: dict[str, Any] = {}
     real = upstream.client.infer

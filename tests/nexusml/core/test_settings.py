@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nexusml.command.cli import exit_code
 from nexusml.command.stack import StackSettings
 from nexusml.core.errors import AccessDenied, SettingsError
 from nexusml.core.settings import load, variables
@@ -94,4 +95,4 @@ def test_half_set_credentials_are_an_access_error() -> None:
     """As boto3's chain would say with a key and no secret: exit 5, "no usable AWS credentials"."""
     with pytest.raises(AccessDenied, match="no usable AWS credentials") as caught:
         storage.client(load(S3Settings, {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"}))
-    assert caught.value.exit_code == 5
+    assert exit_code(caught.value) == 5

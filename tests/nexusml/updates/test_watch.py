@@ -156,7 +156,7 @@ def test_an_older_version_is_a_rollback_through_the_same_path(bed: Bed) -> None:
 # (id, build the broken metadata, the cause recorded)
 Broken = Callable[[Bed, Any, Path], ModelMetadata]
 FAILURES = [
-    pytest.param(lambda bed, s3, tmp: updates.missing(bed.published[1].meta, 11), "not_found", id="download"),
+    pytest.param(lambda bed, s3, tmp: updates.missing(bed.published[1].meta, 11), "artifact_not_found", id="download"),
     pytest.param(lambda bed, s3, tmp: updates.corrupt(bed.published[1].meta, 12), "integrity", id="verify"),
     pytest.param(lambda bed, s3, tmp: updates.unloadable(bed.published[1].meta, 13, s3, BUCKET), "load", id="load"),
     pytest.param(lambda bed, s3, tmp: updates.wrong_shape(14, s3, tmp, BUCKET), "smoke_test", id="smoke-test-shape"),

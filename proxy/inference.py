@@ -1,0 +1,134 @@
+"""The path every inference route shares (readiness, in-flight accounting, the body, the deadline, the upstream
+call, coalesced or not), and the proxy's own route on it, `POST /predict`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from proxy.client import Outputs
+from proxy.errors import (
+    BadRequest,
+    BodyTimeout,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedEncoding,
+    UnsupportedMediaType,
+)
+from proxy.middleware import DEADLINE, JSON, REQUEST_ID
+from proxy.schema import ModelSchema
+from proxy.settings import ProxySettings
+from proxy.state import STATE
+from proxy.validation import Prediction, parse_json, response_body, to_prediction
+
+Parsed = TypeVar("Parsed")
+
+
+async def predict(request: web.Request) -> web.Response:
+    check_headers(request)
+    max_dim = request.app[STATE].settings.max_dynamic_dim
+
+    def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, Prediction]:
+        prediction = to_prediction(parse_json(body), schema, max_dim)
+        return prediction, prediction
+
+    schema, prediction, outputs, version = await predicting(request, parse)
+    return web.Response(
+        body=response_body(outputs, schema, prediction),
+        content_type=JSON,
+        headers={"X-Model-Name": schema.name, "X-Model-Version": version},
+    )
+
+
+async def predicting(
+    request: web.Request, parse: Callable[[bytes, ModelSchema], tuple[Prediction, Parsed]]
+) -> tuple[ModelSchema, Parsed, Outputs, str]:
+    """What every inference route shares: readiness, the in-flight bookkeeping, the body, the deadline, and
+    the upstream call (coalesced or not). `parse` turns the body into validated arrays for `schema`."""
+    state = request.app[STATE]
+    settings = state.settings
+    if state.draining:
+        raise NotReady("the proxy is shutting down")
+    schema = state.schema
+    if schema is None:
+        raise NotReady(state.schema_problem)
+    state.in_flight += 1  # in progress from here (the gauge, and what a graceful shutdown waits for)
+    state.metrics.in_flight_changed(1)
+    try:
+        deadline = request_deadline(request)
+        prediction, parsed = parse(await read_body(request, settings), schema)
+        # A MAX_IN_FLIGHT slot is taken only once the body is in: clients still uploading (slowly, maybe on
+        # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
+        # BODY_TIMEOUT_S and MAX_BODY_BYTES instead.
+        if state.admitted >= settings.max_in_flight:
+            raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
+        state.admitted += 1
+        try:
+            if state.coalescer is not None:
+                outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
+            else:
+                outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
+        finally:
+            state.admitted -= 1
+        return schema, parsed, outputs, version
+    finally:
+        state.in_flight -= 1
+        state.metrics.in_flight_changed(-1)
+
+
+def check_headers(request: web.Request) -> None:
+    content_type = request.content_type
+    if content_type != JSON and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type!r}")
+    charset = request.charset
+    if charset and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset must be utf-8, not {charset!r}")
+    check_encoding(request)
+
+
+def check_encoding(request: web.Request) -> None:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+
+
+async def read_body(request: web.Request, settings: ProxySettings) -> bytes:
+    """Read at most `MAX_BODY_BYTES`, whatever Content-Length says, within `BODY_TIMEOUT_S`."""
+    limit = settings.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    content = request.content
+    if declared is not None and content.is_eof() and content.total_bytes == declared:
+        return content.read_nowait()  # arrived with the head (the common small body): no timer needed
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {settings.body_timeout_s:g} s") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def request_deadline(request: web.Request) -> float:
+    """The request's deadline; a client may shorten it with `X-Request-Timeout-Ms`, never lengthen it."""
+    deadline: float = request[DEADLINE]
+    asked = request.headers.get("X-Request-Timeout-Ms")
+    if asked is not None:
+        try:
+            value = float(asked)
+        except ValueError:
+            raise BadRequest("X-Request-Timeout-Ms must be a number of milliseconds") from None
+        if not 0 < value < float("inf"):
+            raise BadRequest("X-Request-Timeout-Ms must be positive")
+        deadline = min(deadline, asyncio.get_running_loop().time() + value / 1000)
+    return deadline

@@ -1,0 +1,187 @@
+"""What every request goes through: its id and deadline, the API key, error bodies, metrics and the access log.
+
+Each concern is a small plain function; `middleware(settings)` composes them in ONE aiohttp middleware, since
+each further middleware costs every request a coroutine and a handler wrapper on the proxy's hottest path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from nexusml.core.errors import NexusError
+from proxy.errors import HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, Unauthorized, http_status
+from proxy.settings import ProxySettings
+from proxy.state import STATE, ProxyState
+
+CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in metrics, never sent
+REQUEST_ID = web.RequestKey("request_id", str)
+DEADLINE = web.RequestKey("deadline", float)
+JSON = "application/json"
+_REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy")
+
+
+def dumps(value: Any) -> str:
+    """`json_response`'s serialiser: orjson's."""
+    return orjson.dumps(value).decode()
+
+
+# --- request ids ----------------------------------------------------------------------------------------
+def request_ids() -> Callable[[web.Request], str]:
+    """The client's `X-Request-Id` when it is well-formed, else one generated: unique per worker run (random
+    prefix) without a random draw per request."""
+    prefix = secrets.token_hex(4) + "-"
+    counter = itertools.count(1)
+
+    def request_id(request: web.Request) -> str:
+        offered = request.headers.get("X-Request-Id", "")
+        if offered and _REQUEST_ID_FORMAT.fullmatch(offered):
+            return offered
+        return f"{prefix}{next(counter):x}"
+
+    return request_id
+
+
+# --- auth -------------------------------------------------------------------------------------------------
+def authorize(request: web.Request, keys: tuple[bytes, ...], open_paths: frozenset[str]) -> None:
+    """With API keys set, every path but the open ones needs one of them."""
+    if keys and request.path not in open_paths and not _authorized(request, keys):
+        raise Unauthorized("missing or invalid API key (Authorization: Bearer or X-API-Key)")
+
+
+def _authorized(request: web.Request, keys: tuple[bytes, ...]) -> bool:
+    """Constant-time comparison against every key; the key itself is never logged or echoed."""
+    offered = request.headers.get("X-API-Key", "")
+    auth = request.headers.get("Authorization", "")
+    if not offered and auth[:7].lower() == "bearer ":
+        offered = auth[7:].strip()
+    if not offered:
+        return False
+    candidate = offered.encode("utf-8", errors="replace")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key)
+    return matched
+
+
+# --- error rendering --------------------------------------------------------------------------------------
+def as_error(exc: Exception, request: web.Request, request_id: str) -> NexusError:
+    """Any exception a handler raised, as the error the client is answered with."""
+    if isinstance(exc, NexusError):
+        return exc
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"no route {request.path!r}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("the request body is over the size limit")
+    if isinstance(exc, web.HTTPException):
+        code = re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "http_error"
+        return HttpError(exc.reason, exc.status, code)
+    log.exception("unhandled error in request %s", request_id, exc_info=exc)
+    return ProxyError("internal error; see the proxy's log for this request id")
+
+
+def error_response(err: NexusError, settings: ProxySettings, protocol_v2: bool = False) -> web.Response:
+    """`{"error": {"code", "message"}}`; on the v2 routes the protocol's own form, `{"error": "message"}`,
+    with its 400 for every invalid request (the proxy's own routes say 422 for invalid input)."""
+    status = http_status(err)
+    if protocol_v2:
+        body = orjson.dumps({"error": f"{err.code}: {err}"})
+        answered = 400 if status == 422 else status
+    else:
+        body = orjson.dumps({"error": {"code": err.code, "message": str(err)}})
+        answered = status
+    response = web.Response(status=answered, body=body, content_type=JSON)
+    if status in (429, 503):
+        retry = getattr(err, "retry_after", None) or settings.retry_after_s
+        response.headers["Retry-After"] = str(retry)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nexus"'
+    return response
+
+
+# --- metrics and the access log ---------------------------------------------------------------------------
+def route(request: web.Request) -> str:
+    """The route's template (`/predict`), never the raw path: metrics labels stay few."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def record(
+    state: ProxyState, request: web.Request, status: int, elapsed: float, request_id: str, error: NexusError | None
+) -> None:
+    """Count the request, and write its access line when `ACCESS_LOG` asks for it."""
+    state.metrics.request_done(route(request), status, elapsed)
+    mode = state.settings.access_log
+    if mode == "all" or (status >= 400 and mode == "errors"):
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if access_log.isEnabledFor(level):
+            line: dict[str, Any] = {
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path[:200],
+                "status": status,
+                "ms": round(elapsed * 1000, 3),
+                "worker": state.worker,
+            }
+            if error is not None:
+                line["code"] = error.code
+            access_log.log(level, orjson.dumps(line).decode())
+
+
+# --- the one middleware -----------------------------------------------------------------------------------
+def middleware(settings: ProxySettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    keys = tuple(key.encode() for key in settings.api_keys)
+    open_paths = frozenset(settings.open_endpoints)
+    request_id_of = request_ids()
+    timeout_s = settings.request_timeout_ms / 1000
+
+    @web.middleware
+    async def each_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = request.app[STATE]
+        request_id = request[REQUEST_ID] = request_id_of(request)
+        request[DEADLINE] = asyncio.get_running_loop().time() + timeout_s
+        error: NexusError | None = None
+        try:
+            authorize(request, keys, open_paths)
+            response = await handler(request)
+        except asyncio.CancelledError:
+            state.metrics.request_done(route(request), CLIENT_GONE, time.perf_counter() - started)
+            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = as_error(exc, request, request_id)
+            response = error_response(error, settings, request.path.startswith("/v2"))
+            allow = exc.headers.get("Allow", "") if isinstance(exc, web.HTTPMethodNotAllowed) else ""
+            if allow:
+                response.headers["Allow"] = allow
+        except Exception as exc:
+            error = as_error(exc, request, request_id)
+            response = error_response(error, settings, request.path.startswith("/v2"))
+        response.headers["X-Request-Id"] = request_id
+        if (error is not None and not request.content.is_eof()) or state.draining:
+            # A body left unread (408, 413, 415, 429, ...) is discarded for at most LINGER_S, then the connection
+            # closes: say so, or a keep-alive client would send its next request into it. While shutting down,
+            # keep-alive clients are told to reconnect too, so none sends a request on a connection about to close.
+            response.force_close()
+        record(state, request, response.status, time.perf_counter() - started, request_id, error)
+        return response
+
+    return each_request

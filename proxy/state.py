@@ -1,0 +1,100 @@
+"""What one worker shares between its requests: the served model, the upstream client, the in-flight counts.
+
+`ProxyState` lives under the typed key `STATE` of its app (`proxy.app.create_app`), so two apps in one process
+(tests) never share anything. The model's schema is set through `serve`, by the loader and the follower
+(`proxy.model_loader`) only; `serve` also keeps the coalescer's limits those of the schema being served.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import web
+
+from proxy.client import Outputs, Upstream
+from proxy.coalesce import Coalescer
+from proxy.errors import ProxyError
+from proxy.metrics import Metrics
+from proxy.schema import ModelSchema
+from proxy.settings import ProxySettings
+
+
+@dataclass
+class ProxyState:
+    """Everything one worker shares between requests."""
+
+    settings: ProxySettings
+    worker: int = 0
+    upstream: Upstream | None = None
+    schema: ModelSchema | None = None  # None until read from Triton; then the one served
+    schema_problem: str = "model metadata not read from Triton yet"
+    coalescer: Coalescer | None = None
+    version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
+    in_flight: int = 0  # predictions in progress, bodies still arriving included
+    admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
+    draining: bool = False
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(in_flight=lambda: self.in_flight)
+
+    def serve(self, schema: ModelSchema) -> None:
+        """Serve `schema` from now on: the first one read makes the coalescer (when on and the model batches),
+        a later one (a new version the watcher put live) gives it that version's limits."""
+        first = self.schema is None
+        self.schema = schema
+        if not (self.settings.coalesce and schema.batched):
+            return
+        max_rows, slots = coalescing_limits(self.settings, schema)
+        if self.coalescer is not None:
+            self.coalescer.reconfigure(max_rows, slots, schema.preferred_batch_sizes)
+        elif first:
+            self.coalescer = Coalescer(
+                self.send,
+                max_rows=max_rows,
+                slots=slots,
+                max_wait_s=self.settings.coalesce_max_wait_ms / 1000,
+                preferred=schema.preferred_batch_sizes,
+                on_padding=self.metrics.padded_rows.inc,
+            )
+
+    async def send(
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, request_id: str = ""
+    ) -> tuple[Outputs, str]:
+        """One upstream inference, measured."""
+        assert self.upstream is not None and self.schema is not None
+        self.metrics.batch_rows.observe(rows)
+        started = time.perf_counter()
+        try:
+            outputs, version = await self.upstream.infer(
+                self.schema, self.settings.model_version, arrays, deadline, request_id
+            )
+        except ProxyError as err:
+            self.metrics.upstream_errors.labels(err.code).inc()
+            raise
+        finally:
+            self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        self.version_seen = version
+        return outputs, version
+
+    def coalescing(self) -> str:
+        """How requests are merged, in words for the start-up log."""
+        if self.coalescer is None:
+            return "off"
+        return (
+            f"on ({self.coalescer.slots} batches in flight, up to {self.coalescer.max_rows} rows, "
+            f"shaped to preferred sizes {list(self.coalescer.preferred) or 'none'})"
+        )
+
+
+def coalescing_limits(settings: ProxySettings, schema: ModelSchema) -> tuple[int, int]:
+    """(rows per merged batch, batches in flight): the settings, else what the model's config says."""
+    return (
+        min(settings.coalesce_max_rows or schema.max_batch_size, schema.max_batch_size),
+        settings.coalesce_max_batches or schema.instance_count,
+    )
+
+
+STATE = web.AppKey("state", ProxyState)

@@ -1,0 +1,78 @@
+"""The Open Inference Protocol's (KServe v2) routes: thin handlers over `proxy.v2`'s pure parsing, on the same
+inference path as `/predict` (`proxy.inference`)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from aiohttp import web
+
+from proxy import v2
+from proxy.errors import NotReady
+from proxy.health import healthz, readyz
+from proxy.inference import check_encoding, predicting
+from proxy.middleware import JSON, dumps
+from proxy.schema import ModelSchema
+from proxy.state import STATE
+from proxy.validation import Prediction
+
+_VERSION = importlib.metadata.version("nexusml-dataplane")  # reported by GET /v2
+
+
+def served(request: web.Request) -> ModelSchema:
+    """The served model's schema, if the route names it (and one of its versions); else the protocol's 404."""
+    state = request.app[STATE]
+    if state.schema is None:
+        raise NotReady(state.schema_problem)
+    v2.check_model(state.schema, request.match_info["name"], request.match_info.get("version"))
+    return state.schema
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response(v2.server_metadata(_VERSION), dumps=dumps)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    return web.json_response(v2.model_metadata(served(request)), dumps=dumps)
+
+
+async def model_config(request: web.Request) -> web.Response:
+    return web.json_response(v2.model_config(served(request)), dumps=dumps)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Server or model ready: the same check as /readyz (Triton live, model ready, a probe inference)."""
+    if "name" in request.match_info:
+        served(request)
+    await readyz(request)
+    return web.Response(status=200)
+
+
+async def infer(request: web.Request) -> web.Response:
+    check_encoding(request)
+    served(request)
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    max_dim = request.app[STATE].settings.max_dynamic_dim
+
+    def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, v2.InferRequest]:
+        parsed = v2.parse_infer(body, header_length, schema, max_dim)
+        return parsed.prediction, parsed
+
+    schema, parsed, outputs, version = await predicting(request, parse)
+    body, json_length = v2.infer_response(outputs, schema, parsed, version)
+    if json_length is None:
+        return web.Response(body=body, content_type=JSON)
+    return web.Response(body=body, content_type=v2.BINARY, headers={v2.HEADER_LENGTH: str(json_length)})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/v2", server_metadata)
+    router.add_get("/v2/health/live", healthz, allow_head=True)
+    router.add_get("/v2/health/ready", ready, allow_head=True)
+    models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for model in models:  # first: aiohttp tries the routes under /v2/models in the order they were added
+        router.add_post(f"{model}/infer", infer)
+    for model in models:
+        router.add_get(model, model_metadata)
+        router.add_get(f"{model}/config", model_config)
+        router.add_get(f"{model}/ready", ready, allow_head=True)
