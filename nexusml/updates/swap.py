@@ -200,7 +200,7 @@ class Swapper:
             group["count"] = 1
         candidate = self.repo.stage_candidate(meta.name, meta.version, to_pbtxt(config))
         self.admin.load(candidate)
-        return candidate
+        return candidate, config
 
     def unload_candidate(self, name: str, loaded: bool = True) -> None:
         """Unload `name`'s candidate (when it was loaded) and remove its folder."""
