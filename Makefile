@@ -54,7 +54,7 @@ soak: venv
 lint: venv
 	$(BIN)/ruff check .
 
-# README.md's settings tables, generated from the settings classes (the tests fail while they are stale).
+# docs/settings.md, generated from the settings classes (the tests fail while it is stale).
 settings-docs: venv
 	$(BIN)/python -m nexusml.command.settings_docs
 

@@ -1,7 +1,8 @@
 """`nexus proxy` settings: one frozen object per process, read from the environment once, at start-up.
 
 Declared with `nexusml.core.settings.env` like every other settings class, so a bad value stops start-up with a
-`SettingsError` naming the variable, and the README's table is generated from the same declarations.
+`SettingsError` naming the variable, and docs/settings.md is generated from the same declarations. Triton's
+address, the metadata path and the log level are the shared declarations of `nexusml.core.settings`.
 The coalescer has settings of its own (`COALESCE_*`): `BATCH_SIZE` and `BATCH_TIMEOUT_MS` mean Triton's
 batcher only (`max_batch_size`, `max_queue_delay_microseconds`), which the sync writes.
 """
@@ -14,25 +15,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import env, parse_bool
+from nexusml.core.settings import LOG_LEVEL, META_PATH, MODEL_SERVER_URL, env, parse_bool
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
     """'a, b,,c' -> ('a', 'b', 'c'): comma lists with blanks ignored."""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def parse_server_url(raw: str) -> str:
-    """Accept `grpc://host:port`, `http://host:port` or a bare `host:port` (gRPC)."""
-    url = raw if "://" in raw else f"grpc://{raw}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("grpc", "http"):
-        raise ValueError("scheme must be grpc:// or http://")
-    if not parts.hostname or parts.port is None:
-        raise ValueError("expected scheme://host:port")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("no path, query or fragment allowed")
-    return url.rstrip("/")
 
 
 # A -1 dimension is most often a sequence length. 8192 covers the usual model contexts; the body limit alone
@@ -45,23 +33,13 @@ DEFAULT_MAX_DYNAMIC_DIM = 8192
 class ProxySettings:
     """The JSON front proxy in front of Triton."""
 
-    model_server_url: str = env(
-        "MODEL_SERVER_URL",
-        "grpc://127.0.0.1:8001",
-        "Triton address; grpc://host:port (default) or http://host:port picks the upstream protocol",
-        parse_server_url,
-    )
+    model_server_url: str = MODEL_SERVER_URL.field()
     model_name: str = env(
         "MODEL_NAME",
         "",
         "model to serve; empty: the name in NEXUS_META_PATH, else the only model in Triton's repository index",
     )
-    meta_path: Path = env(
-        "NEXUS_META_PATH",
-        Path(".nexus_meta.json"),
-        "the control plane's metadata; names the model when MODEL_NAME is empty (skipped if absent)",
-        Path,
-    )
+    meta_path: Path = META_PATH.field()
     model_version: str = env(
         "MODEL_VERSION", "", "pin a version; empty lets Triton answer with its newest ready version"
     )
@@ -190,12 +168,7 @@ class ProxySettings:
         minimum=0,
         maximum=3600,
     )
-    log_level: str = env(
-        "LOG_LEVEL",
-        "info",
-        "level of the one-line-per-request log (debug logs every request)",
-        choices=("debug", "info", "warning", "error"),
-    )
+    log_level: str = LOG_LEVEL.field()  # the workers are processes of their own: each sets its logging from it
     access_log: str = env(
         "ACCESS_LOG",
         "errors",

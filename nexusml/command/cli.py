@@ -29,6 +29,7 @@ from nexusml.core.errors import (
     SmokeTestFailed,
     UnsafeArchive,
 )
+from nexusml.core.settings import LOG_LEVEL, LogSettings, load
 
 if TYPE_CHECKING:
     from nexusml.updates.watch import WatchSettings
@@ -169,7 +170,7 @@ def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="nexus", description="NexusML data plane")
     root.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+        "--log-level", type=str.lower, choices=LOG_LEVEL.var.choices, help="log level (env LOG_LEVEL, default info)"
     )
     commands = root.add_subparsers(dest="command", required=True)
 
@@ -211,12 +212,11 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-_OPTION_ENV = {"meta": "NEXUS_META_PATH", "repository": "MODEL_REPOSITORY"}
+_OPTION_ENV = {"meta": "NEXUS_META_PATH", "repository": "MODEL_REPOSITORY", "log_level": "LOG_LEVEL"}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ if environ is None else environ)
     for option, variable in _OPTION_ENV.items():
         value = getattr(args, option, None)
@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             env[variable] = value
     handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
     try:
+        level = load(LogSettings, env).log_level.upper()  # before the command's settings: they may log
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return handler(args, env)
     except NexusError as err:
         print(f"nexus {args.command}: error: {err}", file=sys.stderr)

@@ -31,7 +31,7 @@ from nexusml.command.s3local import LocalS3
 from nexusml.core import metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
 from nexusml.core.process import ManagedProcess, Stopped, child_options, guarded, stop_all, supervising
-from nexusml.core.settings import env, nested
+from nexusml.core.settings import META_PATH, env, nested
 from nexusml.sync.settings import S3Settings
 from nexusml.triton.server import TritonServer
 from nexusml.triton.settings import TritonSettings
@@ -48,7 +48,7 @@ LOCAL_BUCKET = "nexus-models"
 class StackSettings:
     """`nexus up` (`make run`): local S3 when none is configured -> demo model -> sync -> Triton -> proxy."""
 
-    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
+    meta_path: Path = META_PATH.field()
     local_s3_port: int = env(
         "LOCAL_S3_PORT", 9000, "port of the local S3 started when none is configured", int, minimum=1, maximum=65535
     )
@@ -145,7 +145,7 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
 
 def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
     """`nexus watch` on the Triton just started, with the admin key of this run; ready when its metrics answer."""
-    watch_env = {**env, "TRITON_URL": triton.grpc_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
+    watch_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
     port = settings.watch.metrics_port
     return ManagedProcess(
         "watcher",

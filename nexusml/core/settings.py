@@ -3,20 +3,30 @@
 Each field declares its variable, default, documentation and bounds with `env(...)`; `load(cls, environ)`
 builds the object and stops with a `SettingsError` naming the variable when a value is unusable. Only the
 command-line entry points pass `os.environ` in; everything else receives a settings object.
-Names shared by several processes (`BATCH_SIZE`, `DEVICE`, `MODEL_BUCKET`, ...) keep one meaning everywhere.
+
+Every variable is declared once. One that several processes read is a `Setting` made by `declare(...)` in the
+lowest layer all its readers may import (here: the metadata path, the model repository, Triton's address, the
+log level; Triton's admin key in `nexusml.triton.settings`), and each reader binds it to a field of its own
+with `Setting.field()`, so attribute names stay each process's while name, default, doc and bounds are one.
+A renamed variable keeps its old spelling in `aliases`: still read, with one deprecation line; the new name
+wins when both are set.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TRUE = {"1", "true", "yes", "on"}
@@ -52,6 +62,19 @@ def parse_bucket(raw: str) -> str:
     return raw
 
 
+def parse_server_url(raw: str) -> str:
+    """Accept `grpc://host:port`, `http://host:port` or a bare `host:port` (gRPC)."""
+    url = raw if "://" in raw else f"grpc://{raw}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("grpc", "http"):
+        raise ValueError("scheme must be grpc:// or http://")
+    if not parts.hostname or parts.port is None:
+        raise ValueError("expected scheme://host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("no path, query or fragment allowed")
+    return url.rstrip("/")
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """How one environment variable becomes one field."""
@@ -62,29 +85,83 @@ class EnvVar:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    aliases: tuple[str, ...] = ()  # former spellings, still read, each with a deprecation line
 
-    def convert(self, raw: str) -> Any:
+    def convert(self, raw: str, name: str | None = None) -> Any:
+        """The value of `raw`; errors name `name`, the variable it was read from (this one or an alias)."""
+        name = name or self.name
         text = raw.strip()
         if self.choices is not None and text.lower() not in self.choices:
-            raise SettingsError(f"{self.name}={raw!r}: expected one of {', '.join(self.choices)}")
+            raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(self.choices)}")
         try:
             value = self.parse(text.lower() if self.choices else text)
         except ValueError as err:
-            raise SettingsError(f"{self.name}={raw!r}: not a valid value ({err})") from err
+            raise SettingsError(f"{name}={raw!r}: not a valid value ({err})") from err
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, int | float) and not isinstance(item, bool):
                 if self.minimum is not None and item < self.minimum:
-                    raise SettingsError(f"{self.name}={raw!r}: must be >= {self.minimum:g}")
+                    raise SettingsError(f"{name}={raw!r}: must be >= {self.minimum:g}")
                 if self.maximum is not None and item > self.maximum:
-                    raise SettingsError(f"{self.name}={raw!r}: must be <= {self.maximum:g}")
+                    raise SettingsError(f"{name}={raw!r}: must be <= {self.maximum:g}")
         return value
+
+    def lookup(self, environ: Mapping[str, str], warned: set[str]) -> tuple[str, str] | None:
+        """(variable, raw value) of the first one set, this name before its aliases; None when none is set.
+
+        An alias that is set logs one deprecation line per name in `warned` (one `load`, so one per process).
+        """
+        found = None
+        for name in (self.name, *self.aliases):
+            raw = environ.get(name)
+            if raw is None or not raw.strip():
+                continue
+            if name != self.name and name not in warned:
+                warned.add(name)
+                wins = f"; {found[0]} is set and wins" if found else ""
+                log.warning("%s is deprecated: set %s instead%s", name, self.name, wins)
+            found = found or (name, raw)
+        return found
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One variable declared once, bound by `field()` to a field of every settings class that reads it."""
+
+    var: EnvVar
+    default: Any
+    secret: bool = False
+
+    def field(self) -> Any:
+        """A dataclass field reading this variable; a `secret` one is left out of the repr (logs)."""
+        return field(default=self.default, repr=not self.secret, metadata={"env": self.var})
+
+
+def declare(
+    name: str,
+    default: Any,
+    doc: str,
+    parse: Callable[[str], Any] = str,
+    *,
+    secret: bool = False,
+    aliases: tuple[str, ...] = (),
+    **bounds: Any,
+) -> Setting:
+    """Declare the variable `name` (default, doc, parser, bounds, former names) for every process that reads it."""
+    return Setting(EnvVar(name, doc, parse, aliases=aliases, **bounds), default, secret)
 
 
 def env(
-    name: str, default: Any, doc: str, parse: Callable[[str], Any] = str, *, secret: bool = False, **bounds: Any
+    name: str,
+    default: Any,
+    doc: str,
+    parse: Callable[[str], Any] = str,
+    *,
+    secret: bool = False,
+    aliases: tuple[str, ...] = (),
+    **bounds: Any,
 ) -> Any:
-    """Declare a settings field read from the variable `name`; a `secret` one is left out of the repr (logs)."""
-    return field(default=default, repr=not secret, metadata={"env": EnvVar(name, doc, parse, **bounds)})
+    """Declare a settings field read from the variable `name`, which this class alone reads."""
+    return declare(name, default, doc, parse, secret=secret, aliases=aliases, **bounds).field()
 
 
 def nested(cls: type) -> Any:
@@ -94,15 +171,20 @@ def nested(cls: type) -> Any:
 
 def load(cls: type[T], environ: Mapping[str, str]) -> T:
     """Build `cls` from `environ`; unset or empty variables keep their defaults."""
+    return _load(cls, environ, set())
+
+
+def _load(cls: type[T], environ: Mapping[str, str], warned: set[str]) -> T:
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         if "nested" in f.metadata:
-            values[f.name] = load(f.metadata["nested"], environ)
+            values[f.name] = _load(f.metadata["nested"], environ, warned)
             continue
         spec: EnvVar = f.metadata["env"]
-        raw = environ.get(spec.name)
-        if raw is not None and raw.strip():
-            values[f.name] = spec.convert(raw)
+        found = spec.lookup(environ, warned)
+        if found is not None:
+            name, raw = found
+            values[f.name] = spec.convert(raw, name)
     instance = cls(**values)
     validate = getattr(instance, "validate", None)
     if validate is not None:
@@ -111,7 +193,7 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
 
 
 def variables(cls: type) -> list[tuple[EnvVar, Any]]:
-    """Every variable `cls` reads, with its default: the source of the README's settings table."""
+    """Every variable `cls` reads (nested classes included), with its default: the source of docs/settings.md."""
     found: list[tuple[EnvVar, Any]] = []
     for f in fields(cls):
         if "nested" in f.metadata:
@@ -119,3 +201,40 @@ def variables(cls: type) -> list[tuple[EnvVar, Any]]:
         else:
             found.append((f.metadata["env"], None if f.default is MISSING else f.default))
     return found
+
+
+# Variables read by several processes, declared once here because `proxy` stands on core alone.
+META_PATH = declare(
+    "NEXUS_META_PATH",
+    Path(".nexus_meta.json"),
+    "the control plane's metadata: the version `nexus sync` installs and `nexus watch` follows; the proxy takes "
+    "the model's name from it when MODEL_NAME is empty (skipped if absent)",
+    Path,
+)
+MODEL_REPOSITORY = declare(
+    "MODEL_REPOSITORY",
+    Path("model_repository"),
+    "Triton's model repository: written by `nexus sync` and `nexus watch`, served by `nexus triton`",
+    Path,
+)
+MODEL_SERVER_URL = declare(
+    "MODEL_SERVER_URL",
+    "grpc://127.0.0.1:8001",
+    "Triton's address as its clients reach it; grpc://host:port (default) or http://host:port picks the proxy's "
+    "upstream protocol; the watcher wants grpc://",
+    parse_server_url,
+    aliases=("TRITON_URL",),
+)
+LOG_LEVEL = declare(
+    "LOG_LEVEL",
+    "info",
+    "log level of every command (`nexus --log-level` sets it too); at debug the proxy logs every request",
+    choices=("debug", "info", "warning", "error"),
+)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What every `nexus` command reads before its own settings: how much it logs."""
+
+    log_level: str = LOG_LEVEL.field()

@@ -1,6 +1,7 @@
 """Settings of the sync side: where models come from (S3) and how `nexus sync` writes them.
 
-Declared with `nexusml.core.settings.env`; names shared with the proxy (`BATCH_SIZE`, ...) keep one meaning.
+Declared with `nexusml.core.settings.env`; the metadata path and the model repository are the shared
+declarations of `nexusml.core.settings`, which the proxy, Triton and the watcher read too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import env, nested, parse_bool, parse_bucket, parse_endpoint, parse_int_list
+from nexusml.core.settings import (
+    META_PATH,
+    MODEL_REPOSITORY,
+    env,
+    nested,
+    parse_bool,
+    parse_bucket,
+    parse_endpoint,
+    parse_int_list,
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,8 @@ class S3Settings:
 class SyncSettings:
     """`nexus sync`: metadata -> S3 -> model repository."""
 
-    meta_path: Path = env("NEXUS_META_PATH", Path(".nexus_meta.json"), "the control plane's metadata", Path)
-    repository: Path = env("MODEL_REPOSITORY", Path("model_repository"), "Triton model repository", Path)
+    meta_path: Path = META_PATH.field()
+    repository: Path = MODEL_REPOSITORY.field()
     batch_size: int | None = env(
         "BATCH_SIZE", None, "max_batch_size (default: metadata hint, else 32)", int, minimum=1, maximum=4096
     )

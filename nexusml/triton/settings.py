@@ -1,4 +1,10 @@
-"""Settings of `nexus triton`: the bundled tritonserver and the ports it listens on."""
+"""Settings of `nexus triton`: the bundled tritonserver and the address and ports it listens on.
+
+Where Triton listens (`TRITON_HOST`, `TRITON_*_PORT`) is the server's side; where its clients reach it is
+`MODEL_SERVER_URL` (`nexusml.core.settings`): the two differ whenever a client is elsewhere (compose's
+`triton:8001`, a server bound to 0.0.0.0), and `nexus up` hands its children the URL of the server it started.
+The admin key is declared here, the lowest layer both its readers (Triton, the watcher) may import.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import env
+from nexusml.core.settings import MODEL_REPOSITORY, declare, env
+
+ADMIN_KEY = declare(
+    "TRITON_ADMIN_KEY",
+    None,
+    "value of the nexus-admin-key header Triton's repository API wants (`nexus up` makes one); unset: open",
+    secret=True,
+)
 
 
 @dataclass(frozen=True)
 class TritonSettings:
     """`nexus triton`: the tritonserver shipped in nvidia-pytriton, on the project's repository."""
 
-    repository: Path = env("MODEL_REPOSITORY", Path("model_repository"), "Triton model repository", Path)
-    host: str = env("TRITON_HOST", "127.0.0.1", "address Triton binds (HTTP and gRPC)")
+    repository: Path = MODEL_REPOSITORY.field()
+    host: str = env(
+        "TRITON_HOST", "127.0.0.1", "address Triton binds (HTTP and gRPC); clients reach it at MODEL_SERVER_URL"
+    )
     http_port: int = env("TRITON_HTTP_PORT", 8000, "Triton HTTP port", int, minimum=1, maximum=65535)
     grpc_port: int = env("TRITON_GRPC_PORT", 8001, "Triton gRPC port", int, minimum=1, maximum=65535)
     metrics_port: int = env("TRITON_METRICS_PORT", 8002, "Triton metrics port", int, minimum=1, maximum=65535)
@@ -23,12 +38,7 @@ class TritonSettings:
         "TRITON_EXIT_TIMEOUT_S", 30, "seconds Triton drains in-flight requests on stop", int, minimum=0
     )
     log_verbose: int = env("TRITON_LOG_VERBOSE", 0, "Triton's --log-verbose level", int, minimum=0)
-    admin_key: str | None = env(
-        "TRITON_ADMIN_KEY",
-        None,
-        "value of the nexus-admin-key header Triton's repository API wants (`nexus up` makes one); unset: open",
-        secret=True,
-    )
+    admin_key: str | None = ADMIN_KEY.field()
 
     def validate(self) -> None:
         ports = [self.http_port, self.grpc_port, self.metrics_port]

@@ -32,14 +32,16 @@ from nexusml.core.errors import (
     MetadataError,
     ModelLoadFailed,
     NexusError,
+    SettingsError,
     SmokeTestFailed,
     UnsafeArchive,
 )
 from nexusml.core.metadata import ModelMetadata
-from nexusml.core.settings import env, nested
+from nexusml.core.settings import MODEL_SERVER_URL, env, nested
 from nexusml.sync import storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
+from nexusml.triton.settings import ADMIN_KEY
 from nexusml.updates.swap import Swapper, TritonAdmin, served
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,8 @@ class WatchSettings:
         None,
         "s3://bucket/key of the metadata to watch (ETag polling); unset: the file NEXUS_META_PATH",
     )
-    triton_url: str = env("TRITON_URL", "grpc://127.0.0.1:8001", "Triton's gRPC endpoint (repository API, smoke test)")
-    admin_key: str | None = env(
-        "TRITON_ADMIN_KEY", None, "value of the nexus-admin-key header Triton's repository API wants", secret=True
-    )
+    triton_url: str = MODEL_SERVER_URL.field()  # its repository API and the smoke test, over gRPC only
+    admin_key: str | None = ADMIN_KEY.field()
     load_timeout_s: float = env(
         "WATCH_LOAD_TIMEOUT_S",
         600.0,
@@ -83,6 +83,11 @@ class WatchSettings:
     )
     metrics_host: str = env("WATCH_METRICS_HOST", "127.0.0.1", "address the watcher's metrics bind")
     sync: SyncSettings = nested(SyncSettings)
+
+    def validate(self) -> None:
+        if not self.triton_url.startswith("grpc://"):
+            # A load over HTTP stalls Triton's HTTP inferences (`TritonAdmin`): the watcher talks gRPC only.
+            raise SettingsError(f"MODEL_SERVER_URL={self.triton_url}: the watcher wants Triton's gRPC address, grpc://")
 
 
 class Source(Protocol):

@@ -268,7 +268,9 @@ def test_watcher_service(services: dict[str, Any]) -> None:
     env = watcher["environment"]
     assert env["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
     assert env["MODEL_REPOSITORY"] == sync["environment"]["MODEL_REPOSITORY"] == "/models"
-    assert env["TRITON_URL"] == "grpc://triton:8001" and "--grpc-port=8001" in triton["command"]
+    # Triton's address under its one name, as the proxy's: the deprecated TRITON_URL is not written
+    assert env["MODEL_SERVER_URL"] == services["proxy"]["environment"]["MODEL_SERVER_URL"] == "grpc://triton:8001"
+    assert "--grpc-port=8001" in triton["command"] and "TRITON_URL" not in env
     # the key Triton's restricted repository API wants, from the same variable and default
     assert env["TRITON_ADMIN_KEY"] == "${TRITON_ADMIN_KEY:-change-me}"
     assert all(f":nexus-admin-key={env['TRITON_ADMIN_KEY']}" in a for a in triton["command"] if "restricted" in a)

@@ -1,4 +1,4 @@
-"""One source of truth: ports, variable names and defaults agree across code, compose, chart and README."""
+"""One source of truth: ports, variable names and defaults agree across code, compose, chart and docs."""
 
 from __future__ import annotations
 
@@ -44,14 +44,13 @@ RUNTIME_VARIABLES = {"HOME", "PYTHONDONTWRITEBYTECODE", "TRITON_ADMIN_KEY"}
 DEPLOYMENT_OVERRIDES = {
     "NEXUS_META_PATH": "container path of the mounted .nexus_meta.json",
     "MODEL_REPOSITORY": "container path of the shared model volume",
-    "MODEL_SERVER_URL": "Triton's address as seen from the proxy container (same gRPC port)",
+    "MODEL_SERVER_URL": "Triton's address as the proxy and the watcher see it (compose's service name; same gRPC port)",
     "DEVICE": "the sync container sees no GPU, so `auto` would always write KIND_CPU",
     "AWS_ENDPOINT_URL": "compose's MinIO",
     "MODEL_BUCKET": "compose's bucket (the code has no default)",
     "AWS_REGION": "MinIO wants a region",
     "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
-    "TRITON_URL": "Triton's gRPC address as seen from the watcher (compose's service name; the chart's port)",
     "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
 }
 
@@ -233,11 +232,37 @@ def test_proxy_talks_to_triton_over_localhost() -> None:
 
 
 def test_shared_names_keep_one_meaning() -> None:
-    """A name read by several settings classes is one variable: same parse bounds where both are numeric."""
+    """A name read by several settings classes is one variable: one declaration, hence one default and bounds."""
     found = code_variables()
     assert "BATCH_SIZE" in found and "DEVICE" in found
     assert found["MODEL_REPOSITORY"] == {repr(Path("model_repository"))}
     assert found["NEXUS_META_PATH"] == {repr(Path(".nexus_meta.json"))}
+    declarations: dict[str, set[int]] = {}
+    for cls in settings_classes():
+        for spec, _default in variables(cls):
+            declarations.setdefault(spec.name, set()).add(id(spec))
+    assert {name for name, specs in declarations.items() if len(specs) > 1} == set()
+
+
+DEPRECATED = {alias for cls in settings_classes() for spec, _ in variables(cls) for alias in spec.aliases}
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        pytest.param(lambda: {s: compose_environment(s) for s in load_compose(COMPOSE)["services"]}, id="compose"),
+        pytest.param(
+            lambda: {
+                c["name"]: env_of(c) for c in pod_spec(render_chart({"watcher": {"enabled": True}}))["containers"]
+            },
+            id="chart",
+        ),
+    ],
+)
+def test_deployments_use_no_deprecated_name(environment: Any) -> None:
+    assert "TRITON_URL" in DEPRECATED
+    for where, env in environment().items():
+        assert not set(env) & DEPRECATED, f"{where}: {set(env) & DEPRECATED}"
 
 
 def test_cli_has_the_commands_the_deployments_run() -> None:
@@ -269,16 +294,8 @@ def test_chart_placeholder_is_the_example_metadata() -> None:
     assert ours == json.loads((ROOT / "examples" / "nexus_meta.example.json").read_text())
 
 
-def _readme_section(heading: str) -> str:
-    """The README's text from `heading` to the next heading of the same level."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n{heading}\n")
-    end = text.find("\n## ", start + len(heading) + 2)
-    return text[start : end if end != -1 else len(text)]
-
-
 def test_deploy_doc_has_the_commands() -> None:
-    text = _readme_section("## Deploy")
+    text = (ROOT / "docs" / "deployment.md").read_text()
     for expected in (
         "docker compose --profile demo up -d --build",
         "docker compose -f docker-compose.yml -f docker-compose.cpu.yml",

@@ -398,7 +398,8 @@ def test_watcher_container() -> None:
     assert env["NEXUS_META_PATH"] == env_of(sync)["NEXUS_META_PATH"]
     # Triton's gRPC endpoint over loopback, with the admin key Triton's restricted repository API wants
     grpc_port = int(re.search(r"--grpc-port=(\d+)", " ".join(triton["args"])).group(1))
-    assert env["TRITON_URL"] == f"grpc://127.0.0.1:{grpc_port}"
+    assert env["MODEL_SERVER_URL"] == env_of(container(spec, "proxy"))["MODEL_SERVER_URL"]
+    assert env["MODEL_SERVER_URL"] == f"grpc://127.0.0.1:{grpc_port}" and "TRITON_URL" not in env
     assert env["TRITON_ADMIN_KEY"] == env_of(triton)["TRITON_ADMIN_KEY"]
     assert env["TRITON_ADMIN_KEY"]["secretKeyRef"]["name"].endswith("-triton-admin")
     assert env["WATCH_INTERVAL_S"] == "2" and env["WATCH_META_URI"] == "s3://control-plane/nexus_meta.json"

@@ -1,51 +1,111 @@
-"""README.md's settings tables are generated from the settings classes, and current (the CI check)."""
+"""docs/settings.md is generated from the settings classes, each variable once, and current (the CI check)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nexusml.command import settings_docs
-from nexusml.command.settings_docs import BEGIN, END, PROCESSES, block_of, render_default, render_meaning, tables
-from nexusml.core.settings import EnvVar, variables
+from nexusml.command.settings_docs import COMMANDS, DOC, SECTIONS, declarations, render, render_default, render_meaning
+from nexusml.core.settings import LOG_LEVEL, META_PATH, MODEL_REPOSITORY, MODEL_SERVER_URL, EnvVar, env, variables
+from nexusml.triton.settings import ADMIN_KEY
 from tests.conftest import settings_classes
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+
+def _rows(text: str) -> dict[str, tuple[str, str]]:
+    """`NAME` -> (default cell, read-by cell) of every row of the generated tables; a name listed twice fails."""
+    found = re.findall(r"^\| (`[A-Z][A-Z0-9_]*`) \| (.*?) \| (.*?) \| .* \|$", text, re.MULTILINE)
+    rows = {name: (default, readers) for name, default, readers in found}
+    assert len(rows) == len(found), "a variable listed more than once"
+    return rows
 
 
-def _rows(block: str) -> set[tuple[str, str]]:
-    """(`NAME`, default cell) of every row of the generated tables."""
-    found = re.findall(r"^\| (`[A-Z][A-Z0-9_]*`) \| (.*?) \| .* \|$", block, re.MULTILINE)
-    return set(found)
+def test_doc_is_current() -> None:
+    assert DOC.read_text(encoding="utf-8") == render(), "docs/settings.md is out of date: run `make settings-docs`"
+    assert settings_docs.main(["--check"]) == 0
 
 
-def test_readme_tables_are_current() -> None:
-    block = block_of(README.read_text(encoding="utf-8"))
-    assert block is not None, f"README.md has no {BEGIN} ... {END} markers"
-    assert block == tables(), "README.md's settings tables are out of date: run `make settings-docs`"
-    assert settings_docs.main(["--check", "--readme", str(README)]) == 0
-
-
-def test_every_settings_class_has_a_table() -> None:
-    documented = {cls for _, _, cls in PROCESSES}
-    assert set(settings_classes()) <= documented, "a settings class without a table in settings_docs.PROCESSES"
+def test_every_settings_class_has_a_section() -> None:
+    documented = {cls for _, cls in SECTIONS}
+    assert set(settings_classes()) <= documented, "a settings class without a section in settings_docs.SECTIONS"
 
 
 @pytest.mark.parametrize("cls", settings_classes(), ids=lambda cls: cls.__name__)
 def test_every_variable_is_documented_with_its_default(cls: type) -> None:
-    rows = _rows(tables())
-    for spec, default in variables(cls):  # nested classes included: their tables must be there too
-        assert (f"`{spec.name}`", render_default(spec, default)) in rows, f"{cls.__name__}: {spec.name}"
+    rows = _rows(render())
+    for spec, default in variables(cls):  # nested classes included: their rows must be there too
+        assert rows[f"`{spec.name}`"][0] == render_default(spec, default), f"{cls.__name__}: {spec.name}"
 
 
-def test_shared_variables_appear_in_each_process_table() -> None:
-    text = tables()
-    assert text.count("| `BATCH_SIZE` |") == 1  # Triton's max_batch_size only; the coalescer has COALESCE_*
-    assert text.count("| `NEXUS_META_PATH` |") == 3  # sync, proxy, `nexus up`
-    assert text.count("| `MODEL_REPOSITORY` |") == 2  # sync, triton
+@pytest.mark.parametrize(
+    ("name", "readers"),
+    [
+        pytest.param("NEXUS_META_PATH", "`sync`, `publish-demo`, `proxy`, `watch`, `up`", id="meta-path"),
+        pytest.param("MODEL_REPOSITORY", "`sync`, `publish-demo`, `triton`, `watch`, `up`", id="repository"),
+        pytest.param("TRITON_ADMIN_KEY", "`triton`, `watch`, `up`", id="admin-key"),
+        pytest.param("MODEL_SERVER_URL", "`proxy`, `watch`, `up`", id="server-url"),
+        pytest.param("LOG_LEVEL", "every command", id="log-level"),
+        # Triton's max_batch_size only; the coalescer has COALESCE_*
+        pytest.param("BATCH_SIZE", "`sync`, `publish-demo`, `watch`, `up`", id="batch-size"),
+        pytest.param("TRITON_GRPC_PORT", "`triton`, `up`", id="bind-port"),
+    ],
+)
+def test_each_variable_appears_once_with_its_readers(name: str, readers: str) -> None:
+    text = render()
+    assert text.count(f"| `{name}` |") == 1
+    assert _rows(text)[f"`{name}`"][1] == readers
+
+
+@pytest.mark.parametrize(
+    ("setting", "classes"),
+    [
+        pytest.param(META_PATH, {"SyncSettings", "ProxySettings", "StackSettings"}, id="meta-path"),
+        pytest.param(MODEL_REPOSITORY, {"SyncSettings", "TritonSettings"}, id="repository"),
+        pytest.param(ADMIN_KEY, {"TritonSettings", "WatchSettings"}, id="admin-key"),
+        pytest.param(MODEL_SERVER_URL, {"ProxySettings", "WatchSettings"}, id="server-url"),
+        pytest.param(LOG_LEVEL, {"LogSettings", "ProxySettings"}, id="log-level"),
+    ],
+)
+def test_shared_declarations_are_listed_as_shared(setting: Any, classes: set[str]) -> None:
+    """One declaration bound by several classes: under the shared heading, with the doc it was declared with."""
+    binding = {
+        cls.__name__ for _, cls in SECTIONS if any(s is setting.var for s, _ in settings_docs.own_variables(cls))
+    }
+    assert binding == classes
+    shared = render().split(f"## {settings_docs.SHARED}\n", 1)[1].split("\n## ", 1)[0]
+    assert f"| `{setting.var.name}` |" in shared and setting.var.doc in shared
+
+
+def test_a_variable_declared_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass(frozen=True)
+    class FirstSettings:
+        port: int = env("PORT", 8080, "one doc", int)
+
+    @dataclass(frozen=True)
+    class SecondSettings:
+        port: int = env("PORT", 8080, "another doc", int)
+
+    assert set(declarations())  # the real classes pass
+    monkeypatch.setattr(settings_docs, "COMMANDS", (("a", (FirstSettings,)), ("b", (SecondSettings,))))
+    with pytest.raises(ValueError, match="PORT is declared more than once"):
+        declarations()
+
+
+def test_a_former_name_is_documented_with_its_variable() -> None:
+    row = next(line for line in render().splitlines() if line.startswith("| `MODEL_SERVER_URL` |"))
+    assert "formerly `TRITON_URL`" in row
+    assert "| `TRITON_URL` |" not in render()
+
+
+def test_commands_are_the_clis() -> None:
+    from nexusml.command.cli import parser
+
+    commands = set(parser()._subparsers._group_actions[0].choices)  # argparse has no public API
+    assert {name for name, _ in COMMANDS} == commands
 
 
 @pytest.mark.parametrize(
@@ -108,21 +168,15 @@ def test_meaning_rendering(spec: EnvVar, default: Any, meaning: str) -> None:
 
 
 def test_check_and_rewrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# T\n\n## Settings\n\nprose above\n\n{BEGIN}\n| stale |\n{END}\n\nprose below\n")
-    assert settings_docs.main(["--check", "--readme", str(readme)]) == 1
+    doc = tmp_path / "docs" / "settings.md"
+    assert settings_docs.main(["--check", "--output", str(doc)]) == 1  # missing
+    assert settings_docs.main(["--output", str(doc)]) == 0  # written
+    assert doc.read_text() == render()
+    doc.write_text(render().replace("| `PORT` |", "| `PORT` | 1 |", 1))
+    assert settings_docs.main(["--check", "--output", str(doc)]) == 1  # stale
     assert "run `make settings-docs`" in capsys.readouterr().err
-    assert settings_docs.main(["--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert block_of(text) == tables()
-    assert text.startswith("# T\n\n## Settings\n\nprose above\n\n") and text.endswith(f"{END}\n\nprose below\n")
-    assert settings_docs.main(["--check", "--readme", str(readme)]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temp file left behind
-
-
-def test_check_without_markers_fails(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# T\n\n## Settings\n\n| `PORT` | 8080 | hand-written |\n")
-    assert settings_docs.main(["--check", "--readme", str(readme)]) == 1
-    assert settings_docs.main(["--readme", str(readme)]) == 1
-    assert "hand-written" in readme.read_text()
+    assert "| `PORT` | 1 |" in doc.read_text()  # --check writes nothing
+    assert settings_docs.main(["--output", str(doc)]) == 0
+    assert doc.read_text() == render()
+    assert settings_docs.main(["--check", "--output", str(doc)]) == 0
+    assert [p.name for p in doc.parent.iterdir()] == ["settings.md"]  # no temp file left behind

@@ -87,7 +87,7 @@ def bed(s3_env: dict[str, str], s3_client: Any, tmp_path_factory: pytest.TempPat
         "MODEL_REPOSITORY": str(repository),
         "DEVICE": "cpu",
         "BATCH_TIMEOUT_MS": "2",
-        "TRITON_URL": triton.grpc_url,
+        "MODEL_SERVER_URL": triton.grpc_url,
         "TRITON_ADMIN_KEY": ADMIN_KEY,
         "WATCH_METRICS_PORT": "0",
     }
@@ -189,7 +189,7 @@ def test_a_broken_version_never_serves_and_is_not_retried(
 
 def test_triton_unreachable_is_retried_not_marked(bed: Bed) -> None:
     _serve(bed, 2)
-    watching = watcher(bed.settings(TRITON_URL=f"grpc://127.0.0.1:{free_port()}", WATCH_LOAD_TIMEOUT_S="2"))
+    watching = watcher(bed.settings(MODEL_SERVER_URL=f"grpc://127.0.0.1:{free_port()}", WATCH_LOAD_TIMEOUT_S="2"))
     bed.publish(bed.published[3].meta)
     assert watching.poll() == "retry: server"
     assert watching.poll() == "retry: server"
