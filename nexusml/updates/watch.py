@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +186,12 @@ class WatchMetrics:
 
 
 class Watcher:
+    """Compares the published metadata with what is served, one `poll` at a time, and swaps when they differ.
+
+    The loop that polls every `WATCH_INTERVAL_S` is the caller's (`nexus watch` in `nexusml.command.cli`). A
+    standing problem (unusable metadata, another model's name, a swap retried) is logged once, not every poll.
+    """
+
     def __init__(self, settings: WatchSettings, source: Source, swapper: Swapper) -> None:
         self.settings = settings
         self.source = source
@@ -265,11 +270,6 @@ class Watcher:
         if message != self._told:
             log.log(level, "%s", message)
             self._told = message
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.poll()
-            stop.wait(self.settings.interval_s)
 
 
 def watcher(settings: WatchSettings) -> Watcher:
