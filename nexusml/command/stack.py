@@ -11,7 +11,7 @@ running and reconnects by itself. The watchdog runs in this loop, not in a threa
 check for servers that died never race.
 
 The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
-(README "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
+(docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
 TRITON_ADMIN_KEY is set), which only the watcher is given.
 """
 
