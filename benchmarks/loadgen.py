@@ -1,4 +1,5 @@
-"""Running the load generators: wrk (HTTP paths), perf_analyzer (Triton direct), locust (HTTP, user-style).
+"""Running the load generators: wrk (HTTP paths, and with every answer checked for the reliability
+scenarios), perf_analyzer (Triton direct), locust (HTTP, user-style).
 
 Each runner is a closed loop at a fixed concurrency for a fixed time, runs as a waited child process (so
 its CPU time is exact), keeps its raw output beside the results, and returns a parsed `LoadResult`.
@@ -23,6 +24,7 @@ from benchmarks.parsing import (
     parse_wrk,
     wrk_script,
 )
+from benchmarks.wrk_checked import CheckedSummary, checked_script, parse_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -85,17 +87,54 @@ def wrk(
     `body` is JSON text, or bytes (a binary v2 request, with its `Inference-Header-Content-Length` in
     `headers`). The script is written once per `workdir`: every point of a path sends the same body.
     """
-    exe = wrk_path()
-    if exe is None:
-        raise LoadError("wrk is not installed (Debian package wrk)")
     script = workdir / "post.lua"
     if not script.exists():
         script.write_text(wrk_script(body, urlsplit(url).path or "/", content_type, headers))
     threads = max(1, min(threads, concurrency))
+    stdout = _run_wrk(url, script, threads, concurrency, duration_s, timeout_s, workdir / f"{tag}.wrk.txt")
+    try:
+        return Run(parse_wrk(stdout), "wrk", threads)
+    except ParseError as err:
+        raise LoadError(f"{err}: {_tail(stdout)}") from err
+
+
+def wrk_checked(
+    url: str,
+    bodies: list[str],
+    expected: list[list[float]],
+    connections: int,
+    duration_s: float,
+    workdir: Path,
+    tag: str,
+    rate: float = 0.0,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    threads: int = 1,
+) -> CheckedSummary:
+    """wrk POSTing `bodies` round-robin to `url`, every answer checked (`wrk_checked.checked_script`): a closed
+    loop of `connections`, or with `rate` (requests per second in all) an open loop paced by its threads."""
+    threads = max(1, min(threads, connections))
+    script = workdir / f"{tag}.lua"
+    path = urlsplit(url).path or "/"
+    script.write_text(checked_script(bodies, expected, path, headers, rate / threads if rate > 0 else 0.0))
+    stdout = _run_wrk(url, script, threads, connections, duration_s, timeout_s, workdir / f"{tag}.wrk.txt")
+    try:
+        return parse_checked(stdout)
+    except ParseError as err:
+        raise LoadError(f"{err}: {_tail(stdout)}") from err
+
+
+def _run_wrk(
+    url: str, script: Path, threads: int, connections: int, duration_s: float, timeout_s: float, output: Path
+) -> str:
+    """wrk with `script` as a waited child; its output kept in `output`; its stdout returned."""
+    exe = wrk_path()
+    if exe is None:
+        raise LoadError("wrk is not installed (Debian package wrk)")
     argv = [
         exe,
         f"-t{threads}",
-        f"-c{concurrency}",
+        f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",
         f"--timeout={timeout_s:g}s",
         "-s",
@@ -106,13 +145,10 @@ def wrk(
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     except subprocess.TimeoutExpired as err:
         raise LoadError(f"wrk did not finish within {duration_s + 60:g} s") from err
-    (workdir / f"{tag}.wrk.txt").write_text(done.stdout + done.stderr)
+    output.write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise LoadError(f"wrk exited {done.returncode}: {_tail(done.stderr or done.stdout)}")
-    try:
-        return Run(parse_wrk(done.stdout), "wrk", threads)
-    except ParseError as err:
-        raise LoadError(f"{err}: {_tail(done.stdout + done.stderr)}") from err
+    return done.stdout + done.stderr
 
 
 def perf_analyzer(
@@ -139,31 +175,7 @@ def perf_analyzer(
         raise LoadError("perf_analyzer is not installed (tritonclient==2.51.0 wheel)")
     window_ms = max(500, round(duration_s * 1000 / 3))
     csv_path = workdir / f"{tag}.perf.csv"
-    argv = [
-        exe,
-        "-m",
-        model,
-        "-u",
-        grpc_address,
-        "-i",
-        "grpc",
-        "-b",
-        "1",
-        "--concurrency-range",
-        f"{concurrency}:{concurrency}",
-        "--measurement-mode",
-        "time_windows",
-        "-p",
-        str(window_ms),
-        "--stability-percentage",
-        "100000",
-        "--max-trials",
-        "3",
-        "-f",
-        str(csv_path),
-    ]
-    if shape:
-        argv += ["--shape", shape]
+    argv = [exe, *_perf_analyzer_args(model, grpc_address, concurrency, window_ms, csv_path, shape)]
     limit = duration_s * 4 + 60
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, env=perf_analyzer_env(environ))
@@ -177,6 +189,15 @@ def perf_analyzer(
     except ParseError as err:
         raise LoadError(str(err)) from err
     return Run(results[-1], "perf_analyzer", 0)
+
+
+def _perf_analyzer_args(
+    model: str, grpc_address: str, concurrency: int, window_ms: int, csv_path: Path, shape: str | None
+) -> list[str]:
+    args = ["-m", model, "-u", grpc_address, "-i", "grpc", "-b", "1"]
+    args += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "time_windows"]
+    args += ["-p", str(window_ms), "--stability-percentage", "100000", "--max-trials", "3", "-f", str(csv_path)]
+    return args + (["--shape", shape] if shape else [])
 
 
 def locust(

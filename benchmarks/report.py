@@ -314,56 +314,59 @@ def model_markdown(model: dict[str, Any]) -> str:
         "loadgen | other CPU % | GPU % | limited by |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|",
     ]
-    for run in model["runs"] + ([model["locust"]] if model.get("locust") else []):
-        label = PATHS.get(run["path"], run["path"])
-        if run.get("status") != "ok":
-            lines.append(
-                f"| {label} | {run.get('tool', '')} | {run['concurrency']} | {run.get('status')} | | | | | | | | | "
-                f"{(run.get('note') or '').replace('|', '/')[:160]} |"
-            )
-            continue
-        gpu = run.get("gpu_util_pct")
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    label,
-                    run["tool"],
-                    str(run["concurrency"]),
-                    _num(run["throughput"]),
-                    _num(run["p50_ms"], 2),
-                    _num(run["p95_ms"], 2),
-                    _num(run["p99_ms"], 2),
-                    _num(run.get("avg_batch"), 1),
-                    str(run.get("errors", 0)),
-                    _cpu_text(run.get("cpu")),
-                    _other_text(run),
-                    "n/a" if gpu is None else f"{gpu:.0f}",
-                    (run.get("bottleneck") or "").replace("|", "/"),
-                ]
-            )
-            + " |"
-        )
-    ratios = model.get("ratios")
-    if ratios:
-        conc = ratios["headline_concurrency"]
-        lines += [
-            "",
-            f"**Headline ratios at {conc} connections**",
-            "",
-            "| ratio | value | target | met |",
-            "|---|--:|--:|---|",
-        ]
-        for name, item in ratios["headline"].items():
-            target = "-" if item["target"] is None else f">= {item['target']:g}x"
-            met = {True: "yes", False: "**no**", None: "-"}[item["met"]]
-            lines.append(f"| {name} | {_ratio_text(item['value'])} | {target} | {met} |")
-        concs = list(next(iter(ratios["by_concurrency"].values())).keys())
-        lines += ["", "Ratios by concurrency:", "", "| ratio | " + " | ".join(concs) + " |"]
-        lines.append("|---|" + "--:|" * len(concs))
-        for name, row in ratios["by_concurrency"].items():
-            lines.append(f"| {name} | " + " | ".join(_ratio_text(row[c]) for c in concs) + " |")
+    lines += [_run_row(run) for run in model["runs"] + ([model["locust"]] if model.get("locust") else [])]
+    if model.get("ratios"):
+        lines += _ratio_lines(model["ratios"])
     return "\n".join(lines)
+
+
+def _run_row(run: dict[str, Any]) -> str:
+    """One point as a row of the per-model table (a point that did not run says why)."""
+    label = PATHS.get(run["path"], run["path"])
+    if run.get("status") != "ok":
+        return (
+            f"| {label} | {run.get('tool', '')} | {run['concurrency']} | {run.get('status')} | | | | | | | | | "
+            f"{(run.get('note') or '').replace('|', '/')[:160]} |"
+        )
+    gpu = run.get("gpu_util_pct")
+    cells = [
+        label,
+        run["tool"],
+        str(run["concurrency"]),
+        _num(run["throughput"]),
+        _num(run["p50_ms"], 2),
+        _num(run["p95_ms"], 2),
+        _num(run["p99_ms"], 2),
+        _num(run.get("avg_batch"), 1),
+        str(run.get("errors", 0)),
+        _cpu_text(run.get("cpu")),
+        _other_text(run),
+        "n/a" if gpu is None else f"{gpu:.0f}",
+        (run.get("bottleneck") or "").replace("|", "/"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _ratio_lines(ratios: dict[str, Any]) -> list[str]:
+    """The headline ratios with their targets, then every ratio at every concurrency."""
+    conc = ratios["headline_concurrency"]
+    lines = [
+        "",
+        f"**Headline ratios at {conc} connections**",
+        "",
+        "| ratio | value | target | met |",
+        "|---|--:|--:|---|",
+    ]
+    for name, item in ratios["headline"].items():
+        target = "-" if item["target"] is None else f">= {item['target']:g}x"
+        met = {True: "yes", False: "**no**", None: "-"}[item["met"]]
+        lines.append(f"| {name} | {_ratio_text(item['value'])} | {target} | {met} |")
+    concs = list(next(iter(ratios["by_concurrency"].values())).keys())
+    lines += ["", "Ratios by concurrency:", "", "| ratio | " + " | ".join(concs) + " |"]
+    lines.append("|---|" + "--:|" * len(concs))
+    for name, row in ratios["by_concurrency"].items():
+        lines.append(f"| {name} | " + " | ".join(_ratio_text(row[c]) for c in concs) + " |")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ QUICK = {"concurrency": "1,4", "duration": 2.0, "warmup": 0.5, "hidden": 64, "la
 # requests per second, so more connections only queue, and wrk's 10 s timeout would start counting errors.
 LARGE_MAX_CONCURRENCY = 4
 V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+# One request of (f): (endpoint, body, content type, extra headers).
+LargeRequest = tuple[str, str | bytes, str, dict[str, str]]
 
 
 def machine() -> dict[str, Any]:
@@ -105,6 +108,35 @@ def _stats(url: str, model: str) -> tuple[int, int, int] | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class TritonSnapshot:
+    """Triton's (inferences, executions, failures) of a model and its backend's stage seconds, at one moment."""
+
+    counts: tuple[int, int, int] | None
+    stages: dict[str, float] | None
+
+
+def _logged_since(server_log: Path, offset: int) -> dict[str, int]:
+    """The error answers the proxy logged after byte `offset` of its log."""
+    with server_log.open("rb") as handle:
+        handle.seek(offset)
+        return logged_errors(handle.read().decode(errors="replace"))
+
+
+def _log_point(record: dict[str, Any], result: LoadResult) -> None:
+    log.info(
+        "%-15s c=%-4d %9.0f req/s  p50 %7.2f  p99 %7.2f ms  batch %s  errors %d  [%s]",
+        record["path"],
+        record["concurrency"],
+        result.throughput,
+        result.p50_ms or 0,
+        result.p99_ms or 0,
+        "-" if record["avg_batch"] is None else f"{record['avg_batch']:.1f}",
+        record["errors"],
+        record["bottleneck"],
+    )
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
         self.args = args
@@ -133,21 +165,16 @@ class Runner:
     ) -> dict[str, Any]:
         """Run `load()` (-> loadgen.Run) with CPU, GPU and Triton statistics read around it. When the point
         counts errors and `server_log` is the proxy's log, the record says which answers they were."""
-        assert self.stack is not None and self.stack.triton is not None
-        http = self.stack.triton.http_url
+        record: dict[str, Any] = {"path": path, "concurrency": concurrency, "tool": report.TOOLS.get(path, "")}
+        if self.out_of_time():
+            return {**record, "status": "skipped", "note": "--time-budget-s spent"}
         log_offset = _size(server_log)
-        triton_log = self.stack.triton.log_file
-        before = _stats(http, triton_model) if triton_model else None
-        stages_before = _stages(triton_log, triton_model) if triton_model else None
+        before = self._triton_snapshot(triton_model)
         window = CpuWindow(roles)
         gpu = GpuSampler(self.nvml)
         window.start()
         started = time.monotonic()
         gpu.start()
-        record: dict[str, Any] = {"path": path, "concurrency": concurrency, "tool": report.TOOLS.get(path, "")}
-        if self.out_of_time():
-            gpu.stop()
-            return {**record, "status": "skipped", "note": "--time-budget-s spent"}
         try:
             run = load()
         except Exception as err:  # one point failing (a tool crashed, could not start) must not end the run
@@ -159,22 +186,9 @@ class Runner:
         util, peak = gpu.stop()
         processes = window.stop(run.name, run.cores)
         wall = time.monotonic() - started
-        after = _stats(http, triton_model) if triton_model else None
-        stages_after = _stages(triton_log, triton_model) if triton_model else None
-        result: LoadResult = run.result
-        errors = result.errors
-        if before and after and result.tool == "perf_analyzer":
-            errors += after[2] - before[2]
-        record.update(result.to_dict())
+        record.update(self._point(run.result, before, self._triton_snapshot(triton_model)))
         record.update(
             {
-                "status": "ok",
-                "errors": errors,
-                "avg_batch": average_batch(before, after) if before and after else None,
-                "triton_executions": (after[1] - before[1]) if before and after else None,
-                "backend_stages": stage_breakdown(stages_before, stages_after)
-                if stages_before is not None and stages_after is not None
-                else None,
                 "cpu": by_role(processes),
                 # Everything the machine did, ours or not: much above the sum of `cpu`, something else ran.
                 "machine_cpu_pct": round(window.machine_busy_pct(), 1),
@@ -183,27 +197,43 @@ class Runner:
                 "gpu_util_pct": util,
                 "gpu_util_peak_pct": peak,
                 "bottleneck": bottleneck(processes, self.nproc, util),
-                "cpu_ms_per_request": _cpu_ms_per_request(processes, result, wall),
+                "cpu_ms_per_request": _cpu_ms_per_request(processes, run.result, wall),
                 "window_s": round(wall, 4),
             }
         )
-        if errors and server_log is not None:
-            with server_log.open("rb") as handle:
-                handle.seek(log_offset)
-                record["error_causes"] = logged_errors(handle.read().decode(errors="replace"))
-            log.warning("%s c=%d: %d errors; the proxy logged %s", path, concurrency, errors, record["error_causes"])
-        log.info(
-            "%-15s c=%-4d %9.0f req/s  p50 %7.2f  p99 %7.2f ms  batch %s  errors %d  [%s]",
-            path,
-            concurrency,
-            result.throughput,
-            result.p50_ms or 0,
-            result.p99_ms or 0,
-            "-" if record["avg_batch"] is None else f"{record['avg_batch']:.1f}",
-            errors,
-            record["bottleneck"],
-        )
+        if record["errors"] and server_log is not None:
+            record["error_causes"] = _logged_since(server_log, log_offset)
+            log.warning(
+                "%s c=%d: %d errors; the proxy logged %s", path, concurrency, record["errors"], record["error_causes"]
+            )
+        _log_point(record, run.result)
         return record
+
+    def _triton_snapshot(self, triton_model: str | None) -> TritonSnapshot:
+        """Triton's counters and the backend's stage timings of `triton_model` now (None where not read)."""
+        assert self.stack is not None and self.stack.triton is not None
+        if not triton_model:
+            return TritonSnapshot(None, None)
+        triton = self.stack.triton
+        return TritonSnapshot(_stats(triton.http_url, triton_model), _stages(triton.log_file, triton_model))
+
+    @staticmethod
+    def _point(result: LoadResult, before: TritonSnapshot, after: TritonSnapshot) -> dict[str, Any]:
+        """The load generator's figures, with what Triton counted between the two snapshots."""
+        errors = result.errors
+        counts = before.counts is not None and after.counts is not None
+        if counts and result.tool == "perf_analyzer":
+            errors += after.counts[2] - before.counts[2]  # type: ignore[index]
+        return {
+            **result.to_dict(),
+            "status": "ok",
+            "errors": errors,
+            "avg_batch": average_batch(before.counts, after.counts) if counts else None,  # type: ignore[arg-type]
+            "triton_executions": (after.counts[1] - before.counts[1]) if counts else None,  # type: ignore[index]
+            "backend_stages": stage_breakdown(before.stages, after.stages)
+            if before.stages is not None and after.stages is not None
+            else None,
+        }
 
     def _unavailable(
         self, path: str, note: str, concurrencies: list[int] | None = None, status: str = "not available"
@@ -249,8 +279,6 @@ class Runner:
 
     def run_case(self, case: ModelCase) -> dict[str, Any]:
         assert self.stack is not None and self.stack.triton is not None
-        args = self.args
-        triton_pid = self.stack.triton.process.pid  # type: ignore[union-attr]
         model: dict[str, Any] = {
             "key": case.key,
             "description": case.description,
@@ -262,129 +290,178 @@ class Runner:
             "ceiling": None,
         }
         runs: list[dict[str, Any]] = model["runs"]
-        paths = applicable(case, args.paths)
-
+        paths = applicable(case, self.args.paths)
         if "ceiling" in paths:
-            log.info("%s: in-process ceiling", case.key)
-            try:
-                model["ceiling"] = ceiling(
-                    self.stack.model_file(case),
-                    case.input_shape,
-                    batches=args.ceiling_batches,
-                    seconds=args.ceiling_seconds,
-                    threads=(1,) if args.device == "cuda" else tuple(sorted({1, args.ceiling_threads or self.nproc})),
-                    device=args.device,
-                    precision=served_precision(self.stack.configs[case.key]),
-                )
-            except Exception as err:  # a ceiling failure must not lose the served figures
-                log.warning("ceiling failed: %s", err)
+            model["ceiling"] = self._ceiling(case)
+        runs += self.baseline_paths(case, paths)
+        runs += self.proxy_paths(case, paths, model)
+        if any(path in paths for path in report.LARGE_PATHS):
+            runs += self.large_input_paths(case, paths, model)
+        runs += self.triton_paths(case, paths)
+        model["ratios"] = self._ratios(paths, runs, model["ceiling"])
+        return model
 
+    def _ceiling(self, case: ModelCase) -> dict[str, Any] | None:
+        """(e): the model in-process, no server; None when it fails (the served figures still count)."""
+        assert self.stack is not None
+        args = self.args
+        log.info("%s: in-process ceiling", case.key)
+        try:
+            return ceiling(
+                self.stack.model_file(case),
+                case.input_shape,
+                batches=args.ceiling_batches,
+                seconds=args.ceiling_seconds,
+                threads=(1,) if args.device == "cuda" else tuple(sorted({1, args.ceiling_threads or self.nproc})),
+                device=args.device,
+                precision=served_precision(self.stack.configs[case.key]),
+            )
+        except Exception as err:  # a ceiling failure must not lose the served figures
+            log.warning("ceiling failed: %s", err)
+            return None
+
+    def _ratios(self, paths: list[str], runs: list[dict[str, Any]], found: dict[str, Any] | None) -> Any:
+        concs = self.args.concurrencies
+        headline = report.pick_headline(concs, self.args.headline_concurrency)
+        ceiling_value = found["samples_per_s"] if found else None
+        targets = report.TARGETS["gpu" if self.args.device == "cuda" else "cpu"]
+        # (f) alone (a companion, or `--paths` naming only it) has no throughput ratio: no empty table for it.
+        if set(paths) <= set(report.LARGE_PATHS):
+            return None
+        return report.compute_ratios(runs, concs, ceiling_value, headline, targets)
+
+    def baseline_paths(self, case: ModelCase, paths: list[str]) -> list[dict[str, Any]]:
+        """(a) and (a2): one forward per request, no batching, no Triton."""
+        assert self.stack is not None
+        runs: list[dict[str, Any]] = []
         for path, module in (("naive", "naive_server"), ("fastapi", "fastapi_server")):
             if path not in paths:
                 continue
-            server, url = self.stack.start_naive(case, threads=args.naive_threads, module=module)
+            server, url = self.stack.start_naive(case, threads=self.args.naive_threads, module=module)
             try:
                 runs += self.http_path(case, path, server, url, {"server": server.process.pid}, None)  # type: ignore[union-attr]
             finally:
                 self.stack.stop_child(server)
+        return runs
 
-        # (b) is batching off everywhere: the proxy's own coalescing too. (c) is the project's defaults:
-        # the proxy as configured by default (or --proxy-coalesce), Triton's dynamic batcher on.
-        proxy_extra = {"proxy_nobatch": {"PROXY_COALESCE": "false"}, "proxy_batch": {}}
-        if args.proxy_coalesce != "default":
-            proxy_extra["proxy_batch"]["PROXY_COALESCE"] = "true" if args.proxy_coalesce == "on" else "false"
+    def _coalesce_extra(self) -> dict[str, str]:
+        """The proxy as (c) runs it: its own coalescing default, or `--proxy-coalesce`."""
+        if self.args.proxy_coalesce == "default":
+            return {}
+        return {"PROXY_COALESCE": "true" if self.args.proxy_coalesce == "on" else "false"}
+
+    def proxy_paths(self, case: ModelCase, paths: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
+        """(b) is batching off everywhere: the proxy's own coalescing too. (c) is the project's defaults: the
+        proxy as configured by default (or --proxy-coalesce), Triton's dynamic batcher on. (c2) is (c)'s proxy
+        driven by the Open Inference Protocol's JSON form: side by side, same config."""
+        proxy_extra = {"proxy_nobatch": {"PROXY_COALESCE": "false"}, "proxy_batch": self._coalesce_extra()}
         model["proxy"] = {}
+        runs: list[dict[str, Any]] = []
         for path, triton_model in (("proxy_nobatch", case.nobatch_key), ("proxy_batch", case.key)):
-            # (c2) is (c)'s proxy driven by the Open Inference Protocol's JSON form: side by side, same config.
             v2 = path == "proxy_batch" and "proxy_v2" in paths
             if path not in paths and not v2:
                 continue
-            model["proxy"][path] = proxy_settings(
-                self.stack.proxy_env(triton_model, args.proxy_workers, 0, proxy_extra[path])
-            )
-            try:
-                proxy, url = self.stack.start_proxy(
-                    triton_model, args.proxy_workers, len(case.body()), proxy_extra[path]
-                )
-            except ProxyUnavailable as err:
-                runs += self._unavailable(path, f"proxy not available: {err}")
-                if path == "proxy_batch" and args.locust_users:
-                    model["locust"] = {
-                        "path": "locust",
-                        "concurrency": args.locust_users,
-                        "tool": "locust",
-                        "status": "not available",
-                        "note": f"proxy not available: {err}",
-                    }
-                continue
-            try:
-                roles = {"server": triton_pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
-                if path in paths:
-                    runs += self.http_path(case, path, proxy, url, roles, triton_model)
-                if v2:
-                    endpoint = f"/v2/models/{case.key}/infer"
-                    runs += self.http_path(
-                        case, "proxy_v2", proxy, url, roles, triton_model, endpoint, case.triton_body()
-                    )
-                if path == "proxy_batch" and path in paths and args.locust_users:
-                    users = args.locust_users
-                    workdir = self.raw / f"{case.key}-locust"
-                    workdir.mkdir(exist_ok=True)
+            runs += self._proxy_path(case, path, triton_model, proxy_extra[path], paths, model)
+        return runs
 
-                    def swarm(url: str = url, users: int = users, workdir: Path = workdir) -> loadgen.Run:
-                        body = case.body()
-                        return loadgen.locust(url, body, users, args.locust_duration, workdir, "locust", _child_env())
+    def _proxy_path(
+        self,
+        case: ModelCase,
+        path: str,
+        triton_model: str,
+        extra: dict[str, str],
+        paths: list[str],
+        model: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """One proxy started for `path`: its wrk points, (c2)'s beside (c)'s, and the locust run on (c)."""
+        assert self.stack is not None and self.stack.triton is not None
+        args = self.args
+        model["proxy"][path] = proxy_settings(self.stack.proxy_env(triton_model, args.proxy_workers, 0, extra))
+        locust = path == "proxy_batch" and path in paths and bool(args.locust_users)
+        try:
+            proxy, url = self.stack.start_proxy(triton_model, args.proxy_workers, len(case.body()), extra)
+        except ProxyUnavailable as err:
+            if path == "proxy_batch" and args.locust_users:
+                model["locust"] = {
+                    "path": "locust",
+                    "concurrency": args.locust_users,
+                    "tool": "locust",
+                    "status": "not available",
+                    "note": f"proxy not available: {err}",
+                }
+            return self._unavailable(path, f"proxy not available: {err}")
+        runs: list[dict[str, Any]] = []
+        try:
+            roles = {"server": self.stack.triton.process.pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
+            if path in paths:
+                runs += self.http_path(case, path, proxy, url, roles, triton_model)
+            if path == "proxy_batch" and "proxy_v2" in paths:
+                endpoint = f"/v2/models/{case.key}/infer"
+                runs += self.http_path(case, "proxy_v2", proxy, url, roles, triton_model, endpoint, case.triton_body())
+            if locust:
+                model["locust"] = self._locust(case, url, roles, triton_model)
+        finally:
+            self.stack.stop_child(proxy)
+        return runs
 
-                    record = self.measure("locust", users, roles, triton_model, swarm)
-                    record["tool"] = "locust"
-                    model["locust"] = record
-            finally:
-                self.stack.stop_child(proxy)
+    def _locust(self, case: ModelCase, url: str, roles: dict[str, int], triton_model: str) -> dict[str, Any]:
+        args = self.args
+        users = args.locust_users
+        workdir = self.raw / f"{case.key}-locust"
+        workdir.mkdir(exist_ok=True)
 
-        if any(path in paths for path in report.LARGE_PATHS):
-            runs += self.large_input_paths(case, paths, model)
+        def swarm() -> loadgen.Run:
+            return loadgen.locust(url, case.body(), users, args.locust_duration, workdir, "locust", _child_env())
 
+        record = self.measure("locust", users, roles, triton_model, swarm)
+        record["tool"] = "locust"
+        return record
+
+    def triton_paths(self, case: ModelCase, paths: list[str]) -> list[dict[str, Any]]:
+        """(d): Triton's own HTTP endpoint driven exactly like the proxy (wrk, JSON), the proxy's overhead
+        target; then Triton over gRPC with batching off and on (perf_analyzer)."""
+        assert self.stack is not None and self.stack.triton is not None
+        triton = self.stack.triton
+        triton_pid = triton.process.pid  # type: ignore[union-attr]
+        runs: list[dict[str, Any]] = []
         if "triton_http" in paths:
-            # Triton's own HTTP endpoint driven exactly like the proxy (wrk, JSON): the proxy's overhead target.
-            triton = self.stack.triton
             url = f"http://{triton.settings.host}:{triton.settings.http_port}"
             endpoint = f"/v2/models/{case.key}/infer"
             runs += self.http_path(
                 case, "triton_http", triton, url, {"server": triton_pid}, case.key, endpoint, case.triton_body()
             )
-
         for path, triton_model in (("triton_nobatch", case.nobatch_key), ("triton_batch", case.key)):
             if path not in paths:
                 continue
             if loadgen.perf_analyzer_path() is None:
                 runs += self._unavailable(path, "perf_analyzer is not installed")
                 continue
-            workdir = self.raw / f"{case.key}-{path}"
-            workdir.mkdir(exist_ok=True)
-            for conc in args.concurrencies:
+            runs += self._perf_points(case, path, triton_model, triton_pid)
+        return runs
 
-                def load(conc: int = conc, triton_model: str = triton_model, workdir: Path = workdir) -> loadgen.Run:
-                    return loadgen.perf_analyzer(
-                        triton_model,
-                        self.stack.grpc_address(),  # type: ignore[union-attr]
-                        conc,
-                        args.duration,
-                        workdir,
-                        f"c{conc}",
-                        _child_env(),
-                        shape=case.shape_arg(),
-                    )
+    def _perf_points(self, case: ModelCase, path: str, triton_model: str, triton_pid: int) -> list[dict[str, Any]]:
+        assert self.stack is not None
+        args = self.args
+        grpc = self.stack.grpc_address()
+        workdir = self.raw / f"{case.key}-{path}"
+        workdir.mkdir(exist_ok=True)
+        runs = []
+        for conc in args.concurrencies:
 
-                runs.append(self.measure(path, conc, {"server": triton_pid}, triton_model, load))
+            def load(conc: int = conc) -> loadgen.Run:
+                return loadgen.perf_analyzer(
+                    triton_model,
+                    grpc,
+                    conc,
+                    args.duration,
+                    workdir,
+                    f"c{conc}",
+                    _child_env(),
+                    shape=case.shape_arg(),
+                )
 
-        concs = args.concurrencies
-        headline = report.pick_headline(concs, args.headline_concurrency)
-        ceiling_value = model["ceiling"]["samples_per_s"] if model["ceiling"] else None
-        targets = report.TARGETS["gpu" if args.device == "cuda" else "cpu"]
-        # (f) alone (a companion, or `--paths` naming only it) has no throughput ratio: no empty table for it.
-        only_large = set(paths) <= set(report.LARGE_PATHS)
-        model["ratios"] = None if only_large else report.compute_ratios(runs, concs, ceiling_value, headline, targets)
-        return model
+            runs.append(self.measure(path, conc, {"server": triton_pid}, triton_model, load))
+        return runs
 
     # ------------------------------------------------------------------------------- (f) large input
 
@@ -434,16 +511,14 @@ class Runner:
         self,
         case: ModelCase,
         chosen: list[str],
-        requests: dict[str, tuple[str, str | bytes, str, dict[str, str]]],
+        requests: dict[str, LargeRequest],
         large: dict[str, Any],
     ) -> tuple[list[dict[str, Any]], float | None]:
         """The points of (f), and the proxy's CPU % at rest (measured after the warm-up, for net figures)."""
         assert self.stack is not None and self.stack.triton is not None
         args = self.args
         concs: list[int] = args.large_concurrencies
-        extra: dict[str, str] = {}  # the proxy as (c) runs it
-        if args.proxy_coalesce != "default":
-            extra["PROXY_COALESCE"] = "true" if args.proxy_coalesce == "on" else "false"
+        extra = self._coalesce_extra()  # the proxy as (c) runs it
         json_bytes = large["body_bytes"]["json"]
         large["proxy"] = proxy_settings(self.stack.proxy_env(case.key, args.proxy_workers, json_bytes, extra))
         try:
@@ -458,22 +533,7 @@ class Runner:
             workdirs = {path: self.raw / f"{case.key}-{path}" for path in ready}
             for path in ready:
                 workdirs[path].mkdir(exist_ok=True)
-                endpoint, body, content_type, headers = requests[path]
-                if args.warmup > 0 and not self.out_of_time():
-                    try:
-                        warm = max(concs)
-                        loadgen.wrk(
-                            f"{url}{endpoint}",
-                            body,
-                            warm,
-                            args.warmup,
-                            workdirs[path],
-                            "warmup",
-                            content_type=content_type,
-                            headers=headers,
-                        )
-                    except loadgen.LoadError as err:
-                        log.warning("%s warm-up failed: %s", path, err)
+                self._large_warmup(path, url, requests[path], workdirs[path])
             idle = self._idle_cpu_pct(proxy.process.pid) if ready else None  # type: ignore[union-attr]
             runs: list[dict[str, Any]] = []
             for conc in concs:
@@ -481,31 +541,34 @@ class Runner:
                     if path in refused:
                         runs += self._unavailable(path, refused[path], [conc], "failed")
                         continue
-                    endpoint, body, content_type, headers = requests[path]
-
-                    def load(
-                        conc: int = conc,
-                        target: str = f"{url}{endpoint}",
-                        body: str | bytes = body,
-                        workdir: Path = workdirs[path],
-                        content_type: str = content_type,
-                        headers: dict[str, str] = headers,
-                    ) -> loadgen.Run:
-                        return loadgen.wrk(
-                            target,
-                            body,
-                            conc,
-                            args.duration,
-                            workdir,
-                            f"c{conc}",
-                            content_type=content_type,
-                            headers=headers,
-                        )
-
+                    load = partial(self._large_wrk, url, requests[path], conc, workdirs[path], f"c{conc}")
                     runs.append(self.measure(path, conc, roles, case.key, load, proxy.log_file))
             return runs, idle
         finally:
             self.stack.stop_child(proxy)
+
+    def _large_wrk(
+        self, url: str, request: LargeRequest, concurrency: int, workdir: Path, tag: str, duration_s: float = 0.0
+    ) -> loadgen.Run:
+        endpoint, body, content_type, headers = request
+        return loadgen.wrk(
+            f"{url}{endpoint}",
+            body,
+            concurrency,
+            duration_s or self.args.duration,
+            workdir,
+            tag,
+            content_type=content_type,
+            headers=headers,
+        )
+
+    def _large_warmup(self, path: str, url: str, request: LargeRequest, workdir: Path) -> None:
+        if self.args.warmup <= 0 or self.out_of_time():
+            return
+        try:
+            self._large_wrk(url, request, max(self.args.large_concurrencies), workdir, "warmup", self.args.warmup)
+        except loadgen.LoadError as err:
+            log.warning("%s warm-up failed: %s", path, err)
 
     def _idle_cpu_pct(self, pid: int) -> float | None:
         """The proxy's CPU % with no requests, over one point's length (its timers and housekeeping): what the
@@ -521,7 +584,7 @@ class Runner:
         self,
         url: str,
         chosen: list[str],
-        requests: dict[str, tuple[str, str | bytes, str, dict[str, str]]],
+        requests: dict[str, LargeRequest],
         large: dict[str, Any],
     ) -> dict[str, str]:
         """Send each large body once; returns {path: why} for those the proxy did not answer, and records in
@@ -739,20 +802,12 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop every child server
 
 
-def main(argv: list[str] | None = None) -> int:
-    # A background job starts with SIGINT ignored; make both SIGINT and SIGTERM stop the run cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = resolve(parser().parse_args(argv))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
-    started = time.monotonic()
-    results: dict[str, Any] = {
+def _header(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """results.json before any point: the command, the machine and the settings; models are appended."""
+    return {
         "schema": 1,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks " + " ".join(argv),
         "machine": machine(),
         "settings": {
             "concurrency": args.concurrencies,
@@ -771,6 +826,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": [],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A background job starts with SIGINT ignored; make both SIGINT and SIGTERM stop the run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = resolve(parser().parse_args(argv))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    started = time.monotonic()
+    results = _header(args, sys.argv[1:] if argv is None else argv)
     runner = Runner(args, out)
     code = 0
     try:

@@ -206,36 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         base = serving_config(meta, settings)
         scratch = workdir / "repository"
         shutil.copytree(version_dir, scratch / meta.name / version_dir.name)
-        grid = [
-            Candidate(mbs, delay, inst)
-            for mbs in ints(args.max_batch_sizes)
-            for delay in ints(args.delays_us)
-            for inst in ints(args.instances)
-        ]
-        concurrencies = ints(args.concurrency)
-        results = []
-        for index, candidate in enumerate(grid, 1):
-            text = to_pbtxt(model_config(meta, serving_for(base, candidate)))
-            Repository(scratch).write_config(meta.name, text)
-            measured = measure(scratch, meta, concurrencies, args.duration, out, f"cand{index}")
-            result = {**dataclasses.asdict(candidate), **measured}
-            results.append(result)
-            p99 = "-" if result["p99_ms"] is None else f"{result['p99_ms']:.1f}"
-            log.info(
-                "[%d/%d] %s: %.0f req/s, p99 %s ms%s",
-                index,
-                len(grid),
-                candidate.label(),
-                result["throughput"],
-                p99,
-                "" if result["ok"] else f" (failed: {result['error']})",
-            )
+        results = sweep(args, meta, base, scratch, out)
         best = choose(results, args.p99_budget_ms)
         summary = {
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "model": meta.name,
             "p99_budget_ms": args.p99_budget_ms,
-            "concurrency": concurrencies,
+            "concurrency": ints(args.concurrency),
             "duration_s": args.duration,
             "base": dataclasses.asdict(base),
             "results": results,
@@ -246,25 +223,63 @@ def main(argv: list[str] | None = None) -> int:
         if best is None:
             print(f"\nno configuration keeps p99 <= {args.p99_budget_ms:g} ms at concurrency {args.concurrency}")
             return 1
-        chosen = Candidate(best["max_batch_size"], best["delay_us"], best["instances"])
-        text = to_pbtxt(model_config(meta, serving_for(base, chosen)))
-        print(f"\nbest within p99 <= {args.p99_budget_ms:g} ms: {chosen.label()}")
-        low, p99 = best["throughput"], best["p99_ms"]
-        print(f"  {low:.0f} req/s (lowest over concurrency {args.concurrency}), p99 {p99:.1f} ms")
-        print(
-            f"  to keep it through `nexus sync`: BATCH_SIZE={chosen.max_batch_size} "
-            f"BATCH_TIMEOUT_MS={chosen.delay_us / 1000:g} INSTANCE_COUNT={chosen.instances}"
-        )
-        (out / "best.config.pbtxt").write_text(text)
-        if args.write:
-            written = Repository(args.repository).write_config(meta.name, text)
-            where = args.repository / meta.name / "config.pbtxt"
-            print(f"  {'wrote' if written else 'unchanged'}: {where}")
-        else:
-            print(f"  config: {out / 'best.config.pbtxt'} (use --write to install it)")
+        report_best(args, meta, base, best, out)
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def sweep(
+    args: argparse.Namespace, meta: ModelMetadata, base: ServingConfig, scratch: Path, out: Path
+) -> list[dict[str, Any]]:
+    """Every candidate of the grid written into the scratch repository, served and measured in turn."""
+    grid = [
+        Candidate(mbs, delay, inst)
+        for mbs in ints(args.max_batch_sizes)
+        for delay in ints(args.delays_us)
+        for inst in ints(args.instances)
+    ]
+    results = []
+    for index, candidate in enumerate(grid, 1):
+        text = to_pbtxt(model_config(meta, serving_for(base, candidate)))
+        Repository(scratch).write_config(meta.name, text)
+        measured = measure(scratch, meta, ints(args.concurrency), args.duration, out, f"cand{index}")
+        result = {**dataclasses.asdict(candidate), **measured}
+        results.append(result)
+        p99 = "-" if result["p99_ms"] is None else f"{result['p99_ms']:.1f}"
+        log.info(
+            "[%d/%d] %s: %.0f req/s, p99 %s ms%s",
+            index,
+            len(grid),
+            candidate.label(),
+            result["throughput"],
+            p99,
+            "" if result["ok"] else f" (failed: {result['error']})",
+        )
+    return results
+
+
+def report_best(
+    args: argparse.Namespace, meta: ModelMetadata, base: ServingConfig, best: dict[str, Any], out: Path
+) -> None:
+    """Print the chosen configuration and the settings that keep it; write its config.pbtxt (and install it
+    with --write)."""
+    chosen = Candidate(best["max_batch_size"], best["delay_us"], best["instances"])
+    text = to_pbtxt(model_config(meta, serving_for(base, chosen)))
+    print(f"\nbest within p99 <= {args.p99_budget_ms:g} ms: {chosen.label()}")
+    low, p99 = best["throughput"], best["p99_ms"]
+    print(f"  {low:.0f} req/s (lowest over concurrency {args.concurrency}), p99 {p99:.1f} ms")
+    print(
+        f"  to keep it through `nexus sync`: BATCH_SIZE={chosen.max_batch_size} "
+        f"BATCH_TIMEOUT_MS={chosen.delay_us / 1000:g} INSTANCE_COUNT={chosen.instances}"
+    )
+    (out / "best.config.pbtxt").write_text(text)
+    if args.write:
+        written = Repository(args.repository).write_config(meta.name, text)
+        where = args.repository / meta.name / "config.pbtxt"
+        print(f"  {'wrote' if written else 'unchanged'}: {where}")
+    else:
+        print(f"  config: {out / 'best.config.pbtxt'} (use --write to install it)")
 
 
 def table(results: list[dict[str, Any]], budget_ms: float) -> str:

@@ -1,4 +1,4 @@
-"""Reliability and security scenarios for the NexusML data plane (issue 6).
+"""Reliability and security scenarios for the NexusML data plane.
 
 Each scenario in `reliability.scenarios` drives the real stack (moto S3, the bundled tritonserver, the
 proxy as a real process) on loopback and returns a `ScenarioResult`: figures plus criteria, each marked as

@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import orjson
+
+from benchmarks import loadgen
+from benchmarks.wrk_checked import CheckedSummary, histogram_max, histogram_percentile
 
 REJECTIONS = (429, 503)
 
@@ -105,6 +110,12 @@ async def request(session: aiohttp.ClientSession, work: Workload, index: int) ->
     return Sample(started, latency, status, code, retry, correct, version)
 
 
+async def send_one(work: Workload, index: int = 0) -> Sample:
+    """One request on a connection of its own (a scenario's trigger, beside the load)."""
+    async with _session(1) as session:
+        return await request(session, work, index)
+
+
 @contextmanager
 def frozen_heap(enabled: bool = True) -> Iterator[None]:
     """Keep the collector's full passes off the objects that exist before the load (`gc.freeze`).
@@ -155,6 +166,29 @@ async def closed_loop(
     async with _session(concurrency) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     return samples
+
+
+def while_running(action: Callable[[], None], work: Workload, concurrency: int, bound_s: float) -> list[Sample]:
+    """A closed loop of `concurrency` clients while `action` runs in a thread of its own (a scenario's fault:
+    a signal, a kill, a restart); the load stops when the action returns or raises, or after `bound_s`."""
+
+    async def drive() -> list[Sample]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def act() -> None:
+            try:
+                action()
+            finally:
+                loop.call_soon_threadsafe(stop.set)
+
+        thread = threading.Thread(target=act)
+        thread.start()
+        samples = await closed_loop(work, concurrency, bound_s, stop=stop)
+        await asyncio.to_thread(thread.join)
+        return samples
+
+    return asyncio.run(drive())
 
 
 async def open_loop(
@@ -263,4 +297,68 @@ def summarize(samples: list[Sample]) -> LoadStats:
         accepted_max_ms=round(max(accepted, default=0.0), 2),
         duration_s=round(duration, 2),
         rate_per_s=round(len(answered) / duration, 1) if duration else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------- wrk, checked
+
+
+def wrk_loop(
+    work: Workload, connections: int, duration_s: float, workdir: Path, tag: str, rate: float = 0.0
+) -> tuple[LoadStats, CheckedSummary]:
+    """The same requests and checks as `closed_loop` / `open_loop`, sent by wrk (`benchmarks.loadgen.wrk_checked`,
+    the bench's generator): a closed loop of `connections`, or an open loop at `rate` per second with up to
+    `connections` outstanding. For the scenarios that saturate the stack: a Python client costs about as much
+    CPU per request as the proxy does, and on shared cores it would measure itself. Answers are judged as the
+    Python generator judges them (one `LoadStats`); no per-request timeline (no `Sample`s), and one version's
+    outputs only."""
+    if work.expected_by_version:
+        raise ValueError("wrk checks one version's outputs; use open_loop for a model update")
+    bodies = [orjson.dumps({"input": row}).decode() for row in work.rows]
+    summary = loadgen.wrk_checked(
+        work.url + work.path,
+        bodies,
+        work.expected,
+        connections,
+        duration_s,
+        workdir,
+        tag,
+        rate=rate,
+        headers=work.headers,
+        timeout_s=work.timeout_s,
+    )
+    return checked_stats(summary), summary
+
+
+def checked_stats(summary: CheckedSummary) -> LoadStats:
+    """A checking wrk run's summary as the Python generator's `summarize` would have put it. wrk's socket
+    errors are status 0 with the same codes: connect -> refused, read/write -> disconnected, timeout -> hang."""
+    errors = summary.errors
+    failures = {
+        "refused": errors.get("connect", 0),
+        "disconnected": errors.get("read", 0) + errors.get("write", 0),
+        "hang": errors.get("timeout", 0),
+    }
+    by_status = dict(summary.statuses)
+    if sum(failures.values()):
+        by_status["0"] = sum(failures.values())
+    by_code = {**summary.codes, **{code: n for code, n in failures.items() if n}}
+    sent = sum(by_status.values())
+    everything = summary.latencies()
+    accepted = summary.latencies("accepted")
+    duration = summary.duration_s
+    return LoadStats(
+        sent=sent,
+        by_status=dict(sorted(by_status.items())),
+        by_code=dict(sorted(by_code.items())),
+        wrong_bodies=summary.wrong_bodies,
+        rejections_without_retry_after=summary.without_retry_after,
+        p50_ms=round(histogram_percentile(everything, 50), 2),
+        p99_ms=round(histogram_percentile(everything, 99), 2),
+        max_ms=round(histogram_max(everything), 2),
+        rejection_p99_ms=round(histogram_percentile(summary.latencies("rejected"), 99), 2),
+        accepted_p99_ms=round(histogram_percentile(accepted, 99), 2),
+        accepted_max_ms=round(histogram_max(accepted), 2),
+        duration_s=round(duration, 2),
+        rate_per_s=round(sent / duration, 1) if duration else 0.0,
     )

@@ -94,7 +94,7 @@ def to_markdown(results: list[ScenarioResult], command: str, skipped: list[str],
     lines = [
         "# Reliability and security: figures from the last run",
         "",
-        "Written by `python -m reliability` (issue 6). The short forms of the same scenarios run in",
+        "Written by `python -m reliability`. The short forms of the same scenarios run in",
         "`pytest tests/reliability` and assert only functional criteria; the timing criteria (marked *timing*)",
         "are measured here, on a shared machine where the load generator, the proxy and Triton compete for",
         "the same cores, so read them as this run's figures, not as guarantees.",

@@ -1,2 +1,2 @@
-"""One module per scenario of issue 6; each exposes `Config` (short defaults, `long()` for the CLI) and
+"""One module per scenario; each exposes `Config` (short defaults, `long()` for the CLI) and
 `run(bed, config) -> ScenarioResult`."""

@@ -24,7 +24,7 @@ the version that answered it.
 Windows per update: before (the `before_s`/`after_s` of load preceding the write), during (from the metadata
 write to the return of the watcher's poll that handled it), after (`after_s` from then).
 
-Pass criteria (issue 14, 5): no failed request (non-200) at any time; no 200 with a wrong body; the watcher
+Pass criteria: no failed request (non-200) at any time; no 200 with a wrong body; the watcher
 swaps version 2 in and answers carry version 2 within 5 s plus the swap's own duration of the write, never
 version 1 again; the broken versions end in "failed: load" and "failed: smoke_test", every answer is from
 version 2 throughout, nothing of them is left in the repository; [timing] p99 during the swap within 2x of
@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from nexusml.command import demo
-from nexusml.core.metadata import CANDIDATE_SUFFIX, ModelMetadata
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.probe import CANDIDATE_SUFFIX
 from nexusml.core.process import spawn
 from nexusml.core.settings import load
 from nexusml.sync.repository import Repository
@@ -62,7 +63,7 @@ from nexusml.testing.servers import ProxyProcess
 from nexusml.updates.swap import served
 from nexusml.updates.watch import WatchSettings, watcher
 from reliability.bed import Bed, wait_until
-from reliability.load import Sample, Workload, closed_loop, open_loop, percentile, summarize
+from reliability.load import LoadStats, Sample, Workload, closed_loop, open_loop, percentile, summarize
 from reliability.result import ScenarioResult
 
 MODEL = "demo_mlp"
@@ -76,7 +77,7 @@ BUCKET = "nexus-model-update"
 class Config:
     capacity_s: float = 1.5
     capacity_concurrency: int = 32
-    # Of the measured capacity, offered as an open loop. Issue 14 measures at half (the long form); the short
+    # Of the measured capacity, offered as an open loop. The long form measures at half; the short
     # form offers a quarter: on 2 shared cores the stubs a swap starts (torch imported) can starve the stack for
     # a few hundred ms, and at half load that backlog may pass MAX_IN_FLIGHT (429s), a figure for the report
     # rather than a verdict for a test that asserts the swap's correctness under traffic.
@@ -102,7 +103,7 @@ class Poll:
 
 
 class WatchProcess:
-    """`nexus watch`'s loop (`Watcher.run`) in a child process that reports each poll: when it started and
+    """`nexus watch`'s polling loop in a child process that reports each poll: when it started and
     returned, what it did (`Watcher.poll`'s answer), and the watcher's counters; also the swap's steps."""
 
     def __init__(self, env: dict[str, str], log_file: Path) -> None:
@@ -248,25 +249,55 @@ def _expected(spec: demo.DemoSpec, rows: list[list[float]]) -> list[list[float]]
     return np.asarray(demo.reference_outputs(spec, rows)[0]).tolist()
 
 
+@dataclass(frozen=True)
+class Versions:
+    """What the scenario serves and publishes: version 1 (served at start), 2 (good), the broken ones."""
+
+    v1: PublishedModel
+    v2: PublishedModel
+    broken: list[tuple[str, ModelMetadata, str]]  # (label, metadata, the outcome the watcher must report)
+
+
+@dataclass
+class Measured:
+    """Everything the load and the updates left behind, for the figures and the verdicts."""
+
+    first_poll: str
+    capacity: LoadStats
+    rate: float
+    samples: list[Sample]
+    began: float
+    ended: float
+    updates: list[Update]
+
+    @property
+    def answered(self) -> list[Sample]:
+        return [s for s in self.samples if s.status >= 0]
+
+    def windows(self, after_s: float) -> dict[str, dict[str, list[Sample]]]:
+        """Per update: before = the load preceding the write (as long as the phase before it), during = write
+        -> poll returned, after = `after_s` from then."""
+        windows: dict[str, dict[str, list[Sample]]] = {}
+        previous_end = self.began
+        for update in self.updates:
+            windows[update.label] = {
+                "before": _window(self.samples, previous_end, update.written),
+                "during": _window(self.samples, update.written, update.returned),
+                "after": _window(self.samples, update.returned, update.returned + after_s),
+            }
+            previous_end = update.returned
+        return windows
+
+    def first_v2(self) -> float | None:
+        return min((s.started + s.latency_s for s in self.answered if s.version == "2"), default=None)
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult("model-update", settings=config.__dict__.copy())
     log_dir = bed.path("model-update")
-
-    # Version 1 is the bed's demo model (already synced); 2 and the broken ones are published now, before any
-    # load, so exporting them (torch, CPU) does not weigh on the figures.
     repository = log_dir / "model_repository"
-    shutil.copytree(bed.demo_repository / MODEL, repository / MODEL)
-    with contextlib.suppress(Exception):  # already there (a second run on the same S3)
-        bed.s3_client.create_bucket(Bucket=BUCKET)
-    v1 = bed.demo_model
-    v2 = updates.good(2, bed.s3_client, log_dir / "published", BUCKET)
-    broken: list[tuple[str, ModelMetadata, str]] = [
-        ("v3 unloadable", updates.unloadable(v2.meta, 3, bed.s3_client, BUCKET), "failed: load"),
-        ("v4 wrong shape", updates.wrong_shape(4, bed.s3_client, log_dir / "published", BUCKET), "failed: smoke_test"),
-    ]
     meta_path = log_dir / ".nexus_meta.json"
-    _write_atomically(meta_path, v1.meta)
-
+    versions = _publish_versions(bed, log_dir, repository, meta_path)
     triton = bed.triton(repository, log_dir, TRITON_ADMIN_KEY=ADMIN_KEY)
     proxy = bed.proxy(log_dir, MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME=MODEL)
     assert proxy.process is not None
@@ -284,31 +315,38 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     load(WatchSettings, watch_env)  # settings a watcher would refuse fail here, with their message
     poller = WatchProcess(watch_env, log_dir / "watch.log")
     try:
-        return _measure(config, result, repository, meta_path, proxy, poller, v1, v2, broken)
+        measured = _drive(config, meta_path, proxy, poller, versions)
+        if not poller.alive():
+            result.notes.append(f"The watcher process exited (code {poller.process.poll()}): see {poller.log.name}.")
+        _figures(config, result, measured, poller)
+        _judge(result, measured, versions, repository, proxy)
+        return result
     finally:
         poller.stop()
 
 
-def _measure(
-    config: Config,
-    result: ScenarioResult,
-    repository: Path,
-    meta_path: Path,
-    proxy: ProxyProcess,
-    poller: WatchProcess,
-    v1: PublishedModel,
-    v2: PublishedModel,
-    broken: list[tuple[str, ModelMetadata, str]],
-) -> ScenarioResult:
-    """The load and the updates, once the watcher runs; then the figures and the verdicts."""
-    assert proxy.process is not None
+def _publish_versions(bed: Bed, log_dir: Path, repository: Path, meta_path: Path) -> Versions:
+    """Version 1 is the bed's demo model (already synced); 2 and the broken ones are published now, before any
+    load, so exporting them (torch, CPU) does not weigh on the figures."""
+    shutil.copytree(bed.demo_repository / MODEL, repository / MODEL)
+    with contextlib.suppress(Exception):  # already there (a second run on the same S3)
+        bed.s3_client.create_bucket(Bucket=BUCKET)
+    v2 = updates.good(2, bed.s3_client, log_dir / "published", BUCKET)
+    broken: list[tuple[str, ModelMetadata, str]] = [
+        ("v3 unloadable", updates.unloadable(v2.meta, 3, bed.s3_client, BUCKET), "failed: load"),
+        ("v4 wrong shape", updates.wrong_shape(4, bed.s3_client, log_dir / "published", BUCKET), "failed: smoke_test"),
+    ]
+    _write_atomically(meta_path, bed.demo_model.meta)
+    return Versions(bed.demo_model, v2, broken)
+
+
+def _drive(config: Config, meta_path: Path, proxy: ProxyProcess, poller: WatchProcess, versions: Versions) -> Measured:
+    """The load (capacity first, then an open loop at `load_fraction` of it) and the updates under it."""
     wait_until(lambda: bool(poller.polls) or not poller.alive(), 60)
     first_poll = poller.polls[0].outcome if poller.polls else f"none (watcher exit code {poller.process.poll()})"
-
-    rows = np.random.default_rng(11).normal(size=(config.rows, v1.spec.width)).round(3).tolist()
-    expected = {"1": _expected(v1.spec, rows), "2": _expected(v2.spec, rows)}
+    rows = np.random.default_rng(11).normal(size=(config.rows, versions.v1.spec.width)).round(3).tolist()
+    expected = {"1": _expected(versions.v1.spec, rows), "2": _expected(versions.v2.spec, rows)}
     work = Workload(proxy.url, rows, expected["1"], expected_by_version=expected, timeout_s=30)
-
     capacity = summarize(asyncio.run(closed_loop(work, config.capacity_concurrency, config.capacity_s)))
     rate = max(config.load_fraction * capacity.rate_per_s, 10.0)
     updates_done: list[Update] = []
@@ -328,9 +366,9 @@ def _measure(
         sending = asyncio.create_task(open_loop(work, rate, total, config.max_outstanding, stop=stop, freeze_heap=True))
         began = time.monotonic()
         await asyncio.sleep(config.before_s)
-        await asyncio.to_thread(publish, "v2 good", v2.meta)
+        await asyncio.to_thread(publish, "v2 good", versions.v2.meta)
         await asyncio.sleep(config.after_s)
-        for label, meta, _ in broken:
+        for label, meta, _ in versions.broken:
             await asyncio.to_thread(publish, label, meta)
             await asyncio.sleep(config.after_s)
         ended = time.monotonic()
@@ -338,54 +376,43 @@ def _measure(
         return await sending, began, ended
 
     samples, began, ended = asyncio.run(drive())
-    if not poller.alive():
-        result.notes.append(f"The watcher process exited (code {poller.process.poll()}): see {poller.log.name}.")
-    stats = summarize(samples)
-    result.load = stats
-    good, *refused = updates_done
+    return Measured(first_poll, capacity, rate, samples, began, ended, updates_done)
 
-    # Windows: before = the load preceding the write (as long as the phase before it), during = write ->
-    # poll returned, after = `after_s` from then.
-    windows: dict[str, dict[str, list[Sample]]] = {}
-    previous_end = began
-    for update in updates_done:
-        windows[update.label] = {
-            "before": _window(samples, previous_end, update.written),
-            "during": _window(samples, update.written, update.returned),
-            "after": _window(samples, update.returned, update.returned + config.after_s),
-        }
-        previous_end = update.returned
 
-    answered = [s for s in samples if s.status >= 0]
-    failed = [s for s in answered if s.status != 200]
-    first_v2 = min((s.started + s.latency_s for s in answered if s.version == "2"), default=None)
+def _swap_figures(measured: Measured, windows: dict[str, dict[str, list[Sample]]]) -> dict[str, Any]:
+    """The good version's swap: how long it took, when version 2 first answered, p99 before and during."""
+    good = measured.updates[0]
+    first_v2 = measured.first_v2()
     to_v2_s = None if first_v2 is None else first_v2 - good.written
-    swap_s = good.returned - good.written
-    back_to_v1 = [s for s in answered if first_v2 is not None and s.started >= first_v2 and s.version == "1"]
-    before_write = [s for s in answered if s.status == 200 and s.started + s.latency_s < good.written]
-    since_good = [s for s in answered if s.started >= good.returned]
     p99_before = _p99_ms(windows[good.label]["before"])
     p99_during = _p99_ms(windows[good.label]["during"])
-    ratio = round(p99_during / p99_before, 2) if p99_before else None
-    repo = Repository(repository)
-    steps = [(round(at - good.written, 2), step.rsplit(": ", 1)[-1]) for at, step in poller.steps]
+    return {
+        "write_to_first_v2_s": None if to_v2_s is None else round(to_v2_s, 2),
+        "swap_v2_s": round(good.returned - good.written, 2),
+        "p99_before_swap_ms": p99_before,
+        "p99_during_swap_ms": p99_during,
+        "p99_during_over_before": round(p99_during / p99_before, 2) if p99_before else None,
+    }
 
+
+def _figures(config: Config, result: ScenarioResult, measured: Measured, poller: WatchProcess) -> None:
+    stats = summarize(measured.samples)
+    result.load = stats
+    windows = measured.windows(config.after_s)
+    good = measured.updates[0]
+    steps = [(round(at - good.written, 2), step.rsplit(": ", 1)[-1]) for at, step in poller.steps]
     result.figures.update(
-        capacity_per_s=capacity.rate_per_s,
-        capacity_statuses=capacity.by_status,
+        capacity_per_s=measured.capacity.rate_per_s,
+        capacity_statuses=measured.capacity.by_status,
         load_setting=f"open loop at {config.load_fraction:.0%} of the capacity measured just before (a closed loop "
-        f"of {config.capacity_concurrency} clients for {config.capacity_s:g} s): {rate:.1f}/s offered",
-        offered_per_s=round(rate, 1),
+        f"of {config.capacity_concurrency} clients for {config.capacity_s:g} s): {measured.rate:.1f}/s offered",
+        offered_per_s=round(measured.rate, 1),
         achieved_per_s=stats.rate_per_s,
-        generator_saturated=sum(1 for s in samples if s.status == -1),
+        generator_saturated=sum(1 for s in measured.samples if s.status == -1),
         watch_interval_s=config.poll_interval_s,
-        write_to_first_v2_s=None if to_v2_s is None else round(to_v2_s, 2),
-        swap_v2_s=round(swap_s, 2),
-        p99_before_swap_ms=p99_before,
-        p99_during_swap_ms=p99_during,
-        p99_during_over_before=ratio,
+        **_swap_figures(measured, windows),
     )
-    for update in updates_done:
+    for update in measured.updates:
         key = update.label.split()[0]
         result.figures[f"{key}_outcome"] = update.outcome
         result.figures[f"{key}_poll_s"] = round(update.returned - update.written, 2)
@@ -394,8 +421,42 @@ def _measure(
     result.figures["swap_steps_s_after_v2_write"] = " ".join(f"{step}@{at}" for at, step in steps)
     if poller.polls:
         result.figures["watch_counters"] = poller.polls[-1].counters
+    result.notes.append(
+        f"Load ran {measured.ended - measured.began:.1f} s. Each swap installs the version beside the served one, "
+        f"loads it as `{MODEL}{CANDIDATE_SUFFIX}` (a Python-backend stub of its own, torch imported) for the smoke "
+        "test, then reloads the model with the new config; Triton serves the old version until the new one is loaded."
+    )
 
-    result.check("the watcher starts on version 1 (served)", first_poll == "served", f"first poll: {first_poll}")
+
+def _judge(
+    result: ScenarioResult, measured: Measured, versions: Versions, repository: Path, proxy: ProxyProcess
+) -> None:
+    _judge_swap(result, measured)
+    _judge_refusals(result, measured, versions, repository)
+    assert proxy.process is not None
+    result.check(
+        "the proxy stays ready",
+        proxy.process.poll() is None and proxy.get("/readyz")[0] == 200,
+        "same proxy process, /readyz 200 at the end",
+    )
+
+
+def _judge_swap(result: ScenarioResult, measured: Measured) -> None:
+    """The traffic around the good version: never a failure or a wrong body, version 1 then only version 2."""
+    stats, answered, good, figures = result.load, measured.answered, measured.updates[0], result.figures
+    assert stats is not None
+    failed = [s for s in answered if s.status != 200]
+    first_v2 = measured.first_v2()
+    to_v2_s = None if first_v2 is None else first_v2 - good.written
+    swap_s = good.returned - good.written
+    ratio = figures["p99_during_over_before"]
+    back_to_v1 = [s for s in answered if first_v2 is not None and s.started >= first_v2 and s.version == "1"]
+    before_write = [s for s in answered if s.status == 200 and s.started + s.latency_s < good.written]
+    result.check(
+        "the watcher starts on version 1 (served)",
+        measured.first_poll == "served",
+        f"first poll: {measured.first_poll}",
+    )
     result.check(
         "no failed request (all 200) during the whole scenario",
         not failed,
@@ -426,10 +487,16 @@ def _measure(
     result.check(
         "p99 during the swap within 2x of before",
         ratio is not None and ratio <= 2.0,
-        f"{p99_during} ms during vs {p99_before} ms before (x{ratio})",
+        f"{figures['p99_during_swap_ms']} ms during vs {figures['p99_before_swap_ms']} ms before (x{ratio})",
         timing=True,
     )
-    for update, (_, _, cause) in zip(refused, broken, strict=True):
+
+
+def _judge_refusals(result: ScenarioResult, measured: Measured, versions: Versions, repository: Path) -> None:
+    """The broken versions: each refused with its cause, version 2 answering throughout, nothing of them left."""
+    good, *refused = measured.updates
+    since_good = [s for s in measured.answered if s.started >= good.returned]
+    for update, (_, _, cause) in zip(refused, versions.broken, strict=True):
         result.check(f"{update.label}: the watcher names the cause", update.outcome == cause, update.outcome)
     result.check(
         "broken versions: every answer from version 2 throughout",
@@ -441,25 +508,15 @@ def _measure(
         all(s.status == 200 for s in since_good),
         f"statuses {dict(Counter(s.status for s in since_good))}",
     )
+    repo = Repository(repository)
     left = sorted(p.name for p in repository.glob(f"*{CANDIDATE_SUFFIX}"))
     installed = repo.versions(MODEL)
     still = served(repo, MODEL)
     result.check(
         "the repository ends serving version 2, with nothing of the broken ones",
-        still == v2.meta and not left and not any(meta.version in installed for _, meta, _ in broken),
+        still == versions.v2.meta and not left and not any(meta.version in installed for _, meta, _ in versions.broken),
         f"served: version {still.version if still else None}; installed {installed}; candidates left {left}",
     )
-    result.check(
-        "the proxy stays ready",
-        proxy.process.poll() is None and proxy.get("/readyz")[0] == 200,
-        "same proxy process, /readyz 200 at the end",
-    )
-    result.notes.append(
-        f"Load ran {ended - began:.1f} s. Each swap installs the version beside the served one, loads it as "
-        f"`{MODEL}{CANDIDATE_SUFFIX}` (a Python-backend stub of its own, torch imported) for the smoke test, then "
-        "reloads the model with the new config; Triton serves the old version until the new one is loaded."
-    )
-    return result
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """SIGTERM under load, for the proxy and for Triton.
 
-Pass criteria (issue 6, 5): requests in flight finish (200) or fail cleanly (503 with Retry-After, or a
+Pass criteria: requests in flight finish (200) or fail cleanly (503 with Retry-After, or a
 refused connection once the listener is closed: nothing was sent), never a 500 or a hang; readiness
 goes false first (a keep-alive connection opened before the signal reads `/readyz` 503 while a request is
 still in flight); the process exits 0.
@@ -8,17 +8,18 @@ still in flight); the process exits 0.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 from nexusml.core.process import http_ok
-from nexusml.testing.servers import held_request
+from nexusml.testing.servers import ProxyProcess, held_request
+from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload
-from reliability.load import closed_loop, summarize
+from reliability.load import Sample, summarize, while_running
 from reliability.result import ScenarioResult
 
 BODY = b'{"input": [1, 2, 3, 4, 5]}'
@@ -62,6 +63,63 @@ def _read_status(sock: socket.socket) -> tuple[int, bytes]:
         return 0, data
 
 
+@dataclass
+class Observed:
+    """What the signalling thread saw: when it signalled and the process exited, and what it read meanwhile."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def exit_after_signal_s(self) -> float:
+        return self.marks["exited"] - self.marks["signal"]
+
+
+def _terminate_proxy(config: Config, proxy: ProxyProcess, observed: Observed) -> None:
+    """SIGTERM the proxy with a kept-alive connection and a request in flight, then read both."""
+    marks, seen = observed.marks, observed.seen
+    time.sleep(config.before_s)
+    keep_alive = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    held = held_request(proxy.port, BODY)
+    time.sleep(0.3)
+    marks["signal"] = time.monotonic()
+    proxy.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    keep_alive.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, raw = _read_status(keep_alive)
+    seen["readyz_while_draining"] = status
+    seen["connection_close_while_draining"] = b"connection: close" in raw.lower()
+    keep_alive.close()
+    held.sendall(BODY[10:])
+    seen["held_request"] = _read_status(held)[0]
+    held.close()
+    seen["exit_code"] = proxy.wait(config.grace_s + 30)
+    marks["exited"] = time.monotonic()
+
+
+def _terminate_triton(config: Config, triton: TritonServer, proxy: ProxyProcess, observed: Observed) -> None:
+    """SIGTERM Triton, reading its readiness until it exits, then the proxy's."""
+    marks, seen = observed.marks, observed.seen
+    assert triton.process is not None
+    time.sleep(config.before_s)
+    marks["signal"] = time.monotonic()
+    triton.process.send_signal(signal.SIGTERM)
+    ready_answers = []
+    while triton.process.poll() is None:
+        ready_answers.append(http_ok(f"{triton.http_url}/v2/health/ready", timeout=1))
+        time.sleep(0.02)
+    seen["triton_ready_while_stopping"] = sorted(set(ready_answers))
+    seen["exit_code"] = triton.process.wait(config.grace_s + 30)
+    marks["exited"] = time.monotonic()
+    end = time.monotonic() + 5
+    answers = []
+    while time.monotonic() < end and 503 not in answers:
+        answers.append(proxy.get("/readyz")[0])
+        time.sleep(0.2)
+    seen["proxy_readyz_after"] = sorted(set(answers))
+    time.sleep(0.5)
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult(f"sigterm-{config.target}", settings=config.__dict__.copy())
     log_dir = bed.path(f"sigterm-{config.target}")
@@ -73,75 +131,30 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         BODY_TIMEOUT_S=str(config.grace_s * 3),
     )
     assert proxy.process is not None and triton.process is not None
+    observed = Observed()
+    action: Callable[[], None] = (
+        partial(_terminate_proxy, config, proxy, observed)
+        if config.target == "proxy"
+        else partial(_terminate_triton, config, triton, proxy, observed)
+    )
     work = demo_workload(proxy.url, timeout_s=config.grace_s + 30)
-    marks: dict[str, float] = {}
-    seen: dict[str, object] = {}
+    samples = while_running(action, work, config.concurrency, config.before_s + config.grace_s + 90)
+    _judge(result, config, samples, observed)
+    return result
 
-    def terminate_proxy(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-        try:
-            time.sleep(config.before_s)
-            keep_alive = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-            held = held_request(proxy.port, BODY)
-            time.sleep(0.3)
-            marks["signal"] = time.monotonic()
-            proxy.signal(signal.SIGTERM)
-            time.sleep(0.3)
-            keep_alive.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, raw = _read_status(keep_alive)
-            seen["readyz_while_draining"] = status
-            seen["connection_close_while_draining"] = b"connection: close" in raw.lower()
-            keep_alive.close()
-            held.sendall(BODY[10:])
-            seen["held_request"] = _read_status(held)[0]
-            held.close()
-            seen["exit_code"] = proxy.wait(config.grace_s + 30)
-            marks["exited"] = time.monotonic()
-        finally:
-            loop.call_soon_threadsafe(stop.set)
 
-    def terminate_triton(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-        try:
-            time.sleep(config.before_s)
-            marks["signal"] = time.monotonic()
-            triton.process.send_signal(signal.SIGTERM)
-            ready_answers = []
-            while triton.process.poll() is None:
-                ready_answers.append(http_ok(f"{triton.http_url}/v2/health/ready", timeout=1))
-                time.sleep(0.02)
-            seen["triton_ready_while_stopping"] = sorted(set(ready_answers))
-            seen["exit_code"] = triton.process.wait(config.grace_s + 30)
-            marks["exited"] = time.monotonic()
-            end = time.monotonic() + 5
-            answers = []
-            while time.monotonic() < end and 503 not in answers:
-                answers.append(proxy.get("/readyz")[0])
-                time.sleep(0.2)
-            seen["proxy_readyz_after"] = sorted(set(answers))
-            time.sleep(0.5)
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-
-    async def drive() -> list:
-        stop = asyncio.Event()
-        action = terminate_proxy if config.target == "proxy" else terminate_triton
-        thread = threading.Thread(target=action, args=(asyncio.get_running_loop(), stop))
-        thread.start()
-        samples = await closed_loop(work, config.concurrency, config.before_s + config.grace_s + 90, stop=stop)
-        await asyncio.to_thread(thread.join)
-        return samples
-
-    samples = asyncio.run(drive())
+def _judge(result: ScenarioResult, config: Config, samples: list[Sample], observed: Observed) -> None:
     stats = summarize(samples)
     result.load = stats
-    after_signal = [s for s in samples if s.started >= marks["signal"]]
+    seen = observed.seen
+    after_signal = [s for s in samples if s.started >= observed.marks["signal"]]
     result.figures.update(
         {key: str(value) for key, value in seen.items()},
-        exit_after_signal_s=round(marks["exited"] - marks["signal"], 2),
+        exit_after_signal_s=round(observed.exit_after_signal_s, 2),
         answers_after_signal={str(k): v for k, v in summarize(after_signal).by_status.items()},
         client_failures=stats.by_code,
     )
-    statuses = {int(s) for s in stats.by_status}
-    http_answers = statuses - {0}
+    http_answers = {int(s) for s in stats.by_status} - {0}
     allowed = {200, 503} if config.target == "proxy" else {200, 503, 504}
     result.check("answers only 200/503 (no 500)", http_answers <= allowed, f"{stats.by_status} {stats.by_code}")
     client_side = {s.code for s in samples if s.status == 0}
@@ -158,17 +171,7 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     )
     result.check("exit code 0", seen.get("exit_code") == 0, f"exit code {seen.get('exit_code')}")
     if config.target == "proxy":
-        result.check(
-            "readiness false first (503 on a kept-alive connection while draining)",
-            seen.get("readyz_while_draining") == 503,
-            f"/readyz answered {seen.get('readyz_while_draining')}",
-        )
-        result.check(
-            "answers while draining say Connection: close",
-            seen.get("connection_close_while_draining") is True,
-            f"{seen.get('connection_close_while_draining')}",
-        )
-        result.check("the request in flight finishes", seen.get("held_request") == 200, f"{seen.get('held_request')}")
+        _judge_draining(result, seen)
     else:
         result.check(
             "the proxy's /readyz turns false",
@@ -177,8 +180,21 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         )
     result.check(
         "exits within the grace period",
-        marks["exited"] - marks["signal"] <= config.grace_s + 1,
-        f"{marks['exited'] - marks['signal']:.2f} s",
+        observed.exit_after_signal_s <= config.grace_s + 1,
+        f"{observed.exit_after_signal_s:.2f} s",
         timing=True,
     )
-    return result
+
+
+def _judge_draining(result: ScenarioResult, seen: dict[str, object]) -> None:
+    result.check(
+        "readiness false first (503 on a kept-alive connection while draining)",
+        seen.get("readyz_while_draining") == 503,
+        f"/readyz answered {seen.get('readyz_while_draining')}",
+    )
+    result.check(
+        "answers while draining say Connection: close",
+        seen.get("connection_close_while_draining") is True,
+        f"{seen.get('connection_close_while_draining')}",
+    )
+    result.check("the request in flight finishes", seen.get("held_request") == 200, f"{seen.get('held_request')}")

@@ -1,9 +1,9 @@
 """Slow backend: a test model that sleeps longer than the proxy's deadline.
 
-Pass criteria (issue 6, 4): every slow request answers 504 `deadline_exceeded`; the model sees the
+Pass criteria: every slow request answers 504 `deadline_exceeded`; the model sees the
 cancellation (it records `cancelled` markers: nothing slow runs to its end); afterwards the proxy has no
-prediction in flight, holds no more upstream connections than before, and normal requests all succeed;
-Clients that go away (issue 12): with a long deadline and `MAX_IN_FLIGHT` slow requests whose clients then
+prediction in flight, holds no more upstream connections than before, and normal requests all succeed.
+Clients that go away: with a long deadline and `MAX_IN_FLIGHT` slow requests whose clients then
 close their connections, the proxy frees every slot and cancels the upstream calls (the model sees it)
 long before the deadline, and a normal request is answered 200, not 429.
 [timing] the 504 arrives within 100 ms of the deadline.
@@ -19,7 +19,7 @@ from pathlib import Path
 from nexusml.testing.servers import ProxyProcess
 from reliability import procinfo
 from reliability.bed import Bed, faulty_workload, wait_until
-from reliability.load import Workload, closed_loop, summarize
+from reliability.load import LoadStats, Workload, closed_loop, summarize
 from reliability.models import add_faulty_model
 from reliability.result import ScenarioResult
 
@@ -100,6 +100,28 @@ def _clients_go_away(bed: Bed, url: str, log_dir: Path, markers: Path, config: C
     }
 
 
+@dataclass
+class SlowPhase:
+    """Slow requests past the deadline, then normal ones: what the clients, the model and the proxy showed."""
+
+    slow: LoadStats
+    normal_after: LoadStats
+    markers: list[str]  # the model's marker names: started / cancelled / finished
+    idle: bool
+    in_flight: int
+    connections: tuple[int, int, int]  # upstream: before, after the 504s, after the normal load
+    proxy_after: dict[str, float]
+
+    def count(self, marker: str) -> int:
+        return self.markers.count(marker)
+
+    @property
+    def seen(self) -> str:
+        return (
+            f"started {self.count('started')}, cancelled {self.count('cancelled')}, finished {self.count('finished')}"
+        )
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult(f"slow-backend-{config.protocol}", settings=config.__dict__.copy())
     log_dir = bed.path("slow")
@@ -108,8 +130,32 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     add_faulty_model(log_dir / "repository", "sleepy", "sleep", markers)
     triton = bed.triton(log_dir / "repository", log_dir)
     url = triton.grpc_url if config.protocol == "grpc" else triton.http_url
-    port = int(url.rsplit(":", 1)[1])
     proxy = bed.proxy(log_dir, MODEL_SERVER_URL=url, MODEL_NAME="sleepy", REQUEST_TIMEOUT_MS=str(config.deadline_ms))
+    phase = _slow_phase(config, proxy, markers, int(url.rsplit(":", 1)[1]))
+    result.load = phase.slow
+    overshoot = phase.slow.max_ms - config.deadline_ms
+    before, settled, after = phase.connections
+    result.figures.update(
+        slow_statuses=phase.slow.by_status,
+        max_504_ms=phase.slow.max_ms,
+        deadline_overshoot_ms=round(overshoot, 1),
+        model_started=phase.count("started"),
+        model_cancelled=phase.count("cancelled"),
+        model_finished=phase.count("finished"),
+        upstream_connections=f"{before} before, {settled} after the 504s, {after} after normal load",
+        normal_after=phase.normal_after.by_status,
+        proxy_after=phase.proxy_after,
+    )
+    _judge_slow(result, config, phase)
+    if config.protocol == "grpc":
+        gone = _clients_go_away(bed, url, log_dir, markers, config)
+        result.figures["clients_gone"] = gone
+        _judge_gone(result, config, gone)
+    result.check("504 within 100 ms of the deadline", overshoot <= 100, f"{overshoot:.0f} ms over", timing=True)
+    return result
+
+
+def _slow_phase(config: Config, proxy: ProxyProcess, markers: Path, port: int) -> SlowPhase:
     assert proxy.process is not None
     normal = faulty_workload(proxy.url, timeout_s=30)
     asyncio.run(closed_loop(normal, 4, 30, max_requests=20))  # warm connections
@@ -117,7 +163,6 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     rows = [[config.sleep_s + i * 0.01, 1, 1, 1, 1] for i in range(config.slow_requests)]
     slow = Workload(proxy.url, rows, [[0.0, 0.0]] * len(rows), timeout_s=config.sleep_s + 30)
     slow_stats = summarize(asyncio.run(closed_loop(slow, config.slow_requests, 60, max_requests=config.slow_requests)))
-    result.load = slow_stats
 
     # The model only notices at its next check; wait for it to have given up on everything it started.
     def settled() -> bool:
@@ -127,71 +172,70 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     wait_until(settled, config.sleep_s + 30)
     names = [p.name.split("-")[0] for p in markers.iterdir()]
     idle = wait_until(lambda: _in_flight(proxy) == 0, 30)
+    in_flight = _in_flight(proxy)
     connections_settled = _upstream_connections(proxy.process.pid, port)
     after_stats = summarize(asyncio.run(closed_loop(normal, 8, 60, max_requests=config.normal_requests)))
     connections_after = _upstream_connections(proxy.process.pid, port)
-    overshoot = slow_stats.max_ms - config.deadline_ms
-    result.figures.update(
-        slow_statuses=slow_stats.by_status,
-        max_504_ms=slow_stats.max_ms,
-        deadline_overshoot_ms=round(overshoot, 1),
-        model_started=names.count("started"),
-        model_cancelled=names.count("cancelled"),
-        model_finished=names.count("finished"),
-        upstream_connections=f"{connections_before} before, {connections_settled} after the 504s, "
-        f"{connections_after} after normal load",
-        normal_after=after_stats.by_status,
-        proxy_after=procinfo.usage(proxy.process.pid).as_dict(),
+    return SlowPhase(
+        slow_stats,
+        after_stats,
+        names,
+        idle,
+        in_flight,
+        (connections_before, connections_settled, connections_after),
+        procinfo.usage(proxy.process.pid).as_dict(),
     )
+
+
+def _judge_slow(result: ScenarioResult, config: Config, phase: SlowPhase) -> None:
+    slow, after = phase.slow, phase.normal_after
     result.check(
         "every slow request answers 504 deadline_exceeded",
-        slow_stats.by_status == {"504": config.slow_requests} and set(slow_stats.by_code) == {"deadline_exceeded"},
-        f"{slow_stats.by_status} {slow_stats.by_code}",
+        slow.by_status == {"504": config.slow_requests} and set(slow.by_code) == {"deadline_exceeded"},
+        f"{slow.by_status} {slow.by_code}",
     )
-    seen = f"started {names.count('started')}, cancelled {names.count('cancelled')}, finished {names.count('finished')}"
     if config.protocol == "grpc":
         result.check(
             "the upstream call is cancelled (the model saw it)",
-            names.count("started") > 0
-            and names.count("finished") == 0
-            and names.count("cancelled") == names.count("started"),
-            seen,
+            phase.count("started") > 0
+            and phase.count("finished") == 0
+            and phase.count("cancelled") == phase.count("started"),
+            phase.seen,
         )
     else:
         result.notes.append(
             "Triton's HTTP frontend (2.51) does not cancel a request whose client went away: the proxy "
-            f"abandons the call and closes that connection, but the model runs on ({seen}). "
+            f"abandons the call and closes that connection, but the model runs on ({phase.seen}). "
             "gRPC, the default upstream, cancels it."
         )
-    result.check("no prediction left in flight", idle, f"in flight {_in_flight(proxy)}")
+    result.check("no prediction left in flight", phase.idle, f"in flight {phase.in_flight}")
+    before, settled, _ = phase.connections
     result.check(
         "connection pool back to normal (no connection held by an abandoned call)",
-        connections_settled <= max(connections_before, 1),
-        f"upstream connections {connections_before} before, {connections_settled} after the 504s",
+        settled <= max(before, 1),
+        f"upstream connections {before} before, {settled} after the 504s",
     )
     result.check(
         "normal requests succeed afterwards",
-        after_stats.by_status == {"200": config.normal_requests} and after_stats.wrong_bodies == 0,
-        f"{after_stats.by_status}",
+        after.by_status == {"200": config.normal_requests} and after.wrong_bodies == 0,
+        f"{after.by_status}",
     )
-    if config.protocol == "grpc":
-        gone = _clients_go_away(bed, url, log_dir, markers, config)
-        result.figures["clients_gone"] = gone
-        result.check(
-            f"{config.gone_clients} clients that go away free their slots (MAX_IN_FLIGHT {config.gone_clients}) "
-            "before their deadline",
-            bool(gone["slots_filled"]) and bool(gone["slots_freed"]),
-            f"filled {gone['slots_filled']}, freed {gone['slots_freed']}",
-        )
-        result.check(
-            "their upstream calls are cancelled (the model saw it)",
-            bool(gone["upstream_cancelled"]),
-            f"started {gone['model_started']}, cancelled {gone['model_cancelled']}",
-        )
-        result.check(
-            "the next requests are answered 200, not 429",
-            gone["next_requests"] == {"200": 5},
-            f"{gone['next_requests']}",
-        )
-    result.check("504 within 100 ms of the deadline", overshoot <= 100, f"{overshoot:.0f} ms over", timing=True)
-    return result
+
+
+def _judge_gone(result: ScenarioResult, config: Config, gone: dict[str, object]) -> None:
+    result.check(
+        f"{config.gone_clients} clients that go away free their slots (MAX_IN_FLIGHT {config.gone_clients}) "
+        "before their deadline",
+        bool(gone["slots_filled"]) and bool(gone["slots_freed"]),
+        f"filled {gone['slots_filled']}, freed {gone['slots_freed']}",
+    )
+    result.check(
+        "their upstream calls are cancelled (the model saw it)",
+        bool(gone["upstream_cancelled"]),
+        f"started {gone['model_started']}, cancelled {gone['model_cancelled']}",
+    )
+    result.check(
+        "the next requests are answered 200, not 429",
+        gone["next_requests"] == {"200": 5},
+        f"{gone['next_requests']}",
+    )

@@ -5,7 +5,7 @@ process is not healthy". The proxy's `/readyz` (which runs a probe inference) ta
 rotation, and the watchdog of `nexus up` (`nexusml.triton.watchdog`, the same probe the containers' health
 checks run) restarts Triton on the same ports after a few failed probes; the proxy reconnects by itself.
 
-Pass criteria (issue 6, 3; issue 12, 2): no 200 with a wrong body, no 500; the failures are answered as
+Pass criteria: no 200 with a wrong body, no 500; the failures are answered as
 errors (502 upstream_error); `/readyz` turns false; the normal model next to it keeps serving; the watchdog
 restarts Triton once, saying why, and the same proxy serves correct answers again. Figure: seconds from the
 crash to `/readyz` answering 200 again.
@@ -17,16 +17,17 @@ import asyncio
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
 
+from nexusml.testing.servers import ProxyProcess
 from nexusml.triton.server import TritonServer
 from nexusml.triton.watchdog import Watchdog, probe
 from reliability.bed import Bed, faulty_workload
-from reliability.load import Workload, closed_loop, request, summarize
+from reliability.load import Sample, Workload, closed_loop, send_one, summarize
 from reliability.models import CRASH_TRIGGER, add_faulty_model
 from reliability.result import ScenarioResult
 
@@ -91,6 +92,15 @@ class Supervisor(threading.Thread):
         self.join(timeout=60)
 
 
+@dataclass
+class Crash:
+    """The trigger's answer and what followed: when it was sent, readiness meanwhile, when /readyz recovered."""
+
+    answer: Sample | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+    readiness: list[int] = field(default_factory=list)
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult("python-stub-dies", settings=config.__dict__.copy())
     log_dir = bed.path("stub-crash")
@@ -100,51 +110,57 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     triton = bed.triton(repository, log_dir)
     proxy = bed.proxy(log_dir, MODEL_SERVER_URL=triton.grpc_url, MODEL_NAME="crashy")
     assert proxy.process is not None
-    work = faulty_workload(proxy.url, timeout_s=20)
-    trigger = Workload(proxy.url, [[CRASH_TRIGGER, 0, 0, 0, 0]], [[0.0, 0.0]], timeout_s=20)
-    marks: dict[str, float] = {}
-    readiness: list[int] = []
     supervisor = Supervisor(bed, triton, "crashy", config, log_dir)
-
-    async def drive() -> tuple[list, object]:
-        stop = asyncio.Event()
-        load = asyncio.create_task(closed_loop(work, config.concurrency, 600, stop=stop))
-        await asyncio.sleep(config.before_s)
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session:
-            marks["trigger"] = time.monotonic()
-            crash = await request(session, trigger, 0)
-        # The neighbour is checked before the watchdog starts: a restart (which it will make) would take the
-        # neighbour down with Triton for a moment, and that is not what this criterion asks.
-        marks["demo_ok"] = float(await asyncio.to_thread(_demo_answers, triton.http_url))
-        supervisor.start()
-        end = time.monotonic() + config.recovery_bound_s
-        while time.monotonic() < end:
-            status = (await asyncio.to_thread(proxy.get, "/readyz"))[0]
-            readiness.append(status)
-            if status == 200 and supervisor.watchdog.restarts:
-                break
-            await asyncio.sleep(0.1)
-        marks["ready"] = time.monotonic()
-        marks["recovered"] = float(readiness[-1] == 200 and supervisor.watchdog.restarts > 0)
-        await asyncio.sleep(config.after_s)
-        stop.set()
-        return await load, crash
-
+    crash = Crash()
     try:
-        samples, crash = asyncio.run(drive())
+        samples = asyncio.run(_drive(config, proxy, triton, supervisor, crash))
     finally:
         supervisor.stop()
-    restarts = supervisor.watchdog.restarts
+    _judge(result, samples, crash, supervisor.watchdog, proxy.process.poll() is None)
+    return result
+
+
+async def _drive(
+    config: Config, proxy: ProxyProcess, triton: TritonServer, supervisor: Supervisor, crash: Crash
+) -> list[Sample]:
+    """Load on the crashy model; the trigger; the neighbour checked; the watchdog started; /readyz followed."""
+    marks, readiness = crash.marks, crash.readiness
+    work = faulty_workload(proxy.url, timeout_s=20)
+    trigger = Workload(proxy.url, [[CRASH_TRIGGER, 0, 0, 0, 0]], [[0.0, 0.0]], timeout_s=20)
+    stop = asyncio.Event()
+    load = asyncio.create_task(closed_loop(work, config.concurrency, 600, stop=stop))
+    await asyncio.sleep(config.before_s)
+    marks["trigger"] = time.monotonic()
+    crash.answer = await send_one(trigger)
+    # The neighbour is checked before the watchdog starts: a restart (which it will make) would take the
+    # neighbour down with Triton for a moment, and that is not what this criterion asks.
+    marks["demo_ok"] = float(await asyncio.to_thread(_demo_answers, triton.http_url))
+    supervisor.start()
+    end = time.monotonic() + config.recovery_bound_s
+    while time.monotonic() < end:
+        status = (await asyncio.to_thread(proxy.get, "/readyz"))[0]
+        readiness.append(status)
+        if status == 200 and supervisor.watchdog.restarts:
+            break
+        await asyncio.sleep(0.1)
+    marks["ready"] = time.monotonic()
+    marks["recovered"] = float(readiness[-1] == 200 and supervisor.watchdog.restarts > 0)
+    await asyncio.sleep(config.after_s)
+    stop.set()
+    return await load
+
+
+def _judge(result: ScenarioResult, samples: list[Sample], crash: Crash, watchdog: Watchdog, proxy_alive: bool) -> None:
+    marks, readiness, answer = crash.marks, crash.readiness, crash.answer
+    assert answer is not None
+    restarts = watchdog.restarts
     stats = summarize(samples)
     result.load = stats
     crashed = [s for s in samples if marks["trigger"] <= s.started < marks["ready"]]
-    failures = [s for s in crashed if s.status != 200]
     tail = samples[-30:]
     result.figures.update(
-        trigger_answer=f"{crash.status} {crash.code}",
-        failures_while_crashed=len(failures),
+        trigger_answer=f"{answer.status} {answer.code}",
+        failures_while_crashed=sum(1 for s in crashed if s.status != 200),
         requests_while_crashed=len(crashed),
         watchdog_restarts=restarts,
         recovery_s=round(marks["ready"] - marks["trigger"], 2),
@@ -152,17 +168,17 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     statuses = {int(s) for s in stats.by_status}
     result.check("only 200/502/503/504 (no 500, no hang)", statuses <= ALLOWED, f"{stats.by_status} {stats.by_code}")
     result.check("no 200 with a wrong body", stats.wrong_bodies == 0, f"{stats.wrong_bodies} wrong")
-    result.check("the trigger gets an error, not a 200", crash.status in (502, 503), f"{crash.status} {crash.code}")
+    result.check("the trigger gets an error, not a 200", answer.status in (502, 503), f"{answer.status} {answer.code}")
     result.check("/readyz turns false", 503 in readiness, f"readiness answers {sorted(set(readiness))}")
     result.check("the model next to it keeps serving", bool(marks["demo_ok"]), "demo_mlp answered direct on Triton")
     result.check(
         "the watchdog restarts Triton once, saying why",
-        restarts == 1 and "does not answer an inference" in (supervisor.watchdog.last_cause or ""),
-        f"{restarts} restart(s); cause: {supervisor.watchdog.last_cause}",
+        restarts == 1 and "does not answer an inference" in (watchdog.last_cause or ""),
+        f"{restarts} restart(s); cause: {watchdog.last_cause}",
     )
     result.check(
         "recovers under the watchdog, same proxy",
-        bool(marks["recovered"]) and proxy.process.poll() is None and all(s.status == 200 for s in tail),
+        bool(marks["recovered"]) and proxy_alive and all(s.status == 200 for s in tail),
         f"last {len(tail)} statuses {sorted({s.status for s in tail})}; /readyz 200 again after "
         f"{marks['ready'] - marks['trigger']:.1f} s",
     )
@@ -171,4 +187,3 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         "inference notices, and the watchdog (nexus up; the containers' health checks run the same probe) "
         "restarts Triton after WATCHDOG_FAILURES failed probes; the proxy reconnects by itself."
     )
-    return result

@@ -1,6 +1,6 @@
 """Triton killed (SIGKILL) under load, then restarted on the same ports by the "orchestrator" (us).
 
-Pass criteria (issue 6, 2): no 500 and no wrong 200 at any point; `/readyz` turns false; the same proxy
+Pass criteria: no 500 and no wrong 200 at any point; `/readyz` turns false; the same proxy
 process (no restart) serves again after Triton is back; [timing] new requests get 503 within 1 s of the
 kill; no request outlives its deadline by more than 0.5 s; after Triton is ready, 99% of requests succeed
 within 5 s.
@@ -8,14 +8,15 @@ within 5 s.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
+from nexusml.testing.servers import ProxyProcess
+from nexusml.triton.server import TritonServer
 from reliability import procinfo
 from reliability.bed import Bed, demo_workload, wait_until
-from reliability.load import closed_loop, summarize
+from reliability.load import Sample, summarize, while_running
 from reliability.result import ScenarioResult
 
 # 504: a request in flight at the kill may run into its deadline while gRPC reconnects; that is a clean
@@ -37,6 +38,32 @@ class Config:
         return cls(before_s=duration_s / 3, down_s=5.0, after_s=max(10.0, duration_s / 2), concurrency=32)
 
 
+@dataclass
+class Timeline:
+    """When the orchestrator killed, restarted and saw Triton ready, and the proxy's readiness meanwhile."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    readiness: list[tuple[float, int]] = field(default_factory=list)
+    recovered: bool = False  # /readyz 200 again within `recovery_bound_s`, after the load
+    proxy_alive: bool = False  # the same proxy process, after the load
+
+
+def _orchestrate(bed: Bed, config: Config, triton: TritonServer, proxy: ProxyProcess, timeline: Timeline) -> None:
+    """Kill Triton, read the proxy's readiness while it is down, restart it on the same ports."""
+    marks = timeline.marks
+    time.sleep(config.before_s)
+    marks["kill"] = time.monotonic()
+    bed.kill_triton(triton)
+    end = time.monotonic() + config.down_s
+    while time.monotonic() < end:
+        timeline.readiness.append((time.monotonic(), proxy.get("/readyz")[0]))
+        time.sleep(0.1)
+    marks["restart"] = time.monotonic()
+    bed.restart_triton(triton, bed.path("triton-kill"))
+    marks["ready"] = time.monotonic()
+    time.sleep(config.after_s)
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result = ScenarioResult("triton-killed", settings=config.__dict__.copy())
     log_dir = bed.path("triton-kill")
@@ -46,39 +73,23 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     pid = proxy.process.pid
     before = procinfo.usage(pid)
     work = demo_workload(proxy.url, timeout_s=config.deadline_ms / 1000 + 10)
-    marks: dict[str, float] = {}
-    stop = asyncio.Event()
-    readiness: list[tuple[float, int]] = []
-
-    def orchestrate(loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            time.sleep(config.before_s)
-            marks["kill"] = time.monotonic()
-            bed.kill_triton(triton)
-            end = time.monotonic() + config.down_s
-            while time.monotonic() < end:
-                readiness.append((time.monotonic(), proxy.get("/readyz")[0]))
-                time.sleep(0.1)
-            marks["restart"] = time.monotonic()
-            bed.restart_triton(triton, log_dir)
-            marks["ready"] = time.monotonic()
-            time.sleep(config.after_s)
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-
-    async def drive() -> list:
-        thread = threading.Thread(target=orchestrate, args=(asyncio.get_running_loop(),))
-        thread.start()
-        total = config.before_s + config.down_s + config.after_s + 120
-        samples = await closed_loop(work, config.concurrency, total, stop=stop)
-        await asyncio.to_thread(thread.join)
-        return samples
-
-    samples = asyncio.run(drive())
-    recovered = wait_until(lambda: proxy.get("/readyz")[0] == 200, config.recovery_bound_s)
+    timeline = Timeline()
+    total = config.before_s + config.down_s + config.after_s + 120
+    samples = while_running(
+        partial(_orchestrate, bed, config, triton, proxy, timeline), work, config.concurrency, total
+    )
+    timeline.recovered = wait_until(lambda: proxy.get("/readyz")[0] == 200, config.recovery_bound_s)
     after = procinfo.usage(pid)
+    timeline.proxy_alive = proxy.process.poll() is None
+    _judge(result, config, samples, timeline)
+    result.figures.update(memory_before=before.as_dict(), memory_after=after.as_dict())
+    return result
+
+
+def _judge(result: ScenarioResult, config: Config, samples: list[Sample], timeline: Timeline) -> None:
     stats = summarize(samples)
     result.load = stats
+    marks, readiness = timeline.marks, timeline.readiness
     kill, ready = marks["kill"], marks["ready"]
     after_kill = [s for s in samples if s.started >= kill and s.started < marks["restart"]]
     first_503 = min((s.started + s.latency_s for s in after_kill if s.status == 503), default=None)
@@ -96,8 +107,6 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         triton_restart_to_ready_s=round(ready - marks["restart"], 2),
         recovery_after_ready_s=round(recovery_s, 2),
         success_since_ready_pct=round(ok_ratio * 100, 2),
-        memory_before=before.as_dict(),
-        memory_after=after.as_dict(),
     )
     statuses = {int(s) for s in stats.by_status}
     result.check("no 500/502 and no hang", statuses <= ALLOWED, f"statuses {stats.by_status} codes {stats.by_code}")
@@ -111,8 +120,8 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result.check("/readyz turns false", any(code == 503 for _, code in readiness), f"{readiness[:1]} ...")
     result.check(
         "recovers with no proxy restart",
-        recovered and proxy.process.poll() is None and all(s.status == 200 for s in tail),
-        f"ready again: {recovered}; last {len(tail)} statuses {sorted({s.status for s in tail})}",
+        timeline.recovered and timeline.proxy_alive and all(s.status == 200 for s in tail),
+        f"ready again: {timeline.recovered}; last {len(tail)} statuses {sorted({s.status for s in tail})}",
     )
     result.check(
         "503 within 1 s of the kill",
@@ -127,4 +136,3 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         f"last failure {recovery_s:.2f} s after ready; {ok_ratio:.2%} of {len(since_ready)} since ready succeeded",
         timing=True,
     )
-    return result

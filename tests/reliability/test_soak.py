@@ -21,7 +21,7 @@ def test_short_soak(bed: Bed) -> None:
 
 def test_unread_bodies_are_lingered_over_only_briefly() -> None:
     """aiohttp read an unwanted body for 10 s more after a 408/413 (found by the slow-loris scenario); none at all
-    reset the connection under a client still sending, which then never read its 413 (issue 12; the hostile
+    reset the connection under a client still sending, which then never read its 413 (the hostile
     scenario sends whole oversized bodies). A short, bounded lingering close serves both."""
     assert 0 < server_options(ProxySettings())["lingering_time"] <= 2
 
