@@ -3,6 +3,7 @@ stats CSV, Triton's statistics, the proxy's answers and its logged errors."""
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.parsing import (
+    BACKEND_STAGES,
     WRK_MARKER,
     ParseError,
     average_batch,
@@ -380,3 +382,15 @@ def test_served_precision_reads_the_generated_config():
     assert served_precision(golden.read_text()) == "fp32"
     assert served_precision(golden.read_text().replace('"fp32"', '"fp16"')) == "fp16"
     assert served_precision('name: "m"') == "fp32"
+
+
+def test_backend_stages_are_the_models_own() -> None:
+    """The bench reads the stages nexusml/backend/model.py times, in its order (read from its source: it
+    imports Triton's stub module)."""
+    source = (Path(__file__).resolve().parents[2] / "nexusml" / "backend" / "model.py").read_text()
+    found = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "STAGES" for t in node.targets)
+    ]
+    assert found == [BACKEND_STAGES]
