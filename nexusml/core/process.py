@@ -88,10 +88,9 @@ def guarded(argv: list[str], max_file_bytes: int | None = None) -> list[str]:
     file-size limit) in the child itself and then execs `argv` in its place.
 
     Not subprocess's `preexec_fn`: that runs Python in the forked child before exec, which gRPC's fork
-    handlers abort when the parent has gRPC loaded (measured in the test process: "epoll_wait error: Bad
-    file descriptor", exit -6), and subprocess documents it as unsafe with threads. The cost is one Python
-    start-up per child. The kernel sends the signal when the *thread* that started the child ends, not the
-    process: start it from the main thread, or with `spawn`.
+    handlers abort when the parent has gRPC loaded, and subprocess documents it as unsafe with threads
+    (docs/decisions.md). The cost is one Python start-up per child. The kernel sends the signal when the
+    *thread* that started the child ends, not the process: start it from the main thread, or with `spawn`.
     """
     guard = [sys.executable, "-m", "nexusml.core.exec_guard", "--parent", str(os.getpid())]
     if max_file_bytes is not None:
@@ -314,8 +313,8 @@ class Stopped(BaseException):
     """SIGINT or SIGTERM arrived while supervising.
 
     A BaseException, like KeyboardInterrupt: the signal can land anywhere, and code that catches `Exception`
-    must not swallow it. Measured: one arriving while `logging` wrote a line was caught by the handler's
-    `handleError`, and `nexus up` went on starting servers after its SIGTERM.
+    must not swallow it (`logging`'s `handleError` did, and `nexus up` went on starting servers after its
+    SIGTERM: docs/decisions.md).
     """
 
 
