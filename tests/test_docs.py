@@ -8,6 +8,7 @@ dependency groups, compose, the Makefile, tritonserver's command line. Links bet
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -167,6 +168,23 @@ def test_layout_names_every_module() -> None:
     actual = _modules()
     assert not actual - set(documented), f"add a line to docs/layout.md for: {sorted(actual - set(documented))}"
     assert not set(documented) - actual, f"docs/layout.md lists what is gone: {sorted(set(documented) - actual)}"
+
+
+def test_metadata_fields_are_the_schemas() -> None:
+    schema = json.loads(read(ROOT / "nexusml" / "core" / "schemas" / "nexus_meta.schema.json"))
+    expected = set(schema["properties"]) - {"artifact"}
+    expected |= {f"artifact.{name}" for name in schema["properties"]["artifact"]["properties"]}
+    documented = {name for row in table(DOCS / "models.md", "meta-fields") for name in CODE.findall(row[0])}
+    assert documented == expected
+
+
+def test_deployment_images_are_composes() -> None:
+    compose = read(ROOT / "docker-compose.yml")
+    rows = table(DOCS / "deployment.md", "images")
+    images = [image for row in rows for image in CODE.findall(row[1]) if ":" in image]
+    assert images
+    for image in images:
+        assert image in compose, image
 
 
 def test_routes_are_the_openapi_paths() -> None:
