@@ -7,6 +7,7 @@ dependency groups, compose, the Makefile, tritonserver's command line. Links bet
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from nexusml.command.cli import parser
 from nexusml.core.settings import variables
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
@@ -185,6 +187,16 @@ def test_deployment_images_are_composes() -> None:
     assert images
     for image in images:
         assert image in compose, image
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_commands_exist(page: Path) -> None:
+    """Every `nexus <command>` and `nexus --option` the docs name is one the command line has."""
+    root = parser()
+    (commands,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    known = set(commands.choices) | {s for a in root._actions for s in a.option_strings}
+    named = set(re.findall(r"`nexus ([a-z-]+)", read(page)))
+    assert named <= known, f"{page.name} names what `nexus` does not have: {sorted(named - known)}"
 
 
 def test_routes_are_the_openapi_paths() -> None:
