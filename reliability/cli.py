@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.monitor import CpuWindow
 from reliability.bed import Bed, standalone_bed
 from reliability.report import to_markdown
 from reliability.result import ScenarioResult
@@ -44,6 +46,27 @@ SCENARIOS: dict[str, Runner] = {
 }
 
 
+def _run_one(name: str, bed: Bed, args: argparse.Namespace) -> list[ScenarioResult]:
+    """One scenario's results, each with the CPU the machine spent meanwhile: ours (this process and its
+    children: the bed's servers, wrk) and everything else's. On a shared machine the timing verdicts are
+    read against the second."""
+    window = CpuWindow({"ours": os.getpid()})
+    window.start()
+    try:
+        found = SCENARIOS[name](bed, args)
+    except Exception as err:  # one broken scenario must not lose the others' figures
+        traceback.print_exc()
+        failed = ScenarioResult(name)
+        failed.check("scenario ran to the end", False, f"{type(err).__name__}: {err}")
+        found = [failed]
+    ours = sum(proc.cpu_pct for proc in window.stop("wrk", 1))
+    machine = window.machine_busy_pct()
+    for result in found:
+        result.cpu = {"ours": round(ours), "others": round(max(machine - ours, 0.0)), "cores": os.cpu_count() or 1}
+        print(result.explain(), flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)")
@@ -65,15 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         with standalone_bed(workdir) as bed:
             for name in names:
                 print(f"== {name}", flush=True)
-                try:
-                    for result in SCENARIOS[name](bed, args):
-                        print(result.explain(), flush=True)
-                        results.append(result)
-                except Exception as err:  # one broken scenario must not lose the others' figures
-                    traceback.print_exc()
-                    failed = ScenarioResult(name)
-                    failed.check("scenario ran to the end", False, f"{type(err).__name__}: {err}")
-                    results.append(failed)
+                results += _run_one(name, bed, args)
                 args.out.write_text(to_markdown(results, command, skipped, time.monotonic() - started))
     print(f"wrote {args.out}")
     return 0 if all(r.passed for r in results) else 1

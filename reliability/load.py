@@ -1,11 +1,18 @@
-"""A small HTTP load generator for the proxy: closed loop (N connections) or open loop (a fixed rate).
+"""Load for the scenarios: closed loop (N connections) or open loop (a fixed rate), every answer checked.
 
-Every answer is recorded (status, error code, latency, whether `Retry-After` came with a 429/503, whether a
-200's body equals the expected output, the `X-Model-Version` that answered), so a scenario can assert what
-clients saw, not just count. Loops are bounded both in requests and in time, target only the URL they are
-given (127.0.0.1 here), and every request carries a client-side timeout so that a hang shows up as a failure
-(`code="hang"`) rather than a stuck test. wrk would drive more load but cannot check bodies; here the load
-generator and the proxy share the same 2 cores, so figures name the generator's rate.
+Two drivers, one verdict shape (`LoadStats`):
+
+- `closed_loop` / `open_loop`: a Python client that records every answer as a `Sample` (status, error code,
+  latency, whether `Retry-After` came with a 429/503, whether a 200's body equals the expected output, the
+  `X-Model-Version` that answered), for the scenarios that judge a timeline (a kill, a signal, a swap). Its
+  heap is frozen while it runs (`frozen_heap`) and each request reuses its workload's encoded body.
+- `wrk_loop`: the bench's wrk (`benchmarks.loadgen.wrk_checked`) with the same checks in Lua, for the scenarios
+  that saturate the stack (overload, soak, the hostile scenario's normal traffic). A Python client costs about
+  as much CPU per request as the proxy itself; on the same cores it measured its own limits.
+
+Loops are bounded both in requests and in time, target only the URL they are given (127.0.0.1 here), and every
+request carries a client-side timeout so that a hang shows up as a failure (`code="hang"`) rather than a
+stuck test.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +40,7 @@ from benchmarks.wrk_checked import CheckedSummary, histogram_max, histogram_perc
 REJECTIONS = (429, 503)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     started: float  # time.monotonic() when sent
     latency_s: float
@@ -60,6 +68,15 @@ class Workload:
     path: str = "/predict"
     expected_by_version: dict[str, list[list[float]]] = field(default_factory=dict)
 
+    @cached_property
+    def bodies(self) -> list[bytes]:
+        """Each row's request body, encoded once (not once per request)."""
+        return [orjson.dumps({"input": row}) for row in self.rows]
+
+    @cached_property
+    def request_headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", **self.headers}
+
     def expectation(self, version: str, row_index: int) -> list[float] | None:
         """The output `row_index` should get from `version`; None when that version is not expected at all."""
         if not self.expected_by_version:
@@ -78,12 +95,12 @@ def _close(got: Any, want: list[float]) -> bool:
 async def request(session: aiohttp.ClientSession, work: Workload, index: int) -> Sample:
     """One prediction; never raises."""
     row_index = index % len(work.rows)
-    body = orjson.dumps({"input": work.rows[row_index]})
-    headers = {"Content-Type": "application/json", **work.headers}
     started = time.monotonic()
     try:
         async with asyncio.timeout(work.timeout_s):
-            async with session.post(work.url + work.path, data=body, headers=headers) as response:
+            async with session.post(
+                work.url + work.path, data=work.bodies[row_index], headers=work.request_headers
+            ) as response:
                 raw = await response.read()
                 status = response.status
                 retry = "Retry-After" in response.headers
@@ -117,7 +134,7 @@ async def send_one(work: Workload, index: int = 0) -> Sample:
 
 
 @contextmanager
-def frozen_heap(enabled: bool = True) -> Iterator[None]:
+def frozen_heap() -> Iterator[None]:
     """Keep the collector's full passes off the objects that exist before the load (`gc.freeze`).
 
     The generator's process holds a large heap (torch for the reference outputs, the bed's clients): a
@@ -125,10 +142,8 @@ def frozen_heap(enabled: bool = True) -> Iterator[None]:
     generator sends nothing, then sends the arrivals it missed at once: a burst that real clients never make,
     which past the proxy's MAX_IN_FLIGHT is answered 429 and counted against the system under test. Frozen,
     the existing objects are no longer scanned; what the load creates still is (cycles are still collected).
+    Both loops run with it.
     """
-    if not enabled:
-        yield
-        return
     gc.collect()
     gc.freeze()
     try:
@@ -149,6 +164,13 @@ async def closed_loop(
     stop: asyncio.Event | None = None,
 ) -> list[Sample]:
     """`concurrency` clients, each sending its next request when the last one is answered."""
+    with frozen_heap():
+        return await _closed_loop(work, concurrency, duration_s, max_requests, stop)
+
+
+async def _closed_loop(
+    work: Workload, concurrency: int, duration_s: float, max_requests: int, stop: asyncio.Event | None
+) -> list[Sample]:
     samples: list[Sample] = []
     end = time.monotonic() + duration_s
     counter = iter(range(max_requests))
@@ -197,17 +219,15 @@ async def open_loop(
     duration_s: float,
     max_outstanding: int = 1024,
     stop: asyncio.Event | None = None,
-    freeze_heap: bool = False,
 ) -> list[Sample]:
     """Requests sent at `rate` per second whatever the answers (the way real traffic arrives).
 
     When `max_outstanding` requests are already waiting, an arrival is skipped and counted as
     `code="client_saturated"` (status -1), so an overloaded generator is visible in the figures. Setting
     `stop` ends the arrivals before `duration_s` (for scenarios whose phases have no length known up front);
-    the requests already sent are still awaited. `freeze_heap`: see `frozen_heap` (off by default, so the
-    figures of the scenarios measured before it stay comparable).
+    the requests already sent are still awaited.
     """
-    with frozen_heap(freeze_heap):
+    with frozen_heap():
         return await _open_loop(work, rate, duration_s, max_outstanding, stop)
 
 
@@ -332,7 +352,9 @@ def wrk_loop(
 
 def checked_stats(summary: CheckedSummary) -> LoadStats:
     """A checking wrk run's summary as the Python generator's `summarize` would have put it. wrk's socket
-    errors are status 0 with the same codes: connect -> refused, read/write -> disconnected, timeout -> hang."""
+    errors are status 0 with the same codes: connect -> refused, read/write -> disconnected, timeout -> hang;
+    arrivals the paced loop skipped are status -1, `client_saturated`, as the open loop's (not sent, not
+    counted in `sent`)."""
     errors = summary.errors
     failures = {
         "refused": errors.get("connect", 0),
@@ -342,8 +364,11 @@ def checked_stats(summary: CheckedSummary) -> LoadStats:
     by_status = dict(summary.statuses)
     if sum(failures.values()):
         by_status["0"] = sum(failures.values())
-    by_code = {**summary.codes, **{code: n for code, n in failures.items() if n}}
     sent = sum(by_status.values())
+    skipped = {"client_saturated": summary.behind_schedule} if summary.behind_schedule else {}
+    if skipped:
+        by_status["-1"] = summary.behind_schedule
+    by_code = {**summary.codes, **{code: n for code, n in failures.items() if n}, **skipped}
     everything = summary.latencies()
     accepted = summary.latencies("accepted")
     duration = summary.duration_s

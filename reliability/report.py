@@ -90,6 +90,12 @@ def _recovery(result: ScenarioResult) -> str:
     return "-"
 
 
+def _cpu(result: ScenarioResult) -> str:
+    if not result.cpu:
+        return "-"
+    return f"{result.cpu['ours']} / {result.cpu['others']} (of {100 * result.cpu['cores']})"
+
+
 def to_markdown(results: list[ScenarioResult], command: str, skipped: list[str], elapsed_s: float) -> str:
     lines = [
         "# Reliability and security: figures from the last run",
@@ -97,14 +103,19 @@ def to_markdown(results: list[ScenarioResult], command: str, skipped: list[str],
         "Written by `python -m reliability`. The short forms of the same scenarios run in",
         "`pytest tests/reliability` and assert only functional criteria; the timing criteria (marked *timing*)",
         "are measured here, on a shared machine where the load generator, the proxy and Triton compete for",
-        "the same cores, so read them as this run's figures, not as guarantees.",
+        "the same cores, so read them as this run's figures, not as guarantees. The scenarios that saturate",
+        "the stack (overload, soak, the hostile scenario's normal traffic) are driven by wrk with every answer",
+        "checked; the others by a Python client, for the per-request timeline they judge. The CPU column is",
+        "what the machine spent while each scenario ran (100% per core): ours (the servers, the generators)",
+        "and other processes'.",
         "",
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine()}",
         f"- **Date:** {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; run took {elapsed_s:.0f} s",
         "",
-        "| scenario | verdict | requests | answers by status | p99 / max ms | recovery | proxy memory |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | verdict | requests | answers by status | p99 / max ms | recovery | proxy memory "
+        "| CPU % ours / others |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         failed = [c for c in r.criteria if not c.passed]
@@ -112,12 +123,12 @@ def to_markdown(results: list[ScenarioResult], command: str, skipped: list[str],
         load = r.load
         lines.append(
             f"| {r.name} | {verdict} | {load.sent if load else '-'} | {_cell(load.by_status) if load else '-'} | "
-            f"{f'{load.p99_ms} / {load.max_ms}' if load else '-'} | {_recovery(r)} | {_memory(r)} |"
+            f"{f'{load.p99_ms} / {load.max_ms}' if load else '-'} | {_recovery(r)} | {_memory(r)} | {_cpu(r)} |"
         )
     for name in skipped:
-        lines.append(f"| {name} | not run | - | - | - | - | - |")
+        lines.append(f"| {name} | not run | - | - | - | - | - | - |")
     lines += ["", "Status 0 = no HTTP answer (connection refused after the listener closed); -1 = the load", ""]
-    lines[-2] += " generator itself was saturated and skipped an arrival."
+    lines[-2] += " generator itself was saturated and skipped an arrival (never sent, not an answer)."
     for r in results:
         lines += ["", f"## {r.name}", "", f"Settings: `{json.dumps(r.settings)}`", ""]
         lines += ["| criterion | kind | verdict | measured |", "|---|---|---|---|"]

@@ -29,6 +29,8 @@ class ScenarioResult:
     figures: dict[str, Any] = field(default_factory=dict)
     criteria: list[Criterion] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # CPU % the machine spent while the scenario ran (100 per core): {"ours", "others", "cores"}; set by the CLI.
+    cpu: dict[str, int] = field(default_factory=dict)
 
     def check(self, name: str, passed: bool, detail: str = "", timing: bool = False) -> bool:
         self.criteria.append(Criterion(name, bool(passed), detail, timing))

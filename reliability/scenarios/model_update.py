@@ -363,7 +363,7 @@ def _drive(config: Config, meta_path: Path, proxy: ProxyProcess, poller: WatchPr
     async def drive() -> tuple[list[Sample], float, float]:
         stop = asyncio.Event()
         total = config.before_s + 3 * (config.after_s + config.swap_bound_s)
-        sending = asyncio.create_task(open_loop(work, rate, total, config.max_outstanding, stop=stop, freeze_heap=True))
+        sending = asyncio.create_task(open_loop(work, rate, total, config.max_outstanding, stop=stop))
         began = time.monotonic()
         await asyncio.sleep(config.before_s)
         await asyncio.to_thread(publish, "v2 good", versions.v2.meta)

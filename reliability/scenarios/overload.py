@@ -58,14 +58,17 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         capacity_statuses=capacity.by_status,
         offered_per_s=round(offered, 1),
         achieved_per_s=stats.rate_per_s,
-        generator_behind_schedule=summary.behind_schedule,
+        generator_skipped=summary.behind_schedule,
         memory_before=before.as_dict(),
         memory_after=after.as_dict(),
         memory_growth_pct=round(growth, 1),
     )
     _judge(result, config, stats, growth)
     if summary.behind_schedule:
-        result.notes.append(f"wrk sent {summary.behind_schedule} requests more than 10 ms behind their schedule")
+        result.notes.append(
+            f"the load generator skipped {summary.behind_schedule} arrivals (all {config.max_outstanding} "
+            "connections waiting for an answer)"
+        )
     return result
 
 
