@@ -157,7 +157,7 @@ class ProxySettings:
     ready_probe: bool = env(
         "READY_PROBE",
         True,
-        "/readyz also runs a one-row inference, so a dead Python-backend stub reads as not ready",
+        "/readyz also runs a probe inference, so a dead Python-backend stub reads as not ready",
         parse_bool,
     )
     shutdown_grace_s: float = env(
