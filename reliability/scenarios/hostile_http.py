@@ -39,7 +39,7 @@ class Config:
 
     @classmethod
     def long(cls, duration_s: float) -> Config:
-        return cls(loris=500, header_timeout_s=5.0, body_timeout_s=5.0, fuzz_examples=200)
+        return cls(loris=500, header_timeout_s=5.0, body_timeout_s=5.0, normal_s=2.0, fuzz_examples=200)
 
 
 @dataclass
