@@ -150,18 +150,9 @@ def declare(
     return Setting(EnvVar(name, doc, parse, aliases=aliases, **bounds), default, secret)
 
 
-def env(
-    name: str,
-    default: Any,
-    doc: str,
-    parse: Callable[[str], Any] = str,
-    *,
-    secret: bool = False,
-    aliases: tuple[str, ...] = (),
-    **bounds: Any,
-) -> Any:
-    """Declare a settings field read from the variable `name`, which this class alone reads."""
-    return declare(name, default, doc, parse, secret=secret, aliases=aliases, **bounds).field()
+def env(name: str, default: Any, doc: str, parse: Callable[[str], Any] = str, **options: Any) -> Any:
+    """Declare a settings field read from the variable `name`, which this class alone reads (options: `declare`'s)."""
+    return declare(name, default, doc, parse, **options).field()
 
 
 def nested(cls: type) -> Any:
