@@ -305,7 +305,7 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         **bed.s3_env,
         "WATCH_INTERVAL_S": str(config.poll_interval_s),
         "WATCH_METRICS_PORT": "0",
-        "TRITON_URL": triton.grpc_url,
+        "MODEL_SERVER_URL": triton.grpc_url,
         "TRITON_ADMIN_KEY": ADMIN_KEY,
         "NEXUS_META_PATH": str(meta_path),
         "MODEL_REPOSITORY": str(repository),
