@@ -8,11 +8,11 @@ together as soon as one frees. At low load nothing waits; at high load batches g
 `max_rows`. `max_wait_s` is only a cap: a request queued that long leaves even without a free slot.
 
 Only one batcher may wait. Triton's dynamic batcher holds a request up to its queue delay unless the
-request alone is one of the model's preferred batch sizes, in which case it runs at once (measured: a
-1-row request 52.5 ms, a 4-row one 1.2 ms, with the default 50 ms delay and preferred sizes 4..32). So
-each batch is shaped to a preferred size: as many whole requests as fit in the largest preferred size the
-queue can fill, and a batch smaller than every preferred size is padded up to the next one by repeating
-its last row (the padding's outputs are dropped). Without preferred sizes batches go as they are.
+request alone is one of the model's preferred batch sizes, in which case it runs at once (the measurement
+is in docs/decisions.md, "Batches are shaped to a preferred size"). So each batch is shaped to a preferred
+size: as many whole requests as fit in the largest preferred size the queue can fill, and a batch smaller
+than every preferred size is padded up to the next one by repeating its last row (the padding's outputs are
+dropped). Without preferred sizes batches go as they are.
 
 Only requests whose non-batch shapes and dtypes agree are merged. Members stay isolated from each other:
 - each keeps its own deadline: `submit` gives up at the member's deadline (504) while the batch goes on for

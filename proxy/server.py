@@ -98,10 +98,9 @@ def keep_large_buffers() -> bool:
 
     A large request (a 602 KB binary tensor) allocates several buffers of its size: the body, the gRPC message,
     gRPC's own copy. By default glibc maps each afresh (or gives the heap's top back to the kernel once more than
-    twice the adaptive threshold is free), so every page of every buffer is faulted in again on every request:
-    measured with 8 connections, 86 page faults per binary request, and 1.2 ms of proxy CPU per request where
-    these limits give 1.05 ms. With them the pages stay, and the process keeps at most `_MALLOC_TRIM_THRESHOLD`
-    of free heap.
+    twice the adaptive threshold is free), so every page of every buffer is faulted in again on every request
+    (measured: docs/decisions.md, "Freed heap is kept for large requests"). With these limits the pages stay, and
+    the process keeps at most `_MALLOC_TRIM_THRESHOLD` of free heap.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -192,7 +192,7 @@ async def test_a_failure_after_the_upstream_call_still_answers_every_member() ->
 
 @pytest.mark.asyncio
 async def test_a_short_deadline_fails_only_its_own_request() -> None:
-    """Issue 12: one request with `X-Request-Timeout-Ms: 1` used to turn its whole merged batch into 504s."""
+    """One request with `X-Request-Timeout-Ms: 1` must not turn its whole merged batch into 504s."""
     fake = FakeUpstream()
     fake.gate.clear()
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
@@ -262,7 +262,7 @@ async def test_a_failed_batch_is_resent_singly_only_when_one_member_may_be_at_fa
 
 @pytest.mark.asyncio
 async def test_one_bad_row_fails_only_its_own_request() -> None:
-    """Issue 12: a row that passes validation but breaks the model used to fail everyone merged with it."""
+    """A row that passes validation but breaks the model fails alone, not everyone merged with it."""
     fake = FakeUpstream(poison=-1.0)
     fake.gate.clear()
     coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)

@@ -75,7 +75,7 @@ async def test_over_the_in_flight_limit_answers_429_at_once(proxy_client: MakeCl
 
 
 async def test_slow_uploads_hold_no_in_flight_slot(proxy_client: MakeClient, triton: TritonServer) -> None:
-    """Issue 12: the slot used to be taken before the body was read, so slow uploads made everyone else 429."""
+    """A slot is taken only once the body is read, so slow uploads cannot make everyone else 429."""
     client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1")
     release = asyncio.Event()
 
@@ -96,7 +96,7 @@ async def test_slow_uploads_hold_no_in_flight_slot(proxy_client: MakeClient, tri
 
 
 async def test_a_client_that_goes_away_frees_its_slot(proxy_client: MakeClient, triton: TritonServer) -> None:
-    """Issue 12: a client that disconnected kept its slot until its deadline (handler cancellation was off)."""
+    """A client that disconnects frees its slot at once, not at its deadline (handler cancellation on)."""
     client = await proxy_client(triton.grpc_url, MAX_IN_FLIGHT="1", PROXY_COALESCE="0")
     release = await holding_upstream(client)
     gone = asyncio.create_task(client.post("/predict", json={"input": ROW}))

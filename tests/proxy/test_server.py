@@ -73,7 +73,7 @@ def test_two_workers_share_the_port_and_stop_cleanly(
 def test_workers_die_with_a_parent_killed_hard(
     proxy_process: Callable[..., ProxyProcess], triton: TritonServer
 ) -> None:
-    """Issue 12: a SIGKILLed proxy (OOM) must not leave its workers holding the port."""
+    """A SIGKILLed proxy (OOM) must not leave its workers holding the port."""
     import psutil
 
     proxy = proxy_process(MODEL_SERVER_URL=triton.grpc_url, PROXY_WORKERS="2").start()

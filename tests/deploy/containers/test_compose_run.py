@@ -117,7 +117,7 @@ class Traffic(threading.Thread):
 
 def ready_versions(url: str, expected: list[str], timeout_s: float = 15) -> list[str]:
     """/readyz's versions once they are `expected`: each proxy worker re-reads the model's schema every 2 s
-    (proxy/app.py SCHEMA_REFRESH_S), so for a moment after the switch it may still name the old version."""
+    (proxy/model_loader.py SCHEMA_REFRESH_S), so for a moment after the switch it may still name the old version."""
     deadline = time.monotonic() + timeout_s
     versions = wait_ready(url)["versions"]
     while versions != expected and time.monotonic() < deadline:
