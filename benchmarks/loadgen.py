@@ -9,7 +9,6 @@ A runner raises `LoadError` with the tool's last words when the tool fails.
 from __future__ import annotations
 
 import shutil
-import site
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from benchmarks.parsing import (
     wrk_script,
 )
 from benchmarks.wrk_checked import CheckedSummary, checked_script, parse_checked
+from nexusml.testing.environment import perf_analyzer_env, perf_analyzer_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,23 +42,9 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def perf_analyzer_path() -> str | None:
-    found = BIN / "perf_analyzer"
-    return str(found) if found.exists() else shutil.which("perf_analyzer")
-
-
 def locust_path() -> str | None:
     found = BIN / "locust"
     return str(found) if found.exists() else shutil.which("locust")
-
-
-def perf_analyzer_env(base: dict[str, str]) -> dict[str, str]:
-    """perf_analyzer links libcudart.so.12 even without a GPU: point it at nvidia-cuda-runtime-cu12's copy."""
-    env = dict(base)
-    dirs = [Path(p) / "nvidia" / "cuda_runtime" / "lib" for p in site.getsitepackages()]
-    found = [str(d) for d in dirs if d.is_dir()]
-    env["LD_LIBRARY_PATH"] = ":".join(filter(None, [*found, base.get("LD_LIBRARY_PATH", "")]))
-    return env
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ TOOLS = {
 }
 # (f): one image-sized row through the proxy (batching on) as JSON and as a binary v2 request, side by side.
 LARGE_PATHS = ("proxy_large_json", "proxy_large_binary")
-# Issue 13's target: a binary v2 request of a 3x224x224 FP32 tensor costs the proxy <= 1/20 of the CPU per request
+# The target: a binary v2 request of a 3x224x224 FP32 tensor costs the proxy <= 1/20 of the CPU per request
 # of the same request as JSON. A ceiling, unlike the throughput targets (floors).
 LARGE_CPU_TARGET = 1 / 20
 # name: (numerator path, denominator path or "ceiling", target or None)
@@ -55,7 +55,7 @@ RATIOS: dict[str, tuple[str, str]] = {
     "direct/ceiling (d on)": ("triton_batch", "ceiling"),
 }
 TARGETS = {
-    # Issue 13: the Open Inference Protocol's JSON form within 15 % of /predict's throughput.
+    # The Open Inference Protocol's JSON form within 15 % of /predict's throughput (c2/c).
     "cpu": {"c/b": 5.0, "c/a": 3.0, "proxy/Triton HTTP (c / d http)": 1.0, "v2 JSON / predict (c2/c)": 0.85},
     "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5},
 }

@@ -32,6 +32,8 @@ ALLOWED = {
     "tools": {"core", "sync", "triton", "updates", "proxy", "command", "testing", "tools"},
     "tests": {"core", "sync", "triton", "updates", "proxy", "command", "testing", "tools", "tests"},
 }
+# The tests of the tooling itself; every other test is a product test, which imports no tooling.
+TOOLING_TESTS = ("benchmarks", "reliability")
 # nexusml's subpackages are layers of their own; its root modules (`python -m nexusml`) are the command's.
 NEXUSML_LAYERS = ("core", "sync", "triton", "updates", "backend", "command", "testing")
 
@@ -77,6 +79,8 @@ def violations(module: str, source: str) -> list[str]:
             problems.append(f"{module} ({own}) imports {target} ({layer_of(target)})")
         elif any(part.startswith("test_") for part in target.split(".")[1:]) and module.split(".")[0] == "tests":
             problems.append(f"{module} imports the test module {target}: share it via a conftest or nexusml.testing")
+        elif own == "tests" and layer_of(target) == "tools" and module.split(".")[1] not in TOOLING_TESTS:
+            problems.append(f"{module} (a product test) imports the tooling module {target}: use nexusml.testing")
     return problems
 
 
@@ -115,6 +119,8 @@ def test_every_import_points_down() -> None:
         pytest.param("reliability.bed", "from tests.conftest import DEMO_SPEC", True, id="tools-import-tests"),
         pytest.param("nexusml.testing.models", "import tests", True, id="harness-imports-tests"),
         pytest.param("tests.proxy.test_app", "from tests.proxy.test_server import BODY", True, id="test-imports-test"),
+        pytest.param("tests.proxy.test_v2", "from benchmarks import loadgen", True, id="product-test-imports-tools"),
+        pytest.param("tests.benchmarks.test_smoke", "from benchmarks import run", False, id="tooling-test-on-tools"),
         pytest.param("nexusml.core.metadata", "from .errors import MetadataError", False, id="relative-in-core"),
         pytest.param("nexusml.core.metadata", "from ..sync import storage", True, id="relative-up-into-sync"),
         pytest.param("proxy.app", "from nexusml.core.errors import NexusError", False, id="proxy-on-core"),

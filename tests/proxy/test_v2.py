@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
-from benchmarks.loadgen import perf_analyzer_env, perf_analyzer_path
+from nexusml.testing.environment import perf_analyzer_env, perf_analyzer_path
 from nexusml.testing.servers import ProxyProcess, triton_infer
 from nexusml.triton.server import TritonServer
 from tests.proxy.conftest import MakeClient, holding_upstream, in_flight
