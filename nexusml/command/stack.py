@@ -132,29 +132,29 @@ def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
 def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> ManagedProcess:
     """The front proxy, talking gRPC to the Triton just started, ready when /readyz says so."""
     proxy_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "MODEL_NAME": model}
-    return ManagedProcess(
-        "proxy",
-        [sys.executable, "-m", "nexusml", "proxy"],
-        proxy_env,
-        ready_url=f"http://127.0.0.1:{settings.proxy.port}/readyz",
-        startup_timeout_s=60,
-        stop_timeout_s=settings.proxy.shutdown_grace_s + 5,
-        port_setting="PORT",
-    )
+    ready = f"http://127.0.0.1:{settings.proxy.port}/readyz"
+    return _child("proxy", "proxy", proxy_env, ready, settings.proxy.shutdown_grace_s + 5, "PORT")
 
 
 def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
     """`nexus watch` on the Triton just started, with the admin key of this run; ready when its metrics answer."""
     watch_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
-    port = settings.watch.metrics_port
+    ready = f"http://{settings.watch.metrics_host}:{settings.watch.metrics_port}/metrics"
+    return _child("watcher", "watch", watch_env, ready, settings.watch.load_timeout_s, "WATCH_METRICS_PORT")
+
+
+def _child(
+    name: str, command: str, env: dict[str, str], ready_url: str, stop_timeout_s: float, port_setting: str
+) -> ManagedProcess:
+    """`nexus <command>` as a child of this stack, ready when `ready_url` answers."""
     return ManagedProcess(
-        "watcher",
-        [sys.executable, "-m", "nexusml", "watch"],
-        watch_env,
-        ready_url=f"http://{settings.watch.metrics_host}:{port}/metrics",
+        name,
+        [sys.executable, "-m", "nexusml", command],
+        env,
+        ready_url=ready_url,
         startup_timeout_s=60,
-        stop_timeout_s=settings.watch.load_timeout_s,
-        port_setting="WATCH_METRICS_PORT",
+        stop_timeout_s=stop_timeout_s,
+        port_setting=port_setting,
     )
 
 
