@@ -73,6 +73,37 @@ class UpstreamRejected(BadRequest):
     code = "upstream_rejected"
 
 
+# --- 400: HTTP that aiohttp's parser refused, before any handler ran (`proxy.protocol`) ---------------------
+class MalformedRequest(ProxyError):
+    """Not HTTP the proxy can read; the kinds below say why, this code is any other."""
+
+    code = "malformed_request"
+
+
+class BadRequestLine(MalformedRequest):
+    """An unknown method, an unreadable target or HTTP version."""
+
+    code = "bad_request_line"
+
+
+class HeaderTooLarge(MalformedRequest):
+    """The request line or a header over 8190 bytes, or too many headers."""
+
+    code = "header_too_large"
+
+
+class InvalidHeader(MalformedRequest):
+    """A header name or value with characters HTTP does not allow."""
+
+    code = "invalid_header"
+
+
+class BadFraming(MalformedRequest):
+    """Where the body ends is unclear: conflicting or invalid Content-Length / Transfer-Encoding, bad chunks."""
+
+    code = "bad_framing"
+
+
 # --- 401 / 404 / 405 / 408 / 413 / 415 ------------------------------------------------------------------
 class Unauthorized(ProxyError):
     code = "unauthorized"
@@ -212,6 +243,7 @@ HTTP_STATUS: dict[type[NexusError], int] = {
     NexusError: 500,
     ProxyError: 500,
     BadRequest: 400,
+    MalformedRequest: 400,
     Unauthorized: 401,
     NotFound: 404,
     MethodNotAllowed: 405,

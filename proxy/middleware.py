@@ -20,7 +20,16 @@ import orjson
 from aiohttp import web
 
 from nexusml.core.errors import NexusError
-from proxy.errors import HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, Unauthorized, http_status
+from proxy.errors import (
+    BadFraming,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    Unauthorized,
+    http_status,
+)
 from proxy.settings import ProxySettings
 from proxy.state import STATE, ProxyState
 
@@ -89,6 +98,9 @@ def as_error(exc: Exception, request: web.Request, request_id: str) -> NexusErro
         return MethodNotAllowed(f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("the request body is over the size limit")
+    if isinstance(exc, web.RequestPayloadError):  # the body's framing broke after its head was read
+        cause = (str(exc).splitlines() or ["broken framing"])[0][:200]
+        return BadFraming(f"the body could not be read: {cause}")
     if isinstance(exc, web.HTTPException):
         code = re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "http_error"
         return HttpError(exc.reason, exc.status, code)
@@ -125,7 +137,8 @@ def route(request: web.Request) -> str:
 def record(
     state: ProxyState, request: web.Request, status: int, elapsed: float, request_id: str, error: NexusError | None
 ) -> None:
-    """Count the request, and write its access line when `ACCESS_LOG` asks for it."""
+    """Count the request, and write its access line when `ACCESS_LOG` asks for it: its fields are the line
+    (bare JSON in text format, merged into the record's JSON object in json format)."""
     state.metrics.request_done(route(request), status, elapsed)
     mode = state.settings.access_log
     if mode == "all" or (status >= 400 and mode == "errors"):
@@ -141,7 +154,7 @@ def record(
             }
             if error is not None:
                 line["code"] = error.code
-            access_log.log(level, orjson.dumps(line).decode())
+            access_log.log(level, "%s %s %d", line["method"], line["path"], status, extra={"fields": line})
 
 
 # --- the one middleware -----------------------------------------------------------------------------------

@@ -31,10 +31,13 @@ import uvloop
 from aiohttp import web
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from nexusml.core import logs
 from nexusml.core.errors import NexusError, ServerError
 from nexusml.core.process import die_with_parent
 from proxy.app import create_app, server_options
 from proxy.metrics import MULTIPROC_DIR_ENV
+from proxy.middleware import access_log
+from proxy.protocol import ProxyRunner
 from proxy.settings import ProxySettings
 from proxy.state import STATE
 
@@ -43,23 +46,16 @@ log = logging.getLogger("proxy")
 _FINAL_WAIT_S = 1.0
 
 
-def configure_logging(level: str) -> None:
-    """One line per record on stderr; access lines are already JSON, so they pass through bare."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    access = logging.getLogger("proxy.access")
-    access.propagate = False
-    access_handler = logging.StreamHandler(sys.stderr)
-    access_handler.setFormatter(logging.Formatter("%(message)s"))
-    access.handlers[:] = [access_handler]
+def configure_logging(settings: ProxySettings) -> None:
+    """One line per record on stderr, in `LOG_FORMAT` (each worker is a process of its own and sets its own).
+
+    Access lines are data: in text format they stay bare JSON objects, in json format records like the rest."""
+    logs.configure(settings.log_level, settings.log_format, bare=(access_log.name,))
 
 
 async def _serve(settings: ProxySettings, worker: int) -> int:
     app = create_app(settings, worker)
-    runner = web.AppRunner(app, shutdown_timeout=_FINAL_WAIT_S, **server_options(settings))
+    runner = ProxyRunner(app, shutdown_timeout=_FINAL_WAIT_S, **server_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=1024)
     try:
@@ -116,7 +112,7 @@ ExitCode = Callable[[NexusError], int]
 
 def run_worker(settings: ProxySettings, exit_code: ExitCode, worker: int = 0) -> int:
     """One worker process's whole life; returns its exit code (`exit_code` maps a failure to one)."""
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     keep_large_buffers()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -139,7 +135,7 @@ def serve(settings: ProxySettings, exit_code: ExitCode) -> int:
     """
     if settings.worker_count == 1:
         return run_worker(settings, exit_code)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     # prometheus-client learns where the workers' metric files go only from this variable, read when a
     # worker imports it; spawned workers inherit this process's environment, so this is the one place the
     # proxy writes the environment. A fresh directory per run: no earlier run's figures get summed in.

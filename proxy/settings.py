@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import LOG_LEVEL, META_PATH, MODEL_SERVER_URL, env, parse_bool
+from nexusml.core.settings import LOG_FORMAT, LOG_LEVEL, META_PATH, MODEL_SERVER_URL, env, parse_bool
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
@@ -169,6 +169,7 @@ class ProxySettings:
         maximum=3600,
     )
     log_level: str = LOG_LEVEL.field()  # the workers are processes of their own: each sets its logging from it
+    log_format: str = LOG_FORMAT.field()
     access_log: str = env(
         "ACCESS_LOG",
         "errors",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from nexusml.core import logs
 from nexusml.core.errors import (
     AccessDenied,
     ArtifactNotFound,
@@ -70,9 +71,9 @@ def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     progress = sys.stdout.isatty() and not args.no_progress
     result = sync(meta, settings, progress=progress)
     state = "downloaded and verified" if result.downloaded else "already present and verified"
-    print(f"synced {meta.name} version {meta.version} -> {result.path} ({state})")
+    logs.say(f"synced {meta.name} version {meta.version} -> {result.path} ({state})")
     if result.pruned:
-        print(f"pruned versions {result.pruned}")
+        logs.say(f"pruned versions {result.pruned}")
     return 0
 
 
@@ -87,7 +88,7 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with supervising():
         try:
             server.start()
-            print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
+            logs.say(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
             wait_for_exit([server])
             raise ServerError(f"tritonserver exited unexpectedly with code {server.process.returncode}")
         except Stopped:
@@ -106,7 +107,7 @@ def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         try:
             if settings.interval_s == 0:
                 # Off, but still a service that stays up: compose would restart one that exited, in a loop.
-                print("watcher off (WATCH_INTERVAL_S=0); waiting to be stopped", flush=True)
+                logs.say("watcher off (WATCH_INTERVAL_S=0); waiting to be stopped")
                 while True:
                     time.sleep(3600)
             return _watching(settings)
@@ -120,7 +121,7 @@ def _watching(settings: WatchSettings) -> NoReturn:
     watching = watcher(settings)
     serve_metrics(settings, watching.metrics)
     source = settings.meta_uri or settings.sync.meta_path
-    print(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}", flush=True)
+    logs.say(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}")
     while True:
         watching.poll()
         time.sleep(settings.interval_s)
@@ -148,7 +149,7 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     meta = demo.publish(spec, s3, bucket, Path(args.workdir), settings.s3.endpoint_url)
     with disk_errors(f"cannot write {settings.meta_path}"):
         settings.meta_path.write_text(meta.to_json())
-    print(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
+    logs.say(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
     return 0
 
 
@@ -224,11 +225,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             env[variable] = value
     handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
     try:
-        level = load(LogSettings, env).log_level.upper()  # before the command's settings: they may log
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging_settings = load(LogSettings, env)  # before the command's settings: they may log
+        logs.configure(logging_settings.log_level.upper(), logging_settings.log_format)
         return handler(args, env)
     except NexusError as err:
-        print(f"nexus {args.command}: error: {err}", file=sys.stderr)
+        if logs.json_output():
+            log.error("nexus %s: error: %s", args.command, err)
+        else:
+            print(f"nexus {args.command}: error: {err}", file=sys.stderr)
         return exit_code(err)
     except KeyboardInterrupt:
         return 130

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from nexusml.command.s3local import LocalS3
-from nexusml.core import metadata
+from nexusml.core import logs, metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
-from nexusml.core.process import ManagedProcess, Stopped, child_options, guarded, stop_all, supervising
+from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
 from nexusml.core.settings import META_PATH, env, nested
 from nexusml.sync.settings import S3Settings
 from nexusml.triton.server import TritonServer
@@ -123,8 +122,8 @@ class StepFailed(NexusError):
 
 
 def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
-    log.info("%s: %s", name, " ".join(argv))
-    code = subprocess.call(guarded([sys.executable, "-m", "nexusml", *argv]), env=env, **child_options())
+    log.info("%s: %s", name, logs.command_line(argv))
+    code = call(guarded([sys.executable, "-m", "nexusml", *argv]), name, env)
     if code != 0:
         raise StepFailed(name, code)
 
@@ -210,7 +209,7 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         watcher = _watcher(settings, triton, env)
         watcher.start()
         running.append(watcher)
-    print(_banner(meta, settings.proxy.port), flush=True)
+    logs.say(_banner(meta, settings.proxy.port))
     watchdog = _watchdog(settings, running, running.index(triton), meta.name, env)
     while True:
         for process in running:

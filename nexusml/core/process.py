@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nexusml.core import logs
 from nexusml.core.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,19 @@ def spawn(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     return _spawner_thread().submit(lambda: subprocess.Popen(command, **popen, **child_options())).result()
 
 
+def call(argv: list[str], name: str, env: dict[str, str]) -> int:
+    """Run the one-shot `argv` (already `guarded`) in a session of its own to its end; its exit code. Its
+    output is ours, relayed as JSON under `name` when this process logs JSON."""
+    if not logs.json_output():
+        return subprocess.call(argv, env=env, **child_options())
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **child_options()) as child:
+        assert child.stdout is not None
+        relaying = logs.relay(child.stdout, name)
+        code = child.wait()
+        relaying.join()
+    return code
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether a server already listens where a child would bind `host:port`.
 
@@ -204,7 +218,9 @@ def port_holder(port: int) -> str:
 
 
 class ManagedProcess:
-    """One server child. Its output goes to `log_file` when given, else to ours.
+    """One server child. Its output goes to `log_file` when given, else to ours: as it is, or with
+    LOG_FORMAT=json relayed line by line as JSON (`logs.relay`). Its command line is logged with hidden
+    values (`logs.hide`) masked.
 
     The child listens on the port of `ready_url` (every user's child binds it itself); `port_setting` names
     the setting that chose that port, for the message when it is taken.
@@ -260,9 +276,15 @@ class ManagedProcess:
                 )
 
     def _launch(self) -> subprocess.Popen[bytes]:
-        log.info("starting %s: %s", self.name, " ".join(self.argv))
+        log.info("starting %s: %s", self.name, logs.command_line(self.argv))
         output = self.log_file.open("ab") if self.log_file else None
+        relayed = output is None and logs.json_output()
         try:
+            if relayed:
+                process = spawn(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                assert process.stdout is not None
+                logs.relay(process.stdout, self.name)
+                return process
             return spawn(self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT if output else None)
         except (OSError, subprocess.SubprocessError) as err:
             raise ServerError(f"cannot start {self.name}: {err}") from err

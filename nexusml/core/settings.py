@@ -222,10 +222,18 @@ LOG_LEVEL = declare(
     "log level of every command (`nexus --log-level` sets it too); at debug the proxy logs every request",
     choices=("debug", "info", "warning", "error"),
 )
+LOG_FORMAT = declare(
+    "LOG_FORMAT",
+    "text",
+    "how every command writes its log: text (one readable line per record), or json (one JSON object per line, "
+    "the same fields from every process; `nexus up` relays its children's lines, Triton's included, as JSON)",
+    choices=("text", "json"),
+)
 
 
 @dataclass(frozen=True)
 class LogSettings:
-    """What every `nexus` command reads before its own settings: how much it logs."""
+    """What every `nexus` command reads before its own settings: how much it logs, and in which format."""
 
     log_level: str = LOG_LEVEL.field()
+    log_format: str = LOG_FORMAT.field()

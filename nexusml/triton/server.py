@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusml.core import logs
 from nexusml.core.errors import ServerError
 from nexusml.core.process import ManagedProcess
 from nexusml.triton.settings import TritonSettings
@@ -117,6 +118,7 @@ class TritonServer(ManagedProcess):
     ) -> None:
         """`extra_args` follow the launcher's flags, e.g. the deployments' `--*-restricted-*` flags in tests."""
         self.settings = settings
+        logs.hide(settings.admin_key)  # it is on the command line (Triton reads it nowhere else), which is logged
         self.extra_args = extra_args
         self.dist = TritonDistribution.find()
         self._backend_root: Path | None = None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from nexusml.command import cli
+from nexusml.core import logs
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_log_level_has_one_source(
         return 0
 
     monkeypatch.setattr(cli, "_sync", handler)
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(logs, "configure", lambda level, log_format, **kwargs: seen.update(level=level))
     assert cli.main([*argv, "sync"], environ) == 0
     assert seen["level"] == level
     assert seen["env"].get("LOG_LEVEL", "info").upper() == level

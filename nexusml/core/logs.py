@@ -1,0 +1,207 @@
+"""How every process of ours logs: one line per record, as text or as one JSON object (`LOG_FORMAT`).
+
+A JSON line always has `time`, `level`, `logger` and `message`, and `request_id`, `model`, `version`, `tenant`
+when the record knows them (`log.info(..., extra={"request_id": ...})`), so log pipelines (Loki,
+Elasticsearch, CloudWatch) read every process's lines with the same field names. A record's `fields`
+(`extra={"fields": {...}}`) are merged in as they are: the proxy's access lines are records like any other.
+A traceback stays inside its line, as `traceback`.
+
+Children's output is relayed line by line (`relay`) when their parent logs JSON, so a supervisor's one
+stream stays one format: a line that is already a JSON object passes as it is, a Triton line
+(`I1206 15:45:09.453 1234 file.cc:123] message`) keeps its own level and message, anything else is a message
+of the child's logger at INFO.
+
+Secrets: a value given to `hide` is replaced by `***` in every line formatted afterwards (the admin key in a
+command line, say); nothing is scanned until something is hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MASK = "***"
+# Known context a record may carry (`extra=`); each becomes a field of the same name.
+CONTEXT_FIELDS = ("request_id", "model", "version", "tenant")
+
+_hidden: set[str] = set()
+_format = "text"  # this process's LOG_FORMAT, once `configure` has run
+_TRITON_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]\s]+\] ?(.*)")
+_TRITON_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+
+
+def hide(secret: str | None) -> None:
+    """Mask `secret` in every line formatted from now on (empty values are ignored)."""
+    if secret:
+        _hidden.add(secret)
+
+
+def masked(text: str) -> str:
+    """`text` with every hidden value replaced by `MASK`."""
+    for secret in _hidden:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def command_line(argv: Iterable[str]) -> str:
+    """`argv` as one loggable line, hidden values masked."""
+    return masked(" ".join(argv))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "relayed", False):  # a child's line that was already one of ours
+            return masked(record.msg)
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        fields = record.__dict__.get("fields")
+        if fields:
+            line.update(fields)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        text = orjson.dumps(line, default=str).decode()
+        return masked(text) if _hidden else text
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then the record's fields as JSON; a traceback on the lines after."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "relayed", False):
+            return masked(record.msg)
+        text = super().format(record)
+        fields = record.__dict__.get("fields")
+        if fields:
+            text = f"{text} {orjson.dumps(fields, default=str).decode()}"
+        return masked(text) if _hidden else text
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+class FieldsFormatter(logging.Formatter):
+    """A record's `fields` alone, as one JSON object: lines that are data in either format (access lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(record.__dict__.get("fields") or {}, default=str).decode()
+
+
+def configure(level: str, log_format: str, stream: IO[str] | None = None, bare: tuple[str, ...] = ()) -> None:
+    """This process's one handler: every record, `level` and above, in `log_format` on `stream` (stderr).
+
+    In text format, the loggers named in `bare` write their records' `fields` alone, as JSON (`FieldsFormatter`).
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in bare:
+        logger = logging.getLogger(name)
+        logger.propagate = log_format == "json"
+        if log_format == "json":
+            logger.handlers[:] = []
+        else:
+            fields_handler = logging.StreamHandler(stream or sys.stderr)
+            fields_handler.setFormatter(FieldsFormatter())
+            logger.handlers[:] = [fields_handler]
+    global _format
+    _format = log_format
+
+
+def json_output() -> bool:
+    """Whether this process logs JSON, so its children's output must be relayed (`relay`) to stay one format."""
+    return _format == "json"
+
+
+def say(text: str, logger: str = "nexus") -> None:
+    """A message for the person at the terminal: printed on stdout as it is, or with LOG_FORMAT=json a record
+    like any other, so that every line stays one JSON object."""
+    if json_output():
+        for line in text.strip("\n").splitlines():
+            logging.getLogger(logger).info("%s", line)
+    else:
+        print(text, flush=True)
+
+
+def child_record(logger: str, raw: str) -> logging.LogRecord:
+    """A record for one line a child wrote: kept whole when it is already a JSON object, Triton's own level
+    and message for a Triton line, else the line as a message at INFO."""
+    if raw.startswith("{") and raw.endswith("}"):
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            record = logging.LogRecord(logger, logging.INFO, "", 0, raw, None, None)
+            record.relayed = True
+            return record
+    level, message = logging.INFO, raw
+    triton = _TRITON_LINE.fullmatch(raw)
+    if triton is not None:
+        level, message = _TRITON_LEVELS[triton.group(1)], triton.group(2)
+    return logging.LogRecord(logger, level, "", 0, message, None, None)
+
+
+def relay(stream: IO[bytes], logger: str) -> threading.Thread:
+    """Log every line a child writes to `stream` as records of `logger` (`child_record`), until it closes."""
+    target = logging.getLogger(logger)
+
+    def pump() -> None:
+        with stream:
+            for raw in stream:
+                text = raw.decode(errors="replace").rstrip("\r\n")
+                if text.strip():
+                    target.handle(child_record(logger, text))
+
+    thread = threading.Thread(target=pump, name=f"relay-{logger}", daemon=True)
+    thread.start()
+    return thread
+
+
+class RateLimit:
+    """At most `per_second` lines a second; the lines held back are counted and told in the next line let
+    through, so a flood of hostile requests costs a bounded number of lines, not disk."""
+
+    def __init__(self, per_second: int, clock: Any = time.monotonic) -> None:
+        self.per_second = per_second
+        self.clock = clock
+        self.window = -1
+        self.used = 0
+        self.suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether to log this line, how many were held back since the last one logged)."""
+        window = int(self.clock())
+        if window != self.window:
+            self.window, self.used = window, 0
+        if self.used >= self.per_second:
+            self.suppressed += 1
+            return False, 0
+        self.used += 1
+        held, self.suppressed = self.suppressed, 0
+        return True, held
