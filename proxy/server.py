@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
 import uvloop
@@ -33,7 +34,13 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from nexusml.core import logs
 from nexusml.core.errors import NexusError, ServerError
-from nexusml.core.process import die_with_parent
+from nexusml.core.process import (
+    STOP_SIGNALS,
+    die_with_parent,
+    ignore_stop_signals,
+    release_stop_signals,
+    stop_signals_held,
+)
 from proxy.app import create_app, server_options
 from proxy.metrics import MULTIPROC_DIR_ENV
 from proxy.middleware import access_log
@@ -54,6 +61,31 @@ def configure_logging(settings: ProxySettings) -> None:
 
 
 async def _serve(settings: ProxySettings, worker: int) -> int:
+    stop = asyncio.Event()
+    _stop_on_signal(stop)
+    try:
+        return await _serving(settings, worker, stop)
+    finally:
+        ignore_stop_signals()  # the worker is ending: its handler must not wake a closed loop
+
+
+def _stop_on_signal(stop: asyncio.Event) -> None:
+    """The first SIGTERM/SIGINT sets `stop`; later ones are ignored (a worker may get two: the supervisor's
+    and one sent to the whole group). A plain handler, not the loop's `add_signal_handler`, which would put
+    the default action back when the loop closes, where a second signal would kill the worker with it.
+    A signal held while this worker started (`stop_signals_held`) arrives once the handler is in."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        ignore_stop_signals()
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    release_stop_signals()
+
+
+async def _serving(settings: ProxySettings, worker: int, stop: asyncio.Event) -> int:
     app = create_app(settings, worker)
     runner = ProxyRunner(app, shutdown_timeout=_FINAL_WAIT_S, **server_options(settings))
     await runner.setup()
@@ -64,10 +96,6 @@ async def _serve(settings: ProxySettings, worker: int) -> int:
         await runner.cleanup()
         raise ServerError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
     log.info("worker %d listening on http://%s:%d", worker, settings.host, settings.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     state = app[STATE]
     state.draining = True
@@ -161,20 +189,32 @@ def serve(settings: ProxySettings, exit_code: ExitCode) -> int:
 
 def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
     """Start the workers and wait for them all; SIGTERM/SIGINT are forwarded, and a worker that dies on its own
-    stops the others. Returns the first failed worker's exit code, else 0."""
+    stops the others. Returns the first failed worker's exit code, else 0.
+
+    Stopping happens once: the first signal (or failure) sends each worker one SIGTERM, and further signals
+    are ignored. The workers start with the signals held (`stop_signals_held`), so one sent meanwhile reaches
+    the supervisor, and a worker, only once the worker's handler is in.
+    """
     stopping = False
 
     def forward(_signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return
+        ignore_stop_signals()
         stopping = True
         for process in workers:
             if process.is_alive():
                 process.terminate()
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        for process in workers:
-            process.start()
+        # multiprocessing starts its resource tracker with the first worker, and unblocks the stop signals
+        # after it whatever they were: started before the hold, it leaves the hold alone.
+        resource_tracker.ensure_running()
+        with stop_signals_held():
+            for process in workers:
+                process.start()
         log.info("proxy: %d workers on port %d", len(workers), port)
         failed = 0
         dead: set[int] = set()
@@ -191,5 +231,6 @@ def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
         codes = [process.exitcode for process in workers]
         return failed or next((int(code) for code in codes if code), 0)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not stopping:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

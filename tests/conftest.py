@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from nexusml.command.s3local import LocalS3
-from nexusml.core.process import ManagedProcess
+from nexusml.core.process import STOP_SIGNALS, ManagedProcess
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, publish, sync_into
 from nexusml.testing.servers import s3_client as make_s3_client
 from nexusml.testing.servers import s3_environment, start_local_s3, start_triton
@@ -111,3 +112,13 @@ def triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     server = start_triton(demo_repository, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def stop_signal_handlers() -> Iterator[None]:
+    """For a test that stops in-process: a stopped process ignores SIGINT/SIGTERM until it exits, and the test
+    runner must get its own handlers back."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

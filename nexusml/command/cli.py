@@ -85,16 +85,17 @@ def _triton(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.triton.settings import TritonSettings
 
     server = TritonServer(load(TritonSettings, environ), dict(environ))
-    with supervising():
-        try:
+    try:
+        with supervising():  # the first SIGINT/SIGTERM raises Stopped; later ones are ignored
             server.start()
             logs.say(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}")
             wait_for_exit([server])
             raise ServerError(f"tritonserver exited unexpectedly with code {server.process.returncode}")
-        except Stopped:
-            return 0
-        finally:
-            stop_all([server])
+    except Stopped as signal_name:
+        log.info("%s: stopping", signal_name)
+        return 0
+    finally:
+        stop_all([server])
 
 
 def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -103,16 +104,17 @@ def _watch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.updates.watch import WatchSettings
 
     settings = load(WatchSettings, environ)
-    with supervising():
-        try:
+    try:
+        with supervising():  # the first SIGINT/SIGTERM raises Stopped; later ones are ignored
             if settings.interval_s == 0:
                 # Off, but still a service that stays up: compose would restart one that exited, in a loop.
                 logs.say("watcher off (WATCH_INTERVAL_S=0); waiting to be stopped")
                 while True:
                     time.sleep(3600)
             return _watching(settings)
-        except Stopped:
-            return 0
+    except Stopped as signal_name:
+        log.info("%s: stopping", signal_name)
+        return 0
 
 
 def _watching(settings: WatchSettings) -> NoReturn:

@@ -170,17 +170,17 @@ def _banner(meta: metadata.ModelMetadata, port: int) -> str:
 def up(settings: StackSettings, environ: dict[str, str]) -> int:
     env = dict(environ)
     running: list[ManagedProcess] = []
-    with supervising():
-        try:
+    try:
+        with supervising():  # the first SIGINT/SIGTERM raises Stopped; later ones are ignored
             _run(settings, env, running)
-        except Stopped as signal_name:
-            log.info("%s: stopping", signal_name)
-            return 0
-        except StepFailed as failed:
-            log.error("%s", failed)  # the step printed its own cause
-            return failed.exit_code
-        finally:
-            stop_all(running)
+    except Stopped as signal_name:
+        log.info("%s: stopping", signal_name)
+        return 0
+    except StepFailed as failed:
+        log.error("%s", failed)  # the step printed its own cause
+        return failed.exit_code
+    finally:
+        stop_all(running)
 
 
 def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProcess]) -> NoReturn:

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from nexusml.core.process import die_with_parent
+from nexusml.core.process import STOP_SIGNALS, die_with_parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
+    # The command starts with the stop signals as a fresh process has them: a parent already stopping
+    # ignores them (`ignore_stop_signals`), and an ignored or blocked signal would survive the exec.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if args.parent is not None:
         die_with_parent(args.parent)
     if args.max_file_bytes is not None:

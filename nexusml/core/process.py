@@ -331,6 +331,9 @@ class ManagedProcess:
         self.stop()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Stopped(BaseException):
     """SIGINT or SIGTERM arrived while supervising.
 
@@ -340,24 +343,61 @@ class Stopped(BaseException):
     """
 
 
+def ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM are ignored from now on: this process is stopping, and stops only once.
+
+    A second signal is common: GNU make passes a SIGTERM sent to its process group on to its child, which so
+    gets two, and a second one raised inside the handling of the first ended `nexus up` with a traceback
+    (docs/decisions.md, "A stop signal is handled once"). Ignored, not blocked: every thread ignores it, and
+    a signal pending meanwhile is dropped rather than delivered later. An ignored signal survives an exec;
+    the exec guard puts the default back for the children started through it (`guarded`).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _raise_stopped(signum: int, _frame: object) -> None:
+    ignore_stop_signals()  # first: a second signal from here on finds no handler to run
     raise Stopped(signal.Signals(signum).name)
 
 
 @contextmanager
 def supervising() -> Iterator[None]:
-    """SIGINT/SIGTERM raise `Stopped` in the main thread for the duration.
+    """The first SIGINT/SIGTERM raises `Stopped` in the main thread; later ones are ignored.
 
     So a signal during a start-up step (a sync, a server becoming ready) interrupts it too, and the
     caller's `finally` stops what was started. Children run in sessions of their own (see `child_options`),
-    so a Ctrl-C on the terminal reaches only the supervisor, which then stops them in order.
+    so a Ctrl-C on the terminal reaches only the supervisor, which then stops them in order. Leaving by an
+    exception (`Stopped`, a failure) begins the process's stop, so the signals stay ignored; the previous
+    handlers come back only when the body ends normally. Catch `Stopped` around the `with`, not inside it:
+    a signal may arrive as soon as the handler is in.
     """
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except BaseException:
+        ignore_stop_signals()
+        raise
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM held pending (blocked in this thread) for the duration, and in every process started
+    meanwhile, which inherits the mask across exec: such a child unblocks them once its own handlers are in
+    (`release_stop_signals`), and only then sees a signal sent while it was starting, rather than dying of it
+    (SIGTERM) or raising KeyboardInterrupt from an import (SIGINT)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def release_stop_signals() -> None:
+    """Unblock SIGINT/SIGTERM in this thread (see `stop_signals_held`); one held meanwhile arrives now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def wait_for_exit(processes: list[ManagedProcess]) -> ManagedProcess:
@@ -370,11 +410,8 @@ def wait_for_exit(processes: list[ManagedProcess]) -> ManagedProcess:
 
 
 def stop_all(processes: list[ManagedProcess]) -> None:
-    """Stop in reverse start order; further signals are ignored meanwhile (each stop is bounded)."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for process in reversed(processes):
-            process.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    """Stop in reverse start order. Stopping is final: stop signals are ignored from here on (each stop is
+    bounded by its process's stop timeout)."""
+    ignore_stop_signals()
+    for process in reversed(processes):
+        process.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import psutil
 import pytest
 import tritonclient.http as httpclient
 
+from nexusml.command import stack
 from nexusml.command.s3local import CREDENTIALS
 from nexusml.core.process import http_ok
 from nexusml.testing.environment import base_environment, free_port
@@ -199,3 +202,39 @@ def test_a_failing_step_ends_the_job_with_that_steps_exit_code(tmp_path: Path) -
     assert "nexus sync: error: " in result.stderr
     assert "sync failed with exit code 3" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("stop_signal_handlers")
+def test_a_second_sigterm_while_up_logs_its_stop_ends_it_cleanly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`make run` stopped by a SIGTERM to its process group: make passes one more on to `nexus up`, which once
+    landed in `up`'s own "stopping" line and ended the stop with a traceback and exit 1."""
+    stopped = []
+
+    class Server:
+        def stop(self) -> None:
+            stopped.append("server")
+
+    def run(settings: stack.StackSettings, env: dict[str, str], running: list[object]) -> None:
+        running.append(Server())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs here
+
+    class ForwardedByMake(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().endswith("stopping"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # a handler still in would raise here, inside the write
+
+    monkeypatch.setattr(stack, "_run", run)
+    caplog.set_level(logging.INFO, logger=stack.log.name)
+    forwarded = ForwardedByMake()
+    stack.log.addHandler(forwarded)
+    try:
+        code = stack.up(None, {})  # type: ignore[arg-type]
+    finally:
+        stack.log.removeHandler(forwarded)
+    assert code == 0
+    assert stopped == ["server"]
+    assert [r.getMessage() for r in caplog.records if r.name == stack.log.name] == ["SIGTERM: stopping"]

@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from nexusml.core.errors import ServerError
-from nexusml.core.process import ManagedProcess, Stopped, http_ok, port_holder, supervising
+from nexusml.core.process import (
+    ManagedProcess,
+    Stopped,
+    http_ok,
+    ignore_stop_signals,
+    port_holder,
+    spawn,
+    stop_signals_held,
+    supervising,
+)
 from nexusml.testing.environment import base_environment, free_port
 
 pytestmark = pytest.mark.integration
@@ -161,6 +170,7 @@ def test_port_holder_names_the_listening_process(listener: socket.socket) -> Non
     assert port_holder(port) == "another process"
 
 
+@pytest.mark.usefixtures("stop_signal_handlers")
 def test_a_signal_while_a_log_line_is_written_still_stops() -> None:
     """Logging handlers catch `Exception` around their write: `Stopped` must get through (it is a BaseException)."""
 
@@ -177,3 +187,50 @@ def test_a_signal_while_a_log_line_is_written_still_stops() -> None:
     logger.addHandler(Signalling())
     with supervising(), pytest.raises(Stopped):
         logger.warning("a line")
+
+
+@pytest.mark.usefixtures("stop_signal_handlers")
+def test_a_second_signal_while_the_first_is_handled_raises_nothing() -> None:
+    """GNU make passes a SIGTERM sent to its process group on to `nexus up`, which so gets two: the second,
+    landing while the first was handled (its log line), once ended the stop with a second `Stopped`."""
+    handled = []
+    with supervising():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here
+        except Stopped as first:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # a handler still in would raise here, inside this `except`
+            handled.append(str(first))
+    assert handled == ["SIGTERM"]
+
+
+@pytest.mark.usefixtures("stop_signal_handlers")
+@pytest.mark.parametrize(
+    "leave",
+    [pytest.param(Stopped("SIGTERM"), id="stopped"), pytest.param(ServerError("a child died"), id="failure")],
+)
+def test_a_process_leaving_supervision_by_an_exception_ignores_stop_signals(leave: BaseException) -> None:
+    """Leaving by a stop or a failure begins the process's stop: a signal on the way out changes nothing."""
+    with pytest.raises(type(leave)), supervising():
+        raise leave
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGTERM)  # would end the test run with the default action
+
+
+@pytest.mark.usefixtures("stop_signal_handlers")
+def test_a_supervised_block_that_ends_normally_gets_the_previous_handlers_back() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with supervising():
+        pass
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+@pytest.mark.usefixtures("stop_signal_handlers")
+def test_a_child_started_while_stopping_can_still_be_stopped() -> None:
+    """Ignored and blocked signals survive an exec: the guard puts the stop signals back for the child."""
+    ignore_stop_signals()
+    with stop_signals_held():
+        child = spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=base_environment())
+    child.terminate()
+    assert child.wait(timeout=30) == -signal.SIGTERM
