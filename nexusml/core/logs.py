@@ -120,6 +120,7 @@ def configure(level: str, log_format: str, stream: IO[str] | None = None, bare: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python's warnings as records too, not bare lines on stderr
     for name in bare:
         logger = logging.getLogger(name)
         logger.propagate = log_format == "json"
@@ -148,9 +149,10 @@ def say(text: str, logger: str = "nexus") -> None:
         print(text, flush=True)
 
 
-def child_record(logger: str, raw: str) -> logging.LogRecord:
-    """A record for one line a child wrote: kept whole when it is already a JSON object, Triton's own level
-    and message for a Triton line, else the line as a message at INFO."""
+def child_record(logger: str, raw: str, level: int = logging.INFO) -> logging.LogRecord:
+    """A record for one line a child wrote: kept whole when it is already a JSON object; Triton's own level
+    and message for a Triton line (2.51 writes the message as a JSON string: it is unquoted); else the line as
+    a message at `level` (the level of the Triton line it continues, such as a table's rows)."""
     if raw.startswith("{") and raw.endswith("}"):
         try:
             parsed = orjson.loads(raw)
@@ -160,10 +162,15 @@ def child_record(logger: str, raw: str) -> logging.LogRecord:
             record = logging.LogRecord(logger, logging.INFO, "", 0, raw, None, None)
             record.relayed = True
             return record
-    level, message = logging.INFO, raw
+    message = raw
     triton = _TRITON_LINE.fullmatch(raw)
     if triton is not None:
-        level, message = _TRITON_LEVELS[triton.group(1)], triton.group(2)
+        level, message = _TRITON_LEVELS[triton.group(1)], triton.group(2).strip()
+        if len(message) > 1 and message.startswith('"') and message.endswith('"'):
+            try:
+                message = str(orjson.loads(message))
+            except orjson.JSONDecodeError:
+                message = message[1:-1]
     return logging.LogRecord(logger, level, "", 0, message, None, None)
 
 
@@ -172,11 +179,14 @@ def relay(stream: IO[bytes], logger: str) -> threading.Thread:
     target = logging.getLogger(logger)
 
     def pump() -> None:
+        level = logging.INFO
         with stream:
             for raw in stream:
                 text = raw.decode(errors="replace").rstrip("\r\n")
                 if text.strip():
-                    target.handle(child_record(logger, text))
+                    record = child_record(logger, text, level)
+                    level = record.levelno if _TRITON_LINE.fullmatch(text) else level
+                    target.handle(record)
 
     thread = threading.Thread(target=pump, name=f"relay-{logger}", daemon=True)
     thread.start()

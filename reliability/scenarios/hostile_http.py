@@ -1,6 +1,10 @@
 """Hostile HTTP: slow-loris clients, oversized headers and bodies, and property-based fuzzing.
 
-Pass criteria: fuzzing the OpenAPI document (schemathesis) gives no 5xx and no hang;
+Pass criteria: malformed HTTP of 10 kinds (bad request lines, conflicting or invalid lengths, bad chunks, too
+many or too long headers, bad header bytes, bad Transfer-Encoding) is answered 4xx with the JSON error envelope,
+and logs no traceback, nothing at ERROR, at most one line per request, and no more lines a second than the rate
+limit lets through however many arrive (`proxy.protocol`); every line of the proxy's log (LOG_FORMAT=json) is JSON;
+fuzzing the OpenAPI document (schemathesis) gives no 5xx and no hang;
 hundreds of slow-loris connections (a request head, or a body, one byte at a time) do not starve normal
 traffic (all its requests still answered 200) and are dropped by the read timeouts (`HEADER_TIMEOUT_S`,
 `BODY_TIMEOUT_S`); oversized headers and bodies are refused before the client has sent them whole, and a
@@ -13,15 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.protocol import LINES_PER_S
 from reliability import procinfo
 from reliability.bed import Bed, demo_workload
 from reliability.load import LoadStats, wrk_loop
 from reliability.result import ScenarioResult
+
+_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+# Ten kinds of malformed HTTP; `<PAUSE>` splits what is sent in two writes (a body that breaks after its head).
+MALFORMED: dict[str, bytes] = {
+    "not_http": b"GARBAGE\r\n\r\n",
+    "bad_version": b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    "length_and_chunked": _HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "invalid_length": _HEAD + b"Content-Length: 12abc\r\n\r\n",
+    "bad_chunk": _HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "chunk_broken_after_head": _HEAD + b'Transfer-Encoding: chunked\r\n\r\n3\r\n{"i<PAUSE>zz\r\n0\r\n\r\n',
+    "too_many_headers": b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + b"\r\n",
+    "long_header": b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    "bad_header_bytes": b"GET /healthz HTTP/1.1\r\nX-A\x01b: v\r\nX-C: \xff\x00\r\n\r\n",
+    "bad_transfer_encoding": _HEAD + b"Transfer-Encoding: gzip, chunked, x\r\n\r\n",
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,7 @@ class Config:
     normal_s: float = 1.0  # seconds of normal traffic (wrk) alone, then again beside the slow-loris connections
     normal_concurrency: int = 4
     fuzz_examples: int = 25
+    malformed: int = 1000  # malformed requests, the kinds of MALFORMED in turn, sent back to back
     drop_bound_s: float = 60.0  # generous bound for "dropped", not a speed verdict
 
     @classmethod
@@ -235,11 +257,13 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         BODY_TIMEOUT_S=str(config.body_timeout_s),
         MAX_BODY_BYTES=str(64 << 10),
         MAX_IN_FLIGHT=str(config.max_in_flight),
+        LOG_FORMAT="json",
     )
-    assert proxy.process is not None
+    assert proxy.process is not None and proxy.log_file is not None
     phase = _slow_loris_phase(config, proxy.url, proxy.port, proxy.process.pid, bed.path("hostile"))
     result.load = phase.during
     refused, whole = _oversized(config, proxy.port)
+    malformed = _malformed_phase(proxy.port, proxy.log_file, config.malformed)
     fuzzed = fuzz(proxy.url, config.fuzz_examples)
     alive = proxy.get("/healthz")[0] == 200
     _loris_figures(result, config, phase)
@@ -250,8 +274,10 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     result.figures.update(
         fuzz_statuses=fuzzed, memory_before=phase.before.as_dict(), memory_after=phase.after.as_dict()
     )
+    result.figures.update(malformed.figures())
     _judge_loris(result, config, phase)
     _judge_oversized(result, config, refused)
+    _judge_malformed(result, malformed, proxy.log_file)
     server_errors = {k: v for k, v in fuzzed.items() if k.startswith("5") or k in ("hang", "no_answer")}
     result.check("fuzzing: no 5xx, no hang", not server_errors, f"{fuzzed}")
     result.check("fuzzing: answers match the OpenAPI document", "failed_check" not in fuzzed, f"{fuzzed}")
@@ -312,6 +338,108 @@ def _oversized(config: Config, port: int) -> tuple[dict[str, tuple[int, int, int
         ),
     }
     return refused, whole
+
+
+@dataclass
+class MalformedPhase:
+    """Malformed requests sent, how they were answered, and what the proxy logged meanwhile."""
+
+    sent: int
+    statuses: dict[str, int]
+    enveloped: int  # answers that are `{"error": {"code", "message"}}`
+    seconds: float
+    lines: list[dict[str, object]]  # the proxy's log lines written meanwhile, parsed
+    unparsed: list[str]  # log lines that are not JSON objects
+
+    def figures(self) -> dict[str, object]:
+        suppressed = sum(int(str(line.get("suppressed", 0))) for line in self.lines)
+        return {
+            "malformed_sent": self.sent,
+            "malformed_statuses": self.statuses,
+            "malformed_enveloped": self.enveloped,
+            "malformed_log_lines": len(self.lines) + len(self.unparsed),
+            "malformed_lines_per_request": round((len(self.lines) + len(self.unparsed)) / max(self.sent, 1), 3),
+            "malformed_lines_suppressed": suppressed,
+            "malformed_tracebacks": sum("traceback" in line or "Traceback" in str(line) for line in self.lines),
+            "malformed_error_lines": sum(line.get("level") in ("ERROR", "CRITICAL") for line in self.lines),
+            "malformed_seconds": round(self.seconds, 2),
+        }
+
+
+def _malformed_answer(port: int, data: bytes) -> tuple[int, bool]:
+    """Send one malformed request; (its status, whether its body is our error envelope); 0 for no answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for index, piece in enumerate(data.split(b"<PAUSE>")):
+            if index:
+                time.sleep(0.02)
+            with contextlib.suppress(OSError):
+                sock.sendall(piece)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/"):
+        return 0, False
+    status = int(head.split(b" ", 2)[1])
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return status, False
+    return status, isinstance(error, dict) and {"code", "message"} <= error.keys()
+
+
+def _malformed_phase(port: int, log_file: Path, count: int) -> MalformedPhase:
+    """`count` malformed requests, the kinds in turn, back to back; then the log lines they caused."""
+    kinds = list(MALFORMED.values())
+    offset = log_file.stat().st_size
+    started = time.monotonic()
+    answers = [_malformed_answer(port, kinds[index % len(kinds)]) for index in range(count)]
+    seconds = time.monotonic() - started
+    time.sleep(1.5)  # the rate limit's summary of the lines it held back comes when its second is over
+    text = log_file.read_bytes()[offset:].decode(errors="replace")
+    lines, unparsed = _parsed_lines(text)
+    statuses: dict[str, int] = {}
+    for status, _ in answers:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return MalformedPhase(count, statuses, sum(ok for _, ok in answers), seconds, lines, unparsed)
+
+
+def _parsed_lines(text: str) -> tuple[list[dict[str, object]], list[str]]:
+    """The log lines of `text` that are JSON objects, parsed, and those that are not."""
+    lines: list[dict[str, object]] = []
+    unparsed: list[str] = []
+    for raw in filter(None, text.splitlines()):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            lines.append(parsed)
+        else:
+            unparsed.append(raw)
+    return lines, unparsed
+
+
+def _judge_malformed(result: ScenarioResult, phase: MalformedPhase, log_file: Path) -> None:
+    figures = phase.figures()
+    answered = all(status.startswith("4") for status in phase.statuses) and phase.enveloped == phase.sent
+    result.check("malformed requests: every one 4xx with the error envelope", answered, f"{figures}")
+    quiet = figures["malformed_tracebacks"] == 0 and figures["malformed_error_lines"] == 0
+    result.check("malformed requests: no traceback, no ERROR line", quiet, f"{figures}")
+    result.check(
+        "malformed requests: at most one log line each",
+        float(str(figures["malformed_lines_per_request"])) <= 1,
+        str(figures["malformed_lines_per_request"]),
+    )
+    bound = (LINES_PER_S + 1) * (int(phase.seconds) + 3)
+    result.check(
+        f"malformed requests: log lines bounded by the rate limit ({bound} in {phase.seconds:.1f} s)",
+        int(str(figures["malformed_log_lines"])) <= bound,
+        str(figures["malformed_log_lines"]),
+    )
+    _, not_json = _parsed_lines(log_file.read_text(errors="replace"))
+    result.check("every line of the proxy's log is a JSON object", not not_json, f"{not_json[:3]}")
 
 
 def _loris_figures(result: ScenarioResult, config: Config, phase: LorisPhase) -> None:

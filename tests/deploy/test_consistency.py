@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from nexusml.command.cli import parser
-from nexusml.core.settings import variables
+from nexusml.core.settings import LogSettings, variables
 from nexusml.sync.settings import S3Settings, SyncSettings
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
@@ -52,7 +52,10 @@ DEPLOYMENT_OVERRIDES = {
     "AWS_ACCESS_KEY_ID": "compose's MinIO credentials",
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
     "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
+    "LOG_FORMAT": "a log pipeline reads the containers' lines: one JSON object each",
 }
+# Read by every command before its own settings (`nexus --log-level`, LOG_FORMAT).
+COMMAND_VARIABLES = {spec.name: default for spec, default in variables(LogSettings)}
 
 
 def code_variables() -> dict[str, set[str]]:
@@ -112,6 +115,7 @@ def test_compose_variables_are_known_and_defaults_agree(service: str, process: s
         defaults = proxy_defaults()
     elif process == "watch":
         defaults = watch_defaults()
+    defaults |= COMMAND_VARIABLES
     for name, value in compose_environment(service).items():
         assert name in defaults or name in BOTO3_VARIABLES | RUNTIME_VARIABLES, f"{service}: unknown {name}"
         match = _INTERPOLATION.match(value)
@@ -212,6 +216,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
         known = proxy_defaults()
     elif process == "watch":
         known = watch_defaults()
+    known |= COMMAND_VARIABLES
     env = env_of(container(pod_spec(render_chart(values)), name))
     for variable, value in env.items():
         assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"
@@ -223,6 +228,17 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
         assert env["BATCH_SIZE"] == "64" and env["BATCH_TIMEOUT_MS"] == "5"
     else:  # Triton's batcher is the sync's business; the proxy's coalescer has its own COALESCE_* names
         assert "BATCH_SIZE" not in env and "BATCH_TIMEOUT_MS" not in env
+
+
+@pytest.mark.parametrize("service", ["model-sync", "publish-demo", "proxy", "watcher"])
+def test_compose_services_of_ours_log_json(service: str) -> None:
+    assert compose_environment(service)["LOG_FORMAT"] == "${LOG_FORMAT:-json}"
+
+
+@pytest.mark.parametrize("name", ["sync", "proxy", "watcher"])
+def test_chart_containers_of_ours_log_json(name: str) -> None:
+    values = {"watcher": {"enabled": True}}
+    assert env_of(container(pod_spec(render_chart(values)), name))["LOG_FORMAT"] == "json"
 
 
 def test_proxy_talks_to_triton_over_localhost() -> None:

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from nexusml.core.settings import load
 from proxy import protocol
 from proxy.app import create_app, server_options
+from proxy.errors import BadFraming
+from proxy.middleware import as_error
 from proxy.settings import ProxySettings
-
-pytestmark = pytest.mark.asyncio
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
@@ -80,6 +81,7 @@ def client_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.name.startswith(("aiohttp", "proxy.http"))]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("data", "code"), MALFORMED)
 async def test_a_malformed_request_gets_our_envelope_and_one_warning(
     port: int, caplog: pytest.LogCaptureFixture, data: bytes, code: str
@@ -96,6 +98,7 @@ async def test_a_malformed_request_gets_our_envelope_and_one_warning(
     assert record.fields == {"peer": "127.0.0.1", "status": 400, "code": code}
 
 
+@pytest.mark.asyncio
 async def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(
     port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -116,3 +119,13 @@ async def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(
     per_request = [record for record in records if "suppressed" not in record.fields]
     assert len(per_request) + suppressed == flood
     assert len(records) <= (protocol.LINES_PER_S + 1) * (int(seconds) + 2)
+
+
+def test_a_body_whose_framing_breaks_after_its_head_is_bad_framing_not_a_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The parser's error then reaches the handler reading the body, as aiohttp's RequestPayloadError."""
+    request = make_mocked_request("POST", "/predict")
+    err = as_error(web.RequestPayloadError("Invalid character in chunk size"), request, "r-1")
+    assert isinstance(err, BadFraming) and "chunk size" in str(err)
+    assert not caplog.records  # no ERROR, no traceback: the access line is all

@@ -1,4 +1,5 @@
-"""Short form of hostile HTTP: slow-loris heads and bodies, oversized headers and bodies, fuzzing."""
+"""Short form of hostile HTTP: slow-loris heads and bodies, oversized headers and bodies, malformed HTTP (its
+answers and log lines counted), fuzzing."""
 
 from __future__ import annotations
 
@@ -15,3 +16,4 @@ def test_hostile_http(bed: Bed) -> None:
     result = hostile_http.run(bed, hostile_http.Config())
     print(result.explain(), result.figures)
     assert_functional(result)
+    assert result.figures["malformed_sent"] == hostile_http.Config().malformed

@@ -124,6 +124,12 @@ or the proxy. With IRSA instead, the pod's eks.amazonaws.com/skip-containers ann
 {{- end }}
 {{- end }}
 
+{{/* LOG_FORMAT for every container of ours (not Triton's: its image logs its own format). */}}
+{{- define "nexus.logEnv" -}}
+- name: LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
+
 {{/* TRITON_ADMIN_KEY from the admin Secret: Triton (its restricted APIs) and the watcher (which calls them). */}}
 {{- define "nexus.adminKeyEnv" -}}
 - name: TRITON_ADMIN_KEY

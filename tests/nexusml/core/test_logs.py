@@ -98,6 +98,13 @@ def test_a_hidden_value_never_appears(captured: io.StringIO, log_format: str) ->
             id="triton-info",
         ),
         pytest.param(
+            'I1206 17:07:15.747470 22763 grpc_server.cc:2558] "Started \\"GRPC\\" at 0.0.0.0:18124"',
+            "INFO",
+            'Started "GRPC" at 0.0.0.0:18124',
+            False,
+            id="triton-2.51-quoted",
+        ),
+        pytest.param(
             "W1206 15:45:09.453123 77 pinned_memory_manager.cc:273] Unable to allocate pinned system memory",
             "WARNING",
             "Unable to allocate pinned system memory",
@@ -121,13 +128,23 @@ def test_a_childs_line_becomes_one_json_line(raw: str, level: str, message: str,
 
 
 def test_relay_logs_every_line_of_a_child(captured: io.StringIO) -> None:
+    """Each line its own record; a Triton table's rows keep the level of the line they belong to."""
     logs.configure("info", "json", captured)
-    script = "print('plain'); print('I1206 15:45:09.453 1 a.cc:1] triton says'); import sys; sys.stderr.write('x\\n')"
+    script = (
+        "print('plain'); print('W1206 15:45:09.453 1 a.cc:1] table:'); print('| row |'); print();"
+        "print('I1206 15:45:09.453 1 a.cc:2] \"triton says\"'); import sys; sys.stderr.write('x\\n')"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert child.stdout is not None
     logs.relay(child.stdout, "child").join(timeout=30)
     child.wait()
-    assert [line["message"] for line in lines(captured)] == ["plain", "triton says", "x"]
+    assert [(line["level"], line["message"]) for line in lines(captured)] == [
+        ("INFO", "plain"),
+        ("WARNING", "table:"),
+        ("WARNING", "| row |"),
+        ("INFO", "triton says"),
+        ("INFO", "x"),
+    ]
 
 
 def test_say_prints_in_text_and_logs_in_json(captured: io.StringIO, capsys: pytest.CaptureFixture[str]) -> None:
