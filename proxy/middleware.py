@@ -135,10 +135,17 @@ def route(request: web.Request) -> str:
 
 
 def record(
-    state: ProxyState, request: web.Request, status: int, elapsed: float, request_id: str, error: NexusError | None
+    state: ProxyState,
+    request: web.Request,
+    response: web.StreamResponse,
+    elapsed: float,
+    request_id: str,
+    error: NexusError | None,
 ) -> None:
     """Count the request, and write its access line when `ACCESS_LOG` asks for it: its fields are the line
-    (bare JSON in text format, merged into the record's JSON object in json format)."""
+    (bare JSON in text format, merged into the record's JSON object in json format), with the model and
+    version that answered a prediction."""
+    status = response.status
     state.metrics.request_done(route(request), status, elapsed)
     mode = state.settings.access_log
     if mode == "all" or (status >= 400 and mode == "errors"):
@@ -152,6 +159,9 @@ def record(
                 "ms": round(elapsed * 1000, 3),
                 "worker": state.worker,
             }
+            model = response.headers.get("X-Model-Name")
+            if model is not None:
+                line["model"], line["version"] = model, response.headers.get("X-Model-Version")
             if error is not None:
                 line["code"] = error.code
             access_log.log(level, "%s %s %d", line["method"], line["path"], status, extra={"fields": line})
@@ -194,7 +204,7 @@ def middleware(settings: ProxySettings) -> Callable[[web.Request, Handler], Awai
             # closes: say so, or a keep-alive client would send its next request into it. While shutting down,
             # keep-alive clients are told to reconnect too, so none sends a request on a connection about to close.
             response.force_close()
-        record(state, request, response.status, time.perf_counter() - started, request_id, error)
+        record(state, request, response, time.perf_counter() - started, request_id, error)
         return response
 
     return each_request

@@ -120,7 +120,10 @@ def configure(level: str, log_format: str, stream: IO[str] | None = None, bare: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.captureWarnings(True)  # Python's warnings as records too, not bare lines on stderr
+    if log_format == "json":  # Python's warnings and uncaught exceptions as records too, not bare lines
+        logging.captureWarnings(True)
+        sys.excepthook = _log_uncaught
+        threading.excepthook = lambda hook: _log_uncaught(hook.exc_type, hook.exc_value, hook.exc_traceback)
     for name in bare:
         logger = logging.getLogger(name)
         logger.propagate = log_format == "json"
@@ -132,6 +135,13 @@ def configure(level: str, log_format: str, stream: IO[str] | None = None, bare: 
             logger.handlers[:] = [fields_handler]
     global _format
     _format = log_format
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException | None, trace: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value or kind(), trace)
+        return
+    logging.getLogger("nexus").critical("uncaught %s", kind.__name__, exc_info=(kind, value, trace))
 
 
 def json_output() -> bool:

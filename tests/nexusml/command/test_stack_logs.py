@@ -81,3 +81,4 @@ def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -
     assert malformed["level"] == "WARNING" and malformed["code"] == "bad_framing" and malformed["request_id"]
     (predicted,) = [line for line in lines if line["logger"] == "proxy.access" and line.get("path") == "/predict"]
     assert predicted["status"] == 200 and predicted["request_id"]
+    assert (predicted["model"], predicted["version"]) == ("demo_mlp", "1")

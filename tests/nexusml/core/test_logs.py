@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +19,10 @@ COMMON = {"time", "level", "logger", "message"}
 
 
 @pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """This process's logging, into a string, restored afterwards (hidden values and format too)."""
+def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """This process's logging, into a string, restored afterwards (hidden values, format and hooks too)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
     root = logging.getLogger()
     handlers, level, hidden, log_format = root.handlers[:], root.level, set(logs._hidden), logs._format
     yield io.StringIO()
@@ -28,6 +31,7 @@ def captured() -> Iterator[io.StringIO]:
     logs._hidden.clear()
     logs._hidden.update(hidden)
     logs._format = log_format
+    logging.captureWarnings(False)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -59,6 +63,14 @@ def test_a_traceback_stays_inside_its_line(captured: io.StringIO) -> None:
         logging.getLogger("nexus.test").exception("failed")
     (line,) = lines(captured)
     assert line["level"] == "ERROR" and "ValueError: boom" in str(line["traceback"])
+
+
+def test_an_uncaught_exception_is_one_json_line() -> None:
+    script = "from nexusml.core import logs; logs.configure('info', 'json'); raise ValueError('boom')"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    (line,) = [json.loads(raw) for raw in result.stderr.splitlines()]
+    assert line["level"] == "CRITICAL" and "ValueError: boom" in line["traceback"]
 
 
 def test_fields_merge_into_the_json_line_and_are_the_whole_bare_text_line(captured: io.StringIO) -> None:
