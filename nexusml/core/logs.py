@@ -68,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": masked(record.getMessage()) if _hidden else record.getMessage(),
         }
         for name in CONTEXT_FIELDS:
             value = record.__dict__.get(name)
@@ -78,8 +78,8 @@ class JsonFormatter(logging.Formatter):
         if fields:
             line.update(fields)
         if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
-        text = orjson.dumps(line, default=str).decode()
+            line["traceback"] = masked(self.formatException(record.exc_info))
+        text = orjson.dumps(line, default=str).decode()  # masked again: a hidden value among the fields
         return masked(text) if _hidden else text
 
 
