@@ -17,6 +17,7 @@ command line, say); nothing is scanned until something is hidden.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -25,8 +26,6 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any
-
-import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
@@ -37,6 +36,10 @@ _hidden: set[str] = set()
 _format = "text"  # this process's LOG_FORMAT, once `configure` has run
 _TRITON_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]\s]+\] ?(.*)")
 _TRITON_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 def hide(secret: str | None) -> None:
@@ -79,7 +82,7 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["traceback"] = masked(self.formatException(record.exc_info))
-        text = orjson.dumps(line, default=str).decode()  # masked again: a hidden value among the fields
+        text = _dumps(line)  # masked again: a hidden value among the fields
         return masked(text) if _hidden else text
 
 
@@ -95,7 +98,7 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         fields = record.__dict__.get("fields")
         if fields:
-            text = f"{text} {orjson.dumps(fields, default=str).decode()}"
+            text = f"{text} {_dumps(fields)}"
         return masked(text) if _hidden else text
 
 
@@ -107,7 +110,7 @@ class FieldsFormatter(logging.Formatter):
     """A record's `fields` alone, as one JSON object: lines that are data in either format (access lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(record.__dict__.get("fields") or {}, default=str).decode()
+        return _dumps(record.__dict__.get("fields") or {})
 
 
 def configure(level: str, log_format: str, stream: IO[str] | None = None, bare: tuple[str, ...] = ()) -> None:
@@ -165,8 +168,8 @@ def child_record(logger: str, raw: str, level: int = logging.INFO) -> logging.Lo
     a message at `level` (the level of the Triton line it continues, such as a table's rows)."""
     if raw.startswith("{") and raw.endswith("}"):
         try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            parsed = json.loads(raw)
+        except ValueError:
             parsed = None
         if isinstance(parsed, dict):
             record = logging.LogRecord(logger, logging.INFO, "", 0, raw, None, None)
@@ -178,8 +181,8 @@ def child_record(logger: str, raw: str, level: int = logging.INFO) -> logging.Lo
         level, message = _TRITON_LEVELS[triton.group(1)], triton.group(2).strip()
         if len(message) > 1 and message.startswith('"') and message.endswith('"'):
             try:
-                message = str(orjson.loads(message))
-            except orjson.JSONDecodeError:
+                message = str(json.loads(message))
+            except ValueError:
                 message = message[1:-1]
     return logging.LogRecord(logger, level, "", 0, message, None, None)
 

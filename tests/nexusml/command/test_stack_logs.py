@@ -17,11 +17,18 @@ import pytest
 
 from nexusml.core.process import http_ok
 from nexusml.testing.environment import base_environment, free_port
-from tests.nexusml.command.test_stack import PORT_SETTINGS
 
 pytestmark = pytest.mark.integration
 
 COMMON = {"time", "level", "logger", "message"}
+PORT_SETTINGS = (
+    "LOCAL_S3_PORT",
+    "TRITON_HTTP_PORT",
+    "TRITON_GRPC_PORT",
+    "TRITON_METRICS_PORT",
+    "PORT",
+    "WATCH_METRICS_PORT",
+)
 
 
 def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -> None:
