@@ -99,7 +99,7 @@ def as_error(exc: Exception, request: web.Request, request_id: str) -> NexusErro
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("the request body is over the size limit")
     if isinstance(exc, web.RequestPayloadError):  # the body's framing broke after its head was read
-        cause = (str(exc).splitlines() or ["broken framing"])[0][:200]
+        cause = (str(exc).splitlines() or ["broken framing"])[0][:200].rstrip(":")
         return BadFraming(f"the body could not be read: {cause}")
     if isinstance(exc, web.HTTPException):
         code = re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_") or "http_error"
@@ -199,10 +199,11 @@ def middleware(settings: ProxySettings) -> Callable[[web.Request, Handler], Awai
             error = as_error(exc, request, request_id)
             response = error_response(error, settings, request.path.startswith("/v2"))
         response.headers["X-Request-Id"] = request_id
-        if (error is not None and not request.content.is_eof()) or state.draining:
+        if (error is not None and (not request.content.is_eof() or isinstance(error, BadFraming))) or state.draining:
             # A body left unread (408, 413, 415, 429, ...) is discarded for at most LINGER_S, then the connection
-            # closes: say so, or a keep-alive client would send its next request into it. While shutting down,
-            # keep-alive clients are told to reconnect too, so none sends a request on a connection about to close.
+            # closes: say so, or a keep-alive client would send its next request into it; so does one whose
+            # framing broke (`proxy.protocol`). While shutting down, keep-alive clients are told to reconnect too,
+            # so none sends a request on a connection about to close.
             response.force_close()
         record(state, request, response, time.perf_counter() - started, request_id, error)
         return response

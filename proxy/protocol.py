@@ -19,7 +19,7 @@ import secrets
 
 import orjson
 from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from nexusml.core.logs import RateLimit
@@ -102,6 +102,25 @@ _reporter = _Reporter()
 
 class Connection(RequestHandler):
     """aiohttp's connection handler, with parser errors answered and logged as the proxy's own errors."""
+
+    def data_received(self, data: bytes) -> None:
+        """A parser error in the middle of a body (a bad chunk) fails that body at once.
+
+        aiohttp queues the error as the connection's next request and leaves the body being read waiting for
+        bytes that will never come: the handler would answer only at `BODY_TIMEOUT_S`, with a 408 that hides
+        the cause. Failed here, the handler reads `RequestPayloadError`, which the middleware answers
+        `bad_framing` (its access line is the request's one line); the connection then closes, and the queued
+        error goes unanswered and unlogged.
+        """
+        request = self._current_request
+        super().data_received(data)
+        if request is None or request.content.is_eof() or not self._messages:
+            return
+        refused = self._messages[-1][0]
+        if isinstance(refused, _ErrInfo):
+            request.content.set_exception(web.RequestPayloadError(refused.message or "malformed body"))
+            request.content.feed_eof()  # nothing more comes: aiohttp's lingering close must not read it again
+            self.close()  # after this answer, which is the one the client gets: the queued error is not answered
 
     def handle_error(
         self,

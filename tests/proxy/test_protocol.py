@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,8 +22,9 @@ from nexusml.core.settings import load
 from proxy import protocol
 from proxy.app import create_app, server_options
 from proxy.errors import BadFraming
-from proxy.middleware import as_error
+from proxy.middleware import as_error, middleware
 from proxy.settings import ProxySettings
+from proxy.state import STATE, ProxyState
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
@@ -129,3 +131,48 @@ def test_a_body_whose_framing_breaks_after_its_head_is_bad_framing_not_a_bug(
     err = as_error(web.RequestPayloadError("Invalid character in chunk size"), request, "r-1")
     assert isinstance(err, BadFraming) and "chunk size" in str(err)
     assert not caplog.records  # no ERROR, no traceback: the access line is all
+
+
+@pytest_asyncio.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """The proxy's middleware in front of a handler that reads the whole body, on a `ProxyRunner`."""
+    settings = load(ProxySettings, {"ACCESS_LOG": "errors"})
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application(middlewares=[middleware(settings)])
+    app[STATE] = ProxyState(settings, 0)
+    app.router.add_post("/echo", echo)
+    runner = protocol.ProxyRunner(app, **server_options(settings))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+def exchange_in_two(port: int, first: bytes, then: bytes) -> bytes:
+    """`first`, a pause (the server starts reading the body), `then`; the whole answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(first)
+        time.sleep(0.1)
+        sock.sendall(then)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.asyncio
+async def test_a_body_whose_chunks_break_midway_is_answered_at_once_with_one_line(
+    echo_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not after BODY_TIMEOUT_S (aiohttp leaves that body waiting), and one answer, not a second for the error
+    aiohttp queues as the connection's next request."""
+    caplog.set_level(logging.DEBUG)
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    answer = await asyncio.to_thread(exchange_in_two, echo_port, head, b"zz\r\n0\r\n\r\n")
+    assert answer.count(b"HTTP/1.") == 1 and answer.startswith(b"HTTP/1.1 400")
+    assert b"Connection: close" in answer and b'"code":"bad_framing"' in answer
+    records = [record for record in caplog.records if record.name.startswith(("aiohttp", "proxy"))]
+    assert [(record.name, record.levelno) for record in records] == [("proxy.access", logging.INFO)]
