@@ -38,6 +38,7 @@ from nexusml.core.process import (
     STOP_SIGNALS,
     die_with_parent,
     ignore_stop_signals,
+    ignore_stop_signals_until_exit,
     release_stop_signals,
     stop_signals_held,
 )
@@ -66,7 +67,7 @@ async def _serve(settings: ProxySettings, worker: int) -> int:
     try:
         return await _serving(settings, worker, stop)
     finally:
-        ignore_stop_signals()  # the worker is ending: its handler must not wake a closed loop
+        ignore_stop_signals_until_exit()  # the worker is ending: its handler must not wake a closed loop
 
 
 def _stop_on_signal(stop: asyncio.Event) -> None:
@@ -197,15 +198,18 @@ def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
     """
     stopping = False
 
+    def terminate_all() -> None:
+        for process in workers:
+            if process.is_alive():
+                process.terminate()
+
     def forward(_signum: int, _frame: object) -> None:
         nonlocal stopping
         if stopping:
             return
         ignore_stop_signals()
         stopping = True
-        for process in workers:
-            if process.is_alive():
-                process.terminate()
+        terminate_all()
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
@@ -215,6 +219,9 @@ def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
         with stop_signals_held():
             for process in workers:
                 process.start()
+        release_stop_signals()  # also those `nexus proxy` held until its handlers were in
+        if stopping:  # stopped before the workers were started (the resource tracker's start unblocks signals)
+            terminate_all()
         log.info("proxy: %d workers on port %d", len(workers), port)
         failed = 0
         dead: set[int] = set()
@@ -231,6 +238,8 @@ def _supervise(workers: list[BaseProcess], port: int, metrics_dir: str) -> int:
         codes = [process.exitcode for process in workers]
         return failed or next((int(code) for code in codes if code), 0)
     finally:
-        if not stopping:
+        if stopping:
+            ignore_stop_signals_until_exit()
+        else:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -7,6 +7,7 @@ still builds exactly one settings object from one source.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from nexusml.core.errors import (
     SmokeTestFailed,
     UnsafeArchive,
 )
+from nexusml.core.process import stop_signals_held
 from nexusml.core.settings import LOG_LEVEL, LogSettings, load
 
 if TYPE_CHECKING:
@@ -215,6 +217,9 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# The commands that run until stopped; they take SIGINT/SIGTERM as a stop (`supervising`, the proxy's own).
+_SERVICES = frozenset({"up", "watch", "triton", "proxy"})
+
 _OPTION_ENV = {"meta": "NEXUS_META_PATH", "repository": "MODEL_REPOSITORY", "log_level": "LOG_LEVEL"}
 
 
@@ -226,10 +231,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if value:
             env[variable] = value
     handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+    # A service's stop signals wait (held) until its handlers are in: a stop while it imports and loads its
+    # settings is then as clean as a later one (docs/operations.md, "Stopping").
+    held = stop_signals_held() if args.command in _SERVICES else contextlib.nullcontext()
     try:
-        logging_settings = load(LogSettings, env)  # before the command's settings: they may log
-        logs.configure(logging_settings.log_level.upper(), logging_settings.log_format)
-        return handler(args, env)
+        with held:
+            logging_settings = load(LogSettings, env)  # before the command's settings: they may log
+            logs.configure(logging_settings.log_level.upper(), logging_settings.log_format)
+            return handler(args, env)
     except NexusError as err:
         if logs.json_output():
             log.error("nexus %s: error: %s", args.command, err)

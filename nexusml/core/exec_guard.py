@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
-    # The command starts with the stop signals as a fresh process has them: a parent already stopping
-    # ignores them (`ignore_stop_signals`), and an ignored or blocked signal would survive the exec.
+    # The command starts with the stop signals as a fresh process has them: a parent may hold them blocked
+    # (`stop_signals_held`), and a blocked or ignored signal would survive the exec.
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

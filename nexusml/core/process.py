@@ -344,14 +344,31 @@ class Stopped(BaseException):
 
 
 def ignore_stop_signals() -> None:
-    """SIGINT and SIGTERM are ignored from now on: this process is stopping, and stops only once.
+    """SIGINT and SIGTERM do nothing from now on: this process is stopping, and stops only once.
 
     A second signal is common: GNU make passes a SIGTERM sent to its process group on to its child, which so
     gets two, and a second one raised inside the handling of the first ended `nexus up` with a traceback
-    (docs/decisions.md, "A stop signal is handled once"). Ignored, not blocked: every thread ignores it, and
-    a signal pending meanwhile is dropped rather than delivered later. An ignored signal survives an exec;
-    the exec guard puts the default back for the children started through it (`guarded`).
+    (docs/decisions.md, "A stop signal is handled once"). A handler that does nothing rather than SIG_IGN: a
+    signal that arrived while the first was being handled has already been recorded by the interpreter, which
+    would then print "Signal 15 ignored due to race condition" with a traceback, where it now calls this
+    handler. Caught signals are reset by an exec, so children started meanwhile are not affected.
     """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stopping_already)
+
+
+def _stopping_already(_signum: int, _frame: object) -> None:
+    """A stop signal after the first: the stop is under way."""
+
+
+def ignore_stop_signals_until_exit() -> None:
+    """Like `ignore_stop_signals`, and then the kernel's ignore, which also holds while the interpreter exits:
+    there Python puts the default action back for its own handlers, and a late second signal (a proxy worker
+    drains in a millisecond, and its supervisor's SIGTERM can follow the group's) would end the process with
+    it. Signals already recorded are handled first (`pthread_sigmask` runs their handlers), so that none is
+    found ignored afterwards."""
+    ignore_stop_signals()
+    signal.pthread_sigmask(signal.SIG_BLOCK, [])
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
@@ -370,13 +387,14 @@ def supervising() -> Iterator[None]:
     so a Ctrl-C on the terminal reaches only the supervisor, which then stops them in order. Leaving by an
     exception (`Stopped`, a failure) begins the process's stop, so the signals stay ignored; the previous
     handlers come back only when the body ends normally. Catch `Stopped` around the `with`, not inside it:
-    a signal may arrive as soon as the handler is in.
+    a signal may arrive as soon as the handler is in, and one held until then (`stop_signals_held`) does.
     """
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
     try:
+        release_stop_signals()
         yield
     except BaseException:
-        ignore_stop_signals()
+        ignore_stop_signals_until_exit()
         raise
     for sig, handler in previous.items():
         signal.signal(sig, handler)
@@ -412,6 +430,6 @@ def wait_for_exit(processes: list[ManagedProcess]) -> ManagedProcess:
 def stop_all(processes: list[ManagedProcess]) -> None:
     """Stop in reverse start order. Stopping is final: stop signals are ignored from here on (each stop is
     bounded by its process's stop timeout)."""
-    ignore_stop_signals()
+    ignore_stop_signals_until_exit()
     for process in reversed(processes):
         process.stop()
