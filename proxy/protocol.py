@@ -70,20 +70,16 @@ class _Reporter:
         return f"{self.prefix}{next(self.counter):x}"
 
     def report(self, peer: str | None, err: MalformedRequest, request_id: str) -> None:
-        allowed, held = self.limit.allow()
-        if held:
-            self._summarise(held)
-        if allowed:
+        if self.limit.allow():
             fields = {"peer": peer, "status": http_status(err), "code": err.code}
             log.warning("malformed request from %s: %s", peer, err, extra={"request_id": request_id, "fields": fields})
         elif self.summary is None:
-            # The flood may stop here: tell what was held back when this second is over, not at the next line.
+            # One summary a second at most, when that second is over: the flood may stop at any line.
             self.summary = asyncio.get_running_loop().call_later(1.0, self._flush)
 
     def _flush(self) -> None:
         self.summary = None
-        held = self.limit.suppressed
-        self.limit.suppressed = 0
+        held = self.limit.take_suppressed()
         if held:
             self._summarise(held)
 

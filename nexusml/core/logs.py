@@ -207,8 +207,8 @@ def relay(stream: IO[bytes], logger: str) -> threading.Thread:
 
 
 class RateLimit:
-    """At most `per_second` lines a second; the lines held back are counted and told in the next line let
-    through, so a flood of hostile requests costs a bounded number of lines, not disk."""
+    """At most `per_second` lines in each second; the lines held back are counted (`take_suppressed`), for one
+    summary line, so a flood of hostile requests costs a bounded number of lines, not disk."""
 
     def __init__(self, per_second: int, clock: Any = time.monotonic) -> None:
         self.per_second = per_second
@@ -217,14 +217,18 @@ class RateLimit:
         self.used = 0
         self.suppressed = 0
 
-    def allow(self) -> tuple[bool, int]:
-        """(whether to log this line, how many were held back since the last one logged)."""
+    def allow(self) -> bool:
+        """Whether to log this line; when not, it is counted as held back."""
         window = int(self.clock())
         if window != self.window:
             self.window, self.used = window, 0
         if self.used >= self.per_second:
             self.suppressed += 1
-            return False, 0
+            return False
         self.used += 1
+        return True
+
+    def take_suppressed(self) -> int:
+        """How many lines were held back since the last call."""
         held, self.suppressed = self.suppressed, 0
-        return True, held
+        return held

@@ -174,7 +174,8 @@ def test_say_prints_in_text_and_logs_in_json(captured: io.StringIO, capsys: pyte
 def test_rate_limit_lets_n_a_second_through_and_counts_the_rest() -> None:
     now = [100.0]
     limit = logs.RateLimit(3, clock=lambda: now[0])
-    assert [limit.allow() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    assert [limit.allow() for _ in range(5)] == [True] * 3 + [False] * 2
     now[0] += 1
-    assert limit.allow() == (True, 2)
-    assert limit.allow() == (True, 0)
+    assert [limit.allow() for _ in range(4)] == [True] * 3 + [False]
+    assert limit.take_suppressed() == 3
+    assert limit.take_suppressed() == 0
