@@ -137,8 +137,13 @@ def call(argv: list[str], name: str, env: dict[str, str]) -> int:
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **child_options()) as child:
         assert child.stdout is not None
         relaying = logs.relay(child.stdout, name)
-        code = child.wait()
-        relaying.join()
+        try:
+            code = child.wait()
+        except BaseException:
+            child.kill()  # a stop (`Stopped`) ends the step, as subprocess.call does
+            raise
+        finally:
+            relaying.join()
     return code
 
 
