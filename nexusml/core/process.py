@@ -379,7 +379,7 @@ def ignore_stop_signals_until_exit() -> None:
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:
-    ignore_stop_signals()  # first: a second signal from here on finds no handler to run
+    ignore_stop_signals()  # first: a second signal from here on runs a handler that does nothing
     raise Stopped(signal.Signals(signum).name)
 
 
