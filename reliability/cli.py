@@ -38,7 +38,9 @@ SCENARIOS: dict[str, Runner] = {
     "slow-backend": lambda bed, a: [
         slow_backend.run(bed, slow_backend.Config.long(a.duration, protocol)) for protocol in ("grpc", "http")
     ],
-    "sigterm": lambda bed, a: [sigterm.run(bed, sigterm.Config.long(a.duration, t)) for t in ("proxy", "triton")],
+    "sigterm": lambda bed, a: [
+        sigterm.run(bed, sigterm.Config.long(a.duration, t)) for t in ("proxy", "triton", "make-run")
+    ],
     "sync-faults": lambda bed, a: [sync_faults.run(bed, sync_faults.Config.long(a.duration))],
     "hostile-http": lambda bed, a: [hostile_http.run(bed, hostile_http.Config.long(a.duration))],
     "model-update": lambda bed, a: [model_update.run(bed, model_update.Config.long(a.duration))],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -68,6 +70,26 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     wait_for_both_workers(proxy, "/metrics")
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
+
+
+@pytest.mark.parametrize(
+    "second", [pytest.param(signal.SIGTERM, id="sigterm-twice"), pytest.param(signal.SIGINT, id="then-sigint")]
+)
+def test_signals_to_the_whole_group_stop_two_workers_once(
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, second: signal.Signals
+) -> None:
+    """A stop of the process group (systemd's control-group stop, a Ctrl-C on a terminal): each worker gets the
+    group's signal and its supervisor's SIGTERM, then the group's second signal while draining."""
+    proxy = proxy_process(MODEL_SERVER_URL=triton.http_url, PROXY_WORKERS="2", ACCESS_LOG="all").start()
+    wait_for_both_workers(proxy, "/metrics")
+    assert proxy.process is not None
+    os.killpg(proxy.process.pid, signal.SIGTERM)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proxy.process.pid, second)
+    assert proxy.wait() == 0, proxy.log()
+    assert "Traceback" not in proxy.log()
+    assert proxy.log().count(" stopping: ") == 2, proxy.log()  # one line per worker
 
 
 def test_workers_die_with_a_parent_killed_hard(
