@@ -52,8 +52,8 @@ COPY . .
 # (it needs PyTorch) ships only in the demo image, and the wheel leaves out the test harness (nexusml.testing).
 RUN rm nexusml/command/demo.py \
     && pip install --no-deps . \
-    && python -c "import nexusml.command.cli, nexusml.sync.pipeline, nexusml.updates.watch, proxy.server, tritonclient.grpc" \
-    && python -c "from importlib.util import find_spec as f; assert not f('nexusml.command.demo') and not f('nexusml.testing')"
+    && python -I -c "import nexusml.command.cli, nexusml.sync.pipeline, nexusml.updates.watch, proxy.server, tritonclient.grpc" \
+    && python -I -c "from importlib.util import find_spec as f; assert not f('nexusml.command.demo') and not f('nexusml.testing')"
 
 ############################ demo-builder: adds a CPU build of PyTorch for `nexus publish-demo`
 # From `dependencies`, so that editing the code does not reinstall PyTorch.
@@ -69,7 +69,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; 
     && pip install "torch==${TORCH_VERSION}"
 COPY . .
 RUN pip install --no-deps . \
-    && python -c "import nexusml.command.cli, nexusml.command.demo, torch"
+    && python -I -c "import nexusml.command.cli, nexusml.command.demo, torch"
 
 ############################ demo: the control-plane stand-in (compose profile `demo`), one-shot
 FROM ${BASE_IMAGE} AS demo
