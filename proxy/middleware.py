@@ -20,9 +20,11 @@ import orjson
 from aiohttp import web
 
 from nexusml.core.errors import NexusError
+from proxy import protocol
 from proxy.errors import (
     BadFraming,
     HttpError,
+    MalformedRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -144,9 +146,12 @@ def record(
 ) -> None:
     """Count the request, and write its access line when `ACCESS_LOG` asks for it: its fields are the line
     (bare JSON in text format, merged into the record's JSON object in json format), with the model and
-    version that answered a prediction."""
+    version that answered a prediction. Malformed HTTP gets `proxy.protocol`'s rate-limited line instead."""
     status = response.status
     state.metrics.request_done(route(request), status, elapsed)
+    if isinstance(error, MalformedRequest):  # a client's broken HTTP: one line within the rate limit
+        protocol.report(request.remote, error, request_id)
+        return
     mode = state.settings.access_log
     if mode == "all" or (status >= 400 and mode == "errors"):
         level = logging.WARNING if status >= 500 else logging.INFO

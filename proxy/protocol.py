@@ -96,6 +96,11 @@ class _Reporter:
 _reporter = _Reporter()
 
 
+def report(peer: str | None, err: MalformedRequest, request_id: str) -> None:
+    """Log a malformed request's one line, within the rate limit (also for one the middleware answered)."""
+    _reporter.report(peer, err, request_id)
+
+
 class Connection(RequestHandler):
     """aiohttp's connection handler, with parser errors answered and logged as the proxy's own errors."""
 
@@ -105,7 +110,7 @@ class Connection(RequestHandler):
         aiohttp queues the error as the connection's next request and leaves the body being read waiting for
         bytes that will never come: the handler would answer only at `BODY_TIMEOUT_S`, with a 408 that hides
         the cause. Failed here, the handler reads `RequestPayloadError`, which the middleware answers
-        `bad_framing` (its access line is the request's one line); the connection then closes, and the queued
+        `bad_framing` and logs (`report`, rate-limited as here); the connection then closes, and the queued
         error goes unanswered and unlogged.
         """
         request = self._current_request
