@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ def port_holder(port: int) -> str:
     return "another process"
 
 
+@dataclass(eq=False, repr=False)  # repr: argv and env may hold secrets
 class ManagedProcess:
     """One server child. Its output goes to `log_file` when given, else to ours: as it is, or with
     LOG_FORMAT=json relayed line by line as JSON (`logs.relay`). Its command line is logged with hidden
@@ -231,26 +233,15 @@ class ManagedProcess:
     the setting that chose that port, for the message when it is taken.
     """
 
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        env: dict[str, str],
-        ready_url: str,
-        startup_timeout_s: float,
-        stop_timeout_s: float,
-        log_file: Path | None = None,
-        port_setting: str | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.ready_url = ready_url
-        self.startup_timeout_s = startup_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self.log_file = log_file
-        self.port_setting = port_setting
-        self.process: subprocess.Popen[bytes] | None = None
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    startup_timeout_s: float
+    stop_timeout_s: float
+    log_file: Path | None = None
+    port_setting: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def ports(self) -> dict[int, str | None]:
         """The ports the child will listen on, each with the setting that chooses it (None: not a setting)."""

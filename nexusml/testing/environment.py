@@ -14,10 +14,26 @@ _OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_", "WATCH_")
 _SINGLE = ("PORT", "HOST", "DEVICE")
 
 
+# Every port `nexus up` opens, by the setting that moves it.
+STACK_PORT_SETTINGS = (
+    "LOCAL_S3_PORT",
+    "TRITON_HTTP_PORT",
+    "TRITON_GRPC_PORT",
+    "TRITON_METRICS_PORT",
+    "PORT",
+    "WATCH_METRICS_PORT",
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stack_ports() -> dict[str, str]:
+    """A free port for each port `nexus up` opens, as the environment that moves them there."""
+    return {name: str(free_port()) for name in STACK_PORT_SETTINGS}
 
 
 def base_environment() -> dict[str, str]:

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 from nexusml.core.process import http_ok, port_in_use
-from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.environment import base_environment, stack_ports
 from nexusml.testing.servers import ProxyProcess, held_request
 from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload
@@ -225,16 +225,8 @@ def _judge_draining(result: ScenarioResult, seen: dict[str, object]) -> None:
     result.check("the request in flight finishes", seen.get("held_request") == 200, f"{seen.get('held_request')}")
 
 
-# `make run` from this checkout; every port `nexus up` opens, each set to a free one.
+# `make run` from this checkout.
 REPOSITORY = Path(__file__).resolve().parents[2]
-UP_PORTS = (
-    "LOCAL_S3_PORT",
-    "TRITON_HTTP_PORT",
-    "TRITON_GRPC_PORT",
-    "TRITON_METRICS_PORT",
-    "PORT",
-    "WATCH_METRICS_PORT",
-)
 RUN_MARK = "SIGTERM_SCENARIO_RUN"  # in the environment of every process of one run, to find any left over
 
 
@@ -258,7 +250,7 @@ def start_make_run(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str],
     if stale.returncode != 0:
         raise RuntimeError("`make run` would reinstall the virtualenv first: run `make run` once by hand")
     work.mkdir(parents=True, exist_ok=True)
-    ports = {name: str(free_port()) for name in UP_PORTS}
+    ports = stack_ports()
     mark = uuid.uuid4().hex
     env = {
         **base_environment(),

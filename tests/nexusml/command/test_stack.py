@@ -21,23 +21,15 @@ import tritonclient.http as httpclient
 from nexusml.command import stack
 from nexusml.command.s3local import CREDENTIALS
 from nexusml.core.process import http_ok
-from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.environment import base_environment, free_port, stack_ports
+from tests.nexusml.command.conftest import wait_until_ready
 
 pytestmark = pytest.mark.integration
 
-# Every port `nexus up` opens, each on a free one.
-PORT_SETTINGS = (
-    "LOCAL_S3_PORT",
-    "TRITON_HTTP_PORT",
-    "TRITON_GRPC_PORT",
-    "TRITON_METRICS_PORT",
-    "PORT",
-    "WATCH_METRICS_PORT",
-)
 
 
 def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
-    ports = {name: str(free_port()) for name in PORT_SETTINGS}
+    ports = stack_ports()
     log = (tmp_path / "up.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "nexusml.command.cli", "up"],
@@ -49,11 +41,7 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     triton = f"http://127.0.0.1:{ports['TRITON_HTTP_PORT']}"
     proxy = f"http://127.0.0.1:{ports['PORT']}"
     try:
-        deadline = time.monotonic() + 180
-        while not http_ok(f"{proxy}/readyz"):
-            assert process.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "nexus up did not become ready"
-            time.sleep(0.5)
+        wait_until_ready(process, proxy, (tmp_path / "up.log"))
         client = httpclient.InferenceServerClient(f"127.0.0.1:{ports['TRITON_HTTP_PORT']}")
         tensor = httpclient.InferInput("INPUT__0", [1, 5], "FP32")
         tensor.set_data_from_numpy(np.array([[1, 2, 3, 4, 5]], dtype=np.float32))
@@ -122,7 +110,7 @@ def _tritonserver(up: subprocess.Popen[bytes]) -> psutil.Process:
 def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp_path: Path) -> None:
     """The Python-backend stubs SIGKILLed: Triton keeps the model READY and fails every inference; the watchdog
     restarts Triton on the same ports, says why in the log, and the same proxy serves again on its own."""
-    ports = {name: str(free_port()) for name in PORT_SETTINGS}
+    ports = stack_ports()
     watchdog = {"WATCHDOG_INTERVAL_S": "0.5", "WATCHDOG_FAILURES": "2", "WATCHDOG_BACKOFF_S": "1"}
     log_path = tmp_path / "up.log"
     log = log_path.open("w")
@@ -135,11 +123,7 @@ def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp
     )
     proxy = f"http://127.0.0.1:{ports['PORT']}"
     try:
-        deadline = time.monotonic() + 180
-        while not http_ok(f"{proxy}/readyz"):
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "nexus up did not become ready"
-            time.sleep(0.5)
+        wait_until_ready(process, proxy, log_path)
         assert _predict(proxy)[0] == 200
         proxy_pid = next(p.pid for p in psutil.Process(process.pid).children() if "proxy" in p.cmdline())
         server = _tritonserver(process)
@@ -173,7 +157,7 @@ def test_up_restarts_triton_when_a_dead_stub_leaves_the_model_ready_but_mute(tmp
 
 def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
     """A signal while the demo model is being published: the local S3 already runs and must be stopped."""
-    ports = {name: str(free_port()) for name in PORT_SETTINGS}
+    ports = stack_ports()
     process = subprocess.Popen(
         [sys.executable, "-m", "nexusml.command.cli", "up"],
         cwd=tmp_path,

@@ -9,30 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from nexusml.core.process import http_ok
-from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.environment import base_environment, stack_ports
+from tests.nexusml.command.conftest import wait_until_ready
 
 pytestmark = pytest.mark.integration
 
 COMMON = {"time", "level", "logger", "message"}
-PORT_SETTINGS = (
-    "LOCAL_S3_PORT",
-    "TRITON_HTTP_PORT",
-    "TRITON_GRPC_PORT",
-    "TRITON_METRICS_PORT",
-    "PORT",
-    "WATCH_METRICS_PORT",
-)
 
 
 def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -> None:
-    ports = {name: str(free_port()) for name in PORT_SETTINGS}
+    ports = stack_ports()
     admin_key = "admin-" + secrets.token_hex(16)
     api_key = "client-" + secrets.token_hex(16)
     env = {
@@ -52,11 +43,7 @@ def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -
         )
     proxy = f"http://127.0.0.1:{ports['PORT']}"
     try:
-        deadline = time.monotonic() + 180
-        while not http_ok(f"{proxy}/readyz"):
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "nexus up did not become ready"
-            time.sleep(0.5)
+        wait_until_ready(process, proxy, log_path)
         request = urllib.request.Request(
             f"{proxy}/predict",
             data=b'{"input": [1, 2, 3, 4, 5]}',
