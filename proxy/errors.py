@@ -22,10 +22,6 @@ class ProxyError(NexusError):
         if retry_after is not None:
             self.retry_after = retry_after
 
-    @property
-    def http_status(self) -> int:
-        return http_status(self)
-
 
 class HttpError(ProxyError):
     """An HTTP error aiohttp raised that has no class here: its own status, and a code made of its reason."""

@@ -20,6 +20,7 @@ from nexusml.testing.servers import restart_triton, start_triton
 from nexusml.triton.server import TritonServer
 from proxy import health
 from proxy.client import GrpcUpstream, from_triton_error
+from proxy.errors import http_status
 from tests.proxy.conftest import ROW, MakeClient, proxy_settings
 
 pytestmark = pytest.mark.integration
@@ -191,7 +192,7 @@ async def test_remaining_deadline_is_sent_to_triton(
 
 
 @pytest.mark.parametrize(
-    ("message", "status", "code", "http_status"),
+    ("message", "status", "code", "answered"),
     [
         pytest.param(
             "Exceeds maximum queue size", "StatusCode.UNAVAILABLE", "upstream_busy", 429, id="grpc-queue-full"
@@ -222,6 +223,6 @@ async def test_remaining_deadline_is_sent_to_triton(
         pytest.param("boom", None, "upstream_error", 502, id="no-status"),
     ],
 )
-def test_triton_error_mapping(message: str, status: str | None, code: str, http_status: int) -> None:
+def test_triton_error_mapping(message: str, status: str | None, code: str, answered: int) -> None:
     err = from_triton_error(InferenceServerException(msg=message, status=status))
-    assert (err.code, err.http_status) == (code, http_status)
+    assert (err.code, http_status(err)) == (code, answered)
