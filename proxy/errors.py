@@ -100,9 +100,15 @@ class BadFraming(MalformedRequest):
     code = "bad_framing"
 
 
-# --- 401 / 404 / 405 / 408 / 413 / 415 ------------------------------------------------------------------
+# --- 401 / 403 / 404 / 405 / 408 / 413 / 415 ------------------------------------------------------------
 class Unauthorized(ProxyError):
     code = "unauthorized"
+
+
+class Forbidden(ProxyError):
+    """A known key whose tenant may not use this path (`GET /v1/tenants` needs an admin tenant)."""
+
+    code = "forbidden"
 
 
 class NotFound(ProxyError):
@@ -187,6 +193,19 @@ class Overloaded(ProxyError):
     code = "overloaded"
 
 
+class OverShare(Overloaded):
+    """The proxy is full and this tenant holds more than its weighted share of it: the tenant over its share is
+    refused first, so the others keep theirs. A kind of `overloaded`, for clients that branch on that."""
+
+    code = "over_share"
+
+
+class RateLimited(ProxyError):
+    """The tenant is over its own rate limit (requests/s or rows/s); `retry_after` comes from its token bucket."""
+
+    code = "rate_limited"
+
+
 class UpstreamBusy(ProxyError):
     """Triton's queue for the model is full."""
 
@@ -241,6 +260,7 @@ HTTP_STATUS: dict[type[NexusError], int] = {
     BadRequest: 400,
     MalformedRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
     BodyTimeout: 408,
@@ -249,6 +269,7 @@ HTTP_STATUS: dict[type[NexusError], int] = {
     UnsupportedEncoding: 415,
     InvalidInput: 422,
     Overloaded: 429,
+    RateLimited: 429,
     UpstreamBusy: 429,
     UpstreamError: 502,
     NotReady: 503,

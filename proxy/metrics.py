@@ -4,9 +4,14 @@ What is counted: HTTP requests by route template and status (`nexus_proxy_reques
 latency by route (`nexus_proxy_request_duration_seconds`); predictions in progress (`nexus_proxy_in_flight`,
 the HPA's custom metric); and, per call to Triton, its latency (`nexus_proxy_upstream_duration_seconds`),
 its rows (`nexus_proxy_upstream_batch_rows`) and its failures by error code
-(`nexus_proxy_upstream_errors_total`). Label values come from bounded sets (route templates, so unmatched
-paths are one `unmatched` series; status codes; the proxy's own error codes), never from what a client
-sends, so a client cannot grow the number of series. No `_created` series are exported.
+(`nexus_proxy_upstream_errors_total`). Per tenant: predictions admitted past their body and their rows
+(`nexus_proxy_tenant_requests_total`, `nexus_proxy_tenant_rows_total`), refusals by cause
+(`nexus_proxy_tenant_rejected_total`: `rate_requests`, `rate_rows`, `over_share`), time waited in the
+coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
+(`nexus_proxy_tenants_reload_errors_total`). Label values come from bounded sets (route templates, so unmatched
+paths are one `unmatched` series; status codes; the proxy's own error codes; tenant names, which come from the
+operator's keys file, never from a client), never from what a client sends, so a client cannot grow the number
+of series. No `_created` series are exported.
 
 One worker (`PROXY_WORKERS=1`): each `Metrics` owns a `CollectorRegistry` (tests build many apps in one
 process, and the global default registry would refuse the same name twice) with the usual process,
@@ -92,8 +97,39 @@ class Metrics:
         # Several: each worker's value must be in its file, so it moves with every request.
         if not self.multiprocess:
             self.in_flight.set_function(in_flight)
-        # (route, status) -> the two labelled children, so the per-request cost is one dict lookup.
+        self.tenant_requests = Counter(
+            "nexus_proxy_tenant_requests_total",
+            "predictions admitted past their body, by tenant",
+            ("tenant",),
+            registry=own,
+        )
+        self.tenant_rows = Counter(
+            "nexus_proxy_tenant_rows_total", "rows of the predictions admitted, by tenant", ("tenant",), registry=own
+        )
+        self.tenant_rejections = Counter(
+            "nexus_proxy_tenant_rejected_total",
+            "predictions refused with 429 by tenant and cause (rate_requests, rate_rows, over_share)",
+            ("tenant", "cause"),
+            registry=own,
+        )
+        self.tenant_queue_waits = Histogram(
+            "nexus_proxy_tenant_queue_wait_seconds",
+            "time a prediction waited in the coalescer before it was sent, by tenant",
+            ("tenant",),
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.tenants_reload_errors = Counter(
+            "nexus_proxy_tenants_reload_errors_total",
+            "changed keys files refused (the previous table stays in force)",
+            registry=own,
+        )
+        # (route, status) -> the two labelled children, so the per-request cost is one dict lookup; the same
+        # for the per-tenant series, keyed by tenant name (and cause).
         self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._per_tenant: dict[str, tuple[Counter, Counter]] = {}
+        self._rejected: dict[tuple[str, str], Counter] = {}
+        self._queue_wait: dict[str, Histogram] = {}
         if own is None:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=directory)
@@ -118,6 +154,32 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(elapsed)
+
+    def tenant_request(self, name: str, rows: int) -> None:
+        """A prediction of tenant `name` admitted past its body, with its `rows`."""
+        children = self._per_tenant.get(name)
+        if children is None:
+            children = self._per_tenant[name] = (self.tenant_requests.labels(name), self.tenant_rows.labels(name))
+        children[0].inc()
+        children[1].inc(rows)
+
+    def tenant_rejected(self, name: str, cause: str) -> None:
+        """A prediction of tenant `name` refused with 429; `cause` is rate_requests, rate_rows or over_share."""
+        child = self._rejected.get((name, cause))
+        if child is None:
+            child = self._rejected[name, cause] = self.tenant_rejections.labels(name, cause)
+        child.inc()
+
+    def tenant_queue_wait(self, name: str, seconds: float) -> None:
+        """How long a prediction of tenant `name` waited in the coalescer before it was sent."""
+        child = self._queue_wait.get(name)
+        if child is None:
+            child = self._queue_wait[name] = self.tenant_queue_waits.labels(name)
+        child.observe(seconds)
+
+    def tenant_reload_failed(self) -> None:
+        """A changed keys file was refused; the previous table stays in force."""
+        self.tenants_reload_errors.inc()
 
     def render(self) -> bytes:
         """The exposition: this worker's figures, or with several workers the sum of all of theirs."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +16,7 @@ import pytest
 
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
 from nexusml.triton.server import TritonServer
-from proxy.metrics import Metrics
+from proxy.metrics import MULTIPROC_DIR_ENV, Metrics
 from tests.proxy.conftest import BODY, answered_by, wait_for_both_workers
 
 PREDICT_OK = 'nexus_proxy_requests_total{route="/predict",status="200"}'
@@ -131,3 +134,51 @@ def test_two_workers_in_flight_is_the_pods_total(
     assert [in_flight() for _ in range(SCRAPES)] == [0] * SCRAPES
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
+
+
+def test_tenant_series() -> None:
+    metrics = Metrics()
+    metrics.tenant_request("team-a", 3)
+    metrics.tenant_request("team-a", 2)
+    metrics.tenant_request("team-b", 1)
+    metrics.tenant_rejected("team-a", "rate_requests")
+    metrics.tenant_rejected("team-a", "rate_requests")
+    metrics.tenant_rejected("team-b", "over_share")
+    metrics.tenant_queue_wait("team-a", 0.003)
+    metrics.tenant_reload_failed()
+    text = metrics.render().decode()
+    assert sample(text, 'nexus_proxy_tenant_requests_total{tenant="team-a"}') == 2
+    assert sample(text, 'nexus_proxy_tenant_rows_total{tenant="team-a"}') == 5
+    assert sample(text, 'nexus_proxy_tenant_rows_total{tenant="team-b"}') == 1
+    assert sample(text, 'nexus_proxy_tenant_rejected_total{cause="rate_requests",tenant="team-a"}') == 2
+    assert sample(text, 'nexus_proxy_tenant_rejected_total{cause="over_share",tenant="team-b"}') == 1
+    assert sample(text, 'nexus_proxy_tenant_queue_wait_seconds_bucket{le="0.0025",tenant="team-a"}') == 0
+    assert sample(text, 'nexus_proxy_tenant_queue_wait_seconds_bucket{le="0.005",tenant="team-a"}') == 1
+    assert sample(text, "nexus_proxy_tenants_reload_errors_total") == 1
+
+
+TENANT_SERIES_IN_MULTIPROCESS_MODE = """
+from proxy.metrics import Metrics
+first, second = Metrics(), Metrics()  # two workers' objects over one directory
+first.tenant_request("team-a", 3)
+second.tenant_request("team-a", 4)
+second.tenant_rejected("team-a", "rate_rows")
+first.tenant_queue_wait("team-a", 0.001)
+first.tenant_reload_failed()
+assert first.multiprocess
+print(second.render().decode())
+"""
+
+
+def test_tenant_series_add_up_over_workers(tmp_path: Path) -> None:
+    """prometheus-client picks multiprocess mode when it is imported, so this runs in a fresh interpreter."""
+    env = {**os.environ, MULTIPROC_DIR_ENV: str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", TENANT_SERIES_IN_MULTIPROCESS_MODE], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert sample(done.stdout, 'nexus_proxy_tenant_requests_total{tenant="team-a"}') == 2
+    assert sample(done.stdout, 'nexus_proxy_tenant_rows_total{tenant="team-a"}') == 7
+    assert sample(done.stdout, 'nexus_proxy_tenant_rejected_total{cause="rate_rows",tenant="team-a"}') == 1
+    assert sample(done.stdout, 'nexus_proxy_tenant_queue_wait_seconds_count{tenant="team-a"}') == 1
+    assert sample(done.stdout, "nexus_proxy_tenants_reload_errors_total") == 1
