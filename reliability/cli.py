@@ -19,6 +19,7 @@ from reliability.result import ScenarioResult
 from reliability.scenarios import (
     hostile_http,
     model_update,
+    noisy_neighbour,
     overload,
     sigterm,
     slow_backend,
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, Runner] = {
     "sync-faults": lambda bed, a: [sync_faults.run(bed, sync_faults.Config.long(a.duration))],
     "hostile-http": lambda bed, a: [hostile_http.run(bed, hostile_http.Config.long(a.duration))],
     "model-update": lambda bed, a: [model_update.run(bed, model_update.Config.long(a.duration))],
+    "noisy-neighbour": lambda bed, a: [noisy_neighbour.run(bed, noisy_neighbour.Config.long(a.duration))],
     "soak": lambda bed, a: [soak.run(bed, soak.Config.long(a.soak_minutes))],
 }
 

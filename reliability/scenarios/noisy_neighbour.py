@@ -1,0 +1,399 @@
+"""Noisy neighbour: two teams through one proxy, one of them flooding it. Six phases on the shared Triton, each
+with a proxy of its own (its tenants in a keys file written to the phase's folder, `API_KEYS_FILE`):
+
+a. capacity: tenant A's flood (wrk, `flood_connections`, closed loop) on a proxy without keys: served req/s.
+b. B alone: `light_connections` Python clients (closed loop) with B's key: B's p50/p99 and rate.
+c. A's flood (wrk, A's key) and B (Python, B's key) together, equal weights: B's p99, errors and rate against
+   b; A's answers (200, or 429 with Retry-After past its share); A's and B's served rate against a.
+d. weights 3:1, both saturating (two wrk runs of `saturating_connections` each): served rows A:B against 3:1.
+e. a tenant limited to `rate_limit_per_s` requests/s (burst `rate_burst`) flooding: accepted rate against the
+   limit; its 429s carry Retry-After.
+f. key rotation under load: B has two keys, one is removed from the file while clients of both keys and A's
+   wrk run; the removed key answers 401 (how long after the write is measured), nobody else's request fails.
+
+Functional criteria (asserted by tests/reliability/test_tenants.py): B never fails, A and the limited tenant get
+only 200 or 429 with Retry-After, no 200 with a wrong body, the removed key ends on 401 and the other key and A
+never fail. Timing criteria (reported): B's p99 beside the flood <= 2x alone, B's rate >= 90% of alone, total
+served >= 90% of capacity, shares within 10% of 3:1, accepted rate within 5% of the limit, removal within 2 s.
+
+Load generators: the floods are wrk (C, a small fraction of the proxy's CPU per request), B is the Python client
+of `reliability.load` (it keeps every latency; 2 connections cost little). On a 2-core machine the proxy,
+Triton (its Python backend's stub), wrk and the Python client share the cores: B's latencies beside the flood
+include waiting for a core, which no proxy can remove; the CPU column of the report says what else ran.
+
+A proxy without `API_KEYS_FILE` (before the tenants' keys file existed) is measured through `API_KEYS` (two
+keys, two tenants, no weights or limits): phases a-c only, the unfair baseline; d-f are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from nexusml.testing.servers import ProxyProcess
+from reliability.bed import Bed, demo_workload
+from reliability.load import LoadStats, Sample, Workload, closed_loop, request, summarize, wrk_loop
+from reliability.result import ScenarioResult
+
+KEY_A = "nn-key-a-flood"
+KEY_B = "nn-key-b-light"
+KEY_B_OLD = "nn-key-b-old"
+KEY_LIMITED = "nn-key-r-limited"
+FLOOD_ALLOWED = {200, 429}
+
+
+@dataclass(frozen=True)
+class Config:
+    phase_s: float = 3.0
+    flood_connections: int = 256
+    light_connections: int = 2
+    saturating_connections: int = 64
+    weights: tuple[float, float] = (3.0, 1.0)
+    rate_limit_per_s: float = 200.0
+    rate_burst: int = 20
+    rate_connections: int = 32
+    rotation_connections: int = 32  # A's wrk during the rotation
+    rotation_before_s: float = 1.0  # load before the key is removed
+    rotation_after_s: float = 3.0  # load after it (the removed key is polled for at most this long)
+    timeout_s: float = 30.0
+
+    @classmethod
+    def long(cls, duration_s: float) -> Config:
+        return cls(phase_s=duration_s, rotation_before_s=duration_s / 4, rotation_after_s=duration_s / 2)
+
+
+def keys_file_supported() -> bool:
+    """Whether this proxy reads `API_KEYS_FILE` (the tenants' file); without it, `API_KEYS` only."""
+    from proxy.settings import ProxySettings
+
+    return any(getattr(f.metadata.get("env"), "name", "") == "API_KEYS_FILE" for f in fields(ProxySettings))
+
+
+def write_keys(path: Path, tenants: dict[str, dict[str, Any]]) -> float:
+    """The keys file (JSON, which the YAML reader reads too), replaced in one rename as an operator's tooling or
+    a Secret volume's symlink swap would; returns the monotonic time of the rename."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text(json.dumps({"tenants": tenants}, indent=2))
+    os.replace(temporary, path)
+    return time.monotonic()
+
+
+@dataclass
+class Phase:
+    """One phase's proxy and the workloads of its tenants (headers carry the keys)."""
+
+    proxy: ProxyProcess
+    log_dir: Path
+
+    def work(self, config: Config, key: str = "", seed: int = 7) -> Workload:
+        headers = {"X-API-Key": key} if key else {}
+        return demo_workload(self.proxy.url, seed=seed, headers=headers, timeout_s=config.timeout_s)
+
+
+def _start(bed: Bed, config: Config, name: str, tenants: dict[str, dict[str, Any]] | None) -> Phase:
+    """A proxy for one phase: `tenants` in a keys file (or, on a proxy without one, their keys in `API_KEYS`);
+    None: no keys at all."""
+    log_dir = bed.path(f"noisy-neighbour-{name}")
+    env = {"MODEL_SERVER_URL": bed.shared_triton().grpc_url, "REQUEST_TIMEOUT_MS": str(int(config.timeout_s * 1000))}
+    if tenants is not None and keys_file_supported():
+        keys = log_dir / "keys.json"
+        write_keys(keys, tenants)
+        env["API_KEYS_FILE"] = str(keys)
+    elif tenants is not None:
+        env["API_KEYS"] = ",".join(key for tenant in tenants.values() for key in tenant["keys"])
+    return Phase(bed.proxy(log_dir, **env), log_dir)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 3) if denominator else 0.0
+
+
+def _served(stats: LoadStats) -> int:
+    return stats.by_status.get("200", 0)
+
+
+def _served_rate(stats: LoadStats) -> float:
+    return round(_served(stats) / stats.duration_s, 1) if stats.duration_s else 0.0
+
+
+def _failures(stats: LoadStats, allowed: set[int]) -> int:
+    return sum(n for status, n in stats.by_status.items() if int(status) not in allowed)
+
+
+def _check_flood(result: ScenarioResult, who: str, stats: LoadStats) -> None:
+    """A flooding tenant's answers: 200 with the right body, or 429 with Retry-After."""
+    result.check(f"{who}: only 200/429", _failures(stats, FLOOD_ALLOWED) == 0, f"statuses {stats.by_status}")
+    result.check(f"{who}: no 200 with a wrong body", stats.wrong_bodies == 0, f"{stats.wrong_bodies} wrong")
+    result.check(
+        f"{who}: 429s carry Retry-After",
+        stats.rejections_without_retry_after == 0,
+        f"{stats.rejections_without_retry_after} of {stats.by_status.get('429', 0)} without",
+    )
+
+
+def _check_clean(result: ScenarioResult, who: str, stats: LoadStats) -> None:
+    """A tenant that must never fail: every answer a 200 with the right body."""
+    failed = _failures(stats, {200})
+    result.check(f"{who}: 0 errors", failed == 0 and stats.sent > 0, f"{stats.sent} sent, statuses {stats.by_status}")
+    result.check(f"{who}: no 200 with a wrong body", stats.wrong_bodies == 0, f"{stats.wrong_bodies} wrong")
+
+
+def _flood_beside(
+    flood: Callable[[], tuple[LoadStats, Any]], light: Workload, config: Config, lead_s: float
+) -> tuple[LoadStats, list[Sample]]:
+    """wrk's flood in a thread, and B's Python closed loop started `lead_s` later (the flood at full pressure)."""
+
+    async def drive() -> tuple[LoadStats, list[Sample]]:
+        flooding = asyncio.create_task(asyncio.to_thread(flood))
+        await asyncio.sleep(lead_s)
+        samples = await closed_loop(light, config.light_connections, config.phase_s)
+        stats, _ = await flooding
+        return stats, samples
+
+    return asyncio.run(drive())
+
+
+def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
+    result = ScenarioResult("noisy-neighbour", settings=config.__dict__.copy())
+    with_file = keys_file_supported()
+    result.figures["keys_file"] = with_file
+    result.notes.append(
+        "load: A's floods are wrk (one thread), B is reliability.load's Python closed loop; proxy, Triton, wrk and "
+        f"the Python client share this machine's {os.cpu_count()} cores"
+    )
+    capacity = _capacity(bed, config, result)
+    _equal_weights(bed, config, result, capacity)
+    if not with_file:
+        result.notes.append(
+            "this proxy has no API_KEYS_FILE: tenants came from API_KEYS (equal, no limits), so the weights, "
+            "rate-limit and rotation phases were skipped"
+        )
+        return result
+    _weights(bed, config, result)
+    _rate_limit(bed, config, result)
+    _rotation(bed, config, result)
+    return result
+
+
+def _capacity(bed: Bed, config: Config, result: ScenarioResult) -> float:
+    phase = _start(bed, config, "capacity", None)
+    stats, _ = wrk_loop(phase.work(config), config.flood_connections, config.phase_s, phase.log_dir, "capacity")
+    phase.proxy.stop()
+    capacity = _served_rate(stats)
+    result.figures.update(capacity_per_s=capacity, capacity_statuses=stats.by_status, capacity_p99_ms=stats.p99_ms)
+    result.check("capacity: every request served", _failures(stats, {200}) == 0, f"statuses {stats.by_status}")
+    return capacity
+
+
+def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: float) -> None:
+    tenants = {"team-a": {"keys": [KEY_A]}, "team-b": {"keys": [KEY_B]}}
+    phase = _start(bed, config, "equal", tenants)
+    light = phase.work(config, KEY_B, seed=11)
+    alone = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
+    flood_work = phase.work(config, KEY_A)
+
+    def flood() -> tuple[LoadStats, Any]:
+        return wrk_loop(flood_work, config.flood_connections, config.phase_s + 1, phase.log_dir, "flood")
+
+    a_stats, b_samples = _flood_beside(flood, light, config, lead_s=0.5)
+    phase.proxy.stop()
+    beside = summarize(b_samples)
+    result.load = beside
+    total = _served_rate(a_stats) + _served_rate(beside)
+    result.figures.update(
+        b_alone_p50_ms=alone.p50_ms,
+        b_alone_p99_ms=alone.p99_ms,
+        b_alone_per_s=alone.rate_per_s,
+        b_beside_p50_ms=beside.p50_ms,
+        b_beside_p99_ms=beside.p99_ms,
+        b_beside_per_s=beside.rate_per_s,
+        b_beside_statuses=beside.by_status,
+        b_p99_ratio=_ratio(beside.p99_ms, alone.p99_ms),
+        b_rate_ratio=_ratio(beside.rate_per_s, alone.rate_per_s),
+        a_statuses=a_stats.by_status,
+        a_codes=a_stats.by_code,
+        a_served_per_s=_served_rate(a_stats),
+        a_accepted_p99_ms=a_stats.accepted_p99_ms,
+        total_served_per_s=round(total, 1),
+        total_vs_capacity=_ratio(total, capacity),
+    )
+    _check_clean(result, "B alone", alone)
+    _check_clean(result, "B beside A's flood", beside)
+    _check_flood(result, "A's flood", a_stats)
+    result.check(
+        "B's p99 beside the flood <= 2x alone",
+        beside.p99_ms <= 2 * alone.p99_ms,
+        f"{beside.p99_ms} ms vs {alone.p99_ms} ms alone (x{result.figures['b_p99_ratio']})",
+        timing=True,
+    )
+    result.check(
+        "B's rate beside the flood >= 90% of alone",
+        beside.rate_per_s >= 0.9 * alone.rate_per_s,
+        f"{beside.rate_per_s}/s vs {alone.rate_per_s}/s alone ({result.figures['b_rate_ratio']:.0%})",
+        timing=True,
+    )
+    result.check(
+        "total served >= 90% of capacity",
+        total >= 0.9 * capacity,
+        f"{total:.1f}/s vs {capacity}/s without tenants ({result.figures['total_vs_capacity']:.0%})",
+        timing=True,
+    )
+
+
+def _weights(bed: Bed, config: Config, result: ScenarioResult) -> None:
+    weight_a, weight_b = config.weights
+    tenants = {"team-a": {"keys": [KEY_A], "weight": weight_a}, "team-b": {"keys": [KEY_B], "weight": weight_b}}
+    phase = _start(bed, config, "weights", tenants)
+    works = {"A": phase.work(config, KEY_A), "B": phase.work(config, KEY_B, seed=11)}
+
+    async def drive() -> dict[str, LoadStats]:
+        runs = [
+            asyncio.to_thread(
+                wrk_loop, work, config.saturating_connections, config.phase_s, phase.log_dir, f"weights-{who}"
+            )
+            for who, work in works.items()
+        ]
+        done = await asyncio.gather(*runs)
+        return {who: stats for who, (stats, _) in zip(works, done, strict=True)}
+
+    stats = asyncio.run(drive())
+    phase.proxy.stop()
+    served_a, served_b = _served(stats["A"]), _served(stats["B"])
+    share = _ratio(served_a, served_b)
+    want = weight_a / weight_b
+    result.figures.update(
+        weights=f"{weight_a:g}:{weight_b:g}",
+        weights_a_statuses=stats["A"].by_status,
+        weights_b_statuses=stats["B"].by_status,
+        weights_served_a=served_a,
+        weights_served_b=served_b,
+        weights_share_a_to_b=share,
+        weights_share_vs_target=_ratio(share, want),
+    )
+    for who, found in stats.items():
+        _check_flood(result, f"weights: {who}", found)
+    result.check(
+        f"served rows A:B within 10% of {weight_a:g}:{weight_b:g}",
+        abs(share / want - 1) <= 0.10,
+        f"{served_a}:{served_b} = {share} (x{result.figures['weights_share_vs_target']} of {want:g})",
+        timing=True,
+    )
+
+
+def _rate_limit(bed: Bed, config: Config, result: ScenarioResult) -> None:
+    limit = {"requests_per_s": config.rate_limit_per_s, "requests_burst": config.rate_burst}
+    tenants = {"team-r": {"keys": [KEY_LIMITED], "rate_limit": limit}}
+    phase = _start(bed, config, "rate-limit", tenants)
+    work = phase.work(config, KEY_LIMITED)
+    stats, _ = wrk_loop(work, config.rate_connections, config.phase_s, phase.log_dir, "limited")
+    phase.proxy.stop()
+    served = _served(stats)
+    # The bucket starts full: `rate_burst` requests pass before the rate applies.
+    accepted = round((served - config.rate_burst) / stats.duration_s, 1) if stats.duration_s else 0.0
+    result.figures.update(
+        rate_limit_per_s=config.rate_limit_per_s,
+        rate_statuses=stats.by_status,
+        rate_codes=stats.by_code,
+        rate_accepted_per_s=accepted,
+        rate_vs_limit=_ratio(accepted, config.rate_limit_per_s),
+        rate_rejection_p99_ms=stats.rejection_p99_ms,
+    )
+    _check_flood(result, "rate-limited tenant", stats)
+    result.check(
+        "rate-limited tenant: its 429s are rate_limited",
+        stats.by_status.get("429", 0) > 0 and set(stats.by_code) <= {"rate_limited"},
+        f"codes {stats.by_code}",
+    )
+    result.check(
+        "accepted rate within 5% of the limit",
+        abs(accepted / config.rate_limit_per_s - 1) <= 0.05,
+        f"{accepted}/s vs {config.rate_limit_per_s:g}/s (burst {config.rate_burst} left out)",
+        timing=True,
+    )
+
+
+async def _until_refused(work: Workload, bound_s: float) -> list[Sample]:
+    """One client of the key being removed: requests back to back until 401s have come for 0.5 s (or `bound_s`)."""
+    samples: list[Sample] = []
+    end = time.monotonic() + bound_s
+    refused_since: float | None = None
+    async with aiohttp.ClientSession() as session:
+        index = 0
+        while time.monotonic() < end:
+            sample = await request(session, work, index)
+            index += 1
+            samples.append(sample)
+            if sample.status != 401:
+                refused_since = None
+            elif refused_since is None:
+                refused_since = sample.started
+            elif time.monotonic() - refused_since > 0.5:
+                break
+    return samples
+
+
+def _rotation(bed: Bed, config: Config, result: ScenarioResult) -> None:
+    tenants: dict[str, dict[str, Any]] = {"team-a": {"keys": [KEY_A]}, "team-b": {"keys": [KEY_B, KEY_B_OLD]}}
+    phase = _start(bed, config, "rotation", tenants)
+    keys = phase.log_dir / "keys.json"
+    works = {"A": phase.work(config, KEY_A), "B": phase.work(config, KEY_B, seed=11)}
+    old = phase.work(config, KEY_B_OLD, seed=13)
+    span = config.rotation_before_s + config.rotation_after_s
+    written: dict[str, float] = {}
+
+    async def drive() -> tuple[LoadStats, list[Sample], list[Sample]]:
+        flood = asyncio.create_task(
+            asyncio.to_thread(wrk_loop, works["A"], config.rotation_connections, span + 1, phase.log_dir, "rotation")
+        )
+        await asyncio.sleep(0.5)
+        kept = asyncio.create_task(closed_loop(works["B"], config.light_connections, span))
+        removed = asyncio.create_task(_until_refused(old, span))
+        await asyncio.sleep(config.rotation_before_s)
+        written["at"] = write_keys(keys, {**tenants, "team-b": {"keys": [KEY_B]}})
+        a_stats, _ = await flood
+        return a_stats, await kept, await removed
+
+    a_stats, kept_samples, removed_samples = asyncio.run(drive())
+    phase.proxy.stop()
+    kept = summarize(kept_samples)
+    write_at = written["at"]
+    # The removal took effect where the old key's answers turned 401 for good.
+    last_ok = max((s.started for s in removed_samples if s.status != 401), default=None)
+    refused = [s for s in removed_samples if s.status == 401 and (last_ok is None or s.started > last_ok)]
+    removal_s = round(refused[0].started - write_at, 3) if refused else None
+    result.figures.update(
+        rotation_removed_key_statuses=summarize(removed_samples).by_status,
+        rotation_removed_after_s=removal_s,
+        rotation_kept_key_statuses=kept.by_status,
+        rotation_a_statuses=a_stats.by_status,
+    )
+    before = [s for s in removed_samples if s.started + s.latency_s < write_at]
+    result.check(
+        "rotation: the old key worked before its removal",
+        bool(before) and all(s.status == 200 for s in before),
+        f"{len(before)} answered before the write, statuses {summarize(before).by_status}",
+    )
+    result.check(
+        "rotation: the removed key is refused 401",
+        bool(refused) and removed_samples[-1].status == 401,
+        f"401s from {removal_s} s after the write" if refused else f"statuses {summarize(removed_samples).by_status}",
+    )
+    _check_clean(result, "rotation: B's other key", kept)
+    a_failed = _failures(a_stats, {200})
+    result.check(
+        "rotation: A never fails", a_failed == 0 and a_stats.wrong_bodies == 0, f"statuses {a_stats.by_status}"
+    )
+    result.check(
+        "rotation: removed key refused within 2 s of the write",
+        removal_s is not None and removal_s <= 2.0,
+        f"{removal_s} s",
+        timing=True,
+    )
