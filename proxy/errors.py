@@ -201,9 +201,14 @@ class OverShare(Overloaded):
 
 
 class RateLimited(ProxyError):
-    """The tenant is over its own rate limit (requests/s or rows/s); `retry_after` comes from its token bucket."""
+    """The tenant is over its own rate limit; `retry_after` comes from its token bucket, and `cause` says which
+    (`rate_requests` or `rate_rows`, as counted in `nexus_proxy_tenant_rejected_total`)."""
 
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int | None = None, cause: str = "rate_requests") -> None:
+        super().__init__(message, retry_after)
+        self.cause = cause
 
 
 class UpstreamBusy(ProxyError):

@@ -1,4 +1,5 @@
-"""What the proxy says about itself: the model it serves (`/v1/models`), its metrics, its API document."""
+"""What the proxy says about itself: the model it serves (`/v1/models`), its tenants (`/v1/tenants`), its metrics,
+its API document."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 from aiohttp import web
 
 from nexusml.core.probe import candidate_name
-from proxy.errors import NotReady, ProxyError
+from proxy.errors import Forbidden, NotReady, ProxyError
 from proxy.middleware import dumps
 from proxy.state import STATE
+from proxy.tenants import SHARE_WINDOW_S, TENANCY, TENANT
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 OPENAPI = web.AppKey("openapi", bytes)
@@ -32,6 +34,21 @@ async def models(request: web.Request) -> web.Response:
     except ProxyError:
         pass  # no candidate, or Triton busy: nothing is being tried that the proxy can see
     return web.json_response({"models": [described]}, dumps=dumps)
+
+
+async def tenants(request: web.Request) -> web.Response:
+    """Each tenant's weight, priority, limits and current share, never a key; for admin tenants only.
+
+    With keys, the key must be an admin tenant's (every key of `API_KEYS` is); with no keys at all the proxy has
+    one tenant, `default`, and this path is as open as `/v1/models`. Shares are this worker's (the one that
+    answered, `worker`): with several workers each sees the connections the kernel gave it.
+    """
+    tenancy = request.app[TENANCY]
+    if tenancy.required and not request[TENANT].admin:
+        raise Forbidden(f"tenant {request[TENANT].name} is not an admin tenant; /v1/tenants is for admin tenants")
+    return web.json_response(
+        {"tenants": tenancy.snapshot(), "worker": request.app[STATE].worker, "window_s": SHARE_WINDOW_S}, dumps=dumps
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

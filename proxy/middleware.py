@@ -1,4 +1,5 @@
-"""What every request goes through: its id and deadline, the API key, error bodies, metrics and the access log.
+"""What every request goes through: its id and deadline, its tenant (by API key) and that tenant's rate limit,
+error bodies, metrics and the access log.
 
 Each concern is a small plain function; `middleware(settings)` composes them in ONE aiohttp middleware, since
 each further middleware costs every request a coroutine and a handler wrapper on the proxy's hottest path.
@@ -7,7 +8,6 @@ each further middleware costs every request a coroutine and a handler wrapper on
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import re
@@ -29,17 +29,21 @@ from proxy.errors import (
     NotFound,
     PayloadTooLarge,
     ProxyError,
+    RateLimited,
     Unauthorized,
     http_status,
 )
 from proxy.settings import ProxySettings
 from proxy.state import STATE, ProxyState
+from proxy.tenants import DEFAULT_TENANT, TENANT, Tenancy, Tenant
 
 CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in metrics, never sent
 REQUEST_ID = web.RequestKey("request_id", str)
 DEADLINE = web.RequestKey("deadline", float)
 JSON = "application/json"
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The routes of predictions (templates, as `route` gives them, with POST): the rate limits apply to these.
+PREDICTION_ROUTES = frozenset({"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = logging.getLogger("proxy.access")
@@ -67,26 +71,24 @@ def request_ids() -> Callable[[web.Request], str]:
     return request_id
 
 
-# --- auth -------------------------------------------------------------------------------------------------
-def authorize(request: web.Request, keys: tuple[bytes, ...], open_paths: frozenset[str]) -> None:
-    """With API keys set, every path but the open ones needs one of them."""
-    if keys and request.path not in open_paths and not _authorized(request, keys):
-        raise Unauthorized("missing or invalid API key (Authorization: Bearer or X-API-Key)")
+# --- auth: the request's tenant ----------------------------------------------------------------------------
+def identify(request: web.Request, tenancy: Tenancy, open_paths: frozenset[str]) -> Tenant:
+    """The request's tenant: its API key's, or `DEFAULT_TENANT` when the proxy has no keys or the path is open.
 
-
-def _authorized(request: web.Request, keys: tuple[bytes, ...]) -> bool:
-    """Constant-time comparison against every key; the key itself is never logged or echoed."""
+    A key is looked up by its sha256 digest (`Tenancy.tenant_for`): the same work whichever key is offered, and
+    no comparison that stops at the first differing byte. The key itself is never logged or echoed.
+    """
+    if not tenancy.required or request.path in open_paths:
+        return DEFAULT_TENANT
     offered = request.headers.get("X-API-Key", "")
-    auth = request.headers.get("Authorization", "")
-    if not offered and auth[:7].lower() == "bearer ":
-        offered = auth[7:].strip()
     if not offered:
-        return False
-    candidate = offered.encode("utf-8", errors="replace")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key)
-    return matched
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            offered = auth[7:].strip()
+    tenant = tenancy.tenant_for(offered) if offered else None
+    if tenant is None:
+        raise Unauthorized("missing or invalid API key (Authorization: Bearer or X-API-Key)")
+    return tenant
 
 
 # --- error rendering --------------------------------------------------------------------------------------
@@ -163,6 +165,7 @@ def record(
                 "status": status,
                 "ms": round(elapsed * 1000, 3),
                 "worker": state.worker,
+                "tenant": request[TENANT].name,
             }
             model = response.headers.get("X-Model-Name")
             if model is not None:
@@ -173,8 +176,12 @@ def record(
 
 
 # --- the one middleware -----------------------------------------------------------------------------------
-def middleware(settings: ProxySettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    keys = tuple(key.encode() for key in settings.api_keys)
+def middleware(
+    settings: ProxySettings, tenancy: Tenancy | None = None
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The one middleware; `tenancy` is the app's (`proxy.tenants.TENANCY`), else one made from `settings`."""
+    if tenancy is None:
+        tenancy = Tenancy.from_settings(settings.api_keys, settings.api_keys_file, settings.worker_count)
     open_paths = frozenset(settings.open_endpoints)
     request_id_of = request_ids()
     timeout_s = settings.request_timeout_ms / 1000
@@ -184,10 +191,19 @@ def middleware(settings: ProxySettings) -> Callable[[web.Request, Handler], Awai
         started = time.perf_counter()
         state = request.app[STATE]
         request_id = request[REQUEST_ID] = request_id_of(request)
-        request[DEADLINE] = asyncio.get_running_loop().time() + timeout_s
+        now = asyncio.get_running_loop().time()
+        request[DEADLINE] = now + timeout_s
+        request[TENANT] = DEFAULT_TENANT
         error: NexusError | None = None
         try:
-            authorize(request, keys, open_paths)
+            tenant = request[TENANT] = identify(request, tenancy, open_paths)
+            if request.method == "POST" and route(request) in PREDICTION_ROUTES:
+                # Before the handler, so a tenant over its rate limit is refused before its body is read.
+                try:
+                    tenancy.admit(tenant, now)
+                except RateLimited as err:
+                    state.metrics.tenant_rejected(tenant.name, err.cause)
+                    raise
             response = await handler(request)
         except asyncio.CancelledError:
             state.metrics.request_done(route(request), CLIENT_GONE, time.perf_counter() - started)

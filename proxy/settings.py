@@ -145,8 +145,25 @@ class ProxySettings:
     api_keys: tuple[str, ...] = env(
         "API_KEYS",
         (),
-        "comma list of accepted keys (Authorization: Bearer or X-API-Key); empty = no auth",
+        "comma list of accepted keys (Authorization: Bearer or X-API-Key), each its own tenant key-1, key-2, ...; "
+        "empty with no API_KEYS_FILE = no auth",
         parse_list,
+        secret=True,
+    )
+    api_keys_file: Path | None = env(
+        "API_KEYS_FILE",
+        None,
+        "YAML or JSON keys file: tenants with their keys, weight, priority, admin and rate limits "
+        "(docs/api.md, Tenants); re-read when it changes; not with API_KEYS (default: none)",
+        Path,
+    )
+    api_keys_poll_s: float = env(
+        "API_KEYS_POLL_S",
+        1.0,
+        "how often each worker checks API_KEYS_FILE for a change (a removed key stops working within this long)",
+        float,
+        minimum=0.05,
+        maximum=3600,
     )
     open_endpoints: tuple[str, ...] = env(
         "OPEN_ENDPOINTS",
@@ -183,6 +200,10 @@ class ProxySettings:
             raise SettingsError(f"OPEN_ENDPOINTS={','.join(self.open_endpoints)}: paths must start with /")
         if any(not key or any(c.isspace() for c in key) for key in self.api_keys):
             raise SettingsError("API_KEYS: keys must not contain whitespace")
+        if self.api_keys and self.api_keys_file is not None:
+            raise SettingsError(
+                "API_KEYS and API_KEYS_FILE are both set: use one (each key of API_KEYS can be a tenant in the file)"
+            )
 
     @property
     def upstream_protocol(self) -> str:

@@ -3,16 +3,55 @@
 A tenant has a `weight` (its share of the model when several wait for it), a `priority` class (served first
 within the proxy, and carried to Triton as its priority level) and optional rate limits. Every request is some
 tenant's: the key's, or `DEFAULT_TENANT` when the proxy has no keys or the path is open.
+
+Where tenants come from (`Tenancy.from_settings`), one source at a time:
+- `API_KEYS_FILE`: a YAML or JSON keys file (a `.json` name is read as JSON, any other as YAML) mapping each
+  tenant to its keys, weight, priority, admin flag and rate limits; re-read when it changes
+  (`Tenancy.poll`, every `API_KEYS_POLL_S`), so keys rotate without a restart.
+- `API_KEYS`: each key its own tenant, named by its position (`key-1`, `key-2`, ...; never by the key), weight
+  1, normal priority, no limits, and admin (there are no roles to tell apart).
+- neither: `DEFAULT_TENANT` for every request, no auth.
+
+Keys are held only as sha256 digests: a lookup is one hash and one dict lookup, the same work whichever key is
+offered and however many there are. Keys are never logged; tenants are, by name.
+
+Rate limits are token buckets, one per limit and tenant, in each worker: with `PROXY_WORKERS` > 1 the kernel
+spreads connections over the workers, so each worker's bucket gets 1/worker-count of the rate and of the burst
+(a burst at least 1), and the pod's total is the configured limit when the tenant's connections are spread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
+
+from nexusml.core.errors import SettingsError
+from proxy.errors import RateLimited
 
 # Priority classes and the Triton priority level each is sent with (1 is served first).
 LEVELS = {"high": 1, "normal": 2, "low": 3}
+
+# `share` in `Tenancy.snapshot` covers the predictions of the last one to two of these windows.
+SHARE_WINDOW_S = 10.0
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_TENANT_FIELDS = ("keys", "weight", "priority", "admin", "rate_limit")
+_LIMIT_FIELDS = ("requests_per_s", "requests_burst", "rows_per_s", "rows_burst")
+
+log = logging.getLogger("proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +81,430 @@ class Tenant:
 
 DEFAULT_TENANT = Tenant("default")
 TENANT = web.RequestKey("tenant", Tenant)
+
+
+def digest(key: str) -> bytes:
+    """What a key is held and looked up as."""
+    return hashlib.sha256(key.encode("utf-8", errors="surrogateescape")).digest()
+
+
+# --- the table: tenants and their key digests -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One consistent set of tenants: replaced whole on reload, never changed in place."""
+
+    tenants: tuple[Tenant, ...]
+    by_digest: Mapping[bytes, Tenant]
+    keys: Mapping[str, int]  # tenant name -> how many keys it has (shown; the keys never are)
+    source: str  # "file", "API_KEYS" or "none"
+
+
+def open_table() -> Table:
+    """No keys at all: every request is `DEFAULT_TENANT`'s."""
+    return Table((DEFAULT_TENANT,), {}, {DEFAULT_TENANT.name: 0}, "none")
+
+
+def api_keys_table(keys: tuple[str, ...]) -> Table:
+    """`API_KEYS`: tenant `key-N` for the N-th key; a key listed twice belongs to its first position."""
+    tenants: list[Tenant] = []
+    by_digest: dict[bytes, Tenant] = {}
+    for position, key in enumerate(keys, start=1):
+        tenant = Tenant(f"key-{position}", admin=True)
+        tenants.append(tenant)
+        by_digest.setdefault(digest(key), tenant)
+    return Table(tuple(tenants), by_digest, {tenant.name: 1 for tenant in tenants}, "API_KEYS")
+
+
+def read_keys_file(path: Path) -> Table:
+    """The keys file at `path`, validated whole; `SettingsError` naming the file, the tenant and the field
+    (never a key) when anything in it is unusable."""
+    where = f"API_KEYS_FILE {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SettingsError(f"{where}: cannot read it: {err.strerror or type(err).__name__}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{where}: not UTF-8") from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        document = json.loads(text, object_pairs_hook=_unique) if kind == "JSON" else yaml.load(text, _StrictLoader)
+    except (ValueError, yaml.YAMLError) as err:
+        # The parsers' whole messages quote the text they stopped at, which may be a key: only the problem and
+        # its position are said, and the exception is not chained.
+        raise SettingsError(f"{where}: not valid {kind}: {_problem(err)}") from None
+    return parse_keys(document, where)
+
+
+class _Repeated(ValueError):
+    """A name twice in one mapping: the parsers would keep the last silently, and a tenant's keys with it."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _Repeated("a name appears twice in one object")
+    return found
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a name that appears twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its names may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a name appears twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _problem(err: Exception) -> str:
+    if isinstance(err, _Repeated):
+        return str(err)
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno}, column {err.colno}"
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def parse_keys(document: Any, where: str) -> Table:
+    """A parsed keys document as a table; `where` names the file in every refusal."""
+    if not isinstance(document, dict) or set(document) != {"tenants"}:
+        raise SettingsError(f"{where}: expected one top-level field, tenants: a mapping of tenant name to tenant")
+    entries = document["tenants"]
+    if not isinstance(entries, dict) or not entries:
+        raise SettingsError(f"{where}: tenants: expected a mapping of at least one tenant name to its settings")
+    tenants: list[Tenant] = []
+    by_digest: dict[bytes, Tenant] = {}
+    counts: dict[str, int] = {}
+    for name, entry in entries.items():
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise SettingsError(
+                f"{where}: tenant {name!r}: a name is 1 to 63 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+            )
+        tenant, keys = _tenant(name, entry, f"{where}: tenant {name!r}")
+        for position, key in enumerate(keys, start=1):
+            held = by_digest.setdefault(digest(key), tenant)
+            if held is not tenant:
+                raise SettingsError(
+                    f"{where}: tenant {name!r}: keys: key #{position} is also a key of tenant {held.name!r}"
+                )
+        tenants.append(tenant)
+        counts[name] = len(keys)
+    return Table(tuple(tenants), by_digest, counts, "file")
+
+
+def _tenant(name: str, entry: Any, where: str) -> tuple[Tenant, list[str]]:
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where}: expected a mapping with keys (and weight, priority, admin, rate_limit)")
+    unknown = sorted(str(field) for field in set(entry) - set(_TENANT_FIELDS))
+    if unknown:
+        raise SettingsError(f"{where}: unknown field {unknown[0]!r}; the fields are {', '.join(_TENANT_FIELDS)}")
+    keys = entry.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise SettingsError(f"{where}: keys: expected a list of at least one key")
+    seen: set[str] = set()
+    for position, key in enumerate(keys, start=1):
+        if not isinstance(key, str) or not key or any(c.isspace() for c in key):
+            raise SettingsError(f"{where}: keys: key #{position} must be a string without whitespace (quote it)")
+        if key in seen:
+            raise SettingsError(f"{where}: keys: key #{position} is listed twice")
+        seen.add(key)
+    weight = _number(entry.get("weight", 1), f"{where}: weight")
+    priority = entry.get("priority", "normal")
+    if priority not in LEVELS:
+        raise SettingsError(f"{where}: priority: {priority!r} is not one of {', '.join(LEVELS)}")
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise SettingsError(f"{where}: admin: expected true or false, not {admin!r}")
+    requests, rows = _limits(entry.get("rate_limit"), f"{where}: rate_limit")
+    return Tenant(name, weight, priority, admin, requests, rows), keys
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{where}: expected a number > 0, not {value!r}")
+    return float(value)
+
+
+def _limits(entry: Any, where: str) -> tuple[RateLimit | None, RateLimit | None]:
+    if entry is None:
+        return None, None
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where}: expected a mapping of {', '.join(_LIMIT_FIELDS)}")
+    unknown = sorted(str(field) for field in set(entry) - set(_LIMIT_FIELDS))
+    if unknown:
+        raise SettingsError(f"{where}: unknown field {unknown[0]!r}; the fields are {', '.join(_LIMIT_FIELDS)}")
+    found: list[RateLimit | None] = []
+    for kind in ("requests", "rows"):
+        per_s, burst = entry.get(f"{kind}_per_s"), entry.get(f"{kind}_burst")
+        if per_s is None:
+            if burst is not None:
+                raise SettingsError(f"{where}: {kind}_burst: set {kind}_per_s too")
+            found.append(None)
+            continue
+        rate = _number(per_s, f"{where}: {kind}_per_s")
+        size = max(1.0, rate) if burst is None else _number(burst, f"{where}: {kind}_burst")
+        if size < 1:
+            raise SettingsError(f"{where}: {kind}_burst: expected at least 1, not {burst!r}")
+        found.append(RateLimit(rate, size))
+    return found[0], found[1]
+
+
+# --- rate limits ------------------------------------------------------------------------------------------
+class TokenBucket:
+    """`per_s` tokens a second up to `burst`, filled lazily from the time of the last look; starts full.
+
+    Tokens may go below zero: rows are known only after the body is parsed, so they are charged after the
+    request was let in, and the debt is paid back by the refill before the tenant's next request passes.
+    """
+
+    __slots__ = ("burst", "per_s", "stamp", "tokens")
+
+    def __init__(self, per_s: float, burst: float) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = -math.inf  # before any look: full
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
+            self.stamp = now
+
+    def seconds_until(self, level: float) -> float:
+        """How long until the bucket holds `level` tokens (after `refill`)."""
+        return max(0.0, (level - self.tokens) / self.per_s)
+
+
+class Account:
+    """One tenant's state in this worker: its buckets and what it was admitted in the share windows."""
+
+    __slots__ = ("current", "limits", "previous", "requests", "rows")
+
+    def __init__(self, tenant: Tenant, workers: int) -> None:
+        self.limits = (tenant.requests, tenant.rows)
+        self.requests = _bucket(tenant.requests, workers)
+        self.rows = _bucket(tenant.rows, workers)
+        self.current = [0, 0]  # predictions, rows in the current window
+        self.previous = [0, 0]  # and in the window before
+
+
+def _bucket(limit: RateLimit | None, workers: int) -> TokenBucket | None:
+    if limit is None:
+        return None
+    return TokenBucket(limit.per_s / workers, max(1.0, limit.burst / workers))
+
+
+def _retry(seconds: float) -> int:
+    """Retry-After: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
+# --- the runtime object -----------------------------------------------------------------------------------
+class Tenancy:
+    """The tenant table of one worker, its rate limits, and the keys file it follows."""
+
+    def __init__(
+        self,
+        table: Table,
+        workers: int = 1,
+        path: Path | None = None,
+        on_reload_error: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workers = max(1, workers)
+        self.path = path
+        self.on_reload_error = on_reload_error
+        self.clock = clock  # `charge_rows`'s time; the app sets its event loop's, the clock `admit` is given
+        self.table = table
+        self.accounts: dict[str, Account] = {}
+        self._install(table)
+        self._signature = self._stat()
+        self._window_end = -math.inf
+
+    @classmethod
+    def from_settings(
+        cls,
+        api_keys: tuple[str, ...],
+        keys_file: Path | None,
+        workers: int,
+        on_reload_error: Callable[[], None] = lambda: None,
+    ) -> Tenancy:
+        """The tenancy the settings describe; a keys file that cannot be used stops start-up (`SettingsError`)."""
+        if keys_file is not None:
+            return cls(read_keys_file(keys_file), workers, keys_file, on_reload_error)
+        return cls(api_keys_table(api_keys) if api_keys else open_table(), workers)
+
+    @property
+    def required(self) -> bool:
+        """Whether requests need a key (there are keys)."""
+        return self.table.source != "none"
+
+    def tenant_for(self, offered_key: str) -> Tenant | None:
+        """The tenant whose key `offered_key` is, or None."""
+        return self.table.by_digest.get(digest(offered_key))
+
+    def admit(self, tenant: Tenant, now: float) -> None:
+        """Let a prediction of `tenant` in, before its body is read, or raise `RateLimited`.
+
+        Takes one token from the tenant's requests bucket; refuses while its rows bucket is in debt (rows are
+        charged after the parse, `charge_rows`). A refused request takes nothing.
+        """
+        if tenant.requests is None and tenant.rows is None:
+            return
+        account = self.accounts.get(tenant.name)
+        if account is None:  # removed by a reload since its key was looked up: its new limits are none
+            return
+        rows, requests = account.rows, account.requests
+        if rows is not None:
+            rows.refill(now)
+            if rows.tokens < 0:
+                wait = rows.seconds_until(0)
+                assert tenant.rows is not None
+                raise RateLimited(_over(tenant, tenant.rows.per_s, "rows", wait), _retry(wait), "rate_rows")
+        if requests is not None:
+            requests.refill(now)
+            if requests.tokens < 1:
+                wait = requests.seconds_until(1)
+                assert tenant.requests is not None
+                raise RateLimited(_over(tenant, tenant.requests.per_s, "requests", wait), _retry(wait), "rate_requests")
+            requests.tokens -= 1
+
+    def charge_rows(self, tenant: Tenant, rows: int, now: float | None = None) -> None:
+        """`rows` of an admitted prediction of `tenant`, its body read: counted for its share and taken from its
+        rows bucket (which may go into debt). Never raises."""
+        account = self.accounts.get(tenant.name)
+        if account is None:
+            return
+        moment = self.clock() if now is None else now
+        if moment >= self._window_end:
+            self._roll(moment)
+        account.current[0] += 1
+        account.current[1] += rows
+        if account.rows is not None:
+            account.rows.refill(moment)
+            account.rows.tokens -= rows
+
+    def _roll(self, now: float) -> None:
+        """Start a new share window; the current one becomes the previous (or none, after a longer pause)."""
+        fresh = now >= self._window_end + SHARE_WINDOW_S
+        for account in self.accounts.values():
+            account.previous = [0, 0] if fresh else account.current
+            account.current = [0, 0]
+        self._window_end = now + SHARE_WINDOW_S
+
+    # --- reload -----------------------------------------------------------------------------------------
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        """What tells a changed file: os.stat follows the symlinks Kubernetes swaps in a Secret volume."""
+        if self.path is None:
+            return None
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino, found.st_dev
+
+    def poll(self) -> bool:
+        """Re-read the keys file if it changed; True when a new table is in force. A file that cannot be used
+        keeps the table in force, with one ERROR line (naming the cause, never a key) and a count."""
+        if self.path is None:
+            return False
+        signature = self._stat()
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            table = read_keys_file(self.path)
+        except SettingsError as err:
+            self.on_reload_error()
+            log.error("%s; keeping the %d tenants in force", err, len(self.table.tenants))
+            return False
+        self._install(table)
+        log.info("API_KEYS_FILE %s reloaded: tenants %s", self.path, ", ".join(t.name for t in table.tenants))
+        return True
+
+    def _install(self, table: Table) -> None:
+        """Put `table` in force at once. A tenant whose limits did not change keeps its buckets (a reload is
+        not a way to refill them) and its share counts."""
+        accounts: dict[str, Account] = {}
+        for tenant in table.tenants:
+            account = self.accounts.get(tenant.name)
+            if account is None or account.limits != (tenant.requests, tenant.rows):
+                fresh = Account(tenant, self.workers)
+                if account is not None:
+                    fresh.current, fresh.previous = account.current, account.previous
+                account = fresh
+            accounts[tenant.name] = account
+        self.table = table
+        self.accounts = accounts
+
+    async def follow(self, poll_s: float) -> None:
+        """Poll the keys file every `poll_s` until cancelled."""
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                self.poll()
+            except Exception:  # anything else would end the task, and rotation with it, silently
+                log.exception("API_KEYS_FILE %s: unexpected error while checking it", self.path)
+
+    # --- what GET /v1/tenants shows -----------------------------------------------------------------------
+    def snapshot(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Each tenant's name, weight, priority, admin flag, number of keys, rate limits (as configured, for the
+        whole pod), its fair share (its weight over all weights: what it gets when every tenant is busy) and
+        its share: the fraction of this worker's predictions (past their body) and of their rows that were
+        its, over the last one to two `SHARE_WINDOW_S` windows (None when there were none). Never a key."""
+        moment = self.clock() if now is None else now
+        if moment >= self._window_end:
+            self._roll(moment)
+        tenants = self.table.tenants
+        totals = [0, 0]
+        for account in self.accounts.values():
+            for index in (0, 1):
+                totals[index] += account.current[index] + account.previous[index]
+        weights = sum(tenant.weight for tenant in tenants)
+        shown = []
+        for tenant in tenants:
+            account = self.accounts[tenant.name]
+            used = [account.current[index] + account.previous[index] for index in (0, 1)]
+            shown.append(
+                {
+                    "name": tenant.name,
+                    "weight": tenant.weight,
+                    "priority": tenant.priority,
+                    "admin": tenant.admin,
+                    "keys": self.table.keys[tenant.name],
+                    "rate_limit": _shown_limits(tenant),
+                    "fair_share": round(tenant.weight / weights, 4),
+                    "share": {
+                        "requests": round(used[0] / totals[0], 4) if totals[0] else None,
+                        "rows": round(used[1] / totals[1], 4) if totals[1] else None,
+                    },
+                }
+            )
+        return shown
+
+
+def _shown_limits(tenant: Tenant) -> dict[str, float] | None:
+    if tenant.requests is None and tenant.rows is None:
+        return None
+    shown: dict[str, float] = {}
+    for kind, limit in (("requests", tenant.requests), ("rows", tenant.rows)):
+        if limit is not None:
+            shown[f"{kind}_per_s"], shown[f"{kind}_burst"] = limit.per_s, limit.burst
+    return shown
+
+
+def _over(tenant: Tenant, per_s: float, unit: str, wait: float) -> str:
+    return f"tenant {tenant.name} is over its rate limit of {per_s:g} {unit}/s; retry in {wait:.2f} s"
+
+
+TENANCY = web.AppKey("tenancy", Tenancy)
