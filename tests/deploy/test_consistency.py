@@ -53,6 +53,7 @@ DEPLOYMENT_OVERRIDES = {
     "AWS_SECRET_ACCESS_KEY": "compose's MinIO credentials",
     "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
     "LOG_FORMAT": "a log pipeline reads the containers' lines: one JSON object each",
+    "API_KEYS_FILE": "container path of the mounted keys secret, set only when a keys file is given",
 }
 # Read by every command before its own settings (`nexus --log-level`, LOG_FORMAT).
 COMMAND_VARIABLES = {spec.name: default for spec, default in variables(LogSettings)}
@@ -206,7 +207,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
     values = {
         "config": {"batchSize": 64, "batchTimeoutMs": 5},
         "sync": {"extraEnv": {"INSTANCE_COUNT": 2}},
-        "proxy": {"extraEnv": {"PROXY_WORKERS": 2}},
+        "proxy": {"extraEnv": {"PROXY_WORKERS": 2}, "keysFile": {"existingSecret": "teams"}},
         "s3": {"endpointUrl": "http://minio:9000", "bucket": "b", "region": "eu-west-1"},
         "aws": {"credentialsSecret": "aws"},
         "watcher": {"enabled": True},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -481,3 +482,68 @@ def test_chart_watcher_defaults_match_the_code() -> None:
     assert values["enabled"] is False
     assert values["intervalSeconds"] == code.interval_s and values["metricsPort"] == code.metrics_port
     assert values["metaUri"] == "" and code.meta_uri is None
+
+
+KEYS_FILE = '{"tenants": {"team-a": {"keys": ["key-a"], "weight": 3}, "team-b": {"keys": ["key-b"]}}}'
+
+
+def _keys_mount(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    (mount,) = [m for m in container(spec, "proxy")["volumeMounts"] if m["name"] == "api-keys"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "api-keys"]
+    return mount, volume
+
+
+@pytest.mark.parametrize(
+    ("keys_file", "secret_name"),
+    [
+        pytest.param({"content": KEYS_FILE}, "nexus-nexus-dataplane-api-keys", id="content"),
+        pytest.param({"existingSecret": "team-keys", "secretKey": "teams.yaml"}, "team-keys", id="existing-secret"),
+    ],
+)
+def test_keys_file_is_a_secret_folder_mounted_read_only(keys_file: dict[str, str], secret_name: str) -> None:
+    """The proxy reads API_KEYS_FILE from a Secret's folder: a folder mount (no subPath) is updated in place
+    by the kubelet, so a rotated Secret reaches the running proxy without a restart."""
+    objects = render_chart({"proxy": {"keysFile": keys_file}})
+    spec = pod_spec(objects)
+    mount, volume = _keys_mount(spec)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert volume["secret"]["secretName"] == secret_name
+    key = keys_file.get("secretKey", "keys.json")
+    assert volume["secret"]["items"] == [{"key": key, "path": key}]
+    assert volume["secret"]["defaultMode"] == 0o440  # the pod's group (fsGroup) reads it, nobody else
+    env = env_of(container(spec, "proxy"))
+    assert env["API_KEYS_FILE"] == f"{mount['mountPath']}/{key}" and "API_KEYS" not in env
+    # its own folder: not under the metadata ConfigMap's read-only /etc/nexus
+    assert not mount["mountPath"].startswith("/etc/nexus/")
+    for name in ("sync", "triton"):
+        assert "API_KEYS_FILE" not in env_of(container(spec, name)), name
+        assert "api-keys" not in {m["name"] for m in container(spec, name).get("volumeMounts", [])}, name
+    secrets = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-api-keys")]
+    if "content" in keys_file:
+        (secret,) = secrets
+        assert base64.b64decode(secret["data"][key]).decode() == KEYS_FILE
+    else:
+        assert secrets == []
+    # a new Secret must not roll the pods: no checksum of it on the template
+    (deployment,) = by_kind(objects, "Deployment")
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if "api-keys" in k]
+
+
+def test_no_keys_file_by_default() -> None:
+    spec = pod_spec(render_chart({}))
+    assert "API_KEYS_FILE" not in env_of(container(spec, "proxy"))
+    assert "api-keys" not in {v["name"] for v in spec["volumes"]}
+
+
+def test_api_keys_and_keys_file_are_refused_together() -> None:
+    """The proxy refuses both at start-up; the chart says so at install time."""
+    values = {"proxy": {"apiKeys": {"existingSecret": "keys"}, "keysFile": {"content": KEYS_FILE}}}
+    with pytest.raises(helm.HelmError, match=r"apiKeys\.existingSecret"):
+        render_chart(values)
+
+
+def test_keys_file_notes_say_how_to_rotate() -> None:
+    notes = render_files({"proxy": {"keysFile": {"content": KEYS_FILE}}})
+    (text,) = [t for path, t in notes.items() if path.endswith("NOTES.txt")]
+    assert "Tenants are on" in text and "no restart" in text

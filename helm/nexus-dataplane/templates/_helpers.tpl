@@ -55,6 +55,16 @@ app.kubernetes.io/part-of: nexusml
 {{- default (printf "%s-triton-admin" (include "nexus.fullname" .)) .Values.triton.adminKey.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the tenants' keys file: the user's, else the chart's (from proxy.keysFile.content). */}}
+{{- define "nexus.keysSecret" -}}
+{{- default (printf "%s-api-keys" (include "nexus.fullname" .)) .Values.proxy.keysFile.existingSecret }}
+{{- end }}
+
+{{/* "true" when the proxy gets a keys file (API_KEYS_FILE). */}}
+{{- define "nexus.keysFile" -}}
+{{- if or .Values.proxy.keysFile.existingSecret .Values.proxy.keysFile.content }}true{{ end }}
+{{- end }}
+
 {{/* DEVICE for nexus sync: explicit value, else from gpu.enabled. */}}
 {{- define "nexus.device" -}}
 {{- if .Values.config.device }}{{ .Values.config.device }}{{ else if .Values.gpu.enabled }}cuda{{ else }}cpu{{ end }}

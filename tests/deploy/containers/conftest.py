@@ -79,9 +79,11 @@ def docker_host(podman: Podman, images: tuple[str, ...]) -> Iterator[str]:
 
 
 # --- talking to a deployed proxy from the host --------------------------------------------------------
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
+def http(url: str, body: dict[str, Any] | None = None, key: str = "") -> tuple[int, dict[str, str], Any]:
+    """One call; `key` goes as `X-API-Key` when given."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())
@@ -102,13 +104,26 @@ def wait_ready(url: str, timeout_s: float = 300) -> dict[str, Any]:
     raise AssertionError(f"{url}/readyz never answered 200 in {timeout_s:.0f} s: last {status} {body}")
 
 
-def assert_serves(url: str, spec: demo.DemoSpec) -> None:
+def assert_serves(url: str, spec: demo.DemoSpec, key: str = "") -> None:
     """The README's curl: POST /predict {"input": [1, 2, 3, 4, 5]} -> the model's answer, from version `spec`."""
-    status, headers, body = http(f"{url}/predict", {"input": ROW})
+    status, headers, body = http(f"{url}/predict", {"input": ROW}, key)
     assert status == 200, body
     assert headers["X-Model-Name"] == spec.name and headers["X-Model-Version"] == str(spec.version)
     expected = demo.reference_outputs(spec, [ROW])[0][0]
     np.testing.assert_allclose(body["output"], expected, rtol=1e-4, atol=1e-5)
+
+
+# A keys file of two teams, for the deployments' tenancy check: a call with a team's key is served, one without 401s.
+TEAM_KEY = "team-a-test-key"
+KEYS_FILE = {"tenants": {"team-a": {"keys": [TEAM_KEY], "weight": 3}, "team-b": {"keys": ["team-b-test-key"]}}}
+
+
+def assert_tenants_enforced(url: str, spec: demo.DemoSpec) -> None:
+    """With the keys file: a team's key is served; no key is 401 unauthorized; readiness stays open."""
+    assert_serves(url, spec, TEAM_KEY)
+    status, _, body = http(f"{url}/predict", {"input": ROW})
+    assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
+    assert http(f"{url}/readyz")[0] == 200
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

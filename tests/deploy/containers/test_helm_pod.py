@@ -11,7 +11,9 @@ with these changes, each a limit of podman, not of the chart:
   4.3 makes them root's, mode 0755, and Triton's Python backend, uid 1000, then cannot create its shared
   memory: "Unable to initialize shared memory key ... Permission denied", measured);
 - podman 4.3 cannot read Kubernetes Secrets for `secretKeyRef` env ("secret ... is not valid JSON",
-  measured), so the played copy carries the secrets' values inline;
+  measured), so the played copy carries the secrets' values inline; likewise the tenants' keys Secret volume
+  becomes a host folder holding the Secret's file (readable by all: podman applies no `defaultMode`/`fsGroup`
+  to a host folder);
 - with no cluster there is no Service: the proxy's port gets a hostPort on loopback;
 - probes go: podman runs an httpGet probe as `curl` inside the container, which our images do not have
   (the kubelet makes the request itself), so the liveness check failed and podman killed Triton (measured);
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +40,7 @@ import yaml
 from nexusml.command import demo
 from nexusml.testing.environment import free_port
 from tests.deploy.conftest import by_kind, render_chart
-from tests.deploy.containers.conftest import assert_serves, wait_ready
+from tests.deploy.containers.conftest import KEYS_FILE, assert_tenants_enforced, wait_ready
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman
 
 # The first test also builds the images (minutes on a fresh machine): the suite's 300 s is too short.
@@ -159,6 +162,16 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
             volume["hostPath"] = {"path": str(folder), "type": "Directory"}
         elif "configMap" in volume:
             volume["configMap"]["name"] = bed.config_map_name(volume["configMap"]["name"])
+        elif "secret" in volume:
+            folder = bed.folder / volume["name"]
+            folder.mkdir()
+            folder.chmod(0o755)
+            for item in volume["secret"]["items"]:
+                written = folder / item["path"]
+                written.write_text(secrets[volume["secret"]["secretName"]][item["key"]])
+                written.chmod(0o644)
+            volume.pop("secret")
+            volume["hostPath"] = {"path": str(folder), "type": "Directory"}
     for container in spec["initContainers"] + spec["containers"]:
         inline_secrets(container, secrets)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -203,6 +216,8 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
                 "aws": {"credentialsSecret": "nexus-aws"},
                 # Runs beside them (it finds the version served: nothing to swap; compose's test swaps one).
                 "watcher": {"enabled": True},
+                # Teams: the tenants' keys file, from a Secret the chart makes (a host folder here, see above).
+                "proxy": {"keysFile": {"content": json.dumps(KEYS_FILE)}},
             }
             objects = render_chart(values)
             sync_pod, serving_pod = pods_for_podman(objects, bed, port)
@@ -214,7 +229,7 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
             play(bed, objects, serving_pod)
             ready = wait_ready(f"http://127.0.0.1:{port}")
         assert ready["model"] == "demo_mlp"
-        assert_serves(f"http://127.0.0.1:{port}", demo.DemoSpec())
+        assert_tenants_enforced(f"http://127.0.0.1:{port}", demo.DemoSpec())
         watcher = f"{bed.name}-watcher"
         state = podman("inspect", watcher, "--format", "{{.State.Running}} {{.RestartCount}}").stdout.split()
         assert state == ["true", "0"], podman.logs(watcher)
