@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert settings.port == 8080 and settings.workers == 0 and settings.coalesce
     assert settings.api_keys == () and "/healthz" in settings.open_endpoints
     assert settings.max_dynamic_dim == 8192
+    assert settings.api_keys_file is None and settings.api_keys_poll_s == 1.0
 
 
 @pytest.mark.parametrize(
@@ -90,6 +91,7 @@ def test_lists() -> None:
         pytest.param("COALESCE_MAX_WAIT_MS", "soon", id="coalesce-wait-not-a-number"),
         pytest.param("MAX_DYNAMIC_DIM", "0", id="dynamic-dim-zero"),
         pytest.param("MAX_DYNAMIC_DIM", "2000000", id="dynamic-dim-over-metadata-limit"),
+        pytest.param("API_KEYS_POLL_S", "0", id="keys-poll-zero"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
