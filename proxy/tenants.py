@@ -128,7 +128,7 @@ def read_keys_file(path: Path) -> Table:
     kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
         document = json.loads(text, object_pairs_hook=_unique) if kind == "JSON" else yaml.load(text, _StrictLoader)
-    except (ValueError, yaml.YAMLError) as err:
+    except (ValueError, RecursionError, yaml.YAMLError) as err:
         # The parsers' whole messages quote the text they stopped at, which may be a key: only the problem and
         # its position are said, and the exception is not chained.
         raise SettingsError(f"{where}: not valid {kind}: {_problem(err)}") from None
@@ -167,6 +167,8 @@ class _StrictLoader(yaml.SafeLoader):
 def _problem(err: Exception) -> str:
     if isinstance(err, _Repeated):
         return str(err)
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
     if isinstance(err, json.JSONDecodeError):
         return f"{err.msg} at line {err.lineno}, column {err.colno}"
     mark = getattr(err, "problem_mark", None)

@@ -1,10 +1,12 @@
-"""API keys (Bearer or X-API-Key, open endpoints configurable) and the in-flight bound (429 + Retry-After)."""
+"""API keys (Bearer or X-API-Key, open endpoints configurable), tenants' rate limits on real predictions, and the
+in-flight bound (429 + Retry-After)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,33 @@ async def test_a_client_that_goes_away_frees_its_slot(proxy_client: MakeClient, 
     assert (await client.post("/predict", json={"input": ROW})).status == 200
     metrics = await (await client.get("/metrics")).text()
     assert 'route="/predict",status="499"' in metrics  # counted as "client closed", never sent
+
+
+ROWS_LIMITED = """\
+tenants:
+  team-a:
+    keys: [k-one]
+    rate_limit: {rows_per_s: 0.001, rows_burst: 2}
+  team-b:
+    keys: [k-two]
+"""
+
+
+async def test_rows_are_charged_after_the_parse(proxy_client: MakeClient, triton: TritonServer, tmp_path: Path) -> None:
+    """A prediction of 3 rows passes a rows bucket of 2 (rows are known only after the parse) and leaves it in
+    debt: the tenant's next prediction is refused before its body, the other tenant's is served."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(ROWS_LIMITED)
+    client = await proxy_client(triton.grpc_url, API_KEYS_FILE=str(keys), PROXY_WORKERS="1")
+    first = await client.post("/predict", json={"inputs": [ROW, ROW, ROW]}, headers={"X-API-Key": "k-one"})
+    assert first.status == 200, await first.text()
+    refused = await client.post("/predict", json={"input": ROW}, headers={"X-API-Key": "k-one"})
+    body = await refused.json()
+    assert (refused.status, body["error"]["code"]) == (429, "rate_limited"), body
+    assert "over its rate limit of 0.001 rows/s" in body["error"]["message"]
+    assert int(refused.headers["Retry-After"]) > 1
+    assert (await client.post("/predict", json={"input": ROW}, headers={"X-API-Key": "k-two"})).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'nexus_proxy_tenant_rows_total{tenant="team-a"} 3.0' in metrics
+    assert 'nexus_proxy_tenant_rejected_total{cause="rate_rows",tenant="team-a"} 1.0' in metrics
+    assert 'nexus_proxy_tenant_requests_total{tenant="team-b"} 1.0' in metrics

@@ -164,6 +164,7 @@ def tenant_file(**fields: Any) -> str:
             id="json-tenant-twice",
         ),
         pytest.param("k.yaml", "tenants:\n  t: {keys: [s3cret-1\n", "not valid YAML", id="broken-yaml"),
+        pytest.param("k.yaml", "[" * 5000 + "]" * 5000, "not valid YAML: nested too deeply", id="yaml-too-deep"),
         pytest.param("k.json", '{"tenants": {"t": {"keys": ["s3cret-1"]', "not valid JSON", id="broken-json"),
     ],
 )
