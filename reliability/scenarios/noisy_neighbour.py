@@ -21,6 +21,11 @@ of `reliability.load` (it keeps every latency; 2 connections cost little). On a 
 Triton (its Python backend's stub), wrk and the Python client share the cores: B's latencies beside the flood
 include waiting for a core, which no proxy can remove; the CPU column of the report says what else ran.
 
+Where the time goes: `queue_wait_mean_ms` is each tenant's mean wait in the proxy's fair queue (the coalescer,
+from `nexus_proxy_tenant_queue_wait_seconds`). A latency far above it was spent before that queue (the request
+in the socket and the proxy's event loop, both first come first served: a CPU-bound proxy queues there) or
+after it (Triton).
+
 A proxy without `API_KEYS_FILE` (before the tenants' keys file existed) is measured through `API_KEYS` (two
 keys, two tenants, no weights or limits): phases a-c only, the unfair baseline; d-f are skipped with a note.
 """
@@ -110,6 +115,29 @@ def _start(bed: Bed, config: Config, name: str, tenants: dict[str, dict[str, Any
     elif tenants is not None:
         env["API_KEYS"] = ",".join(key for tenant in tenants.values() for key in tenant["keys"])
     return Phase(bed.proxy(log_dir, **env), log_dir)
+
+
+def tenant_samples(proxy: ProxyProcess, name: str) -> dict[str, float]:
+    """The samples of metric `name` by their `tenant` label, from one scrape (labels other than tenant summed)."""
+    status, body = proxy.get("/metrics")
+    found: dict[str, float] = {}
+    if status != 200:
+        return found
+    for line in body.decode().splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, _, value = line[len(name) + 1 :].rpartition("} ")
+        tenant = next((part[8:-1] for part in labels.split(",") if part.startswith('tenant="')), "")
+        found[tenant] = found.get(tenant, 0.0) + float(value)
+    return found
+
+
+def queue_wait_ms(proxy: ProxyProcess) -> dict[str, float]:
+    """Each tenant's mean wait in the coalescer (`nexus_proxy_tenant_queue_wait_seconds`), in ms: where a
+    tenant's latency is spent, in the proxy's queue or elsewhere (Triton, the event loop)."""
+    sums = tenant_samples(proxy, "nexus_proxy_tenant_queue_wait_seconds_sum")
+    counts = tenant_samples(proxy, "nexus_proxy_tenant_queue_wait_seconds_count")
+    return {t: round(sums[t] / counts[t] * 1000, 2) for t in sorted(sums) if counts.get(t)}
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -204,6 +232,7 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
         return wrk_loop(flood_work, config.flood_connections, config.phase_s + 1, phase.log_dir, "flood")
 
     a_stats, b_samples = _flood_beside(flood, light, config, lead_s=0.5)
+    waits = queue_wait_ms(phase.proxy)
     phase.proxy.stop()
     beside = summarize(b_samples)
     result.load = beside
@@ -222,6 +251,7 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
         a_codes=a_stats.by_code,
         a_served_per_s=_served_rate(a_stats),
         a_accepted_p99_ms=a_stats.accepted_p99_ms,
+        queue_wait_mean_ms=waits,
         total_served_per_s=round(total, 1),
         total_vs_capacity=_ratio(total, capacity),
     )
@@ -265,6 +295,7 @@ def _weights(bed: Bed, config: Config, result: ScenarioResult) -> None:
         return {who: stats for who, (stats, _) in zip(works, done, strict=True)}
 
     stats = asyncio.run(drive())
+    waits = queue_wait_ms(phase.proxy)
     phase.proxy.stop()
     served_a, served_b = _served(stats["A"]), _served(stats["B"])
     share = _ratio(served_a, served_b)
@@ -277,6 +308,7 @@ def _weights(bed: Bed, config: Config, result: ScenarioResult) -> None:
         weights_served_b=served_b,
         weights_share_a_to_b=share,
         weights_share_vs_target=_ratio(share, want),
+        weights_queue_wait_mean_ms=waits,
     )
     for who, found in stats.items():
         _check_flood(result, f"weights: {who}", found)
