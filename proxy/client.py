@@ -109,16 +109,26 @@ class Upstream(ABC):
         return from_triton(metadata, config)
 
     async def infer(
-        self, schema: ModelSchema, version: str, arrays: dict[str, np.ndarray], deadline: float, request_id: str = ""
+        self,
+        schema: ModelSchema,
+        version: str,
+        arrays: dict[str, np.ndarray],
+        deadline: float,
+        request_id: str = "",
+        level: int = 0,
     ) -> tuple[Outputs, str]:
-        """Run one inference; `deadline` is on the event loop's clock. Returns outputs and the version that ran."""
+        """Run one inference; `deadline` is on the event loop's clock. Returns outputs and the version that ran.
+
+        `level` is the request's priority level (1 first), sent only to a model with that many priority levels
+        (Triton refuses a priority its config does not have); 0 sends none: the model's default level."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed before the request reached Triton")
         # Triton's `timeout` bounds the time in its queue: the model's QUEUE_TIMEOUT_MS unless the deadline is sooner.
         queue_timeout_s = min(remaining, schema.queue_timeout_s or remaining)
+        priority = level if 0 < level <= schema.priority_levels else 0
         try:
-            return await self._infer(schema, version, arrays, remaining, queue_timeout_s, request_id)
+            return await self._infer(schema, version, arrays, remaining, queue_timeout_s, request_id, priority)
         except InferenceServerException as err:
             raise from_triton_error(err) from err
         except TimeoutError as err:
@@ -150,6 +160,7 @@ class Upstream(ABC):
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
+        priority: int,
     ) -> tuple[Outputs, str]: ...
 
     @abstractmethod
@@ -185,6 +196,7 @@ class GrpcUpstream(Upstream):
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
+        priority: int,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
@@ -197,6 +209,7 @@ class GrpcUpstream(Upstream):
             inputs,
             model_version=version,
             request_id=request_id,
+            priority=priority,
             timeout=max(int(queue_timeout_s * 1_000_000), 1),
             client_timeout=timeout_s,
         )
@@ -239,6 +252,7 @@ class HttpUpstream(Upstream):
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
+        priority: int,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
@@ -254,6 +268,7 @@ class HttpUpstream(Upstream):
                 model_version=version,
                 outputs=requested,
                 request_id=request_id,
+                priority=priority,
                 timeout=max(int(queue_timeout_s * 1_000_000), 1),
             )
         outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}

@@ -22,6 +22,16 @@ Only requests whose non-batch shapes and dtypes agree are merged. Members stay i
   raised), each member is re-sent alone so only the bad one fails; failures of the whole upstream
   (unavailable, busy, deadline, forbidden) reach every member at once, since re-sending would only add load;
 - every member is answered on every path, and a batch whose members have all gone is cancelled upstream.
+
+Requests are some tenant's (`proxy.tenants.Tenant`), and a batch is filled in a fair order rather than
+in arrival order, so a tenant's share of the model follows its weight whatever its connection count:
+self-clocked fair queuing by rows. Each request gets a virtual finish tag, its tenant's previous tag (or
+the coalescer's virtual clock, if later) plus `rows / weight`; batches take the smallest tags first, and the
+clock advances to the largest tag that left. A tenant that was idle starts at the clock, so its next request
+leaves with the next batch, ahead of a flooding tenant's backlog; a tenant alone gets every batch (work
+conserving). Priority classes come before tags (`level` 1 before 2 before 3), except that a request queued
+for `aging_s` is served as the highest class: a lower class waits at most that long behind a higher one
+(plus one batch). The order is computed per batch, over the requests still queued for that shape.
 """
 
 from __future__ import annotations
@@ -29,25 +39,33 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from proxy.errors import DeadlineExceeded, UpstreamError, UpstreamForbidden, UpstreamRejected, UpstreamUnavailable
+from proxy.tenants import DEFAULT_TENANT, Tenant
 
 Outputs = dict[str, np.ndarray]
-Send = Callable[[dict[str, np.ndarray], int, float], Awaitable[tuple[Outputs, str]]]
+Send = Callable[[dict[str, np.ndarray], int, float, int], Awaitable[tuple[Outputs, str]]]
+"""`send(arrays, rows, deadline, level)`: one upstream call; `level` is the batch's priority level."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
     arrays: dict[str, np.ndarray]
     rows: int
     deadline: float
     queued_at: float
     future: asyncio.Future[tuple[Outputs, str]]
+    tenant: Tenant
+    finish: float  # virtual finish tag: the fair order within a priority class
+    seq: int  # arrival order, the last tie-breaker
+
+    def rank(self, aged_before: float) -> tuple[int, float, int]:
+        """Sort key of the fair order: class (0 once aged), then finish tag, then arrival."""
+        return (0 if self.queued_at <= aged_before else self.tenant.level, self.finish, self.seq)
 
 
 def batch_plan(queued: Sequence[int], max_rows: int, preferred: Sequence[int]) -> tuple[int, int]:
@@ -89,14 +107,21 @@ class Coalescer:
         max_wait_s: float,
         preferred: Sequence[int] = (),
         on_padding: Callable[[int], None] = lambda rows: None,
+        aging_s: float = 1.0,
+        on_wait: Callable[[Tenant, float], None] = lambda tenant, seconds: None,
     ) -> None:
         self.send = send
         self.on_padding = on_padding
+        self.on_wait = on_wait
         self.max_rows = max_rows
         self.slots = slots
         self.max_wait_s = max_wait_s
+        self.aging_s = aging_s
         self.preferred = tuple(sorted(set(preferred)))
-        self.queues: dict[tuple, deque[_Member]] = {}
+        self.queues: dict[tuple, list[_Member]] = {}
+        self.clock = 0.0  # virtual time: the largest finish tag that has left
+        self.last_finish: dict[str, float] = {}  # per tenant name: its latest request's finish tag
+        self.arrivals = itertools.count()
         self.busy = 0
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -107,12 +132,16 @@ class Coalescer:
         self.slots = slots
         self.preferred = tuple(sorted(set(preferred)))
 
-    async def submit(self, arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Outputs, str]:
+    async def submit(
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, tenant: Tenant = DEFAULT_TENANT
+    ) -> tuple[Outputs, str]:
         """The member's outputs; `DeadlineExceeded` at its own `deadline` (event-loop clock) whatever its batch does."""
         loop = asyncio.get_running_loop()
         key = tuple((name, array.shape[1:], array.dtype.str) for name, array in arrays.items())
-        member = _Member(arrays, rows, deadline, loop.time(), loop.create_future())
-        self.queues.setdefault(key, deque()).append(member)
+        finish = max(self.clock, self.last_finish.get(tenant.name, 0.0)) + rows / tenant.weight
+        self.last_finish[tenant.name] = finish
+        member = _Member(arrays, rows, deadline, loop.time(), loop.create_future(), tenant, finish, next(self.arrivals))
+        self.queues.setdefault(key, []).append(member)
         self._pump()
         try:
             async with asyncio.timeout_at(deadline):
@@ -121,36 +150,45 @@ class Coalescer:
             raise DeadlineExceeded("the deadline passed while the request was queued or in a merged batch") from None
 
     def _oldest(self) -> tuple | None:
-        heads = [(queue[0].queued_at, key) for key, queue in self.queues.items() if queue]
+        """The shape whose queue holds the longest-waiting request (the cap's and the slots' next batch)."""
+        heads = [(min(member.queued_at for member in queue), key) for key, queue in self.queues.items() if queue]
         return min(heads)[1] if heads else None
+
+    def _overdue_at(self) -> float | None:
+        key = self._oldest()
+        return None if key is None else min(member.queued_at for member in self.queues[key]) + self.max_wait_s
 
     def _pump(self) -> None:
         """Start batches while slots are free; arm the cap's timer for whatever stays queued."""
         while self.busy < self.slots and (key := self._oldest()) is not None:
             self._launch(key)
-        if self.timer is None and (key := self._oldest()) is not None:
-            due = self.queues[key][0].queued_at + self.max_wait_s
+        if self.timer is None and (due := self._overdue_at()) is not None:
             self.timer = asyncio.get_running_loop().call_at(due, self._overdue)
 
     def _overdue(self) -> None:
         """The cap: requests queued for `max_wait_s` leave without waiting for a slot."""
         self.timer = None
         now = asyncio.get_running_loop().time()
-        while (key := self._oldest()) is not None and self.queues[key][0].queued_at + self.max_wait_s <= now:
-            self._launch(key)
+        while (due := self._overdue_at()) is not None and due <= now:
+            self._launch(self._oldest())  # type: ignore[arg-type]
         self._pump()
 
     def _launch(self, key: tuple) -> None:
-        queue = self.queues[key]
-        if any(member.future.done() for member in queue):  # expired or abandoned before leaving: not sent
-            queue = self.queues[key] = deque(member for member in queue if not member.future.done())
-            if not queue:
-                del self.queues[key]
-                return
-        count, rows = batch_plan([member.rows for member in queue], self.max_rows, self.preferred)
-        members = [queue.popleft() for _ in range(count)]
+        """Send the next batch of shape `key`: its requests in the fair order, as many as `batch_plan` takes."""
+        now = asyncio.get_running_loop().time()
+        # Expired or abandoned before leaving: not sent.
+        queue = [member for member in self.queues.pop(key) if not member.future.done()]
         if not queue:
-            del self.queues[key]
+            return
+        aged_before = now - self.aging_s
+        queue.sort(key=lambda member: member.rank(aged_before))
+        count, rows = batch_plan([member.rows for member in queue], self.max_rows, self.preferred)
+        members = queue[:count]
+        if count < len(queue):
+            self.queues[key] = queue[count:]
+        self.clock = max(self.clock, max(member.finish for member in members))
+        for member in members:
+            self.on_wait(member.tenant, now - member.queued_at)
         self.busy += 1
         task = asyncio.get_running_loop().create_task(self._run(members, rows))
         self.tasks.add(task)
@@ -205,7 +243,8 @@ class Coalescer:
             merged = {name: _padded([m.arrays[name] for m in members], rows - real) for name in members[0].arrays}
         if rows > real:
             self.on_padding(rows - real)
-        return await self.send(merged, max(rows, real), max(member.deadline for member in members))
+        level = min(member.tenant.level for member in members)
+        return await self.send(merged, max(rows, real), max(member.deadline for member in members), level)
 
     @staticmethod
     def _answer(members: list[_Member], outputs: Outputs, version: str) -> None:

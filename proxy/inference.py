@@ -14,7 +14,6 @@ from proxy.errors import (
     BadRequest,
     BodyTimeout,
     NotReady,
-    Overloaded,
     PayloadTooLarge,
     UnsupportedEncoding,
     UnsupportedMediaType,
@@ -23,6 +22,7 @@ from proxy.middleware import DEADLINE, JSON, REQUEST_ID
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.state import STATE
+from proxy.tenants import TENANCY, TENANT
 from proxy.validation import Prediction, parse_json, response_body, to_prediction
 
 Parsed = TypeVar("Parsed")
@@ -61,19 +61,22 @@ async def predicting(
     try:
         deadline = request_deadline(request)
         prediction, parsed = parse(await read_body(request, settings), schema)
-        # A MAX_IN_FLIGHT slot is taken only once the body is in: clients still uploading (slowly, maybe on
+        # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
         # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
         # BODY_TIMEOUT_S and MAX_BODY_BYTES instead.
-        if state.admitted >= settings.max_in_flight:
-            raise Overloaded(f"{settings.max_in_flight} predictions already in progress")
-        state.admitted += 1
+        tenant = request[TENANT]
+        request.app[TENANCY].charge_rows(tenant, prediction.rows)
+        state.admit(tenant)
+        state.metrics.tenant_request(tenant.name, prediction.rows)
         try:
             if state.coalescer is not None:
-                outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline)
+                outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
             else:
-                outputs, version = await state.send(prediction.arrays, prediction.rows, deadline, request[REQUEST_ID])
+                outputs, version = await state.send(
+                    prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
+                )
         finally:
-            state.admitted -= 1
+            state.release(tenant)
         return schema, parsed, outputs, version
     finally:
         state.in_flight -= 1

@@ -64,6 +64,8 @@ class ModelSchema:
     # Triton's queue timeout (`QUEUE_TIMEOUT_MS` at sync time); 0: none. A request's own `timeout` overrides
     # it in Triton, so the proxy sends the smaller of the two.
     queue_timeout_s: float = 0.0
+    # Triton's priority levels (`priority_levels` of dynamic batching); 0: none, and requests carry no priority.
+    priority_levels: int = 0
 
     @property
     def batched(self) -> bool:
@@ -116,4 +118,5 @@ def from_triton(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSchema
         instance_count=max(1, instances),
         preferred_batch_sizes=tuple(sorted(int(size) for size in preferred)),
         queue_timeout_s=queue_timeout_us / 1e6,
+        priority_levels=int(batching.get("priority_levels", 0)),
     )

@@ -15,10 +15,11 @@ from aiohttp import web
 
 from proxy.client import Outputs, Upstream
 from proxy.coalesce import Coalescer
-from proxy.errors import ProxyError
+from proxy.errors import Overloaded, OverShare, ProxyError
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
+from proxy.tenants import Tenant
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ProxyState:
     version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
     in_flight: int = 0  # predictions in progress, bodies still arriving included
     admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
+    admitted_by: dict[Tenant, int] = field(default_factory=dict)  # `admitted` per tenant with any
     draining: bool = False
     metrics: Metrics = field(init=False)
 
@@ -58,18 +60,19 @@ class ProxyState:
                 max_wait_s=self.settings.coalesce_max_wait_ms / 1000,
                 preferred=schema.preferred_batch_sizes,
                 on_padding=self.metrics.padded_rows.inc,
+                on_wait=lambda tenant, seconds: self.metrics.tenant_queue_wait(tenant.name, seconds),
             )
 
     async def send(
-        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, request_id: str = ""
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int = 0, request_id: str = ""
     ) -> tuple[Outputs, str]:
-        """One upstream inference, measured."""
+        """One upstream inference, measured; `level` is its priority level (0: the model's default)."""
         assert self.upstream is not None and self.schema is not None
         self.metrics.batch_rows.observe(rows)
         started = time.perf_counter()
         try:
             outputs, version = await self.upstream.infer(
-                self.schema, self.settings.model_version, arrays, deadline, request_id
+                self.schema, self.settings.model_version, arrays, deadline, request_id, level
             )
         except ProxyError as err:
             self.metrics.upstream_errors.labels(err.code).inc()
@@ -78,6 +81,38 @@ class ProxyState:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
         self.version_seen = version
         return outputs, version
+
+    def admit(self, tenant: Tenant) -> None:
+        """Take one of MAX_IN_FLIGHT's places for `tenant`, or raise `Overloaded`.
+
+        Places are shared by weight among the tenants holding any: at the limit, a tenant below its share
+        (`MAX_IN_FLIGHT * weight / the weights of the tenants in progress`) still gets one, so a flood that
+        holds every place is refused and the others are not; a tenant alone may take them all. The total
+        therefore exceeds MAX_IN_FLIGHT by at most the places of tenants below their share.
+        """
+        limit = self.settings.max_in_flight
+        held = self.admitted_by.get(tenant, 0)
+        if self.admitted >= limit:
+            weights = sum(other.weight for other in self.admitted_by) + (0 if held else tenant.weight)
+            if held >= limit * tenant.weight / weights:
+                if held == self.admitted:  # alone: the whole proxy is its share
+                    raise Overloaded(f"{limit} predictions already in progress")
+                self.metrics.tenant_rejected(tenant.name, "over_share")
+                raise OverShare(
+                    f"{limit} predictions already in progress, {held} of them tenant {tenant.name}'s, "
+                    f"over its share of {limit * tenant.weight / weights:.0f}"
+                )
+        self.admitted += 1
+        self.admitted_by[tenant] = held + 1
+
+    def release(self, tenant: Tenant) -> None:
+        """Give back a place `admit` took."""
+        self.admitted -= 1
+        held = self.admitted_by[tenant] - 1
+        if held:
+            self.admitted_by[tenant] = held
+        else:
+            del self.admitted_by[tenant]
 
     def coalescing(self) -> str:
         """How requests are merged, in words for the start-up log."""

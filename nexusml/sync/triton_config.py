@@ -22,6 +22,9 @@ from nexusml.sync.settings import SyncSettings
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_BATCH_TIMEOUT_MS = 50.0
 QUEUE_SIZE_PER_BATCH = 8
+# The proxy's priority classes (high, normal, low) are Triton's levels 1-3; a request without one is normal.
+PRIORITY_LEVELS = 3
+DEFAULT_PRIORITY_LEVEL = 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
         "dynamic_batching": {
             "max_queue_delay_microseconds": serving.max_queue_delay_us,
             "preferred_batch_size": list(serving.preferred_batch_sizes),
+            "priority_levels": PRIORITY_LEVELS,
+            "default_priority_level": DEFAULT_PRIORITY_LEVEL,
             "default_queue_policy": {
                 "max_queue_size": serving.max_queue_size,
                 "default_timeout_microseconds": serving.queue_timeout_us,
@@ -156,10 +161,12 @@ def model_config(meta: ModelMetadata, serving: ServingConfig) -> dict[str, Any]:
     if not serving.dynamic_batching:
         del generated["dynamic_batching"]
     elif serving.instance_count == 1:
-        # With one instance, tritonserver 2.51's batcher holds requests 0.5-1 s under any queue policy (measured:
-        # docs/decisions.md). The queue is then bounded by its only client, the proxy: at most MAX_IN_FLIGHT
-        # requests per worker, each cancelled upstream at its deadline (docs/api.md, "Queues and deadlines").
-        del generated["dynamic_batching"]["default_queue_policy"]
+        # With one instance, tritonserver 2.51's batcher holds requests 0.5-1 s under any queue policy, and
+        # with priority levels too (measured: docs/decisions.md). The queue is then bounded by its only client,
+        # the proxy: at most MAX_IN_FLIGHT requests per worker, each cancelled upstream at its deadline
+        # (docs/api.md, "Queues and deadlines"), and priority is the proxy's alone.
+        for held in ("default_queue_policy", "priority_levels", "default_priority_level"):
+            del generated["dynamic_batching"][held]
     return generated
 
 

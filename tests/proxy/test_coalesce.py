@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nexusml.command import demo
+from nexusml.sync.triton_config import DEFAULT_PRIORITY_LEVEL, PRIORITY_LEVELS
 from nexusml.testing.models import DEMO_SPEC
 from nexusml.triton.server import TritonServer
 from proxy.coalesce import Coalescer, batch_plan
@@ -20,6 +21,7 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from proxy.tenants import LEVELS, Tenant
 from tests.proxy.conftest import MakeClient
 
 
@@ -31,15 +33,19 @@ class FakeUpstream:
 
     def __init__(self, fail: Exception | None = None, poison: float | None = None) -> None:
         self.calls: list[tuple[int, float]] = []
+        self.values: list[list[float]] = []  # per call, the first column of each row sent
+        self.levels: list[int] = []
         self.cancelled = 0
         self.fail = fail
         self.poison = poison
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def send(self, arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
+    async def send(self, arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int = 0) -> tuple[Any, str]:
         assert len(arrays["IN"]) == rows
         self.calls.append((rows, deadline))
+        self.values.append(arrays["IN"][:, 0].tolist())
+        self.levels.append(level)
         try:
             await self.gate.wait()
         except asyncio.CancelledError:
@@ -179,7 +185,7 @@ async def test_coalescing_end_to_end_matches_the_model(proxy_client: MakeClient,
 
 @pytest.mark.asyncio
 async def test_a_failure_after_the_upstream_call_still_answers_every_member() -> None:
-    async def broken(arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
+    async def broken(arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int) -> tuple[Any, str]:
         return {"OUT": 5}, "7"  # not an array: splitting the answer fails
 
     coalescer = Coalescer(broken, max_rows=8, slots=1, max_wait_s=3600)
@@ -213,7 +219,7 @@ async def test_a_member_expiring_in_flight_leaves_the_batch_to_the_others() -> N
     first, merged = asyncio.Event(), asyncio.Event()
     calls: list[int] = []
 
-    async def send(arrays: dict[str, np.ndarray], rows: int, deadline: float) -> tuple[Any, str]:
+    async def send(arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int) -> tuple[Any, str]:
         calls.append(rows)
         await (merged if rows > 1 else first).wait()
         return {"OUT": arrays["IN"] * 2}, "7"
@@ -290,3 +296,105 @@ async def test_a_batch_nobody_waits_for_is_cancelled_upstream() -> None:
     fake.gate.set()
     outputs, _ = await asyncio.wait_for(coalescer.submit(rows(1, 3), 1, later(10)), timeout=5)
     assert float(outputs["OUT"][0, 0]) == 6.0  # the slot is free again
+
+
+# --- fair queuing across tenants ---------------------------------------------------------------------------
+FLOOD, LIGHT = Tenant("flood"), Tenant("light")
+
+
+async def backlog(coalescer: Coalescer, plan: list[tuple[Tenant, float]]) -> list[asyncio.Future[Any]]:
+    """Submit one 1-row request per (tenant, value), in order, while the fake holds its first call."""
+    futures = []
+    for tenant, value in plan:
+        futures.append(asyncio.ensure_future(coalescer.submit(rows(1, value), 1, later(10), tenant)))
+        await settle()
+    return futures
+
+
+@pytest.mark.asyncio
+async def test_a_light_tenant_leaves_with_the_next_batch_ahead_of_a_floods_backlog() -> None:
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=2, slots=1, max_wait_s=3600)
+    futures = await backlog(coalescer, [(FLOOD, 1)] * 9 + [(LIGHT, 2)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert fake.values[0] == [1] and 2 in fake.values[1]  # in arrival order it would have left in the 5th call
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_alone_keeps_arrival_order() -> None:
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=3, slots=1, max_wait_s=3600)
+    futures = await backlog(coalescer, [(FLOOD, value) for value in range(7)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert fake.values == [[0], [1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("weights", "per_batch"),
+    [
+        pytest.param((1, 1), (2, 2), id="equal-weights-equal-rows"),
+        pytest.param((3, 1), (3, 1), id="three-to-one"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_saturating_tenants_share_rows_by_weight(weights: tuple[int, int], per_batch: tuple[int, int]) -> None:
+    heavy, light = Tenant("a", weight=weights[0]), Tenant("b", weight=weights[1])
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=4, slots=1, max_wait_s=3600)
+    futures = await backlog(coalescer, [(heavy, 1)] * 40 + [(light, 2)] * 40)
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    both = [call for call in fake.values[1:] if 1 in call and 2 in call]
+    assert len(both) >= 8
+    assert all((call.count(1), call.count(2)) == per_batch for call in both[:8])
+
+
+@pytest.mark.asyncio
+async def test_a_higher_class_leaves_first_and_the_batch_carries_its_level() -> None:
+    urgent = Tenant("urgent", priority="high")
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=2, slots=1, max_wait_s=3600)
+    futures = await backlog(coalescer, [(FLOOD, 1)] * 5 + [(urgent, 3)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert fake.values[1] == [3, 1] and fake.levels[:2] == [2, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_lower_class_waits_at_most_the_aging_bound() -> None:
+    """Without aging a steady higher-class backlog would hold the low request for as long as it lasts."""
+    urgent, background = Tenant("urgent", priority="high"), Tenant("background", priority="low")
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=1, slots=1, max_wait_s=3600, aging_s=0.05)
+    futures = await backlog(coalescer, [(urgent, 1), (background, 9)] + [(urgent, 1)] * 5)
+    await asyncio.sleep(0.1)  # the low request is now older than the aging bound
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert fake.values[1] == [9]
+
+
+@pytest.mark.asyncio
+async def test_queue_waits_are_reported_per_tenant() -> None:
+    waits: list[tuple[str, float]] = []
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(
+        fake.send, max_rows=4, slots=1, max_wait_s=3600, on_wait=lambda t, s: waits.append((t.name, s))
+    )
+    futures = await backlog(coalescer, [(FLOOD, 1), (LIGHT, 2)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert [name for name, _ in waits] == ["flood", "light"] and all(seconds >= 0 for _, seconds in waits)
+
+
+def test_the_priority_classes_are_the_levels_the_sync_writes() -> None:
+    """A batch's level goes to Triton as its priority: the generated config must have every class's level."""
+    assert sorted(LEVELS.values()) == list(range(1, PRIORITY_LEVELS + 1))
+    assert LEVELS[Tenant("any").priority] == DEFAULT_PRIORITY_LEVEL

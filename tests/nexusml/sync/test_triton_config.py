@@ -96,6 +96,8 @@ def test_model_config_exact_dict() -> None:
         "dynamic_batching": {
             "max_queue_delay_microseconds": 50_000,
             "preferred_batch_size": [32],
+            "priority_levels": 3,
+            "default_priority_level": 2,
             "default_queue_policy": {
                 "max_queue_size": 256,
                 "default_timeout_microseconds": 2_000_000,
@@ -120,11 +122,12 @@ def test_model_config_exact_dict() -> None:
     }
 
 
-def test_single_instance_gets_no_queue_policy() -> None:
-    """Triton 2.51 stalls a single instance's batcher ~0.5 s when a queue policy is set (measured)."""
+def test_single_instance_gets_no_queue_policy_nor_priority_levels() -> None:
+    """Triton 2.51 stalls a single instance's batcher ~0.5 s when a queue policy or priority levels are set
+    (measured)."""
     serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", "INSTANCE_COUNT": "1"}))
     batching = config.model_config(EXAMPLE, serving)["dynamic_batching"]
-    assert "default_queue_policy" not in batching
+    assert not {"default_queue_policy", "priority_levels", "default_priority_level"} & set(batching)
     assert batching["max_queue_delay_microseconds"] == 50_000
 
 
