@@ -5,7 +5,10 @@ unless it is merged with others, and Triton runs only as many batches at once as
 So the coalescer keeps at most `slots` batches in flight (Triton's instance count by default): a request
 that finds a free slot leaves at once, alone; while every slot is busy, arrivals queue here and leave
 together as soon as one frees. At low load nothing waits; at high load batches grow by themselves, up to
-`max_rows`. `max_wait_s` is only a cap: a request queued that long leaves even without a free slot.
+`max_rows`. `max_wait_s` is only a cap: a request queued that long leaves even without a free slot, as
+long as no more than `slots` such extra batches are in flight. One extra batch per slot keeps each
+instance fed while the next batch travels to Triton; more would only move the queue into Triton's, which
+serves in arrival order, where the fair order below could not reach it.
 
 Only one batcher may wait. Triton's dynamic batcher holds a request up to its queue delay unless the
 request alone is one of the model's preferred batch sizes, in which case it runs at once (the measurement
@@ -107,7 +110,7 @@ class Coalescer:
         max_wait_s: float,
         preferred: Sequence[int] = (),
         on_padding: Callable[[int], None] = lambda rows: None,
-        aging_s: float = 1.0,
+        aging_s: float = 1.0,  # PRIORITY_MAX_WAIT_MS
         on_wait: Callable[[Tenant, float], None] = lambda tenant, seconds: None,
     ) -> None:
         self.send = send
@@ -159,17 +162,18 @@ class Coalescer:
         return None if key is None else min(member.queued_at for member in self.queues[key]) + self.max_wait_s
 
     def _pump(self) -> None:
-        """Start batches while slots are free; arm the cap's timer for whatever stays queued."""
+        """Start batches while slots are free; arm the cap's timer for whatever stays queued, unless the extra
+        batches are all out already (a release pumps again)."""
         while self.busy < self.slots and (key := self._oldest()) is not None:
             self._launch(key)
-        if self.timer is None and (due := self._overdue_at()) is not None:
+        if self.timer is None and self.busy < 2 * self.slots and (due := self._overdue_at()) is not None:
             self.timer = asyncio.get_running_loop().call_at(due, self._overdue)
 
     def _overdue(self) -> None:
-        """The cap: requests queued for `max_wait_s` leave without waiting for a slot."""
+        """The cap: requests queued for `max_wait_s` leave without waiting for a slot, up to `slots` extra batches."""
         self.timer = None
         now = asyncio.get_running_loop().time()
-        while (due := self._overdue_at()) is not None and due <= now:
+        while self.busy < 2 * self.slots and (due := self._overdue_at()) is not None and due <= now:
             self._launch(self._oldest())  # type: ignore[arg-type]
         self._pump()
 

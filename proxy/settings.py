@@ -83,6 +83,15 @@ class ProxySettings:
         minimum=0,
         maximum=60_000,
     )
+    priority_max_wait_ms: float = env(
+        "PRIORITY_MAX_WAIT_MS",
+        1000.0,
+        "longest a lower priority class's request waits behind higher classes in the coalescer before it is "
+        "served as the highest",
+        float,
+        minimum=0,
+        maximum=600_000,
+    )
     max_body_bytes: int = env(
         "MAX_BODY_BYTES",
         1 << 20,

@@ -60,6 +60,7 @@ class ProxyState:
                 max_wait_s=self.settings.coalesce_max_wait_ms / 1000,
                 preferred=schema.preferred_batch_sizes,
                 on_padding=self.metrics.padded_rows.inc,
+                aging_s=self.settings.priority_max_wait_ms / 1000,
                 on_wait=lambda tenant, seconds: self.metrics.tenant_queue_wait(tenant.name, seconds),
             )
 

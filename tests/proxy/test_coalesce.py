@@ -153,6 +153,20 @@ async def test_the_cap_sends_a_request_without_a_free_slot() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_cap_sends_at_most_one_extra_batch_per_slot() -> None:
+    """Beyond that the queue would move into Triton's, which the fair order cannot reach."""
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=1, slots=1, max_wait_s=0.01)
+    futures = [asyncio.ensure_future(coalescer.submit(rows(1, i), 1, later(10))) for i in range(4)]
+    await asyncio.sleep(0.1)
+    assert len(fake.calls) == 2  # one in the slot, one extra; the other two wait here for a release
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert len(fake.calls) == 4
+
+
+@pytest.mark.asyncio
 async def test_different_shapes_are_not_merged_and_failures_reach_every_member() -> None:
     fake = FakeUpstream(fail=UpstreamUnavailable("down"))
     fake.gate.clear()
