@@ -60,15 +60,16 @@ async def predicting(
     state.metrics.in_flight_changed(1)
     try:
         deadline = request_deadline(request)
-        prediction, parsed = parse(await read_body(request, settings), schema)
+        body = await read_body(request, settings)
         # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
         # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
-        # BODY_TIMEOUT_S and MAX_BODY_BYTES instead.
+        # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none.
         tenant = request[TENANT]
-        request.app[TENANCY].charge_rows(tenant, prediction.rows)
         state.admit(tenant)
-        state.metrics.tenant_request(tenant.name, prediction.rows)
         try:
+            prediction, parsed = parse(body, schema)
+            request.app[TENANCY].charge_rows(tenant, prediction.rows)
+            state.metrics.tenant_request(tenant.name, prediction.rows)
             if state.coalescer is not None:
                 outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
             else:

@@ -35,7 +35,8 @@ class ProxyState:
     version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
     in_flight: int = 0  # predictions in progress, bodies still arriving included
     admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
-    admitted_by: dict[Tenant, int] = field(default_factory=dict)  # `admitted` per tenant with any
+    admitted_by: dict[str, int] = field(default_factory=dict)  # `admitted` per tenant name, those with any
+    weights: dict[str, float] = field(default_factory=dict)  # their weights (the latest seen)
     draining: bool = False
     metrics: Metrics = field(init=False)
 
@@ -84,36 +85,41 @@ class ProxyState:
         return outputs, version
 
     def admit(self, tenant: Tenant) -> None:
-        """Take one of MAX_IN_FLIGHT's places for `tenant`, or raise `Overloaded`.
+        """Take one of MAX_IN_FLIGHT's places for `tenant`, or raise `Overloaded` (`OverShare`).
 
         Places are shared by weight among the tenants holding any: at the limit, a tenant below its share
         (`MAX_IN_FLIGHT * weight / the weights of the tenants in progress`) still gets one, so a flood that
         holds every place is refused and the others are not; a tenant alone may take them all. The total
-        therefore exceeds MAX_IN_FLIGHT by at most the places of tenants below their share.
+        therefore exceeds MAX_IN_FLIGHT by at most the places of tenants below their share. Tenants are counted
+        by name with their latest weight, so a keys file reloaded meanwhile does not count a team twice.
         """
         limit = self.settings.max_in_flight
-        held = self.admitted_by.get(tenant, 0)
+        name = tenant.name
+        held = self.admitted_by.get(name, 0)
+        self.weights[name] = tenant.weight
         if self.admitted >= limit:
-            weights = sum(other.weight for other in self.admitted_by) + (0 if held else tenant.weight)
-            if held >= limit * tenant.weight / weights:
+            share = limit * tenant.weight / sum(self.weights.values())
+            if held >= share:
                 if held == self.admitted:  # alone: the whole proxy is its share
                     raise Overloaded(f"{limit} predictions already in progress")
-                self.metrics.tenant_rejected(tenant.name, "over_share")
+                self.metrics.tenant_rejected(name, "over_share")
                 raise OverShare(
-                    f"{limit} predictions already in progress, {held} of them tenant {tenant.name}'s, "
-                    f"over its share of {limit * tenant.weight / weights:.0f}"
+                    f"{limit} predictions already in progress, {held} of them tenant {name}'s, "
+                    f"over its share of {share:.0f}"
                 )
         self.admitted += 1
-        self.admitted_by[tenant] = held + 1
+        self.admitted_by[name] = held + 1
 
     def release(self, tenant: Tenant) -> None:
         """Give back a place `admit` took."""
         self.admitted -= 1
-        held = self.admitted_by[tenant] - 1
+        name = tenant.name
+        held = self.admitted_by[name] - 1
         if held:
-            self.admitted_by[tenant] = held
+            self.admitted_by[name] = held
         else:
-            del self.admitted_by[tenant]
+            del self.admitted_by[name]
+            del self.weights[name]
 
     def coalescing(self) -> str:
         """How requests are merged, in words for the start-up log."""
