@@ -15,15 +15,16 @@ from reliability.result import ScenarioResult
 # Causes found for criteria that failed on the reference machine, printed under the failing scenario.
 CAUSES = {
     "overload": "Driven by wrk, which kept its schedule until all 512 connections waited for an answer (the -1 "
-    "arrivals it skipped): the latencies are the proxy's. A rejection is not cheap there: the proxy reads and "
-    "parses a request's body before it admits or rejects it (a MAX_IN_FLIGHT slot is taken only once the body is "
-    "in, so slow uploads hold none) and logs every 429 (ACCESS_LOG=errors), and every answer, accepted or "
-    "rejected, waits its turn on the proxy's one event loop. At twice the capacity, with Triton on the same 2 "
-    "cores and other processes beside them (CPU column), rejections saturate that loop: the rejections' p99 is "
-    "its queue, and the 200s fall far below the capacity (the 200 count against capacity_per_s). A cheaper "
-    "rejection (the limit checked before the body is read, no log line per 429) would be a proxy change, not "
-    "made here. Memory grows with the connections open at once (the generator's 512: fds and connections in "
-    "memory_after): per-connection buffers, given back when they close (the soak ends where it started).",
+    "arrivals it skipped): the latencies are the proxy's. A rejection is not cheap there: the proxy reads a request's "
+    "body before it admits or rejects it (a MAX_IN_FLIGHT place is taken only once the body is in, so slow "
+    "uploads hold none; the parse comes after the place), and every answer, accepted or rejected, waits its "
+    "turn on the proxy's one event loop (the bed runs the proxy with ACCESS_LOG=off). At twice the capacity, "
+    "with Triton on the same 2 cores and other processes beside them (CPU column), rejections saturate that "
+    "loop: the rejections' p99 is its queue, and the 200s fall far below the capacity (the 200 count against "
+    "capacity_per_s). Refusing before the body is read would close the connection (an unread body cannot be "
+    "skipped on keep-alive), and reconnecting costs the client more. Memory grows with the connections open "
+    "at once (the generator's 512: fds and connections in memory_after): per-connection buffers, given back "
+    "when they close (the soak ends where it started).",
     "python-stub-dies": "Triton 2.51 never answers the requests of the batch whose stub died: the trigger and the "
     "requests batched with it wait until the proxy's deadline (REQUEST_TIMEOUT_MS) and are answered 504 "
     "deadline_exceeded (the 504 count and the max latency above); the requests after it get 503/502 at once. With "
