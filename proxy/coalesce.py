@@ -28,13 +28,16 @@ Only requests whose non-batch shapes and dtypes agree are merged. Members stay i
 
 Requests are some tenant's (`proxy.tenants.Tenant`), and a batch is filled in a fair order rather than
 in arrival order, so a tenant's share of the model follows its weight whatever its connection count:
-self-clocked fair queuing by rows. Each request gets a virtual finish tag, its tenant's previous tag (or
-the coalescer's virtual clock, if later) plus `rows / weight`; batches take the smallest tags first, and the
-clock advances to the largest tag that left. A tenant that was idle starts at the clock, so its next request
-leaves with the next batch, ahead of a flooding tenant's backlog; a tenant alone gets every batch (work
-conserving). Priority classes come before tags (`level` 1 before 2 before 3), except that a request queued
-for `aging_s` is served as the highest class: a lower class waits at most that long behind a higher one
-(plus one batch). The order is computed per batch, over the requests still queued for that shape.
+self-clocked fair queuing by rows, per shape and priority class. At each batch, every tenant's queued requests
+(those still waiting: expired or abandoned ones are not counted against it) get virtual finish tags in arrival
+order, starting from the later of the class's clock and the tag of the tenant's last request that left, each
+`rows / weight` after the one before; the batch takes the smallest tags, and the clock advances to the largest
+tag that left. A tenant that was idle starts at the clock, so its next request leaves with the next batch,
+ahead of a flooding tenant's backlog; a tenant alone keeps arrival order and gets every batch (work
+conserving). Priority classes come before tags (`level` 1 before 2 before 3), except that a request of a
+lower class queued for `aging_s` goes ahead of the higher classes: a lower class waits about that long at most
+behind a higher one. A batch the cap sends takes the requests that waited `max_wait_s` first (in the same fair
+order among themselves). A shape's clocks start again when its queue empties: nobody is behind then.
 """
 
 from __future__ import annotations
@@ -63,12 +66,62 @@ class _Member:
     queued_at: float
     future: asyncio.Future[tuple[Outputs, str]]
     tenant: Tenant
-    finish: float  # virtual finish tag: the fair order within a priority class
     seq: int  # arrival order, the last tie-breaker
+    finish: float = 0.0  # virtual finish tag, computed for each batch (`_Queue.order`)
 
-    def rank(self, aged_before: float) -> tuple[int, float, int]:
-        """Sort key of the fair order: class (0 once aged), then finish tag, then arrival."""
-        return (0 if self.queued_at <= aged_before else self.tenant.level, self.finish, self.seq)
+
+@dataclass
+class _Queue:
+    """The requests waiting for one shape, in arrival order, and that shape's fair-queuing clocks."""
+
+    members: list[_Member]
+    clocks: dict[int, float]  # per priority level: the largest finish tag that has left
+    served: dict[tuple[int, str], float]  # per (level, tenant name): the tag of its last request that left
+
+    def live(self) -> list[_Member]:
+        """The members still waiting; expired or abandoned ones are dropped here, never sent."""
+        if any(member.future.done() for member in self.members):
+            self.members = [member for member in self.members if not member.future.done()]
+        return self.members
+
+    def oldest(self) -> float | None:
+        """When its longest-waiting live member arrived."""
+        live = self.live()
+        return live[0].queued_at if live else None
+
+    def order(self, now: float, aged_before: float, overdue_before: float | None) -> list[_Member]:
+        """The live members in the order batches take them (see the module's docstring)."""
+        live = self.live()
+        tags: dict[tuple[int, str], float] = {}
+        for member in live:
+            tenant = member.tenant
+            flow = (tenant.level, tenant.name)
+            start = tags.get(flow)
+            if start is None:
+                start = max(self.clocks.get(tenant.level, 0.0), self.served.get(flow, 0.0))
+            member.finish = tags[flow] = start + member.rows / tenant.weight
+        if len(tags) == 1 and overdue_before is None:
+            return live  # one tenant, one class: arrival order is the fair order
+        top = min(level for level, _ in tags)
+
+        def rank(member: _Member) -> tuple[bool, int, float, int]:
+            overdue = overdue_before is not None and member.queued_at <= overdue_before
+            level = member.tenant.level
+            if level > top and member.queued_at <= aged_before:
+                level = 0
+            return (not overdue, level, member.finish, member.seq)
+
+        return sorted(live, key=rank)
+
+    def left(self, members: list[_Member]) -> None:
+        """`members` were sent: take them out, and advance the clocks and their tenants' tags."""
+        gone = {id(member) for member in members}
+        self.members = [member for member in self.members if id(member) not in gone]
+        for member in members:
+            level = member.tenant.level
+            flow = (level, member.tenant.name)
+            self.served[flow] = max(self.served.get(flow, 0.0), member.finish)
+            self.clocks[level] = max(self.clocks.get(level, 0.0), member.finish)
 
 
 def batch_plan(queued: Sequence[int], max_rows: int, preferred: Sequence[int]) -> tuple[int, int]:
@@ -100,7 +153,7 @@ def batch_plan(queued: Sequence[int], max_rows: int, preferred: Sequence[int]) -
 
 
 class Coalescer:
-    """Merges requests for one model; `send(arrays, rows, deadline)` does the upstream call."""
+    """Merges requests for one model; `send(arrays, rows, deadline, level)` does the upstream call."""
 
     def __init__(
         self,
@@ -121,9 +174,7 @@ class Coalescer:
         self.max_wait_s = max_wait_s
         self.aging_s = aging_s
         self.preferred = tuple(sorted(set(preferred)))
-        self.queues: dict[tuple, list[_Member]] = {}
-        self.clock = 0.0  # virtual time: the largest finish tag that has left
-        self.last_finish: dict[str, float] = {}  # per tenant name: its latest request's finish tag
+        self.queues: dict[tuple, _Queue] = {}
         self.arrivals = itertools.count()
         self.busy = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -141,10 +192,11 @@ class Coalescer:
         """The member's outputs; `DeadlineExceeded` at its own `deadline` (event-loop clock) whatever its batch does."""
         loop = asyncio.get_running_loop()
         key = tuple((name, array.shape[1:], array.dtype.str) for name, array in arrays.items())
-        finish = max(self.clock, self.last_finish.get(tenant.name, 0.0)) + rows / tenant.weight
-        self.last_finish[tenant.name] = finish
-        member = _Member(arrays, rows, deadline, loop.time(), loop.create_future(), tenant, finish, next(self.arrivals))
-        self.queues.setdefault(key, []).append(member)
+        member = _Member(arrays, rows, deadline, loop.time(), loop.create_future(), tenant, next(self.arrivals))
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = _Queue([], {}, {})
+        queue.members.append(member)
         self._pump()
         try:
             async with asyncio.timeout_at(deadline):
@@ -152,45 +204,49 @@ class Coalescer:
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed while the request was queued or in a merged batch") from None
 
-    def _oldest(self) -> tuple | None:
-        """The shape whose queue holds the longest-waiting request (the cap's and the slots' next batch)."""
-        heads = [(min(member.queued_at for member in queue), key) for key, queue in self.queues.items() if queue]
-        return min(heads)[1] if heads else None
-
-    def _overdue_at(self) -> float | None:
-        key = self._oldest()
-        return None if key is None else min(member.queued_at for member in self.queues[key]) + self.max_wait_s
+    def _oldest(self) -> tuple[float, tuple] | None:
+        """(arrival, shape) of the longest-waiting live request; shapes left with none are forgotten."""
+        heads = []
+        for key, queue in list(self.queues.items()):
+            arrived = queue.oldest()
+            if arrived is None:
+                del self.queues[key]
+            else:
+                heads.append((arrived, key))
+        return min(heads) if heads else None
 
     def _pump(self) -> None:
         """Start batches while slots are free; arm the cap's timer for whatever stays queued, unless the extra
         batches are all out already (a release pumps again)."""
-        while self.busy < self.slots and (key := self._oldest()) is not None:
-            self._launch(key)
-        if self.timer is None and self.busy < 2 * self.slots and (due := self._overdue_at()) is not None:
-            self.timer = asyncio.get_running_loop().call_at(due, self._overdue)
+        while self.busy < self.slots and (oldest := self._oldest()) is not None:
+            self._launch(oldest[1])
+        if self.timer is None and self.busy < 2 * self.slots and (oldest := self._oldest()) is not None:
+            self.timer = asyncio.get_running_loop().call_at(oldest[0] + self.max_wait_s, self._overdue)
 
     def _overdue(self) -> None:
         """The cap: requests queued for `max_wait_s` leave without waiting for a slot, up to `slots` extra batches."""
         self.timer = None
         now = asyncio.get_running_loop().time()
-        while self.busy < 2 * self.slots and (due := self._overdue_at()) is not None and due <= now:
-            self._launch(self._oldest())  # type: ignore[arg-type]
+        while (
+            self.busy < 2 * self.slots and (oldest := self._oldest()) is not None and oldest[0] <= now - self.max_wait_s
+        ):
+            self._launch(oldest[1], overdue_before=now - self.max_wait_s)
         self._pump()
 
-    def _launch(self, key: tuple) -> None:
-        """Send the next batch of shape `key`: its requests in the fair order, as many as `batch_plan` takes."""
+    def _launch(self, key: tuple, overdue_before: float | None = None) -> None:
+        """Send the next batch of shape `key`: its live requests in the fair order, as many as `batch_plan`
+        takes; a batch the cap sends takes those queued since `overdue_before` first."""
+        queue = self.queues[key]
         now = asyncio.get_running_loop().time()
-        # Expired or abandoned before leaving: not sent.
-        queue = [member for member in self.queues.pop(key) if not member.future.done()]
-        if not queue:
+        order = queue.order(now, now - self.aging_s, overdue_before)
+        if not order:
+            del self.queues[key]
             return
-        aged_before = now - self.aging_s
-        queue.sort(key=lambda member: member.rank(aged_before))
-        count, rows = batch_plan([member.rows for member in queue], self.max_rows, self.preferred)
-        members = queue[:count]
-        if count < len(queue):
-            self.queues[key] = queue[count:]
-        self.clock = max(self.clock, max(member.finish for member in members))
+        count, rows = batch_plan([member.rows for member in order], self.max_rows, self.preferred)
+        members = order[:count]
+        queue.left(members)
+        if not queue.members:
+            del self.queues[key]
         for member in members:
             self.on_wait(member.tenant, now - member.queued_at)
         self.busy += 1
@@ -264,8 +320,8 @@ class Coalescer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        while (key := self._oldest()) is not None:
-            self._launch(key)
+        while (oldest := self._oldest()) is not None:
+            self._launch(oldest[1])
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 

@@ -85,7 +85,7 @@ TENANT = web.RequestKey("tenant", Tenant)
 
 def digest(key: str) -> bytes:
     """What a key is held and looked up as."""
-    return hashlib.sha256(key.encode("utf-8", errors="surrogateescape")).digest()
+    return hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).digest()  # any str, lone surrogates too
 
 
 # --- the table: tenants and their key digests -------------------------------------------------------------
@@ -186,7 +186,13 @@ def parse_keys(document: Any, where: str) -> Table:
     tenants: list[Tenant] = []
     by_digest: dict[bytes, Tenant] = {}
     counts: dict[str, int] = {}
-    for name, entry in entries.items():
+    for position, (name, entry) in enumerate(entries.items(), start=1):
+        if not isinstance(entry, dict):
+            # Not `name`: a file written as `key: tenant` would put a key there, and errors are logged.
+            raise SettingsError(
+                f"{where}: tenants: entry #{position} is not a mapping with keys (and weight, priority, admin, "
+                "rate_limit); is a key written where a tenant's name goes?"
+            )
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise SettingsError(
                 f"{where}: tenant {name!r}: a name is 1 to 63 of A-Z a-z 0-9 . _ - starting with a letter or digit"

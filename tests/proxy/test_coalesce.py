@@ -412,3 +412,86 @@ def test_the_priority_classes_are_the_levels_the_sync_writes() -> None:
     """A batch's level goes to Triton as its priority: the generated config must have every class's level."""
     assert sorted(LEVELS.values()) == list(range(1, PRIORITY_LEVELS + 1))
     assert LEVELS[Tenant("any").priority] == DEFAULT_PRIORITY_LEVEL
+
+
+@pytest.mark.asyncio
+async def test_aging_never_reorders_one_class() -> None:
+    """An aged backlog of the only class keeps the fair order: a light tenant still leaves next."""
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=2, slots=1, max_wait_s=3600, aging_s=0.05)
+    futures = await backlog(coalescer, [(FLOOD, 1)] * 9)
+    await asyncio.sleep(0.1)  # the flood's backlog is now older than the aging bound
+    futures += await backlog(coalescer, [(LIGHT, 2)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert 2 in fake.values[1]
+
+
+@pytest.mark.asyncio
+async def test_a_higher_class_leaving_does_not_push_a_lower_class_newcomer_back() -> None:
+    """Each class has its own clock: a flood of urgent requests does not advance the normal class's."""
+    urgent = Tenant("urgent", priority="high")
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=2, slots=1, max_wait_s=3600, aging_s=3600)
+    futures = await backlog(coalescer, [(FLOOD, 1)] * 9 + [(urgent, 3)] * 6)
+    fake.gate.set()
+    while sum(call.count(3) for call in fake.values) < 6:  # the urgent ones leave first
+        await asyncio.sleep(0)
+    fake.gate.clear()
+    await settle()
+    sent = len(fake.values)
+    futures += await backlog(coalescer, [(LIGHT, 2)])
+    fake.gate.set()
+    await asyncio.gather(*futures)
+    assert 2 in fake.values[sent] or 2 in fake.values[sent + 1]
+
+
+@pytest.mark.asyncio
+async def test_requests_that_expired_in_the_queue_do_not_count_against_their_tenant() -> None:
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=2, slots=1, max_wait_s=3600)
+    busy = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, later(10), LIGHT))
+    await settle()
+    expiring = [asyncio.ensure_future(coalescer.submit(rows(1, 1), 1, later(0.05), FLOOD)) for _ in range(20)]
+    results = await asyncio.gather(*expiring, return_exceptions=True)
+    assert all(isinstance(result, DeadlineExceeded) for result in results)
+    futures = await backlog(coalescer, [(LIGHT, 2)] * 6 + [(FLOOD, 3)])
+    fake.gate.set()
+    await asyncio.gather(busy, *futures)
+    assert 3 in fake.values[1]  # the flood had nothing live queued: it starts at the clock, next to the light one
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_request_does_not_start_the_cap_early() -> None:
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=4, slots=1, max_wait_s=0.2)
+    busy = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, later(10)))
+    abandoned = asyncio.ensure_future(coalescer.submit(rows(1, 1), 1, later(10)))
+    await settle()
+    abandoned.cancel()
+    await asyncio.sleep(0.15)
+    live = asyncio.ensure_future(coalescer.submit(rows(1, 2), 1, later(10)))
+    await asyncio.sleep(0.1)  # the abandoned one's cap has passed; the live one's has not
+    assert len(fake.calls) == 1
+    fake.gate.set()
+    await asyncio.gather(busy, live)
+
+
+@pytest.mark.asyncio
+async def test_the_cap_sends_the_requests_that_waited_first() -> None:
+    """A batch the cap sends takes the overdue requests, even when the fair order would put others first."""
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=1, slots=1, max_wait_s=0.1)
+    futures = await backlog(coalescer, [(FLOOD, 0), (FLOOD, 1)])
+    await asyncio.sleep(0.05)
+    heavy = Tenant("heavy", weight=4)
+    futures += await backlog(coalescer, [(heavy, 2)])  # ahead of the flood's in the fair order, not overdue yet
+    await asyncio.sleep(0.07)  # the flood's second request is now overdue
+    assert fake.values[:2] == [[0], [1]]
+    fake.gate.set()
+    await asyncio.gather(*futures)

@@ -28,6 +28,7 @@ from proxy.tenants import (
     Tenancy,
     Tenant,
     api_keys_table,
+    digest,
     read_keys_file,
 )
 from tests.proxy.conftest import MakeClient
@@ -107,7 +108,7 @@ def tenant_file(**fields: Any) -> str:
         pytest.param("k.yaml", "tenants: {}\n", "at least one tenant", id="no-tenants"),
         pytest.param("k.yaml", "tenants:\n  'a b':\n    keys: [x]\n", "tenant 'a b': a name is", id="bad-name"),
         pytest.param("k.yaml", "tenants:\n  yes:\n    keys: [x]\n", "tenant True: a name is", id="name-not-a-string"),
-        pytest.param("k.yaml", "tenants:\n  t: [x]\n", "tenant 't': expected a mapping", id="tenant-not-mapping"),
+        pytest.param("k.yaml", "tenants:\n  t: [x]\n", "entry #1 is not a mapping", id="tenant-not-mapping"),
         pytest.param("k.json", tenant_file(wieght=2), "tenant 'team-a': unknown field 'wieght'", id="unknown-field"),
         pytest.param("k.yaml", "tenants:\n  t: {weight: 2}\n", "tenant 't': keys: expected a list", id="no-keys"),
         pytest.param("k.yaml", "tenants:\n  t: {keys: []}\n", "tenant 't': keys: expected a list", id="keys-empty"),
@@ -178,6 +179,23 @@ def test_keys_file_refusals_name_file_tenant_and_field(tmp_path: Path, name: str
     assert not any(secret in message for secret in SECRETS), message
     error = caught.value
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)  # none chained
+
+
+def test_a_key_written_as_a_tenant_name_is_not_echoed(tmp_path: Path) -> None:
+    """`key: tenant` instead of `tenant: {keys: [key]}`: the refusal (logged on reload) must not show the key."""
+    path = tmp_path / "keys.yaml"
+    path.write_text("tenants:\n  sk-live-abc123: team-a\n")
+    with pytest.raises(SettingsError) as refused:
+        read_keys_file(path)
+    assert "sk-live-abc123" not in str(refused.value) and "entry #1" in str(refused.value)
+
+
+def test_a_key_with_a_lone_surrogate_is_a_key_like_any_other(tmp_path: Path) -> None:
+    """JSON can spell a lone surrogate (\\ud800); it must load and match, not raise while hashed."""
+    path = tmp_path / "keys.json"
+    path.write_text('{"tenants": {"t": {"keys": ["k-\\ud800"]}}}')
+    table = read_keys_file(path)
+    assert table.by_digest[digest("k-\ud800")].name == "t"
 
 
 def test_keys_file_missing(tmp_path: Path) -> None:
