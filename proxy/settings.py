@@ -86,8 +86,8 @@ class ProxySettings:
     priority_max_wait_ms: float = env(
         "PRIORITY_MAX_WAIT_MS",
         1000.0,
-        "longest a lower priority class's request waits behind higher classes in the coalescer before it is "
-        "served as the highest",
+        "longest a lower priority class's request waits behind higher classes in the coalescer; then it goes "
+        "ahead of them",
         float,
         minimum=0,
         maximum=600_000,
