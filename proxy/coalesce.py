@@ -89,7 +89,7 @@ class _Queue:
         live = self.live()
         return live[0].queued_at if live else None
 
-    def order(self, now: float, aged_before: float, overdue_before: float | None) -> list[_Member]:
+    def order(self, aged_before: float, overdue_before: float | None) -> list[_Member]:
         """The live members in the order batches take them (see the module's docstring)."""
         live = self.live()
         tags: dict[tuple[int, str], float] = {}
@@ -238,10 +238,7 @@ class Coalescer:
         takes; a batch the cap sends takes those queued since `overdue_before` first."""
         queue = self.queues[key]
         now = asyncio.get_running_loop().time()
-        order = queue.order(now, now - self.aging_s, overdue_before)
-        if not order:
-            del self.queues[key]
-            return
+        order = queue.order(now - self.aging_s, overdue_before)  # not empty: `_oldest` found `key` live
         count, rows = batch_plan([member.rows for member in order], self.max_rows, self.preferred)
         members = order[:count]
         queue.left(members)
