@@ -275,11 +275,12 @@ class TokenBucket:
     request was let in, and the debt is paid back by the refill before the tenant's next request passes.
     """
 
-    __slots__ = ("burst", "per_s", "stamp", "tokens")
+    __slots__ = ("burst", "limit", "per_s", "stamp", "tokens")
 
-    def __init__(self, per_s: float, burst: float) -> None:
+    def __init__(self, per_s: float, burst: float, limit: float | None = None) -> None:
         self.per_s = per_s
         self.burst = burst
+        self.limit = per_s if limit is None else limit  # the configured rate, for the whole pod (messages)
         self.tokens = burst
         self.stamp = -math.inf  # before any look: full
 
@@ -309,7 +310,7 @@ class Account:
 def _bucket(limit: RateLimit | None, workers: int) -> TokenBucket | None:
     if limit is None:
         return None
-    return TokenBucket(limit.per_s / workers, max(1.0, limit.burst / workers))
+    return TokenBucket(limit.per_s / workers, max(1.0, limit.burst / workers), limit.per_s)
 
 
 def _retry(seconds: float) -> int:
@@ -372,20 +373,11 @@ class Tenancy:
         account = self.accounts.get(tenant.name)
         if account is None:  # removed by a reload since its key was looked up: its new limits are none
             return
-        rows, requests = account.rows, account.requests
-        if rows is not None:
-            rows.refill(now)
-            if rows.tokens < 0:
-                wait = rows.seconds_until(0)
-                assert tenant.rows is not None
-                raise RateLimited(_over(tenant, tenant.rows.per_s, "rows", wait), _retry(wait), "rate_rows")
-        if requests is not None:
-            requests.refill(now)
-            if requests.tokens < 1:
-                wait = requests.seconds_until(1)
-                assert tenant.requests is not None
-                raise RateLimited(_over(tenant, tenant.requests.per_s, "requests", wait), _retry(wait), "rate_requests")
-            requests.tokens -= 1
+        if account.rows is not None:
+            _refuse_below(account.rows, 0, now, tenant, "rows")  # in debt: its rows are not paid for yet
+        if account.requests is not None:
+            _refuse_below(account.requests, 1, now, tenant, "requests")
+            account.requests.tokens -= 1
 
     def charge_rows(self, tenant: Tenant, rows: int, now: float | None = None) -> None:
         """`rows` of an admitted prediction of `tenant`, its body read: counted for its share and taken from its
@@ -511,8 +503,13 @@ def _shown_limits(tenant: Tenant) -> dict[str, float] | None:
     return shown
 
 
-def _over(tenant: Tenant, per_s: float, unit: str, wait: float) -> str:
-    return f"tenant {tenant.name} is over its rate limit of {per_s:g} {unit}/s; retry in {wait:.2f} s"
+def _refuse_below(bucket: TokenBucket, level: float, now: float, tenant: Tenant, unit: str) -> None:
+    """`RateLimited` (cause `rate_<unit>`) unless `bucket`, refilled to `now`, holds `level` tokens."""
+    bucket.refill(now)
+    if bucket.tokens < level:
+        wait = bucket.seconds_until(level)
+        message = f"tenant {tenant.name} is over its rate limit of {bucket.limit:g} {unit}/s; retry in {wait:.2f} s"
+        raise RateLimited(message, _retry(wait), f"rate_{unit}")
 
 
 TENANCY = web.AppKey("tenancy", Tenancy)
