@@ -54,6 +54,7 @@ from proxy.errors import DeadlineExceeded, UpstreamError, UpstreamForbidden, Ups
 from proxy.tenants import DEFAULT_TENANT, Tenant
 
 Outputs = dict[str, np.ndarray]
+ABANDON_GRACE_S = 0.1  # an abandoned batch is cancelled upstream only once it has run this long
 Send = Callable[[dict[str, np.ndarray], int, float, int], Awaitable[tuple[Outputs, str]]]
 """`send(arrays, rows, deadline, level)`: one upstream call; `level` is the batch's priority level."""
 
@@ -251,9 +252,14 @@ class Coalescer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+        started = asyncio.get_running_loop().time()
+
         def abandoned(_: asyncio.Future[tuple[Outputs, str]]) -> None:
             if not task.done() and all(member.future.done() for member in members):
-                task.cancel()  # nobody waits for this batch any more: Triton drops it too (call cancelled)
+                # Nobody waits for this batch any more: Triton drops it too (call cancelled), once it has run
+                # ABANDON_GRACE_S. A shorter call is let finish: cancelling it frees nothing, and a cancellation
+                # racing its answer crashes tritonserver 2.51 (docs/decisions.md).
+                asyncio.get_running_loop().call_at(started + ABANDON_GRACE_S, task.cancel)
 
         for member in members:
             member.future.add_done_callback(abandoned)

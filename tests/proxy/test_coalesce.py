@@ -12,7 +12,7 @@ from nexusml.command import demo
 from nexusml.sync.triton_config import DEFAULT_PRIORITY_LEVEL, PRIORITY_LEVELS
 from nexusml.testing.models import DEMO_SPEC
 from nexusml.triton.server import TritonServer
-from proxy.coalesce import Coalescer, batch_plan
+from proxy.coalesce import ABANDON_GRACE_S, Coalescer, batch_plan
 from proxy.errors import (
     DeadlineExceeded,
     UpstreamBusy,
@@ -298,6 +298,20 @@ async def test_one_bad_row_fails_only_its_own_request() -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_abandoned_batch_that_answers_within_the_grace_is_not_cancelled() -> None:
+    """Cancelling a call about to answer frees nothing, and that race crashes tritonserver 2.51."""
+    fake = FakeUpstream()
+    fake.gate.clear()
+    coalescer = Coalescer(fake.send, max_rows=8, slots=1, max_wait_s=3600)
+    waiting = asyncio.ensure_future(coalescer.submit(rows(1, 0), 1, later(10)))
+    await settle()
+    waiting.cancel()
+    fake.gate.set()  # the answer comes back within the grace
+    await asyncio.sleep(ABANDON_GRACE_S + 0.05)
+    assert fake.cancelled == 0 and coalescer.busy == 0
+
+
+@pytest.mark.asyncio
 async def test_a_batch_nobody_waits_for_is_cancelled_upstream() -> None:
     fake = FakeUpstream()
     fake.gate.clear()
@@ -306,6 +320,8 @@ async def test_a_batch_nobody_waits_for_is_cancelled_upstream() -> None:
     await settle()
     waiting.cancel()  # the client went away (aiohttp cancels its handler)
     await settle()
+    assert fake.cancelled == 0  # not before it has run ABANDON_GRACE_S
+    await asyncio.sleep(ABANDON_GRACE_S + 0.05)
     assert fake.cancelled == 1 and coalescer.busy == 0
     fake.gate.set()
     outputs, _ = await asyncio.wait_for(coalescer.submit(rows(1, 3), 1, later(10)), timeout=5)
