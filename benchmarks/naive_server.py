@@ -4,9 +4,14 @@ No batching, no workers, no threads: the aiohttp handler parses the JSON, runs t
 and answers, so requests are served strictly one at a time. It loads the same TorchScript artifact that
 Triton serves, so the comparison is model for model.
 
-    python -m benchmarks.naive_server --model-file model_repository/demo_mlp/1/model.pt --port 8090
+A baseline only counts if it is written as carefully as what it is compared with, so it runs the way the
+proxy does: a uvloop event loop, orjson both ways, the row read by numpy straight from the parsed JSON
+(`np.asarray` then `torch.from_numpy`, not `torch.tensor` walking a Python list), no access log.
 
-`POST /predict {"input": ROW}` -> `{"output": OUT}` (the proxy's one-row contract); `GET /healthz`.
+    python -m benchmarks.naive_server --model-file model_repository/demo_mlp/1/model.pt --port 8090 --input-shape 5
+
+`POST /predict {"input": ROW}` -> `{"output": OUT}` (the proxy's one-row contract; a body that is not such a
+row answers 400 `bad_request`); `GET /healthz`.
 """
 
 from __future__ import annotations
@@ -14,29 +19,61 @@ from __future__ import annotations
 import argparse
 import warnings
 
+import numpy as np
 import orjson
 import torch
+import uvloop
 from aiohttp import web
 
 from benchmarks.models import PRECISIONS
 
+JSON = "application/json"
 
-def create_app(model: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> web.Application:
+
+def _bad_request(message: str) -> web.Response:
+    body = {"error": {"code": "bad_request", "message": message}}
+    return web.Response(status=400, body=orjson.dumps(body), content_type=JSON)
+
+
+def read_row(body: bytes, shape: tuple[int, ...] | None) -> np.ndarray:
+    """The body's `input` as an FP32 array of `shape` (any non-scalar shape when None); ValueError otherwise.
+
+    JSON cannot carry NaN or infinity, so a non-finite value here came from a `null`: refused like the rest.
+    """
+    try:
+        doc = orjson.loads(body)
+        row = doc["input"]
+        array = np.asarray(row, dtype=np.float32)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"expected a JSON object {{'input': ROW}} of numbers: {err}") from err
+    if array.ndim == 0 or (shape is not None and array.shape != shape):
+        expected = "a list" if shape is None else f"shape {list(shape)}"
+        raise ValueError(f"'input' has shape {list(array.shape)}, expected {expected}")
+    if not np.isfinite(array).all():
+        raise ValueError("'input' holds a value that is not a number")
+    return array
+
+
+def create_app(
+    model: torch.nn.Module,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    shape: tuple[int, ...] | None = None,
+) -> web.Application:
     async def predict(request: web.Request) -> web.Response:
         try:
-            row = orjson.loads(await request.read())["input"]
-            batch = torch.tensor([row], dtype=dtype, device=device)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            body = {"error": {"code": "bad_request", "message": str(err)}}
-            return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
+            array = read_row(await request.read(), shape)
+        except ValueError as err:
+            return _bad_request(str(err))
+        batch = torch.from_numpy(array).unsqueeze(0).to(device=device, dtype=dtype)
         with torch.inference_mode():
             out = model(batch)
         first = out[0] if isinstance(out, tuple | list) else out
         answer = orjson.dumps({"output": first[0].float().cpu().tolist()})
-        return web.Response(body=answer, content_type="application/json")
+        return web.Response(body=answer, content_type=JSON)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/predict", predict)
@@ -47,7 +84,8 @@ def create_app(model: torch.nn.Module, device: torch.device, dtype: torch.dtype 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__ or "", argv)
     model, device, dtype = load_model(args.model_file, args.threads, args.device, args.precision)
-    web.run_app(create_app(model, device, dtype), host=args.host, port=args.port, access_log=None, print=None)
+    app = create_app(model, device, dtype, args.input_shape)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=uvloop.new_event_loop())
     return 0
 
 
@@ -64,6 +102,10 @@ def load_model(
         return torch.jit.load(model_file, map_location=device).eval().to(dtype), device, dtype
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(dim) for dim in text.split(",") if dim.strip())
+
+
 def arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-file", required=True, help="TorchScript file (the artifact Triton serves)")
@@ -72,6 +114,9 @@ def arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (Triton instances use 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="as the served model's")
+    parser.add_argument(
+        "--input-shape", type=_shape, help="one row's shape, comma separated (e.g. 5): other rows answer 400"
+    )
     return parser.parse_args(argv)
 
 

@@ -23,6 +23,7 @@ PATHS: dict[str, str] = {
     "triton_http": "(d) Triton HTTP/JSON direct, batching on",
     "proxy_large_json": "(f) proxy, image input as JSON (/predict)",
     "proxy_large_binary": "(f) proxy, image input as binary v2 (/v2/.../infer)",
+    "triton_large_binary": "(f) Triton HTTP direct, the same binary v2 request",
 }
 TOOLS = {
     "naive": "wrk",
@@ -35,9 +36,12 @@ TOOLS = {
     "triton_http": "wrk",
     "proxy_large_json": "wrk",
     "proxy_large_binary": "wrk",
+    "triton_large_binary": "wrk",
 }
-# (f): one image-sized row through the proxy (batching on) as JSON and as a binary v2 request, side by side.
-LARGE_PATHS = ("proxy_large_json", "proxy_large_binary")
+# (f): one image-sized row through the proxy (batching on) as JSON and as a binary v2 request, and the same binary
+# request straight to Triton's own HTTP endpoint, side by side.
+LARGE_PATHS = ("proxy_large_json", "proxy_large_binary", "triton_large_binary")
+LARGE_KINDS = {"json": "proxy_large_json", "binary": "proxy_large_binary", "triton": "triton_large_binary"}
 # The target: a binary v2 request of a 3x224x224 FP32 tensor costs the proxy <= 1/20 of the CPU per request
 # of the same request as JSON. A ceiling, unlike the throughput targets (floors).
 LARGE_CPU_TARGET = 1 / 20
@@ -56,7 +60,7 @@ RATIOS: dict[str, tuple[str, str]] = {
 }
 TARGETS = {
     # The Open Inference Protocol's JSON form within 15 % of /predict's throughput (c2/c).
-    "cpu": {"c/b": 5.0, "c/a": 3.0, "proxy/Triton HTTP (c / d http)": 1.0, "v2 JSON / predict (c2/c)": 0.85},
+    "cpu": {"c/b": 5.0, "c/a": 2.4, "proxy/Triton HTTP (c / d http)": 0.8, "v2 JSON / predict (c2/c)": 0.85},
     "gpu": {"c/b": 10.0, "c/a": 10.0, "served/ceiling (c)": 0.5},
 }
 
@@ -129,7 +133,8 @@ def net_cpu_ms_per_request(run: dict[str, Any] | None, idle_pct: float | None, r
 
 def large_input(runs: list[dict[str, Any]], concurrencies: list[int], idle_pct: float | None = None) -> dict[str, Any]:
     """(f) side by side at each concurrency: req/s, the proxy's CPU % and CPU ms per request (gross, and net of
-    its idle CPU when `idle_pct` was measured), and the ratio binary / JSON against `LARGE_CPU_TARGET`.
+    its idle CPU when `idle_pct` was measured), the ratio binary / JSON against `LARGE_CPU_TARGET`, Triton's
+    rate fed the same binary request and the proxy's binary rate over it (`vs_triton`).
 
     `met` is read on the net ratio when there is one (the request's own cost), else on the gross one; overall,
     every measured concurrency must meet it.
@@ -138,12 +143,15 @@ def large_input(runs: list[dict[str, Any]], concurrencies: list[int], idle_pct: 
     rows: dict[str, dict[str, Any]] = {}
     for conc in concurrencies:
         row: dict[str, Any] = {}
-        for kind, path in zip(("json", "binary"), LARGE_PATHS, strict=True):
-            run = found.get((path, conc))
+        for kind in ("json", "binary"):
+            run = found.get((LARGE_KINDS[kind], conc))
             row[f"{kind}_req_s"] = run["throughput"] if run else None
             row[f"{kind}_proxy_cpu_pct"] = (run.get("cpu") or {}).get("proxy") if run else None
             row[f"{kind}_proxy_cpu_ms"] = cpu_ms_per_request(run)
             row[f"{kind}_proxy_cpu_ms_net"] = net_cpu_ms_per_request(run, idle_pct)
+        triton = found.get((LARGE_KINDS["triton"], conc))
+        row["triton_req_s"] = triton["throughput"] if triton else None
+        row["vs_triton"] = ratio(row["binary_req_s"], row["triton_req_s"])
         row["cpu_ratio"] = ratio(row["binary_proxy_cpu_ms"], row["json_proxy_cpu_ms"])
         row["cpu_ratio_net"] = ratio(row["binary_proxy_cpu_ms_net"], row["json_proxy_cpu_ms_net"])
         value = row["cpu_ratio_net"] if row["cpu_ratio_net"] is not None else row["cpu_ratio"]
@@ -164,6 +172,109 @@ def pick_headline(concurrencies: list[int], wanted: int = 64) -> int:
         return wanted
     below = [c for c in concurrencies if c <= wanted]
     return max(below) if below else min(concurrencies)
+
+
+# ------------------------------------------------------------------------------------ headline summary
+
+# A lone request through the proxy (path c at 1 connection) should take the model's time plus the hops.
+LONE_P50_TARGET_MS = 2.5
+# Where the summary reads (f): the image model at this many connections (else the largest swept below it).
+LARGE_HEADLINE_CONCURRENCY = 8
+# The summary's figures: key -> (label, unit, comparison, target). Each is read from one run, side by side
+# with its counterpart: the throughput ratios from points measured in the same run, the CPU per request net
+# of the proxy's idle CPU where that was measured.
+SUMMARY_TARGETS: dict[str, tuple[str, str, str, float]] = {
+    "binary_cpu_ms": ("(f) proxy CPU per request, binary v2 image", "ms", "<=", 0.3),
+    "binary_vs_triton": ("(f) proxy / Triton HTTP, binary v2 images (req/s)", "x", ">=", 1.0),
+    "json_cpu_ms": ("(f) proxy CPU per request, JSON image", "ms", "<=", 6.0),
+    "small_vs_triton_http": (
+        "proxy / Triton HTTP, small JSON requests (c / d http)",
+        "x",
+        ">=",
+        TARGETS["cpu"]["proxy/Triton HTTP (c / d http)"],
+    ),
+    "small_vs_naive": ("proxy / naive aiohttp server (c/a)", "x", ">=", TARGETS["cpu"]["c/a"]),
+    "lone_p50_ms": ("a lone request through the proxy (c, 1 connection), p50", "ms", "<=", LONE_P50_TARGET_MS),
+}
+
+
+def _point(model: dict[str, Any], path: str, concurrency: int) -> dict[str, Any] | None:
+    for run in model.get("runs", []):
+        if run["path"] == path and run["concurrency"] == concurrency and run.get("status") == "ok":
+            return run
+    return None
+
+
+def _small_figures(model: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    ratios = model.get("ratios") or {}
+    head = ratios.get("headline") or {}
+    conc = ratios.get("headline_concurrency")
+    where = f"{model['key']}, {conc} connections"
+    lone = _point(model, "proxy_batch", 1)
+    return {
+        "small_vs_triton_http": ((head.get("proxy/Triton HTTP (c / d http)") or {}).get("value"), where),
+        "small_vs_naive": ((head.get("c/a") or {}).get("value"), where),
+        "lone_p50_ms": (lone.get("p50_ms") if lone else None, f"{model['key']}, 1 connection"),
+    }
+
+
+def _large_figures(model: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    rows = model["large_input"].get("by_concurrency") or {}
+    if not rows:
+        return {}
+    conc = pick_headline([int(c) for c in rows], LARGE_HEADLINE_CONCURRENCY)
+    row = rows[str(conc)]
+    where = f"{model['key']}, {conc} connections"
+    figures: dict[str, tuple[float | None, str]] = {"binary_vs_triton": (row.get("vs_triton"), where)}
+    for kind in ("binary", "json"):
+        net = row.get(f"{kind}_proxy_cpu_ms_net")
+        value = net if net is not None else row.get(f"{kind}_proxy_cpu_ms")
+        figures[f"{kind}_cpu_ms"] = (value, where + (", net of idle" if net is not None else ", gross"))
+    return figures
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline figures against their targets, in `SUMMARY_TARGETS`' order: the small requests from the
+    first model with proxy and baseline ratios, (f) from the first model with large-input figures. A figure
+    the run did not measure has value None and `met` None."""
+    figures: dict[str, tuple[float | None, str]] = {}
+    models = results.get("models", [])
+    small = next((m for m in models if m.get("ratios") and _point(m, "proxy_batch", 1) is not None), None)
+    small = small or next((m for m in models if m.get("ratios")), None)
+    if small is not None:
+        figures.update(_small_figures(small))
+    large = next((m for m in models if m.get("large_input")), None)
+    if large is not None:
+        figures.update(_large_figures(large))
+    items = []
+    for key, (label, unit, op, target) in SUMMARY_TARGETS.items():
+        value, where = figures.get(key, (None, "not measured"))
+        met = None if value is None else (value <= target if op == "<=" else value >= target)
+        items.append(
+            {"key": key, "label": label, "unit": unit, "op": op, "target": target, "value": value, "where": where}
+            | {"met": met}
+        )
+    return items
+
+
+def summary_lines(items: list[dict[str, Any]]) -> list[str]:
+    """The headline summary as a Markdown table."""
+    lines = [
+        "## Headline summary",
+        "",
+        "Each figure beside its counterpart from this run (ratios of points measured side by side).",
+        "",
+        "| figure | measured | target | met | read at |",
+        "|---|--:|--:|---|---|",
+    ]
+    for item in items:
+        unit = item["unit"]
+        value = item["value"]
+        shown = "-" if value is None else (f"{value:.2f}x" if unit == "x" else f"{value:.3g} ms")
+        target = f"{item['op']} {item['target']:g}{'x' if unit == 'x' else ' ms'}"
+        met = {True: "yes", False: "**no**", None: "-"}[item["met"]]
+        lines.append(f"| {item['label']} | {shown} | {target} | {met} | {item['where']} |")
+    return [*lines, ""]
 
 
 # -------------------------------------------------------------------------------------------- Markdown
@@ -189,10 +300,6 @@ def _cpu_text(cpu: dict[str, float] | None) -> str:
 def _other_text(run: dict[str, Any]) -> str:
     value = run.get("untracked_cpu_pct")
     return "-" if value is None else f"{max(value, 0):.0f}"
-
-
-# A lone request through the proxy (path c at 1 connection) should take the model's time plus the hops.
-LONE_P50_TARGET_MS = 3.0
 
 
 def _felt_lines(model: dict[str, Any]) -> list[str]:
@@ -252,16 +359,19 @@ def _large_lines(model: dict[str, Any]) -> list[str]:
         f"({_num(sizes.get('json'))} bytes) and as a binary v2 request to `/v2/models/{model['key']}/infer` "
         f"({_num(sizes.get('binary'))} bytes, outputs binary too); {answers}. Proxy CPU per request = the proxy's "
         f"CPU-seconds / successful requests (gross); net = less the proxy's idle CPU, {idle_text}. "
-        f"Target: binary <= 1/{1 / target:.0f} of JSON ({target:g}x).",
+        f"Target: binary <= 1/{1 / target:.0f} of JSON ({target:g}x). Triton binary: the same binary request "
+        "posted straight to Triton's own HTTP endpoint, same model, same run; proxy / Triton = req/s binary over it.",
         "",
-        "| conc. | req/s JSON | req/s binary | proxy CPU % JSON | proxy CPU % binary | proxy CPU ms/req JSON "
-        "(gross / net) | proxy CPU ms/req binary (gross / net) | binary / JSON, gross | binary / JSON, net | met |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| conc. | req/s JSON | req/s binary | req/s Triton binary | proxy / Triton, binary | proxy CPU % JSON | "
+        "proxy CPU % binary | proxy CPU ms/req JSON (gross / net) | proxy CPU ms/req binary (gross / net) | "
+        "binary / JSON, gross | binary / JSON, net | met |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for conc, row in large["by_concurrency"].items():
         met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
         lines.append(
             f"| {conc} | {_num(row['json_req_s'], 1)} | {_num(row['binary_req_s'], 1)} | "
+            f"{_num(row.get('triton_req_s'), 1)} | {_ratio_text(row.get('vs_triton'))} | "
             f"{_num(row['json_proxy_cpu_pct'], 1)} | {_num(row['binary_proxy_cpu_pct'], 1)} | "
             f"{_num(row['json_proxy_cpu_ms'], 2)} / {_num(row.get('json_proxy_cpu_ms_net'), 2)} | "
             f"{_num(row['binary_proxy_cpu_ms'], 2)} / {_num(row.get('binary_proxy_cpu_ms_net'), 2)} | "
@@ -387,6 +497,7 @@ def markdown(results: dict[str, Any]) -> str:
         "'limited by' is a heuristic over the CPU each process spent (see `benchmarks/monitor.py`).",
         "",
     ]
+    head += summary_lines(summary(results))
     body = [model_markdown(model) for model in results.get("models", [])]
     return "\n".join(head) + "\n" + "\n\n".join(body) + "\n"
 
@@ -469,6 +580,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
 def write_all(results: dict[str, Any], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summary(results)
     json_path = out / "results.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path = out / "results.md"

@@ -6,12 +6,14 @@
 
 Order per model: the in-process ceiling (e) first, on an idle machine; then (a) the naive server, (b) and
 (c) the proxy with batching off and on (wrk; plus one locust run on (c)), (f) for a model with an image
-input, one 3x224x224 row through the proxy as JSON and as a binary v2 request, side by side, with the
-proxy's CPU per request (wrk; a companion model is added for it when the run's models have no image input),
-and (d) Triton alone with batching off and on (perf_analyzer). Each point is a closed loop at one
-concurrency; around it the runner reads Triton's statistics (average executed batch, failures), the CPU of
-every process and, with a GPU, NVML's utilisation. A path that cannot run (no proxy, no wrk) is recorded as
-"not available" and the run goes on. Output: `results.json`, `results.md` and PNG plots in the results folder.
+input, one 3x224x224 row through the proxy as JSON and as a binary v2 request and the same binary request
+straight to Triton's own HTTP endpoint, side by side, with the proxy's CPU per request (wrk; a companion
+model is added for it when the run's models have no image input), and (d) Triton alone: its own HTTP
+endpoint fed the JSON form of (c)'s request (wrk), and gRPC with batching off and on (perf_analyzer). Each
+point is a closed loop at one concurrency; around it the runner reads Triton's statistics (average executed
+batch, failures), the CPU of every process and, with a GPU, NVML's utilisation. A path that cannot run (no
+proxy, no wrk) is recorded as "not available" and the run goes on. Output: `results.json`, `results.md`
+(a headline summary of the targets first) and PNG plots in the results folder.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ LARGE_MAX_CONCURRENCY = 4
 V2_HEADER_LENGTH = "Inference-Header-Content-Length"
 # One request of (f): (endpoint, body, content type, extra headers).
 LargeRequest = tuple[str, str | bytes, str, dict[str, str]]
+# (f)'s path straight to Triton: the proxy's binary request, byte for byte, to Triton's own HTTP endpoint.
+TRITON_LARGE = "triton_large_binary"
 
 
 def machine() -> dict[str, Any]:
@@ -466,13 +470,15 @@ class Runner:
     # ------------------------------------------------------------------------------- (f) large input
 
     def large_input_paths(self, case: ModelCase, paths: list[str], model: dict[str, Any]) -> list[dict[str, Any]]:
-        """(f): one image-sized row through one proxy (batching on, as (c)) as JSON and as binary v2.
+        """(f): one image-sized row through one proxy (batching on, as (c)) as JSON and as binary v2, and the
+        binary request as it is straight to Triton's own HTTP endpoint (`triton_large_binary`: the same model,
+        the same body bytes and `Inference-Header-Content-Length`), the proxy's counterpart for images.
 
-        One proxy serves both, and the points alternate JSON, binary at each concurrency, so both see the same
-        machine (other load on a shared box drifts over minutes). Before measuring, each body is sent once
-        and the two answers compared: a body the proxy rejects or misreads is reported as such instead of
-        as a throughput of errors. Fills `model["large_input"]` with the sizes, that check and the side-by-side
-        summary (`report.large_input`).
+        One proxy serves both proxy paths, and the points alternate JSON, binary, Triton at each concurrency,
+        so all see the same machine (other load on a shared box drifts over minutes). Before measuring, each
+        body is sent once and the answers compared: a body the proxy (or Triton) rejects or misreads is
+        reported as such instead of as a throughput of errors. Fills `model["large_input"]` with the sizes,
+        that check and the side-by-side summary (`report.large_input`).
         """
         assert self.stack is not None and self.stack.triton is not None
         args = self.args
@@ -480,14 +486,16 @@ class Runner:
         chosen = [path for path in report.LARGE_PATHS if path in paths]
         json_body = case.body()
         binary_body, header_length = case.v2_binary_body()
+        binary: LargeRequest = (
+            f"/v2/models/{case.key}/infer",
+            binary_body,
+            "application/octet-stream",
+            {V2_HEADER_LENGTH: str(header_length)},
+        )
         requests = {
             "proxy_large_json": ("/predict", json_body, "application/json", {}),
-            "proxy_large_binary": (
-                f"/v2/models/{case.key}/infer",
-                binary_body,
-                "application/octet-stream",
-                {V2_HEADER_LENGTH: str(header_length)},
-            ),
+            "proxy_large_binary": binary,
+            TRITON_LARGE: binary,
         }
         large: dict[str, Any] = {
             "input_shape": list(case.input_shape),
@@ -527,22 +535,30 @@ class Runner:
             refused = [run for path in chosen for run in self._unavailable(path, f"proxy not available: {err}", concs)]
             return refused, None
         try:
-            roles = {"server": self.stack.triton.process.pid, "proxy": proxy.process.pid}  # type: ignore[union-attr]
-            refused = self._check_large(url, chosen, requests, large)
+            triton = self.stack.triton
+            server = {"server": triton.process.pid}  # type: ignore[union-attr]
+            roles = {path: {**server, "proxy": proxy.process.pid} for path in chosen}  # type: ignore[union-attr]
+            roles[TRITON_LARGE] = server  # the proxy idles meanwhile: its CPU is no part of Triton's point
+            urls = {path: url for path in chosen}
+            urls[TRITON_LARGE] = f"http://{triton.settings.host}:{triton.settings.http_port}"
+            logs = {path: proxy.log_file for path in chosen}
+            logs[TRITON_LARGE] = None
+            refused = self._check_large(urls, chosen, requests, large)
             ready = [path for path in chosen if path not in refused]
             workdirs = {path: self.raw / f"{case.key}-{path}" for path in ready}
             for path in ready:
                 workdirs[path].mkdir(exist_ok=True)
-                self._large_warmup(path, url, requests[path], workdirs[path])
-            idle = self._idle_cpu_pct(proxy.process.pid) if ready else None  # type: ignore[union-attr]
+                self._large_warmup(path, urls[path], requests[path], workdirs[path])
+            proxied = any(path != TRITON_LARGE for path in ready)
+            idle = self._idle_cpu_pct(proxy.process.pid) if proxied else None  # type: ignore[union-attr]
             runs: list[dict[str, Any]] = []
             for conc in concs:
                 for path in chosen:
                     if path in refused:
                         runs += self._unavailable(path, refused[path], [conc], "failed")
                         continue
-                    load = partial(self._large_wrk, url, requests[path], conc, workdirs[path], f"c{conc}")
-                    runs.append(self.measure(path, conc, roles, case.key, load, proxy.log_file))
+                    load = partial(self._large_wrk, urls[path], requests[path], conc, workdirs[path], f"c{conc}")
+                    runs.append(self.measure(path, conc, roles[path], case.key, load, logs[path]))
             return runs, idle
         finally:
             self.stack.stop_child(proxy)
@@ -582,43 +598,53 @@ class Runner:
 
     def _check_large(
         self,
-        url: str,
+        urls: dict[str, str],
         chosen: list[str],
         requests: dict[str, LargeRequest],
         large: dict[str, Any],
     ) -> dict[str, str]:
-        """Send each large body once; returns {path: why} for those the proxy did not answer, and records in
-        `large["check"]` the statuses and whether the JSON and binary answers agree."""
+        """Send each large body once (to `urls[path]`); returns {path: why} for those not answered, and records
+        in `large["check"]` the statuses and whether the answers agree (`compare_answers`)."""
         refused: dict[str, str] = {}
         answers: dict[str, list[float]] = {}
         statuses: dict[str, int] = {}
         for path in chosen:
             endpoint, body, content_type, headers = requests[path]
             data = body.encode() if isinstance(body, str) else body
-            status, answer_headers, answer = _post(f"{url}{endpoint}", data, {"Content-Type": content_type, **headers})
+            who = "Triton" if path == TRITON_LARGE else "the proxy"
+            status, answer_headers, answer = _post(
+                f"{urls[path]}{endpoint}", data, {"Content-Type": content_type, **headers}
+            )
             statuses[path] = status
             if status != 200:
-                refused[path] = f"the proxy answered {status} to the body: {answer[:300].decode(errors='replace')}"
+                refused[path] = f"{who} answered {status} to the body: {answer[:300].decode(errors='replace')}"
                 continue
             try:
                 answers[path] = first_output(answer, answer_headers.get(V2_HEADER_LENGTH.lower()))
             except ParseError as err:
                 refused[path] = f"unreadable answer: {err}"
-        check: dict[str, Any] = {"status": statuses, "agree": None, "max_abs_diff": None}
-        if len(answers) == 2:
-            json_out, binary_out = answers["proxy_large_json"], answers["proxy_large_binary"]
-            if len(json_out) == len(binary_out):
-                diff = max((abs(a - b) for a, b in zip(json_out, binary_out, strict=True)), default=0.0)
-                scale = max((abs(a) for a in json_out), default=0.0)
-                check["max_abs_diff"] = diff
-                check["agree"] = diff <= 1e-3 * max(1.0, scale)
-            else:
-                check["agree"] = False
-                check["note"] = f"{len(json_out)} outputs by JSON, {len(binary_out)} by binary"
+        check: dict[str, Any] = {"status": statuses, **compare_answers(answers)}
         if refused:
             check["note"] = "; ".join(f"{path}: {why}" for path, why in refused.items())
         large["check"] = check
         return refused
+
+
+def compare_answers(answers: dict[str, list[float]]) -> dict[str, Any]:
+    """Whether every path's first output matches the first path's (within 1e-3 of the larger of 1 and its
+    largest value): `agree` (None with fewer than two answers), the largest difference, and a note when the
+    lengths differ."""
+    if len(answers) < 2:
+        return {"agree": None, "max_abs_diff": None}
+    (first, reference), *others = answers.items()
+    scale = max((abs(a) for a in reference), default=0.0)
+    diff = 0.0
+    for path, values in others:
+        if len(values) != len(reference):
+            note = f"{len(reference)} outputs by {first}, {len(values)} by {path}"
+            return {"agree": False, "max_abs_diff": None, "note": note}
+        diff = max([diff, *(abs(a - b) for a, b in zip(reference, values, strict=True))])
+    return {"agree": diff <= 1e-3 * max(1.0, scale), "max_abs_diff": diff}
 
 
 def proxy_settings(env: dict[str, str]) -> dict[str, Any]:

@@ -118,6 +118,8 @@ class BenchStack:
             "cuda" if self.device == "cuda" else "cpu",
             "--precision",
             served_precision(self.configs[case.key]),
+            "--input-shape",
+            ",".join(str(dim) for dim in case.input_shape),
         ]
         env = {**base_environment(), "PYTHONPATH": str(ROOT)}
         process = ManagedProcess(

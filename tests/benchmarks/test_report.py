@@ -61,7 +61,7 @@ def test_headline_against_targets():
     ratios = report.compute_ratios(RUNS, [1, 64], None, 64, report.TARGETS["cpu"])
     head = ratios["headline"]
     assert ratios["headline_concurrency"] == 64
-    assert head["c/a"] == {"value": pytest.approx(5.0), "target": 3.0, "met": True}
+    assert head["c/a"] == {"value": pytest.approx(5.0), "target": 2.4, "met": True}
     assert head["c/b"]["met"] is True
     assert head["proxy/direct (batching on)"]["met"] is None
 
@@ -155,6 +155,32 @@ LARGE_RUNS = [
     large("proxy_large_json", 8, 7.0, 35.0, 50.0),
     large("proxy_large_binary", 8, 0.0, 0.0, 0.0, status="failed"),
 ]
+# Triton's own HTTP endpoint fed the same binary requests: no proxy in its points.
+TRITON_LARGE_RUNS = [
+    {**run("triton_large_binary", 1, 10.0), "tool": "wrk", "cpu": {"server": 120.0}, "duration_s": 10.0},
+    {**run("triton_large_binary", 4, 9.0), "tool": "wrk", "cpu": {"server": 160.0}, "duration_s": 10.0},
+    run("triton_large_binary", 8, None, status="failed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("conc", "triton", "vs_triton"),
+    [
+        pytest.param(1, 10.0, 0.8, id="proxy-slower"),
+        pytest.param(4, 9.0, 1.0, id="parity"),
+        pytest.param(8, None, None, id="triton-failed"),
+        pytest.param(16, None, None, id="not-measured"),
+    ],
+)
+def test_large_input_proxy_binary_over_triton(conc, triton, vs_triton):
+    row = report.large_input(LARGE_RUNS + TRITON_LARGE_RUNS, [1, 4, 8, 16])["by_concurrency"][str(conc)]
+    assert row["triton_req_s"] == triton
+    assert row["vs_triton"] == (None if vs_triton is None else pytest.approx(vs_triton))
+
+
+def test_large_input_without_triton_points_has_no_ratio_to_it():
+    row = report.large_input(LARGE_RUNS, [1])["by_concurrency"]["1"]
+    assert row["triton_req_s"] is None and row["vs_triton"] is None
 
 
 @pytest.mark.parametrize(
@@ -238,7 +264,7 @@ def test_markdown_shows_where_a_batch_time_goes():
 
 
 def test_markdown_shows_the_large_input_paths_side_by_side():
-    runs = LARGE_RUNS[:4]
+    runs = LARGE_RUNS[:4] + TRITON_LARGE_RUNS[:2]
     model = {
         "key": "resnet50",
         "description": "ResNet-50",
@@ -258,9 +284,119 @@ def test_markdown_shows_the_large_input_paths_side_by_side():
     assert "(752,640 bytes)" in text and "(602,300 bytes, outputs binary too); the two answers agree" in text
     assert "net = less the proxy's idle CPU, 1.00 % at rest" in text
     assert "Target: binary <= 1/20 of JSON (0.05x)" in text
-    assert "| 1 | 6.0 | 8.0 | 30.0 | 2.0 | 50.00 / 48.33 | 2.50 / 1.25 | 0.050x (1/20) | 0.026x (1/39) | yes |" in text
     assert (
-        "| 4 | 7.0 | 9.0 | 35.0 | 6.0 | 50.00 / 48.57 | 6.00 / 4.89 | 0.120x (1/8) | 0.101x (1/10) | **no** |" in text
+        "| 1 | 6.0 | 8.0 | 10.0 | 0.80x | 30.0 | 2.0 | 50.00 / 48.33 | 2.50 / 1.25 | 0.050x (1/20) | 0.026x (1/39) "
+        "| yes |" in text
+    )
+    assert (
+        "| 4 | 7.0 | 9.0 | 9.0 | 1.00x | 35.0 | 6.0 | 50.00 / 48.57 | 6.00 / 4.89 | 0.120x (1/8) | 0.101x (1/10) "
+        "| **no** |" in text
     )
     assert "| (f) proxy, image input as binary v2 (/v2/.../infer) | wrk | 4 | 9 |" in text
+    assert "| (f) Triton HTTP direct, the same binary v2 request | wrk | 4 | 9 |" in text
     assert "Headline ratios" not in text
+
+
+# One run's worth of recorded points: the demo MLP (small requests) and the tiny image companion (f).
+SMALL_RUNS = [
+    run("naive", 64, 2000.0),
+    run("triton_http", 64, 6000.0),
+    run("proxy_batch", 64, 5400.0),
+    {**run("proxy_batch", 1, 450.0), "p50_ms": 2.2},
+]
+
+
+def summary_results(
+    small_runs: list[dict], large_runs: list[dict], idle_pct: float | None, large_concurrencies: list[int]
+) -> dict:
+    small = {
+        "key": "demo_mlp",
+        "runs": small_runs,
+        "ratios": report.compute_ratios(small_runs, [1, 64], None, 64, report.TARGETS["cpu"]),
+    }
+    image = {
+        "key": "tiny_image",
+        "runs": large_runs,
+        "ratios": None,
+        "large_input": report.large_input(large_runs, large_concurrencies, idle_pct),
+    }
+    return {"models": [small, image]}
+
+
+def by_key(items: list[dict]) -> dict[str, dict]:
+    return {item["key"]: item for item in items}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "met", "where"),
+    [
+        pytest.param("small_vs_triton_http", 0.9, True, "demo_mlp, 64 connections", id="small-vs-triton"),
+        pytest.param("small_vs_naive", 2.7, True, "demo_mlp, 64 connections", id="small-vs-naive"),
+        pytest.param("lone_p50_ms", 2.2, True, "demo_mlp, 1 connection", id="lone"),
+        # (f) at the largest swept concurrency not above 8: 4 here.
+        pytest.param("binary_vs_triton", 1.0, True, "tiny_image, 4 connections", id="binary-vs-triton"),
+        pytest.param("json_cpu_ms", 50 - 100 / 70, False, "tiny_image, 4 connections, net of idle", id="json-cpu"),
+        pytest.param("binary_cpu_ms", 6 - 100 / 90, False, "tiny_image, 4 connections, net of idle", id="binary-cpu"),
+    ],
+)
+def test_summary_reads_each_figure_beside_its_counterpart(key, value, met, where):
+    results = summary_results(SMALL_RUNS, LARGE_RUNS + TRITON_LARGE_RUNS, 1.0, [1, 4])
+    item = by_key(report.summary(results))[key]
+    assert item["value"] == pytest.approx(value)
+    assert item["met"] is met
+    assert item["where"] == where
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("binary_vs_triton", None, id="binary-and-triton-failed"),
+        pytest.param("binary_cpu_ms", None, id="binary-failed"),
+        pytest.param("json_cpu_ms", 50 - 100 / 70, id="json-measured"),
+    ],
+)
+def test_summary_reads_large_input_at_8_connections_when_swept(key, value):
+    results = summary_results(SMALL_RUNS, LARGE_RUNS + TRITON_LARGE_RUNS, 1.0, [1, 4, 8])
+    item = by_key(report.summary(results))[key]
+    assert item["value"] == (None if value is None else pytest.approx(value))
+    assert item["met"] is (None if value is None else False)
+    assert item["where"].startswith("tiny_image, 8 connections")
+
+
+@pytest.mark.parametrize(
+    ("key", "target", "op"),
+    [
+        pytest.param("binary_cpu_ms", 0.3, "<=", id="binary-cpu"),
+        pytest.param("binary_vs_triton", 1.0, ">=", id="binary-vs-triton"),
+        pytest.param("json_cpu_ms", 6.0, "<=", id="json-cpu"),
+        pytest.param("small_vs_triton_http", 0.8, ">=", id="small-vs-triton"),
+        pytest.param("small_vs_naive", 2.4, ">=", id="small-vs-naive"),
+        pytest.param("lone_p50_ms", 2.5, "<=", id="lone"),
+    ],
+)
+def test_summary_targets(key, target, op):
+    item = by_key(report.summary({"models": []}))[key]
+    assert (item["target"], item["op"]) == (target, op)
+    assert item["value"] is None and item["met"] is None and item["where"] == "not measured"
+
+
+def test_summary_reads_gross_cpu_without_an_idle_measure():
+    items = by_key(report.summary(summary_results(SMALL_RUNS, LARGE_RUNS + TRITON_LARGE_RUNS, None, [1, 4])))
+    assert items["binary_cpu_ms"]["value"] == pytest.approx(6.0)
+    assert items["binary_cpu_ms"]["where"] == "tiny_image, 4 connections, gross"
+    assert items["binary_vs_triton"]["value"] == pytest.approx(1.0)
+
+
+def test_markdown_opens_with_the_summary():
+    results = {
+        "machine": {"nproc": 2, "cpu_model": "x", "ram_gb": 1, "gpus": []},
+        **summary_results(SMALL_RUNS, LARGE_RUNS[:4] + TRITON_LARGE_RUNS[:2], 1.0, [1, 4]),
+    }
+    for model in results["models"]:
+        model["description"] = model["key"]
+        model["runs"] = [{"tool": "wrk", "p50_ms": None, "p95_ms": None, "p99_ms": None, **r} for r in model["runs"]]
+    text = report.markdown(results)
+    assert text.index("## Headline summary") < text.index("### demo_mlp")
+    assert "| proxy / naive aiohttp server (c/a) | 2.70x | >= 2.4x | yes | demo_mlp, 64 connections |" in text
+    assert "| a lone request through the proxy (c, 1 connection), p50 | 2.2 ms | <= 2.5 ms | yes |" in text
+    assert "| (f) proxy CPU per request, binary v2 image | 4.89 ms | <= 0.3 ms | **no** | tiny_image, 4 conn" in text

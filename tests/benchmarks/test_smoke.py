@@ -70,19 +70,29 @@ def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         if r["status"] != "ok" or r["throughput"] <= 0 or r["errors"] * 10 > r["requests"]
     ]
     assert not bad, bad
-    assert all(r["cpu_ms_per_request"]["proxy"] > 0 for r in large)
+    proxied = [r for r in large if r["path"] != "triton_large_binary"]
+    assert all(r["cpu_ms_per_request"]["proxy"] > 0 for r in proxied)
+    assert all("proxy" not in r["cpu"] for r in large if r["path"] == "triton_large_binary")
     summary = image["large_input"]
     assert summary["body_bytes"]["json"] > 2**19 and summary["body_bytes"]["binary"] > 3 * 224 * 224 * 4
+    # The proxy's JSON and binary answers and Triton's own answer to the binary body: one output.
     assert summary["check"]["agree"] is True, summary["check"]
+    assert set(summary["check"]["status"]) == set(report.LARGE_PATHS)
     assert summary["proxy_idle_cpu_pct"] is not None
     assert all(row["cpu_ratio"] is not None for row in summary["by_concurrency"].values())
     assert all(row["binary_proxy_cpu_ms_net"] is not None for row in summary["by_concurrency"].values())
+    assert all(row["vs_triton"] is not None for row in summary["by_concurrency"].values())
     assert summary["met"] in (True, False)
+
+    headline = {item["key"]: item for item in results["summary"]}
+    assert set(headline) == set(report.SUMMARY_TARGETS)
+    assert all(item["value"] is not None for item in headline.values()), headline
 
     table = (out / "results.md").read_text()
     assert "| path | tool | conc. | req/s |" in table
     assert "(d) Triton direct, batching on" in table
     assert "**Large input through the proxy (f)**" in table and "binary / JSON, net" in table
+    assert table.index("## Headline summary") < table.index("### ")
     for name in ("demo_mlp_throughput.png", "demo_mlp_latency.png", "tiny_image_throughput.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
@@ -152,3 +162,32 @@ def test_v2_binary_body_is_the_json_row_in_raw_bytes(batched, shape):
     flat = json.loads(case.body())["input"]
     assert math.prod([len(flat), len(flat[0]), len(flat[0][0])]) == len(values)
     assert list(values[:10]) == flat[0][0][:10] and list(values[-10:]) == flat[-1][-1][-10:]
+
+
+@pytest.mark.parametrize(
+    ("answers", "agree", "diff"),
+    [
+        pytest.param({}, None, None, id="nothing"),
+        pytest.param({"proxy_large_json": [1.0, 2.0]}, None, None, id="one-answer"),
+        pytest.param(
+            {"proxy_large_json": [1.0, 2.0], "proxy_large_binary": [1.0, 2.0], "triton_large_binary": [1.0, 2.0]},
+            True,
+            0.0,
+            id="all-same",
+        ),
+        pytest.param(
+            {"proxy_large_json": [1.0, 200.0], "proxy_large_binary": [1.1, 200.0]}, True, 0.1, id="within-scale"
+        ),
+        pytest.param(
+            {"proxy_large_json": [1.0, 2.0], "proxy_large_binary": [1.0, 2.0], "triton_large_binary": [1.5, 2.0]},
+            False,
+            0.5,
+            id="triton-differs",
+        ),
+        pytest.param({"proxy_large_json": [1.0, 2.0], "triton_large_binary": [1.0]}, False, None, id="lengths"),
+    ],
+)
+def test_compare_answers(answers, agree, diff):
+    check = run.compare_answers(answers)
+    assert check["agree"] is agree
+    assert check["max_abs_diff"] == (None if diff is None else pytest.approx(diff))
