@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from proxy.errors import BadRequest, NonFinite, NotFound, TooManyRows, WrongShape, WrongType
+from proxy import json_arrays
+from proxy.errors import BadRequest, NonFinite, NotFound, ProxyError, TooManyRows, WrongShape, WrongType
+from proxy.json_arrays import Declined, Dense
 from proxy.schema import ModelSchema, TensorSchema
 from proxy.validation import Prediction, check_finite, check_variable_dims, flat_tensor, parse_json, tensor
 
@@ -79,9 +81,21 @@ def check_model(schema: ModelSchema, name: str, version: str | None) -> None:
 
 
 def parse_infer(body: bytes, header_length: str | None, schema: ModelSchema, max_dim: int) -> InferRequest:
-    """A v2 inference body (JSON, or JSON header + binary tensors) -> validated arrays."""
+    """A v2 inference body (JSON, or JSON header + binary tensors) -> validated arrays.
+
+    Float inputs' JSON `data` is read by `proxy.json_arrays` first, without a Python float per number; when it
+    is not sure, or the request is refused, the orjson reading runs and decides (and words any refusal)."""
     header, tensors = _split(body, header_length)
-    doc = parse_json(header)
+    doc = json_arrays.infer_header(header, schema)
+    if doc is not None:
+        try:
+            return _infer(doc, tensors, schema, max_dim)
+        except (Declined, ProxyError):
+            pass
+    return _infer(parse_json(header), tensors, schema, max_dim)
+
+
+def _infer(doc: Any, tensors: memoryview, schema: ModelSchema, max_dim: int) -> InferRequest:
     if not isinstance(doc, dict):
         raise WrongType("the inference request must be a JSON object")
     inputs = doc.get("inputs")
@@ -168,6 +182,8 @@ def _from_json(
     data: Any, spec: TensorSchema, shape: tuple[int, ...], rows: int | None, max_dim: int, where: str
 ) -> np.ndarray:
     """JSON `data`, flat (as tritonclient sends it) or nested, checked as `/predict` checks its rows."""
+    if isinstance(data, Dense):
+        return _from_dense(data, spec, shape, rows, max_dim, where)
     if not isinstance(data, list):
         raise WrongType(f"{where}: 'data' must be a list")
     if not data or isinstance(data[0], list):  # nested, as `/predict` takes it
@@ -177,6 +193,19 @@ def _from_json(
     if -1 in spec.shape:  # the batch dimension, when there is one, is bounded by max_batch_size instead
         check_variable_dims(shape, (shape[0], *spec.shape) if rows is not None else spec.shape, max_dim, where)
     return flat_tensor(data, spec, shape, where)
+
+
+def _from_dense(
+    data: Dense, spec: TensorSchema, shape: tuple[int, ...], rows: int | None, max_dim: int, where: str
+) -> np.ndarray:
+    """`_from_json`'s reading of numbers `proxy.json_arrays` read; `Declined` wherever that would refuse them."""
+    if len(data.shape) > 1:  # nested
+        return json_arrays.fit(data, spec, spec.shape if rows is None else (rows, *spec.shape), max_dim)
+    if data.shape[0] != math.prod(shape):
+        raise Declined
+    if -1 in spec.shape:
+        check_variable_dims(shape, (shape[0], *spec.shape) if rows is not None else spec.shape, max_dim, where)
+    return json_arrays.typed(data, spec).reshape(shape)
 
 
 def _from_bytes(

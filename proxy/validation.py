@@ -9,6 +9,10 @@ Body forms (the choice is documented in `proxy/openapi.yaml`):
 Parsing is orjson's: it refuses nesting deeper than 1024 and `NaN`/`Infinity` literals, and is fast. Its
 errors are told apart only here, on the error path, so each bad body gets its own stable code.
 
+`predict_from_body` lets `proxy.json_arrays` read float inputs first (simdjson, straight into numpy, no Python
+float per number); it only ever accepts, and any body it is not sure of comes here, so the rules and the
+refusals below are the only ones.
+
 Integer inputs are exact. orjson reads integer literals within 64 bits as Python ints and anything else as a
 double, so an integer input takes integer literals as written, and a float only when it is integral and at
 most 2^53 - 1 in magnitude (beyond, a double stands for many integers and the one meant cannot be known).
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from proxy import json_arrays
 from proxy.errors import (
     EmptyBody,
     InvalidJson,
@@ -54,6 +59,16 @@ class Prediction:
     arrays: dict[str, np.ndarray]
     rows: int
     batch: bool
+
+
+def predict_from_body(body: bytes, schema: ModelSchema, max_dynamic_dim: int = DEFAULT_MAX_DYNAMIC_DIM) -> Prediction:
+    """`to_prediction(parse_json(body), ...)`, with float inputs read by `proxy.json_arrays` first (no Python float
+    per number) and this module's path taking every body that one is not sure of, so every refusal is its own."""
+    fast = json_arrays.predict_arrays(body, schema, max_dynamic_dim)
+    if fast is None:
+        return to_prediction(parse_json(body), schema, max_dynamic_dim)
+    arrays, rows = fast
+    return Prediction(arrays, 1 if rows is None else rows, batch=rows is not None)
 
 
 def parse_json(body: bytes) -> Any:
