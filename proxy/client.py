@@ -7,6 +7,9 @@ deadline -> 504, rejected -> 400, anything else -> 502 (what a Triton error mean
 inferences the request's remaining deadline. Triton gets the smaller of that and the model's queue timeout as
 the request's own `timeout` (which overrides the queue policy's), so Triton drops work nobody waits for any
 more and no request outstays `QUEUE_TIMEOUT_MS` in its queue.
+
+Tensors travel through the worker's shared-memory region when Triton registered it (`proxy.shm`), else in the
+message; a request whose region a restarted Triton forgot is sent again in the message, so that is never an error.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
+from nexusml.triton.server import SHM_HEADER
 from proxy.errors import (
     DeadlineExceeded,
     ProxyError,
@@ -36,6 +40,7 @@ from proxy.errors import (
 )
 from proxy.schema import ModelSchema, from_triton
 from proxy.settings import ProxySettings
+from proxy.shm import Lease, SharedMemory, answered
 
 # gRPC waits up to 120 s between reconnection attempts by default; a restarted Triton should be found fast.
 _GRPC_CHANNEL_ARGS = [
@@ -71,10 +76,15 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
 class Upstream(ABC):
     """One Triton, one protocol; shared by every request of a worker."""
 
+    client: Any  # tritonclient's aio client of the protocol
+
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
         self.protocol = settings.upstream_protocol
         self.url = settings.model_server_url
+        self.shm = SharedMemory(
+            settings.shared_memory, settings.shared_memory_bytes, self._register_shm, self._unregister_shm
+        )
 
     async def _call(self, call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
         """A metadata or health call, bounded and mapped."""
@@ -128,13 +138,55 @@ class Upstream(ABC):
         queue_timeout_s = min(remaining, schema.queue_timeout_s or remaining)
         priority = level if 0 < level <= schema.priority_levels else 0
         try:
-            return await self._infer(schema, version, arrays, remaining, queue_timeout_s, request_id, priority)
+            return await self._send(schema, version, arrays, deadline, remaining, queue_timeout_s, request_id, priority)
         except InferenceServerException as err:
             raise from_triton_error(err) from err
         except TimeoutError as err:
             raise DeadlineExceeded(f"Triton did not answer within {remaining * 1000:.0f} ms") from err
         except (aiohttp.ClientError, OSError) as err:
             raise UpstreamUnavailable(f"Triton at {self.url} is unreachable: {type(err).__name__}") from err
+
+    async def _send(
+        self,
+        schema: ModelSchema,
+        version: str,
+        arrays: dict[str, np.ndarray],
+        deadline: float,
+        timeout_s: float,
+        queue_timeout_s: float,
+        request_id: str,
+        priority: int,
+    ) -> tuple[Outputs, str]:
+        """Through a shared-memory slot when one is free, else in the message. The slot is given back only once
+        Triton's answer is in (`SharedMemory.give_back`); a region Triton forgot sends the request again in the
+        message, within the same deadline."""
+        lease = self.shm.lease(schema, arrays)
+        if lease is not None:
+            done = False
+            try:
+                result = await self._infer(
+                    schema, version, arrays, timeout_s, queue_timeout_s, request_id, priority, lease
+                )
+                done = True
+                return result
+            except InferenceServerException as err:
+                done = answered(err)
+                if not self.shm.forgot(err):
+                    raise
+            finally:
+                self.shm.give_back(lease, done)
+            # Triton forgot the region: again in the message, with what is left of the deadline.
+            timeout_s = deadline - asyncio.get_running_loop().time()
+            if timeout_s <= 0:
+                raise DeadlineExceeded("the deadline passed before the request reached Triton")
+            queue_timeout_s = min(queue_timeout_s, timeout_s)
+        return await self._infer(schema, version, arrays, timeout_s, queue_timeout_s, request_id, priority, None)
+
+    @abstractmethod
+    async def _register_shm(self, name: str, key: str, byte_size: int) -> None: ...
+
+    @abstractmethod
+    async def _unregister_shm(self, name: str) -> None: ...
 
     @abstractmethod
     async def _live(self) -> bool: ...
@@ -161,16 +213,31 @@ class Upstream(ABC):
         queue_timeout_s: float,
         request_id: str,
         priority: int,
+        lease: Lease | None,
     ) -> tuple[Outputs, str]: ...
 
-    @abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Unregister and unlink the shared-memory region, then close the client."""
+        await self.shm.close()
+        await self.client.close()
 
 
 class GrpcUpstream(Upstream):
     def __init__(self, settings: ProxySettings) -> None:
         super().__init__(settings)
         self.client = grpcaio.InferenceServerClient(settings.upstream_address, channel_args=_GRPC_CHANNEL_ARGS)
+        # Over gRPC Triton reads a restricted API's header with this prefix.
+        self.shm_headers = {f"triton-grpc-protocol-{SHM_HEADER}": settings.shm_key} if settings.shm_key else None
+
+    async def _register_shm(self, name: str, key: str, byte_size: int) -> None:
+        await self.client.register_system_shared_memory(
+            name, key, byte_size, headers=self.shm_headers, client_timeout=self.settings.connect_timeout_s
+        )
+
+    async def _unregister_shm(self, name: str) -> None:
+        await self.client.unregister_system_shared_memory(
+            name, headers=self.shm_headers, client_timeout=self.settings.connect_timeout_s
+        )
 
     async def _live(self) -> bool:
         return await self.client.is_server_live(client_timeout=self.settings.connect_timeout_s)
@@ -197,27 +264,42 @@ class GrpcUpstream(Upstream):
         queue_timeout_s: float,
         request_id: str,
         priority: int,
+        lease: Lease | None,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
             array = arrays[spec.name]
             tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
-            tensor.set_data_from_numpy(array)
+            if lease is None:
+                tensor.set_data_from_numpy(array)
+            else:
+                offset, nbytes = lease.inputs[spec.name]
+                tensor.set_shared_memory(lease.region, nbytes, offset)
             inputs.append(tensor)
+        requested = None
+        if lease is not None:
+            requested = [grpcclient.InferRequestedOutput(spec.name) for spec in schema.outputs]
+            for output in requested:
+                offset, nbytes = lease.outputs[output.name()]
+                output.set_shared_memory(lease.region, nbytes, offset)
         result = await self.client.infer(
             schema.name,
             inputs,
             model_version=version,
+            outputs=requested,
             request_id=request_id,
             priority=priority,
             timeout=max(int(queue_timeout_s * 1_000_000), 1),
             client_timeout=timeout_s,
         )
-        outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        if lease is None:
+            outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        else:
+            outputs = {
+                spec.name: lease.read(spec.name, spec.dtype, list(result.get_output(spec.name).shape))
+                for spec in schema.outputs
+            }
         return outputs, result.get_response().model_version
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 class HttpUpstream(Upstream):
@@ -228,6 +310,15 @@ class HttpUpstream(Upstream):
             conn_limit=max(settings.max_in_flight, 16),
             conn_timeout=settings.request_timeout_ms / 1000 + settings.connect_timeout_s,
         )
+        self.shm_headers = {SHM_HEADER: settings.shm_key} if settings.shm_key else None
+
+    async def _register_shm(self, name: str, key: str, byte_size: int) -> None:
+        async with asyncio.timeout(self.settings.connect_timeout_s):
+            await self.client.register_system_shared_memory(name, key, byte_size, headers=self.shm_headers)
+
+    async def _unregister_shm(self, name: str) -> None:
+        async with asyncio.timeout(self.settings.connect_timeout_s):
+            await self.client.unregister_system_shared_memory(name, headers=self.shm_headers)
 
     async def _live(self) -> bool:
         return await self.client.is_server_live()
@@ -253,14 +344,23 @@ class HttpUpstream(Upstream):
         queue_timeout_s: float,
         request_id: str,
         priority: int,
+        lease: Lease | None,
     ) -> tuple[Outputs, str]:
         inputs = []
         for spec in schema.inputs:
             array = arrays[spec.name]
             tensor = httpclient.InferInput(spec.name, list(array.shape), spec.datatype)
-            tensor.set_data_from_numpy(array, binary_data=True)
+            if lease is None:
+                tensor.set_data_from_numpy(array, binary_data=True)
+            else:
+                offset, nbytes = lease.inputs[spec.name]
+                tensor.set_shared_memory(lease.region, nbytes, offset)
             inputs.append(tensor)
         requested = [httpclient.InferRequestedOutput(spec.name, binary_data=True) for spec in schema.outputs]
+        if lease is not None:
+            for output in requested:
+                offset, nbytes = lease.outputs[output.name()]
+                output.set_shared_memory(lease.region, nbytes, offset)
         async with asyncio.timeout(timeout_s):
             result = await self.client.infer(
                 schema.name,
@@ -271,11 +371,14 @@ class HttpUpstream(Upstream):
                 priority=priority,
                 timeout=max(int(queue_timeout_s * 1_000_000), 1),
             )
-        outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        if lease is None:
+            outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
+        else:
+            outputs = {
+                spec.name: lease.read(spec.name, spec.dtype, list(result.get_output(spec.name)["shape"]))
+                for spec in schema.outputs
+            }
         return outputs, str(result.get_response().get("model_version", version))
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 def connect(settings: ProxySettings) -> Upstream:

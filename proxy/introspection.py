@@ -18,7 +18,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 
 async def models(request: web.Request) -> web.Response:
-    """The served model, the version serving it, and during a model update the version being tried."""
+    """The served model, the version serving it, during a model update the version being tried, and whether this
+    worker's tensors reach Triton through shared memory (`shared_memory`)."""
     state = request.app[STATE]
     if state.schema is None:
         raise NotReady(state.schema_problem)
@@ -33,7 +34,8 @@ async def models(request: web.Request) -> web.Response:
             described["trying_version"] = tried.versions[-1] if tried.versions else None
     except ProxyError:
         pass  # no candidate, or Triton busy: nothing is being tried that the proxy can see
-    return web.json_response({"models": [described]}, dumps=dumps)
+    # How this worker's tensors reach Triton: `active` false means in the message, `detail` says why.
+    return web.json_response({"models": [described], "shared_memory": state.upstream.shm.describe()}, dumps=dumps)
 
 
 async def tenants(request: web.Request) -> web.Response:

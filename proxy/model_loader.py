@@ -27,7 +27,8 @@ log = logging.getLogger("proxy")
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: the upstream client, the loader and the follower live as long as the app."""
+    """aiohttp cleanup context: the upstream client, the loader and the follower live as long as the app; closing
+    the client unregisters and unlinks its shared-memory region."""
     state = app[STATE]
     state.upstream = connect(state.settings)
     follower: list[asyncio.Task[None]] = []
@@ -46,10 +47,16 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _load(state: ProxyState, follower: list[asyncio.Task[None]]) -> None:
-    """Read the schema until it works, serve it, then start following it (the task goes into `follower`)."""
+    """Read the schema until it works, serve it, register the shared-memory region, then start following the schema
+    (the task goes into `follower`).
+
+    The region is registered once the model is ready, because Triton answers then; a Triton restarted later has
+    forgotten it, which the first request through it finds out (`SharedMemory.forgot`) and registers it again.
+    """
     await load_schema(state)
     schema = state.schema
-    assert schema is not None
+    assert schema is not None and state.upstream is not None
+    await state.upstream.shm.open()
     log.info(
         "serving model %s (versions %s) from %s; coalescing %s",
         schema.name,

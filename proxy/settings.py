@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
 from nexusml.core.settings import LOG_FORMAT, LOG_LEVEL, META_PATH, MODEL_SERVER_URL, env, parse_bool
+from nexusml.triton.settings import SHM_KEY
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
@@ -132,6 +133,23 @@ class ProxySettings:
         minimum=0.05,
         maximum=600,
     )
+    shared_memory: str = env(
+        "UPSTREAM_SHARED_MEMORY",
+        "auto",
+        "tensors to and from Triton through a POSIX shared-memory region per worker: auto (when Triton registers "
+        "it, i.e. shares this host's /dev/shm; else in the message, said once in the log and GET /v1/models) or off",
+        choices=("auto", "off"),
+    )
+    shared_memory_bytes: int = env(
+        "UPSTREAM_SHARED_MEMORY_BYTES",
+        64 << 20,
+        "size of each worker's shared-memory region, in bytes; a request whose inputs and outputs do not fit in "
+        "what is free goes in the message",
+        int,
+        minimum=1 << 16,
+        maximum=1 << 34,
+    )
+    shm_key: str | None = SHM_KEY.field()
     retry_after_s: int = env(
         "RETRY_AFTER_S", 1, "Retry-After sent with 429 and 503 answers", int, minimum=1, maximum=3600
     )

@@ -12,7 +12,8 @@ check for servers that died never race.
 
 The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
 (docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
-TRITON_ADMIN_KEY is set), which only the watcher is given.
+TRITON_ADMIN_KEY is set), which only the watcher is given; its shared-memory API to another key (unless
+TRITON_SHM_KEY is set), which only the proxy is given.
 """
 
 from __future__ import annotations
@@ -129,8 +130,14 @@ def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
 
 
 def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> ManagedProcess:
-    """The front proxy, talking gRPC to the Triton just started, ready when /readyz says so."""
-    proxy_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "MODEL_NAME": model}
+    """The front proxy, talking gRPC to the Triton just started with the shared-memory key of this run, ready when
+    /readyz says so."""
+    proxy_env = {
+        **env,
+        "MODEL_SERVER_URL": triton.grpc_url,
+        "MODEL_NAME": model,
+        "TRITON_SHM_KEY": triton.settings.shm_key or "",
+    }
     ready = f"http://127.0.0.1:{settings.proxy.port}/readyz"
     return _child("proxy", "proxy", proxy_env, ready, settings.proxy.shutdown_grace_s + 5, "PORT")
 
@@ -195,7 +202,9 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         _step("publish demo model", ["publish-demo"], env)
     _step("sync", ["sync"], env)
     triton_settings = dataclasses.replace(
-        settings.triton, admin_key=settings.triton.admin_key or secrets.token_urlsafe(24)
+        settings.triton,
+        admin_key=settings.triton.admin_key or secrets.token_urlsafe(24),
+        shm_key=settings.triton.shm_key or secrets.token_urlsafe(24),
     )
     settings = dataclasses.replace(settings, triton=triton_settings)
     triton = TritonServer(settings.triton, env)

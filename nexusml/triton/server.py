@@ -61,15 +61,21 @@ class TritonDistribution:
         return root
 
 
-# The header Triton's restricted APIs want (compose and the chart name the same); its value is TRITON_ADMIN_KEY.
+# The headers Triton's restricted APIs want (compose and the chart name the same). The admin key (TRITON_ADMIN_KEY)
+# opens the repository API to the watcher; the shared-memory key (TRITON_SHM_KEY) opens the shared-memory API to
+# the proxy alone: a client able to register regions could make Triton read or write any shared memory it can open.
+# Over gRPC Triton expects each header with the prefix `triton-grpc-protocol-`.
 ADMIN_HEADER = "nexus-admin-key"
+SHM_HEADER = "nexus-shm-key"
 
 
-def restricted_flags(key: str, apis: str = "model-repository,logging,trace") -> list[str]:
-    """Triton's flags that make `apis` answer only requests carrying `ADMIN_HEADER: key`."""
+def restricted_flags(key: str, apis: str = "model-repository,logging,trace", header: str = ADMIN_HEADER) -> list[str]:
+    """Triton's flags that make `apis` answer only requests carrying `header: key`.
+
+    Triton 2.51 takes several such flags, each group of APIs with its own header and key (tested)."""
     return [
-        f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
-        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}",
+        f"--http-restricted-api={apis}:{header}={key}",
+        f"--grpc-restricted-protocol={apis}:{header}={key}",
     ]
 
 
@@ -95,6 +101,7 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         "--allow-sagemaker=false",
         "--allow-vertex-ai=false",
         *(restricted_flags(settings.admin_key) if settings.admin_key else []),
+        *(restricted_flags(settings.shm_key, "shared-memory", SHM_HEADER) if settings.shm_key else []),
     ]
 
 
@@ -118,7 +125,9 @@ class TritonServer(ManagedProcess):
     ) -> None:
         """`extra_args` follow the launcher's flags, e.g. the deployments' `--*-restricted-*` flags in tests."""
         self.settings = settings
-        logs.hide(settings.admin_key)  # it is on the command line (Triton reads it nowhere else), which is logged
+        # The keys are on the command line (Triton reads them nowhere else), which is logged.
+        logs.hide(settings.admin_key)
+        logs.hide(settings.shm_key)
         self.extra_args = extra_args
         self.dist = TritonDistribution.find()
         self._backend_root: Path | None = None

@@ -25,6 +25,7 @@ COMMON = {"time", "level", "logger", "message"}
 def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -> None:
     ports = stack_ports()
     admin_key = "admin-" + secrets.token_hex(16)
+    shm_key = "shm-" + secrets.token_hex(16)
     api_key = "client-" + secrets.token_hex(16)
     env = {
         **base_environment(),
@@ -34,6 +35,7 @@ def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -
         "LOG_FORMAT": "json",
         "ACCESS_LOG": "all",
         "TRITON_ADMIN_KEY": admin_key,
+        "TRITON_SHM_KEY": shm_key,
         "API_KEYS": api_key,
     }
     log_path = tmp_path / "up.log"
@@ -62,15 +64,17 @@ def test_a_json_run_of_the_stack_logs_json_lines_and_no_secret(tmp_path: Path) -
     assert code == 0, text[-3000:]
     lines = [json.loads(raw) for raw in text.splitlines()]  # every line, or this fails
     assert all(isinstance(line, dict) and line.keys() >= COMMON for line in lines), text[-3000:]
-    assert admin_key not in text and api_key not in text
+    assert admin_key not in text and api_key not in text and shm_key not in text
     assert "Traceback" not in text
     loggers = {line["logger"] for line in lines}
     assert {"tritonserver", "proxy", "proxy.access", "nexusml.core.process"} <= loggers, loggers
     triton = [line for line in lines if line["logger"] == "tritonserver"]
     assert any(line["message"].startswith("Started GRPCInferenceService") for line in triton), triton[:5]
+    proxy_lines = [line["message"] for line in lines if line["logger"] == "proxy"]
+    assert any("through shared memory" in message for message in proxy_lines), proxy_lines  # TRITON_SHM_KEY given
     assert {line["level"] for line in triton} <= {"INFO", "WARNING", "ERROR", "CRITICAL"}
     (started,) = [line for line in lines if line["message"].startswith("starting tritonserver:")]
-    assert ":nexus-admin-key=***" in started["message"]
+    assert ":nexus-admin-key=***" in started["message"] and ":nexus-shm-key=***" in started["message"]
     (malformed,) = [line for line in lines if line["logger"] == "proxy.http"]
     assert malformed["level"] == "WARNING" and malformed["code"] == "bad_framing" and malformed["request_id"]
     (predicted,) = [line for line in lines if line["logger"] == "proxy.access" and line.get("path") == "/predict"]
