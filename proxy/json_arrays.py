@@ -19,6 +19,9 @@ is known to be regular. The last level is not walked (that would make the Python
 instead, the body must hold exactly as many `[` bytes as arrays were seen, so none hides among the numbers.
 A string or key holding a `[` makes that count differ, and the orjson path takes the body.
 
+Bodies under `MIN_BYTES` go to the orjson path at once: there its fixed cost is smaller (measured on the
+2-core VM: 5 numbers 17 us with orjson, 30 us here; the two meet near 250 numbers, about 2 KB).
+
 A fresh `simdjson.Parser` per body: it costs no more than reusing one (measured), and a shared one cannot
 parse again while any proxy of its last document lives, nor be used from two threads.
 """
@@ -35,6 +38,7 @@ import simdjson
 
 from proxy.schema import DTYPES, ModelSchema, TensorSchema
 
+MIN_BYTES = 2048  # smaller bodies: the orjson path is cheaper (see above)
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _BOM = b"\xef\xbb\xbf"
 # Every integer up to this magnitude is exactly one double; beyond, orjson's int and simdjson's double may differ.
@@ -59,7 +63,7 @@ class Dense:
 def predict_arrays(body: bytes, schema: ModelSchema, max_dim: int) -> tuple[dict[str, np.ndarray], int | None] | None:
     """`POST /predict`'s body -> (the input arrays, the rows of the `inputs` form or None for `input`), as
     `validation.to_prediction(parse_json(body), ...)` gives them; None when not sure (the caller runs that)."""
-    if not all(spec.datatype in _FLOATS and spec.shape for spec in schema.inputs):
+    if len(body) < MIN_BYTES or not all(spec.datatype in _FLOATS and spec.shape for spec in schema.inputs):
         return None
     doc = _parse(body)
     if not isinstance(doc, simdjson.Object) or len(doc) != 1:
@@ -113,7 +117,7 @@ def _batch(body: bytes, value: Any, schema: ModelSchema, max_dim: int) -> tuple[
 def infer_header(header: bytes, schema: ModelSchema) -> dict[str, Any] | None:
     """An Open Inference Protocol JSON header as orjson reads it, except that each input's `data` is a `Dense`.
     None when not sure (any input not a float, duplicate keys, `data` not a regular array of numbers, ...)."""
-    if not all(spec.datatype in _FLOATS for spec in schema.inputs):
+    if len(header) < MIN_BYTES or not all(spec.datatype in _FLOATS for spec in schema.inputs):
         return None
     doc = _parse(header)
     if not isinstance(doc, simdjson.Object):

@@ -3,7 +3,8 @@
 Each body runs through the public entry points twice: as they are, and with the fast reading switched off
 (the orjson path alone). The outcomes must be equal: the same arrays to the bit (dtype, shape, bytes), or the
 same error class and message. `fast` says whether the fast reading must take the body itself (the orjson
-parser is made to fail when it must), so a fast path that declined everything would fail here too.
+parser is made to fail when it must), so a fast path that declined everything would fail here too. The bodies
+are small, so the fast path's size threshold is lifted for them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ HALF = model(TensorSchema("X", "FP16", (3,)))
 DOUBLE = model(TensorSchema("X", "FP64", (2, 2)), batch=0)
 TWO = model(TensorSchema("A", "FP32", (2,)), TensorSchema("B", "FP64", (3,)))
 INTEGER = model(TensorSchema("X", "INT32", (3,)))
+
+
+@pytest.fixture(autouse=True)
+def any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json_arrays, "MIN_BYTES", 0)
 
 
 def nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
@@ -283,3 +289,17 @@ def test_random_literals_round_as_orjson_and_numpy_round_them(
         return validation.predict_from_body(body, schema, MAX_DIM).arrays
 
     both_ways(monkeypatch, validation, "predict_arrays", call, fast)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "read"), [pytest.param(5, False, id="small"), pytest.param(1000, True, id="large")]
+)
+def test_only_bodies_past_the_threshold_take_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch, numbers: int, read: bool
+) -> None:
+    monkeypatch.undo()
+    schema = model(TensorSchema("X", "FP32", (numbers,)))
+    predict = js({"input": PRECISE[:1] * numbers})
+    infer_body = infer(entry(PRECISE[:1] * numbers, [1, numbers]))
+    assert (json_arrays.predict_arrays(predict, schema, MAX_DIM) is not None) is read
+    assert (json_arrays.infer_header(infer_body, schema) is not None) is read
