@@ -21,6 +21,7 @@ from reliability.scenarios import (
     model_update,
     noisy_neighbour,
     overload,
+    shm_restart,
     sigterm,
     slow_backend,
     soak,
@@ -35,6 +36,7 @@ Runner = Callable[[Bed, argparse.Namespace], list[ScenarioResult]]
 SCENARIOS: dict[str, Runner] = {
     "overload": lambda bed, a: [overload.run(bed, overload.Config.long(a.duration))],
     "triton-killed": lambda bed, a: [triton_kill.run(bed, triton_kill.Config.long(a.duration))],
+    "shm-triton-restart": lambda bed, a: [shm_restart.run(bed, shm_restart.Config.long(a.duration))],
     "python-stub-dies": lambda bed, a: [stub_crash.run(bed, stub_crash.Config.long(a.duration))],
     "slow-backend": lambda bed, a: [
         slow_backend.run(bed, slow_backend.Config.long(a.duration, protocol)) for protocol in ("grpc", "http")
