@@ -93,7 +93,7 @@ def _single(body: bytes, value: Any, schema: ModelSchema, max_dim: int) -> tuple
     arrays: dict[str, np.ndarray] = {}
     seen = 0
     for spec in schema.inputs:
-        dense, count = dense_array(trees[spec.name], len(spec.shape))
+        dense, count = dense_array(trees[spec.name], _within(spec.shape, max_dim))
         array = fit(dense, spec, spec.shape, max_dim)
         arrays[spec.name] = array[np.newaxis] if schema.batched else array
         seen += count
@@ -108,13 +108,13 @@ def _batch(body: bytes, value: Any, schema: ModelSchema, max_dim: int) -> tuple[
     if not 1 <= rows <= schema.max_batch_size:
         raise Declined
     spec = schema.inputs[0]
-    dense, count = dense_array(value, 1 + len(spec.shape))
+    dense, count = dense_array(value, (rows, *_within(spec.shape, max_dim)))
     array = fit(dense, spec, (rows, *spec.shape), max_dim)
     _check_brackets(body, count)
     return {spec.name: array}, rows
 
 
-def infer_header(header: bytes, schema: ModelSchema) -> dict[str, Any] | None:
+def infer_header(header: bytes, schema: ModelSchema, max_dim: int) -> dict[str, Any] | None:
     """An Open Inference Protocol JSON header as orjson reads it, except that each input's `data` is a `Dense`.
     None when not sure (any input not a float, duplicate keys, `data` not a regular array of numbers, ...)."""
     if len(header) < MIN_BYTES or not all(spec.datatype in _FLOATS for spec in schema.inputs):
@@ -123,14 +123,14 @@ def infer_header(header: bytes, schema: ModelSchema) -> dict[str, Any] | None:
     if not isinstance(doc, simdjson.Object):
         return None
     try:
-        result, seen = _fields(doc, lambda key, value: _inputs(value, schema) if key == "inputs" else None)
+        result, seen = _fields(doc, lambda key, value: _inputs(value, schema, max_dim) if key == "inputs" else None)
         _check_brackets(header, seen)
     except (Declined, *_SIMDJSON_ERRORS):
         return None
     return result
 
 
-def _inputs(value: Any, schema: ModelSchema) -> tuple[list[Any], int]:
+def _inputs(value: Any, schema: ModelSchema, max_dim: int) -> tuple[list[Any], int]:
     if not isinstance(value, simdjson.Array):
         raise Declined
     entries: list[Any] = []
@@ -141,9 +141,9 @@ def _inputs(value: Any, schema: ModelSchema) -> tuple[list[Any], int]:
         spec = schema.input(entry.get("name"))
         if spec is None:
             raise Declined
-        depth = len(spec.shape) + (1 if schema.batched else 0)
+        within = ((schema.max_batch_size,) if schema.batched else ()) + _within(spec.shape, max_dim)
         fields, count = _fields(
-            entry, lambda key, data, depth=depth: dense_array(data, depth) if key == "data" else None
+            entry, lambda key, data, within=within: dense_array(data, within) if key == "data" else None
         )
         entries.append(fields)
         seen += count
@@ -171,9 +171,11 @@ def _fields(obj: Any, special: Callable[[str, Any], tuple[Any, int] | None]) -> 
     return result, seen
 
 
-def dense_array(top: Any, depth: int) -> tuple[Dense, int]:
-    """A simdjson array, regular at most `depth` deep, as a `Dense`; and the count of arrays walked in it."""
-    if not isinstance(top, simdjson.Array) or depth < 1:
+def dense_array(top: Any, within: tuple[int, ...]) -> tuple[Dense, int]:
+    """A simdjson array, regular at most `len(within)` deep, as a `Dense`; and the count of arrays walked in it.
+    A level with arrays below it may hold at most `within[level]` (any more is refused later anyway): a body
+    of many tiny arrays costs no walk through them all."""
+    if not isinstance(top, simdjson.Array) or not within:
         raise Declined
     level = [top]
     shape: list[int] = []
@@ -182,8 +184,10 @@ def dense_array(top: Any, depth: int) -> tuple[Dense, int]:
         if length == 0 or any(len(array) != length for array in level):
             raise Declined
         shape.append(length)
-        if len(shape) == depth or not isinstance(level[0][0], simdjson.Array):
+        if len(shape) == len(within) or not isinstance(level[0][0], simdjson.Array):
             break
+        if length > within[len(shape) - 1]:
+            raise Declined
         below = [item for array in level for item in array]
         if not all(isinstance(item, simdjson.Array) for item in below):
             raise Declined
@@ -223,6 +227,10 @@ def _parse(body: bytes) -> Any:
         return simdjson.Parser().parse(body)
     except _SIMDJSON_ERRORS:
         return None
+
+
+def _within(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
+    return tuple(max_dim if dim == -1 else dim for dim in shape)
 
 
 def _arrays_in(shape: list[int]) -> int:

@@ -86,7 +86,7 @@ def parse_infer(body: bytes, header_length: str | None, schema: ModelSchema, max
     Float inputs' JSON `data` is read by `proxy.json_arrays` first, without a Python float per number; when it
     is not sure, or the request is refused, the orjson reading runs and decides (and words any refusal)."""
     header, tensors = _split(body, header_length)
-    doc = json_arrays.infer_header(header, schema)
+    doc = json_arrays.infer_header(header, schema, max_dim)
     if doc is not None:
         try:
             return _infer(doc, tensors, schema, max_dim)

@@ -251,7 +251,7 @@ def test_a_binary_tensor_beside_json_data() -> None:
     binary = np.array([[7, 8, 9]], dtype="<f4").tobytes()
     header = infer(entry([1, 2], [1, 2], name="A"), {**entry(None, [1, 3], name="B"), "parameters": {}})
     header = header.replace(b'"data": null, ', b"").replace(b"{}", b'{"binary_data_size": 12}')
-    assert json_arrays.infer_header(header, schema) is not None
+    assert json_arrays.infer_header(header, schema, MAX_DIM) is not None
     request = v2.parse_infer(header + binary, str(len(header)), schema, MAX_DIM)
     assert request.prediction.arrays["A"].tolist() == [[1, 2]]
     assert request.prediction.arrays["B"].tolist() == [[7, 8, 9]]
@@ -302,4 +302,4 @@ def test_only_bodies_past_the_threshold_take_the_fast_path(
     predict = js({"input": PRECISE[:1] * numbers})
     infer_body = infer(entry(PRECISE[:1] * numbers, [1, numbers]))
     assert (json_arrays.predict_arrays(predict, schema, MAX_DIM) is not None) is read
-    assert (json_arrays.infer_header(infer_body, schema) is not None) is read
+    assert (json_arrays.infer_header(infer_body, schema, MAX_DIM) is not None) is read
