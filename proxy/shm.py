@@ -236,6 +236,7 @@ class SharedMemory:
             self.active = False
             self.detail = "Triton forgot the region (restarted?): registering it again"
             log.warning("shared memory: %s", self.detail)
+            self._logged = ""  # what comes of it is news, even if it was said before
             self._retry_soon(0.0)
         return True
 
