@@ -23,7 +23,7 @@ from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.state import STATE
 from proxy.tenants import TENANCY, TENANT
-from proxy.validation import Prediction, parse_json, response_body, to_prediction
+from proxy.validation import Prediction, predict_from_body, response_body
 
 Parsed = TypeVar("Parsed")
 
@@ -33,7 +33,7 @@ async def predict(request: web.Request) -> web.Response:
     max_dim = request.app[STATE].settings.max_dynamic_dim
 
     def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, Prediction]:
-        prediction = to_prediction(parse_json(body), schema, max_dim)
+        prediction = predict_from_body(body, schema, max_dim)
         return prediction, prediction
 
     schema, prediction, outputs, version = await predicting(request, parse)
@@ -85,6 +85,9 @@ async def predicting(
 
 
 def check_headers(request: web.Request) -> None:
+    headers = request.headers
+    if headers.get("Content-Type") == JSON and "Content-Encoding" not in headers:
+        return  # the common request, without parsing its media type's parameters
     content_type = request.content_type
     if content_type != JSON and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type!r}")

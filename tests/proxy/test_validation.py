@@ -15,6 +15,7 @@ import orjson
 import pytest
 import yaml
 
+from proxy import validation
 from proxy.app import OPENAPI_PATH
 from proxy.errors import NonFiniteOutput, OutOfRange, ProxyError, WrongShape, http_status
 from proxy.schema import ModelSchema, TensorSchema
@@ -432,3 +433,65 @@ def test_parse_errors(raw: bytes, code: str) -> None:
     with pytest.raises(ProxyError) as caught:
         parse_json(raw)
     assert caught.value.code == code
+
+
+def _one_input(datatype: str, shape: tuple[int, ...]) -> ModelSchema:
+    return ModelSchema(
+        "m", ("1",), "python", 8, (TensorSchema("X", datatype, shape),), (TensorSchema("Y", "FP32", (1,)),)
+    )
+
+
+def _reading(raw: bytes, schema: ModelSchema) -> tuple[str, Any]:
+    try:
+        prediction = to_prediction(parse_json(raw), schema, max_dynamic_dim=8)
+    except ProxyError as err:
+        return type(err).__name__, str(err)
+    array = prediction.arrays["X"]
+    return str(array.dtype), (array.shape, array.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "raw"),
+    [
+        pytest.param("FP32", (5,), b'{"input": [1, 2, 3, 4, 5]}', id="ints"),
+        pytest.param("FP32", (3,), b'{"input": [0.1, -2.5e-3, 1e10]}', id="floats"),
+        pytest.param("FP32", (3,), b'{"input": [1, 0.1, -0]}', id="mixed-and-minus-zero"),
+        pytest.param("FP32", (2,), b'{"input": [16777217, 9007199254740993]}', id="ints-that-round"),
+        pytest.param("FP32", (2,), b'{"input": [9007199254740992, -9007199254740992]}', id="ints-at-2-53"),
+        pytest.param("FP32", (2,), b'{"input": [3.5e38, 1]}', id="float-over-fp32"),
+        pytest.param("FP32", (2,), b'{"input": [340282356779733661637539395458142568448, 1]}', id="int-over-fp32"),
+        pytest.param("FP16", (2,), b'{"input": [70000, 1]}', id="int-over-fp16"),
+        pytest.param("FP16", (2,), b'{"input": [65504, 0.1]}', id="fp16-at-its-limit"),
+        pytest.param("FP64", (2,), b'{"input": [1e308, 123456789012345678]}', id="fp64"),
+        pytest.param("FP32", (2,), b'{"input": [true, 1]}', id="boolean"),
+        pytest.param("FP32", (2,), b'{"input": [null, 1]}', id="null"),
+        pytest.param("FP32", (2,), b'{"input": ["1", 1]}', id="string"),
+        pytest.param("FP32", (2,), b'{"input": [[1], 1]}', id="nested"),
+        pytest.param("FP32", (2,), b'{"input": [1, 2, 3]}', id="too-long"),
+        pytest.param("FP32", (-1,), b'{"input": [1, 2, 3]}', id="variable"),
+        pytest.param("FP32", (-1,), b'{"input": [1, 2, 3, 4, 5, 6, 7, 8, 9]}', id="variable-over-max-dim"),
+        pytest.param("FP32", (-1,), b'{"input": []}', id="variable-empty"),
+        pytest.param("FP32", (2,), b'{"inputs": [[1, 2], [3.5, 4]]}', id="batch"),
+        pytest.param("FP32", (2,), b'{"inputs": [[1, 2], [3]]}', id="batch-ragged"),
+        pytest.param("FP32", (2,), b'{"inputs": [[1, 2], 3]}', id="batch-not-a-row"),
+        pytest.param("FP32", (2,), b'{"inputs": []}', id="batch-empty"),
+        pytest.param("INT32", (2,), b'{"input": [1, 2]}', id="integer-input-not-taken"),
+    ],
+)
+def test_short_float_rows_read_as_the_general_path_reads_them(
+    datatype: str, shape: tuple[int, ...], raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The short-row path (`_small_floats`) gives the general path's array, or leaves the refusal to it."""
+    schema = _one_input(datatype, shape)
+    fast = _reading(raw, schema)
+    monkeypatch.setattr(validation, "_SMALL_ROW", 0)  # every row is "long": the general path only
+    assert fast == _reading(raw, schema)
+
+
+def test_a_short_float_row_skips_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def general(*_: Any) -> None:
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(validation, "_array", general)
+    prediction = to_prediction(parse_json(b'{"input": [1, 2.5, 3, 4, 5]}'), _one_input("FP32", (5,)))
+    assert prediction.arrays["X"].tolist() == [[1.0, 2.5, 3.0, 4.0, 5.0]]
