@@ -259,7 +259,9 @@ class SharedMemory:
         path = SHM_DIR / self.key[1:]
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, self.size)
+            # Reserve the pages now: a sparse object on a full /dev/shm (a container's is 64 MB by default) would
+            # kill the worker with SIGBUS on a later write; this fails here instead, and tensors go in the message.
+            os.posix_fallocate(fd, 0, self.size)
             self._map = mmap.mmap(fd, self.size)
         except OSError:
             path.unlink(missing_ok=True)

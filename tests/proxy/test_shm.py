@@ -4,6 +4,7 @@ tests/proxy/test_shm_triton.py)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -269,3 +270,16 @@ async def test_close_unregisters_and_unlinks(memory: SharedMemory, triton: FakeT
 )
 def test_answered_tells_triton_answers_from_calls_without_one(err: Exception, expected: bool) -> None:
     assert answered(err) is expected
+
+
+@pytest.mark.asyncio
+async def test_a_full_dev_shm_falls_back_before_any_write(
+    memory: SharedMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shm.os, "posix_fallocate", full)
+    await memory.open()
+    assert not memory.active and "No space left on device" in memory.detail
+    assert not Path("/dev/shm", memory.key[1:]).exists()
