@@ -27,8 +27,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from nexusml.core.settings import SHM_HEADER
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
-from nexusml.triton.server import SHM_HEADER
 from proxy.errors import (
     DeadlineExceeded,
     ProxyError,

@@ -15,8 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import LOG_FORMAT, LOG_LEVEL, META_PATH, MODEL_SERVER_URL, env, parse_bool
-from nexusml.triton.settings import SHM_KEY
+from nexusml.core.settings import LOG_FORMAT, LOG_LEVEL, META_PATH, MODEL_SERVER_URL, SHM_KEY, env, parse_bool
 
 
 def parse_list(raw: str) -> tuple[str, ...]:

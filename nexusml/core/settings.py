@@ -6,8 +6,9 @@ command-line entry points pass `os.environ` in; everything else receives a setti
 
 Every variable is declared once. One that several processes read is a `Setting` made by `declare(...)` in the
 lowest layer all its readers may import (here: the metadata path, the model repository, Triton's address, the
-log level; Triton's admin key in `nexusml.triton.settings`), and each reader binds it to a field of its own
-with `Setting.field()`, so attribute names stay each process's while name, default, doc and bounds are one.
+log level, Triton's shared-memory key; Triton's admin key in `nexusml.triton.settings`), and each reader binds it
+to a field of its own with `Setting.field()`, so attribute names stay each process's while name, default, doc and
+bounds are one.
 A renamed variable keeps its old spelling in `aliases`: still read, with one deprecation line; the new name
 wins when both are set.
 """
@@ -215,6 +216,15 @@ MODEL_SERVER_URL = declare(
     "upstream protocol; the watcher wants grpc://",
     parse_server_url,
     aliases=("TRITON_URL",),
+)
+# The header Triton's shared-memory API wants when `nexus triton` restricts it (compose and the chart name the same).
+SHM_HEADER = "nexus-shm-key"
+SHM_KEY = declare(
+    "TRITON_SHM_KEY",
+    None,
+    "value of the nexus-shm-key header Triton's shared-memory API wants (`nexus up` makes one and gives it to the "
+    "proxy alone); unset: open",
+    secret=True,
 )
 LOG_LEVEL = declare(
     "LOG_LEVEL",

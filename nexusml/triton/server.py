@@ -20,6 +20,7 @@ from pathlib import Path
 from nexusml.core import logs
 from nexusml.core.errors import ServerError
 from nexusml.core.process import ManagedProcess
+from nexusml.core.settings import SHM_HEADER
 from nexusml.triton.settings import TritonSettings
 
 
@@ -62,11 +63,11 @@ class TritonDistribution:
 
 
 # The headers Triton's restricted APIs want (compose and the chart name the same). The admin key (TRITON_ADMIN_KEY)
-# opens the repository API to the watcher; the shared-memory key (TRITON_SHM_KEY) opens the shared-memory API to
-# the proxy alone: a client able to register regions could make Triton read or write any shared memory it can open.
-# Over gRPC Triton expects each header with the prefix `triton-grpc-protocol-`.
+# opens the repository API to the watcher; the shared-memory key (TRITON_SHM_KEY, header SHM_HEADER, declared in
+# nexusml.core.settings for the proxy) opens the shared-memory API to the proxy alone: a client able to register
+# regions could make Triton read or write any shared memory it can open. Over gRPC Triton expects each header with
+# the prefix `triton-grpc-protocol-`.
 ADMIN_HEADER = "nexus-admin-key"
-SHM_HEADER = "nexus-shm-key"
 
 
 def restricted_flags(key: str, apis: str = "model-repository,logging,trace", header: str = ADMIN_HEADER) -> list[str]:

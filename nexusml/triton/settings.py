@@ -3,8 +3,8 @@
 Where Triton listens (`TRITON_HOST`, `TRITON_*_PORT`) is the server's side; where its clients reach it is
 `MODEL_SERVER_URL` (`nexusml.core.settings`): the two differ whenever a client is elsewhere (compose's
 `triton:8001`, a server bound to 0.0.0.0), and `nexus up` hands its children the URL of the server it started.
-The admin key and the shared-memory key are declared here, the lowest layer their readers (Triton, the watcher,
-the proxy) may import.
+The admin key is declared here, the lowest layer both its readers (Triton, the watcher) may import; the
+shared-memory key in `nexusml.core.settings`, because the proxy reads it too.
 """
 
 from __future__ import annotations
@@ -13,19 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import MODEL_REPOSITORY, declare, env
+from nexusml.core.settings import MODEL_REPOSITORY, SHM_KEY, declare, env
 
 ADMIN_KEY = declare(
     "TRITON_ADMIN_KEY",
     None,
     "value of the nexus-admin-key header Triton's repository API wants (`nexus up` makes one); unset: open",
-    secret=True,
-)
-SHM_KEY = declare(
-    "TRITON_SHM_KEY",
-    None,
-    "value of the nexus-shm-key header Triton's shared-memory API wants (`nexus up` makes one and gives it to the "
-    "proxy alone); unset: open",
     secret=True,
 )
 

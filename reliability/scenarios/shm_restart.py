@@ -21,8 +21,9 @@ from typing import Any
 
 import tritonclient.http as httpclient
 
+from nexusml.core.settings import SHM_HEADER
 from nexusml.testing.servers import ProxyProcess
-from nexusml.triton.server import SHM_HEADER, TritonServer
+from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload, wait_until
 from reliability.load import summarize, while_running
 from reliability.result import ScenarioResult

@@ -14,9 +14,10 @@ import tritonclient.http as httpclient
 from aiohttp.test_utils import TestClient
 
 from nexusml.command import demo
+from nexusml.core.settings import SHM_HEADER
 from nexusml.testing.models import DEMO_SPEC
 from nexusml.testing.servers import start_triton
-from nexusml.triton.server import SHM_HEADER, TritonServer
+from nexusml.triton.server import TritonServer
 from proxy.state import STATE
 from tests.proxy.conftest import MakeClient
 
