@@ -123,6 +123,7 @@ CHART_CASES = [
             "nexusMeta": {"existingConfigMap": "control-plane-meta"},
             "proxy": {"apiKeys": {"existingSecret": "nexus-api-keys"}},
             "triton": {"adminKey": {"existingSecret": "nexus-triton-admin"}},
+            "sharedMemory": {"key": {"existingSecret": "nexus-triton-shm"}},
             "networkPolicy": {"tritonMetricsFrom": [{"namespaceSelector": {}}]},
             "podDisruptionBudget": {"minAvailable": 1},
         },

@@ -113,6 +113,7 @@ def test_compose_own_config_check(files: tuple[Path, ...], profiles: tuple[str, 
         assert not devices and device == "cpu"
     else:
         assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}] and device == "cuda"
+    assert "size=2g" in config["volumes"]["dshm"]["driver_opts"]["o"].split(",")
 
 
 def _depends(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -154,7 +155,8 @@ def test_triton_service(services: dict[str, Any]) -> None:
     (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     assert "models:/models:ro" in triton["volumes"]
-    assert triton["shm_size"] == "1gb"
+    # /dev/shm is the shared volume (test_triton_and_the_proxy_share_dev_shm): an engine's shm_size would not apply
+    assert "shm_size" not in triton
     assert triton["user"] == "1000:1000"
 
 
@@ -180,7 +182,12 @@ def test_triton_healthcheck_restarts_a_server_whose_model_stopped_answering(serv
     assert triton["read_only"] is True and "/tmp" in triton["tmpfs"]
 
 
-RESTRICTED_APIS = {"model-repository", "logging", "trace", "shared-memory", "statistics"}
+# Each group of Triton's restricted APIs -> the header and compose's value of its key: the admin APIs for the
+# watcher, the shared-memory API for the proxy.
+RESTRICTED_GROUPS = {
+    "model-repository,logging,trace,statistics": "nexus-admin-key=${TRITON_ADMIN_KEY:-change-me}",
+    "shared-memory": "nexus-shm-key=${TRITON_SHM_KEY:-change-me-shm}",
+}
 
 
 def test_triton_runs_untrusted_code_without_credentials_route_out_or_admin_apis(services: dict[str, Any]) -> None:
@@ -195,11 +202,40 @@ def test_triton_runs_untrusted_code_without_credentials_route_out_or_admin_apis(
     assert set(services["proxy"]["networks"]) == {"serving", "default"}
     assert set(services["watcher"]["networks"]) == {"serving", "default"}
     restricted = [arg for arg in triton["command"] if "restricted" in arg]
-    assert len(restricted) == 2
-    for flag in restricted:
-        categories, _, header = flag.partition("=")[2].partition(":")
-        assert set(categories.split(",")) == RESTRICTED_APIS, flag
-        assert header == "nexus-admin-key=${TRITON_ADMIN_KEY:-change-me}"
+    assert len(restricted) == 2 * len(RESTRICTED_GROUPS)
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        groups = dict(arg.partition("=")[2].partition(":")[::2] for arg in restricted if arg.startswith(f"{flag}="))
+        assert groups == RESTRICTED_GROUPS, flag
+
+
+def test_triton_and_the_proxy_share_dev_shm(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    """The proxy's shared-memory regions are files of /dev/shm that Triton opens: one memory-backed volume at
+    /dev/shm in both (it outlives a restart of either), sized, writable by both images' user (1000)."""
+    mounted = {name for name, service in services.items() if "dshm:/dev/shm" in service.get("volumes", [])}
+    assert mounted == {"triton", "proxy"}
+    options = compose["volumes"]["dshm"]["driver_opts"]
+    assert options["type"] == options["device"] == "tmpfs"
+    mount_options = options["o"].split(",")
+    assert "size=${NEXUS_SHM_SIZE:-2g}" in mount_options
+    assert {"uid=1000", "gid=1000", "mode=1777", "nosuid", "nodev", "noexec"} <= set(mount_options)
+    assert services["triton"]["user"] == "1000:1000"
+
+
+def test_only_the_proxy_holds_the_shared_memory_key(services: dict[str, Any]) -> None:
+    """Triton's shared-memory API opens to the proxy's key; the watcher keeps the admin key, the proxy has no other."""
+    proxy, watcher = services["proxy"]["environment"], services["watcher"]["environment"]
+    assert proxy["TRITON_SHM_KEY"] == "${TRITON_SHM_KEY:-change-me-shm}"
+    assert all(
+        f":nexus-shm-key={proxy['TRITON_SHM_KEY']}" in a
+        for a in services["triton"]["command"]
+        if "=shared-memory:" in a
+    )
+    assert "TRITON_SHM_KEY" not in watcher and "TRITON_ADMIN_KEY" not in proxy
+    # empty: the proxy's own defaults (auto, its region size)
+    assert proxy["UPSTREAM_SHARED_MEMORY"] == "${UPSTREAM_SHARED_MEMORY:-}"
+    assert proxy["UPSTREAM_SHARED_MEMORY_BYTES"] == "${UPSTREAM_SHARED_MEMORY_BYTES:-}"
+    others = {name for name, s in services.items() if "TRITON_SHM_KEY" in (s.get("environment") or {})}
+    assert others == {"proxy"}
 
 
 def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) -> None:
@@ -273,7 +309,8 @@ def test_watcher_service(services: dict[str, Any]) -> None:
     assert "--grpc-port=8001" in triton["command"] and "TRITON_URL" not in env
     # the key Triton's restricted repository API wants, from the same variable and default
     assert env["TRITON_ADMIN_KEY"] == "${TRITON_ADMIN_KEY:-change-me}"
-    assert all(f":nexus-admin-key={env['TRITON_ADMIN_KEY']}" in a for a in triton["command"] if "restricted" in a)
+    admin = [a for a in triton["command"] if "restricted" in a and "=model-repository," in a]
+    assert len(admin) == 2 and all(a.endswith(f":nexus-admin-key={env['TRITON_ADMIN_KEY']}") for a in admin)
     assert env["WATCH_INTERVAL_S"] == "${WATCH_INTERVAL_S:-}" and env["WATCH_META_URI"] == "${WATCH_META_URI:-}"
     assert env["WATCH_METRICS_HOST"] == "0.0.0.0"
     # S3 as the sync reads it

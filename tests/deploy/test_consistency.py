@@ -37,8 +37,9 @@ from tests.deploy.conftest import (
 # S3Settings' credential variables: the shared environment block of compose and the chart hands them to
 # every container, also to those that do not read them.
 BOTO3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
-# Set in the containers for the runtimes, not for our code.
-RUNTIME_VARIABLES = {"HOME", "PYTHONDONTWRITEBYTECODE", "TRITON_ADMIN_KEY"}
+# Set in the containers for the runtimes, not for our code; and the keys of Triton's restricted APIs, whose
+# deployed values are the deployment's own (compose's placeholders, the chart's Secrets).
+RUNTIME_VARIABLES = {"HOME", "PYTHONDONTWRITEBYTECODE", "TRITON_ADMIN_KEY", "TRITON_SHM_KEY"}
 
 # Values the deployments set on purpose instead of the code's default, and why.
 DEPLOYMENT_OVERRIDES = {
@@ -154,10 +155,13 @@ ADDRESSES = ("--http-address", "--grpc-address")
 
 
 def _deployed_flags(argv: list[str]) -> dict[str, str]:
-    flags = dict(str(arg).partition("=")[::2] for arg in argv if str(arg).startswith("--"))
-    assert flags.pop("--model-repository") == "/models"
+    """The flags, less the restricted groups (each flag twice: the admin APIs, then the shared-memory API)."""
+    pairs = [str(arg).partition("=")[::2] for arg in argv if str(arg).startswith("--")]
     for name in RESTRICTED:
-        assert flags.pop(name).startswith("model-repository,"), name
+        groups = [value.partition(":")[0] for flag, value in pairs if flag == name]
+        assert groups == ["model-repository,logging,trace,statistics", "shared-memory"], name
+    flags = dict(pair for pair in pairs if pair[0] not in RESTRICTED)
+    assert flags.pop("--model-repository") == "/models"
     return flags
 
 

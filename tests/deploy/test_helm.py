@@ -91,8 +91,6 @@ def test_pipeline_shares_the_model_repository() -> None:
     triton_models = {m["name"]: m for m in triton["volumeMounts"]}["models"]
     assert triton_models["readOnly"] is True
     assert f"--model-repository={triton_models['mountPath']}" in triton["args"]
-    shm = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}["/dev/shm"]
-    assert volumes[shm]["emptyDir"]["medium"] == "Memory"
     # the metadata file from the ConfigMap is where NEXUS_META_PATH points
     meta_mount = {m["name"]: m for m in sync["volumeMounts"]}["nexus-meta"]
     key = volumes["nexus-meta"]["configMap"]["items"][0]["path"]
@@ -297,18 +295,102 @@ def test_metadata_from_values_lands_in_the_configmap() -> None:
     assert default == (CHART / "files" / "nexus_meta.example.json").read_text().strip()
 
 
-def test_triton_admin_key_comes_from_a_secret() -> None:
+def _secret(objects: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    (found,) = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith(suffix)]
+    return found
+
+
+def test_triton_keys_come_from_secrets() -> None:
+    """Two restricted groups, each its own key from its own Secret: the admin APIs, and the shared-memory API."""
     objects = render_chart({})
-    (secret,) = by_kind(objects, "Secret")
     triton = container(pod_spec(objects), "triton")
-    ref = env_of(triton)["TRITON_ADMIN_KEY"]["secretKeyRef"]
-    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
+    for variable, suffix in (("TRITON_ADMIN_KEY", "-triton-admin"), ("TRITON_SHM_KEY", "-triton-shm")):
+        secret = _secret(objects, suffix)
+        ref = env_of(triton)[variable]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"], variable
+        assert len(base64.b64decode(secret["data"][ref["key"]])) == 32, "random, made by the chart"
     restricted = [a for a in triton["args"] if "restricted" in a]
-    categories = "model-repository,logging,trace,shared-memory,statistics"
+    categories = "model-repository,logging,trace,statistics"
     assert restricted == [
         f"--http-restricted-api={categories}:nexus-admin-key=$(TRITON_ADMIN_KEY)",
         f"--grpc-restricted-protocol={categories}:nexus-admin-key=$(TRITON_ADMIN_KEY)",
+        "--http-restricted-api=shared-memory:nexus-shm-key=$(TRITON_SHM_KEY)",
+        "--grpc-restricted-protocol=shared-memory:nexus-shm-key=$(TRITON_SHM_KEY)",
     ]
+
+
+# --- the /dev/shm Triton and the proxy share (Triton's system shared memory) ------------------------------------
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_triton_and_the_proxy_share_a_memory_dev_shm(values: dict[str, Any]) -> None:
+    """The proxy's regions are files of /dev/shm that Triton opens: one emptyDir of medium Memory in both."""
+    spec = pod_spec(render_chart(values))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    shared = set()
+    for item in spec["initContainers"] + spec["containers"]:
+        mounts = {m["mountPath"]: m for m in item["volumeMounts"]}
+        if "/dev/shm" in mounts:
+            assert not mounts["/dev/shm"].get("readOnly", False), item["name"]
+            shared.add(mounts["/dev/shm"]["name"])
+            assert item["name"] in ("triton", "proxy"), item["name"]
+        else:
+            assert item["name"] in ("sync", "watcher"), item["name"]
+    (name,) = shared
+    assert volumes[name]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+
+
+def test_shared_memory_size_and_proxy_settings_from_values() -> None:
+    values = {"sharedMemory": {"sizeLimit": "4Gi", "upstream": "off", "regionBytes": 134217728}}
+    spec = pod_spec(render_chart(values))
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "dshm"]
+    assert volume["emptyDir"]["sizeLimit"] == "4Gi"
+    env = env_of(container(spec, "proxy"))
+    assert env["UPSTREAM_SHARED_MEMORY"] == "off" and env["UPSTREAM_SHARED_MEMORY_BYTES"] == "134217728"
+    # empty: the proxy's own defaults
+    default = env_of(container(pod_spec(render_chart({})), "proxy"))
+    assert "UPSTREAM_SHARED_MEMORY" not in default and "UPSTREAM_SHARED_MEMORY_BYTES" not in default
+
+
+@pytest.mark.parametrize(
+    ("values", "secret_name"),
+    [
+        pytest.param({"watcher": {"enabled": True}}, "nexus-nexus-dataplane-triton-shm", id="chart-secret"),
+        pytest.param(
+            {"watcher": {"enabled": True}, "sharedMemory": {"key": {"existingSecret": "shm", "secretKey": "k"}}},
+            "shm",
+            id="existing-secret",
+        ),
+    ],
+)
+def test_only_triton_and_the_proxy_hold_the_shared_memory_key(values: dict[str, Any], secret_name: str) -> None:
+    objects = render_chart(values)
+    spec = pod_spec(objects)
+    holders = {c["name"] for c in spec["containers"] if "TRITON_SHM_KEY" in env_of(c)}
+    assert holders == {"triton", "proxy"}
+    refs = [env_of(container(spec, name))["TRITON_SHM_KEY"]["secretKeyRef"] for name in holders]
+    assert refs[0] == refs[1] and refs[0]["name"] == secret_name
+    assert "TRITON_ADMIN_KEY" not in env_of(container(spec, "proxy"))
+    made = [s["metadata"]["name"] for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-triton-shm")]
+    assert made == ([] if secret_name == "shm" else [secret_name])
+
+
+@pytest.mark.parametrize(
+    ("triton", "message"),
+    [
+        # Triton refuses an API in two restricted groups
+        pytest.param(
+            {"restrictedApis": ["model-repository", "logging", "trace", "shared-memory", "statistics"]},
+            "restrictedApis: shared-memory",
+            id="shared-memory-under-the-admin-key",
+        ),
+        # the former place of the size: said, not ignored
+        pytest.param({"shmSizeLimit": "4Gi"}, "sharedMemory.sizeLimit", id="moved-size"),
+    ],
+)
+def test_bad_shared_memory_values_are_refused(triton: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render_chart({"triton": triton})
 
 
 @pytest.mark.parametrize("values", CHART_CASES)

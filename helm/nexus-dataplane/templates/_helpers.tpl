@@ -55,6 +55,10 @@ app.kubernetes.io/part-of: nexusml
 {{- default (printf "%s-triton-admin" (include "nexus.fullname" .)) .Values.triton.adminKey.existingSecret }}
 {{- end }}
 
+{{- define "nexus.shmSecret" -}}
+{{- default (printf "%s-triton-shm" (include "nexus.fullname" .)) .Values.sharedMemory.key.existingSecret }}
+{{- end }}
+
 {{/* The Secret holding the tenants' keys file: the user's, else the chart's (from proxy.keysFile.content). */}}
 {{- define "nexus.keysSecret" -}}
 {{- default (printf "%s-api-keys" (include "nexus.fullname" .)) .Values.proxy.keysFile.existingSecret }}
@@ -147,4 +151,14 @@ or the proxy. With IRSA instead, the pod's eks.amazonaws.com/skip-containers ann
     secretKeyRef:
       name: {{ include "nexus.adminSecret" . }}
       key: {{ .Values.triton.adminKey.secretKey }}
+{{- end }}
+
+{{/* TRITON_SHM_KEY from the shared-memory Secret: Triton (its restricted shared-memory API) and the proxy (which
+registers its regions there), never the watcher. */}}
+{{- define "nexus.shmKeyEnv" -}}
+- name: TRITON_SHM_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "nexus.shmSecret" . }}
+      key: {{ .Values.sharedMemory.key.secretKey }}
 {{- end }}

@@ -126,6 +126,46 @@ def assert_tenants_enforced(url: str, spec: demo.DemoSpec) -> None:
     assert http(f"{url}/readyz")[0] == 200
 
 
+# Asked inside Triton's container (its ports are not published): Triton's list of registered system shared-memory
+# regions, with the headers given as JSON in argv[1]; prints the status code, then the body.
+SHM_STATUS = """
+import json, sys, urllib.error, urllib.request
+url = "http://127.0.0.1:8000/v2/systemsharedmemory/status"
+request = urllib.request.Request(url, headers=json.loads(sys.argv[1]))
+try:
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as err:
+    print(err.code, err.read().decode())
+"""
+# The proxy opens its region when a worker starts and registers it with Triton: a bounded wait for that.
+SHARED_MEMORY_WAIT_S = 60
+
+
+def triton_shm_status(podman: Podman, triton: str, headers: dict[str, str]) -> tuple[int, str]:
+    status, _, body = podman("exec", triton, "python3", "-c", SHM_STATUS, json.dumps(headers)).stdout.partition(" ")
+    return int(status), body
+
+
+def assert_shared_memory(url: str, podman: Podman, triton: str, shm_key: str, key: str = "") -> None:
+    """GET /v1/models says the proxy's tensors reach Triton through shared memory, Triton lists the proxy's region
+    (so both see one /dev/shm), and Triton's shared-memory API answers only with the proxy's key."""
+    deadline = time.monotonic() + SHARED_MEMORY_WAIT_S
+    while True:
+        status, _, body = http(f"{url}/v1/models", key=key)
+        assert status == 200, body
+        shared = body["shared_memory"]
+        if shared["active"] is True or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert shared["active"] is True, f"the proxy sends tensors in the message: {shared}"
+    status, regions = triton_shm_status(podman, triton, {"nexus-shm-key": shm_key})
+    assert status == 200, regions
+    assert [r for r in json.loads(regions) if "nexus-proxy-" in r["key"]], regions
+    status, refused = triton_shm_status(podman, triton, {})
+    assert status != 200, f"Triton's shared-memory API answered without its key: {refused}"
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not TIMINGS.steps:
         return

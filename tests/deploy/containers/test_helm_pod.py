@@ -1,4 +1,5 @@
-"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher.
+"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher;
+the proxy's tensors reach Triton through the /dev/shm emptyDir both mount.
 
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
 node: images, S3 endpoint and bucket, the metadata (`--set-file nexusMeta.content=`), a credentials Secret.
@@ -40,7 +41,14 @@ import yaml
 from nexusml.command import demo
 from nexusml.testing.environment import free_port
 from tests.deploy.conftest import by_kind, render_chart
-from tests.deploy.containers.conftest import KEYS_FILE, assert_tenants_enforced, wait_ready
+from tests.deploy.containers.conftest import (
+    KEYS_FILE,
+    TEAM_KEY,
+    assert_serves,
+    assert_shared_memory,
+    assert_tenants_enforced,
+    wait_ready,
+)
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman
 
 # The first test also builds the images (minutes on a fresh machine): the suite's 300 s is too short.
@@ -230,6 +238,11 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
             ready = wait_ready(f"http://127.0.0.1:{port}")
         assert ready["model"] == "demo_mlp"
         assert_tenants_enforced(f"http://127.0.0.1:{port}", demo.DemoSpec())
+        # The proxy's tensors through the dshm emptyDir both containers mount, with the key of the chart's Secret.
+        (shm_secret,) = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-triton-shm")]
+        shm_key = base64.b64decode(shm_secret["data"]["shm-key"]).decode()
+        assert_shared_memory(f"http://127.0.0.1:{port}", podman, f"{bed.name}-triton", shm_key, TEAM_KEY)
+        assert_serves(f"http://127.0.0.1:{port}", demo.DemoSpec(), TEAM_KEY)
         watcher = f"{bed.name}-watcher"
         state = podman("inspect", watcher, "--format", "{{.State.Running}} {{.RestartCount}}").stdout.split()
         assert state == ["true", "0"], podman.logs(watcher)
