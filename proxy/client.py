@@ -20,12 +20,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc._utils import get_error_grpc
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
 
 from nexusml.core.settings import SHM_HEADER
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
@@ -266,40 +273,29 @@ class GrpcUpstream(Upstream):
         priority: int,
         lease: Lease | None,
     ) -> tuple[Outputs, str]:
-        inputs = []
+        """One ModelInfer call on the client's own stub, its request built here rather than through tritonclient's
+        InferInput/InferResult objects (measured: a third less CPU per call, docs/decisions.md). Errors are
+        tritonclient's, so they are mapped as every other call's."""
+        request = service_pb2.ModelInferRequest(model_name=schema.name, model_version=version, id=request_id)
         for spec in schema.inputs:
             array = arrays[spec.name]
-            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor = request.inputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
             if lease is None:
-                tensor.set_data_from_numpy(array)
+                request.raw_input_contents.append(_raw(array, spec.datatype))
             else:
-                offset, nbytes = lease.inputs[spec.name]
-                tensor.set_shared_memory(lease.region, nbytes, offset)
-            inputs.append(tensor)
-        requested = None
+                _in_region(tensor.parameters, lease.region, *lease.inputs[spec.name])
         if lease is not None:
-            requested = [grpcclient.InferRequestedOutput(spec.name) for spec in schema.outputs]
-            for output in requested:
-                offset, nbytes = lease.outputs[output.name()]
-                output.set_shared_memory(lease.region, nbytes, offset)
-        result = await self.client.infer(
-            schema.name,
-            inputs,
-            model_version=version,
-            outputs=requested,
-            request_id=request_id,
-            priority=priority,
-            timeout=max(int(queue_timeout_s * 1_000_000), 1),
-            client_timeout=timeout_s,
-        )
-        if lease is None:
-            outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
-        else:
-            outputs = {
-                spec.name: lease.read(spec.name, spec.dtype, list(result.get_output(spec.name).shape))
-                for spec in schema.outputs
-            }
-        return outputs, result.get_response().model_version
+            for spec in schema.outputs:
+                output = request.outputs.add(name=spec.name)
+                _in_region(output.parameters, lease.region, *lease.outputs[spec.name])
+        if priority:
+            request.parameters["priority"].uint64_param = priority
+        request.parameters["timeout"].int64_param = max(int(queue_timeout_s * 1_000_000), 1)
+        try:
+            response = await self.client._client_stub.ModelInfer(request=request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            raise get_error_grpc(err) from None
+        return _outputs(response, schema, lease), response.model_version
 
 
 class HttpUpstream(Upstream):
@@ -379,6 +375,44 @@ class HttpUpstream(Upstream):
                 for spec in schema.outputs
             }
         return outputs, str(result.get_response().get("model_version", version))
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes:
+    """An input's bytes as Triton reads them: BYTES serialised as tritonclient does, anything else as it lies."""
+    if datatype == "BYTES":
+        serialized = serialize_byte_tensor(array)
+        return serialized.item() if serialized.size else b""
+    return array.tobytes()
+
+
+def _in_region(parameters: Any, region: str, offset: int, nbytes: int) -> None:
+    """Point a tensor at its bytes in a registered shared-memory region (tritonclient's `set_shared_memory`)."""
+    parameters["shared_memory_region"].string_param = region
+    parameters["shared_memory_byte_size"].int64_param = nbytes
+    if offset:
+        parameters["shared_memory_offset"].int64_param = offset
+
+
+def _outputs(response: Any, schema: ModelSchema, lease: Lease | None) -> Outputs:
+    """The schema's outputs from a ModelInferResponse: copied out of the lease's slot, or read from the raw
+    contents, which follow the response's outputs in order (tritonclient's `InferResult.as_numpy`)."""
+    found = {output.name: (index, output) for index, output in enumerate(response.outputs)}
+    outputs: Outputs = {}
+    for spec in schema.outputs:
+        if spec.name not in found:
+            raise InferenceServerException(f"Triton's answer has no output {spec.name}")
+        index, output = found[spec.name]
+        shape = list(output.shape)
+        if lease is not None:
+            outputs[spec.name] = lease.read(spec.name, spec.dtype, shape)
+        elif index >= len(response.raw_output_contents):
+            raise InferenceServerException(f"Triton's answer has no data for output {spec.name}")
+        elif output.datatype == "BYTES":
+            outputs[spec.name] = deserialize_bytes_tensor(response.raw_output_contents[index]).reshape(shape)
+        else:
+            raw = response.raw_output_contents[index]
+            outputs[spec.name] = np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).reshape(shape)
+    return outputs
 
 
 def connect(settings: ProxySettings) -> Upstream:

@@ -170,13 +170,14 @@ async def test_remaining_deadline_is_sent_to_triton(
     timeout."""
     upstream = GrpcUpstream(proxy_settings(triton.grpc_url))
     seen: dict[str, Any] = {}
-    real = upstream.client.infer
+    stub = upstream.client._client_stub
+    real = stub.ModelInfer
 
-    async def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return await real(*args, **kwargs)
+    async def spy(request: Any, timeout: float) -> Any:
+        seen.update(client_timeout=timeout, timeout=request.parameters["timeout"].int64_param)
+        return await real(request=request, timeout=timeout)
 
-    monkeypatch.setattr(upstream.client, "infer", spy)
+    monkeypatch.setattr(stub, "ModelInfer", spy)
     import numpy as np
 
     schema = await upstream.schema("demo_mlp", "")
