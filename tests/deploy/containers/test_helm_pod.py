@@ -12,7 +12,9 @@ with these changes, each a limit of podman, not of the chart:
   4.3 makes them root's, mode 0755, and Triton's Python backend, uid 1000, then cannot create its shared
   memory: "Unable to initialize shared memory key ... Permission denied", measured);
 - podman 4.3 cannot read Kubernetes Secrets for `secretKeyRef` env ("secret ... is not valid JSON",
-  measured), so the played copy carries the secrets' values inline; likewise the tenants' keys Secret volume
+  measured), so the played copy carries the secrets' values inline; nor does it expand `$(VAR)` in `command`
+  and `args` as the kubelet does (measured: the argument stays `$(VAR)`), so the played copy has Triton's
+  restricted-API keys written in; likewise the tenants' keys Secret volume
   becomes a host folder holding the Secret's file (readable by all: podman applies no `defaultMode`/`fsGroup`
   to a host folder);
 - with no cluster there is no Service: the proxy's port gets a hostPort on loopback;
@@ -30,6 +32,7 @@ import base64
 import copy
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +155,17 @@ def inline_secrets(container: dict[str, Any], secrets: dict[str, dict[str, str]]
     container["env"] = env
 
 
+def expand_references(container: dict[str, Any]) -> None:
+    """`$(NAME)` in `command` and `args` -> the container's env value of NAME, as the kubelet expands them."""
+    values = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    for field in ("command", "args"):
+        if field in container:
+            container[field] = [
+                re.sub(r"\$\((\w+)\)", lambda m: values.get(m.group(1), m.group(0)), str(arg))
+                for arg in container[field]
+            ]
+
+
 def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Deployment's pod as two pods podman 4.3 can play: the init step, then the rest (see the docstring)."""
     (deployment,) = by_kind(objects, "Deployment")
@@ -182,6 +196,7 @@ def pods_for_podman(objects: list[dict[str, Any]], bed: PodBed, port: int) -> tu
             volume["hostPath"] = {"path": str(folder), "type": "Directory"}
     for container in spec["initContainers"] + spec["containers"]:
         inline_secrets(container, secrets)
+        expand_references(container)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             container.pop(probe, None)
     (proxy,) = [c for c in spec["containers"] if c["name"] == "proxy"]
