@@ -165,8 +165,9 @@ class Upstream(ABC):
         priority: int,
     ) -> tuple[Outputs, str]:
         """Through a shared-memory slot when one is free, else in the message. The slot is given back only once
-        Triton's answer is in (`SharedMemory.give_back`); a region Triton forgot sends the request again in the
-        message, within the same deadline."""
+        Triton's answer is in (`SharedMemory.give_back`). A region Triton forgot, or outputs larger than the slot
+        sized from the schema (a new version live before the proxy read its schema), send the request again in
+        the message, within the same deadline."""
         lease = self.shm.lease(schema, arrays)
         if lease is not None:
             done = False
@@ -178,11 +179,11 @@ class Upstream(ABC):
                 return result
             except InferenceServerException as err:
                 done = answered(err)
-                if not self.shm.forgot(err):
+                if not (self.shm.forgot(err) or _outgrew_slot(err)):
                     raise
             finally:
                 self.shm.give_back(lease, done)
-            # Triton forgot the region: again in the message, with what is left of the deadline.
+            # Triton forgot the region, or its outputs outgrew the slot: again in the message, within the deadline.
             timeout_s = deadline - asyncio.get_running_loop().time()
             if timeout_s <= 0:
                 raise DeadlineExceeded("the deadline passed before the request reached Triton")
@@ -375,6 +376,15 @@ class HttpUpstream(Upstream):
                 for spec in schema.outputs
             }
         return outputs, str(result.get_response().get("model_version", version))
+
+
+# Triton's refusal of an output slot smaller than the output: the version it runs has outputs the proxy's cached
+# schema does not know yet (it is re-read every `SCHEMA_REFRESH_S`); the message carries any size.
+_SLOT_TOO_SMALL = "shared memory size specified with the request for output"
+
+
+def _outgrew_slot(err: InferenceServerException) -> bool:
+    return _SLOT_TOO_SMALL in status_and_message(err)[1].lower()
 
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:

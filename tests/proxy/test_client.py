@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from proxy.client import _outputs, _raw
+from proxy.client import GrpcUpstream, _outputs, _raw
+from proxy.errors import ProxyError
 from proxy.schema import ModelSchema, TensorSchema
+from tests.proxy.conftest import proxy_settings
 
 
 def _schema(*outputs: TensorSchema) -> ModelSchema:
@@ -50,3 +54,49 @@ def test_an_output_missing_from_the_answer_is_a_triton_error() -> None:
     response = service_pb2.ModelInferResponse(model_name="m", model_version="1")
     with pytest.raises(InferenceServerException, match="no output OUT"):
         _outputs(response, _schema(TensorSchema("OUT", "FP32", (2,))), None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("message", "resent"),
+    [
+        pytest.param(
+            "shared memory size specified with the request for output 'OUTPUT__0' (32 bytes) should be at least 48 "
+            "bytes to hold the results",
+            True,
+            id="outputs-outgrew-the-slot",
+        ),
+        pytest.param("in ensemble 'x', model failed", False, id="other-error"),
+    ],
+)
+async def test_outputs_larger_than_the_slot_go_again_in_the_message(
+    message: str, resent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version's larger outputs, before the proxy has read its schema: answered, not a 502."""
+    upstream = GrpcUpstream(proxy_settings("grpc://127.0.0.1:1"))
+    schema = _schema(TensorSchema("OUTPUT__0", "FP32", (2,)))
+    freed: list[bool] = []
+    sent: list[object] = []
+
+    async def infer(*args: object) -> tuple[dict[str, np.ndarray], str]:
+        lease = args[-1]
+        sent.append(lease)
+        if lease is not None:
+            raise InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT")
+        return {"OUTPUT__0": np.zeros((1, 3), np.float32)}, "2"
+
+    monkeypatch.setattr(upstream.shm, "lease", lambda schema, arrays: "a lease")
+    monkeypatch.setattr(upstream.shm, "give_back", lambda lease, answered: freed.append(answered))
+    monkeypatch.setattr(upstream, "_infer", infer)
+    arrays = {"X": np.ones((1, 2), np.float32)}
+    deadline = asyncio.get_running_loop().time() + 5
+    if resent:
+        outputs, version = await upstream.infer(schema, "", arrays, deadline)
+        assert version == "2" and outputs["OUTPUT__0"].shape == (1, 3)
+        assert sent == ["a lease", None]
+    else:
+        with pytest.raises(ProxyError):
+            await upstream.infer(schema, "", arrays, deadline)
+        assert sent == ["a lease"]
+    assert freed == [True]  # Triton answered: the slot is free again
+    await upstream.close()
