@@ -1,18 +1,39 @@
 """Tensors between a proxy worker and Triton through Triton's system shared memory, instead of in the message.
 
-Each worker's upstream client owns one POSIX shared-memory object (`/dev/shm/nexus-proxy-<pid>-<random>`, created
-here, unlinked on close) which Triton maps once it is registered. A request (or a coalesced batch) takes a slot
-big enough for its inputs *and* its outputs, its inputs are copied in once from the numpy arrays, the request names
-offsets instead of carrying bytes, Triton writes the outputs into the same slot, and they are copied out before
-the slot is given back.
+Each worker's upstream client owns a POSIX shared-memory object (`/dev/shm/nexus-proxy-<pid>-<random>`, created
+here, unlinked when done with) which Triton maps once it is registered. A request (or a coalesced batch) takes a
+slot big enough for its inputs *and* its outputs, its inputs are copied in once from the numpy arrays, the request
+names offsets instead of carrying bytes, Triton writes the outputs into the same slot, and they are copied out
+before the slot is given back.
 
 Why a slot is reused only after Triton's answer for it is in: until then Triton may still read the inputs or write
-the outputs, and a new request in the same bytes would get another request's data (a wrong answer, no error). A
-call that ends without Triton's answer (timed out, cancelled, connection lost) leaves its slot *quarantined*: it is
-not reused while the registration it was sent under lives. Triton forgets a registration only by restarting, and
-each registration has a fresh name, so once the region is registered again (after Triton forgot it) no request of
-an older name can touch it any more and the quarantine is lifted. Quarantined bytes are shown in `GET /v1/models`;
-a region filled by them only makes requests go in the message again, never fail.
+the outputs, and a new request in the same bytes would get another request's data (a wrong answer, no error).
+Triton 2.51 goes on with a request whose client gave up (a gRPC deadline, a closed HTTP connection): it still
+writes the outputs when the model ends. A call that ends without Triton's answer (timed out, cancelled,
+connection lost) therefore leaves its slot *quarantined*: never reused while the registration it was sent under
+lives in Triton.
+
+What lifts a quarantine is Triton's word that no request of a registration is left in it, never a delay:
+- Triton restarted: it forgot every registration (a request naming one is refused, `FORGOTTEN`); the region is
+  registered again under a fresh name no earlier request carries, and its quarantine is lifted.
+- Once a quarter of the region is quarantined (`ROTATE_AT`), the worker *retires* it: a new object is made and
+  registered, new requests lease slots there, and the old name is unregistered, again every RETRY_S while Triton
+  refuses. Triton 2.51 counts the requests that use a region (queued or executing, until their response is
+  complete, whether or not the client still waits) and refuses to unregister it while any does ("Cannot unregister
+  shared memory region '...', it is currently in use"); a request naming it after that is refused, never run.
+  So the unregister's success proves nothing in Triton will touch the old object again: it is unlinked, with
+  every slot quarantined in it (leases of it still in flight here keep their mapping until they end).
+  At most one region is retiring at a time, so a worker holds at most two regions of /dev/shm; until the old one
+  is gone, or where /dev/shm has no room for a second, the current one fills and requests drift to the message.
+The new region is a new object, not the same one under a second name: Triton 2.51 registers a second name of an
+already-registered key through the file descriptor it closed after the first mapping (a `FIXME` in its
+`shared_memory_manager.cc`, fixed in 2.69): refused ("Invalid shared memory region", or "invalid args" when the
+number was reused by another file), or a mapping of whatever file holds that number now. A new object also keeps
+this right on Triton 2.53 and later, whose unregister of a region in use succeeds at once and unmaps it only when
+its last request ends: no byte of a retired object is ever leased again, whatever Triton still does with it.
+
+Quarantined bytes (of the current region and of one retiring) are shown in `GET /v1/models`; a region filled by
+them only makes requests go in the message again, never fail.
 
 When Triton cannot use the region (another host or container without this /dev/shm, a Triton without the API, the
 restricted API refusing the key) the worker sends tensors in the message, and says why once: in its log and in
@@ -26,6 +47,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,11 +64,14 @@ log = logging.getLogger("proxy")
 
 ALIGN = 64  # each tensor starts on a cache line
 SHM_DIR = Path("/dev/shm")  # where shm_open (Triton's side) finds a POSIX shared-memory object on Linux
-RETRY_S = 1.0  # between registration attempts while Triton is unreachable
-# Triton's answer to a request naming a region it does not know (gRPC NOT_FOUND, HTTP 404): it restarted.
+RETRY_S = 1.0  # between registration attempts while Triton is unreachable, and unregister attempts while refused
+ROTATE_AT = 4  # a region is retired once 1/ROTATE_AT of it is quarantined
+# Triton's answer to a request naming a region it does not know (gRPC NOT_FOUND, HTTP 404): it restarted, or the
+# name was unregistered (a retired region).
 FORGOTTEN = "unable to find shared memory region"
 # What a call that ended without Triton's answer looks like when tritonclient raises it as a Triton error.
 NO_ANSWER = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED"})
+NAMED = re.compile(r"shared memory region: '([^']*)'", re.IGNORECASE)  # the region a FORGOTTEN answer names
 
 
 def aligned(nbytes: int) -> int:
@@ -103,6 +128,46 @@ class Allocator:
         return sum(size for _, size in self.free)
 
 
+class Region:
+    """One POSIX shared-memory object mapped here, its slots, and the name Triton knows it by ("" before that)."""
+
+    def __init__(self, key: str, size: int) -> None:
+        """Create the object and reserve its pages; raises OSError (and leaves nothing behind) when it cannot."""
+        self.key = key
+        self.size = size
+        self.name = ""
+        self.allocator = Allocator(size)
+        self.quarantined: list[tuple[int, int]] = []  # (offset, bytes) of slots sent without an answer since
+        path = SHM_DIR / key[1:]
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            # Reserve the pages now: a sparse object on a full /dev/shm (a container's is 64 MB by default) would
+            # kill the worker with SIGBUS on a later write; this fails here instead, and tensors go in the message.
+            os.posix_fallocate(fd, 0, size)
+            self._map: mmap.mmap | None = mmap.mmap(fd, size)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        self.view: np.ndarray = np.frombuffer(self._map, np.uint8)
+
+    @property
+    def quarantined_bytes(self) -> int:
+        return sum(nbytes for _, nbytes in self.quarantined)
+
+    def lift_quarantine(self) -> None:
+        for offset, nbytes in self.quarantined:
+            self.allocator.give(offset, nbytes)
+        self.quarantined.clear()
+
+    def unlink(self) -> None:
+        """Unlink the object; the mapping goes with the last array over it (a lease still in flight keeps it)."""
+        if self._map is not None:
+            (SHM_DIR / self.key[1:]).unlink(missing_ok=True)
+            self._map = None
+
+
 @dataclass
 class Lease:
     """One request's slot: where each input and output lies, under which registered region name."""
@@ -113,6 +178,7 @@ class Lease:
     view: np.ndarray = field(repr=False)  # the whole region, bytes
     inputs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, bytes)
     outputs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    home: Region | None = field(default=None, repr=False)  # the object the slot is in
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Copy one input in (the one copy of its bytes on the way to Triton)."""
@@ -132,33 +198,48 @@ Register = Callable[[str, str, int], Awaitable[None]]
 Unregister = Callable[[str], Awaitable[None]]
 
 
+def new_key() -> str:
+    """A POSIX shared-memory name unique across the containers sharing /dev/shm."""
+    return f"/nexus-proxy-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 class SharedMemory:
-    """One worker's region, its slots and its registration with Triton (`register`/`unregister` are the upstream
-    client's calls, with the shared-memory key)."""
+    """One worker's regions (the current one, and at most one retiring), their slots and their registrations with
+    Triton (`register`/`unregister` are the upstream client's calls, with the shared-memory key)."""
 
     def __init__(self, mode: str, size: int, register: Register, unregister: Unregister) -> None:
         self.mode = mode
         self.size = size
         self._register = register
         self._unregister = unregister
-        self.key = f"/nexus-proxy-{os.getpid()}-{secrets.token_hex(4)}"  # unique across containers sharing /dev/shm
+        self.key = new_key()  # the current region's object
         self.active = False
         self.detail = "off (UPSTREAM_SHARED_MEMORY=off)" if mode == "off" else "not registered with Triton yet"
-        self.region = ""  # the name registered with Triton now; a fresh one per registration
-        self.quarantined: list[tuple[int, int]] = []
+        self.region = ""  # the name the current region is registered under; a fresh one per registration
+        self.current: Region | None = None
+        self.retiring: Region | None = None  # retired, until Triton agrees to unregister it
         self._generation = 0
-        self._allocator = Allocator(size)
-        self._map: mmap.mmap | None = None
-        self._view: np.ndarray | None = None
         self._logged = ""
         self._retry: asyncio.Task[None] | None = None
+        self._rotation: asyncio.Task[None] | None = None
+        self._rotate_after = 0.0  # loop time before which a failed rotation is not tried again
         self._opening: asyncio.Lock = asyncio.Lock()
+
+    @property
+    def quarantined_bytes(self) -> int:
+        """Bytes of slots sent without an answer, in the current region and a retiring one."""
+        return sum(r.quarantined_bytes for r in (self.current, self.retiring) if r is not None)
 
     def describe(self) -> dict[str, Any]:
         """The `shared_memory` field of `GET /v1/models`."""
         detail = self.detail
-        if self.active and self.quarantined:
-            detail += f"; {sum(n for _, n in self.quarantined)} bytes quarantined after calls without an answer"
+        if self.active and self.current is not None and self.current.quarantined:
+            detail += f"; {self.current.quarantined_bytes} bytes quarantined after calls without an answer"
+        if self.active and self.retiring is not None:
+            detail += (
+                f"; region {self.retiring.name} retired ({self.retiring.quarantined_bytes} bytes quarantined),"
+                " unregistered once Triton holds no request of it"
+            )
         return {"active": self.active, "detail": detail}
 
     async def open(self) -> None:
@@ -173,27 +254,29 @@ class SharedMemory:
         async with self._opening:
             if self.active:
                 return
-            try:
-                self._create()
-            except OSError as err:
-                self._fall_back(f"cannot create {SHM_DIR}{self.key}: {err}")
-                return
-            self._generation += 1
-            name = f"{self.key[1:]}-{self._generation}"
+            if self.current is None:
+                try:
+                    self.current = Region(self.key, self.size)
+                except OSError as err:
+                    self._fall_back(f"cannot create {SHM_DIR}{self.key}: {err}")
+                    return
+            name = self._name()
             try:
                 await self._register(name, self.key, self.size)
             except Exception as err:  # Triton's refusal or the transport's failure: both decided below
                 self._refused(err)
                 return
-            self.region = name
-            self._lift_quarantine()
+            # A Triton that forgot the old name holds no request of it: the quarantine is lifted.
+            self.current.name = self.region = name
+            self.current.lift_quarantine()
             self.active = True
             self.detail = f"region {name}, {self.size} bytes in {SHM_DIR}{self.key}"
             self._say(logging.INFO, f"tensors go to Triton through shared memory: {self.detail}")
 
     def lease(self, schema: ModelSchema, arrays: dict[str, np.ndarray]) -> Lease | None:
         """A slot for this request's inputs and outputs with the inputs written, or None: send it in the message."""
-        if not self.active or self._view is None:
+        home = self.current
+        if not self.active or home is None:
             return None
         layout: list[tuple[str, bool, int]] = []  # (name, is input, bytes)
         for spec in schema.inputs:
@@ -207,10 +290,10 @@ class SharedMemory:
                 return None
             layout.append((spec.name, False, int(prod([*rows, *spec.shape])) * np.dtype(spec.dtype).itemsize))
         total = sum(aligned(max(nbytes, 1)) for _, _, nbytes in layout)
-        offset = self._allocator.take(total)
+        offset = home.allocator.take(total)
         if offset is None:
             return None
-        lease = Lease(self.region, offset, total, self._view)
+        lease = Lease(self.region, offset, total, home.view, home=home)
         at = offset
         for name, is_input, nbytes in layout:
             (lease.inputs if is_input else lease.outputs)[name] = (at, nbytes)
@@ -221,17 +304,28 @@ class SharedMemory:
 
     def give_back(self, lease: Lease, answered: bool) -> None:
         """Free the slot once Triton's answer for it is in; else quarantine it (module docstring)."""
-        if answered or lease.region != self.region:
-            # A slot of an older registration: its requests can no longer reach the region (see _lift_quarantine).
-            self._allocator.give(lease.offset, lease.nbytes)
-        else:
-            self.quarantined.append((lease.offset, lease.nbytes))
+        home = lease.home
+        if home is None or home is not self.current:
+            # A retiring region is dropped whole once Triton lets it go (a retired one is gone already).
+            if not answered and home is not None and home is self.retiring:
+                home.quarantined.append((lease.offset, lease.nbytes))
+            return
+        if answered or lease.region != home.name:
+            # A slot of an older registration: its requests can no longer reach the region (see open).
+            home.allocator.give(lease.offset, lease.nbytes)
+            return
+        home.quarantined.append((lease.offset, lease.nbytes))
+        self._rotate_if_due()
 
     def forgot(self, err: Exception) -> bool:
-        """Whether `err` says Triton does not know the region (it restarted); if so, register it again, in the
-        background, and send in the message meanwhile."""
-        if FORGOTTEN not in status_and_message(err)[1].lower() or not self.region:  # type: ignore[arg-type]
+        """Whether `err` says Triton does not know a region (it restarted, or a retired name is gone); for the
+        current one, register it again, in the background, and send in the message meanwhile."""
+        message = status_and_message(err)[1]  # type: ignore[arg-type]
+        if FORGOTTEN not in message.lower() or not self.region:
             return False
+        named = NAMED.search(message)
+        if named is not None and named.group(1) != self.region:
+            return True  # a name retired here, or one the current region had before Triton restarted
         if self.active:
             self.active = False
             self.detail = "Triton forgot the region (restarted?): registering it again"
@@ -241,41 +335,105 @@ class SharedMemory:
         return True
 
     async def close(self) -> None:
-        """Unregister from Triton (best effort: it may be gone) and unlink the region."""
+        """Unregister from Triton (best effort: it may be gone) and unlink the regions."""
         if self._retry is not None:
             self._retry.cancel()
-        if self.active:
+        async with self._opening:  # a registration under way ends first, so its name is known here
+            if self._rotation is not None:
+                self._rotation.cancel()
+            names = [self.region] if self.active else []
+            if self.retiring is not None:
+                names.append(self.retiring.name)
             self.active = False
-            try:
-                await self._unregister(self.region)
-            except Exception as err:  # shutting down: Triton may be gone already, nothing to do about it
-                log.info("shared memory: unregistering %s failed: %s", self.region, err)
-        self.detail = "closed"
-        self._release_region()
+            for name in names:
+                await self._forget(name)
+            self.detail = "closed"
+            self._release_regions()
 
-    def _create(self) -> None:
-        if self._map is not None:
+    def _name(self) -> str:
+        self._generation += 1
+        return f"{self.key[1:]}-{self._generation}"
+
+    def _rotate_if_due(self) -> None:
+        """Start retiring the current region once enough of it is quarantined (module docstring)."""
+        if self.current is None or self.current.quarantined_bytes * ROTATE_AT < self.size:
             return
-        path = SHM_DIR / self.key[1:]
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            # Reserve the pages now: a sparse object on a full /dev/shm (a container's is 64 MB by default) would
-            # kill the worker with SIGBUS on a later write; this fails here instead, and tensors go in the message.
-            os.posix_fallocate(fd, 0, self.size)
-            self._map = mmap.mmap(fd, self.size)
-        except OSError:
-            path.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(fd)
-        self._view = np.frombuffer(self._map, np.uint8)
+        rotating = self._rotation is not None and not self._rotation.done()
+        if not self.active or self.retiring is not None or (rotating and self._rotation is not asyncio.current_task()):
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._rotate_after:
+            return
+        self._rotation = loop.create_task(self._rotate())
 
-    def _lift_quarantine(self) -> None:
-        """Free the quarantined slots: the registration they were sent under is gone with the Triton that knew it,
-        and the new name is one no earlier request carries."""
-        for offset, nbytes in self.quarantined:
-            self._allocator.give(offset, nbytes)
-        self.quarantined.clear()
+    async def _rotate(self) -> None:
+        """Register a new region, lease from it, then unregister the old one once Triton lets it go."""
+        async with self._opening:
+            old = self.current
+            if not self.active or old is None or self.retiring is not None:
+                return
+            key = new_key()
+            try:
+                fresh = Region(key, self.size)
+            except OSError as err:
+                self._rotation_failed(f"cannot create {SHM_DIR}{key}: {err}")
+                return
+            name = f"{key[1:]}-{self._generation + 1}"
+            try:
+                await self._register(name, key, self.size)
+            except Exception as err:  # whatever it was, the old region stays in use
+                fresh.unlink()
+                self._rotation_failed(f"Triton refused {name}: {err}")
+                return
+            if not self.active:
+                # Triton restarted meanwhile: which Triton holds the new name is unknown, and registering its key
+                # twice is what must never happen (module docstring); the old region is registered again instead.
+                await self._forget(name)
+                fresh.unlink()
+                return
+            self._generation += 1
+            fresh.name = name
+            self.current, self.retiring, self.key, self.region = fresh, old, key, name
+            self.detail = f"region {name}, {self.size} bytes in {SHM_DIR}{key}"
+            log.info(
+                "shared memory: region %s retired with %d bytes quarantined; tensors go through %s",
+                old.name,
+                old.quarantined_bytes,
+                self.detail,
+            )
+        await self._retire(old)
+
+    async def _retire(self, old: Region) -> None:
+        """Unregister `old`, again every RETRY_S while Triton refuses (a request of it is still queued or running
+        there); once it is gone, nothing in Triton can touch the object: unlink it, quarantine and all."""
+        said = False
+        while self.retiring is old:
+            try:
+                await self._unregister(old.name)
+            except Exception as err:  # in use, or Triton unreachable: neither lets the region go yet
+                if not said:
+                    log.info(
+                        "shared memory: %s not unregistered yet, tried again every %g s: %s", old.name, RETRY_S, err
+                    )
+                    said = True
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.retiring = None
+            old.unlink()
+            log.info("shared memory: %s unregistered, %d quarantined bytes freed", old.name, old.quarantined_bytes)
+        self._rotate_if_due()
+
+    async def _forget(self, name: str) -> None:
+        """Unregister `name`, best effort: Triton may be gone (a restarted one does not know the name anyway)."""
+        try:
+            await self._unregister(name)
+        except Exception as err:
+            log.info("shared memory: unregistering %s failed: %s", name, err)
+
+    def _rotation_failed(self, why: str) -> None:
+        """A region could not be retired: the current one stays (requests drift to the message as it fills)."""
+        self._rotate_after = asyncio.get_running_loop().time() + RETRY_S
+        log.warning("shared memory: region %s stays, quarantine and all: %s", self.region, why)
 
     def _refused(self, err: Exception) -> None:
         is_triton = hasattr(err, "status") and hasattr(err, "message")
@@ -292,18 +450,17 @@ class SharedMemory:
         self._fall_back(f"{message} ({status or 'no status'})")
 
     def _fall_back(self, why: str) -> None:
-        """Registration is refused for good: free the region, send tensors in the message, say why once."""
+        """Registration is refused for good: free the regions, send tensors in the message, say why once."""
         self.active = False
         self.detail = why
         self._say(logging.WARNING, f"tensors go to Triton in the message: {why}")
-        self._release_region()
+        self._release_regions()
 
-    def _release_region(self) -> None:
-        """Unlink the object; the mapping goes with the last array over it (a lease still in flight keeps it)."""
-        if self._map is not None:
-            (SHM_DIR / self.key[1:]).unlink(missing_ok=True)
-            self._view = None
-            self._map = None
+    def _release_regions(self) -> None:
+        for region in (self.current, self.retiring):
+            if region is not None:
+                region.unlink()
+        self.current = self.retiring = None
 
     def _retry_soon(self, delay_s: float) -> None:
         """One background attempt after `delay_s` (an attempt that fails again schedules the next)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +29,40 @@ def error(status: str, message: str) -> InferenceServerException:
 
 
 class FakeTriton:
-    """Registers what it is told; `refuse` (an exception) makes the next registrations fail."""
+    """Registers what it is told, as Triton 2.51 does (tests/proxy/test_shm_triton.py shows the real one):
+    `refuse` (an exception) makes the next registrations fail; a name in `in_use` (a request of it still queued or
+    running) is not unregistered; unregistering a name it does not know succeeds. A key is never registered twice
+    (2.51 would map it through a closed file descriptor)."""
 
     def __init__(self) -> None:
         self.regions: dict[str, tuple[str, int]] = {}
         self.refuse: Exception | None = None
+        self.in_use: set[str] = set()
+        self.keys: list[str] = []  # every key ever registered, in order
+        self.refusals = 0  # unregisters refused
+        self.gate: asyncio.Event | None = None  # when set up, a registration waits for it
 
     async def register(self, name: str, key: str, byte_size: int) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         if self.refuse is not None:
             raise self.refuse
         assert Path("/dev/shm", key[1:]).stat().st_size == byte_size
+        assert key not in {k for k, _ in self.regions.values()}, f"{key} registered twice"
         self.regions[name] = (key, byte_size)
+        self.keys.append(key)
 
     async def unregister(self, name: str) -> None:
-        del self.regions[name]
+        if name in self.in_use:
+            self.refusals += 1
+            raise error(
+                "StatusCode.INTERNAL", f"Cannot unregister shared memory region '{name}', it is currently in use."
+            )
+        self.regions.pop(name, None)
+
+    def restart(self) -> None:
+        self.regions.clear()
+        self.in_use.clear()
 
 
 @pytest.fixture
@@ -59,6 +79,20 @@ async def memory(triton: FakeTriton) -> AsyncIterator[SharedMemory]:
 
 def arrays(rows: int = 2) -> dict[str, np.ndarray]:
     return {"INPUT__0": np.arange(rows * 12, dtype=np.float32).reshape(rows, 3, 4)}
+
+
+def free_bytes(memory: SharedMemory) -> int:
+    assert memory.current is not None
+    return memory.current.allocator.free_bytes
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the background tasks run until `condition` holds (bounded, so a broken rule fails instead of hanging)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +148,7 @@ async def test_a_lease_carries_inputs_in_and_outputs_out(memory: SharedMemory, t
     memory.give_back(lease, answered=True)
     region[out_offset : out_offset + out_bytes] = 0  # the next request's bytes do not change an answer given
     assert answer.tolist() == [[1, 2], [3, 4]]
-    assert memory._allocator.free_bytes == REGION
+    assert free_bytes(memory) == REGION
 
 
 @pytest.mark.parametrize(
@@ -163,9 +197,9 @@ async def test_a_slot_without_an_answer_stays_quarantined_until_triton_forgot_th
     lease = memory.lease(SCHEMA, arrays())
     assert lease is not None
     memory.give_back(lease, answered=False)  # timed out or cancelled: Triton may still read it
-    assert memory._allocator.free_bytes == REGION - lease.nbytes
+    assert free_bytes(memory) == REGION - lease.nbytes
     assert "quarantined" in memory.describe()["detail"]
-    triton.regions.clear()  # Triton restarted
+    triton.restart()
     assert memory.forgot(error("StatusCode.NOT_FOUND", f"Unable to find shared memory region: '{first_name}'"))
     assert memory.lease(SCHEMA, arrays()) is None  # in the message until registered again
     for _ in range(100):
@@ -173,19 +207,22 @@ async def test_a_slot_without_an_answer_stays_quarantined_until_triton_forgot_th
             break
         await asyncio.sleep(0.01)
     assert memory.active and memory.region != first_name and list(triton.regions) == [memory.region]
-    assert memory._allocator.free_bytes == REGION and not memory.quarantined
+    assert free_bytes(memory) == REGION and memory.quarantined_bytes == 0
 
 
 @pytest.mark.asyncio
-async def test_a_slot_of_an_older_registration_is_freed_whatever_its_end(memory: SharedMemory) -> None:
+async def test_a_slot_of_an_older_registration_is_freed_whatever_its_end(
+    memory: SharedMemory, triton: FakeTriton
+) -> None:
     await memory.open()
     lease = memory.lease(SCHEMA, arrays())
     assert lease is not None
+    triton.restart()
     memory.forgot(error("404", f"Unable to find shared memory region: '{memory.region}'"))
     await asyncio.sleep(0.05)
     assert memory.active and lease.region != memory.region
     memory.give_back(lease, answered=False)
-    assert memory._allocator.free_bytes == REGION
+    assert free_bytes(memory) == REGION
 
 
 @pytest.mark.parametrize(
@@ -283,3 +320,183 @@ async def test_a_full_dev_shm_falls_back_before_any_write(
     await memory.open()
     assert not memory.active and "No space left on device" in memory.detail
     assert not Path("/dev/shm", memory.key[1:]).exists()
+
+
+SMALL = 8 * 192  # eight slots of `arrays()`: two quarantined are a quarter of it
+
+
+@pytest_asyncio.fixture
+async def small(triton: FakeTriton, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SharedMemory]:
+    """A region of eight slots, registered, with unregister attempts every 10 ms."""
+    monkeypatch.setattr(shm, "RETRY_S", 0.01)
+    region = SharedMemory("auto", SMALL, triton.register, triton.unregister)
+    await region.open()
+    assert region.active
+    yield region
+    await region.close()
+
+
+def lease(memory: SharedMemory) -> shm.Lease:
+    got = memory.lease(SCHEMA, arrays())
+    assert got is not None
+    return got
+
+
+@pytest.mark.asyncio
+async def test_a_quarter_quarantined_retires_the_region_once_triton_lets_it_go(
+    small: SharedMemory, triton: FakeTriton
+) -> None:
+    old_name, old_key = small.region, small.key
+    pending, first, second = lease(small), lease(small), lease(small)
+    triton.in_use.add(old_name)  # a request of the old name is still queued or running in Triton
+    small.give_back(first, answered=False)
+    assert small.retiring is None  # an eighth: not yet
+    small.give_back(second, answered=False)
+    await until(lambda: small.retiring is not None)
+    assert small.region != old_name and small.key != old_key and small.active
+    assert set(triton.regions) == {old_name, small.region} and triton.keys == [old_key, small.key]
+    assert lease(small).region == small.region  # new requests go to the new region
+    assert "retired" in small.describe()["detail"] and small.quarantined_bytes == 2 * 192
+    await until(lambda: triton.refusals >= 3)  # refused again and again: the old region stays, file and all
+    assert small.retiring is not None and Path("/dev/shm", old_key[1:]).exists()
+    # The request still in flight under the old name gets its answer: its outputs are read from the old region.
+    out_offset, _ = pending.outputs["OUTPUT__0"]
+    pending.view[out_offset : out_offset + 16] = np.array([[1, 2], [3, 4]], np.float32).view(np.uint8).ravel()
+    assert pending.read("OUTPUT__0", np.float32, [2, 2]).tolist() == [[1, 2], [3, 4]]
+    small.give_back(pending, answered=True)
+    triton.in_use.clear()  # Triton is done with every request of the old name
+    await until(lambda: small.retiring is None)
+    assert list(triton.regions) == [small.region] and not Path("/dev/shm", old_key[1:]).exists()
+    assert small.quarantined_bytes == 0 and "retired" not in small.describe()["detail"]
+
+
+@pytest.mark.asyncio
+async def test_a_slot_in_flight_when_its_region_is_unlinked_keeps_its_bytes(
+    small: SharedMemory, triton: FakeTriton
+) -> None:
+    pending = lease(small)
+    old_name = small.region
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: small.retiring is None and small.region != old_name)
+    assert pending.home is not None and not Path("/dev/shm", pending.home.key[1:]).exists()
+    # Triton refused no unregister, so no request of the old name was in Triton: this one never reached it. Its
+    # mapping here lives on, and whatever its call ends with, it frees nothing in the new region.
+    assert pending.read("OUTPUT__0", np.float32, [2, 2]).shape == (2, 2)
+    before = free_bytes(small)
+    small.give_back(pending, answered=False)
+    small.give_back(lease(small), answered=True)
+    assert free_bytes(small) == before and small.retiring is None
+
+
+@pytest.mark.asyncio
+async def test_one_region_retires_at_a_time(small: SharedMemory, triton: FakeTriton) -> None:
+    first_name = small.region
+    triton.in_use.add(first_name)
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: small.retiring is not None)
+    second_name = small.region
+    for _ in range(3):
+        small.give_back(lease(small), answered=False)
+    refused = triton.refusals
+    await until(lambda: triton.refusals >= refused + 3)
+    assert small.region == second_name and set(triton.regions) == {first_name, second_name}
+    triton.in_use.clear()  # the first goes, then the second, quarantined past a quarter, retires in turn
+    await until(lambda: small.region not in (first_name, second_name) and small.retiring is None)
+    assert list(triton.regions) == [small.region] and len(triton.keys) == 3 and free_bytes(small) == SMALL
+
+
+@pytest.mark.parametrize("cause", ["no-space", "triton-refuses"])
+@pytest.mark.asyncio
+async def test_a_region_that_cannot_be_retired_stays_with_its_quarantine(
+    small: SharedMemory,
+    triton: FakeTriton,
+    cause: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if cause == "no-space":
+
+        def full(*args: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(shm.os, "posix_fallocate", full)
+    else:
+        triton.refuse = error("StatusCode.INTERNAL", "failed to register shared memory region")
+    name, key = small.region, small.key
+    with caplog.at_level(logging.WARNING, logger="proxy"):
+        for _ in range(2):
+            small.give_back(lease(small), answered=False)
+        await until(lambda: any("stays, quarantine and all" in r.message for r in caplog.records))
+    assert small.active and small.region == name and small.retiring is None and list(triton.regions) == [name]
+    assert free_bytes(small) == SMALL - 2 * 192 and lease(small).region == name
+    assert [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(key[1:].rsplit("-", 1)[0])] == [key[1:]]
+
+
+@pytest.mark.asyncio
+async def test_a_name_retired_here_that_triton_no_longer_knows_is_not_a_restart(
+    small: SharedMemory, triton: FakeTriton
+) -> None:
+    old_name = small.region
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: small.retiring is None and small.region != old_name)
+    current = small.region
+    # A request sent under the old name reached Triton after the unregister: refused, never run; it goes again
+    # in the message, and the current region stays registered.
+    assert small.forgot(error("StatusCode.NOT_FOUND", f"Unable to find shared memory region: '{old_name}'"))
+    assert small.active and small.region == current and list(triton.regions) == [current]
+
+
+@pytest.mark.asyncio
+async def test_triton_restarted_while_a_region_retires(small: SharedMemory, triton: FakeTriton) -> None:
+    old_name = small.region
+    triton.in_use.add(old_name)
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: small.retiring is not None)
+    small.give_back(lease(small), answered=False)
+    fresh_key = small.key
+    triton.restart()
+    assert small.forgot(error("StatusCode.NOT_FOUND", f"Unable to find shared memory region: '{small.region}'"))
+    await until(lambda: small.active and small.retiring is None)
+    # The new Triton knows the current region under a new name and holds nothing of either.
+    assert list(triton.regions) == [small.region] and triton.regions[small.region][0] == fresh_key
+    assert small.quarantined_bytes == 0 and free_bytes(small) == SMALL
+
+
+@pytest.mark.asyncio
+async def test_close_while_a_region_retires_unregisters_and_unlinks_both(
+    small: SharedMemory, triton: FakeTriton
+) -> None:
+    old_key = small.key
+    triton.in_use.add(small.region)
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: small.retiring is not None)
+    new_key = small.key
+    triton.in_use.clear()  # shutting down: Triton's requests ended (else it keeps the region until it stops)
+    await small.close()
+    assert not triton.regions and small.current is None and small.retiring is None
+    assert not Path("/dev/shm", old_key[1:]).exists() and not Path("/dev/shm", new_key[1:]).exists()
+
+
+@pytest.mark.asyncio
+async def test_a_restart_while_the_new_region_registers_keeps_the_old_one(
+    small: SharedMemory, triton: FakeTriton
+) -> None:
+    """Which Triton got the new name is unknown: it is unregistered and dropped, and the current region is
+    registered again (never its key twice in one Triton)."""
+    key = small.key
+    triton.gate = asyncio.Event()
+    for _ in range(2):
+        small.give_back(lease(small), answered=False)
+    await until(lambda: len(list(Path("/dev/shm").glob(f"{key[1:].rsplit('-', 1)[0]}-*"))) == 2)  # the new one made
+    triton.restart()
+    assert small.forgot(error("StatusCode.NOT_FOUND", f"Unable to find shared memory region: '{small.region}'"))
+    triton.gate.set()
+    await until(lambda: small.active)
+    assert small.key == key and small.retiring is None and list(triton.regions) == [small.region]
+    assert triton.regions[small.region][0] == key and free_bytes(small) == SMALL
+    assert [p.name for p in Path("/dev/shm").glob(f"{key[1:].rsplit('-', 1)[0]}-*")] == [key[1:]]
