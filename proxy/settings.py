@@ -142,8 +142,8 @@ class ProxySettings:
     shared_memory_bytes: int = env(
         "UPSTREAM_SHARED_MEMORY_BYTES",
         64 << 20,
-        "size of each worker's shared-memory region, in bytes; a request whose inputs and outputs do not fit in "
-        "what is free goes in the message",
+        "size of each worker's shared-memory region, in bytes (a worker holds two while one retires); a request "
+        "whose inputs and outputs do not fit in what is free goes in the message",
         int,
         minimum=1 << 16,
         maximum=1 << 34,
