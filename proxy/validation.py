@@ -194,6 +194,8 @@ def _small_floats(value: list[Any], spec: TensorSchema, rows: int | None, max_di
     """
     want = spec.shape[0]
     limit = _SMALL_FLOAT_LIMIT[spec.datatype]
+    if rows is not None and len(value) != rows:
+        return None
     lines = [value] if rows is None else value
     length = len(lines[0]) if lines and lines[0].__class__ is list else -1
     if not (1 <= length <= _SMALL_ROW and (want == length or (want == -1 and length <= max_dim))):

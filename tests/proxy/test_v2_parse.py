@@ -113,3 +113,16 @@ def test_null_in_an_id_is_not_mistaken_for_a_non_finite_output() -> None:
         "shape": [1, 2],
         "data": [1.0, 2.0],
     }
+
+
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [
+        pytest.param([2, 3], [[1, 2, 3]], id="fewer-rows-than-declared"),
+        pytest.param([1, 3], [[1, 2, 3], [4, 5, 6]], id="more-rows-than-declared"),
+    ],
+)
+def test_nested_rows_must_be_as_many_as_the_shape_declares(shape: list[int], data: Any) -> None:
+    """Short rows of a float input take a quicker reading; the declared batch size still binds it."""
+    kind, (code, message) = outcome(model("FP32", (3,)), v2_body("FP32", shape, data))
+    assert (kind, code) == ("error", "wrong_shape"), message
