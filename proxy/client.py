@@ -45,7 +45,7 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from proxy.schema import ModelSchema, from_triton
+from proxy.schema import ModelSchema, TensorSchema, from_triton
 from proxy.settings import ProxySettings
 from proxy.shm import Lease, SharedMemory, answered
 
@@ -177,13 +177,15 @@ class Upstream(ABC):
                 )
                 done = True
                 return result
+            except SlotMismatch:
+                done = True  # Triton answered; the outputs just were not what the slot was laid out for
             except InferenceServerException as err:
                 done = answered(err)
                 if not (self.shm.forgot(err) or _outgrew_slot(err)):
                     raise
             finally:
                 self.shm.give_back(lease, done)
-            # Triton forgot the region, or its outputs outgrew the slot: again in the message, within the deadline.
+            # Triton forgot the region, or its outputs did not fit the slot: again in the message, within the deadline.
             timeout_s = deadline - asyncio.get_running_loop().time()
             if timeout_s <= 0:
                 raise DeadlineExceeded("the deadline passed before the request reached Triton")
@@ -371,10 +373,10 @@ class HttpUpstream(Upstream):
         if lease is None:
             outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
         else:
-            outputs = {
-                spec.name: lease.read(spec.name, spec.dtype, list(result.get_output(spec.name)["shape"]))
-                for spec in schema.outputs
-            }
+            outputs = {}
+            for spec in schema.outputs:
+                output = result.get_output(spec.name) or {}
+                outputs[spec.name] = _from_slot(lease, spec, output.get("datatype"), list(output.get("shape", [])))
         return outputs, str(result.get_response().get("model_version", version))
 
 
@@ -385,6 +387,21 @@ _SLOT_TOO_SMALL = "shared memory size specified with the request for output"
 
 def _outgrew_slot(err: InferenceServerException) -> bool:
     return _SLOT_TOO_SMALL in status_and_message(err)[1].lower()
+
+
+class SlotMismatch(Exception):
+    """Triton answered with an output its slot was not laid out for (another datatype, or more bytes): a version
+    the proxy's cached schema does not know yet. The request goes again in the message."""
+
+
+def _from_slot(lease: Lease, spec: TensorSchema, datatype: str | None, shape: list[int]) -> np.ndarray:
+    """An output copied out of the lease's slot, read as the datatype and shape Triton answered with."""
+    if datatype != spec.datatype:
+        raise SlotMismatch(f"output {spec.name} is {datatype}, the slot was laid out for {spec.datatype}")
+    try:
+        return lease.read(spec.name, spec.dtype, shape)
+    except ValueError as err:
+        raise SlotMismatch(str(err)) from None
 
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:
@@ -414,7 +431,7 @@ def _outputs(response: Any, schema: ModelSchema, lease: Lease | None) -> Outputs
         index, output = found[spec.name]
         shape = list(output.shape)
         if lease is not None:
-            outputs[spec.name] = lease.read(spec.name, spec.dtype, shape)
+            outputs[spec.name] = _from_slot(lease, spec, output.datatype, shape)
         elif index >= len(response.raw_output_contents):
             raise InferenceServerException(f"Triton's answer has no data for output {spec.name}")
         elif output.datatype == "BYTES":

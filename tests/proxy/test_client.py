@@ -10,9 +10,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from proxy.client import GrpcUpstream, _outputs, _raw
+from proxy.client import GrpcUpstream, SlotMismatch, _outputs, _raw
 from proxy.errors import ProxyError
 from proxy.schema import ModelSchema, TensorSchema
+from proxy.shm import Lease
 from tests.proxy.conftest import proxy_settings
 
 
@@ -100,3 +101,26 @@ async def test_outputs_larger_than_the_slot_go_again_in_the_message(
         assert sent == ["a lease"]
     assert freed == [True]  # Triton answered: the slot is free again
     await upstream.close()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "mismatch"),
+    [
+        pytest.param("FP32", [1, 2], False, id="as-laid-out"),
+        pytest.param("FP16", [1, 4], True, id="another-datatype-same-bytes"),
+        pytest.param("FP32", [1, 3], True, id="more-bytes-than-the-slot"),
+    ],
+)
+def test_outputs_in_the_slot_are_read_only_as_laid_out(datatype: str, shape: list[int], mismatch: bool) -> None:
+    """A new version's outputs, before the proxy re-read the schema, are never read as the old layout."""
+    region = np.zeros(64, np.uint8)
+    region[:8] = np.frombuffer(np.array([1.5, -2.0], np.float32).tobytes(), np.uint8)
+    lease = Lease("r", 0, 64, region, outputs={"OUT": (0, 8)})
+    response = service_pb2.ModelInferResponse(model_name="m", model_version="2")
+    response.outputs.add(name="OUT", datatype=datatype, shape=shape)
+    schema = _schema(TensorSchema("OUT", "FP32", (2,)))
+    if mismatch:
+        with pytest.raises(SlotMismatch):
+            _outputs(response, schema, lease)
+    else:
+        assert _outputs(response, schema, lease)["OUT"].tolist() == [[1.5, -2.0]]
