@@ -87,6 +87,14 @@ def answered(err: Any) -> bool:
     return classify(err) in (TritonFailure.QUEUE_FULL, TritonFailure.RESTRICTED) or "timeout expired" in message.lower()
 
 
+def _is_answer(err: Exception) -> bool:
+    """Whether a failed shared-memory call was answered by Triton (a refusal), rather than unreachable, timed out
+    or cut off, which leaves unknown whether Triton applied it."""
+    if not (hasattr(err, "status") and hasattr(err, "message")):
+        return False
+    return answered(err) and classify(err) is not TritonFailure.UNREACHABLE  # type: ignore[arg-type]
+
+
 class Allocator:
     """First fit over one region: free ranges kept sorted by offset and merged with their neighbours on free.
 
@@ -221,6 +229,7 @@ class SharedMemory:
         self._generation = 0
         self._logged = ""
         self._retry: asyncio.Task[None] | None = None
+        self._unsettled: str | None = None  # a name whose registration may or may not have been applied
         self._rotation: asyncio.Task[None] | None = None
         self._rotate_after = 0.0  # loop time before which a failed rotation is not tried again
         self._opening: asyncio.Lock = asyncio.Lock()
@@ -260,10 +269,21 @@ class SharedMemory:
                 except OSError as err:
                     self._fall_back(f"cannot create {SHM_DIR}{self.key}: {err}")
                     return
+            if self._unsettled is not None:
+                # An earlier attempt may have been registered: Triton 2.51 must never map the same object under
+                # two names (module docstring), so that name goes first (a name Triton does not know goes too).
+                try:
+                    await self._unregister(self._unsettled)
+                except Exception as err:
+                    self._refused(err)
+                    return
+                self._unsettled = None
             name = self._name()
             try:
                 await self._register(name, self.key, self.size)
             except Exception as err:  # Triton's refusal or the transport's failure: both decided below
+                if not _is_answer(err):
+                    self._unsettled = name  # sent, maybe applied, answer lost: settled before the next attempt
                 self._refused(err)
                 return
             # A Triton that forgot the old name holds no request of it: the quarantine is lifted.
@@ -382,6 +402,8 @@ class SharedMemory:
             try:
                 await self._register(name, key, self.size)
             except Exception as err:  # whatever it was, the old region stays in use
+                if not _is_answer(err):
+                    await self._forget(name)  # it may have been applied: do not leave it holding the object
                 fresh.unlink()
                 self._rotation_failed(f"Triton refused {name}: {err}")
                 return
@@ -436,8 +458,7 @@ class SharedMemory:
         log.warning("shared memory: region %s stays, quarantine and all: %s", self.region, why)
 
     def _refused(self, err: Exception) -> None:
-        is_triton = hasattr(err, "status") and hasattr(err, "message")
-        if not is_triton or classify(err) is TritonFailure.UNREACHABLE:  # type: ignore[arg-type]
+        if not _is_answer(err):
             self.detail = f"Triton unreachable, registration retried every {RETRY_S:g} s: {type(err).__name__}"
             self._say(logging.WARNING, f"tensors go to Triton in the message for now: {self.detail}")
             self._retry_soon(RETRY_S)

@@ -500,3 +500,35 @@ async def test_a_restart_while_the_new_region_registers_keeps_the_old_one(
     assert small.key == key and small.retiring is None and list(triton.regions) == [small.region]
     assert triton.regions[small.region][0] == key and free_bytes(small) == SMALL
     assert [p.name for p in Path("/dev/shm").glob(f"{key[1:].rsplit('-', 1)[0]}-*")] == [key[1:]]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "lost",
+    [
+        pytest.param(error("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), id="grpc-deadline"),
+        pytest.param(TimeoutError(), id="http-timeout"),
+    ],
+)
+async def test_a_registration_whose_answer_was_lost_is_undone_before_the_next(
+    memory: SharedMemory, triton: FakeTriton, lost: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton applied it, the answer never came: retried (not given up), and the maybe-registered name goes
+    first, so the object is never registered under two names (FakeTriton refuses that, as 2.51 must not see it)."""
+    monkeypatch.setattr(shm, "RETRY_S", 0.01)
+    register, attempts = triton.register, []
+
+    async def applied_then_lost(name: str, key: str, byte_size: int) -> None:
+        attempts.append(name)
+        await register(name, key, byte_size)
+        if len(attempts) == 1:
+            raise lost
+
+    memory._register = applied_then_lost
+    await memory.open()
+    assert not memory.active and "retried" in memory.detail
+    for _ in range(200):
+        if memory.active:
+            break
+        await asyncio.sleep(0.01)
+    assert memory.active and list(triton.regions) == [memory.region] and len(attempts) == 2
