@@ -281,6 +281,9 @@ class SharedMemory:
             name = self._name()
             try:
                 await self._register(name, self.key, self.size)
+            except asyncio.CancelledError:
+                self._unsettled = name  # cancelled mid-call (shutting down): `close` unregisters it
+                raise
             except Exception as err:  # Triton's refusal or the transport's failure: both decided below
                 if not _is_answer(err):
                     self._unsettled = name  # sent, maybe applied, answer lost: settled before the next attempt
@@ -364,6 +367,8 @@ class SharedMemory:
             names = [self.region] if self.active else []
             if self.retiring is not None:
                 names.append(self.retiring.name)
+            if self._unsettled is not None:  # maybe registered: cut off, or cancelled by this shutdown
+                names.append(self._unsettled)
             self.active = False
             for name in names:
                 await self._forget(name)

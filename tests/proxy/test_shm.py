@@ -532,3 +532,23 @@ async def test_a_registration_whose_answer_was_lost_is_undone_before_the_next(
             break
         await asyncio.sleep(0.01)
     assert memory.active and list(triton.regions) == [memory.region] and len(attempts) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_registration_cut_off_by_shutdown_is_undone(memory: SharedMemory, triton: FakeTriton) -> None:
+    """The loader's task cancelled mid-registration (the worker stopping): the name it may have left is gone too."""
+    triton.gate = asyncio.Event()
+    unregistered: list[str] = []
+    unregister = triton.unregister
+
+    async def recorded(name: str) -> None:
+        unregistered.append(name)
+        await unregister(name)
+
+    memory._unregister = recorded
+    opening = asyncio.get_running_loop().create_task(memory.open())
+    await asyncio.sleep(0.01)  # inside the registration call
+    opening.cancel()
+    await asyncio.gather(opening, return_exceptions=True)
+    await memory.close()
+    assert len(unregistered) == 1 and not triton.regions
