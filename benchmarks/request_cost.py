@@ -29,13 +29,13 @@ import tritonclient.grpc as grpcclient
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from tritonclient.grpc import service_pb2
 from tritonclient.grpc._utils import _get_inference_request
 
 from nexusml.core.settings import load
 from nexusml.testing.environment import free_port
 from proxy import inference, middleware, validation
 from proxy.app import create_app
+from proxy.client import infer_request
 from proxy.coalesce import Coalescer
 from proxy.schema import ModelSchema, TensorSchema
 from proxy.settings import ProxySettings
@@ -97,7 +97,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
         ("Content-Type/-Encoding check", lambda: inference.check_headers(request), 1),
         ("deadline", lambda: inference.request_deadline(request), 1),
         ("MAX_IN_FLIGHT admit + release", admit_release, 1),
-        ("parse + validate the body", lambda: validation.to_prediction(validation.parse_json(BODY), SCHEMA), 1),
+        ("parse + validate the body", lambda: validation.predict_from_body(BODY, SCHEMA), 1),
         ("tenant rows + metrics", tenant_accounting, 1),
         ("answer body (orjson)", lambda: validation.response_body(outputs, SCHEMA, prediction), 1),
         (
@@ -109,7 +109,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
         ),
         ("metrics + access log (record)", lambda: middleware.record(state, request, response, 1e-3, "id", None), 1),
         ("gRPC request (tritonclient)", lambda: _tritonclient_request(prediction), BATCH),
-        ("gRPC request (protobuf)", lambda: _protobuf_request(prediction), BATCH),
+        ("gRPC request (the proxy's infer_request)", lambda: _proxy_request(prediction), BATCH),
     ]
     figures = [(name, per_call_us(call, number, repeat) / per) for name, call, per in timed]
     figures.append(("coalescer: queue, batch, answer", _coalescer_us(prediction, number, repeat)))
@@ -139,14 +139,9 @@ def _tritonclient_request(prediction: validation.Prediction) -> object:
     ).SerializeToString()
 
 
-def _protobuf_request(prediction: validation.Prediction) -> object:
+def _proxy_request(prediction: validation.Prediction) -> object:
     array = np.repeat(prediction.arrays["INPUT__0"], BATCH, axis=0)
-    request = service_pb2.ModelInferRequest(model_name=SCHEMA.name, model_version="1")
-    request.inputs.add(name="INPUT__0", datatype="FP32", shape=array.shape)
-    request.raw_input_contents.append(array.tobytes())
-    request.parameters["priority"].uint64_param = 2
-    request.parameters["timeout"].int64_param = 1_000_000
-    return request.SerializeToString()
+    return infer_request(SCHEMA, "1", {"INPUT__0": array}, 1.0, "", 2).SerializeToString()
 
 
 def _coalescer_us(prediction: validation.Prediction, number: int, repeat: int) -> float:
