@@ -48,6 +48,7 @@ from proxy.errors import (
 from proxy.schema import ModelSchema, TensorSchema, from_triton
 from proxy.settings import ProxySettings
 from proxy.shm import Lease, SharedMemory, answered
+from proxy.stacked import Tensor
 
 # gRPC waits up to 120 s between reconnection attempts by default; a restarted Triton should be found fast.
 _GRPC_CHANNEL_ARGS = [
@@ -129,7 +130,7 @@ class Upstream(ABC):
         self,
         schema: ModelSchema,
         version: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, Tensor],
         deadline: float,
         request_id: str = "",
         level: int = 0,
@@ -157,7 +158,7 @@ class Upstream(ABC):
         self,
         schema: ModelSchema,
         version: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, Tensor],
         deadline: float,
         timeout_s: float,
         queue_timeout_s: float,
@@ -218,7 +219,7 @@ class Upstream(ABC):
         self,
         schema: ModelSchema,
         version: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, Tensor],
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
@@ -269,7 +270,7 @@ class GrpcUpstream(Upstream):
         self,
         schema: ModelSchema,
         version: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, Tensor],
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
@@ -324,7 +325,7 @@ class HttpUpstream(Upstream):
         self,
         schema: ModelSchema,
         version: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, Tensor],
         timeout_s: float,
         queue_timeout_s: float,
         request_id: str,
@@ -336,7 +337,7 @@ class HttpUpstream(Upstream):
             array = arrays[spec.name]
             tensor = httpclient.InferInput(spec.name, list(array.shape), spec.datatype)
             if lease is None:
-                tensor.set_data_from_numpy(array, binary_data=True)
+                tensor.set_data_from_numpy(np.asarray(array), binary_data=True)
             else:
                 offset, nbytes = lease.inputs[spec.name]
                 tensor.set_shared_memory(lease.region, nbytes, offset)
@@ -369,7 +370,7 @@ class HttpUpstream(Upstream):
 def infer_request(
     schema: ModelSchema,
     version: str,
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, Tensor],
     queue_timeout_s: float,
     request_id: str = "",
     priority: int = 0,
@@ -381,7 +382,7 @@ def infer_request(
         array = arrays[spec.name]
         tensor = request.inputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
         if lease is None:
-            request.raw_input_contents.append(_raw(array, spec.datatype))
+            request.raw_input_contents.append(_raw(np.asarray(array), spec.datatype))
         else:
             _in_region(tensor.parameters, lease.region, *lease.inputs[spec.name])
     if lease is not None:

@@ -51,11 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from proxy.errors import DeadlineExceeded, UpstreamError, UpstreamForbidden, UpstreamRejected, UpstreamUnavailable
+from proxy.stacked import Stacked, Tensor
 from proxy.tenants import DEFAULT_TENANT, Tenant
 
 Outputs = dict[str, np.ndarray]
 ABANDON_GRACE_S = 0.1  # an abandoned batch is cancelled upstream only once it has run this long
-Send = Callable[[dict[str, np.ndarray], int, float, int], Awaitable[tuple[Outputs, str]]]
+Send = Callable[[dict[str, Tensor], int, float, int], Awaitable[tuple[Outputs, str]]]
 """`send(arrays, rows, deadline, level)`: one upstream call; `level` is the batch's priority level."""
 
 
@@ -300,10 +301,11 @@ class Coalescer:
 
     async def _send(self, members: list[_Member], rows: int) -> tuple[Outputs, str]:
         real = sum(member.rows for member in members)
+        merged: dict[str, Tensor]
         if len(members) == 1 and rows == real:
-            merged = members[0].arrays
+            merged = dict(members[0].arrays)
         else:
-            merged = {name: _padded([m.arrays[name] for m in members], rows - real) for name in members[0].arrays}
+            merged = {name: Stacked(tuple(m.arrays[name] for m in members), rows - real) for name in members[0].arrays}
         if rows > real:
             self.on_padding(rows - real)
         level = min(member.tenant.level for member in members)
@@ -339,10 +341,3 @@ def _fail(members: list[_Member], err: BaseException) -> None:
     for member in members:
         if not member.future.done():
             member.future.set_exception(err)
-
-
-def _padded(parts: list[np.ndarray], extra: int) -> np.ndarray:
-    """The parts concatenated, plus `extra` copies of the last row (a valid input, unlike zeros for BYTES)."""
-    if extra > 0:
-        parts = [*parts, np.repeat(parts[-1][-1:], extra, axis=0)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)

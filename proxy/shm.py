@@ -59,6 +59,7 @@ import numpy as np
 
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from proxy.schema import ModelSchema
+from proxy.stacked import Stacked, Tensor
 
 log = logging.getLogger("proxy")
 
@@ -188,10 +189,14 @@ class Lease:
     outputs: dict[str, tuple[int, int]] = field(default_factory=dict)
     home: Region | None = field(default=None, repr=False)  # the object the slot is in
 
-    def write(self, name: str, array: np.ndarray) -> None:
+    def write(self, name: str, array: Tensor) -> None:
         """Copy one input in (the one copy of its bytes on the way to Triton)."""
         offset, nbytes = self.inputs[name]
-        np.copyto(self.view[offset : offset + nbytes].view(array.dtype).reshape(array.shape), array)
+        into = self.view[offset : offset + nbytes].view(array.dtype).reshape(array.shape)
+        if isinstance(array, Stacked):
+            array.copy_into(into)  # a merged batch's rows straight into the slot: never concatenated first
+        else:
+            np.copyto(into, array)
 
     def read(self, name: str, dtype: Any, shape: list[int]) -> np.ndarray:
         """Copy one output out, so the slot can be reused while the caller still holds the array."""
@@ -296,7 +301,7 @@ class SharedMemory:
             self.detail = f"region {name}, {self.size} bytes in {SHM_DIR}{self.key}"
             self._say(logging.INFO, f"tensors go to Triton through shared memory: {self.detail}")
 
-    def lease(self, schema: ModelSchema, arrays: dict[str, np.ndarray]) -> Lease | None:
+    def lease(self, schema: ModelSchema, arrays: dict[str, Tensor]) -> Lease | None:
         """A slot for this request's inputs and outputs with the inputs written, or None: send it in the message."""
         home = self.current
         if not self.active or home is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from aiohttp import web
 
 from proxy.client import Outputs, Upstream
@@ -19,6 +18,7 @@ from proxy.errors import Overloaded, OverShare, ProxyError
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
+from proxy.stacked import Tensor
 from proxy.tenants import Tenant
 
 
@@ -66,7 +66,7 @@ class ProxyState:
             )
 
     async def send(
-        self, arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int = 0, request_id: str = ""
+        self, arrays: dict[str, Tensor], rows: int, deadline: float, level: int = 0, request_id: str = ""
     ) -> tuple[Outputs, str]:
         """One upstream inference, measured; `level` is its priority level (0: the model's default)."""
         assert self.upstream is not None and self.schema is not None

@@ -21,6 +21,7 @@ from proxy.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from proxy.stacked import Tensor
 from proxy.tenants import LEVELS, Tenant
 from tests.proxy.conftest import MakeClient
 
@@ -41,8 +42,9 @@ class FakeUpstream:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def send(self, arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int = 0) -> tuple[Any, str]:
+    async def send(self, arrays: dict[str, Tensor], rows: int, deadline: float, level: int = 0) -> tuple[Any, str]:
         assert len(arrays["IN"]) == rows
+        arrays = {name: np.asarray(tensor) for name, tensor in arrays.items()}  # a merged batch comes stacked
         self.calls.append((rows, deadline))
         self.values.append(arrays["IN"][:, 0].tolist())
         self.levels.append(level)
@@ -233,10 +235,10 @@ async def test_a_member_expiring_in_flight_leaves_the_batch_to_the_others() -> N
     first, merged = asyncio.Event(), asyncio.Event()
     calls: list[int] = []
 
-    async def send(arrays: dict[str, np.ndarray], rows: int, deadline: float, level: int) -> tuple[Any, str]:
+    async def send(arrays: dict[str, Tensor], rows: int, deadline: float, level: int) -> tuple[Any, str]:
         calls.append(rows)
         await (merged if rows > 1 else first).wait()
-        return {"OUT": arrays["IN"] * 2}, "7"
+        return {"OUT": np.asarray(arrays["IN"]) * 2}, "7"
 
     coalescer = Coalescer(send, max_rows=8, slots=1, max_wait_s=3600)
     alone = asyncio.ensure_future(coalescer.submit(rows(1, 1), 1, later(10)))
