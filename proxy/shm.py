@@ -39,6 +39,10 @@ When Triton cannot use the region (another host or container without this /dev/s
 restricted API refusing the key) the worker sends tensors in the message, and says why once: in its log and in
 `GET /v1/models` (`shared_memory`). Inputs or outputs that are BYTES, or outputs whose size is not known before
 the answer (a -1 dimension), go in the message too.
+
+A worker that ends cleanly unregisters and unlinks its regions. One killed outright (SIGKILL, the OOM killer)
+leaves its object in /dev/shm and registered in Triton until Triton restarts: nothing here removes another
+process's region, since telling a dead worker's from a live one's by process id is not safe across containers.
 """
 
 from __future__ import annotations
