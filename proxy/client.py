@@ -91,7 +91,11 @@ class Upstream(ABC):
         self.protocol = settings.upstream_protocol
         self.url = settings.model_server_url
         self.shm = SharedMemory(
-            settings.shared_memory, settings.shared_memory_bytes, self._register_shm, self._unregister_shm
+            settings.shared_memory,
+            settings.shared_memory_bytes,
+            self._register_shm,
+            self._unregister_shm,
+            self._shm_status,
         )
 
     async def _call(self, call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
@@ -200,6 +204,9 @@ class Upstream(ABC):
     async def _unregister_shm(self, name: str) -> None: ...
 
     @abstractmethod
+    async def _shm_status(self) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
     async def _live(self) -> bool: ...
 
     @abstractmethod
@@ -249,6 +256,12 @@ class GrpcUpstream(Upstream):
         await self.client.unregister_system_shared_memory(
             name, headers=self.shm_headers, client_timeout=self.settings.connect_timeout_s
         )
+
+    async def _shm_status(self) -> list[tuple[str, str]]:
+        status = await self.client.get_system_shared_memory_status(
+            headers=self.shm_headers, as_json=True, client_timeout=self.settings.connect_timeout_s
+        )
+        return [(str(region["name"]), str(region["key"])) for region in status.get("regions", {}).values()]
 
     async def _live(self) -> bool:
         return await self.client.is_server_live(client_timeout=self.settings.connect_timeout_s)
@@ -305,6 +318,11 @@ class HttpUpstream(Upstream):
     async def _unregister_shm(self, name: str) -> None:
         async with asyncio.timeout(self.settings.connect_timeout_s):
             await self.client.unregister_system_shared_memory(name, headers=self.shm_headers)
+
+    async def _shm_status(self) -> list[tuple[str, str]]:
+        async with asyncio.timeout(self.settings.connect_timeout_s):
+            status = await self.client.get_system_shared_memory_status(headers=self.shm_headers)
+        return [(str(region["name"]), str(region["key"])) for region in status]
 
     async def _live(self) -> bool:
         return await self.client.is_server_live()

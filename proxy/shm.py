@@ -41,13 +41,14 @@ restricted API refusing the key) the worker sends tensors in the message, and sa
 the answer (a -1 dimension), go in the message too.
 
 A worker that ends cleanly unregisters and unlinks its regions. One killed outright (SIGKILL, the OOM killer)
-leaves its object in /dev/shm and registered in Triton until Triton restarts: nothing here removes another
-process's region, since telling a dead worker's from a live one's by process id is not safe across containers.
+leaves its objects behind; the next worker to open shared memory removes them (`unowned`: each live worker holds a
+lock on its objects, which the kernel drops with the process), unregistering them from Triton first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import mmap
 import os
@@ -152,17 +153,20 @@ class Region:
         self.allocator = Allocator(size)
         self.quarantined: list[tuple[int, int]] = []  # (offset, bytes) of slots sent without an answer since
         path = SHM_DIR / key[1:]
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        making = SHM_DIR / f".{key[1:]}"  # out of `sweep`'s sight until it is locked as this worker's
+        fd = os.open(making, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process lives: the object is a live worker's
             # Reserve the pages now: a sparse object on a full /dev/shm (a container's is 64 MB by default) would
             # kill the worker with SIGBUS on a later write; this fails here instead, and tensors go in the message.
             os.posix_fallocate(fd, 0, size)
             self._map: mmap.mmap | None = mmap.mmap(fd, size)
+            os.rename(making, path)
         except OSError:
-            path.unlink(missing_ok=True)
-            raise
-        finally:
+            making.unlink(missing_ok=True)
             os.close(fd)
+            raise
+        self._fd: int | None = fd
         self.view: np.ndarray = np.frombuffer(self._map, np.uint8)
 
     @property
@@ -179,6 +183,9 @@ class Region:
         if self._map is not None:
             (SHM_DIR / self.key[1:]).unlink(missing_ok=True)
             self._map = None
+        if self._fd is not None:
+            os.close(self._fd)  # and with it the lock
+            self._fd = None
 
 
 @dataclass
@@ -212,7 +219,30 @@ class Lease:
 
 
 Register = Callable[[str, str, int], Awaitable[None]]
+Status = Callable[[], Awaitable[list[tuple[str, str]]]]
+"""Triton's registered system shared-memory regions, as (name, key)."""
 Unregister = Callable[[str], Awaitable[None]]
+
+
+def unowned() -> list[tuple[Path, int]]:
+    """This proxy's objects in /dev/shm that no live worker holds, each opened and locked (by this process now).
+
+    A worker holds an exclusive `flock` on each of its objects as long as it lives; the kernel drops it when the
+    process ends, however it ends (SIGKILL, the OOM killer), and it works across containers sharing /dev/shm, where
+    process ids do not. So an object whose lock can be taken was left by a worker that did not end cleanly."""
+    found = []
+    for path in SHM_DIR.glob("nexus-proxy-*"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live worker's
+            os.close(fd)
+            continue
+        found.append((path, fd))
+    return found
 
 
 def new_key() -> str:
@@ -224,11 +254,15 @@ class SharedMemory:
     """One worker's regions (the current one, and at most one retiring), their slots and their registrations with
     Triton (`register`/`unregister` are the upstream client's calls, with the shared-memory key)."""
 
-    def __init__(self, mode: str, size: int, register: Register, unregister: Unregister) -> None:
+    def __init__(
+        self, mode: str, size: int, register: Register, unregister: Unregister, status: Status | None = None
+    ) -> None:
         self.mode = mode
         self.size = size
         self._register = register
         self._unregister = unregister
+        self._status = status
+        self._swept = False
         self.key = new_key()  # the current region's object
         self.active = False
         self.detail = "off (UPSTREAM_SHARED_MEMORY=off)" if mode == "off" else "not registered with Triton yet"
@@ -272,6 +306,9 @@ class SharedMemory:
         async with self._opening:
             if self.active:
                 return
+            if not self._swept:
+                self._swept = True
+                await self._sweep()
             if self.current is None:
                 try:
                     self.current = Region(self.key, self.size)
@@ -304,6 +341,26 @@ class SharedMemory:
             self.active = True
             self.detail = f"region {name}, {self.size} bytes in {SHM_DIR}{self.key}"
             self._say(logging.INFO, f"tensors go to Triton through shared memory: {self.detail}")
+
+    async def _sweep(self) -> None:
+        """Remove the objects workers left when they did not end cleanly (`unowned`), unregistering them from this
+        Triton first where it still holds them (best effort: one a request still uses stays registered)."""
+        stale = unowned()
+        if not stale:
+            return
+        keys = {f"/{path.name}" for path, _ in stale}
+        try:
+            registered = await self._status() if self._status is not None else []
+        except Exception as err:  # the objects go anyway; Triton forgets their names when it restarts
+            log.info("shared memory: could not list Triton's regions: %s", err)
+            registered = []
+        for name, key in registered:
+            if key in keys:
+                await self._forget(name)
+        for path, fd in stale:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+        log.info("shared memory: removed %d regions left by workers that did not end cleanly", len(stale))
 
     def lease(self, schema: ModelSchema, arrays: dict[str, Tensor]) -> Lease | None:
         """A slot for this request's inputs and outputs with the inputs written, or None: send it in the message."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from proxy import shm
 from proxy.schema import ModelSchema, TensorSchema
-from proxy.shm import ALIGN, Allocator, SharedMemory, answered
+from proxy.shm import ALIGN, SHM_DIR, Allocator, SharedMemory, answered
 
 SCHEMA = ModelSchema(
     "m", ("1",), "python", 8, (TensorSchema("INPUT__0", "FP32", (3, 4)),), (TensorSchema("OUTPUT__0", "FP32", (2,)),)
@@ -552,3 +555,37 @@ async def test_a_registration_cut_off_by_shutdown_is_undone(memory: SharedMemory
     await asyncio.gather(opening, return_exceptions=True)
     await memory.close()
     assert len(unregistered) == 1 and not triton.regions
+
+
+@pytest.mark.asyncio
+async def test_regions_left_by_dead_workers_are_removed_and_live_ones_kept(triton: FakeTriton) -> None:
+    """A worker killed outright leaves its object (and Triton its name); the next one to open removes both. An
+    object a live worker holds (its lock) is left alone, whoever's it is."""
+    tag = secrets.token_hex(4)
+    dead, live = SHM_DIR / f"nexus-proxy-dead-{tag}", SHM_DIR / f"nexus-proxy-live-{tag}"
+    for path in (dead, live):
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    holder = os.open(live, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    triton.regions["dead-1"] = (f"/{dead.name}", 0)
+
+    async def status() -> list[tuple[str, str]]:
+        return [(name, key) for name, (key, _) in triton.regions.items()]
+
+    memory = SharedMemory("auto", REGION, triton.register, triton.unregister, status)
+    try:
+        await memory.open()
+        assert memory.active and not dead.exists() and "dead-1" not in triton.regions
+        assert live.exists()
+        own = os.open(SHM_DIR / memory.key[1:], os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # this worker's own object is held as long as it lives
+                fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(own)
+    finally:
+        await memory.close()
+        os.close(holder)
+        live.unlink(missing_ok=True)
+        dead.unlink(missing_ok=True)
+    assert not Path(SHM_DIR, memory.key[1:]).exists()  # its own object went with the close, lock and all

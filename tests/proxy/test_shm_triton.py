@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,31 @@ async def test_a_slot_without_an_answer_is_lifted_once_triton_lets_its_region_go
         Path(f"{hold}.started").unlink(missing_ok=True)
         await upstream.close()
     assert triton_regions(server) == set()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_a_dead_workers_region_is_unregistered_and_removed(keyed_triton: TritonServer, protocol: str) -> None:
+    """A worker killed outright: its object stays in /dev/shm, registered in Triton. The next worker to open shared
+    memory (here over the restricted API, with its key) unregisters it and removes the object."""
+    url = keyed_triton.grpc_url if protocol == "grpc" else keyed_triton.http_url
+    settings = proxy_settings(url, TRITON_SHM_KEY=KEY)
+    key = shm.new_key()
+    dead = shm.Region(key, 1 << 16)  # as a worker makes it, lock included
+    first = connect(settings)
+    await first._register_shm(f"dead-{protocol}", key, 1 << 16)
+    assert f"dead-{protocol}" in triton_regions(keyed_triton, KEY)
+    # The worker is gone: its descriptor and mapping with it, and so the kernel drops its lock (the object stays).
+    del dead.view
+    dead._map.close()
+    os.close(dead._fd)
+    await first.client.close()
+
+    upstream = connect(settings)
+    try:
+        await upstream.shm.open()
+        assert upstream.shm.active
+        names = triton_regions(keyed_triton, KEY)
+        assert f"dead-{protocol}" not in names and upstream.shm.region in names
+        assert not (shm.SHM_DIR / key[1:]).exists()
+    finally:
+        await upstream.close()
