@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,11 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
     return result
 
 
+# How long the model's markers must stay unchanged before it counts as idle: a batch still queued in Triton starts
+# within milliseconds of an instance freeing.
+_QUIET_S = 1.0
+
+
 def _slow_phase(config: Config, proxy: ProxyProcess, markers: Path, port: int) -> SlowPhase:
     assert proxy.process is not None
     normal = faulty_workload(proxy.url, timeout_s=30)
@@ -164,12 +170,20 @@ def _slow_phase(config: Config, proxy: ProxyProcess, markers: Path, port: int) -
     slow = Workload(proxy.url, rows, [[0.0, 0.0]] * len(rows), timeout_s=config.sleep_s + 30)
     slow_stats = summarize(asyncio.run(closed_loop(slow, config.slow_requests, 60, max_requests=config.slow_requests)))
 
-    # The model only notices at its next check; wait for it to have given up on everything it started.
+    # The model only notices at its next check; wait for it to have given up on everything it started. Over HTTP
+    # nothing is cancelled: batches the proxy gave up on may still wait in Triton's queue and start as soon as an
+    # instance frees, so the markers must also stay unchanged for a moment before the model counts as idle.
     def settled() -> bool:
         names = [p.name.split("-")[0] for p in markers.iterdir()]
         return names.count("started") == names.count("cancelled") + names.count("finished")
 
-    wait_until(settled, config.sleep_s + 30)
+    give_up = time.monotonic() + config.sleep_s * config.slow_requests + 30
+    while time.monotonic() < give_up:
+        wait_until(settled, config.sleep_s + 30)
+        seen = sorted(p.name for p in markers.iterdir())
+        time.sleep(_QUIET_S)
+        if settled() and sorted(p.name for p in markers.iterdir()) == seen:
+            break
     names = [p.name.split("-")[0] for p in markers.iterdir()]
     idle = wait_until(lambda: _in_flight(proxy) == 0, 30)
     in_flight = _in_flight(proxy)
