@@ -27,23 +27,15 @@ from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload, wait_until
 from reliability.load import summarize, while_running
 from reliability.result import ScenarioResult
-
-# 504: a request in flight at the kill may run into its deadline while gRPC reconnects (as in triton_kill).
-ALLOWED = {200, 429, 503, 504}
+from reliability.scenarios import triton_kill
+from reliability.scenarios.triton_kill import ALLOWED
 
 
 @dataclass(frozen=True)
-class Config:
-    before_s: float = 1.5
-    down_s: float = 1.5
-    after_s: float = 4.0
-    concurrency: int = 8
-    deadline_ms: int = 2000
-    recovery_bound_s: float = 60.0  # a generous bound on recovery, not a speed verdict
+class Config(triton_kill.Config):
+    """`triton-killed`'s phases and load, with a shorter outage."""
 
-    @classmethod
-    def long(cls, duration_s: float) -> Config:
-        return cls(before_s=duration_s / 3, down_s=5.0, after_s=max(10.0, duration_s / 2), concurrency=32)
+    down_s: float = 1.5
 
 
 def shared_memory(proxy: ProxyProcess) -> dict[str, Any]:
