@@ -43,7 +43,8 @@ _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _BOM = b"\xef\xbb\xbf"
 # Every integer up to this magnitude is exactly one double; beyond, orjson's int and simdjson's double may differ.
 _EXACT = float(2**53)
-_FLOAT_MAX = {name: float(np.finfo(DTYPES[name]).max) for name in _FLOATS}
+# The largest finite value of each float datatype (`proxy.validation` reads short rows against it too).
+FLOAT_MAX = {name: float(np.finfo(DTYPES[name]).max) for name in _FLOATS}
 # What simdjson raises for a document or a conversion it refuses (UnicodeDecodeError is a ValueError).
 _SIMDJSON_ERRORS = (ValueError, TypeError, KeyError, IndexError, RuntimeError)
 
@@ -215,7 +216,7 @@ def typed(dense: Dense, spec: TensorSchema) -> np.ndarray:
         raise Declined
     values = dense.values
     high = max(float(values.max()), -float(values.min()))
-    if not high < _EXACT or high > _FLOAT_MAX[spec.datatype]:
+    if not high < _EXACT or high > FLOAT_MAX[spec.datatype]:
         raise Declined
     return values.astype(spec.dtype)
 

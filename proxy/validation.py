@@ -45,7 +45,7 @@ from proxy.errors import (
     WrongShape,
     WrongType,
 )
-from proxy.schema import DTYPES, ModelSchema, TensorSchema
+from proxy.schema import ModelSchema, TensorSchema
 from proxy.settings import DEFAULT_MAX_DYNAMIC_DIM
 
 _NON_FINITE = ("NaN", "Infinity", "-Infinity", "+Infinity")
@@ -164,7 +164,7 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
     """Nested lists -> an array of `spec`'s dtype and shape ((rows, *shape) when `rows` is given)."""
     if not isinstance(value, list):
         raise _not_a_list(value, where)
-    if spec.datatype in _SMALL_FLOAT_LIMIT and len(spec.shape) == 1:
+    if spec.datatype in json_arrays.FLOAT_MAX and len(spec.shape) == 1:
         small = _small_floats(value, spec, rows, max_dim)
         if small is not None:
             return small
@@ -180,20 +180,18 @@ def tensor(value: Any, spec: TensorSchema, where: str, rows: int | None, max_dim
 # Rows of a float input at most this long are checked number by number in Python, which for a few numbers is
 # several times cheaper than numpy's reading, checking and converting (`benchmarks.request_cost`).
 _SMALL_ROW = 256
-_SMALL_FLOAT_LIMIT = {name: float(np.finfo(DTYPES[name]).max) for name in ("FP16", "FP32", "FP64")}
-_SMALL_EXACT = 2**53
 
 
 def _small_floats(value: list[Any], spec: TensorSchema, rows: int | None, max_dim: int) -> np.ndarray | None:
     """A short row (or `rows` of them) of a one-dimensional float input, or None when not sure.
 
-    Only ever accepts: plain ints within 2^53 and floats within the type's range, in lists of the right lengths;
+    Only ever accepts: plain ints within 2^53 - 1 and floats within the type's range, in lists of the right lengths;
     anything else (booleans, nulls, nesting, a number out of range, a wrong length) returns None, and the general
     path decides, with its own message. What it accepts it converts as that path would: numpy reads the same
     numbers as doubles, exactly, since every such int is one, and rounds them once to the type.
     """
     want = spec.shape[0]
-    limit = _SMALL_FLOAT_LIMIT[spec.datatype]
+    limit = json_arrays.FLOAT_MAX[spec.datatype]
     if rows is not None and len(value) != rows:
         return None
     lines = [value] if rows is None else value
@@ -208,7 +206,7 @@ def _small_floats(value: list[Any], spec: TensorSchema, rows: int | None, max_di
             if kind is float:
                 if not -limit <= number <= limit:
                     return None
-            elif kind is not int or not -_SMALL_EXACT <= number <= _SMALL_EXACT or not -limit <= number <= limit:
+            elif kind is not int or not -_SAFE_INT <= number <= _SAFE_INT or not -limit <= number <= limit:
                 return None
     return np.array(value, dtype=spec.dtype)
 
