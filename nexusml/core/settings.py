@@ -199,8 +199,9 @@ def variables(cls: type) -> list[tuple[EnvVar, Any]]:
 META_PATH = declare(
     "NEXUS_META_PATH",
     Path(".nexus_meta.json"),
-    "the control plane's metadata: the version `nexus sync` installs and `nexus watch` follows; the proxy takes "
-    "the model's name from it when MODEL_NAME is empty (skipped if absent)",
+    "the control plane's metadata: one file (one model), or a directory whose every `*.json` is one model's; "
+    "what `nexus sync` installs, `nexus watch` follows and, when MODEL_NAME is empty, the proxy serves "
+    "(skipped if absent)",
     Path,
 )
 MODEL_REPOSITORY = declare(
