@@ -35,6 +35,8 @@ from nexusml.core.process import stop_signals_held
 from nexusml.core.settings import LOG_LEVEL, LogSettings, load
 
 if TYPE_CHECKING:
+    from nexusml.sync.pipeline import SyncResult
+    from nexusml.sync.settings import SyncSettings
     from nexusml.updates.watch import WatchSettings
 
 log = logging.getLogger("nexus")
@@ -63,19 +65,53 @@ def exit_code(err: NexusError) -> int:
 
 
 def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from nexusml.core import metadata
+    from nexusml.core import catalog, metadata
     from nexusml.core.settings import load
     from nexusml.sync.pipeline import sync
     from nexusml.sync.settings import SyncSettings
 
     settings = load(SyncSettings, environ)
-    meta = metadata.load(settings.meta_path)
     progress = sys.stdout.isatty() and not args.no_progress
-    result = sync(meta, settings, progress=progress)
+    if catalog.is_directory(settings.meta_path):
+        return _sync_directory(settings, progress)
+    meta = metadata.load(settings.meta_path)
+    _say_synced(meta.name, sync(meta, settings, progress=progress))
+    return 0
+
+
+def _say_synced(name: str, result: SyncResult) -> None:
+    version = result.path.name
     state = "downloaded and verified" if result.downloaded else "already present and verified"
-    logs.say(f"synced {meta.name} version {meta.version} -> {result.path} ({state})")
+    logs.say(f"synced {name} version {version} -> {result.path} ({state})")
     if result.pruned:
-        logs.say(f"pruned versions {result.pruned}")
+        logs.say(f"pruned versions {result.pruned} of {name}")
+
+
+def _sync_directory(settings: SyncSettings, progress: bool) -> int:
+    """Every usable model of the directory; the exit rule is `CatalogResult.failure` (docs/models.md)."""
+    from nexusml.core import catalog
+    from nexusml.sync.pipeline import sync_catalog
+
+    models = catalog.read(settings.meta_path)
+    for cause in models.problems.values():
+        log.error("unusable metadata: %s", cause)
+
+    def report(name: str, outcome: SyncResult | NexusError) -> None:
+        if isinstance(outcome, NexusError):
+            log.error("model %s not synced (%s): %s", name, outcome.code, outcome)
+        else:
+            _say_synced(name, outcome)
+
+    result = sync_catalog(models, settings, progress, report)
+    for name in result.removed:
+        logs.say(f"removed {name}: no metadata file names it any more")
+    logs.say(
+        f"{settings.meta_path}: {len(result.synced)} of {len(models.models) + len(models.problems)} metadata files "
+        f"synced; serving {', '.join(result.serving) or 'no model'}"
+    )
+    failure = result.failure()
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -135,7 +171,6 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.command import demo
     from nexusml.core.settings import load
     from nexusml.sync import storage
-    from nexusml.sync.repository import disk_errors
     from nexusml.sync.settings import SyncSettings
 
     settings = load(SyncSettings, environ)
@@ -151,9 +186,8 @@ def _publish_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     s3 = storage.client(settings.s3)
     meta = demo.publish(spec, s3, bucket, Path(args.workdir), settings.s3.endpoint_url)
-    with disk_errors(f"cannot write {settings.meta_path}"):
-        settings.meta_path.write_text(meta.to_json())
-    logs.say(f"published {meta.artifact.uri}; wrote {settings.meta_path}")
+    target = demo.write_metadata(meta, settings.meta_path)
+    logs.say(f"published {meta.artifact.uri}; wrote {target}")
     return 0
 
 
@@ -179,8 +213,10 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = root.add_subparsers(dest="command", required=True)
 
-    sync = commands.add_parser("sync", help="download the model in .nexus_meta.json into the model repository")
-    sync.add_argument("--meta", help="metadata file (env NEXUS_META_PATH)")
+    sync = commands.add_parser(
+        "sync", help="download the model in .nexus_meta.json (or every model of a directory) into the model repository"
+    )
+    sync.add_argument("--meta", help="metadata file, or a directory of them (env NEXUS_META_PATH)")
     sync.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
     sync.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     sync.set_defaults(handler=_sync)
@@ -190,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     triton.set_defaults(handler=_triton)
 
     demo = commands.add_parser("publish-demo", help="control-plane stand-in: upload the demo model, write metadata")
-    demo.add_argument("--meta", help="metadata file to write (env NEXUS_META_PATH)")
+    demo.add_argument("--meta", help="metadata file to write, or a directory for <name>.json (env NEXUS_META_PATH)")
     demo.add_argument("--bucket", help="bucket (default MODEL_BUCKET, else nexus-models)")
     demo.add_argument("--name", default="demo_mlp")
     demo.add_argument("--model-version", type=int, default=1)
@@ -205,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="put new metadata's version live under traffic: install, smoke-test, switch, or roll back"
     )
-    watch.add_argument("--meta", help="metadata file (env NEXUS_META_PATH)")
+    watch.add_argument("--meta", help="metadata file, or a directory of them (env NEXUS_META_PATH)")
     watch.add_argument("--repository", help="model repository (env MODEL_REPOSITORY)")
     watch.set_defaults(handler=_watch)
 

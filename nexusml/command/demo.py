@@ -1,4 +1,5 @@
-"""A control-plane stand-in: build the demo model, export it, upload it to S3, write `.nexus_meta.json`.
+"""A control-plane stand-in: build the demo model, export it, upload it to S3, write `.nexus_meta.json`
+(or, when the metadata path is a directory, `<directory>/<name>.json`).
 
 The demo is an MLP over `width` features (5 by default, so the README's `[1, 2, 3, 4, 5]` fits) with
 `heads` output tensors of `outputs` values each. Weights come from a fixed seed, so a test can rebuild the
@@ -16,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexusml.core import catalog
 from nexusml.core.metadata import ARTIFACT_FILES, Artifact, BatchingHints, ModelMetadata, TensorSpec
 from nexusml.sync import storage
+from nexusml.sync.repository import disk_errors
 
 MAX_EXPORT_BATCH = 4096
 
@@ -115,3 +118,19 @@ def reference_outputs(spec: DemoSpec, rows: list[list[float]]) -> list[Any]:
     with torch.inference_mode():
         outputs = build(spec)(torch.tensor(rows, dtype=torch.float32))
     return [o.numpy() for o in outputs]
+
+
+def write_metadata(meta: ModelMetadata, meta_path: Path) -> Path:
+    """Write `meta` where the control plane would: the file `meta_path`, or `<meta_path>/<name>.json` when it is a
+    directory. In a directory a watcher may read at any moment, so it must see the whole file or none of it: a
+    dot-named temporary (which readers skip) is renamed into place. Returns the file written."""
+    if not catalog.is_directory(meta_path):
+        with disk_errors(f"cannot write {meta_path}"):
+            meta_path.write_text(meta.to_json())
+        return meta_path
+    target = meta_path / f"{meta.name}{catalog.SUFFIX}"
+    temporary = target.with_name(f".{target.name}.tmp")
+    with disk_errors(f"cannot write {target}"):
+        temporary.write_text(meta.to_json())
+        temporary.replace(target)
+    return target

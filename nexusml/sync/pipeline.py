@@ -1,13 +1,28 @@
-"""`nexus sync`: metadata -> S3 -> a verified version and its config.pbtxt in the model repository."""
+"""`nexus sync`: metadata -> S3 -> a verified version and its config.pbtxt in the model repository.
+
+With a directory of metadata (`nexusml.core.catalog`) every usable model is synced, one at a time
+(`sync_catalog`). A failure that belongs to one model (its metadata, its object missing or refused, its bytes
+or archive wrong, its hints against the settings) is that model's alone: logged, the others synced. Any other
+failure (the disk, the S3 endpoint, a bug) stops the command: it would fail the next model too.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexusml.core.errors import IntegrityError
+from nexusml.core.catalog import Catalog
+from nexusml.core.errors import (
+    AccessDenied,
+    ArtifactNotFound,
+    IntegrityError,
+    MetadataError,
+    NexusError,
+    SettingsError,
+    UnsafeArchive,
+)
 from nexusml.core.metadata import ModelMetadata
 from nexusml.sync import archive, storage
 from nexusml.sync.repository import Repository, disk_errors
@@ -88,3 +103,90 @@ def sync(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) ->
         path, downloaded = install(meta, settings, progress)
         written, pruned = activate(meta, settings)
     return SyncResult(path=path, downloaded=downloaded, config_written=written, pruned=pruned)
+
+
+# Failures that belong to one model of a directory: the others are synced all the same.
+MODEL_FAILURES = (MetadataError, ArtifactNotFound, AccessDenied, IntegrityError, UnsafeArchive, SettingsError)
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    """What `sync_catalog` did, model by model."""
+
+    synced: dict[str, SyncResult] = field(default_factory=dict)
+    failed: dict[str, NexusError] = field(default_factory=dict)  # model -> its own failure
+    problems: Mapping[str, str] = field(default_factory=dict)  # unusable file -> cause
+    removed: list[str] = field(default_factory=list)
+    serving: list[str] = field(default_factory=list)  # the models the repository holds afterwards
+
+    def failure(self) -> NexusError | None:
+        """The command's failure: None while the repository has a model to serve or nothing was wrong.
+
+        One broken model must not keep the others from serving (an init container that exits non-zero keeps the
+        whole pod down); a repository left with no model at all although some metadata was published is a failure,
+        the first model's own (its exit code), else an unusable file's (metadata, exit 3)."""
+        if self.serving or not (self.failed or self.problems):
+            return None
+        if self.failed:
+            return next(iter(self.failed.values()))
+        return MetadataError(f"no usable metadata: {'; '.join(self.problems.values())}")
+
+
+def file_name(source: str) -> str:
+    """What a model's source is remembered by: its file (or object) name, so that a directory mounted elsewhere
+    (the sync's container, the watcher's) or the same files under an S3 prefix still match."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def departed(catalog: Catalog, present: Iterable[str], remembered: Mapping[str, str]) -> list[str]:
+    """The models of the repository (`present`) that no metadata names any more: they are to be removed.
+
+    Kept: a usable or held name; a model whose remembered file is there but unusable (a broken file keeps its
+    model's served version); and a model whose file is not remembered while some file is unusable (it may be
+    that model's)."""
+    broken = {file_name(source) for source in catalog.problems}
+    gone = []
+    for name in present:
+        if name in catalog.models or name in catalog.held:
+            continue
+        source = remembered.get(name)
+        if (source is None and broken) or source in broken:
+            continue
+        gone.append(name)
+    return sorted(gone)
+
+
+def remembered_sources(catalog: Catalog, remembered: Mapping[str, str], removed: Iterable[str]) -> dict[str, str]:
+    """The sources to remember after a pass over `catalog`: each usable model's file; removed models forgotten."""
+    kept = {name: source for name, source in remembered.items() if name not in set(removed)}
+    return {**kept, **{name: file_name(source) for name, source in catalog.sources.items()}}
+
+
+def sync_catalog(
+    catalog: Catalog,
+    settings: SyncSettings,
+    progress: bool = False,
+    report: Callable[[str, SyncResult | NexusError], None] = lambda name, outcome: None,
+) -> CatalogResult:
+    """Sync every usable model of `catalog`, one at a time, then remove the models no metadata names any more.
+
+    A model's own failure (`MODEL_FAILURES`) is reported and the others go on; any other failure is raised at once,
+    and nothing is removed. Triton is not running: removal is deleting the folder."""
+    repo = Repository(settings.repository)
+    synced: dict[str, SyncResult] = {}
+    failed: dict[str, NexusError] = {}
+    for name in catalog.names:
+        try:
+            synced[name] = sync(catalog.models[name], settings, progress)
+        except MODEL_FAILURES as err:
+            failed[name] = err
+            report(name, err)
+            continue
+        report(name, synced[name])
+    remembered = repo.sources()
+    removed = departed(catalog, repo.models(), remembered)
+    for name in removed:
+        with repo.locked(name):
+            repo.drop_model(name)
+    repo.remember_sources(remembered_sources(catalog, remembered, removed))
+    return CatalogResult(synced, failed, dict(catalog.problems), removed, repo.models())

@@ -11,6 +11,10 @@ Pruning rule: keep the version just synced plus the newest `keep - 1` others; de
 
 A candidate (`<root>/<name>__candidate/`) is how the watcher tries a new version before users get it: a model
 of its own, with one instance and the new version's folder linked in, that Triton loads beside the served one.
+
+`<root>/.nexus_sources.json` remembers, for a directory (or S3 prefix) of metadata, which file each model was
+last published by (its file name), so that a file that turns unusable keeps its model while a file that is
+removed removes its model (`nexusml.sync.pipeline.departed`). Triton ignores files at the root.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from nexusml.core.probe import candidate_name, served_models
 from nexusml.sync.storage import sha256_file
 
 RECORD_FILE = ".nexus_meta.json"
+SOURCES_FILE = ".nexus_sources.json"
 MODEL_CODE = "model.py"
 STAGING_PREFIX = ".staging-"
 
@@ -208,6 +213,10 @@ class Repository:
                 raise
             return True
 
+    def drop_config(self, name: str) -> None:
+        with disk_errors(f"cannot remove {self.model_dir(name) / 'config.pbtxt'}"):
+            (self.model_dir(name) / "config.pbtxt").unlink(missing_ok=True)
+
     def config_text(self, name: str) -> str | None:
         """The model's current `config.pbtxt`, or None when it has none."""
         try:
@@ -228,6 +237,31 @@ class Repository:
 
     def drop_candidate(self, name: str) -> None:
         shutil.rmtree(self.model_dir(candidate_name(name)), ignore_errors=True)
+
+    def drop_model(self, name: str) -> None:
+        """Delete the model's folder (every version, its config) and its candidate's (call it inside `locked`)."""
+        self.drop_candidate(name)
+        with disk_errors(f"cannot remove {self.model_dir(name)}"):
+            shutil.rmtree(self.model_dir(name))
+
+    def sources(self) -> dict[str, str]:
+        """The remembered metadata file name of each model ({} when none is remembered)."""
+        try:
+            found = json.loads((self.root / SOURCES_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def remember_sources(self, sources: dict[str, str]) -> None:
+        """Replace the remembered sources, atomically; nothing is written when they did not change."""
+        if sources == self.sources():
+            return
+        path = self.root / SOURCES_FILE
+        tmp = path.with_name(f".{SOURCES_FILE}.tmp")
+        with disk_errors(f"cannot write {path}"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(sources, indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
 
     def remove(self, name: str, version: int) -> None:
         shutil.rmtree(self.version_dir(name, version), ignore_errors=True)

@@ -32,6 +32,13 @@ def publish(spec: demo.DemoSpec, s3_client: Any, directory: Path, bucket: str = 
     return PublishedModel(spec, meta, meta_path)
 
 
+def publish_into(spec: demo.DemoSpec, s3_client: Any, directory: Path, bucket: str = TEST_BUCKET) -> PublishedModel:
+    """Export `spec`, upload it to `bucket`, write `<directory>/<name>.json` (atomically) as a control plane
+    publishing a directory of models would; the export is kept beside the directory, not in it."""
+    meta = demo.publish(spec, s3_client, bucket, directory.parent / f"export-{spec.name}-{spec.version}")
+    return PublishedModel(spec, meta, demo.write_metadata(meta, directory))
+
+
 def sync_into(meta: ModelMetadata, s3_env: dict[str, str], repository: Path, **settings: str) -> Path:
     """`meta` synced into `repository` in this process: CPU unless `settings` say, the sync's defaults else."""
     env = {"DEVICE": "cpu", **s3_env, "MODEL_REPOSITORY": str(repository), **settings}
