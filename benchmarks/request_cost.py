@@ -64,7 +64,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
     settings = load(ProxySettings, {"MODEL_SERVER_URL": "grpc://127.0.0.1:1", "MODEL_NAME": SCHEMA.name})
     app = create_app(settings)
     state = app[STATE]
-    state.schema = SCHEMA
+    state.add_model(SCHEMA.name).serve(SCHEMA)
     request = make_mocked_request(
         "POST", "/predict", headers={"Content-Type": "application/json", "Content-Length": str(len(BODY))}, app=app
     )
@@ -72,6 +72,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
     request._match_info = match
     request[TENANT] = DEFAULT_TENANT
     request[middleware.DEADLINE] = 1e9
+    request[middleware.MODEL] = SCHEMA.name
     tenancy = app[TENANCY]
     keyed = Tenancy.from_settings(("key-one",), None, 1)
     keyed_request = make_mocked_request("POST", "/predict", headers={"X-API-Key": "key-one"}, app=app)
@@ -94,6 +95,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
         ("tenant: by API key (sha256)", lambda: middleware.identify(keyed_request, keyed, frozenset()), 1),
         ("rate limit check", lambda: keyed.admit(DEFAULT_TENANT, 0.0), 1),
         ("route template", lambda: middleware.route(request), 1),
+        ("model lookup (/predict's default, then by name)", lambda: (state.default, state.model(SCHEMA.name)), 1),
         ("Content-Type/-Encoding check", lambda: inference.check_headers(request), 1),
         ("deadline", lambda: inference.request_deadline(request), 1),
         ("MAX_IN_FLIGHT admit + release", admit_release, 1),

@@ -3,9 +3,9 @@
 Each worker's state lives under typed `web.AppKey`s of its app (`STATE`, `TENANCY`, `READINESS`, `OPENAPI`),
 opened and closed by a `cleanup_ctx`, so two apps in one process (tests) never share anything. The pieces: the
 state (`proxy.state`) and the model loader (`proxy.model_loader`), the tenants and the keys file they follow
-(`proxy.tenants`), the middleware (`proxy.middleware`), and the handlers: `/predict` (`proxy.inference`), the
-v2 protocol (`proxy.v2_routes`), health (`proxy.health`), and what the proxy says about itself
-(`proxy.introspection`).
+(`proxy.tenants`), the middleware (`proxy.middleware`), and the handlers: `/predict` and `/models/{name}/predict`
+(`proxy.inference`), the v2 protocol (`proxy.v2_routes`), health (`proxy.health`), and what the proxy says about
+itself (`proxy.introspection`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import health, introspection, v2_routes
-from proxy.inference import predict
+from proxy.inference import predict, predict_named
 from proxy.introspection import OPENAPI, OPENAPI_PATH
 from proxy.middleware import middleware
 from proxy.model_loader import upstream_ctx
@@ -45,6 +45,7 @@ def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(tenancy_ctx)
     app.router.add_post("/predict", predict)
+    app.router.add_post("/models/{name}/predict", predict_named)
     app.router.add_get("/healthz", health.healthz, allow_head=True)
     app.router.add_get("/readyz", health.readyz, allow_head=True)
     app.router.add_get("/metrics", introspection.metrics)

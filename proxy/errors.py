@@ -115,6 +115,12 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    """The route names a model this proxy does not serve, or `POST /predict` has no default model to answer."""
+
+    code = "model_not_found"
+
+
 class MethodNotAllowed(ProxyError):
     code = "method_not_allowed"
 
@@ -236,7 +242,7 @@ class NonFiniteOutput(UpstreamError):
 
 
 class NotReady(ProxyError):
-    """The model's metadata is not loaded yet, or the proxy is shutting down."""
+    """The model's metadata is not loaded yet (the message names the model), or the proxy is shutting down."""
 
     code = "not_ready"
 

@@ -1,8 +1,10 @@
-"""Liveness and readiness: `/healthz` never asks Triton; `/readyz` asks it, at most once per `READY_CACHE_S`."""
+"""Liveness and readiness: `/healthz` never asks Triton; `/readyz` and each model's readiness
+(`/v2/models/{name}/ready`) ask it, at most once per `READY_CACHE_S` each."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,17 +13,17 @@ from aiohttp import web
 from nexusml.core.probe import probe_shape
 from proxy.errors import NotReady, ProxyError, UpstreamBusy
 from proxy.middleware import dumps
-from proxy.state import STATE, ProxyState
+from proxy.state import STATE, ModelState, ProxyState
 
 READY_CACHE_S = 1.0
 
 
 @dataclass
 class Readiness:
-    """The last readiness answer and when it was found, shared by the requests of one worker."""
+    """The last readiness answers and when they were found, shared by the requests of one worker: the proxy's
+    (key "") and each model's (its name), with the model that decided the proxy's."""
 
-    checked_at: float = -1.0
-    error: ProxyError | None = None
+    checked: dict[str, tuple[float, ProxyError | None, ModelState | None]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -34,30 +36,88 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: Triton live, the model ready, and (with READY_PROBE) a probe inference answered."""
+    """Ready: Triton live and the default model ready (`check_ready`), with (READY_PROBE) a probe inference."""
+    state = request.app[STATE]
+    error, model = await cached(request, "", lambda: check_ready(state))
+    if error is not None:
+        raise error
+    assert model is not None and model.schema is not None
+    return web.json_response(
+        {
+            "status": "ready",
+            "model": model.name,
+            "versions": list(model.schema.versions),
+            "models": {name: served.state for name, served in sorted(state.models.items())},
+        },
+        dumps=dumps,
+    )
+
+
+async def model_ready(request: web.Request, model: ModelState) -> None:
+    """`model` ready (Triton live, the model ready there, the probe), or its `NotReady`."""
+    state = request.app[STATE]
+
+    async def check() -> tuple[ProxyError | None, ModelState | None]:
+        return await check_live(state) or await check_model(state, model), model
+
+    error, _ = await cached(request, model.name, check)
+    if error is not None:
+        raise error
+
+
+async def cached(
+    request: web.Request, key: str, check: Callable[[], Awaitable[tuple[ProxyError | None, ModelState | None]]]
+) -> tuple[ProxyError | None, ModelState | None]:
+    """`check`'s answer, asked at most once per READY_CACHE_S per key."""
     state, readiness = request.app[STATE], request.app[READINESS]
     if state.draining:
         raise NotReady("the proxy is shutting down")
     loop = asyncio.get_running_loop()
     async with readiness.lock:
-        if loop.time() - readiness.checked_at > READY_CACHE_S:
-            readiness.error = await check_ready(state)
-            readiness.checked_at = loop.time()
-    if readiness.error is not None:
-        raise readiness.error
-    assert state.schema is not None
-    return web.json_response(
-        {"status": "ready", "model": state.schema.name, "versions": list(state.schema.versions)}, dumps=dumps
-    )
+        entry = readiness.checked.get(key)
+        if entry is None or loop.time() - entry[0] > READY_CACHE_S:
+            error, model = await check()
+            entry = readiness.checked[key] = (loop.time(), error, model)
+    return entry[1], entry[2]
 
 
-async def check_ready(state: ProxyState) -> ProxyError | None:
-    """Why the proxy is not ready, or None when it is."""
-    schema, upstream = state.schema, state.upstream
-    if schema is None or upstream is None:
-        return NotReady(state.schema_problem)
-    if not await upstream.live():
+async def check_ready(state: ProxyState) -> tuple[ProxyError | None, ModelState | None]:
+    """Why the proxy is not ready (or None), and the model that decided it.
+
+    With a default model (`DEFAULT_MODEL`, or the only one served) the proxy is ready when that model is:
+    `POST /predict` fails for everyone without it. Without one, when any model is: one broken model of several
+    never takes the pod out of service. Models whose schema is in are asked first."""
+    if not state.models:
+        return NotReady(state.problem or "no model to serve"), None
+    live = await check_live(state)
+    if live is not None:
+        return live, None
+    if state.settings.default_model or len(state.models) == 1:
+        model = state.default
+        if model is None:
+            return NotReady(f"DEFAULT_MODEL={state.settings.default_model} is not served: {state.served()}"), None
+        return await check_model(state, model), model
+    first: ProxyError | None = None
+    for model in sorted(state.models.values(), key=lambda m: (m.schema is None, m.name)):
+        error = await check_model(state, model)
+        if error is None:
+            return None, model
+        first = first or error
+    return NotReady(f"none of the {len(state.models)} models served is ready; first: {first}"), None
+
+
+async def check_live(state: ProxyState) -> ProxyError | None:
+    assert state.upstream is not None
+    if not await state.upstream.live():
         return NotReady(f"Triton at {state.settings.model_server_url} is not live")
+    return None
+
+
+async def check_model(state: ProxyState, model: ModelState) -> ProxyError | None:
+    """Why `model` is not ready (its schema not read, not ready in Triton, no answer to a probe), or None."""
+    schema, upstream = model.schema, state.upstream
+    if schema is None or upstream is None:
+        return model.not_ready()
     if not await upstream.model_ready(schema.name, state.settings.model_version):
         return NotReady(f"model {schema.name} is not ready in Triton")
     if state.settings.ready_probe:

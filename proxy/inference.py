@@ -1,5 +1,6 @@
 """The path every inference route shares (readiness, in-flight accounting, the body, the deadline, the upstream
-call, coalesced or not), and the proxy's own route on it, `POST /predict`."""
+call, coalesced or not), and the proxy's own routes on it: `POST /predict` (the default model) and
+`POST /models/{name}/predict`."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from proxy.errors import (
     UnsupportedEncoding,
     UnsupportedMediaType,
 )
-from proxy.middleware import DEADLINE, JSON, REQUEST_ID
+from proxy.middleware import DEADLINE, JSON, MODEL, REQUEST_ID
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
-from proxy.state import STATE
+from proxy.state import STATE, ModelState
 from proxy.tenants import TENANCY, TENANT
 from proxy.validation import Prediction, predict_from_body, response_body
 
@@ -29,6 +30,21 @@ Parsed = TypeVar("Parsed")
 
 
 async def predict(request: web.Request) -> web.Response:
+    """`POST /predict`: the default model's (`DEFAULT_MODEL`, else the only one served)."""
+    state = request.app[STATE]
+    model = state.default
+    if model is None:
+        raise state.no_default()
+    return await predict_with(request, model)
+
+
+async def predict_named(request: web.Request) -> web.Response:
+    """`POST /models/{name}/predict`: `/predict` for the model the path names."""
+    return await predict_with(request, request.app[STATE].model(request.match_info["name"]))
+
+
+async def predict_with(request: web.Request, model: ModelState) -> web.Response:
+    request[MODEL] = model.label
     check_headers(request)
     max_dim = request.app[STATE].settings.max_dynamic_dim
 
@@ -36,7 +52,7 @@ async def predict(request: web.Request) -> web.Response:
         prediction = predict_from_body(body, schema, max_dim)
         return prediction, prediction
 
-    schema, prediction, outputs, version = await predicting(request, parse)
+    schema, prediction, outputs, version = await predicting(request, model, parse)
     return web.Response(
         body=response_body(outputs, schema, prediction),
         content_type=JSON,
@@ -45,18 +61,19 @@ async def predict(request: web.Request) -> web.Response:
 
 
 async def predicting(
-    request: web.Request, parse: Callable[[bytes, ModelSchema], tuple[Prediction, Parsed]]
+    request: web.Request, model: ModelState, parse: Callable[[bytes, ModelSchema], tuple[Prediction, Parsed]]
 ) -> tuple[ModelSchema, Parsed, Outputs, str]:
     """What every inference route shares: readiness, the in-flight bookkeeping, the body, the deadline, and
-    the upstream call (coalesced or not). `parse` turns the body into validated arrays for `schema`."""
+    the upstream call (coalesced or not) of `model`. `parse` turns the body into validated arrays for `schema`."""
     state = request.app[STATE]
     settings = state.settings
     if state.draining:
         raise NotReady("the proxy is shutting down")
-    schema = state.schema
+    schema = model.schema
     if schema is None:
-        raise NotReady(state.schema_problem)
+        raise model.not_ready()
     state.in_flight += 1  # in progress from here (the gauge, and what a graceful shutdown waits for)
+    model.in_flight += 1  # what a removed model's coalescer waits for before it closes
     state.metrics.in_flight_changed(1)
     try:
         deadline = request_deadline(request)
@@ -70,10 +87,11 @@ async def predicting(
             prediction, parsed = parse(body, schema)
             request.app[TENANCY].charge_rows(tenant, prediction.rows)
             state.metrics.tenant_request(tenant.name, prediction.rows)
-            if state.coalescer is not None:
-                outputs, version = await state.coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
+            coalescer = model.coalescer
+            if coalescer is not None:
+                outputs, version = await coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
             else:
-                outputs, version = await state.send(
+                outputs, version = await model.send(
                     prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
                 )
         finally:
@@ -81,6 +99,7 @@ async def predicting(
         return schema, parsed, outputs, version
     finally:
         state.in_flight -= 1
+        model.in_flight -= 1
         state.metrics.in_flight_changed(-1)
 
 

@@ -1,16 +1,18 @@
-"""What the proxy says about itself: the model it serves (`/v1/models`), its tenants (`/v1/tenants`), its metrics,
+"""What the proxy says about itself: the models it serves (`/v1/models`), its tenants (`/v1/tenants`), its metrics,
 its API document."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from nexusml.core.probe import candidate_name
-from proxy.errors import Forbidden, NotReady, ProxyError
+from proxy.errors import Forbidden, ProxyError
 from proxy.middleware import dumps
-from proxy.state import STATE
+from proxy.state import STATE, ModelState, ProxyState
 from proxy.tenants import SHARE_WINDOW_S, TENANCY, TENANT
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -18,24 +20,44 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 
 async def models(request: web.Request) -> web.Response:
-    """The served model, the version serving it, during a model update the version being tried, and whether this
-    worker's tensors reach Triton through shared memory (`shared_memory`)."""
+    """Every served model (its schema once read, its state, the version serving it, during a model update the
+    version being tried, why it is not ready), the metadata files that name no usable model (`problems`), and
+    whether this worker's tensors reach Triton through shared memory (`shared_memory`)."""
     state = request.app[STATE]
-    if state.schema is None:
-        raise NotReady(state.schema_problem)
     assert state.upstream is not None
-    described = state.schema.describe()
-    described["served_version"] = state.version_seen or (state.schema.versions[-1] if state.schema.versions else None)
+    served = sorted(state.models.values(), key=lambda model: model.name)
+    described = await asyncio.gather(*(describe(state, model) for model in served))
+    problems = list(state.problems)
+    if not served and state.problem:
+        problems.append(state.problem)
+    # How this worker's tensors reach Triton: `active` false means in the message, `detail` says why.
+    return web.json_response(
+        {"models": described, "problems": problems, "shared_memory": state.upstream.shm.describe()}, dumps=dumps
+    )
+
+
+async def describe(state: ProxyState, model: ModelState) -> dict[str, Any]:
+    schema = model.schema
+    described: dict[str, Any] = {"name": model.name} if schema is None else schema.describe()
+    described["state"] = model.state
+    described["served_version"] = model.version_seen or (schema.versions[-1] if schema and schema.versions else None)
     described["trying_version"] = None
-    candidate = candidate_name(state.schema.name)
+    described["problem"] = None if schema is not None else model.problem
+    if model.name in state.held:
+        described["problem"] = (
+            f"model {model.name} is named by two metadata files (see problems): served as it was until one goes"
+        )
+    if schema is None:
+        return described
+    assert state.upstream is not None
+    candidate = candidate_name(model.name)
     try:
         if await state.upstream.model_ready(candidate, ""):
             tried = await state.upstream.schema(candidate, "")
             described["trying_version"] = tried.versions[-1] if tried.versions else None
     except ProxyError:
         pass  # no candidate, or Triton busy: nothing is being tried that the proxy can see
-    # How this worker's tensors reach Triton: `active` false means in the message, `detail` says why.
-    return web.json_response({"models": [described], "shared_memory": state.upstream.shm.describe()}, dumps=dumps)
+    return described
 
 
 async def tenants(request: web.Request) -> web.Response:

@@ -1,10 +1,13 @@
 """The proxy's Prometheus metrics, on prometheus-client; `/metrics` shows the whole pod, whichever worker answers.
 
-What is counted: HTTP requests by route template and status (`nexus_proxy_requests_total`) and their
-latency by route (`nexus_proxy_request_duration_seconds`); predictions in progress (`nexus_proxy_in_flight`,
-the HPA's custom metric); and, per call to Triton, its latency (`nexus_proxy_upstream_duration_seconds`),
-its rows (`nexus_proxy_upstream_batch_rows`) and its failures by error code
-(`nexus_proxy_upstream_errors_total`). Per tenant: predictions admitted past their body and their rows
+What is counted: HTTP requests by route template, status and model (`nexus_proxy_requests_total`) and their
+latency by route and model (`nexus_proxy_request_duration_seconds`); predictions in progress
+(`nexus_proxy_in_flight`, the HPA's custom metric); and, per call to Triton, by model, its latency
+(`nexus_proxy_upstream_duration_seconds`), its rows (`nexus_proxy_upstream_batch_rows`) and its failures by error
+code (`nexus_proxy_upstream_errors_total`). `model` is the served model a request named or `/predict` chose, empty
+for the routes of no model and for names the proxy does not serve (a client's name never becomes a label); a
+worker gives at most `MODEL_LABELS` distinct model names their own value, the others share `_other`.
+Per tenant: predictions admitted past their body and their rows
 (`nexus_proxy_tenant_requests_total`, `nexus_proxy_tenant_rows_total`), refusals by cause
 (`nexus_proxy_tenant_rejected_total`: `rate_requests`, `rate_rows`, `over_share`), time waited in the
 coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
@@ -48,6 +51,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MODEL_LABELS = 100  # distinct model label values per worker; later models share OTHER_MODELS
+OTHER_MODELS = "_other"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 disable_created_metrics()
@@ -64,24 +69,35 @@ class Metrics:
         # Multiprocess: values live in files, not in a registry; a scrape reads the files (all workers').
         own = None if self.multiprocess else CollectorRegistry()
         self.requests = Counter(
-            "nexus_proxy_requests_total", "HTTP requests by route and status", ("route", "status"), registry=own
+            "nexus_proxy_requests_total",
+            "HTTP requests by route, status and model",
+            ("route", "status", "model"),
+            registry=own,
         )
         self.latency = Histogram(
             "nexus_proxy_request_duration_seconds",
             "time from request to response",
-            ("route",),
+            ("route", "model"),
             buckets=LATENCY_BUCKETS,
             registry=own,
         )
         self.upstream_errors = Counter(
-            "nexus_proxy_upstream_errors_total", "failed Triton calls by error code", ("code",), registry=own
+            "nexus_proxy_upstream_errors_total",
+            "failed Triton calls by error code and model",
+            ("code", "model"),
+            registry=own,
         )
         self.upstream_latency = Histogram(
-            "nexus_proxy_upstream_duration_seconds", "Triton inference calls", buckets=LATENCY_BUCKETS, registry=own
+            "nexus_proxy_upstream_duration_seconds",
+            "Triton inference calls, by model",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=own,
         )
         self.batch_rows = Histogram(
             "nexus_proxy_upstream_batch_rows",
-            "rows per inference request sent to Triton",
+            "rows per inference request sent to Triton, by model",
+            ("model",),
             buckets=BATCH_BUCKETS,
             registry=own,
         )
@@ -124,9 +140,10 @@ class Metrics:
             "changed keys files refused (the previous table stays in force)",
             registry=own,
         )
-        # (route, status) -> the two labelled children, so the per-request cost is one dict lookup; the same
-        # for the per-tenant series, keyed by tenant name (and cause).
-        self._per_route: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        # (route, status, model) -> the two labelled children, so the per-request cost is one dict lookup; the
+        # same for the per-tenant series, keyed by tenant name (and cause).
+        self._per_route: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
+        self._models: set[str] = set()
         self._per_tenant: dict[str, tuple[Counter, Counter]] = {}
         self._rejected: dict[tuple[str, str], Counter] = {}
         self._queue_wait: dict[str, Histogram] = {}
@@ -144,13 +161,22 @@ class Metrics:
         if self.multiprocess:
             self.in_flight.inc(delta)
 
-    def request_done(self, route: str, status: int, elapsed: float) -> None:
-        """One answered request: `route` is a route template (or `unmatched`), never a client's path."""
-        children = self._per_route.get((route, status))
+    def model_label(self, name: str) -> str:
+        """The `model` label value of served model `name`: its name, for the first `MODEL_LABELS` names this worker
+        served (a model removed keeps its place: its series stay), `_other` beyond."""
+        if name in self._models or len(self._models) < MODEL_LABELS:
+            self._models.add(name)
+            return name
+        return OTHER_MODELS
+
+    def request_done(self, route: str, status: int, elapsed: float, model: str = "") -> None:
+        """One answered request: `route` is a route template (or `unmatched`), never a client's path; `model` a
+        `model_label` value, or empty."""
+        children = self._per_route.get((route, status, model))
         if children is None:
-            children = self._per_route[route, status] = (
-                self.requests.labels(route, str(status)),
-                self.latency.labels(route),
+            children = self._per_route[route, status, model] = (
+                self.requests.labels(route, str(status), model),
+                self.latency.labels(route, model),
             )
         children[0].inc()
         children[1].observe(elapsed)

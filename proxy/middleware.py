@@ -40,10 +40,13 @@ from proxy.tenants import DEFAULT_TENANT, TENANT, Tenancy, Tenant
 CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in metrics, never sent
 REQUEST_ID = web.RequestKey("request_id", str)
 DEADLINE = web.RequestKey("deadline", float)
+MODEL = web.RequestKey("model", str)  # the `model` label of the served model the request is for; empty: none
 JSON = "application/json"
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # The routes of predictions (templates, as `route` gives them, with POST): the rate limits apply to these.
-PREDICTION_ROUTES = frozenset({"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"})
+PREDICTION_ROUTES = frozenset(
+    {"/predict", "/models/{name}/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = logging.getLogger("proxy.access")
@@ -150,7 +153,7 @@ def record(
     (bare JSON in text format, merged into the record's JSON object in json format), with the model and
     version that answered a prediction. Malformed HTTP gets `proxy.protocol`'s rate-limited line instead."""
     status = response.status
-    state.metrics.request_done(route(request), status, elapsed)
+    state.metrics.request_done(route(request), status, elapsed, request[MODEL])
     if isinstance(error, MalformedRequest):  # a client's broken HTTP: one line within the rate limit
         protocol.report(request.remote, error, request_id)
         return
@@ -194,6 +197,7 @@ def middleware(
         now = asyncio.get_running_loop().time()
         request[DEADLINE] = now + timeout_s
         request[TENANT] = DEFAULT_TENANT
+        request[MODEL] = ""
         error: NexusError | None = None
         try:
             tenant = request[TENANT] = identify(request, tenancy, open_paths)
@@ -206,7 +210,7 @@ def middleware(
                     raise
             response = await handler(request)
         except asyncio.CancelledError:
-            state.metrics.request_done(route(request), CLIENT_GONE, time.perf_counter() - started)
+            state.metrics.request_done(route(request), CLIENT_GONE, time.perf_counter() - started, request[MODEL])
             raise
         except web.HTTPException as exc:
             if exc.status < 400:

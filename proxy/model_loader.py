@@ -1,8 +1,14 @@
-"""Which model to serve and its schema, read from Triton and followed; the upstream client's lifetime.
+"""Which models to serve and their schemas, read from Triton and followed; the upstream client's lifetime.
 
-The schema is read at start-up and, while Triton is unreachable, retried in the background: the proxy starts
-and answers `/healthz` without Triton, and `/readyz` and `/predict` say 503 until the schema is in. Once in,
-it is re-read every `SCHEMA_REFRESH_S`, so validation follows a new version the watcher put live.
+Which models: `MODEL_NAME` (that one only); else `NEXUS_META_PATH`, a file (its model) or a directory (every model
+of `nexusml.core.catalog.read`, re-read when `catalog.stamp` changes, checked every `SCHEMA_REFRESH_S`: a new file
+is a new model, a removed one stops being served); else Triton's repository index (every ready model, candidates
+left out, checked again every `SCHEMA_REFRESH_S` for new ones). Until the names are known (a broken metadata file,
+a Triton that does not answer) that is retried every `SCHEMA_RETRY_S`, and the proxy answers 503 saying why.
+
+Each model has a task of its own: its schema is read until Triton has it (the model is "loading"; "failed" when
+Triton has it but the proxy cannot serve it), then re-read every `SCHEMA_REFRESH_S`, so validation follows a new
+version the watcher put live. The proxy starts and answers `/healthz` without Triton.
 """
 
 from __future__ import annotations
@@ -10,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
-from nexusml.core import metadata
+from nexusml.core import catalog
+from nexusml.core.catalog import Catalog
 from nexusml.core.errors import MetadataError, NexusError
-from proxy.client import Upstream, connect
-from proxy.errors import ModelUnknown, NotReady, ProxyError, UpstreamForbidden
-from proxy.settings import ProxySettings
-from proxy.state import STATE, ProxyState
+from nexusml.core.probe import CANDIDATE_SUFFIX
+from proxy.client import connect
+from proxy.errors import ModelUnknown, NotReady, ProxyError, UpstreamForbidden, UpstreamUnavailable
+from proxy.state import STATE, ModelState, ProxyState
 
 SCHEMA_RETRY_S = 1.0
 SCHEMA_REFRESH_S = 2.0
@@ -26,83 +34,232 @@ SCHEMA_REFRESH_S = 2.0
 log = logging.getLogger("proxy")
 
 
+class Loader:
+    """The tasks that decide the served models and follow them: one for the set, one per model."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.retiring: set[asyncio.Task[None]] = set()
+        self.decided = asyncio.Event()  # set once the first set of models is known
+        self.mode = ""  # where the names come from: name, file, directory or index (decided with them)
+        self.stamp: catalog.Stamp | None = None  # the directory's, when last read
+        self.shm_opened = False
+
+    async def run(self) -> None:
+        """Decide the models (retrying until something names them), then follow where they come from."""
+        state, settings = self.state, self.state.settings
+        logged: str | None = None
+        while True:
+            try:
+                await self.discover()
+                break
+            except Exception as err:  # anything else would end this task silently and leave /readyz stale
+                # Configuration problems (no model named, a broken metadata file) are not Triton's: say so plainly.
+                configuration = isinstance(err, ModelUnknown | MetadataError)
+                if configuration or isinstance(err, NotReady):
+                    state.problem = str(err)
+                else:
+                    state.problem = f"model metadata not available from {settings.model_server_url}: {err}"
+                if not isinstance(err, NexusError):
+                    log.exception("unexpected error deciding which models to serve")
+                if logged != type(err).__name__:
+                    level = logging.ERROR if configuration else logging.WARNING
+                    log.log(level, "%s; retrying every %g s", state.problem, SCHEMA_RETRY_S)
+                    logged = type(err).__name__
+            await asyncio.sleep(SCHEMA_RETRY_S)
+        self.decided.set()
+        if self.mode in ("name", "file"):
+            return  # one model, named once and for all
+        while True:
+            await asyncio.sleep(SCHEMA_REFRESH_S)
+            try:
+                await self.discover()
+            except Exception as err:  # the models served stay as they are
+                if not isinstance(err, NexusError):
+                    log.exception("unexpected error re-reading which models to serve")
+
+    async def discover(self) -> None:
+        """Bring the served models in line with what names them now."""
+        state, settings = self.state, self.state.settings
+        mode = self.mode or where_names_come_from(state)
+        if mode == "name":
+            self.serve_only([settings.model_name])
+        elif mode == "directory":
+            self.follow_catalog(settings.meta_path)
+        elif mode == "file":
+            self.serve_only(catalog.read(settings.meta_path).names)
+        else:
+            await self.follow_index()
+        self.mode = mode
+        state.problem = None if state.models else state.problem
+
+    def serve_only(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.state.models:
+                self.add(name)
+
+    def follow_catalog(self, directory: Path) -> None:
+        """The directory's catalog, re-read when its stamp changes: new models added, removed ones removed, held
+        names left as they are; its problems shown in /v1/models, each logged once."""
+        stamp = catalog.stamp(directory)
+        if stamp == self.stamp:
+            return
+        found: Catalog = catalog.read(directory)
+        self.stamp = stamp
+        state = self.state
+        for line in found.problems.values():
+            if line not in state.problems:
+                log.error("metadata not used: %s", line)
+        state.problems = [found.problems[source] for source in sorted(found.problems)]
+        state.held = found.held
+        for name in found.names:
+            if name not in state.models:
+                self.add(name)
+        for name in list(state.models):
+            if name not in found.models and name not in found.held:
+                self.remove(name)
+        if not state.models:
+            state.problem = f"no usable model metadata in NEXUS_META_PATH={directory}"
+
+    async def follow_index(self) -> None:
+        """Every ready model of Triton's index, candidates left out; new ones are added (a model that leaves the
+        index stays served: a reload in progress must not make it 404)."""
+        state, settings = self.state, self.state.settings
+        assert state.upstream is not None
+        try:
+            models = await state.upstream.ready_models()
+        except UpstreamForbidden as err:
+            raise ModelUnknown(
+                f"cannot tell which model to serve: MODEL_NAME is empty, there is no metadata at "
+                f"NEXUS_META_PATH={settings.meta_path}, and {err}; set MODEL_NAME or mount the metadata"
+            ) from err
+        served = [name for name in models if not name.endswith(CANDIDATE_SUFFIX)]
+        if not served and not state.models:
+            raise NotReady(f"MODEL_NAME is not set and Triton serves no ready model {models}")
+        self.serve_only(served)
+
+    def add(self, name: str) -> None:
+        model = self.state.add_model(name)
+        self.tasks[name] = asyncio.get_running_loop().create_task(self.follow_model(model))
+        if self.decided.is_set():
+            log.info("model %s added: its metadata appeared", name)
+
+    def remove(self, name: str) -> None:
+        """Stop serving `name` (404 from now on); its requests in flight finish, then its coalescer is closed."""
+        model = self.state.remove_model(name)
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        if model is not None:
+            log.info("model %s removed: its metadata is gone", name)
+            retire = asyncio.get_running_loop().create_task(self.retire(model))
+            self.retiring.add(retire)
+            retire.add_done_callback(self.retiring.discard)
+
+    async def retire(self, model: ModelState) -> None:
+        settings = self.state.settings
+        bound = settings.request_timeout_ms / 1000 + settings.body_timeout_s
+        waited = 0.0
+        while model.in_flight and waited < bound:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        if model.coalescer is not None:
+            await model.coalescer.close()
+
+    async def follow_model(self, model: ModelState) -> None:
+        """Read the model's schema until it works, register shared memory (once, for the first model ready),
+        then re-read the schema every SCHEMA_REFRESH_S."""
+        state = self.state
+        assert state.upstream is not None
+        await load_schema(state, model)
+        schema = model.schema
+        assert schema is not None
+        if not self.shm_opened:
+            self.shm_opened = True
+            await state.upstream.shm.open()
+        log.info(
+            "serving model %s (versions %s) from %s; coalescing %s",
+            schema.name,
+            ",".join(schema.versions),
+            state.settings.model_server_url,
+            model.coalescing(),
+        )
+        await follow_schema(state, model)
+
+    async def settled(self) -> None:
+        """Until the models are decided and each then known has its first schema."""
+        await self.decided.wait()
+        await asyncio.gather(*(model.loaded.wait() for model in list(self.state.models.values())))
+
+    async def close(self) -> None:
+        for task in [*self.tasks.values(), *self.retiring]:
+            task.cancel()
+        for model in self.state.models.values():
+            if model.coalescer is not None:
+                await model.coalescer.close()
+
+
+def where_names_come_from(state: ProxyState) -> str:
+    """name (MODEL_NAME), directory or file (NEXUS_META_PATH), else index (Triton's)."""
+    settings = state.settings
+    if settings.model_name:
+        return "name"
+    if catalog.is_directory(settings.meta_path):
+        return "directory"
+    return "file" if settings.meta_path.is_file() else "index"
+
+
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: the upstream client, the loader and the follower live as long as the app; closing
+    """aiohttp cleanup context: the upstream client, the loader and the followers live as long as the app; closing
     the client unregisters and unlinks its shared-memory region."""
     state = app[STATE]
     state.upstream = connect(state.settings)
-    follower: list[asyncio.Task[None]] = []
-    loader = asyncio.create_task(_load(state, follower))
+    loader = Loader(state)
+    deciding = asyncio.create_task(loader.run())
     # A Triton that is up answers within the timeout; one that is not must not hold up start-up.
-    await asyncio.wait({loader}, timeout=2 * state.settings.connect_timeout_s)
+    settling = asyncio.create_task(loader.settled())
+    await asyncio.wait({settling}, timeout=2 * state.settings.connect_timeout_s)
+    settling.cancel()
     try:
         yield
     finally:
-        loader.cancel()
-        for task in follower:
-            task.cancel()
-        if state.coalescer is not None:
-            await state.coalescer.close()
+        deciding.cancel()
+        await loader.close()
         await state.upstream.close()
 
 
-async def _load(state: ProxyState, follower: list[asyncio.Task[None]]) -> None:
-    """Read the schema until it works, serve it, register the shared-memory region, then start following the schema
-    (the task goes into `follower`).
+async def load_schema(state: ProxyState, model: ModelState) -> None:
+    """Read the model's schema from Triton, retrying until it works (or the model is removed, or the app stops).
 
-    The region is registered once the model is ready, because Triton answers then; a Triton restarted later has
-    forgotten it, which the first request through it finds out (`SharedMemory.forgot`) and registers it again.
-    """
-    await load_schema(state)
-    schema = state.schema
-    assert schema is not None and state.upstream is not None
-    await state.upstream.shm.open()
-    log.info(
-        "serving model %s (versions %s) from %s; coalescing %s",
-        schema.name,
-        ",".join(schema.versions),
-        state.settings.model_server_url,
-        state.coalescing(),
-    )
-    follower.append(asyncio.get_running_loop().create_task(follow_schema(state)))
-
-
-async def load_schema(state: ProxyState) -> None:
-    """Find the model and read its schema from Triton, retrying until it works (or the app stops).
-
-    Each new kind of problem is logged once, so a proxy that can never become ready says why in one line.
+    Each new kind of problem is logged once, so a model that can never become ready says why in one line.
     """
     assert state.upstream is not None
     settings = state.settings
     logged: str | None = None
     while True:
         try:
-            name = await model_name(state.upstream, settings)
-            state.serve(await state.upstream.schema(name, settings.model_version))
+            model.serve(await state.upstream.schema(model.name, settings.model_version))
             return
-        except Exception as err:  # anything else would end this task silently and leave /readyz stale
-            # Configuration problems (no model named, a broken metadata file) are not Triton's: say so plainly.
-            configuration = isinstance(err, ModelUnknown | MetadataError)
-            if configuration:
-                state.schema_problem = str(err)
-            else:
-                state.schema_problem = f"model metadata not available from {settings.model_server_url}: {err}"
+        except Exception as err:
+            # Not there yet (Triton unreachable, the model not loaded) is loading; anything else failed.
+            model.failed = not isinstance(err, UpstreamUnavailable)
+            model.problem = f"model {model.name}: metadata not available from {settings.model_server_url}: {err}"
             if not isinstance(err, NexusError):
-                log.exception("unexpected error reading the model's metadata")
+                log.exception("unexpected error reading model %s's metadata", model.name)
             if logged != type(err).__name__:
-                level = logging.ERROR if configuration else logging.WARNING
-                log.log(level, "%s; retrying every %g s", state.schema_problem, SCHEMA_RETRY_S)
+                log.warning("%s; retrying every %g s", model.problem, SCHEMA_RETRY_S)
                 logged = type(err).__name__
         await asyncio.sleep(SCHEMA_RETRY_S)
 
 
-async def follow_schema(state: ProxyState) -> None:
+async def follow_schema(state: ProxyState, model: ModelState) -> None:
     """Re-read the schema every `SCHEMA_REFRESH_S`, so validation follows a new version the watcher put live
-    (its interface may differ). Two small metadata calls per worker; a failure keeps the schema it has."""
+    (its interface may differ). Two small metadata calls per model and worker; a failure keeps the schema it has."""
     assert state.upstream is not None
     while True:
         await asyncio.sleep(SCHEMA_REFRESH_S)
-        current = state.schema
+        current = model.schema
         if current is None:
             continue
         try:
@@ -111,28 +268,5 @@ async def follow_schema(state: ProxyState) -> None:
             continue
         if fresh == current:
             continue
-        state.serve(fresh)
+        model.serve(fresh)
         log.info("model %s now serves version %s", fresh.name, ",".join(fresh.versions))
-
-
-async def model_name(upstream: Upstream, settings: ProxySettings) -> str:
-    """Which model to serve: `MODEL_NAME`, else the control plane's metadata, else Triton's repository index.
-
-    The metadata comes before the index because deployments restrict Triton's model-repository API to an
-    admin key the proxy does not hold (compose and the chart mount the metadata for the sync anyway);
-    the index serves `nexus proxy` pointed at a Triton of its own with nothing configured.
-    """
-    if settings.model_name:
-        return settings.model_name
-    if settings.meta_path.is_file():
-        return metadata.load(settings.meta_path).name
-    try:
-        models = await upstream.ready_models()
-    except UpstreamForbidden as err:
-        raise ModelUnknown(
-            f"cannot tell which model to serve: MODEL_NAME is empty, there is no metadata file at "
-            f"NEXUS_META_PATH={settings.meta_path}, and {err}; set MODEL_NAME or mount the metadata"
-        ) from err
-    if len(models) != 1:
-        raise NotReady(f"MODEL_NAME is not set and Triton serves {len(models)} ready models {models}")
-    return models[0]

@@ -37,7 +37,14 @@ class ProxySettings:
     model_name: str = env(
         "MODEL_NAME",
         "",
-        "model to serve; empty: the name in NEXUS_META_PATH, else the only model in Triton's repository index",
+        "serve this one model only; empty: every model of NEXUS_META_PATH (a file or a directory of them), else "
+        "every ready model of Triton's repository index",
+    )
+    default_model: str = env(
+        "DEFAULT_MODEL",
+        "",
+        "model that POST /predict answers for; empty: the only model served (with several, /predict answers 404 "
+        "model_not_found and clients POST /models/{name}/predict)",
     )
     meta_path: Path = META_PATH.field()
     model_version: str = env(
@@ -226,6 +233,10 @@ class ProxySettings:
             raise SettingsError(f"OPEN_ENDPOINTS={','.join(self.open_endpoints)}: paths must start with /")
         if any(not key or any(c.isspace() for c in key) for key in self.api_keys):
             raise SettingsError("API_KEYS: keys must not contain whitespace")
+        if self.model_name and self.default_model and self.default_model != self.model_name:
+            raise SettingsError(
+                f"DEFAULT_MODEL={self.default_model} but MODEL_NAME={self.model_name} serves that model only"
+            )
         if self.api_keys and self.api_keys_file is not None:
             raise SettingsError(
                 "API_KEYS and API_KEYS_FILE are both set: use one (each key of API_KEYS can be a tenant in the file)"

@@ -1,12 +1,17 @@
-"""What one worker shares between its requests: the served model, the upstream client, the in-flight counts.
+"""What one worker shares between its requests, and what it keeps per served model.
 
-`ProxyState` lives under the typed key `STATE` of its app (`proxy.app.create_app`), so two apps in one process
-(tests) never share anything. The model's schema is set through `serve`, by the loader and the follower
-(`proxy.model_loader`) only; `serve` also keeps the coalescer's limits those of the schema being served.
+`ProxyState` is the worker's: settings, the upstream client (with its shared memory), MAX_IN_FLIGHT's places
+shared by the tenants, draining, metrics, and the served models by name (`models`). MAX_IN_FLIGHT is the worker's,
+not a model's: it bounds what the worker holds in memory and sends upstream, whichever model a request is for.
+A `ModelState` is one served model's: its schema, its coalescer (so its batches and deadlines are its own), the
+version Triton last answered with, and its own `send`. `ProxyState` lives under the typed key `STATE` of its app
+(`proxy.app.create_app`), so two apps in one process (tests) never share anything. Models are added and removed,
+and their schemas set through `ModelState.serve`, by the loader (`proxy.model_loader`) only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -14,12 +19,103 @@ from aiohttp import web
 
 from proxy.client import Outputs, Upstream
 from proxy.coalesce import Coalescer
-from proxy.errors import Overloaded, OverShare, ProxyError
+from proxy.errors import ModelNotFound, NotReady, Overloaded, OverShare, ProxyError
 from proxy.metrics import Metrics
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.stacked import Tensor
 from proxy.tenants import Tenant
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+@dataclass(eq=False)
+class ModelState:
+    """One served model. `problem` says why it is not ready (it names the model); `failed` marks a problem that
+    is not "not there yet" (Triton has the model but the proxy cannot serve it), still retried."""
+
+    name: str
+    worker: ProxyState
+    schema: ModelSchema | None = None  # None until read from Triton; then the one served
+    problem: str = ""
+    failed: bool = False
+    coalescer: Coalescer | None = None
+    version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
+    in_flight: int = 0  # its predictions in progress: a removed model's coalescer is closed once none is left
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)  # set once its first schema is in
+    label: str = field(init=False)  # its `model` label value in the metrics
+
+    def __post_init__(self) -> None:
+        self.problem = self.problem or f"model {self.name}: metadata not read from Triton yet"
+        metrics = self.worker.metrics
+        self.label = metrics.model_label(self.name)
+        self._rows = metrics.batch_rows.labels(self.label)
+        self._latency = metrics.upstream_latency.labels(self.label)
+
+    @property
+    def state(self) -> str:
+        """ready, loading (its schema not read yet) or failed (read, but not servable)."""
+        if self.schema is not None:
+            return READY
+        return FAILED if self.failed else LOADING
+
+    def not_ready(self) -> NotReady:
+        return NotReady(self.problem)
+
+    def serve(self, schema: ModelSchema) -> None:
+        """Serve `schema` from now on: the first one read makes the coalescer (when on and the model batches),
+        a later one (a new version the watcher put live) gives it that version's limits."""
+        first = self.schema is None
+        self.schema = schema
+        self.failed = False
+        self.loaded.set()
+        settings = self.worker.settings
+        if not (settings.coalesce and schema.batched):
+            return
+        max_rows, slots = coalescing_limits(settings, schema)
+        if self.coalescer is not None:
+            self.coalescer.reconfigure(max_rows, slots, schema.preferred_batch_sizes)
+        elif first:
+            metrics = self.worker.metrics
+            self.coalescer = Coalescer(
+                self.send,
+                max_rows=max_rows,
+                slots=slots,
+                max_wait_s=settings.coalesce_max_wait_ms / 1000,
+                preferred=schema.preferred_batch_sizes,
+                on_padding=metrics.padded_rows.inc,
+                aging_s=settings.priority_max_wait_ms / 1000,
+                on_wait=lambda tenant, seconds: metrics.tenant_queue_wait(tenant.name, seconds),
+            )
+
+    async def send(
+        self, arrays: dict[str, Tensor], rows: int, deadline: float, level: int = 0, request_id: str = ""
+    ) -> tuple[Outputs, str]:
+        """One upstream inference, measured; `level` is its priority level (0: the model's default)."""
+        worker = self.worker
+        assert worker.upstream is not None and self.schema is not None
+        self._rows.observe(rows)
+        started = time.perf_counter()
+        try:
+            outputs, version = await worker.upstream.infer(
+                self.schema, worker.settings.model_version, arrays, deadline, request_id, level
+            )
+        except ProxyError as err:
+            worker.metrics.upstream_errors.labels(err.code, self.label).inc()
+            raise
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+        self.version_seen = version
+        return outputs, version
+
+    def coalescing(self) -> str:
+        """How its requests are merged, in words for the log."""
+        if self.coalescer is None:
+            return "off"
+        return (
+            f"on ({self.coalescer.slots} batches in flight, up to {self.coalescer.max_rows} rows, "
+            f"shaped to preferred sizes {list(self.coalescer.preferred) or 'none'})"
+        )
 
 
 @dataclass
@@ -29,10 +125,12 @@ class ProxyState:
     settings: ProxySettings
     worker: int = 0
     upstream: Upstream | None = None
-    schema: ModelSchema | None = None  # None until read from Triton; then the one served
-    schema_problem: str = "model metadata not read from Triton yet"
-    coalescer: Coalescer | None = None
-    version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
+    models: dict[str, ModelState] = field(default_factory=dict)  # the served models by name
+    default: ModelState | None = None  # the model `POST /predict` answers for, when there is one
+    # Why no model is known (which models to serve is not decided yet, or nothing names one); None once decided.
+    problem: str | None = "which models to serve is not decided yet"
+    problems: list[str] = field(default_factory=list)  # metadata files that name no usable model: one line each
+    held: frozenset[str] = frozenset()  # names two metadata files claim: served as they were, neither file used
     in_flight: int = 0  # predictions in progress, bodies still arriving included
     admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
     admitted_by: dict[str, int] = field(default_factory=dict)  # `admitted` per tenant name, those with any
@@ -43,46 +141,47 @@ class ProxyState:
     def __post_init__(self) -> None:
         self.metrics = Metrics(in_flight=lambda: self.in_flight)
 
-    def serve(self, schema: ModelSchema) -> None:
-        """Serve `schema` from now on: the first one read makes the coalescer (when on and the model batches),
-        a later one (a new version the watcher put live) gives it that version's limits."""
-        first = self.schema is None
-        self.schema = schema
-        if not (self.settings.coalesce and schema.batched):
-            return
-        max_rows, slots = coalescing_limits(self.settings, schema)
-        if self.coalescer is not None:
-            self.coalescer.reconfigure(max_rows, slots, schema.preferred_batch_sizes)
-        elif first:
-            self.coalescer = Coalescer(
-                self.send,
-                max_rows=max_rows,
-                slots=slots,
-                max_wait_s=self.settings.coalesce_max_wait_ms / 1000,
-                preferred=schema.preferred_batch_sizes,
-                on_padding=self.metrics.padded_rows.inc,
-                aging_s=self.settings.priority_max_wait_ms / 1000,
-                on_wait=lambda tenant, seconds: self.metrics.tenant_queue_wait(tenant.name, seconds),
-            )
+    def add_model(self, name: str) -> ModelState:
+        """Serve `name` from now on (loading until its schema is in)."""
+        model = self.models[name] = ModelState(name, self)
+        self._choose_default()
+        return model
 
-    async def send(
-        self, arrays: dict[str, Tensor], rows: int, deadline: float, level: int = 0, request_id: str = ""
-    ) -> tuple[Outputs, str]:
-        """One upstream inference, measured; `level` is its priority level (0: the model's default)."""
-        assert self.upstream is not None and self.schema is not None
-        self.metrics.batch_rows.observe(rows)
-        started = time.perf_counter()
-        try:
-            outputs, version = await self.upstream.infer(
-                self.schema, self.settings.model_version, arrays, deadline, request_id, level
+    def remove_model(self, name: str) -> ModelState | None:
+        """Stop serving `name`: new requests for it are answered 404; those in flight keep their `ModelState`."""
+        model = self.models.pop(name, None)
+        self._choose_default()
+        return model
+
+    def _choose_default(self) -> None:
+        name = self.settings.default_model
+        if name:
+            self.default = self.models.get(name)
+        else:
+            self.default = next(iter(self.models.values())) if len(self.models) == 1 else None
+
+    def model(self, name: str) -> ModelState:
+        """The served model `name`, or `ModelNotFound` (a name the proxy does not serve)."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model {name!r}; this proxy serves {self.served()}")
+        return model
+
+    def no_default(self) -> ProxyError:
+        """Why `POST /predict` has no model (`default` is None): none known yet, or none that is the default."""
+        if not self.models:
+            return NotReady(self.problem or "no model to serve")
+        if self.settings.default_model:
+            return ModelNotFound(
+                f"DEFAULT_MODEL={self.settings.default_model} is not served; this proxy serves {self.served()}"
             )
-        except ProxyError as err:
-            self.metrics.upstream_errors.labels(err.code).inc()
-            raise
-        finally:
-            self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        self.version_seen = version
-        return outputs, version
+        return ModelNotFound(
+            f"this proxy serves {len(self.models)} models ({self.served()}) and DEFAULT_MODEL is not set: "
+            "POST /models/{name}/predict, or set DEFAULT_MODEL"
+        )
+
+    def served(self) -> str:
+        return ", ".join(sorted(self.models)) or "no model"
 
     def admit(self, tenant: Tenant) -> None:
         """Take one of MAX_IN_FLIGHT's places for `tenant`, or raise `Overloaded` (`OverShare`).
@@ -120,15 +219,6 @@ class ProxyState:
         else:
             del self.admitted_by[name]
             del self.weights[name]
-
-    def coalescing(self) -> str:
-        """How requests are merged, in words for the start-up log."""
-        if self.coalescer is None:
-            return "off"
-        return (
-            f"on ({self.coalescer.slots} batches in flight, up to {self.coalescer.max_rows} rows, "
-            f"shaped to preferred sizes {list(self.coalescer.preferred) or 'none'})"
-        )
 
 
 def coalescing_limits(settings: ProxySettings, schema: ModelSchema) -> tuple[int, int]:

@@ -2,11 +2,11 @@
 
 Every client that speaks it (`tritonclient.http`, KServe's clients, perf_analyzer's HTTP mode) can use the
 proxy unchanged, behind the same API keys, limits, validation, deadlines, coalescing and metrics as `/predict`.
-Only the served model answers. A request body is either JSON alone, or (binary extension) a JSON header of
-`Inference-Header-Content-Length` bytes followed by the raw tensors, little-endian, in the order of the inputs
-that declare `parameters.binary_data_size`. Binary tensors become numpy arrays without a detour through Python
-lists; JSON tensors go through the same checks as `/predict`'s. Answers are JSON, or binary for the outputs a
-client asks so (`binary_data_output`, or `binary_data` per output), as the protocol says.
+Every served model answers at its name (`/v2/models/{name}/...`). A request body is either JSON alone, or (binary
+extension) a JSON header of `Inference-Header-Content-Length` bytes followed by the raw tensors, little-endian, in
+the order of the inputs that declare `parameters.binary_data_size`. Binary tensors become numpy arrays without a
+detour through Python lists; JSON tensors go through the same checks as `/predict`'s. Answers are JSON, or binary
+for the outputs a client asks so (`binary_data_output`, or `binary_data` per output), as the protocol says.
 
 Parsing here is pure (bytes in, arrays out, bytes back), so the handlers in `proxy.v2_routes` stay thin and the
 hostile cases are tested without a server.
@@ -72,12 +72,10 @@ def model_config(schema: ModelSchema) -> dict[str, Any]:
     }
 
 
-def check_model(schema: ModelSchema, name: str, version: str | None) -> None:
-    """Only the served model (and its versions) answers; anything else is the protocol's 404."""
-    if name != schema.name:
-        raise NotFound(f"unknown model {name!r}; this proxy serves {schema.name!r}")
+def check_version(schema: ModelSchema, version: str | None) -> None:
+    """Only the model's versions answer; another is the protocol's 404 (an unknown model is the state's)."""
     if version and version not in schema.versions:
-        raise NotFound(f"model {name!r} has no version {version!r}; versions {', '.join(schema.versions)}")
+        raise NotFound(f"model {schema.name!r} has no version {version!r}; versions {', '.join(schema.versions)}")
 
 
 def parse_infer(body: bytes, header_length: str | None, schema: ModelSchema, max_dim: int) -> InferRequest:

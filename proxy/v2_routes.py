@@ -8,24 +8,26 @@ import importlib.metadata
 from aiohttp import web
 
 from proxy import v2
-from proxy.errors import NotReady
-from proxy.health import healthz, readyz
+from proxy.health import healthz, model_ready, readyz
 from proxy.inference import check_encoding, predicting
-from proxy.middleware import JSON, dumps
+from proxy.middleware import JSON, MODEL, dumps
 from proxy.schema import ModelSchema
-from proxy.state import STATE
+from proxy.state import STATE, ModelState
 from proxy.validation import Prediction
 
 _VERSION = importlib.metadata.version("nexusml-dataplane")  # reported by GET /v2
 
 
-def served(request: web.Request) -> ModelSchema:
-    """The served model's schema, if the route names it (and one of its versions); else the protocol's 404."""
-    state = request.app[STATE]
-    if state.schema is None:
-        raise NotReady(state.schema_problem)
-    v2.check_model(state.schema, request.match_info["name"], request.match_info.get("version"))
-    return state.schema
+def served(request: web.Request) -> tuple[ModelState, ModelSchema]:
+    """The model the route names and its schema, if it is served (and has the version named); else the
+    protocol's 404 (`model_not_found` for a model, `not_found` for a version), or 503 while it loads."""
+    model = request.app[STATE].model(request.match_info["name"])
+    request[MODEL] = model.label
+    schema = model.schema
+    if schema is None:
+        raise model.not_ready()
+    v2.check_version(schema, request.match_info.get("version"))
+    return model, schema
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -33,24 +35,29 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    return web.json_response(v2.model_metadata(served(request)), dumps=dumps)
+    return web.json_response(v2.model_metadata(served(request)[1]), dumps=dumps)
 
 
 async def model_config(request: web.Request) -> web.Response:
-    return web.json_response(v2.model_config(served(request)), dumps=dumps)
+    return web.json_response(v2.model_config(served(request)[1]), dumps=dumps)
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Server or model ready: the same check as /readyz (Triton live, model ready, a probe inference)."""
-    if "name" in request.match_info:
-        served(request)
+    """The server ready: the same check as /readyz."""
     await readyz(request)
+    return web.Response(status=200)
+
+
+async def ready_model(request: web.Request) -> web.Response:
+    """One model ready: Triton live, the model ready there, and (with READY_PROBE) a probe inference answered."""
+    model, _ = served(request)
+    await model_ready(request, model)
     return web.Response(status=200)
 
 
 async def infer(request: web.Request) -> web.Response:
     check_encoding(request)
-    served(request)
+    model, _ = served(request)
     header_length = request.headers.get(v2.HEADER_LENGTH)
     max_dim = request.app[STATE].settings.max_dynamic_dim
 
@@ -58,7 +65,7 @@ async def infer(request: web.Request) -> web.Response:
         parsed = v2.parse_infer(body, header_length, schema, max_dim)
         return parsed.prediction, parsed
 
-    schema, parsed, outputs, version = await predicting(request, parse)
+    schema, parsed, outputs, version = await predicting(request, model, parse)
     body, json_length = v2.infer_response(outputs, schema, parsed, version)
     if json_length is None:
         return web.Response(body=body, content_type=JSON)
@@ -75,4 +82,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     for model in models:
         router.add_get(model, model_metadata)
         router.add_get(f"{model}/config", model_config)
-        router.add_get(f"{model}/ready", ready, allow_head=True)
+        router.add_get(f"{model}/ready", ready_model, allow_head=True)

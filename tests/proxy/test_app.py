@@ -65,15 +65,17 @@ async def test_health_ready_models_metrics(proxy_client: MakeClient, upstream_ur
             "max_batch_size": 32,
             "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [5]}],
             "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [2]}],
+            "state": "ready",
             "served_version": "1",
             "trying_version": None,
+            "problem": None,
         }
     ]
     await client.post("/predict", json={"inputs": [ROW, ROW, ROW]})
     text = await (await client.get("/metrics")).text()
-    assert 'nexus_proxy_requests_total{route="/predict",status="200"} 1.0' in text
+    assert 'nexus_proxy_requests_total{model="demo_mlp",route="/predict",status="200"} 1.0' in text
     assert "nexus_proxy_request_duration_seconds_bucket" in text
-    assert 'nexus_proxy_upstream_batch_rows_bucket{le="4.0"} 1.0' in text
+    assert 'nexus_proxy_upstream_batch_rows_bucket{le="4.0",model="demo_mlp"} 1.0' in text
     assert "nexus_proxy_in_flight" in text
 
 

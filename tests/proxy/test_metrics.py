@@ -16,11 +16,11 @@ import pytest
 
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
 from nexusml.triton.server import TritonServer
-from proxy.metrics import MULTIPROC_DIR_ENV, Metrics
+from proxy.metrics import MODEL_LABELS, MULTIPROC_DIR_ENV, OTHER_MODELS, Metrics
 from tests.proxy.conftest import BODY, answered_by, wait_for_both_workers
 
-PREDICT_OK = 'nexus_proxy_requests_total{route="/predict",status="200"}'
-SCRAPE_OK = 'nexus_proxy_requests_total{route="/metrics",status="200"}'
+PREDICT_OK = 'nexus_proxy_requests_total{model="demo_mlp",route="/predict",status="200"}'
+SCRAPE_OK = 'nexus_proxy_requests_total{model="",route="/metrics",status="200"}'
 REQUESTS = 40
 SCRAPES = 20
 
@@ -37,20 +37,20 @@ def sample(text: str, series: str) -> float | None:
 def test_each_metrics_object_has_its_own_registry() -> None:
     in_flight = [1]
     first, second = Metrics(lambda: in_flight[0]), Metrics()  # the same names twice in one process: no error
-    first.request_done("/predict", 200, 0.01)
-    first.request_done("/predict", 200, 0.02)
+    first.request_done("/predict", 200, 0.01, "demo_mlp")
+    first.request_done("/predict", 200, 0.02, "demo_mlp")
     first.request_done("unmatched", 404, 0.001)
-    first.batch_rows.observe(3)
-    first.upstream_errors.labels("upstream_unavailable").inc()
-    first.upstream_latency.observe(0.005)
+    first.batch_rows.labels("demo_mlp").observe(3)
+    first.upstream_errors.labels("upstream_unavailable", "demo_mlp").inc()
+    first.upstream_latency.labels("demo_mlp").observe(0.005)
     one, two = first.render().decode(), second.render().decode()
     assert sample(one, PREDICT_OK) == 2
-    assert sample(one, 'nexus_proxy_requests_total{route="unmatched",status="404"}') == 1
-    assert sample(one, 'nexus_proxy_request_duration_seconds_count{route="/predict"}') == 2
-    assert sample(one, 'nexus_proxy_upstream_batch_rows_bucket{le="2.0"}') == 0
-    assert sample(one, 'nexus_proxy_upstream_batch_rows_bucket{le="4.0"}') == 1
-    assert sample(one, 'nexus_proxy_upstream_errors_total{code="upstream_unavailable"}') == 1
-    assert sample(one, "nexus_proxy_upstream_duration_seconds_count") == 1
+    assert sample(one, 'nexus_proxy_requests_total{model="",route="unmatched",status="404"}') == 1
+    assert sample(one, 'nexus_proxy_request_duration_seconds_count{model="demo_mlp",route="/predict"}') == 2
+    assert sample(one, 'nexus_proxy_upstream_batch_rows_bucket{le="2.0",model="demo_mlp"}') == 0
+    assert sample(one, 'nexus_proxy_upstream_batch_rows_bucket{le="4.0",model="demo_mlp"}') == 1
+    assert sample(one, 'nexus_proxy_upstream_errors_total{code="upstream_unavailable",model="demo_mlp"}') == 1
+    assert sample(one, 'nexus_proxy_upstream_duration_seconds_count{model="demo_mlp"}') == 1
     assert sample(one, "nexus_proxy_in_flight") == 1  # read from the worker's counter at scrape time
     in_flight[0] = 0
     assert sample(first.render().decode(), "nexus_proxy_in_flight") == 0
@@ -134,6 +134,16 @@ def test_two_workers_in_flight_is_the_pods_total(
     assert [in_flight() for _ in range(SCRAPES)] == [0] * SCRAPES
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
+
+
+def test_model_labels_are_capped() -> None:
+    """Model names come from the operator's metadata, not from clients; even so a worker labels at most
+    MODEL_LABELS of them by name, and a name keeps its label once given."""
+    metrics = Metrics()
+    labels = [metrics.model_label(f"model-{index}") for index in range(MODEL_LABELS + 5)]
+    assert labels[:MODEL_LABELS] == [f"model-{index}" for index in range(MODEL_LABELS)]
+    assert set(labels[MODEL_LABELS:]) == {OTHER_MODELS}
+    assert metrics.model_label("model-0") == "model-0"
 
 
 def test_tenant_series() -> None:

@@ -418,9 +418,14 @@ tenants:
 async def tenant_app(proxy_client: MakeClient, **env: str) -> TestClient:
     """A proxy whose upstream is never reached, serving `SCHEMA` so bodies get parsed."""
     client = await proxy_client(
-        UNREACHABLE, PROXY_COALESCE="0", PROXY_WORKERS="1", UPSTREAM_CONNECT_TIMEOUT_S="0.05", **env
+        UNREACHABLE,
+        MODEL_NAME=SCHEMA.name,
+        PROXY_COALESCE="0",
+        PROXY_WORKERS="1",
+        UPSTREAM_CONNECT_TIMEOUT_S="0.05",
+        **env,
     )
-    client.server.app[STATE].serve(SCHEMA)
+    client.server.app[STATE].model(SCHEMA.name).serve(SCHEMA)
     return client
 
 
