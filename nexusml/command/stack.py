@@ -10,6 +10,10 @@ Python-backend stub leaves the model READY but answering nothing, which only a r
 running and reconnects by itself. The watchdog runs in this loop, not in a thread, so the restart and the
 check for servers that died never race.
 
+`NEXUS_META_PATH` may name a directory of metadata (`nexusml.core.catalog`): the sync installs every model of it, the
+proxy serves them all (it is given the directory, and no MODEL_NAME), the watcher follows each, and the watchdog
+probes every model of the repository that has answered once (a model being added is not yet a dead one).
+
 The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
 (docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
 TRITON_ADMIN_KEY is set), which only the watcher is given; its shared-memory API to another key (unless
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from nexusml.command.s3local import LocalS3
-from nexusml.core import logs, metadata
+from nexusml.core import catalog, logs, metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
+from nexusml.core.probe import served_models
 from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
 from nexusml.core.settings import META_PATH, env, nested
 from nexusml.sync.settings import S3Settings
@@ -131,11 +136,12 @@ def _step(name: str, argv: list[str], env: dict[str, str]) -> None:
 
 def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> ManagedProcess:
     """The front proxy, talking gRPC to the Triton just started with the shared-memory key of this run, ready when
-    /readyz says so."""
+    /readyz says so. `model` is the one model of a metadata file; empty for a directory, which the proxy reads."""
     proxy_env = {
         **env,
         "MODEL_SERVER_URL": triton.grpc_url,
         "MODEL_NAME": model,
+        "NEXUS_META_PATH": str(settings.meta_path),
         "TRITON_SHM_KEY": triton.settings.shm_key or "",
     }
     ready = f"http://127.0.0.1:{settings.proxy.port}/readyz"
@@ -164,13 +170,25 @@ def _child(
     )
 
 
-def _banner(meta: metadata.ModelMetadata, port: int) -> str:
+def _curl(meta: metadata.ModelMetadata, port: int, route: str) -> str:
     width = meta.inputs[0].shape[0] if len(meta.inputs) == 1 and meta.inputs[0].shape[0] > 0 else 5
     body = '{"input": [' + ", ".join(str(i + 1) for i in range(width)) + "]}"
+    return f"  curl -X POST http://localhost:{port}{route} -H \"Content-Type: application/json\" -d '{body}'\n"
+
+
+def _banner(models: catalog.Catalog, port: int, directory: bool) -> str:
+    if not directory:
+        meta = next(iter(models.models.values()))
+        return (
+            f"\n{meta.name} v{meta.version} is served. Front proxy: http://localhost:{port}\n"
+            f"{_curl(meta, port, '/predict')}Stop with Ctrl-C."
+        )
+    served = ", ".join(f"{m.name} v{m.version}" for m in models.models.values()) or "no model yet"
     return (
-        f"\n{meta.name} v{meta.version} is served. Front proxy: http://localhost:{port}\n"
-        f"  curl -X POST http://localhost:{port}/predict -H \"Content-Type: application/json\" -d '{body}'\n"
-        "Stop with Ctrl-C."
+        f"\n{served}: served from {len(models.models)} metadata files. Front proxy: http://localhost:{port} "
+        f"(GET /v1/models lists them)\n"
+        + "".join(_curl(meta, port, f"/models/{meta.name}/predict") for meta in models.models.values())
+        + "Stop with Ctrl-C."
     )
 
 
@@ -210,16 +228,17 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     triton = TritonServer(settings.triton, env)
     triton.start()
     running.append(triton)
-    meta = metadata.load(settings.meta_path)
-    proxy = _proxy(settings, triton, meta.name, env)
+    directory = catalog.is_directory(settings.meta_path)
+    models = catalog.read(settings.meta_path)
+    proxy = _proxy(settings, triton, "" if directory else models.names[0], env)
     proxy.start()
     running.append(proxy)
     if settings.watch.interval_s > 0:
         watcher = _watcher(settings, triton, env)
         watcher.start()
         running.append(watcher)
-    logs.say(_banner(meta, settings.proxy.port))
-    watchdog = _watchdog(settings, running, running.index(triton), meta.name, env)
+    logs.say(_banner(models, settings.proxy.port, directory))
+    watchdog = _watchdog(settings, running, running.index(triton), None if directory else models.names[0], env)
     while True:
         for process in running:
             if not process.alive():
@@ -231,16 +250,28 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
 
 
 def _watchdog(
-    settings: StackSettings, running: list[ManagedProcess], slot: int, model: str, env: dict[str, str]
+    settings: StackSettings, running: list[ManagedProcess], slot: int, model: str | None, env: dict[str, str]
 ) -> Watchdog | None:
-    """The watchdog over the Triton at `running[slot]`; a restart replaces it there, on the same ports."""
+    """The watchdog over the Triton at `running[slot]`; a restart replaces it there, on the same ports.
+
+    `model` is the one model probed; None (a directory of metadata): every model of the repository, a failure
+    counting only for a model that answered once, so one that the watcher is still loading is not taken for dead."""
     if settings.watchdog_interval_s == 0:
         return None
+    answered: set[str] = set()
 
     def check() -> str | None:
         triton = running[slot]
         assert isinstance(triton, TritonServer)
-        return probe(triton.http_url, model, settings.watchdog_timeout_s)
+        if model is not None:
+            return probe(triton.http_url, model, settings.watchdog_timeout_s)
+        for name in served_models(settings.triton.repository):
+            cause = probe(triton.http_url, name, settings.watchdog_timeout_s)
+            if cause is None:
+                answered.add(name)
+            elif name in answered:
+                return cause
+        return None
 
     def restart(cause: str) -> None:
         running[slot].stop()

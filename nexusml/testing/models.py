@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nexusml.command import demo
-from nexusml.core.metadata import ModelMetadata
+from nexusml.core.metadata import Artifact, ModelMetadata, TensorSpec
 from nexusml.core.settings import load
 from nexusml.sync.pipeline import sync
 from nexusml.sync.settings import SyncSettings
@@ -22,6 +22,18 @@ class PublishedModel:
     spec: demo.DemoSpec
     meta: ModelMetadata
     meta_path: Path
+
+
+def stub_metadata(name: str, version: int = 1, width: int = 5) -> ModelMetadata:
+    """Valid metadata with no object behind it, for the rules that never download (which model goes, what is
+    swapped): `width` FP32 inputs, two FP32 outputs."""
+    return ModelMetadata(
+        name=name,
+        version=version,
+        artifact=Artifact(uri=f"s3://models/{name}/{version}/model.pt", sha256="0" * 64, size=1, format="torchscript"),
+        inputs=(TensorSpec("INPUT__0", "FP32", (width,)),),
+        outputs=(TensorSpec("OUTPUT__0", "FP32", (2,)),),
+    )
 
 
 def publish(spec: demo.DemoSpec, s3_client: Any, directory: Path, bucket: str = TEST_BUCKET) -> PublishedModel:

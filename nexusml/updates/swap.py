@@ -12,6 +12,9 @@ The steps, each of which must pass before the next (`Swapper.swap`):
    in-flight requests are done. If this load fails, Triton keeps the old one and the old config is put back.
 4. **prune** the versions beyond `KEEP_VERSIONS`, and drop the candidate.
 
+A new model (a directory of metadata gained a file) takes the same steps with nothing served before; a model
+whose metadata is gone is unloaded and its folder deleted (`remove`).
+
 A failure at any step leaves the old version serving and raises a `NexusError` whose `code` names the cause.
 Triton's explicit model control reloads a model whenever its config changes, and a reload keeps the loaded
 model until the new one is ready (the availability the switch relies on); the candidate is a model of its own
@@ -212,7 +215,10 @@ class Swapper:
         self.repo.drop_candidate(name)
 
     def _switch(self, meta: ModelMetadata) -> None:
-        """Point the config at the new version and reload; on failure Triton keeps the old, and so does the disk."""
+        """Point the config at the new version and reload; on failure Triton keeps the old, and so does the disk.
+
+        A new model (no config before) that fails to load loses its config again: a folder without one is no
+        model to Triton, and `swap` then removes the version and the folder."""
         previous = self.repo.config_text(meta.name)
         self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
         try:
@@ -220,4 +226,15 @@ class Swapper:
         except BaseException:
             if previous is not None:
                 self.repo.write_config(meta.name, previous)
+            else:
+                self.repo.drop_config(meta.name)
             raise
+
+    def remove(self, name: str) -> None:
+        """Unload `name` (Triton lets its in-flight requests finish) and delete its folder, under its lock.
+
+        The folder goes only once the unload went through: Triton unreachable raises `ServerError` (tried again at
+        the next poll) and leaves the repository as it was."""
+        with self.repo.locked(name):
+            self.admin.unload(name)
+            self.repo.drop_model(name)

@@ -4,6 +4,12 @@ The control plane publishes a version by writing a new `.nexus_meta.json`, local
 as an S3 object (polled by ETag). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
 than what `config.pbtxt` serves, it runs a swap. An older version is a rollback and takes the same path.
 
+With a directory of metadata (or `WATCH_META_URI` ending in "/", an S3 prefix) the `CatalogWatcher` follows every
+model: a changed file is that model's swap, a new model is the same swap with nothing served before, a model whose
+file was removed is unloaded (Triton lets its in-flight requests finish) and its folder deleted. A file that turns
+unusable keeps its model's served version: which model a file published is remembered in the repository
+(`nexusml.sync.pipeline.departed`). Swaps run one at a time, and one model's failure touches no other.
+
 A swap that fails for a reason that belongs to the version (metadata, missing object, integrity, load, smoke
 test) marks that metadata failed in `<repository>/.nexus_watch.json`, logged in one line with its cause, so it is
 not retried in a loop (nor after a restart); the old version keeps serving. Writing a different metadata (a fixed
@@ -14,6 +20,7 @@ failed by cause, and show the version served and the one being tried.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,8 +31,10 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from nexusml.core import metadata
+from nexusml.core import catalog, metadata
+from nexusml.core.catalog import Catalog
 from nexusml.core.errors import (
+    AccessDenied,
     ArtifactNotFound,
     IntegrityError,
     MetadataError,
@@ -37,7 +46,7 @@ from nexusml.core.errors import (
 )
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import MODEL_SERVER_URL, env, nested
-from nexusml.sync import storage
+from nexusml.sync import pipeline, storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.triton.settings import ADMIN_KEY
@@ -65,7 +74,8 @@ class WatchSettings:
     meta_uri: str | None = env(
         "WATCH_META_URI",
         None,
-        "s3://bucket/key of the metadata to watch (ETag polling); unset: the file NEXUS_META_PATH",
+        "s3://bucket/key of the metadata to watch (ETag polling), or s3://bucket/prefix/ (ending in /) whose every "
+        "*.json is one model's; unset: NEXUS_META_PATH (a file or a directory)",
     )
     triton_url: str = MODEL_SERVER_URL.field()  # its repository API and the smoke test, over gRPC only
     admin_key: str | None = ADMIN_KEY.field()
@@ -96,6 +106,16 @@ class Source(Protocol):
 
     def changed(self) -> bool:
         """Whether the metadata may have changed since the last `read` (cheap: a stat, an ETag)."""
+        ...
+
+
+class CatalogSource(Protocol):
+    def read(self) -> Catalog:
+        """Every model published (a listing that fails raises `NexusError`: then nothing changes)."""
+        ...
+
+    def changed(self) -> bool:
+        """Whether any metadata may have changed since the last `read`."""
         ...
 
 
@@ -146,6 +166,80 @@ class S3Source:
             raise MetadataError(f"{self.location}: metadata is not UTF-8 text") from err
 
 
+class DirectorySource:
+    """A directory of metadata files, fingerprinted by `catalog.stamp` (names, mtimes, sizes) each poll."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: catalog.Stamp | None = None
+
+    def changed(self) -> bool:
+        try:
+            return catalog.stamp(self.path) != self.seen
+        except MetadataError:
+            return True  # read() says why
+
+    def read(self) -> Catalog:
+        stamp = catalog.stamp(self.path)
+        found = catalog.read(self.path)
+        self.seen = stamp
+        return found
+
+
+class PrefixSource:
+    """Every `*.json` directly under an S3 prefix: one listing per poll, a GET for each object whose ETag changed."""
+
+    def __init__(self, uri: str, settings: SyncSettings) -> None:
+        self.location = storage.locate(uri, settings.s3.model_bucket)
+        self.endpoint = settings.s3.endpoint_url
+        self.client = storage.client(settings.s3)
+        self.listed: dict[str, str] | None = None  # key -> ETag, from the last listing
+        self.seen: dict[str, str] | None = None  # the listing the last read followed
+        self.texts: dict[str, tuple[str, str | MetadataError]] = {}  # key -> (ETag, text)
+
+    def _list(self) -> dict[str, str]:
+        prefix = self.location.key
+        found = {}
+        with storage.s3_errors(self.location, self.endpoint):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(prefix) :]
+                    if name.endswith(catalog.SUFFIX) and not name.startswith("."):
+                        found[item["Key"]] = item.get("ETag", "")
+        return found
+
+    def changed(self) -> bool:
+        self.listed = self._list()
+        return self.listed != self.seen
+
+    def read(self) -> Catalog:
+        listed = self.listed if self.listed is not None else self._list()
+        self.listed = None
+        for key, etag in listed.items():
+            if self.texts.get(key, ("",))[0] != etag or key not in self.texts:
+                self.texts[key] = (etag, self._get(key))
+        self.texts = {key: self.texts[key] for key in listed}
+        self.seen = listed
+        return catalog.parse(
+            (str(storage.ObjectLocation(self.location.bucket, key)), self.texts[key][1]) for key in sorted(listed)
+        )
+
+    def _get(self, key: str) -> str | MetadataError:
+        """The object's text; an object that cannot be read (gone, refused, not UTF-8) is an unusable file."""
+        location = storage.ObjectLocation(self.location.bucket, key)
+        try:
+            with storage.s3_errors(location, self.endpoint):
+                body = self.client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+            return body.decode("utf-8")
+        except (ArtifactNotFound, AccessDenied) as err:
+            return MetadataError(f"{location}: cannot read metadata ({err})")
+        except UnicodeDecodeError:
+            return MetadataError(f"{location}: metadata is not UTF-8 text")
+
+
 def digest(meta: ModelMetadata) -> str:
     """One metadata's identity: what the failed marks are keyed by."""
     return hashlib.sha256(meta.to_json().encode()).hexdigest()
@@ -174,6 +268,10 @@ class FailedVersions:
 
 
 class WatchMetrics:
+    """Totals over every model (unlabelled, as with one model) and, per model, the version served and the swaps.
+
+    The `model` label is bounded by the models published; a removed model's version series goes with it."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.started = Counter("nexus_model_swaps_started", "swaps begun", registry=self.registry)
@@ -181,53 +279,54 @@ class WatchMetrics:
         self.failed = Counter(
             "nexus_model_swaps_failed", "swaps that failed, by cause (error code)", ["cause"], registry=self.registry
         )
-        self.served = Gauge("nexus_model_served_version", "version config.pbtxt serves", registry=self.registry)
-        self.trying = Gauge("nexus_model_trying_version", "version being swapped in; 0: none", registry=self.registry)
+        self.served = Gauge(
+            "nexus_model_served_version",
+            "version config.pbtxt serves (one metadata file; with a directory see nexus_model_version)",
+            registry=self.registry,
+        )
+        self.trying = Gauge(
+            "nexus_model_trying_version", "version being swapped in, of any model; 0: none", registry=self.registry
+        )
+        self.version = Gauge("nexus_model_version", "version each model serves", ["model"], registry=self.registry)
+        self.outcomes = Counter(
+            "nexus_model_swaps_by_model",
+            "swaps of each model by outcome: succeeded, or the failure's cause",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+
+    def forget(self, model: str) -> None:
+        """A removed model's version series goes (its swap counts stay: counters only grow)."""
+        with contextlib.suppress(KeyError):
+            self.version.remove(model)
 
 
-class Watcher:
-    """Compares the published metadata with what is served, one `poll` at a time, and swaps when they differ.
+class Following:
+    """What both watchers do with one model's metadata: compare with what is served, swap when it differs.
 
-    The loop that polls every `WATCH_INTERVAL_S` is the caller's (`nexus watch` in `nexusml.command.cli`). A
-    standing problem (unusable metadata, another model's name, a swap retried) is logged once, not every poll.
-    """
+    A standing problem (unusable metadata, a swap retried, a version failed before) is logged once per subject (a
+    model or a file), not every poll."""
 
-    def __init__(self, settings: WatchSettings, source: Source, swapper: Swapper) -> None:
+    def __init__(self, settings: WatchSettings, swapper: Swapper) -> None:
         self.settings = settings
-        self.source = source
         self.swapper = swapper
         self.failed = FailedVersions(settings.sync.repository)
         self.metrics = WatchMetrics()
-        self._told: str | None = None  # the last problem logged, so a standing one is logged once
+        self._told: dict[str, str] = {}  # subject -> the last problem logged about it
 
-    def poll(self) -> str:
-        """One look at the metadata; swaps when it names a version not served. Returns what happened."""
-        try:
-            if not self.source.changed() and self._told is None:
-                return "unchanged"
-            text, where = self.source.read()
-            meta = metadata.loads(text, where)
-        except NexusError as err:
-            self._tell(f"metadata not usable: {err}", logging.WARNING)
-            return "unusable"
-        others = [name for name in self.swapper.repo.models() if name != meta.name]
-        if others:
-            # The proxy serves one model, named at its start: another name is a new deployment, not an update.
-            self._tell(
-                f"{where} names model {meta.name}, the repository serves {', '.join(others)}: "
-                "a different model needs a restart (nexus up) or a redeploy, not an update",
-                logging.ERROR,
-            )
-            return "other model"
+    def follow(self, meta: ModelMetadata) -> str:
+        """Swap to `meta` unless it is served or failed before; returns what happened."""
         current = served(self.swapper.repo, meta.name)
         if current is not None:
-            self.metrics.served.set(current.version)
+            self.metrics.version.labels(meta.name).set(current.version)
         if current == meta:
-            self._told = None
+            self._told.pop(meta.name, None)
             return "served"
         cause = self.failed.cause(meta)
         if cause is not None:
-            self._tell(f"{meta.name} version {meta.version} failed before ({cause}); not retried", logging.INFO)
+            self._tell(
+                meta.name, f"{meta.name} version {meta.version} failed before ({cause}); not retried", logging.INFO
+            )
             return "failed before"
         return self._swap(meta, current)
 
@@ -241,43 +340,145 @@ class Watcher:
         try:
             self.swapper.swap(meta, on_step=lambda step: log.info("%s version %d: %s", meta.name, meta.version, step))
         except NexusError as err:
-            self.metrics.failed.labels(err.code).inc()
+            self._count(meta.name, err.code)
             if isinstance(err, PERMANENT):
                 self.failed.mark(meta, f"{err.code}: {err}")
                 log.error(
                     "%s version %d not served (%s: %s); %s keeps serving", meta.name, meta.version, err.code, err, was
                 )
-                self._told = None
+                self._told.pop(meta.name, None)
                 return f"failed: {err.code}"
-            self._tell(f"{meta.name} version {meta.version}: {err}; retrying every {self.settings.interval_s:g} s")
+            self._tell(
+                meta.name, f"{meta.name} version {meta.version}: {err}; retrying every {self.settings.interval_s:g} s"
+            )
             return f"retry: {err.code}"
         except Exception as err:  # a bug of ours: said (once, with its trace), retried, the version not marked
-            self.metrics.failed.labels("internal").inc()
+            self._count(meta.name, "internal")
             message = f"{meta.name} version {meta.version}: the swap failed unexpectedly ({err!r}); {was} keeps serving"
-            if message != self._told:
+            if message != self._told.get(meta.name):
                 log.exception("%s", message)
-                self._told = message
+                self._told[meta.name] = message
             return "retry: internal"
         finally:
             self.metrics.trying.set(0)
         self.metrics.succeeded.inc()
-        self.metrics.served.set(meta.version)
-        self._told = None
+        self.metrics.outcomes.labels(meta.name, "succeeded").inc()
+        self.metrics.version.labels(meta.name).set(meta.version)
+        self._told.pop(meta.name, None)
         log.info("%s version %d is live (%.1f s)", meta.name, meta.version, time.monotonic() - started)
         return "swapped"
 
-    def _tell(self, message: str, level: int = logging.WARNING) -> None:
-        if message != self._told:
+    def _count(self, model: str, cause: str) -> None:
+        self.metrics.failed.labels(cause).inc()
+        self.metrics.outcomes.labels(model, cause).inc()
+
+    def _tell(self, subject: str, message: str, level: int = logging.WARNING) -> None:
+        if message != self._told.get(subject):
             log.log(level, "%s", message)
-            self._told = message
+            self._told[subject] = message
 
 
-def watcher(settings: WatchSettings) -> Watcher:
-    source: Source = (
-        S3Source(settings.meta_uri, settings.sync) if settings.meta_uri else FileSource(settings.sync.meta_path)
-    )
+class Watcher(Following):
+    """One metadata file (or S3 object): one model, followed one `poll` at a time.
+
+    The loop that polls every `WATCH_INTERVAL_S` is the caller's (`nexus watch` in `nexusml.command.cli`)."""
+
+    def __init__(self, settings: WatchSettings, source: Source, swapper: Swapper) -> None:
+        super().__init__(settings, swapper)
+        self.source = source
+
+    def poll(self) -> str:
+        """One look at the metadata; swaps when it names a version not served. Returns what happened."""
+        try:
+            if not self.source.changed() and not self._told:
+                return "unchanged"
+            text, where = self.source.read()
+            meta = metadata.loads(text, where)
+        except NexusError as err:
+            self._tell("", f"metadata not usable: {err}", logging.WARNING)
+            return "unusable"
+        self._told.pop("", None)
+        others = [name for name in self.swapper.repo.models() if name != meta.name]
+        if others:
+            # One file is one model: another name is a new deployment, not an update (a directory is many).
+            self._tell(
+                "",
+                f"{where} names model {meta.name}, the repository serves {', '.join(others)}: "
+                "a different model needs a restart (nexus up) or a redeploy, not an update",
+                logging.ERROR,
+            )
+            return "other model"
+        outcome = self.follow(meta)
+        current = served(self.swapper.repo, meta.name)
+        if current is not None:
+            self.metrics.served.set(current.version)
+        return outcome
+
+
+class CatalogWatcher(Following):
+    """A directory (or S3 prefix) of metadata: every model followed, one `poll` at a time.
+
+    `poll` returns what happened to each model (and each unusable file) it looked at; {} when nothing changed."""
+
+    def __init__(self, settings: WatchSettings, source: CatalogSource, swapper: Swapper) -> None:
+        super().__init__(settings, swapper)
+        self.source = source
+        self._again = True  # read at the next poll even if nothing changed: a retry is due
+
+    def poll(self) -> dict[str, str]:
+        try:
+            if not self.source.changed() and not self._again:
+                return {}
+            found = self.source.read()
+        except NexusError as err:
+            self._tell("", f"metadata not readable ({err}); every model keeps what it serves")
+            self._again = True
+            return {"": "unreadable"}
+        self._told.pop("", None)
+        repo = self.swapper.repo
+        outcomes: dict[str, str] = {}
+        for source, cause in found.problems.items():
+            self._tell(source, f"unusable metadata: {cause}; its model keeps what it serves")
+            outcomes[source] = "unusable"
+        for subject in [s for s in self._told if s.endswith(catalog.SUFFIX) and s not in found.problems]:
+            del self._told[subject]
+        for name in sorted(found.held):
+            outcomes[name] = "held"
+        for name in found.names:
+            outcomes[name] = self.follow(found.models[name])
+        remembered = repo.sources()
+        removed = []
+        for name in pipeline.departed(found, repo.models(), remembered):
+            outcomes[name] = self._remove(name)
+            if outcomes[name] == "removed":
+                removed.append(name)
+        repo.remember_sources(pipeline.remembered_sources(found, remembered, removed))
+        self._again = any(outcome.startswith("retry") for outcome in outcomes.values())
+        return outcomes
+
+    def _remove(self, name: str) -> str:
+        try:
+            self.swapper.remove(name)
+        except NexusError as err:
+            self._tell(name, f"{name}: its metadata is gone, but {err}; retrying every {self.settings.interval_s:g} s")
+            return f"retry: {err.code}"
+        self._told.pop(name, None)
+        self.metrics.forget(name)
+        log.info("%s removed: no metadata names it any more; unloaded, its folder deleted", name)
+        return "removed"
+
+
+def watcher(settings: WatchSettings) -> Watcher | CatalogWatcher:
+    """The watcher of `WATCH_META_URI` (an object, or a prefix ending in "/"), else of `NEXUS_META_PATH`."""
     admin = TritonAdmin(settings.triton_url, settings.admin_key, settings.load_timeout_s)
-    return Watcher(settings, source, Swapper(settings.sync, admin))
+    swapper = Swapper(settings.sync, admin)
+    if settings.meta_uri and settings.meta_uri.endswith("/"):
+        return CatalogWatcher(settings, PrefixSource(settings.meta_uri, settings.sync), swapper)
+    if settings.meta_uri:
+        return Watcher(settings, S3Source(settings.meta_uri, settings.sync), swapper)
+    if catalog.is_directory(settings.sync.meta_path):
+        return CatalogWatcher(settings, DirectorySource(settings.sync.meta_path), swapper)
+    return Watcher(settings, FileSource(settings.sync.meta_path), swapper)
 
 
 def serve_metrics(settings: WatchSettings, metrics: WatchMetrics) -> None:

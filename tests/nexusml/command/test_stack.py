@@ -27,7 +27,6 @@ from tests.nexusml.command.conftest import wait_until_ready
 pytestmark = pytest.mark.integration
 
 
-
 def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     ports = stack_ports()
     log = (tmp_path / "up.log").open("w")

@@ -17,7 +17,7 @@ from nexusml.command import demo
 from nexusml.core import catalog
 from nexusml.core.catalog import Catalog
 from nexusml.core.errors import ArtifactNotFound, DiskError, IntegrityError, NexusError
-from nexusml.core.metadata import Artifact, ModelMetadata, TensorSpec
+from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
 from nexusml.sync.pipeline import CatalogResult, SyncResult, departed, remembered_sources, sync_catalog
@@ -25,24 +25,14 @@ from nexusml.sync.repository import Repository
 from nexusml.sync.settings import SyncSettings
 from nexusml.testing.artifacts import with_artifact
 from nexusml.testing.environment import free_port
-from nexusml.testing.models import publish_into
-
-
-def _meta(name: str, version: int = 1) -> ModelMetadata:
-    return ModelMetadata(
-        name=name,
-        version=version,
-        artifact=Artifact(uri=f"s3://b/{name}.pt", sha256="0" * 64, size=1, format="torchscript"),
-        inputs=(TensorSpec("INPUT__0", "FP32", (5,)),),
-        outputs=(TensorSpec("OUTPUT__0", "FP32", (2,)),),
-    )
+from nexusml.testing.models import publish_into, stub_metadata
 
 
 def _catalog(
     models: tuple[str, ...] = (), problems: tuple[str, ...] = (), held: tuple[str, ...] = (), where: str = "/meta"
 ) -> Catalog:
     return Catalog(
-        {name: _meta(name) for name in models},
+        {name: stub_metadata(name) for name in models},
         {name: f"{where}/{name}.json" for name in models},
         {f"{where}/{file}": f"{where}/{file}: broken" for file in problems},
         frozenset(held),
@@ -182,12 +172,17 @@ def _run(env: dict[str, str], directory: Path, repository: Path, **extra: str) -
     )
 
 
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    (tmp_path / "meta").mkdir()
+    return tmp_path / "meta"
+
+
 @pytest.mark.integration
 def test_a_directory_syncs_every_usable_model_and_one_broken_file_fails_alone(
-    s3_env: dict[str, str], s3_client: Any, tmp_path: Path
+    s3_env: dict[str, str], s3_client: Any, directory: Path
 ) -> None:
-    directory, repository = tmp_path / "meta", tmp_path / "repo"
-    directory.mkdir()
+    repository = directory.parent / "repo"
     published = {spec.name: publish_into(spec, s3_client, directory) for spec in SPECS}
     (directory / "broken.json").write_text('{"name": "delta", "version": ')
     (directory / ".alpha.json.tmp").write_text("a writer's temporary: skipped")
@@ -214,10 +209,9 @@ def test_a_directory_syncs_every_usable_model_and_one_broken_file_fails_alone(
 
 @pytest.mark.integration
 def test_a_directory_with_nothing_to_serve_fails_and_s3_unreachable_fails(
-    s3_env: dict[str, str], s3_client: Any, tmp_path: Path
+    s3_env: dict[str, str], s3_client: Any, directory: Path
 ) -> None:
-    directory, repository = tmp_path / "meta", tmp_path / "repo"
-    directory.mkdir()
+    repository = directory.parent / "repo"
     published = publish_into(SPECS[0], s3_client, directory)
     unreachable = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "S3_MAX_ATTEMPTS": "1"}
     result = _run(s3_env, directory, repository, **unreachable, S3_CONNECT_TIMEOUT_S="0.5")

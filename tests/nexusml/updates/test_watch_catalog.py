@@ -1,0 +1,216 @@
+"""The watcher of a directory of metadata, its rules one by one: a swapper that records what it is asked to do.
+
+Real files, a real repository folder; no S3, no Triton (`test_watch_catalog_servers.py` has them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nexusml.command.demo import write_metadata
+from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError
+from nexusml.core.metadata import ModelMetadata
+from nexusml.core.settings import load
+from nexusml.sync import pipeline
+from nexusml.sync.repository import RECORD_FILE, Repository
+from nexusml.sync.settings import SyncSettings
+from nexusml.testing.models import stub_metadata
+from nexusml.updates.watch import (
+    STATE_FILE,
+    CatalogWatcher,
+    DirectorySource,
+    PrefixSource,
+    S3Source,
+    Watcher,
+    WatchSettings,
+    watcher,
+)
+
+
+class RecordingSwapper:
+    """Installs a version the way `served` reads it back, or raises the failure set for its model."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self.repo = Repository(settings.repository)
+        self.swapped: list[tuple[str, int]] = []
+        self.removed: list[str] = []
+        self.failures: dict[str, NexusError] = {}
+
+    def swap(self, meta: ModelMetadata, on_step: Callable[[str], None] = lambda step: None) -> None:
+        if meta.name in self.failures:
+            raise self.failures[meta.name]
+        self.swapped.append((meta.name, meta.version))
+        version = self.repo.version_dir(meta.name, meta.version)
+        version.mkdir(parents=True, exist_ok=True)
+        (version / RECORD_FILE).write_text(json.dumps({"metadata": meta.to_dict()}))
+        self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
+
+    def remove(self, name: str) -> None:
+        if name in self.failures:
+            raise self.failures[name]
+        self.removed.append(name)
+        shutil.rmtree(self.repo.model_dir(name))
+
+
+class Bed:
+    def __init__(self, root: Path) -> None:
+        self.directory = root / "meta"
+        self.directory.mkdir()
+        env = {
+            "NEXUS_META_PATH": str(self.directory),
+            "MODEL_REPOSITORY": str(root / "repo"),
+            "DEVICE": "cpu",
+            "WATCH_METRICS_PORT": "0",
+        }
+        self.settings = load(WatchSettings, env)
+        self.swapper = RecordingSwapper(self.settings.sync)
+        self.watcher = self.fresh()
+
+    def fresh(self) -> CatalogWatcher:
+        """A watcher as after a restart: its state is what the repository holds."""
+        return CatalogWatcher(self.settings, DirectorySource(self.directory), self.swapper)  # type: ignore[arg-type]
+
+    def publish(self, *metas: ModelMetadata) -> None:
+        for meta in metas:
+            write_metadata(meta, self.directory)
+
+    def write(self, file: str, text: str) -> None:
+        (self.directory / file).write_text(text)
+
+    def served(self) -> dict[str, int]:
+        repo = self.swapper.repo
+        return {name: int(repo.versions(name)[-1]) for name in repo.models()}
+
+    def version_metric(self, model: str) -> float | None:
+        return self.watcher.metrics.registry.get_sample_value("nexus_model_version", {"model": model})
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Bed:
+    return Bed(tmp_path)
+
+
+def test_new_models_are_installed_then_nothing_happens_until_a_file_changes(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    assert bed.watcher.poll() == {"a": "swapped", "b": "swapped"}
+    assert bed.served() == {"a": 1, "b": 1}
+    assert bed.watcher.poll() == {}
+    assert bed.version_metric("a") == 1
+    assert bed.swapper.repo.sources() == {"a": "a.json", "b": "b.json"}
+
+
+def test_a_changed_file_swaps_only_its_model(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    bed.publish(stub_metadata("b", 2))
+    assert bed.watcher.poll() == {"a": "served", "b": "swapped"}
+    assert bed.swapper.swapped == [("a", 1), ("b", 1), ("b", 2)]
+    assert bed.version_metric("b") == 2 and bed.version_metric("a") == 1
+
+
+def test_a_removed_file_removes_its_model(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    (bed.directory / "b.json").unlink()
+    assert bed.watcher.poll() == {"a": "served", "b": "removed"}
+    assert bed.served() == {"a": 1} and bed.swapper.removed == ["b"]
+    assert bed.version_metric("b") is None
+    assert bed.swapper.repo.sources() == {"a": "a.json"}
+
+
+def test_a_file_that_breaks_keeps_its_model_and_is_logged_once(bed: Bed, caplog: pytest.LogCaptureFixture) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    with caplog.at_level(logging.WARNING):
+        bed.write("b.json", '{"name": "b", "version": ')
+        assert bed.watcher.poll() == {str(bed.directory / "b.json"): "unusable", "a": "served"}
+        bed.write("b.json", '{"name": "b", "version": ')  # rewritten, still broken: not said again
+        assert bed.watcher.poll() == {str(bed.directory / "b.json"): "unusable", "a": "served"}
+    assert sum("b.json" in r.getMessage() for r in caplog.records) == 1
+    assert bed.served() == {"a": 1, "b": 1} and bed.swapper.removed == []
+    # The watcher restarted: the broken file's model is still known to be its, and kept.
+    assert bed.fresh().poll()[str(bed.directory / "b.json")] == "unusable"
+    assert bed.served() == {"a": 1, "b": 1}
+    bed.publish(stub_metadata("b", 2))
+    assert bed.watcher.poll()["b"] == "swapped"
+
+
+def test_two_files_naming_one_model_change_nothing_for_it(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"))
+    bed.watcher.poll()
+    bed.write("copy.json", stub_metadata("a", 2).to_json())
+    outcomes = bed.watcher.poll()
+    assert outcomes["a"] == "held"
+    assert bed.served() == {"a": 1} and bed.swapper.swapped == [("a", 1)] and bed.swapper.removed == []
+    (bed.directory / "copy.json").unlink()
+    assert bed.watcher.poll() == {"a": "served"}
+
+
+def test_one_models_failure_touches_no_other(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    bed.swapper.failures["a"] = ModelLoadFailed("loading a: not a model")
+    bed.publish(stub_metadata("a", 2), stub_metadata("b", 2))
+    assert bed.watcher.poll() == {"a": "failed: load", "b": "swapped"}
+    assert bed.served() == {"a": 1, "b": 2}
+    failed = json.loads((bed.settings.sync.repository / STATE_FILE).read_text())["failed"]
+    assert [(e["name"], e["version"]) for e in failed.values()] == [("a", 2)]
+    assert bed.watcher.metrics.registry.get_sample_value(
+        "nexus_model_swaps_by_model_total", {"model": "a", "outcome": "load"}
+    )
+    assert bed.watcher.poll() == {}  # not retried
+    assert bed.fresh().poll()["a"] == "failed before"
+
+
+def test_a_transient_failure_is_retried_at_the_next_poll_without_a_change(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    bed.swapper.failures["b"] = ServerError("Triton at grpc://x did not answer")
+    (bed.directory / "b.json").unlink()
+    assert bed.watcher.poll() == {"a": "served", "b": "retry: server"}
+    assert bed.served() == {"a": 1, "b": 1}
+    del bed.swapper.failures["b"]
+    assert bed.watcher.poll() == {"a": "served", "b": "removed"}
+    assert bed.watcher.poll() == {}
+
+
+def test_a_directory_that_cannot_be_read_changes_nothing(bed: Bed) -> None:
+    bed.publish(stub_metadata("a"))
+    bed.watcher.poll()
+    shutil.rmtree(bed.directory)
+    assert bed.watcher.poll() == {"": "unreadable"}
+    assert bed.served() == {"a": 1}
+
+
+def test_a_model_from_before_the_directory_is_kept_while_some_file_is_broken(bed: Bed) -> None:
+    """No file is remembered for it (synced from a single file, say): a broken file may be its."""
+    RecordingSwapper(bed.settings.sync).swap(stub_metadata("old"))
+    bed.publish(stub_metadata("a"))
+    bed.write("b.json", "{")
+    assert bed.watcher.poll()["a"] == "swapped"
+    assert bed.served() == {"a": 1, "old": 1}
+    (bed.directory / "b.json").unlink()
+    assert bed.watcher.poll() == {"a": "served", "old": "removed"}
+
+
+def test_the_source_follows_the_settings(tmp_path: Path) -> None:
+    env = {"MODEL_REPOSITORY": str(tmp_path / "repo"), "AWS_REGION": "us-east-1", "WATCH_METRICS_PORT": "0"}
+    (tmp_path / "meta").mkdir()
+    cases = {
+        str(tmp_path / "meta"): (CatalogWatcher, DirectorySource),
+        str(tmp_path / "meta.json"): (Watcher, None),
+    }
+    for path, (kind, source) in cases.items():
+        made = watcher(load(WatchSettings, {**env, "NEXUS_META_PATH": path}))
+        assert isinstance(made, kind) and (source is None or isinstance(made.source, source))
+    prefix = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/"}))
+    assert isinstance(prefix, CatalogWatcher) and isinstance(prefix.source, PrefixSource)
+    single = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/a.json"}))
+    assert isinstance(single, Watcher) and isinstance(single.source, S3Source)
