@@ -452,8 +452,14 @@ class CatalogWatcher(Following):
             outcomes[name] = self._remove(name)
             if outcomes[name] == "removed":
                 removed.append(name)
-        repo.remember_sources(pipeline.remembered_sources(found, remembered, removed))
         self._again = any(outcome.startswith("retry") for outcome in outcomes.values())
+        try:
+            repo.remember_sources(pipeline.remembered_sources(found, remembered, removed))
+        except NexusError as err:  # the disk: what is served stands; remembered at a later poll
+            self._tell("sources", f"{err}; retrying every {self.settings.interval_s:g} s")
+            self._again = True
+        else:
+            self._told.pop("sources", None)
         return outcomes
 
     def _remove(self, name: str) -> str:

@@ -11,17 +11,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 import tritonclient.http as httpclient
 
-from nexusml.command import stack
+from nexusml.command import demo, stack
 from nexusml.command.s3local import CREDENTIALS
 from nexusml.core.process import http_ok
 from nexusml.testing.environment import base_environment, free_port, stack_ports
+from nexusml.testing.models import publish_into
 from tests.nexusml.command.conftest import wait_until_ready
 
 pytestmark = pytest.mark.integration
@@ -79,16 +82,15 @@ def test_up_serves_the_demo_model_and_stops_cleanly(tmp_path: Path) -> None:
     assert not http_ok(f"http://127.0.0.1:{ports['LOCAL_S3_PORT']}/moto-api/")
 
 
-def _request(proxy: str) -> urllib.request.Request:
-    """The README's prediction, for the proxy at `proxy`."""
-    return urllib.request.Request(
-        f"{proxy}/predict", data=b'{"input": [1, 2, 3, 4, 5]}', headers={"Content-Type": "application/json"}
-    )
+def _request(proxy: str, route: str = "/predict", width: int = 5) -> urllib.request.Request:
+    """The README's prediction (a row of `width` values), for the proxy at `proxy`."""
+    body = json.dumps({"input": list(range(1, width + 1))}).encode()
+    return urllib.request.Request(f"{proxy}{route}", data=body, headers={"Content-Type": "application/json"})
 
 
-def _predict(proxy: str) -> tuple[int, bytes]:
+def _predict(proxy: str, route: str = "/predict", width: int = 5) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(_request(proxy), timeout=10) as response:
+        with urllib.request.urlopen(_request(proxy, route, width), timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
@@ -221,3 +223,51 @@ def test_a_second_sigterm_while_up_logs_its_stop_ends_it_cleanly(
     assert code == 0
     assert stopped == ["server"]
     assert [r.getMessage() for r in caplog.records if r.name == stack.log.name] == ["SIGTERM: stopping"]
+
+
+def test_up_serves_every_model_of_a_directory_and_follows_it(
+    tmp_path: Path, s3_env: dict[str, str], s3_client: Any
+) -> None:
+    """S3 configured and NEXUS_META_PATH a directory: no demo model published; every model synced, served by
+    name, a new file added and a removed one unloaded while it runs."""
+    directory = tmp_path / "meta"
+    directory.mkdir()
+    alpha = demo.DemoSpec(name="alpha", hidden=16, layers=1)
+    beta = demo.DemoSpec(name="beta", width=8, outputs=3, heads=2, hidden=16, layers=1)
+    gamma = demo.DemoSpec(name="gamma", width=3, outputs=1, hidden=16, layers=1)
+    for spec in (alpha, beta):
+        publish_into(spec, s3_client, directory)
+    ports = stack_ports()
+    env = {**s3_env, **ports, "NEXUS_META_PATH": str(directory), "DEVICE": "cpu", "INSTANCE_COUNT": "1"}
+    log_path = tmp_path / "up.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexusml", "up"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    proxy = f"http://127.0.0.1:{ports['PORT']}"
+
+    def answers(spec: demo.DemoSpec) -> int:
+        return _predict(proxy, f"/models/{spec.name}/predict", spec.width)[0]
+
+    def until(check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 120
+        while not check():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+
+    try:
+        wait_until_ready(process, proxy, log_path)
+        assert (answers(alpha), answers(beta)) == (200, 200)
+        assert not (tmp_path / ".nexus_meta.json").exists()  # no demo model published
+        until(lambda: "/models/beta/predict" in log_path.read_text())  # the banner, once the watcher is up
+        publish_into(gamma, s3_client, directory)
+        until(lambda: answers(gamma) == 200)
+        (directory / "gamma.json").unlink()
+        until(lambda: not (tmp_path / "model_repository" / "gamma").exists())
+        until(lambda: answers(gamma) == 404)
+        assert answers(alpha) == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        log.close()
+    assert code == 0, log_path.read_text()[-3000:]
