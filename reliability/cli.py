@@ -18,6 +18,7 @@ from reliability.report import to_markdown
 from reliability.result import ScenarioResult
 from reliability.scenarios import (
     hostile_http,
+    many_models,
     model_update,
     noisy_neighbour,
     overload,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Runner] = {
     "sync-faults": lambda bed, a: [sync_faults.run(bed, sync_faults.Config.long(a.duration))],
     "hostile-http": lambda bed, a: [hostile_http.run(bed, hostile_http.Config.long(a.duration))],
     "model-update": lambda bed, a: [model_update.run(bed, model_update.Config.long(a.duration))],
+    "many-models": lambda bed, a: [many_models.run(bed, many_models.Config.long(a.duration))],
     "noisy-neighbour": lambda bed, a: [noisy_neighbour.run(bed, noisy_neighbour.Config.long(a.duration))],
     "soak": lambda bed, a: [soak.run(bed, soak.Config.long(a.soak_minutes))],
 }
