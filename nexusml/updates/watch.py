@@ -219,7 +219,8 @@ class PrefixSource:
         listed = self.listed if self.listed is not None else self._list()
         self.listed = None
         for key, etag in listed.items():
-            if self.texts.get(key, ("",))[0] != etag or key not in self.texts:
+            cached = self.texts.get(key)
+            if cached is None or cached[0] != etag:
                 self.texts[key] = (etag, self._get(key))
         self.texts = {key: self.texts[key] for key in listed}
         self.seen = listed
