@@ -100,6 +100,15 @@ def compose_binary() -> str | None:
     return str(venv_bin) if venv_bin.exists() else shutil.which("docker-compose")
 
 
+def model_metadata(name: str) -> str:
+    """The example metadata under another model's name: one model's text for the chart's `nexusMeta.models`."""
+    example = json.loads((ROOT / "examples" / "nexus_meta.example.json").read_text())
+    return json.dumps({**example, "name": name}, indent=2)
+
+
+# The chart's many-models form: one ConfigMap key per model.
+MANY_MODELS = {name: model_metadata(name) for name in ("demo_mlp", "wide_mlp", "narrow.v2")}
+
 # Values cases every chart test runs over: the three the issue names, plus the optional features.
 CHART_CASES = [
     pytest.param({}, id="default"),
@@ -139,4 +148,9 @@ CHART_CASES = [
         id="watcher",
     ),
     pytest.param({"proxy": {"keysFile": {"content": '{"tenants": {"team-a": {"keys": ["k"]}}}'}}}, id="keys-file"),
+    pytest.param(
+        {"nexusMeta": {"models": MANY_MODELS}, "proxy": {"defaultModel": "demo_mlp"}, "watcher": {"enabled": True}},
+        id="many-models",
+    ),
+    pytest.param({"nexusMeta": {"existingConfigMap": "control-plane-models", "key": ""}}, id="existing-models"),
 ]

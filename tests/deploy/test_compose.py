@@ -238,11 +238,15 @@ def test_only_the_proxy_holds_the_shared_memory_key(services: dict[str, Any]) ->
     assert others == {"proxy"}
 
 
+# NEXUS_META_PATH of every service that reads or writes the metadata: NEXUS_META_NAME inside the mounted folder.
+META_PATH = "/project/${NEXUS_META_NAME:-.nexus_meta.json}"
+
+
 def test_model_sync_reads_the_project_root_metadata(services: dict[str, Any]) -> None:
     sync = services["model-sync"]
     (bind,) = [v for v in sync["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
     assert bind["source"] == "${NEXUS_META_DIR:-.}" and bind["read_only"] is True
-    assert sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
+    assert sync["environment"]["NEXUS_META_PATH"] == META_PATH and META_PATH.startswith(f"{bind['target']}/")
     assert "models:/models" in sync["volumes"]
     assert sync["environment"]["MODEL_REPOSITORY"] == "/models"
     assert sync["command"][0] == "sync"
@@ -258,6 +262,32 @@ def test_proxy_is_healthy_when_ready_and_reads_the_metadata(services: dict[str, 
     assert proxy["environment"]["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"]
     (bind,) = [v for v in proxy["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
     assert bind == {"type": "bind", "source": "${NEXUS_META_DIR:-.}", "target": "/project", "read_only": True}
+
+
+@pytest.mark.parametrize(
+    ("env", "source", "path"),
+    [
+        pytest.param({}, ROOT, "/project/.nexus_meta.json", id="one-model-file"),
+        # the documented directory form: a folder of its own, mounted as the directory itself
+        pytest.param({"NEXUS_META_DIR": "./meta", "NEXUS_META_NAME": "."}, ROOT / "meta", "/project/.", id="directory"),
+        pytest.param({"NEXUS_META_NAME": "models"}, ROOT, "/project/models", id="directory-in-the-folder"),
+    ],
+)
+def test_one_variable_points_every_service_at_a_file_or_a_directory(
+    env: dict[str, str], source: Path, path: str
+) -> None:
+    """The sync, the demo publisher, the proxy and the watcher read one metadata path, a file or a directory of
+    models, set by NEXUS_META_DIR (the host folder) and NEXUS_META_NAME (inside it) without editing the file."""
+    config = merged_config(COMPOSE, COMPOSE_CPU, profiles=("demo",), env=env)
+    readers = {"model-sync", "publish-demo", "proxy", "watcher"}
+    for name in readers:
+        service = config["services"][name]
+        assert service["environment"]["NEXUS_META_PATH"] == path, name
+        (bind,) = [v for v in service["volumes"] if v["type"] == "bind"]
+        assert (bind["source"], bind["target"]) == (str(source), "/project"), name
+        assert bind.get("read_only", False) is (name != "publish-demo"), name
+    others = {name for name, s in config["services"].items() if "NEXUS_META_PATH" in (s.get("environment") or {})}
+    assert others == readers
 
 
 def test_cpu_override_drops_the_gpu() -> None:
@@ -302,7 +332,7 @@ def test_watcher_service(services: dict[str, Any]) -> None:
     (bind,) = [v for v in watcher["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
     assert bind == {"type": "bind", "source": "${NEXUS_META_DIR:-.}", "target": "/project", "read_only": True}
     env = watcher["environment"]
-    assert env["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"] == f"{bind['target']}/.nexus_meta.json"
+    assert env["NEXUS_META_PATH"] == sync["environment"]["NEXUS_META_PATH"] == META_PATH
     assert env["MODEL_REPOSITORY"] == sync["environment"]["MODEL_REPOSITORY"] == "/models"
     # Triton's address under its one name, as the proxy's: the deprecated TRITON_URL is not written
     assert env["MODEL_SERVER_URL"] == services["proxy"]["environment"]["MODEL_SERVER_URL"] == "grpc://triton:8001"

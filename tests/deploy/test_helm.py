@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
@@ -17,11 +18,13 @@ from tests.deploy.conftest import (
     CHART,
     CHART_CASES,
     KUBE_VERSION,
+    MANY_MODELS,
     TRITON_PORT_NAMES,
     TRITON_PORTS,
     by_kind,
     container,
     env_of,
+    model_metadata,
     pod_spec,
     render_chart,
     render_files,
@@ -34,7 +37,12 @@ RESTRICTED_VOLUME_TYPES = {"configMap", "emptyDir", "secret", "projected", "down
 
 
 @pytest.mark.parametrize(
-    "values", [pytest.param(None, id="default"), pytest.param({"watcher": {"enabled": True}}, id="watcher")]
+    "values",
+    [
+        pytest.param(None, id="default"),
+        pytest.param({"watcher": {"enabled": True}}, id="watcher"),
+        pytest.param({"nexusMeta": {"models": MANY_MODELS}, "watcher": {"enabled": True}}, id="many-models"),
+    ],
 )
 def test_lint_is_clean(values: dict[str, Any] | None) -> None:
     report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
@@ -101,6 +109,101 @@ def test_pipeline_shares_the_model_repository() -> None:
 def meta_config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (found,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-meta")]
     return found
+
+
+# --- the metadata: one model (nexusMeta.content) or a directory of models (nexusMeta.models) ---------------------
+def _meta_readers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [container(spec, name) for name in ("sync", "proxy", "watcher")]
+
+
+@pytest.mark.parametrize(
+    ("meta", "path", "items"),
+    [
+        pytest.param({}, "/etc/nexus/.nexus_meta.json", [".nexus_meta.json"], id="one-model"),
+        pytest.param({"content": "{}", "key": "model.json"}, "/etc/nexus/model.json", ["model.json"], id="own-key"),
+        pytest.param({"existingConfigMap": "cm"}, "/etc/nexus/.nexus_meta.json", [".nexus_meta.json"], id="existing"),
+        pytest.param({"models": MANY_MODELS}, "/etc/nexus", None, id="models"),
+        pytest.param({"existingConfigMap": "cm", "key": ""}, "/etc/nexus", None, id="existing-models"),
+    ],
+)
+def test_the_sync_proxy_and_watcher_read_one_file_or_the_directory(
+    meta: dict[str, Any], path: str, items: list[str] | None
+) -> None:
+    """One model: its key alone, NEXUS_META_PATH the file. Many: the ConfigMap whole (no item list, so a key added
+    or removed reaches the folder without a change to the pod's spec), NEXUS_META_PATH the folder itself."""
+    spec = pod_spec(render_chart({"nexusMeta": meta, "watcher": {"enabled": True}}))
+    for item in _meta_readers(spec):
+        assert env_of(item)["NEXUS_META_PATH"] == path, item["name"]
+        assert _mounts(item)["nexus-meta"] == {"name": "nexus-meta", "mountPath": "/etc/nexus", "readOnly": True}
+    assert "nexus-meta" not in _mounts(container(spec, "triton"))
+    volume = {v["name"]: v for v in spec["volumes"]}["nexus-meta"]["configMap"]
+    assert volume.get("items") == (None if items is None else [{"key": k, "path": k} for k in items])
+    assert volume["name"] == meta.get("existingConfigMap", "nexus-nexus-dataplane-meta")
+
+
+def test_each_model_is_one_key_of_the_chart_config_map() -> None:
+    objects = render_chart({"nexusMeta": {"models": MANY_MODELS}})
+    data = meta_config_map(objects)["data"]
+    assert data == {f"{name}.json": text for name, text in MANY_MODELS.items()}
+    assert {json.loads(text)["name"] for text in data.values()} == set(MANY_MODELS)
+    # a null model (`--set nexusMeta.models.<name>=null` with --reuse-values) is a model removed
+    fewer = meta_config_map(render_chart({"nexusMeta": {"models": {**MANY_MODELS, "wide_mlp": None}}}))["data"]
+    assert set(fewer) == {"demo_mlp.json", "narrow.v2.json"}
+
+
+def test_a_model_changed_rolls_the_pods_and_with_the_watcher_a_model_added_does_not() -> None:
+    def template(models: dict[str, Any], watcher: bool) -> dict[str, Any]:
+        values = {"nexusMeta": {"models": models}, "watcher": {"enabled": watcher}}
+        (deployment,) = by_kind(render_chart(values), "Deployment")
+        return deployment["spec"]["template"]
+
+    changed = {**MANY_MODELS, "wide_mlp": model_metadata("wide_mlp").replace('"version": 1', '"version": 2')}
+    assert changed != MANY_MODELS
+    annotation = "checksum/nexus-meta"
+    assert (
+        template(MANY_MODELS, False)["metadata"]["annotations"][annotation]
+        != (template(changed, False)["metadata"]["annotations"][annotation])
+    )
+    added = {**MANY_MODELS, "ranker": model_metadata("ranker")}
+    assert template(MANY_MODELS, True) == template(added, True) == template(changed, True)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        pytest.param(
+            {"content": "{}", "models": MANY_MODELS},
+            r"nexusMeta\.content \(one model\) and nexusMeta\.models \(one key per model\): set one of them",
+            id="content-and-models",
+        ),
+        pytest.param(
+            {"models": MANY_MODELS, "existingConfigMap": "cm"},
+            r"nexusMeta\.models \(the chart's ConfigMap\) and nexusMeta\.existingConfigMap \(yours\)",
+            id="models-and-existing-config-map",
+        ),
+        pytest.param({"models": {".hidden": "{}"}}, r'"\.hidden" is not a model name', id="hidden-name"),
+        pytest.param({"models": {"a/b": "{}"}}, r'"a/b" is not a model name', id="path-name"),
+        pytest.param({"models": {"demo": " "}}, r"nexusMeta\.models\.demo is empty", id="empty-model"),
+        pytest.param(
+            {"models": {"demo": {"name": "demo"}}}, r"nexusMeta\.models\.demo: the metadata's JSON text", id="map"
+        ),
+        pytest.param({"key": ""}, r"nexusMeta\.key is empty", id="no-key"),
+    ],
+)
+def test_bad_metadata_values_are_refused(meta: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render_chart({"nexusMeta": meta})
+
+
+def test_notes_name_each_models_route() -> None:
+    notes = next(
+        text
+        for path, text in render_files({"nexusMeta": {"models": MANY_MODELS}}).items()
+        if path.endswith("NOTES.txt")
+    )
+    for name in MANY_MODELS:
+        assert f"/models/{name}/predict" in notes, name
+    assert "--set-file nexusMeta.models.<name>=" in notes and "WARNING" not in notes
 
 
 def _probe_argv(probe: dict[str, Any]) -> dict[str, str]:

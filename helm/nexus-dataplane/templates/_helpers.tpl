@@ -46,9 +46,47 @@ app.kubernetes.io/part-of: nexusml
 {{- default (printf "%s-meta" (include "nexus.fullname" .)) .Values.nexusMeta.existingConfigMap }}
 {{- end }}
 
-{{/* The metadata text: the value, else the chart's placeholder. */}}
+{{/* The one model's metadata text: the value, else the chart's placeholder. */}}
 {{- define "nexus.metaContent" -}}
 {{- default (.Files.Get "files/nexus_meta.example.json") .Values.nexusMeta.content }}
+{{- end }}
+
+{{/* "true" when the metadata is a directory of models: nexusMeta.models, or every key of an existing ConfigMap
+(nexusMeta.key empty). The ConfigMap is then mounted whole and NEXUS_META_PATH names the folder. */}}
+{{- define "nexus.metaDirectory" -}}
+{{- if or .Values.nexusMeta.models (and .Values.nexusMeta.existingConfigMap (not .Values.nexusMeta.key)) }}true{{ end }}
+{{- end }}
+
+{{/* What the chart's metadata ConfigMap holds, for the checksum that rolls the pods on a change. */}}
+{{- define "nexus.metaSource" -}}
+{{- if .Values.nexusMeta.models }}{{ toJson .Values.nexusMeta.models }}{{ else }}{{ include "nexus.metaContent" . }}{{ end }}
+{{- end }}
+
+{{/* The metadata values that cannot work together, refused with what to do instead. A model's key is its file
+name in the mounted folder: the metadata's own name pattern, so it is neither hidden nor a path. */}}
+{{- define "nexus.validateMeta" -}}
+{{- $m := .Values.nexusMeta }}
+{{- if and $m.content $m.models }}
+{{- fail "nexusMeta.content (one model) and nexusMeta.models (one key per model): set one of them" }}
+{{- end }}
+{{- if and $m.models $m.existingConfigMap }}
+{{- fail "nexusMeta.models (the chart's ConfigMap) and nexusMeta.existingConfigMap (yours): set one of them; with your own, an empty nexusMeta.key mounts every key of it as a model" }}
+{{- end }}
+{{- if and (not $m.key) (not $m.existingConfigMap) (not $m.models) }}
+{{- fail "nexusMeta.key is empty: name the one model's key, or set nexusMeta.models (or nexusMeta.existingConfigMap, every key of it a model)" }}
+{{- end }}
+{{- range $name, $text := $m.models }}
+{{- if kindIs "invalid" $text }}{{ continue }}{{ end }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$" $name) }}
+{{- fail (printf "nexusMeta.models: %q is not a model name (a letter or digit, then letters, digits, _ . -; at most 128)" $name) }}
+{{- end }}
+{{- if not (kindIs "string" $text) }}
+{{- fail (printf "nexusMeta.models.%s: the metadata's JSON text (--set-file nexusMeta.models.%s=<file>)" $name $name) }}
+{{- end }}
+{{- if not (trim $text) }}
+{{- fail (printf "nexusMeta.models.%s is empty: the metadata's JSON text, or null to remove the model" $name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "nexus.adminSecret" -}}
@@ -74,9 +112,19 @@ app.kubernetes.io/part-of: nexusml
 {{- if .Values.config.device }}{{ .Values.config.device }}{{ else if .Values.gpu.enabled }}cuda{{ else }}cpu{{ end }}
 {{- end }}
 
-{{/* Where the metadata file is mounted. */}}
+{{/* The `helm upgrade` that publishes new metadata: the one file, or one model's key (added or replaced; null
+removes it). */}}
+{{- define "nexus.metaUpgrade" -}}
+helm upgrade {{ .Release.Name }} <chart> --reuse-values
+{{- if .Values.nexusMeta.models }} --set-file nexusMeta.models.<name>=./meta/<name>.json
+  (a new <name> adds a model; --set nexusMeta.models.<name>=null removes one)
+{{- else }} --set-file nexusMeta.content=./.nexus_meta.json
+{{- end }}
+{{- end }}
+
+{{/* NEXUS_META_PATH: the one model's file, or the mounted folder itself when it is a directory of models. */}}
 {{- define "nexus.metaPath" -}}
-/etc/nexus/{{ .Values.nexusMeta.key }}
+{{- if include "nexus.metaDirectory" . }}/etc/nexus{{ else }}/etc/nexus/{{ .Values.nexusMeta.key }}{{ end }}
 {{- end }}
 
 {{/* A list of env entries from a map, skipping empty values (empty = the code's default). */}}
