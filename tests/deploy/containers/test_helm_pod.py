@@ -1,8 +1,10 @@
-"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher;
-the proxy's tensors reach Triton through the /dev/shm emptyDir both mount.
+"""The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher,
+serving three demo models of different shapes from one ConfigMap (`nexusMeta.models`, one key per model, mounted
+as the metadata directory); the proxy's tensors reach Triton through the /dev/shm emptyDir both mount.
 
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
-node: images, S3 endpoint and bucket, the metadata (`--set-file nexusMeta.content=`), a credentials Secret.
+node: images, S3 endpoint and bucket, the metadata of each model (`--set-file nexusMeta.models.<name>=`), a
+credentials Secret.
 The pod runs with the chart's own commands, env, security contexts and read-only mounts. podman 4.3 plays it
 with these changes, each a limit of podman, not of the chart:
 - init containers fail in podman 4.3 ("failed to remove once init container ... as it is running"), so the
@@ -46,10 +48,13 @@ from nexusml.testing.environment import free_port
 from tests.deploy.conftest import by_kind, render_chart
 from tests.deploy.containers.conftest import (
     KEYS_FILE,
+    MODELS,
     TEAM_KEY,
     assert_serves,
+    assert_serves_all,
     assert_shared_memory,
     assert_tenants_enforced,
+    publish_arguments,
     wait_ready,
 )
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman
@@ -123,14 +128,19 @@ def bed(podman: Podman, images: tuple[str, ...], tmp_path: Path) -> Iterator[Pod
             podman("network", "rm", "--force", bed.network, check=False)
 
 
-def publish_demo(bed: PodBed) -> str:
-    """The control plane's step: the demo model into the bucket, its `.nexus_meta.json` text back."""
-    bed.podman(
-        "run", "--rm", "--network", bed.network, *bed.s3_environment(), "--env", f"MODEL_BUCKET={BUCKET}",
-        "--env", "HOME=/tmp", "--volume", f"{bed.folder}:/out", DEMO_IMAGE,
-        "publish-demo", "--meta", "/out/.nexus_meta.json", "--workdir", "/tmp/demo",
-    )  # fmt: skip
-    return (bed.folder / ".nexus_meta.json").read_text()
+def publish_models(bed: PodBed, specs: tuple[demo.DemoSpec, ...]) -> dict[str, str]:
+    """The control plane's step: each model into the bucket, its metadata written into one directory (one file
+    per model); each model's metadata text back, by name (the chart's `nexusMeta.models`)."""
+    directory = bed.folder / "meta"
+    directory.mkdir()
+    directory.chmod(0o777)  # the demo publisher runs as uid 1000
+    for spec in specs:
+        bed.podman(
+            "run", "--rm", "--network", bed.network, *bed.s3_environment(), "--env", f"MODEL_BUCKET={BUCKET}",
+            "--env", "HOME=/tmp", "--volume", f"{directory}:/out", DEMO_IMAGE,
+            "publish-demo", "--meta", "/out", "--workdir", "/tmp/demo", *publish_arguments(spec),
+        )  # fmt: skip
+    return {spec.name: (directory / f"{spec.name}.json").read_text() for spec in specs}
 
 
 def secret_values(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -227,20 +237,22 @@ def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> Non
     bed.podman("kube", "play", "--network", bed.network, *config_args, str(pod_file))
 
 
-def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
+def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
     podman, port = bed.podman, free_port()
+    url = f"http://127.0.0.1:{port}"
     with podman.explaining(bed.name):
-        with TIMINGS.step("helm pod: publish the demo model, render the chart (Helm engine)"):
+        with TIMINGS.step(f"helm pod: publish {len(MODELS)} demo models, render the chart (Helm engine)"):
             values = {
                 "image": image_values(NEXUS_IMAGE),
                 "tritonImage": image_values(TRITON_IMAGE),
-                "nexusMeta": {"content": publish_demo(bed)},
+                "nexusMeta": {"models": publish_models(bed, MODELS)},
                 "s3": {"endpointUrl": f"http://{bed.s3}:9000", "bucket": BUCKET, "region": "us-east-1"},
                 "aws": {"credentialsSecret": "nexus-aws"},
                 # Runs beside them (it finds the version served: nothing to swap; compose's test swaps one).
                 "watcher": {"enabled": True},
-                # Teams: the tenants' keys file, from a Secret the chart makes (a host folder here, see above).
-                "proxy": {"keysFile": {"content": json.dumps(KEYS_FILE)}},
+                # Teams: the tenants' keys file, from a Secret the chart makes (a host folder here, see above);
+                # `POST /predict` is the README's model.
+                "proxy": {"keysFile": {"content": json.dumps(KEYS_FILE)}, "defaultModel": MODELS[0].name},
             }
             objects = render_chart(values)
             sync_pod, serving_pod = pods_for_podman(objects, bed, port)
@@ -250,14 +262,15 @@ def test_chart_pod_serves_the_demo_model(bed: PodBed) -> None:
             assert code == "0", podman.logs(f"{bed.name}-sync-sync")
         with TIMINGS.step("helm pod: Triton, proxy and watcher (kube play), until /readyz answers 200"):
             play(bed, objects, serving_pod)
-            ready = wait_ready(f"http://127.0.0.1:{port}")
-        assert ready["model"] == "demo_mlp"
-        assert_tenants_enforced(f"http://127.0.0.1:{port}", demo.DemoSpec())
+            wait_ready(url)
+        assert_tenants_enforced(url, MODELS[0])
+        assert_serves_all(url, MODELS, TEAM_KEY)
         # The proxy's tensors through the dshm emptyDir both containers mount, with the key of the chart's Secret.
         (shm_secret,) = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-triton-shm")]
         shm_key = base64.b64decode(shm_secret["data"]["shm-key"]).decode()
-        assert_shared_memory(f"http://127.0.0.1:{port}", podman, f"{bed.name}-triton", shm_key, TEAM_KEY)
-        assert_serves(f"http://127.0.0.1:{port}", demo.DemoSpec(), TEAM_KEY)
+        assert_shared_memory(url, podman, f"{bed.name}-triton", shm_key, TEAM_KEY)
+        assert_serves_all(url, MODELS, TEAM_KEY)
+        assert_serves(url, MODELS[0], TEAM_KEY, route="/predict")  # proxy.defaultModel
         watcher = f"{bed.name}-watcher"
         state = podman("inspect", watcher, "--format", "{{.State.Running}} {{.RestartCount}}").stdout.split()
         assert state == ["true", "0"], podman.logs(watcher)
