@@ -9,15 +9,9 @@ import pytest
 
 from nexusml.command import cli, demo
 from nexusml.core import metadata
-from nexusml.core.metadata import Artifact, ModelMetadata, TensorSpec
+from nexusml.testing.models import stub_metadata
 
-META = ModelMetadata(
-    name="wide",
-    version=3,
-    artifact=Artifact(uri="s3://models/wide/3/model.pt", sha256="0" * 64, size=1, format="torchscript"),
-    inputs=(TensorSpec("INPUT__0", "FP32", (8,)),),
-    outputs=(TensorSpec("OUTPUT__0", "FP32", (2,)),),
-)
+META = stub_metadata("wide", version=3, width=8)
 
 
 def test_a_directory_gets_name_dot_json_and_no_temporary_left(tmp_path: Path) -> None:
