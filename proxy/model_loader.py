@@ -158,14 +158,18 @@ class Loader:
             retire.add_done_callback(self.retiring.discard)
 
     async def retire(self, model: ModelState) -> None:
+        """Close a removed model's coalescer once its requests in flight are done (each ends by its deadline), or
+        at once when the app stops."""
         settings = self.state.settings
         bound = settings.request_timeout_ms / 1000 + settings.body_timeout_s
         waited = 0.0
-        while model.in_flight and waited < bound:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-        if model.coalescer is not None:
-            await model.coalescer.close()
+        try:
+            while model.in_flight and waited < bound:
+                await asyncio.sleep(0.05)
+                waited += 0.05
+        finally:
+            if model.coalescer is not None:
+                await model.coalescer.close()
 
     async def follow_model(self, model: ModelState) -> None:
         """Read the model's schema until it works, register shared memory (once, for the first model ready),
@@ -195,6 +199,7 @@ class Loader:
     async def close(self) -> None:
         for task in [*self.tasks.values(), *self.retiring]:
             task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         for model in self.state.models.values():
             if model.coalescer is not None:
                 await model.coalescer.close()

@@ -103,3 +103,21 @@ def test_api_keys_are_not_echoed_in_errors() -> None:
     with pytest.raises(SettingsError) as caught:
         load(ProxySettings, {"API_KEYS": "good,bad key"})
     assert "bad key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "default_model", "refused"),
+    [
+        pytest.param("alpha", "beta", True, id="default-not-the-one-model"),
+        pytest.param("alpha", "alpha", False, id="default-the-one-model"),
+        pytest.param("", "beta", False, id="default-among-the-catalog"),
+    ],
+)
+def test_default_model_with_model_name(model_name: str, default_model: str, refused: bool) -> None:
+    """MODEL_NAME serves one model only: a DEFAULT_MODEL naming another could never answer."""
+    env = {"MODEL_NAME": model_name, "DEFAULT_MODEL": default_model}
+    if refused:
+        with pytest.raises(SettingsError, match="DEFAULT_MODEL"):
+            load(ProxySettings, env)
+    else:
+        assert load(ProxySettings, env).default_model == default_model
