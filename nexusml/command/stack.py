@@ -33,7 +33,7 @@ from typing import NoReturn
 
 from nexusml.command.s3local import LocalS3
 from nexusml.core import catalog, logs, metadata
-from nexusml.core.errors import NexusError, ServerError, SettingsError
+from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SettingsError
 from nexusml.core.probe import served_models
 from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
 from nexusml.core.settings import META_PATH, env, nested
@@ -230,6 +230,9 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     running.append(triton)
     directory = catalog.is_directory(settings.meta_path)
     models = catalog.read(settings.meta_path)
+    if not directory:  # the one model did not load: nothing would serve, so stop here and say why
+        for name, reason in triton.unavailable().items():
+            raise ModelLoadFailed(f"model {name} did not load in Triton: {reason}")
     proxy = _proxy(settings, triton, "" if directory else models.names[0], env)
     proxy.start()
     running.append(proxy)

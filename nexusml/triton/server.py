@@ -10,18 +10,24 @@ venv's `bin/` leads `PATH`, so the server is started with that `PATH`.
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core import logs
 from nexusml.core.errors import ServerError
+from nexusml.core.probe import CANDIDATE_SUFFIX
 from nexusml.core.process import ManagedProcess
 from nexusml.core.settings import SHM_HEADER
 from nexusml.triton.settings import TritonSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,12 @@ def restricted_flags(key: str, apis: str = "model-repository,logging,trace", hea
 
 def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Path) -> list[str]:
     """Explicit model control: Triton loads every model of the repository at start-up (the sync removed any
-    stale candidate), and later only what the watcher asks for, through the repository API."""
+    stale candidate), and later only what the watcher asks for, through the repository API.
+
+    A model that fails to load does not stop Triton, nor make it unready: with many models in one repository, one
+    broken model must not take the others down. So `--exit-on-error=false` (a port that cannot be bound still
+    ends the server: measured) and `--strict-readiness=false`; each model's own readiness is the proxy's to check,
+    and `TritonServer.start` says which models did not load and why."""
     return [
         str(dist.binary),
         f"--model-repository={settings.repository.resolve()}",
@@ -94,8 +105,8 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         f"--metrics-port={settings.metrics_port}",
         "--model-control-mode=explicit",
         "--load-model=*",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
+        "--strict-readiness=false",
+        "--exit-on-error=false",
         "--disable-auto-complete-config",
         f"--exit-timeout-secs={settings.exit_timeout_s}",
         f"--log-verbose={settings.log_verbose}",
@@ -162,12 +173,39 @@ class TritonServer(ManagedProcess):
         }
 
     def start(self) -> None:
+        """Start and wait until Triton answers; every model that did not load is logged, one line each."""
         if not self.settings.repository.is_dir():
             raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")
         self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
         backend_dir = self.dist.backend_directory(self._backend_root)
         self.argv = [*command(self.settings, self.dist, backend_dir), *self.extra_args]
         super().start()
+        try:
+            failed = self.unavailable()
+        except ServerError as err:  # e.g. the index restricted to a key these settings do not hold
+            log.warning("%s", err)
+            return
+        for name, reason in failed.items():
+            log.error("model %s did not load: %s", name, reason)
+
+    def unavailable(self) -> dict[str, str]:
+        """The models of the repository Triton could not load, with its reason (from its repository index)."""
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        if self.settings.admin_key:
+            request.add_header(ADMIN_HEADER, self.settings.admin_key)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                index = json.loads(response.read())
+        except (OSError, ValueError) as err:
+            raise ServerError(f"Triton at {self.http_url} did not list its models: {err}") from err
+        # Triton's reason for a Python backend's failure carries the stub's traceback: its first line names the cause.
+        return {
+            str(entry.get("name")): (
+                str(entry.get("reason") or entry.get("state") or "").strip() or "not loaded"
+            ).splitlines()[0]
+            for entry in index
+            if entry.get("state") != "READY" and not str(entry.get("name")).endswith(CANDIDATE_SUFFIX)
+        }
 
     def stop(self) -> int | None:
         code = super().stop()

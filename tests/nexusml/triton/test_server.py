@@ -16,8 +16,9 @@ from tritonclient.utils import InferenceServerException
 from nexusml.command import demo
 from nexusml.core.metadata import BatchingHints
 from nexusml.sync import storage
-from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, sync_into
+from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
+from nexusml.testing.updates import unloadable
 from nexusml.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -78,5 +79,26 @@ def test_one_bad_request_fails_alone(s3_client: Any, s3_env: dict[str, str], tmp
         stats = httpclient.InferenceServerClient(f"{server.settings.host}:{server.settings.http_port}")
         executions = int(stats.get_inference_statistics("poison")["model_stats"][0]["execution_count"])
         assert executions < 8, "the requests were not batched, so the fallback was not exercised"
+    finally:
+        server.stop()
+
+
+def test_a_model_that_does_not_load_leaves_the_others_serving(
+    demo_model: PublishedModel, s3_client: Any, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """One broken model among many: Triton still starts, ready, serving the good one, and names the broken one."""
+    broken = unloadable(dataclasses.replace(demo_model.meta, name="broken"), 1, s3_client)
+    repository = tmp_path / "repo"
+    sync_into(demo_model.meta, s3_env, repository)
+    sync_into(broken, s3_env, repository)
+    server = start_triton(repository, tmp_path, TRITON_ADMIN_KEY="admin")
+    try:
+        rows = np.ones((1, DEMO_SPEC.width), dtype=np.float32)
+        answer = triton_infer(server, demo_model.meta.name, rows).as_numpy("OUTPUT__0")
+        expected = demo.build(DEMO_SPEC)(torch.from_numpy(rows))[0].detach().numpy()
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-5)
+        failed = server.unavailable()
+        assert list(failed) == ["broken"]
+        assert "zip archive" in failed["broken"]  # Triton's reason: the artifact is not TorchScript
     finally:
         server.stop()
