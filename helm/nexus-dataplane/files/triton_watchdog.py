@@ -94,6 +94,11 @@ class ProbeFailed(Exception):
     """The model does not answer; the message is the one-line cause."""
 
 
+class NotLoaded(ProbeFailed):
+    """The model is not ready: loading, or it failed to load. Not what a restart heals (a dead stub leaves its
+    model READY), and with many models one that never loads must not get the others' Triton restarted."""
+
+
 class _Busy(Exception):
     """Triton refused for load (HTTP 503: queue full): a busy model, not a broken one."""
 
@@ -140,11 +145,11 @@ def inference_request(config: dict) -> tuple[bytes, bytes]:
     return header, header + body
 
 
-def probe(http_url: str, model: str, timeout_s: float) -> str | None:
+def probe(http_url: str, model: str, timeout_s: float, loaded_only: bool = False) -> str | None:
     """None when `model` answers an inference (or Triton says it is busy); else the cause, in one line.
 
     Asks readiness, then the model config (not a restricted API), then one inference of zeros; the whole
-    probe is bounded by `timeout_s`.
+    probe is bounded by `timeout_s`. With `loaded_only`, a model that is not ready passes (`NotLoaded`).
     """
     deadline = time.monotonic() + timeout_s
     base = f"{http_url.rstrip('/')}/v2/models/{urllib.parse.quote(model, safe='')}"
@@ -152,7 +157,7 @@ def probe(http_url: str, model: str, timeout_s: float) -> str | None:
         try:
             _call(f"{base}/ready", deadline)
         except ProbeFailed as err:
-            raise ProbeFailed(f"model {model} is not ready: {err}") from err
+            raise NotLoaded(f"model {model} is not ready: {err}") from err
         config = json.loads(_call(f"{base}/config", deadline))
         header, body = inference_request(config)
         headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
@@ -162,6 +167,8 @@ def probe(http_url: str, model: str, timeout_s: float) -> str | None:
             raise ProbeFailed(f"model {model} is ready but does not answer an inference: {err}") from err
     except _Busy:
         return None
+    except NotLoaded as err:
+        return None if loaded_only else str(err)
     except (ProbeFailed, ValueError, KeyError) as err:  # ValueError/KeyError: a config we cannot read
         return str(err) if isinstance(err, ProbeFailed) else f"model {model}: unreadable config: {err!r}"
     return None
@@ -301,7 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Probe Triton's models with one inference each; exit 0 if all answer.")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="Triton's HTTP URL")
     parser.add_argument("--model", action="append", default=[], help="model to probe (repeatable)")
-    parser.add_argument("--repository", type=Path, help="probe every model of this repository (no --model)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="probe every model of this repository that is loaded (no --model): one that failed to load, or is "
+        "loading, is not a failure",
+    )
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds the whole probe may take")
     parser.add_argument("--end-after", type=int, default=0, help="SIGTERM --target after this many failures")
     parser.add_argument("--target", default="tritonserver", help="command name of the process to end")
@@ -314,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = time.monotonic() + args.timeout
     cause = None
     for model in models:
-        cause = probe(args.url, model, max(deadline - time.monotonic(), 0.01))
+        cause = probe(args.url, model, max(deadline - time.monotonic(), 0.01), loaded_only=not args.model)
         if cause is not None:
             break
     if args.end_after > 0:

@@ -280,6 +280,26 @@ def test_healthcheck_probes_every_model_of_the_repository(fake: FakeTriton, tmp_
     assert watchdog.main(["--url", fake.url, "--repository", str(tmp_path / "empty")]) == 1
 
 
+@pytest.mark.parametrize(
+    ("select", "healthy"),
+    [
+        pytest.param(["--repository"], True, id="repository-skips-it"),
+        pytest.param(["--model", "a"], False, id="named-model-fails"),
+    ],
+)
+def test_a_model_that_is_not_loaded_fails_only_a_probe_that_names_it(
+    fake: FakeTriton, tmp_path: Path, select: list[str], healthy: bool
+) -> None:
+    """One model of many that failed to load (or is loading) is not what a restart heals: the repository's
+    healthcheck passes, so neither compose nor the kubelet restarts the Triton the other models are served by."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.pbtxt").write_text("")
+    fake.ready = 400
+    argv = ["--url", fake.url, *(arg if arg != "--repository" else f"--repository={tmp_path}" for arg in select)]
+    assert watchdog.main(argv) == (0 if healthy else 1)
+    assert fake.bodies == []  # no inference sent to a model that is not ready
+
+
 def _top_level_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     imported = {
