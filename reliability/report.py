@@ -39,7 +39,13 @@ CAUSES = {
     "processes shared (CPU column): when they took more CPU than during that measurement, the stack's capacity "
     "fell under the offered rate and the proxy answered the excess 429 with Retry-After (MAX_IN_FLIGHT), as it "
     "should. No wrong bodies, no 5xx, and memory, file descriptors and connections end where they started.",
-    "many-models": "A model added while the others serve costs its load: the watcher starts a candidate stub to smoke-test it, then the served model's stubs (INSTANCE_COUNT of them), about 1 CPU-second each (as in model-update). On 2 cores shared with Triton, the proxy, the load generator and other processes (CPU column), the hot model's p99 during those seconds follows that CPU, not the other models' batches: the same run has measured x0.3 to x3.5 of its steady p99. Functional criteria (no failed or wrong answer, the broken model isolated, the new model served without a restart) do not depend on it.",
+    "many-models": "A model added while the others serve costs its load: the watcher starts a candidate stub to "
+    "smoke-test it, "
+    "then the served model's stubs (INSTANCE_COUNT of them), about 1 CPU-second each (as in model-update). On 2 "
+    "cores shared with Triton, the proxy, the load generator and other processes (CPU column), the hot model's "
+    "p99 during those seconds follows that CPU, not the other models' batches: the same run has measured x0.3 to "
+    "x3.5 of its steady p99. Functional criteria (no failed or wrong answer, the broken model isolated, the new "
+    "model served without a restart) do not depend on it.",
     "model-update": "Measured per 250 ms: latency rises during the whole swap, with stalls of 150-250 ms "
     "when the candidate model's stub has started (torch imported, the model loaded) and when the reload starts "
     "the served model's two new instance stubs. Each stub start costs about 1 CPU-second (measured without "
