@@ -70,9 +70,9 @@ def _populate(meta: ModelMetadata, settings: SyncSettings, progress: bool) -> Ca
     return populate
 
 
-def config_text(meta: ModelMetadata, settings: SyncSettings) -> str:
-    """The `config.pbtxt` that serves `meta` with `settings`."""
-    return to_pbtxt(model_config(meta, serving_config(meta, settings)))
+def config_text(meta: ModelMetadata, settings: SyncSettings, instances: int | None = None) -> str:
+    """The `config.pbtxt` that serves `meta` with `settings` (and `instances`, when the watcher scaled it)."""
+    return to_pbtxt(model_config(meta, serving_config(meta, settings, instances=instances)))
 
 
 def install(meta: ModelMetadata, settings: SyncSettings, progress: bool = False) -> tuple[Path, bool]:

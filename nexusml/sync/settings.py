@@ -87,6 +87,15 @@ class SyncSettings:
     instance_count: int = env(
         "INSTANCE_COUNT", 2, "model instances per device (each a Python-backend process)", int, minimum=1, maximum=64
     )
+    min_instance_count: int | None = env(
+        "MIN_INSTANCE_COUNT",
+        None,
+        "instances a model is synced with when lower than INSTANCE_COUNT: `nexus watch` then scales each model "
+        "between the two by its queueing (SCALE_UP_QUEUE_MS, SCALE_DOWN_IDLE_S); unset: INSTANCE_COUNT, fixed",
+        int,
+        minimum=1,
+        maximum=64,
+    )
     torch_threads: int = env("TORCH_THREADS", 1, "torch intra-op threads per instance", int, minimum=1, maximum=256)
     precision: str = env(
         "PRECISION",
@@ -120,7 +129,17 @@ class SyncSettings:
     )
     s3: S3Settings = nested(S3Settings)
 
+    @property
+    def instance_range(self) -> tuple[int, int]:
+        """(instances of an idle model, of a busy one): equal unless MIN_INSTANCE_COUNT < INSTANCE_COUNT."""
+        low = self.instance_count if self.min_instance_count is None else self.min_instance_count
+        return low, self.instance_count
+
     def validate(self) -> None:
+        if self.min_instance_count is not None and self.min_instance_count > self.instance_count:
+            raise SettingsError(
+                f"MIN_INSTANCE_COUNT={self.min_instance_count} exceeds INSTANCE_COUNT={self.instance_count}"
+            )
         if self.preferred_batch_sizes and self.batch_size is not None:
             too_big = [size for size in self.preferred_batch_sizes if size > self.batch_size]
             if too_big:

@@ -58,7 +58,11 @@ def _powers_of_two(limit: int, start: int = 4) -> tuple[int, ...]:
     return (*sizes, limit)
 
 
-def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None = None) -> ServingConfig:
+def serving_config(
+    meta: ModelMetadata, settings: SyncSettings, gpu: bool | None = None, instances: int | None = None
+) -> ServingConfig:
+    """The numbers that serve `meta`; `instances` (the watcher's scaling) overrides the synced count, which is
+    MIN_INSTANCE_COUNT when set (`SyncSettings.instance_range`), else INSTANCE_COUNT."""
     hints = meta.batching
     batch_size = settings.batch_size or hints.max_batch_size or DEFAULT_BATCH_SIZE
     delay_ms = next(
@@ -91,7 +95,7 @@ def serving_config(meta: ModelMetadata, settings: SyncSettings, gpu: bool | None
         max_queue_size=settings.max_queue_size or QUEUE_SIZE_PER_BATCH * batch_size,
         queue_timeout_us=round(settings.queue_timeout_ms * 1000),
         kind="KIND_GPU" if use_gpu else "KIND_CPU",
-        instance_count=settings.instance_count,
+        instance_count=settings.instance_range[0] if instances is None else instances,
         torch_threads=settings.torch_threads,
         dynamic_batching=settings.dynamic_batching,
         precision=precision,
@@ -174,6 +178,11 @@ def to_pbtxt(config: dict[str, Any]) -> str:
     """Validate `config` against Triton's protobuf and print it in text format."""
     message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
     return text_format.MessageToString(message)
+
+
+def instance_count(config: dict[str, Any]) -> int:
+    """The instances a model config (as `from_pbtxt` reads it) asks for, over its instance groups."""
+    return sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
 
 
 def from_pbtxt(text: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,21 @@ from nexusml.core.triton_errors import TritonFailure, classify, status_and_messa
 from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
-from nexusml.sync.triton_config import from_pbtxt, model_config, serving_config, to_pbtxt
+from nexusml.sync.triton_config import from_pbtxt, instance_count, model_config, serving_config, to_pbtxt
 from nexusml.triton.server import ADMIN_HEADER
 
 log = logging.getLogger(__name__)
 # Triton errors that say nothing about the new version: the swap is tried again later.
 _TRANSIENT = frozenset({TritonFailure.QUEUE_FULL, TritonFailure.TIMED_OUT, TritonFailure.UNREACHABLE})
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Triton's cumulative statistics of one model (its loaded versions summed): requests that went through its
+    queue, and the nanoseconds they waited there. A reload starts them again from zero."""
+
+    queued: int = 0
+    queue_ns: int = 0
 
 
 class TritonAdmin:
@@ -77,6 +87,24 @@ class TritonAdmin:
             ServerError,
             f"unloading {model}",
         )
+
+    def statistics(self) -> dict[str, QueueStats]:
+        """Every loaded model's queue statistics (one call for all models)."""
+        got = self._call(
+            lambda: self.client.get_inference_statistics(
+                "", headers=self.headers, as_json=True, client_timeout=self.timeout_s
+            ),
+            ServerError,
+            "reading the inference statistics",
+        )
+        totals: dict[str, QueueStats] = {}
+        for entry in got.get("model_stats", []):
+            queue = entry.get("inference_stats", {}).get("queue", {})
+            seen = totals.get(entry["name"], QueueStats())
+            totals[entry["name"]] = QueueStats(
+                seen.queued + int(queue.get("count", 0)), seen.queue_ns + int(queue.get("ns", 0))
+            )
+        return totals
 
     def infer(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
@@ -214,21 +242,49 @@ class Swapper:
                 log.warning("%s", err)
         self.repo.drop_candidate(name)
 
+    def instances(self, name: str) -> int | None:
+        """The instances `name`'s config.pbtxt asks for; None when it has none."""
+        text = self.repo.config_text(name)
+        return None if text is None else instance_count(from_pbtxt(text))
+
     def _switch(self, meta: ModelMetadata) -> None:
         """Point the config at the new version and reload; on failure Triton keeps the old, and so does the disk.
 
+        The new version keeps the instances the old one was scaled to (`scale`), within the settings' range: a busy
+        model stays busy across a version. A new model starts with MIN_INSTANCE_COUNT."""
+        low, high = self.settings.instance_range
+        count = min(max(self.instances(meta.name) or low, low), high)
+        self._load_config(meta.name, pipeline.config_text(meta, self.settings, instances=count))
+
+    def _load_config(self, name: str, text: str) -> None:
+        """Write `text` as `name`'s config and load it; Triton keeps serving the old config until the new one is
+        loaded. On failure Triton keeps the old, and so does the disk.
+
         A new model (no config before) that fails to load loses its config again: a folder without one is no
         model to Triton, and `swap` then removes the version and the folder."""
-        previous = self.repo.config_text(meta.name)
-        self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
+        previous = self.repo.config_text(name)
+        self.repo.write_config(name, text)
         try:
-            self.admin.load(meta.name)
+            self.admin.load(name)
         except BaseException:
             if previous is not None:
-                self.repo.write_config(meta.name, previous)
+                self.repo.write_config(name, previous)
             else:
-                self.repo.drop_config(meta.name)
+                self.repo.drop_config(name)
             raise
+
+    def scale(self, name: str, count: int) -> bool:
+        """Serve `name`'s served version with `count` instances; False when there is nothing to change.
+
+        The config is the one the sync writes for that count (with one instance the batcher's queue policy goes,
+        `nexusml.sync.triton_config.model_config`), so only the count and what follows from it changes. Under the
+        model's lock: never during its swap or a sync."""
+        with self.repo.locked(name):
+            meta = served(self.repo, name)
+            if meta is None or self.instances(name) == count:
+                return False
+            self._load_config(name, pipeline.config_text(meta, self.settings, instances=count))
+        return True
 
     def remove(self, name: str) -> None:
         """Unload `name` (Triton lets its in-flight requests finish) and delete its folder, under its lock.

@@ -16,6 +16,12 @@ not retried in a loop (nor after a restart); the old version keeps serving. Writ
 artifact, another version) is tried afresh. A failure that belongs to the moment (S3 or Triton unreachable, the
 disk) is retried at the next poll. Prometheus metrics on `WATCH_METRICS_PORT` count swaps started, succeeded and
 failed by cause, and show the version served and the one being tried.
+
+With MIN_INSTANCE_COUNT below INSTANCE_COUNT, instances follow traffic (`Following.scale`, every poll): a model is
+served with MIN_INSTANCE_COUNT instances, goes to INSTANCE_COUNT when its requests waited in Triton's queue longer
+than its batcher's delay plus SCALE_UP_QUEUE_MS on average over the last poll (`scaling`), and back to
+MIN_INSTANCE_COUNT after SCALE_DOWN_IDLE_S without such queueing. A change writes the served version's config with
+the new count and loads it (`Swapper.scale`); Triton serves the old instances until the new ones are loaded.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ from nexusml.core.settings import MODEL_SERVER_URL, env, nested
 from nexusml.sync import pipeline, storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
+from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.triton.settings import ADMIN_KEY
-from nexusml.updates.swap import Swapper, TritonAdmin, served
+from nexusml.updates.swap import QueueStats, Swapper, TritonAdmin, served
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,22 @@ class WatchSettings:
         "WATCH_METRICS_PORT", 9102, "port of the watcher's Prometheus metrics; 0: none", int, minimum=0, maximum=65535
     )
     metrics_host: str = env("WATCH_METRICS_HOST", "127.0.0.1", "address the watcher's metrics bind")
+    scale_up_queue_ms: float = env(
+        "SCALE_UP_QUEUE_MS",
+        10.0,
+        "with MIN_INSTANCE_COUNT: a model goes to INSTANCE_COUNT instances when its requests waited in Triton's "
+        "queue longer than its batcher's delay plus this, on average over one poll",
+        float,
+        minimum=0,
+    )
+    scale_down_idle_s: float = env(
+        "SCALE_DOWN_IDLE_S",
+        300.0,
+        "with MIN_INSTANCE_COUNT: a scaled-up model goes back to MIN_INSTANCE_COUNT after this long without such "
+        "queueing",
+        float,
+        minimum=0,
+    )
     sync: SyncSettings = nested(SyncSettings)
 
     def validate(self) -> None:
@@ -241,6 +264,39 @@ class PrefixSource:
             return MetadataError(f"{location}: metadata is not UTF-8 text")
 
 
+def queueing(before: QueueStats, now: QueueStats, delay_us: int, settings: WatchSettings) -> bool:
+    """Whether the requests of the last poll (`before` -> `now`, cumulative) waited in Triton's queue for want of an
+    instance.
+
+    The batcher holds a request at most its delay (`max_queue_delay_microseconds`) for a batch to form while an
+    instance is free; a mean wait beyond that (plus SCALE_UP_QUEUE_MS, against noise) means batches waited for a
+    busy instance."""
+    queued = now.queued - before.queued
+    waited_ns = now.queue_ns - before.queue_ns
+    return queued > 0 and waited_ns / queued > delay_us * 1e3 + settings.scale_up_queue_ms * 1e6
+
+
+def scaling(busy: bool, count: int, idle_s: float, settings: WatchSettings) -> int | None:
+    """The instance count a model of `count` instances goes to, or None to leave it.
+
+    Queueing: INSTANCE_COUNT at once (one load, not several). Down to MIN_INSTANCE_COUNT once `idle_s` (since the
+    last queueing) reaches SCALE_DOWN_IDLE_S."""
+    low, high = settings.sync.instance_range
+    if busy:
+        return high if count < high else None
+    if count > low and idle_s >= settings.scale_down_idle_s:
+        return low
+    return None
+
+
+@dataclass
+class _Load:
+    """What the scaling remembers of one model between polls."""
+
+    stats: QueueStats
+    busy_at: float  # monotonic time it last queued (or was first seen)
+
+
 def digest(meta: ModelMetadata) -> str:
     """One metadata's identity: what the failed marks are keyed by."""
     return hashlib.sha256(meta.to_json().encode()).hexdigest()
@@ -296,10 +352,21 @@ class WatchMetrics:
             registry=self.registry,
         )
 
+        self.instances = Gauge(
+            "nexus_model_instances", "instances each model's config asks for", ["model"], registry=self.registry
+        )
+        self.scalings = Counter(
+            "nexus_model_scalings",
+            "instance count changes of each model: up, down, or failed",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+
     def forget(self, model: str) -> None:
-        """A removed model's version series goes (its swap counts stay: counters only grow)."""
-        with contextlib.suppress(KeyError):
-            self.version.remove(model)
+        """A removed model's gauges go (its swap and scaling counts stay: counters only grow)."""
+        for gauge in (self.version, self.instances):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model)
 
 
 class Following:
@@ -314,6 +381,76 @@ class Following:
         self.failed = FailedVersions(settings.sync.repository)
         self.metrics = WatchMetrics()
         self._told: dict[str, str] = {}  # subject -> the last problem logged about it
+        self._loads: dict[str, _Load] = {}
+
+    def scale(self) -> dict[str, str]:
+        """One look at Triton's statistics; scales each model the rule (`scaling`) says, one at a time.
+
+        Nothing (not even the statistics call) when MIN_INSTANCE_COUNT is unset or INSTANCE_COUNT. Returns the
+        changes made or tried, by model. A failed change leaves the old config (`Swapper.scale`), tried again at
+        the next poll that still wants it."""
+        low, high = self.settings.sync.instance_range
+        if low == high:
+            return {}
+        try:
+            stats = self.swapper.admin.statistics()
+        except NexusError as err:
+            self._tell("statistics", f"instances not scaled: {err}")
+            return {}
+        self._told.pop("statistics", None)
+        now = time.monotonic()
+        models = set(self.swapper.repo.models())
+        self._loads = {name: load for name, load in self._loads.items() if name in models}
+        changes = {}
+        for name in sorted(models & set(stats)):
+            load = self._loads.get(name)
+            self._loads[name] = _Load(stats[name], now) if load is None else load
+            if load is None or stats[name].queued < load.stats.queued:  # first seen, or reloaded: a new baseline
+                self._loads[name].stats = stats[name]
+                continue
+            text = self.swapper.repo.config_text(name)
+            if text is None:
+                continue
+            config = from_pbtxt(text)
+            count = instance_count(config)
+            self.metrics.instances.labels(name).set(count)
+            delay = int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))
+            busy = queueing(load.stats, stats[name], delay, self.settings)
+            load.stats = stats[name]
+            if busy:
+                load.busy_at = now
+            target = scaling(busy, count, now - load.busy_at, self.settings)
+            if target is not None:
+                changes[name] = self._rescale(
+                    name, count, target, "queueing" if busy else f"idle {now - load.busy_at:.0f} s"
+                )
+        return changes
+
+    def _rescale(self, name: str, count: int, target: int, why: str) -> str:
+        direction = "up" if target > count else "down"
+        started = time.monotonic()
+        try:
+            self.swapper.scale(name, target)
+        except NexusError as err:
+            self.metrics.scalings.labels(name, "failed").inc()
+            self._tell(
+                f"scale {name}",
+                f"{name}: scaling {count} -> {target} instances failed ({err.code}: {err}); {count} keep serving",
+            )
+            return f"failed: {err.code}"
+        self._told.pop(f"scale {name}", None)
+        self.metrics.scalings.labels(name, direction).inc()
+        self.metrics.instances.labels(name).set(target)
+        log.info(
+            "%s scaled %s: %d -> %d instances (%s; loaded in %.1f s)",
+            name,
+            direction,
+            count,
+            target,
+            why,
+            time.monotonic() - started,
+        )
+        return direction
 
     def follow(self, meta: ModelMetadata) -> str:
         """Swap to `meta` unless it is served or failed before; returns what happened."""
@@ -389,7 +526,13 @@ class Watcher(Following):
         self.source = source
 
     def poll(self) -> str:
-        """One look at the metadata; swaps when it names a version not served. Returns what happened."""
+        """One look at the metadata, then at the model's load (`scale`); swaps when the metadata names a version not
+        served. Returns what happened to the version."""
+        outcome = self._look()
+        self.scale()
+        return outcome
+
+    def _look(self) -> str:
         try:
             if not self.source.changed() and not self._told:
                 return "unchanged"
@@ -427,6 +570,12 @@ class CatalogWatcher(Following):
         self._again = True  # read at the next poll even if nothing changed: a retry is due
 
     def poll(self) -> dict[str, str]:
+        """One look at the metadata, then at the models' load (`scale`)."""
+        outcomes = self._look()
+        self.scale()
+        return outcomes
+
+    def _look(self) -> dict[str, str]:
         try:
             if not self.source.changed() and not self._again:
                 return {}

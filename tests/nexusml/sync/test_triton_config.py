@@ -163,3 +163,26 @@ def test_from_pbtxt_inverts_to_pbtxt() -> None:
     parsed = config.from_pbtxt(config.to_pbtxt(generated))
     assert parsed["max_batch_size"] == 32
     assert parsed["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]
+
+
+@pytest.mark.parametrize(
+    ("environ", "instances", "expected"),
+    [
+        pytest.param({}, None, 2, id="default"),
+        pytest.param({"INSTANCE_COUNT": "3"}, None, 3, id="instance-count"),
+        pytest.param({"MIN_INSTANCE_COUNT": "1"}, None, 1, id="synced-with-min"),
+        pytest.param({"MIN_INSTANCE_COUNT": "2", "INSTANCE_COUNT": "2"}, None, 2, id="min-equal"),
+        pytest.param({"MIN_INSTANCE_COUNT": "1"}, 2, 2, id="scaled-by-the-watcher"),
+    ],
+)
+def test_instance_count(environ: dict[str, str], instances: int | None, expected: int) -> None:
+    serving = config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu", **environ}), instances=instances)
+    assert serving.instance_count == expected
+    assert config.instance_count(config.from_pbtxt(config.to_pbtxt(config.model_config(EXAMPLE, serving)))) == expected
+
+
+def test_min_instance_count_unset_changes_nothing() -> None:
+    fixed = config.model_config(EXAMPLE, config.serving_config(EXAMPLE, load(SyncSettings, {"DEVICE": "cpu"})))
+    assert fixed["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]
+    same = load(SyncSettings, {"DEVICE": "cpu", "MIN_INSTANCE_COUNT": "2"})
+    assert config.model_config(EXAMPLE, config.serving_config(EXAMPLE, same)) == fixed
