@@ -12,7 +12,7 @@ check for servers that died never race.
 
 `NEXUS_META_PATH` may name a directory of metadata (`nexusml.core.catalog`): the sync installs every model of it, the
 proxy serves them all (it is given the directory, and no MODEL_NAME), the watcher follows each, and the watchdog
-probes every model of the repository that has answered once (a model being added is not yet a dead one).
+probes every model of the repository that is loaded (a model being added or removed is not a dead one).
 
 The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
 (docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
@@ -33,7 +33,7 @@ from typing import NoReturn
 
 from nexusml.command.s3local import LocalS3
 from nexusml.core import catalog, logs, metadata
-from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SettingsError
+from nexusml.core.errors import NexusError, ServerError, SettingsError
 from nexusml.core.probe import served_models
 from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
 from nexusml.core.settings import META_PATH, env, nested
@@ -230,9 +230,6 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     running.append(triton)
     directory = catalog.is_directory(settings.meta_path)
     models = catalog.read(settings.meta_path)
-    if not directory:  # the one model did not load: nothing would serve, so stop here and say why
-        for name, reason in triton.unavailable().items():
-            raise ModelLoadFailed(f"model {name} did not load in Triton: {reason}")
     proxy = _proxy(settings, triton, "" if directory else models.names[0], env)
     proxy.start()
     running.append(proxy)
@@ -257,11 +254,11 @@ def _watchdog(
 ) -> Watchdog | None:
     """The watchdog over the Triton at `running[slot]`; a restart replaces it there, on the same ports.
 
-    `model` is the one model probed; None (a directory of metadata): every model of the repository, a failure
-    counting only for a model that answered once, so one that the watcher is still loading is not taken for dead."""
+    `model` is the one model probed; None (a directory of metadata): every model of the repository that is loaded,
+    as the deployments' healthcheck does. One that is not ready (the watcher still loading or removing it, or a
+    model that failed to load) is not what a restart heals: a dead stub leaves its model READY."""
     if settings.watchdog_interval_s == 0:
         return None
-    answered: set[str] = set()
 
     def check() -> str | None:
         triton = running[slot]
@@ -269,10 +266,8 @@ def _watchdog(
         if model is not None:
             return probe(triton.http_url, model, settings.watchdog_timeout_s)
         for name in served_models(settings.triton.repository):
-            cause = probe(triton.http_url, name, settings.watchdog_timeout_s)
-            if cause is None:
-                answered.add(name)
-            elif name in answered:
+            cause = probe(triton.http_url, name, settings.watchdog_timeout_s, loaded_only=True)
+            if cause is not None:
                 return cause
         return None
 

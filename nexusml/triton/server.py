@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexusml.core import logs
+from nexusml.core import catalog, logs
 from nexusml.core.errors import ServerError
 from nexusml.core.probe import CANDIDATE_SUFFIX
 from nexusml.core.process import ManagedProcess
@@ -90,10 +90,12 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
     """Explicit model control: Triton loads every model of the repository at start-up (the sync removed any
     stale candidate), and later only what the watcher asks for, through the repository API.
 
-    A model that fails to load does not stop Triton, nor make it unready: with many models in one repository, one
-    broken model must not take the others down. So `--exit-on-error=false` (a port that cannot be bound still
-    ends the server: measured) and `--strict-readiness=false`; each model's own readiness is the proxy's to check,
-    and `TritonServer.start` says which models did not load and why."""
+    With one model (`NEXUS_META_PATH` a file), a model that fails to load ends Triton (`--exit-on-error`) and it is
+    not ready without its models (`--strict-readiness`): the orchestrator restarts it, which heals a failure of
+    the moment. With a directory of models, one broken model must not take the others down, so both are false
+    (a port that cannot be bound still ends the server: measured); each model's readiness is then the proxy's to
+    check, and `TritonServer.start` says which models did not load and why."""
+    strict = "false" if catalog.is_directory(settings.meta_path) else "true"
     return [
         str(dist.binary),
         f"--model-repository={settings.repository.resolve()}",
@@ -105,8 +107,8 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         f"--metrics-port={settings.metrics_port}",
         "--model-control-mode=explicit",
         "--load-model=*",
-        "--strict-readiness=false",
-        "--exit-on-error=false",
+        f"--strict-readiness={strict}",
+        f"--exit-on-error={strict}",
         "--disable-auto-complete-config",
         f"--exit-timeout-secs={settings.exit_timeout_s}",
         f"--log-verbose={settings.log_verbose}",

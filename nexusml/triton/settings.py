@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import MODEL_REPOSITORY, SHM_KEY, declare, env
+from nexusml.core.settings import META_PATH, MODEL_REPOSITORY, SHM_KEY, declare, env
 
 ADMIN_KEY = declare(
     "TRITON_ADMIN_KEY",
@@ -28,6 +28,7 @@ class TritonSettings:
     """`nexus triton`: the tritonserver shipped in nvidia-pytriton, on the project's repository."""
 
     repository: Path = MODEL_REPOSITORY.field()
+    meta_path: Path = META_PATH.field()  # a directory of models makes one model's failed load not stop Triton
     host: str = env(
         "TRITON_HOST", "127.0.0.1", "address Triton binds (HTTP and gRPC); clients reach it at MODEL_SERVER_URL"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -141,9 +142,9 @@ def test_compose_ports_match_the_code() -> None:
     assert f"--url http://127.0.0.1:{triton.http_port} " in " ".join(services["triton"]["healthcheck"]["test"])
 
 
-def _launcher_flags() -> dict[str, str]:
+def _launcher_flags(settings: TritonSettings | None = None) -> dict[str, str]:
     dist = TritonDistribution(Path("tritonserver"), Path("libs"), Path("python"), Path("stub"))
-    argv = command(TritonSettings(), dist, Path("backends"))[1:]
+    argv = command(settings or TritonSettings(), dist, Path("backends"))[1:]
     flags = dict(arg.partition("=")[::2] for arg in argv)
     for path in ("--model-repository", "--backend-directory"):
         flags.pop(path)
@@ -154,9 +155,18 @@ RESTRICTED = {"--http-restricted-api", "--grpc-restricted-protocol"}
 ADDRESSES = ("--http-address", "--grpc-address")
 
 
-def _deployed_flags(argv: list[str]) -> dict[str, str]:
-    """The flags, less the restricted groups (each flag twice: the admin APIs, then the shared-memory API)."""
-    pairs = [str(arg).partition("=")[::2] for arg in argv if str(arg).startswith("--")]
+def _deployed_flags(argv: list[str], variables: dict[str, str] | None = None) -> dict[str, str]:
+    """The flags, less the restricted groups (each flag twice: the admin APIs, then the shared-memory API); a
+    compose `${VAR:-default}` in a value is the variable's value in `variables`, else its default."""
+
+    def resolved(value: str) -> str:
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: (variables or {}).get(m.group(1), m.group(2)), value)
+
+    pairs = [
+        (flag, resolved(value))
+        for flag, value in (str(arg).partition("=")[::2] for arg in argv)
+        if flag.startswith("--")
+    ]
     for name in RESTRICTED:
         groups = [value.partition(":")[0] for flag, value in pairs if flag == name]
         assert groups == ["model-repository,logging,trace,statistics", "shared-memory"], name
@@ -179,6 +189,20 @@ def test_triton_flags_are_the_launchers() -> None:
     assert helm_triton["command"] == ["tritonserver"]
     assert _deployed_flags(helm_triton["args"]) == launcher
     assert {launcher[a] for a in ADDRESSES} == {TritonSettings().host} == {"127.0.0.1"}
+
+
+def test_a_directory_of_models_makes_triton_lenient_in_each_deployment(tmp_path: Path) -> None:
+    """With many models one that fails to load must not stop Triton or make it unready: the launcher, compose
+    (`TRITON_STRICT=false`) and the chart (`nexusMeta.models`) all turn both flags off, and only then."""
+    lenient = {"--strict-readiness": "false", "--exit-on-error": "false"}
+    launcher = _launcher_flags(dataclasses.replace(TritonSettings(), meta_path=tmp_path))
+    assert {k: launcher[k] for k in lenient} == lenient
+    compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
+    compose = _deployed_flags(compose_argv, {"TRITON_STRICT": "false"})
+    assert {k: compose[k] for k in lenient} == lenient
+    models = {"nexusMeta": {"models": {"alpha": (ROOT / "examples" / "nexus_meta.example.json").read_text()}}}
+    chart = _deployed_flags(container(pod_spec(render_chart(models)), "triton")["args"])
+    assert {k: chart[k] for k in lenient} == lenient
 
 
 def test_chart_defaults_match_the_code() -> None:

@@ -99,6 +99,7 @@ class Compose:
             # folder itself being the directory.
             "NEXUS_META_DIR": "./meta",
             "NEXUS_META_NAME": ".",
+            "TRITON_STRICT": "false",
             # The README's `POST /predict` goes to the README's model.
             "DEFAULT_MODEL": "demo_mlp",
             # The watcher reads the metadata directory (not a developer's S3 prefix).

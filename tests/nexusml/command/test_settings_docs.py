@@ -44,7 +44,7 @@ def test_every_variable_is_documented_with_its_default(cls: type) -> None:
 @pytest.mark.parametrize(
     ("name", "readers"),
     [
-        pytest.param("NEXUS_META_PATH", "`sync`, `publish-demo`, `proxy`, `watch`, `up`", id="meta-path"),
+        pytest.param("NEXUS_META_PATH", "every command", id="meta-path"),
         pytest.param("MODEL_REPOSITORY", "`sync`, `publish-demo`, `triton`, `watch`, `up`", id="repository"),
         pytest.param("TRITON_ADMIN_KEY", "`triton`, `watch`, `up`", id="admin-key"),
         pytest.param("MODEL_SERVER_URL", "`proxy`, `watch`, `up`", id="server-url"),
@@ -63,7 +63,7 @@ def test_each_variable_appears_once_with_its_readers(name: str, readers: str) ->
 @pytest.mark.parametrize(
     ("setting", "classes"),
     [
-        pytest.param(META_PATH, {"SyncSettings", "ProxySettings", "StackSettings"}, id="meta-path"),
+        pytest.param(META_PATH, {"SyncSettings", "ProxySettings", "StackSettings", "TritonSettings"}, id="meta-path"),
         pytest.param(MODEL_REPOSITORY, {"SyncSettings", "TritonSettings"}, id="repository"),
         pytest.param(ADMIN_KEY, {"TritonSettings", "WatchSettings"}, id="admin-key"),
         pytest.param(MODEL_SERVER_URL, {"ProxySettings", "WatchSettings"}, id="server-url"),

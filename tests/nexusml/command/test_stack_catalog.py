@@ -45,17 +45,27 @@ def test_the_banner_names_every_model_and_its_route(tmp_path: Path) -> None:
     assert "a v1 is served" in single and "/predict" in single and "/models/" not in single
 
 
-def test_the_watchdog_counts_a_models_failure_once_it_answered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_watchdog_probes_only_the_loaded_models_of_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that is not ready (being added or removed, or failed to load) is not what a restart heals: every
+    model is probed with `loaded_only`, and a loaded one that does not answer is the cause."""
     settings = _settings(tmp_path, tmp_path / "meta")
     for name in ("a", "b"):
         (settings.triton.repository / name).mkdir(parents=True)
         (settings.triton.repository / name / "config.pbtxt").write_text("")
-    answers = {"a": None, "b": "model b is not ready"}
-    monkeypatch.setattr(stack, "probe", lambda url, model, timeout: answers[model])
+    answers: dict[str, str | None] = {"a": None, "b": None}
+    asked: list[tuple[str, bool]] = []
+
+    def fake_probe(url: str, model: str, timeout: float, loaded_only: bool = False) -> str | None:
+        asked.append((model, loaded_only))
+        return answers[model]
+
+    monkeypatch.setattr(stack, "probe", fake_probe)
     running: list[ManagedProcess] = [TritonServer(settings.triton, {})]
     watchdog = stack._watchdog(settings, running, 0, None, {})
     assert watchdog is not None
-    check = watchdog.check
-    assert check() is None  # b never answered: loading, not dead
-    answers["a"] = "model a is ready but does not answer an inference"
-    assert check() == answers["a"]
+    assert watchdog.check() is None
+    assert asked == [("a", True), ("b", True)]
+    answers["b"] = "model b is ready but does not answer an inference"
+    assert watchdog.check() == answers["b"]

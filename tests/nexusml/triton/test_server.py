@@ -86,12 +86,14 @@ def test_one_bad_request_fails_alone(s3_client: Any, s3_env: dict[str, str], tmp
 def test_a_model_that_does_not_load_leaves_the_others_serving(
     demo_model: PublishedModel, s3_client: Any, s3_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """One broken model among many: Triton still starts, ready, serving the good one, and names the broken one."""
+    """One broken model among many (NEXUS_META_PATH a directory): Triton still starts, ready, serving the good one,
+    and names the broken one."""
     broken = unloadable(dataclasses.replace(demo_model.meta, name="broken"), 1, s3_client)
     repository = tmp_path / "repo"
     sync_into(demo_model.meta, s3_env, repository)
     sync_into(broken, s3_env, repository)
-    server = start_triton(repository, tmp_path, TRITON_ADMIN_KEY="admin")
+    (tmp_path / "meta").mkdir()
+    server = start_triton(repository, tmp_path, TRITON_ADMIN_KEY="admin", NEXUS_META_PATH=str(tmp_path / "meta"))
     try:
         rows = np.ones((1, DEMO_SPEC.width), dtype=np.float32)
         answer = triton_infer(server, demo_model.meta.name, rows).as_numpy("OUTPUT__0")
