@@ -23,7 +23,7 @@ from nexusml.core.metadata import ModelMetadata
 
 SUFFIX = ".json"
 
-Stamp = tuple[tuple[str, int, int], ...]
+Stamp = tuple[tuple[str, int, int, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def listing(directory: Path) -> list[Path]:
 
 
 def stamp(path: Path) -> Stamp:
-    """A cheap fingerprint of the metadata at `path` (names, mtimes, sizes): it changes when any file does."""
+    """A cheap fingerprint of the metadata at `path`: it changes when any file does, its content (mtime, size), its
+    inode (a rename over it) or its status (ctime: a file unreadable until a chmod or chown fixed it)."""
     files = listing(path) if path.is_dir() else [path]
     found = []
     for file in files:
@@ -62,7 +63,7 @@ def stamp(path: Path) -> Stamp:
             info = file.stat()
         except OSError:
             continue
-        found.append((file.name, info.st_mtime_ns, info.st_size))
+        found.append((file.name, info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns))
     return tuple(found)
 
 

@@ -82,6 +82,7 @@ def test_an_empty_directory_is_an_empty_catalog(tmp_path: Path) -> None:
         pytest.param(lambda d: write(d, "b.json", meta("beta")), id="file-added"),
         pytest.param(lambda d: (d / "a.json").unlink(), id="file-removed"),
         pytest.param(lambda d: write(d, "a.json", meta("alpha", 22)), id="file-rewritten"),
+        pytest.param(lambda d: (d / "a.json").chmod(0o600), id="mode-changed"),
     ],
 )
 def test_the_stamp_changes_with_any_file(tmp_path: Path, change: Any) -> None:
