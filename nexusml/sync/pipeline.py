@@ -142,8 +142,11 @@ def departed(catalog: Catalog, present: Iterable[str], remembered: Mapping[str, 
     """The models of the repository (`present`) that no metadata names any more: they are to be removed.
 
     Kept: a usable or held name; a model whose remembered file is there but unusable (a broken file keeps its
-    model's served version); and a model whose file is not remembered while some file is unusable (it may be
-    that model's)."""
+    model's served version); a model whose file is not remembered while some file is unusable (it may be
+    that model's); and every model when the catalog is empty: a listing with nothing in it (a mount not populated
+    yet, a control plane rewriting the directory by `rm *; cp`) is not taken for "remove them all"."""
+    if not (catalog.models or catalog.problems or catalog.held):
+        return []
     broken = {file_name(source) for source in catalog.problems}
     gone = []
     for name in present:

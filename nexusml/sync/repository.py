@@ -239,10 +239,23 @@ class Repository:
         shutil.rmtree(self.model_dir(candidate_name(name)), ignore_errors=True)
 
     def drop_model(self, name: str) -> None:
-        """Delete the model's folder (every version, its config) and its candidate's (call it inside `locked`)."""
+        """Delete the model's folder (every version, its config) and its candidate's (call it inside `locked`).
+
+        The config goes last: a removal that fails partway (a disk error) leaves the model listed by `models`, so the
+        next pass removes it again instead of forgetting a folder Triton would still try to load."""
         self.drop_candidate(name)
-        with disk_errors(f"cannot remove {self.model_dir(name)}"):
-            shutil.rmtree(self.model_dir(name))
+        model_dir = self.model_dir(name)
+        config = model_dir / "config.pbtxt"
+        with disk_errors(f"cannot remove {model_dir}"):
+            for child in model_dir.iterdir():
+                if child == config:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            config.unlink(missing_ok=True)
+            model_dir.rmdir()
 
     def sources(self) -> dict[str, str]:
         """The remembered metadata file name of each model ({} when none is remembered)."""

@@ -57,7 +57,8 @@ def _catalog(
             [],
             id="same-file-name-under-an-s3-prefix",
         ),
-        pytest.param(_catalog(), ["a"], {"a": "a.json"}, ["a"], id="empty-directory"),
+        pytest.param(_catalog(), ["a"], {"a": "a.json"}, [], id="empty-directory-removes-nothing"),
+        pytest.param(_catalog(held=("a",)), ["a", "b"], {"b": "b.json"}, ["b"], id="only-held-names-left"),
     ],
 )
 def test_departed_models_are_those_no_file_names(

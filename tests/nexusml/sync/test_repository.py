@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from nexusml.core import metadata
-from nexusml.core.errors import IntegrityError
+from nexusml.core.errors import DiskError, IntegrityError
+from nexusml.sync import repository
 from nexusml.sync.repository import Repository
 
 EXAMPLE = metadata.load(Path(__file__).parents[3] / "examples" / "nexus_meta.example.json")
@@ -145,3 +146,35 @@ def test_config_written_atomically_and_only_when_changed(tmp_path: Path) -> None
     assert path.read_text() == "b"
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in path.parent.iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_a_dropped_model_leaves_nothing(tmp_path: Path) -> None:
+    repo = Repository(tmp_path)
+    repo.install(version(1), write_model)
+    repo.install(version(2), write_model)
+    repo.write_config("demo_mlp", "config")
+    with repo.locked("demo_mlp"):
+        repo.drop_model("demo_mlp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_removal_that_fails_partway_leaves_the_model_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config goes last: a disk error halfway keeps the model in `models`, so the next pass removes it again
+    (not a config-less folder Triton would still try to load, forgotten)."""
+    repo = Repository(tmp_path)
+    repo.install(version(1), write_model)
+    repo.install(version(2), write_model)
+    repo.write_config("demo_mlp", "config")
+    removed: list[Path] = []
+
+    def rmtree_once(path: Path, ignore_errors: bool = False) -> None:
+        if ignore_errors:  # the candidate's folder, absent here
+            return
+        if removed:
+            raise OSError(5, "Input/output error")
+        removed.append(path)
+
+    monkeypatch.setattr(repository.shutil, "rmtree", rmtree_once)
+    with pytest.raises(DiskError, match="cannot remove"), repo.locked("demo_mlp"):
+        repo.drop_model("demo_mlp")
+    assert repo.models() == ["demo_mlp"]
