@@ -51,12 +51,17 @@ _TRANSIENT = frozenset({TritonFailure.QUEUE_FULL, TritonFailure.TIMED_OUT, Trito
 
 
 @dataclass(frozen=True)
-class QueueStats:
+class ModelStats:
     """Triton's cumulative statistics of one model (its loaded versions summed): requests that went through its
-    queue, and the nanoseconds they waited there. A reload starts them again from zero."""
+    queue, the nanoseconds they waited there, and the nanoseconds its instances spent executing batches (input,
+    forward pass, output). A reload starts them again from zero."""
 
     queued: int = 0
     queue_ns: int = 0
+    busy_ns: int = 0
+
+    def __add__(self, other: ModelStats) -> ModelStats:
+        return ModelStats(self.queued + other.queued, self.queue_ns + other.queue_ns, self.busy_ns + other.busy_ns)
 
 
 class TritonAdmin:
@@ -88,8 +93,8 @@ class TritonAdmin:
             f"unloading {model}",
         )
 
-    def statistics(self) -> dict[str, QueueStats]:
-        """Every loaded model's queue statistics (one call for all models)."""
+    def statistics(self) -> dict[str, ModelStats]:
+        """Every loaded model's statistics (one call for all models)."""
         got = self._call(
             lambda: self.client.get_inference_statistics(
                 "", headers=self.headers, as_json=True, client_timeout=self.timeout_s
@@ -97,13 +102,16 @@ class TritonAdmin:
             ServerError,
             "reading the inference statistics",
         )
-        totals: dict[str, QueueStats] = {}
+        totals: dict[str, ModelStats] = {}
         for entry in got.get("model_stats", []):
             queue = entry.get("inference_stats", {}).get("queue", {})
-            seen = totals.get(entry["name"], QueueStats())
-            totals[entry["name"]] = QueueStats(
-                seen.queued + int(queue.get("count", 0)), seen.queue_ns + int(queue.get("ns", 0))
+            busy = sum(
+                int(batch.get(step, {}).get("ns", 0))
+                for batch in entry.get("batch_stats", [])
+                for step in ("compute_input", "compute_infer", "compute_output")
             )
+            stats = ModelStats(int(queue.get("count", 0)), int(queue.get("ns", 0)), busy)
+            totals[entry["name"]] = totals.get(entry["name"], ModelStats()) + stats
         return totals
 
     def infer(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -20,7 +20,8 @@ failed by cause, and show the version served and the one being tried.
 With MIN_INSTANCE_COUNT below INSTANCE_COUNT, instances follow traffic (`Following.scale`, every poll): a model is
 served with MIN_INSTANCE_COUNT instances, goes to INSTANCE_COUNT when its requests waited in Triton's queue longer
 than its batcher's delay plus SCALE_UP_QUEUE_MS on average over the last poll (`scaling`), and back to
-MIN_INSTANCE_COUNT after SCALE_DOWN_IDLE_S without such queueing. A change writes the served version's config with
+MIN_INSTANCE_COUNT after SCALE_DOWN_IDLE_S without such queueing and with work that MIN_INSTANCE_COUNT instances
+would do at most half busy (`quiet`). A change writes the served version's config with
 the new count and loads it (`Swapper.scale`); Triton serves the old instances until the new ones are loaded.
 """
 
@@ -57,7 +58,7 @@ from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.triton.settings import ADMIN_KEY
-from nexusml.updates.swap import QueueStats, Swapper, TritonAdmin, served
+from nexusml.updates.swap import ModelStats, Swapper, TritonAdmin, served
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,11 @@ class PrefixSource:
             return MetadataError(f"{location}: metadata is not UTF-8 text")
 
 
-def queueing(before: QueueStats, now: QueueStats, delay_us: int, settings: WatchSettings) -> bool:
+# A scaled-up model goes down only while MIN_INSTANCE_COUNT instances would have been at most this busy (`quiet`).
+QUIET_SHARE = 0.5
+
+
+def queueing(before: ModelStats, now: ModelStats, delay_us: int, settings: WatchSettings) -> bool:
     """Whether the requests of the last poll (`before` -> `now`, cumulative) waited in Triton's queue for want of an
     instance.
 
@@ -276,15 +281,23 @@ def queueing(before: QueueStats, now: QueueStats, delay_us: int, settings: Watch
     return queued > 0 and waited_ns / queued > delay_us * 1e3 + settings.scale_up_queue_ms * 1e6
 
 
-def scaling(busy: bool, count: int, idle_s: float, settings: WatchSettings) -> int | None:
+def quiet(before: ModelStats, now: ModelStats, elapsed_s: float, settings: WatchSettings) -> bool:
+    """Whether the last poll's work (`before` -> `now`, over `elapsed_s`) would have kept MIN_INSTANCE_COUNT
+    instances at most `QUIET_SHARE` busy: traffic that a scaled-up model spreads without queueing but that would
+    queue again on fewer instances keeps it up (instead of going down and up every SCALE_DOWN_IDLE_S)."""
+    low = settings.sync.instance_range[0]
+    return now.busy_ns - before.busy_ns <= QUIET_SHARE * low * elapsed_s * 1e9
+
+
+def scaling(busy: bool, count: int, calm_s: float | None, settings: WatchSettings) -> int | None:
     """The instance count a model of `count` instances goes to, or None to leave it.
 
-    Queueing: INSTANCE_COUNT at once (one load, not several). Down to MIN_INSTANCE_COUNT once `idle_s` (since the
-    last queueing) reaches SCALE_DOWN_IDLE_S."""
+    `busy` (`queueing`): INSTANCE_COUNT at once (one load, not several). Down to MIN_INSTANCE_COUNT once `calm_s`,
+    the seconds since the last poll that queued or was not `quiet` (None: this one), reaches SCALE_DOWN_IDLE_S."""
     low, high = settings.sync.instance_range
     if busy:
         return high if count < high else None
-    if count > low and idle_s >= settings.scale_down_idle_s:
+    if count > low and calm_s is not None and calm_s >= settings.scale_down_idle_s:
         return low
     return None
 
@@ -293,8 +306,9 @@ def scaling(busy: bool, count: int, idle_s: float, settings: WatchSettings) -> i
 class _Load:
     """What the scaling remembers of one model between polls."""
 
-    stats: QueueStats
-    busy_at: float  # monotonic time it last queued (or was first seen)
+    stats: ModelStats
+    at: float  # monotonic time of `stats`
+    busy_at: float  # monotonic time it last queued or was not quiet, or was first seen or scaled
 
 
 def digest(meta: ModelMetadata) -> str:
@@ -404,9 +418,8 @@ class Following:
         changes = {}
         for name in sorted(models & set(stats)):
             load = self._loads.get(name)
-            self._loads[name] = _Load(stats[name], now) if load is None else load
             if load is None or stats[name].queued < load.stats.queued:  # first seen, or reloaded: a new baseline
-                self._loads[name].stats = stats[name]
+                self._loads[name] = _Load(stats[name], now, now if load is None else load.busy_at)
                 continue
             text = self.swapper.repo.config_text(name)
             if text is None:
@@ -416,14 +429,15 @@ class Following:
             self.metrics.instances.labels(name).set(count)
             delay = int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))
             busy = queueing(load.stats, stats[name], delay, self.settings)
-            load.stats = stats[name]
-            if busy:
+            calm = not busy and quiet(load.stats, stats[name], now - load.at, self.settings)
+            if not calm:
                 load.busy_at = now
-            target = scaling(busy, count, now - load.busy_at, self.settings)
+            load.stats, load.at = stats[name], now
+            target = scaling(busy, count, now - load.busy_at if calm else None, self.settings)
             if target is not None:
-                changes[name] = self._rescale(
-                    name, count, target, "queueing" if busy else f"idle {now - load.busy_at:.0f} s"
-                )
+                why = "queueing" if busy else f"quiet for {now - load.busy_at:.0f} s"
+                changes[name] = self._rescale(name, count, target, why)
+                load.busy_at = time.monotonic()  # the idle time counts from the change's end
         return changes
 
     def _rescale(self, name: str, count: int, target: int, why: str) -> str:

@@ -19,8 +19,8 @@ from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.triton_config import from_pbtxt
 from nexusml.testing.models import stub_metadata
-from nexusml.updates.swap import QueueStats, Swapper
-from nexusml.updates.watch import Watcher, WatchSettings, queueing, scaling
+from nexusml.updates.swap import ModelStats, Swapper
+from nexusml.updates.watch import Watcher, WatchSettings, queueing, quiet, scaling
 
 MS = 1_000_000  # nanoseconds
 SCALING = {"MIN_INSTANCE_COUNT": "1", "INSTANCE_COUNT": "2", "SCALE_UP_QUEUE_MS": "10", "SCALE_DOWN_IDLE_S": "60"}
@@ -51,28 +51,47 @@ def settings(tmp_path: Path, **environ: str) -> WatchSettings:
 def test_queueing_is_a_mean_wait_beyond_the_batchers_delay_plus_a_margin(
     tmp_path: Path, queued: int, waited_ms: int, delay_ms: int, busy: bool
 ) -> None:
-    before = QueueStats(queued=1000, queue_ns=7 * MS)
-    now = QueueStats(queued=1000 + queued, queue_ns=7 * MS + waited_ms * MS)
+    before = ModelStats(queued=1000, queue_ns=7 * MS)
+    now = ModelStats(queued=1000 + queued, queue_ns=7 * MS + waited_ms * MS)
     assert queueing(before, now, delay_ms * 1000, settings(tmp_path, **SCALING)) is busy
+
+
+@pytest.mark.parametrize(
+    ("low", "busy_ms", "elapsed_s", "is_quiet"),
+    [
+        pytest.param(1, 0, 2, True, id="no-work"),
+        pytest.param(1, 1000, 2, True, id="one-instance-half-busy"),
+        pytest.param(1, 1001, 2, False, id="one-instance-more-than-half-busy"),
+        pytest.param(2, 1500, 2, True, id="two-instances-under-half-busy"),
+        pytest.param(1, 3000, 2, False, id="work-of-more-than-one-instance"),
+    ],
+)
+def test_quiet_is_work_that_min_instances_do_at_most_half_busy(
+    tmp_path: Path, low: int, busy_ms: int, elapsed_s: float, is_quiet: bool
+) -> None:
+    wide = settings(tmp_path, **{**SCALING, "MIN_INSTANCE_COUNT": str(low), "INSTANCE_COUNT": "4"})
+    before = ModelStats(busy_ns=9 * MS)
+    assert quiet(before, ModelStats(busy_ns=9 * MS + busy_ms * MS), elapsed_s, wide) is is_quiet
 
 
 @pytest.mark.parametrize(
     ("busy", "count", "idle_s", "target"),
     [
-        pytest.param(True, 1, 0, 2, id="queueing-at-min-goes-up"),
-        pytest.param(True, 2, 0, None, id="queueing-at-max-stays"),
+        pytest.param(True, 1, None, 2, id="queueing-at-min-goes-up"),
+        pytest.param(True, 2, None, None, id="queueing-at-max-stays"),
+        pytest.param(False, 2, None, None, id="not-quiet-stays"),
         pytest.param(False, 2, 59, None, id="quiet-but-not-long-enough"),
         pytest.param(False, 2, 60, 1, id="quiet-long-enough-goes-down"),
         pytest.param(False, 1, 3600, None, id="quiet-at-min-stays"),
     ],
 )
-def test_scaling_rule(tmp_path: Path, busy: bool, count: int, idle_s: float, target: int | None) -> None:
+def test_scaling_rule(tmp_path: Path, busy: bool, count: int, idle_s: float | None, target: int | None) -> None:
     assert scaling(busy, count, idle_s, settings(tmp_path, **SCALING)) == target
 
 
 def test_up_goes_straight_to_instance_count(tmp_path: Path) -> None:
     wide = settings(tmp_path, **{**SCALING, "INSTANCE_COUNT": "4"})
-    assert scaling(True, 1, 0, wide) == 4
+    assert scaling(True, 1, None, wide) == 4
     assert scaling(False, 3, 60, wide) == 1
 
 
@@ -86,12 +105,12 @@ class FakeTriton:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        self.stats: dict[str, QueueStats] = {}
+        self.stats: dict[str, ModelStats] = {}
         self.loads: list[tuple[str, int]] = []
         self.failure: NexusError | None = None
         self.asked = 0
 
-    def statistics(self) -> dict[str, QueueStats]:
+    def statistics(self) -> dict[str, ModelStats]:
         self.asked += 1
         return dict(self.stats)
 
@@ -103,8 +122,12 @@ class FakeTriton:
 
     def queue(self, model: str, requests: int, waited_ms: float) -> None:
         """`requests` more went through `model`'s queue, waiting `waited_ms` in all."""
-        seen = self.stats.get(model, QueueStats())
-        self.stats[model] = QueueStats(seen.queued + requests, seen.queue_ns + round(waited_ms * MS))
+        seen = self.stats.get(model, ModelStats())
+        self.stats[model] = seen + ModelStats(requests, round(waited_ms * MS))
+
+    def work(self, model: str, busy_s: float) -> None:
+        """`model`'s instances executed for `busy_s` more, nothing queued."""
+        self.stats[model] = self.stats.get(model, ModelStats()) + ModelStats(busy_ns=round(busy_s * 1e9))
 
 
 class Bed:
@@ -164,7 +187,7 @@ def test_a_queueing_model_goes_up_then_down_after_its_idle_time(
     [line] = [r.getMessage() for r in caplog.records if "scaled" in r.getMessage()]
     assert line.startswith("a scaled up: 1 -> 2 instances (queueing; loaded in ")
     assert bed.changes("a", "up") == 1
-    bed.triton.stats["a"] = QueueStats()  # the reload starts Triton's statistics again: a new baseline
+    bed.triton.stats["a"] = ModelStats()  # the reload starts Triton's statistics again: a new baseline
     assert bed.watcher.scale() == {}
     assert bed.watcher.scale() == {"a": "down"}
     assert bed.count("a") == 1 and bed.triton.loads == [("a", 2), ("a", 1)]
@@ -182,6 +205,21 @@ def test_a_busy_model_stays_up(tmp_path: Path) -> None:
         bed.triton.queue("a", 10, 10_000)
         assert bed.watcher.scale() == {}
     assert bed.count("a") == 2
+
+
+def test_work_that_would_queue_on_fewer_instances_keeps_a_model_up(tmp_path: Path) -> None:
+    bed = Bed(tmp_path, **{**SCALING, "SCALE_DOWN_IDLE_S": "0"})
+    bed.serve(stub_metadata("a"))
+    bed.triton.queue("a", 1, 0)
+    bed.watcher.scale()
+    bed.triton.queue("a", 10, 10_000)
+    assert bed.watcher.scale() == {"a": "up"}
+    bed.triton.stats["a"] = ModelStats(queued=1)
+    bed.watcher.scale()
+    for _ in range(3):
+        bed.triton.work("a", 5.0)  # far more than one instance does between two polls
+        assert bed.watcher.scale() == {}
+    assert bed.watcher.scale() == {"a": "down"}
 
 
 def test_a_failed_scale_change_leaves_the_old_config(tmp_path: Path) -> None:
