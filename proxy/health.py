@@ -26,6 +26,13 @@ class Readiness:
     checked: dict[str, tuple[float, ProxyError | None, ModelState | None]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def forget(self, name: str) -> None:
+        """Drop a removed model's answers: its own, and the proxy's when that model decided it."""
+        self.checked.pop(name, None)
+        proxy = self.checked.get("")
+        if proxy is not None and proxy[2] is not None and proxy[2].name == name:
+            del self.checked[""]
+
 
 READINESS = web.AppKey("readiness", Readiness)
 
@@ -36,7 +43,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: Triton live and the default model ready (`check_ready`), with (READY_PROBE) a probe inference."""
+    """Ready: Triton live and a model ready (`check_ready`), with (READY_PROBE) a probe inference."""
     state = request.app[STATE]
     error, model = await cached(request, "", lambda: check_ready(state))
     if error is not None:
@@ -77,32 +84,32 @@ async def cached(
         entry = readiness.checked.get(key)
         if entry is None or loop.time() - entry[0] > READY_CACHE_S:
             error, model = await check()
-            entry = readiness.checked[key] = (loop.time(), error, model)
+            entry = (loop.time(), error, model)
+            if not key or key in state.models:  # a model removed meanwhile is not remembered
+                readiness.checked[key] = entry
     return entry[1], entry[2]
 
 
 async def check_ready(state: ProxyState) -> tuple[ProxyError | None, ModelState | None]:
     """Why the proxy is not ready (or None), and the model that decided it.
 
-    With a default model (`DEFAULT_MODEL`, or the only one served) the proxy is ready when that model is:
-    `POST /predict` fails for everyone without it. Without one, when any model is: one broken model of several
-    never takes the pod out of service. Models whose schema is in are asked first."""
+    Ready when Triton is live and any served model is ready: one broken model, the default one included, never
+    takes the pod out of service, where the others would still answer. The default model's own readiness is
+    `/v2/models/{name}/ready`. The default model is asked first, then those whose schema is in, so a healthy
+    proxy costs one model's check."""
     if not state.models:
         return NotReady(state.problem or "no model to serve"), None
     live = await check_live(state)
     if live is not None:
         return live, None
-    if state.settings.default_model or len(state.models) == 1:
-        model = state.default
-        if model is None:
-            return NotReady(f"DEFAULT_MODEL={state.settings.default_model} is not served: {state.served()}"), None
-        return await check_model(state, model), model
     first: ProxyError | None = None
-    for model in sorted(state.models.values(), key=lambda m: (m.schema is None, m.name)):
+    for model in sorted(state.models.values(), key=lambda m: (m is not state.default, m.schema is None, m.name)):
         error = await check_model(state, model)
         if error is None:
             return None, model
         first = first or error
+    if len(state.models) == 1:
+        return first, None
     return NotReady(f"none of the {len(state.models)} models served is ready; first: {first}"), None
 
 

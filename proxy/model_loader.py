@@ -2,7 +2,8 @@
 
 Which models: `MODEL_NAME` (that one only); else `NEXUS_META_PATH`, a file (its model) or a directory (every model
 of `nexusml.core.catalog.read`, re-read when `catalog.stamp` changes, checked every `SCHEMA_REFRESH_S`: a new file
-is a new model, a removed one stops being served); else Triton's repository index (every ready model, candidates
+is a new model, a removed one stops being served, an unusable one keeps its model served, by the rule of the sync
+and the watcher: `departed`); else Triton's repository index (every ready model, candidates
 left out, checked again every `SCHEMA_REFRESH_S` for new ones). Until the names are known (a broken metadata file,
 a Triton that does not answer) that is retried every `SCHEMA_RETRY_S`, and the proxy answers 503 saying why.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from nexusml.core.errors import MetadataError, NexusError
 from nexusml.core.probe import CANDIDATE_SUFFIX
 from proxy.client import connect
 from proxy.errors import ModelUnknown, NotReady, ProxyError, UpstreamForbidden, UpstreamUnavailable
+from proxy.health import READINESS, Readiness
 from proxy.state import STATE, ModelState, ProxyState
 
 SCHEMA_RETRY_S = 1.0
@@ -37,14 +39,17 @@ log = logging.getLogger("proxy")
 class Loader:
     """The tasks that decide the served models and follow them: one for the set, one per model."""
 
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, readiness: Readiness) -> None:
         self.state = state
+        self.readiness = readiness  # its answers for a removed model are dropped with it
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.retiring: set[asyncio.Task[None]] = set()
         self.decided = asyncio.Event()  # set once the first set of models is known
         self.mode = ""  # where the names come from: name, file, directory or index (decided with them)
         self.stamp: catalog.Stamp | None = None  # the directory's, when last read
-        self.shm_opened = False
+        self.sources: dict[str, str] = {}  # each served model's metadata file name, from the directory's reads
+        self.emptied = False  # the directory's last read named nothing while models were served (logged once)
+        self.shm_opening: asyncio.Task[None] | None = None  # the worker's one registration, started once
 
     async def run(self) -> None:
         """Decide the models (retrying until something names them), then follow where they come from."""
@@ -83,6 +88,7 @@ class Loader:
         """Bring the served models in line with what names them now."""
         state, settings = self.state, self.state.settings
         mode = self.mode or where_names_come_from(state)
+        state.implicit_default = mode != "directory"
         if mode == "name":
             self.serve_only([settings.model_name])
         elif mode == "directory":
@@ -100,14 +106,26 @@ class Loader:
                 self.add(name)
 
     def follow_catalog(self, directory: Path) -> None:
-        """The directory's catalog, re-read when its stamp changes: new models added, removed ones removed, held
-        names left as they are; its problems shown in /v1/models, each logged once."""
+        """The directory's catalog, re-read when its stamp changes: new models added, held names left as they are,
+        a model removed only when the file that published it is gone (`departed`); its problems shown in
+        /v1/models, each logged once. A read that names nothing, usable or not, while models are served is taken
+        for a listing that could not be read (a volume being swapped), as the sync and the watcher take it:
+        everything served stays."""
         stamp = catalog.stamp(directory)
         if stamp == self.stamp:
             return
         found: Catalog = catalog.read(directory)
         self.stamp = stamp
         state = self.state
+        emptied = not (found.models or found.problems) and bool(state.models)
+        if emptied and not self.emptied:
+            log.warning(
+                "NEXUS_META_PATH=%s names no model while %s are served: taken for a listing that could not be read, "
+                "every model stays served",
+                directory,
+                state.served(),
+            )
+        self.emptied = emptied
         for line in found.problems.values():
             if line not in state.problems:
                 log.error("metadata not used: %s", line)
@@ -116,9 +134,10 @@ class Loader:
         for name in found.names:
             if name not in state.models:
                 self.add(name)
-        for name in list(state.models):
-            if name not in found.models and name not in found.held:
-                self.remove(name)
+        for name in departed(found, state.models, self.sources):
+            self.remove(name)
+        kept = {name: source for name, source in self.sources.items() if name in state.models}
+        self.sources = kept | {name: file_name(source) for name, source in found.sources.items()}
         if not state.models:
             state.problem = f"no usable model metadata in NEXUS_META_PATH={directory}"
 
@@ -148,6 +167,7 @@ class Loader:
     def remove(self, name: str) -> None:
         """Stop serving `name` (404 from now on); its requests in flight finish, then its coalescer is closed."""
         model = self.state.remove_model(name)
+        self.readiness.forget(name)
         task = self.tasks.pop(name, None)
         if task is not None:
             task.cancel()
@@ -179,9 +199,10 @@ class Loader:
         await load_schema(state, model)
         schema = model.schema
         assert schema is not None
-        if not self.shm_opened:
-            self.shm_opened = True
-            await state.upstream.shm.open()
+        if self.shm_opening is None:
+            # Shielded: the first model removed meanwhile must not cancel the worker's one registration.
+            self.shm_opening = asyncio.get_running_loop().create_task(state.upstream.shm.open())
+            await asyncio.shield(self.shm_opening)
         log.info(
             "serving model %s (versions %s) from %s; coalescing %s",
             schema.name,
@@ -197,12 +218,40 @@ class Loader:
         await asyncio.gather(*(model.loaded.wait() for model in list(self.state.models.values())))
 
     async def close(self) -> None:
-        for task in [*self.tasks.values(), *self.retiring]:
+        opening = [self.shm_opening] if self.shm_opening is not None else []
+        for task in [*self.tasks.values(), *self.retiring, *opening]:
             task.cancel()
-        await asyncio.gather(*self.retiring, return_exceptions=True)
+        await asyncio.gather(*self.retiring, *opening, return_exceptions=True)
         for model in self.state.models.values():
             if model.coalescer is not None:
                 await model.coalescer.close()
+
+
+def departed(found: Catalog, served: Iterable[str], remembered: Mapping[str, str]) -> list[str]:
+    """The served models that no metadata names any more: they are to be removed.
+
+    Kept: a usable or held name; a model whose remembered file is there but unusable (a half-written file, a read
+    error: its model keeps serving, as the sync and the watcher keep its version); and a model whose file is not
+    remembered while some file is unusable (it may be that model's); and every model when the catalog is empty (a
+    listing not readable: a volume being swapped, a directory rewritten by `rm *; cp`), never taken for "remove them
+    all". The rule of `nexusml.sync.pipeline.departed`, for what the proxy serves."""
+    if not (found.models or found.problems or found.held):
+        return []
+    broken = {file_name(source) for source in found.problems}
+    gone = []
+    for name in served:
+        if name in found.models or name in found.held:
+            continue
+        source = remembered.get(name)
+        if (source is None and broken) or source in broken:
+            continue
+        gone.append(name)
+    return sorted(gone)
+
+
+def file_name(source: str) -> str:
+    """What a model's file is remembered by: its name, as the sync and the watcher remember it."""
+    return Path(source).name
 
 
 def where_names_come_from(state: ProxyState) -> str:
@@ -220,7 +269,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     the client unregisters and unlinks its shared-memory region."""
     state = app[STATE]
     state.upstream = connect(state.settings)
-    loader = Loader(state)
+    loader = Loader(state, app[READINESS])
     deciding = asyncio.create_task(loader.run())
     # A Triton that is up answers within the timeout; one that is not must not hold up start-up.
     settling = asyncio.create_task(loader.settled())

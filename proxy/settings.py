@@ -43,8 +43,9 @@ class ProxySettings:
     default_model: str = env(
         "DEFAULT_MODEL",
         "",
-        "model that POST /predict answers for; empty: the only model served (with several, /predict answers 404 "
-        "model_not_found and clients POST /models/{name}/predict)",
+        "model that POST /predict answers for; empty: the only model served, except with NEXUS_META_PATH a "
+        "directory (there, and with several models, /predict answers 404 model_not_found and clients POST "
+        "/models/{name}/predict)",
     )
     meta_path: Path = META_PATH.field()
     model_version: str = env(

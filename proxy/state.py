@@ -127,6 +127,9 @@ class ProxyState:
     upstream: Upstream | None = None
     models: dict[str, ModelState] = field(default_factory=dict)  # the served models by name
     default: ModelState | None = None  # the model `POST /predict` answers for, when there is one
+    # Whether, without DEFAULT_MODEL, `POST /predict` is the only model's: not with a directory of metadata, where
+    # "the only one" changes as files come and go (the loader decides it with the models).
+    implicit_default: bool = True
     # Why no model is known (which models to serve is not decided yet, or nothing names one); None once decided.
     problem: str | None = "which models to serve is not decided yet"
     problems: list[str] = field(default_factory=list)  # metadata files that name no usable model: one line each
@@ -157,8 +160,10 @@ class ProxyState:
         name = self.settings.default_model
         if name:
             self.default = self.models.get(name)
+        elif self.implicit_default and len(self.models) == 1:
+            self.default = next(iter(self.models.values()))
         else:
-            self.default = next(iter(self.models.values())) if len(self.models) == 1 else None
+            self.default = None
 
     def model(self, name: str) -> ModelState:
         """The served model `name`, or `ModelNotFound` (a name the proxy does not serve)."""
@@ -169,6 +174,11 @@ class ProxyState:
 
     def no_default(self) -> ProxyError:
         """Why `POST /predict` has no model (`default` is None): none known yet, or none that is the default."""
+        if not self.settings.default_model and not self.implicit_default:
+            return ModelNotFound(
+                f"NEXUS_META_PATH is a directory of models ({self.served()}) and DEFAULT_MODEL is not set: "
+                "POST /models/{name}/predict, or set DEFAULT_MODEL"
+            )
         if not self.models:
             return NotReady(self.problem or "no model to serve")
         if self.settings.default_model:

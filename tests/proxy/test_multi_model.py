@@ -148,6 +148,42 @@ async def test_a_broken_file_fails_only_itself(
     assert_matches(await answer.json(), WIDE, sent)
 
 
+async def test_a_half_written_file_keeps_its_model(
+    proxy_client: MakeClient,
+    multi_triton: TritonServer,
+    published: dict[str, PublishedModel],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default model's file rewritten in place, half-way: the model keeps answering, the pod stays ready, and
+    the file's cause is shown; once the file is gone the model is."""
+    monkeypatch.setattr(model_loader, "SCHEMA_REFRESH_S", 0.1)
+    directory = catalog_dir(tmp_path / "meta", published, [DEMO_SPEC.name, WIDE.name])
+    client = await proxy_on(proxy_client, multi_triton, directory, DEFAULT_MODEL=WIDE.name)
+    assert (await client.get("/readyz")).status == 200
+    wide = directory / f"{WIDE.name}.json"
+    wide.write_text(wide.read_text()[:40])
+    for _ in range(300):
+        body = await (await client.get("/v1/models")).json()
+        if any(f"{WIDE.name}.json" in line for line in body["problems"]):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"/v1/models never showed the half-written file: {body}")
+    assert [m["name"] for m in body["models"]] == [DEMO_SPEC.name, WIDE.name], body
+    sent = rows(WIDE)
+    answer = await client.post("/predict", json={"inputs": sent})
+    assert answer.status == 200, await answer.text()
+    assert_matches(await answer.json(), WIDE, sent)
+    assert (await client.get("/readyz")).status == 200
+
+    wide.unlink()
+    await until(client, lambda models: WIDE.name not in models)
+    gone = await client.post("/predict", json={"inputs": sent})
+    assert (gone.status, (await gone.json())["error"]["code"]) == (404, "model_not_found")
+    assert (await client.get("/readyz")).status == 200  # the other model still answers
+
+
 async def test_a_file_added_while_running_becomes_a_model(
     proxy_client: MakeClient,
     multi_triton: TritonServer,
