@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -134,10 +134,9 @@ class Loader:
         for name in found.names:
             if name not in state.models:
                 self.add(name)
-        for name in departed(found, state.models, self.sources):
+        for name in catalog.departed(found, state.models, self.sources):
             self.remove(name)
-        kept = {name: source for name, source in self.sources.items() if name in state.models}
-        self.sources = kept | {name: file_name(source) for name, source in found.sources.items()}
+        self.sources = catalog.remembered_sources(found, self.sources, set(self.sources) - set(state.models))
         if not state.models:
             state.problem = f"no usable model metadata in NEXUS_META_PATH={directory}"
 
@@ -225,33 +224,6 @@ class Loader:
         for model in self.state.models.values():
             if model.coalescer is not None:
                 await model.coalescer.close()
-
-
-def departed(found: Catalog, served: Iterable[str], remembered: Mapping[str, str]) -> list[str]:
-    """The served models that no metadata names any more: they are to be removed.
-
-    Kept: a usable or held name; a model whose remembered file is there but unusable (a half-written file, a read
-    error: its model keeps serving, as the sync and the watcher keep its version); and a model whose file is not
-    remembered while some file is unusable (it may be that model's); and every model when the catalog is empty (a
-    listing not readable: a volume being swapped, a directory rewritten by `rm *; cp`), never taken for "remove them
-    all". The rule of `nexusml.sync.pipeline.departed`, for what the proxy serves."""
-    if not (found.models or found.problems or found.held):
-        return []
-    broken = {file_name(source) for source in found.problems}
-    gone = []
-    for name in served:
-        if name in found.models or name in found.held:
-            continue
-        source = remembered.get(name)
-        if (source is None and broken) or source in broken:
-            continue
-        gone.append(name)
-    return sorted(gone)
-
-
-def file_name(source: str) -> str:
-    """What a model's file is remembered by: its name, as the sync and the watcher remember it."""
-    return Path(source).name
 
 
 def where_names_come_from(state: ProxyState) -> str:

@@ -112,3 +112,38 @@ def parse(texts: Iterable[tuple[str, str | MetadataError]]) -> Catalog:
                     "neither file is used until one of them is removed"
                 )
     return Catalog(models, sources, problems, frozenset(held))
+
+
+def file_name(source: str) -> str:
+    """What a model's source is remembered by: its file (or object) name, so that a directory mounted elsewhere
+    (the sync's container, the watcher's, the proxy's) or the same files under an S3 prefix still match."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def departed(catalog: Catalog, present: Iterable[str], remembered: Mapping[str, str]) -> list[str]:
+    """The models of `present` (a repository's, a proxy's) that no metadata names any more: they are to be removed.
+
+    One rule for the sync, the watcher and the proxy, so the three agree. Kept: a usable or held name; a model
+    whose remembered file is there but unusable (a broken or half-written file keeps its model's served version);
+    a model whose file is not remembered while some file is unusable (it may be that model's); and every model when
+    the catalog is empty: a listing with nothing in it (a mount not populated yet, a control plane rewriting the
+    directory by `rm *; cp`) is not taken for "remove them all"."""
+    if not (catalog.models or catalog.problems or catalog.held):
+        return []
+    broken = {file_name(source) for source in catalog.problems}
+    gone = []
+    for name in present:
+        if name in catalog.models or name in catalog.held:
+            continue
+        source = remembered.get(name)
+        if (source is None and broken) or source in broken:
+            continue
+        gone.append(name)
+    return sorted(gone)
+
+
+def remembered_sources(catalog: Catalog, remembered: Mapping[str, str], removed: Iterable[str]) -> dict[str, str]:
+    """The sources to remember after a pass over `catalog`: each usable model's file; removed models forgotten."""
+    dropped = set(removed)
+    kept = {name: source for name, source in remembered.items() if name not in dropped}
+    return {**kept, **{name: file_name(source) for name, source in catalog.sources.items()}}

@@ -9,11 +9,11 @@ failure (the disk, the S3 endpoint, a bug) stops the command: it would fail the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexusml.core.catalog import Catalog
+from nexusml.core.catalog import Catalog, departed, remembered_sources
 from nexusml.core.errors import (
     AccessDenied,
     ArtifactNotFound,
@@ -130,39 +130,6 @@ class CatalogResult:
         if self.failed:
             return next(iter(self.failed.values()))
         return MetadataError(f"no usable metadata: {'; '.join(self.problems.values())}")
-
-
-def file_name(source: str) -> str:
-    """What a model's source is remembered by: its file (or object) name, so that a directory mounted elsewhere
-    (the sync's container, the watcher's) or the same files under an S3 prefix still match."""
-    return source.rstrip("/").rsplit("/", 1)[-1]
-
-
-def departed(catalog: Catalog, present: Iterable[str], remembered: Mapping[str, str]) -> list[str]:
-    """The models of the repository (`present`) that no metadata names any more: they are to be removed.
-
-    Kept: a usable or held name; a model whose remembered file is there but unusable (a broken file keeps its
-    model's served version); a model whose file is not remembered while some file is unusable (it may be
-    that model's); and every model when the catalog is empty: a listing with nothing in it (a mount not populated
-    yet, a control plane rewriting the directory by `rm *; cp`) is not taken for "remove them all"."""
-    if not (catalog.models or catalog.problems or catalog.held):
-        return []
-    broken = {file_name(source) for source in catalog.problems}
-    gone = []
-    for name in present:
-        if name in catalog.models or name in catalog.held:
-            continue
-        source = remembered.get(name)
-        if (source is None and broken) or source in broken:
-            continue
-        gone.append(name)
-    return sorted(gone)
-
-
-def remembered_sources(catalog: Catalog, remembered: Mapping[str, str], removed: Iterable[str]) -> dict[str, str]:
-    """The sources to remember after a pass over `catalog`: each usable model's file; removed models forgotten."""
-    kept = {name: source for name, source in remembered.items() if name not in set(removed)}
-    return {**kept, **{name: file_name(source) for name, source in catalog.sources.items()}}
 
 
 def sync_catalog(

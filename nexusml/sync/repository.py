@@ -14,7 +14,7 @@ of its own, with one instance and the new version's folder linked in, that Trito
 
 `<root>/.nexus_sources.json` remembers, for a directory (or S3 prefix) of metadata, which file each model was
 last published by (its file name), so that a file that turns unusable keeps its model while a file that is
-removed removes its model (`nexusml.sync.pipeline.departed`). Triton ignores files at the root.
+removed removes its model (`nexusml.core.catalog.departed`). Triton ignores files at the root.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ With a directory of metadata (or `WATCH_META_URI` ending in "/", an S3 prefix) t
 model: a changed file is that model's swap, a new model is the same swap with nothing served before, a model whose
 file was removed is unloaded (Triton lets its in-flight requests finish) and its folder deleted. A file that turns
 unusable keeps its model's served version: which model a file published is remembered in the repository
-(`nexusml.sync.pipeline.departed`). Swaps run one at a time, and one model's failure touches no other.
+(`nexusml.core.catalog.departed`). Swaps run one at a time, and one model's failure touches no other.
 
 A swap that fails for a reason that belongs to the version (metadata, missing object, integrity, load, smoke
 test) marks that metadata failed in `<repository>/.nexus_watch.json`, logged in one line with its cause, so it is
@@ -53,7 +53,7 @@ from nexusml.core.errors import (
 )
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import MODEL_SERVER_URL, env, nested
-from nexusml.sync import pipeline, storage
+from nexusml.sync import storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton_config import from_pbtxt, instance_count
@@ -612,13 +612,13 @@ class CatalogWatcher(Following):
             outcomes[name] = self.follow(found.models[name])
         remembered = repo.sources()
         removed = []
-        for name in pipeline.departed(found, repo.models(), remembered):
+        for name in catalog.departed(found, repo.models(), remembered):
             outcomes[name] = self._remove(name)
             if outcomes[name] == "removed":
                 removed.append(name)
         self._again = any(outcome.startswith("retry") for outcome in outcomes.values())
         try:
-            repo.remember_sources(pipeline.remembered_sources(found, remembered, removed))
+            repo.remember_sources(catalog.remembered_sources(found, remembered, removed))
         except NexusError as err:  # the disk: what is served stands; remembered at a later poll
             self._tell("sources", f"{err}; retrying every {self.settings.interval_s:g} s")
             self._again = True

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
+from nexusml.core import catalog
 from nexusml.core.catalog import Catalog
 from proxy import model_loader
 from proxy.health import READINESS, Readiness, check_ready
@@ -460,7 +461,7 @@ async def test_a_kept_model_goes_with_its_file(
     ],
 )
 async def test_departed(found: Catalog, remembered: dict[str, str], gone: list[str]) -> None:
-    assert model_loader.departed(found, ["alpha"], remembered) == gone
+    assert catalog.departed(found, ["alpha"], remembered) == gone
 
 
 # --- shared memory ----------------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import pytest
 
 from nexusml.command import demo
 from nexusml.core import catalog
-from nexusml.core.catalog import Catalog
+from nexusml.core.catalog import Catalog, departed, remembered_sources
 from nexusml.core.errors import ArtifactNotFound, DiskError, IntegrityError, NexusError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
-from nexusml.sync.pipeline import CatalogResult, SyncResult, departed, remembered_sources, sync_catalog
+from nexusml.sync.pipeline import CatalogResult, SyncResult, sync_catalog
 from nexusml.sync.repository import Repository
 from nexusml.sync.settings import SyncSettings
 from nexusml.testing.artifacts import with_artifact
