@@ -418,7 +418,10 @@ class Following:
         changes = {}
         for name in sorted(models & set(stats)):
             load = self._loads.get(name)
-            if load is None or stats[name].queued < load.stats.queued:  # first seen, or reloaded: a new baseline
+            reloaded = load is not None and (
+                stats[name].queued < load.stats.queued or stats[name].busy_ns < load.stats.busy_ns
+            )
+            if load is None or reloaded:  # first seen, or its statistics started again: a new baseline
                 self._loads[name] = _Load(stats[name], now, now if load is None else load.busy_at)
                 continue
             text = self.swapper.repo.config_text(name)
