@@ -17,19 +17,15 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.command import demo
-from nexusml.core import catalog
 from nexusml.core.settings import load
-from nexusml.sync.pipeline import sync_catalog
 from nexusml.sync.repository import Repository
-from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import PublishedModel, publish_into
-from nexusml.testing.servers import start_triton
 from nexusml.triton.server import TritonServer
 from nexusml.updates.watch import CatalogWatcher, PrefixSource, WatchSettings, watcher
+from tests.nexusml.updates.conftest import served_catalog
 
 pytestmark = pytest.mark.integration
 
-ADMIN_KEY = "test-admin-key"
 BUCKET = "nexus-watch-catalog-test"
 # Small models of different shapes; one instance each keeps Triton light on a CPU.
 ALPHA = demo.DemoSpec(name="alpha", hidden=16, layers=1)
@@ -73,24 +69,8 @@ class Bed:
 def bed(s3_env: dict[str, str], s3_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     """alpha version 1, synced from a directory and served by a Triton whose repository API wants `ADMIN_KEY`."""
     root = tmp_path_factory.mktemp("watch-catalog")
-    s3_client.create_bucket(Bucket=BUCKET)
-    directory, repository = root / "meta", root / "model_repository"
-    directory.mkdir()
-    env = {
-        **s3_env,
-        "NEXUS_META_PATH": str(directory),
-        "MODEL_REPOSITORY": str(repository),
-        "DEVICE": "cpu",
-        "BATCH_TIMEOUT_MS": "2",
-        "INSTANCE_COUNT": "1",
-        "TRITON_ADMIN_KEY": ADMIN_KEY,
-        "WATCH_METRICS_PORT": "0",
-    }
-    publish_into(ALPHA, s3_client, directory, BUCKET)
-    sync_catalog(catalog.read(directory), load(SyncSettings, env))
-    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY)
-    yield Bed(directory, repository, triton, {**env, "MODEL_SERVER_URL": triton.grpc_url}, s3_client)
-    triton.stop()
+    with served_catalog(root, s3_env, s3_client, BUCKET, ALPHA, BATCH_TIMEOUT_MS="2", INSTANCE_COUNT="1") as served:
+        yield Bed(served.directory, served.repository, served.triton, served.env, s3_client)
 
 
 def test_a_new_file_is_a_new_model_loaded_without_a_restart(bed: Bed) -> None:

@@ -14,18 +14,13 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.command import demo
-from nexusml.core import catalog
 from nexusml.core.settings import load
-from nexusml.sync.pipeline import sync_catalog
-from nexusml.sync.settings import SyncSettings
-from nexusml.testing.models import publish_into
-from nexusml.testing.servers import start_triton
 from nexusml.triton.server import TritonServer
 from nexusml.updates.watch import CatalogWatcher, WatchSettings, watcher
+from tests.nexusml.updates.conftest import Served, served_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-ADMIN_KEY = "test-admin-key"
 BUCKET = "nexus-watch-scale-test"
 SPEC = demo.DemoSpec(name="busy")
 CLIENTS = 8  # enough to queue for one instance; one client alone never queues
@@ -34,31 +29,20 @@ BOUND_S = 180.0
 
 
 @pytest.fixture(scope="module")
-def served(
-    s3_env: dict[str, str], s3_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[TritonServer, dict[str, str]]]:
+def served(s3_env: dict[str, str], s3_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`busy` synced with MIN_INSTANCE_COUNT=1 (of 2), one request a batch, served by a Triton with an admin key."""
-    root = tmp_path_factory.mktemp("watch-scale")
-    s3_client.create_bucket(Bucket=BUCKET)
-    directory, repository = root / "meta", root / "model_repository"
-    directory.mkdir()
-    env = {
-        **s3_env,
-        "NEXUS_META_PATH": str(directory),
-        "MODEL_REPOSITORY": str(repository),
-        "DEVICE": "cpu",
-        "BATCH_SIZE": "1",  # one request an execution: concurrent requests queue for the instance
-        "BATCH_TIMEOUT_MS": "0",
-        "MIN_INSTANCE_COUNT": "1",
-        "INSTANCE_COUNT": "2",
-        "TRITON_ADMIN_KEY": ADMIN_KEY,
-        "WATCH_METRICS_PORT": "0",
-    }
-    publish_into(SPEC, s3_client, directory, BUCKET)
-    sync_catalog(catalog.read(directory), load(SyncSettings, env))
-    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY)
-    yield triton, {**env, "MODEL_SERVER_URL": triton.grpc_url}
-    triton.stop()
+    with served_catalog(
+        tmp_path_factory.mktemp("watch-scale"),
+        s3_env,
+        s3_client,
+        BUCKET,
+        SPEC,
+        BATCH_SIZE="1",  # one request an execution: concurrent requests queue for the instance
+        BATCH_TIMEOUT_MS="0",
+        MIN_INSTANCE_COUNT="1",
+        INSTANCE_COUNT="2",
+    ) as served:
+        yield served
 
 
 class Traffic:
@@ -117,10 +101,8 @@ def poll_until(watching: CatalogWatcher, done: Callable[[], bool], traffic: Traf
         time.sleep(0.2)
 
 
-def test_a_queueing_model_scales_up_under_traffic_and_back_down_when_quiet(
-    served: tuple[TritonServer, dict[str, str]],
-) -> None:
-    triton, env = served
+def test_a_queueing_model_scales_up_under_traffic_and_back_down_when_quiet(served: Served) -> None:
+    triton, env = served.triton, served.env
     watching = watcher(load(WatchSettings, {**env, "SCALE_UP_QUEUE_MS": "1", "SCALE_DOWN_IDLE_S": "1"}))
     assert isinstance(watching, CatalogWatcher)
     assert triton_count(triton) == 1
