@@ -1,4 +1,4 @@
-"""Every model the control plane publishes: one metadata file, or a directory (or S3 prefix) of them.
+"""Every model the control plane publishes: one metadata file, or a directory of them.
 
 `NEXUS_META_PATH` names a file, as it always did (one model; a broken file is the command's error), or a
 directory in which every `*.json` is one model's metadata, in the same schema. In a directory one file's problem
@@ -116,7 +116,7 @@ def parse(texts: Iterable[tuple[str, str | MetadataError]]) -> Catalog:
 
 def file_name(source: str) -> str:
     """What a model's source is remembered by: its file (or object) name, so that a directory mounted elsewhere
-    (the sync's container, the watcher's, the proxy's) or the same files under an S3 prefix still match."""
+    (the sync's container, the watcher's, the proxy's) still match."""
     return source.rstrip("/").rsplit("/", 1)[-1]
 
 

@@ -12,7 +12,7 @@ Pruning rule: keep the version just synced plus the newest `keep - 1` others; de
 A candidate (`<root>/<name>__candidate/`) is how the watcher tries a new version before users get it: a model
 of its own, with one instance and the new version's folder linked in, that Triton loads beside the served one.
 
-`<root>/.nexus_sources.json` remembers, for a directory (or S3 prefix) of metadata, which file each model was
+`<root>/.nexus_sources.json` remembers, for a directory of metadata, which file each model was
 last published by (its file name), so that a file that turns unusable keeps its model while a file that is
 removed removes its model (`nexusml.core.catalog.departed`). Triton ignores files at the root.
 """

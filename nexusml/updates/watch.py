@@ -4,7 +4,7 @@ The control plane publishes a version by writing a new `.nexus_meta.json`, local
 as an S3 object (polled by ETag). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
 than what `config.pbtxt` serves, it runs a swap. An older version is a rollback and takes the same path.
 
-With a directory of metadata (or `WATCH_META_URI` ending in "/", an S3 prefix) the `CatalogWatcher` follows every
+With a directory of metadata the `CatalogWatcher` follows every
 model: a changed file is that model's swap, a new model is the same swap with nothing served before, a model whose
 file was removed is unloaded (Triton lets its in-flight requests finish) and its folder deleted. A file that turns
 unusable keeps its model's served version: which model a file published is remembered in the repository
@@ -41,7 +41,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from nexusml.core import catalog, metadata
 from nexusml.core.catalog import Catalog
 from nexusml.core.errors import (
-    AccessDenied,
     ArtifactNotFound,
     IntegrityError,
     MetadataError,
@@ -82,8 +81,8 @@ class WatchSettings:
     meta_uri: str | None = env(
         "WATCH_META_URI",
         None,
-        "s3://bucket/key of the metadata to watch (ETag polling), or s3://bucket/prefix/ (ending in /) whose every "
-        "*.json is one model's; unset: NEXUS_META_PATH (a file or a directory)",
+        "s3://bucket/key of the one model's metadata to watch (ETag polling); unset: NEXUS_META_PATH (a file or a "
+        "directory of them)",
     )
     triton_url: str = MODEL_SERVER_URL.field()  # its repository API and the smoke test, over gRPC only
     admin_key: str | None = ADMIN_KEY.field()
@@ -121,6 +120,13 @@ class WatchSettings:
         if not self.triton_url.startswith("grpc://"):
             # A load over HTTP stalls Triton's HTTP inferences (`TritonAdmin`): the watcher talks gRPC only.
             raise SettingsError(f"MODEL_SERVER_URL={self.triton_url}: the watcher wants Triton's gRPC address, grpc://")
+        if self.meta_uri and self.meta_uri.endswith("/"):
+            # The proxy serves the models of NEXUS_META_PATH: models followed from elsewhere would be loaded in Triton
+            # and answered 404 by the proxy (and removed ones still routed to).
+            raise SettingsError(
+                f"WATCH_META_URI={self.meta_uri}: an S3 prefix of many models is not followed, since the proxy serves "
+                "the models of NEXUS_META_PATH; publish them as a directory there (one *.json per model)"
+            )
 
 
 class Source(Protocol):
@@ -208,61 +214,6 @@ class DirectorySource:
         found = catalog.read(self.path)
         self.seen = stamp
         return found
-
-
-class PrefixSource:
-    """Every `*.json` directly under an S3 prefix: one listing per poll, a GET for each object whose ETag changed."""
-
-    def __init__(self, uri: str, settings: SyncSettings) -> None:
-        self.location = storage.locate(uri, settings.s3.model_bucket)
-        self.endpoint = settings.s3.endpoint_url
-        self.client = storage.client(settings.s3)
-        self.listed: dict[str, str] | None = None  # key -> ETag, from the last listing
-        self.seen: dict[str, str] | None = None  # the listing the last read followed
-        self.texts: dict[str, tuple[str, str | MetadataError]] = {}  # key -> (ETag, text)
-
-    def _list(self) -> dict[str, str]:
-        prefix = self.location.key
-        found = {}
-        with storage.s3_errors(self.location, self.endpoint):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.location.bucket, Prefix=prefix, Delimiter="/"
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    name = item["Key"][len(prefix) :]
-                    if name.endswith(catalog.SUFFIX) and not name.startswith("."):
-                        found[item["Key"]] = item.get("ETag", "")
-        return found
-
-    def changed(self) -> bool:
-        self.listed = self._list()
-        return self.listed != self.seen
-
-    def read(self) -> Catalog:
-        listed = self.listed if self.listed is not None else self._list()
-        self.listed = None
-        for key, etag in listed.items():
-            cached = self.texts.get(key)
-            if cached is None or cached[0] != etag:
-                self.texts[key] = (etag, self._get(key))
-        self.texts = {key: self.texts[key] for key in listed}
-        self.seen = listed
-        return catalog.parse(
-            (str(storage.ObjectLocation(self.location.bucket, key)), self.texts[key][1]) for key in sorted(listed)
-        )
-
-    def _get(self, key: str) -> str | MetadataError:
-        """The object's text; an object that cannot be read (gone, refused, not UTF-8) is an unusable file."""
-        location = storage.ObjectLocation(self.location.bucket, key)
-        try:
-            with storage.s3_errors(location, self.endpoint):
-                body = self.client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
-            return body.decode("utf-8")
-        except (ArtifactNotFound, AccessDenied) as err:
-            return MetadataError(f"{location}: cannot read metadata ({err})")
-        except UnicodeDecodeError:
-            return MetadataError(f"{location}: metadata is not UTF-8 text")
 
 
 # A scaled-up model goes down only while MIN_INSTANCE_COUNT instances would have been at most this busy (`quiet`).
@@ -577,7 +528,7 @@ class Watcher(Following):
 
 
 class CatalogWatcher(Following):
-    """A directory (or S3 prefix) of metadata: every model followed, one `poll` at a time.
+    """A directory of metadata: every model followed, one `poll` at a time.
 
     `poll` returns what happened to each model (and each unusable file) it looked at; {} when nothing changed."""
 
@@ -642,11 +593,9 @@ class CatalogWatcher(Following):
 
 
 def watcher(settings: WatchSettings) -> Watcher | CatalogWatcher:
-    """The watcher of `WATCH_META_URI` (an object, or a prefix ending in "/"), else of `NEXUS_META_PATH`."""
+    """The watcher of `WATCH_META_URI` (an S3 object), else of `NEXUS_META_PATH` (a file or a directory)."""
     admin = TritonAdmin(settings.triton_url, settings.admin_key, settings.load_timeout_s)
     swapper = Swapper(settings.sync, admin)
-    if settings.meta_uri and settings.meta_uri.endswith("/"):
-        return CatalogWatcher(settings, PrefixSource(settings.meta_uri, settings.sync), swapper)
     if settings.meta_uri:
         return Watcher(settings, S3Source(settings.meta_uri, settings.sync), swapper)
     if catalog.is_directory(settings.sync.meta_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nexusml.command.demo import write_metadata
-from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError
+from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SettingsError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.sync import pipeline
@@ -25,7 +25,6 @@ from nexusml.updates.watch import (
     STATE_FILE,
     CatalogWatcher,
     DirectorySource,
-    PrefixSource,
     S3Source,
     Watcher,
     WatchSettings,
@@ -210,7 +209,7 @@ def test_the_source_follows_the_settings(tmp_path: Path) -> None:
     for path, (kind, source) in cases.items():
         made = watcher(load(WatchSettings, {**env, "NEXUS_META_PATH": path}))
         assert isinstance(made, kind) and (source is None or isinstance(made.source, source))
-    prefix = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/"}))
-    assert isinstance(prefix, CatalogWatcher) and isinstance(prefix.source, PrefixSource)
+    with pytest.raises(SettingsError, match="an S3 prefix of many models is not followed"):
+        load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/"})
     single = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/a.json"}))
     assert isinstance(single, Watcher) and isinstance(single.source, S3Source)

@@ -1,4 +1,4 @@
-"""The watcher of a directory (and of an S3 prefix) against a real S3 (moto's server) and a real Triton.
+"""The watcher of a directory against a real S3 (moto's server) and a real Triton.
 
 A new file is a model loaded without a restart, a changed file swaps that model only, a removed file unloads its
 model and deletes its folder.
@@ -21,7 +21,7 @@ from nexusml.core.settings import load
 from nexusml.sync.repository import Repository
 from nexusml.testing.models import PublishedModel, publish_into
 from nexusml.triton.server import TritonServer
-from nexusml.updates.watch import CatalogWatcher, PrefixSource, WatchSettings, watcher
+from nexusml.updates.watch import CatalogWatcher, WatchSettings, watcher
 from tests.nexusml.updates.conftest import served_catalog
 
 pytestmark = pytest.mark.integration
@@ -113,26 +113,3 @@ def test_a_removed_file_unloads_its_model_and_deletes_its_folder(bed: Bed) -> No
     assert not (bed.repository / "gamma").exists()
     assert "gamma" not in Repository(bed.repository).sources()
     assert bed.client().is_model_ready("alpha")
-
-
-def test_an_s3_prefix_is_followed_like_a_directory(bed: Bed) -> None:
-    prefix = "control-plane/models/"
-    for file in bed.directory.glob("*.json"):  # what the directory publishes, now as objects
-        bed.s3_client.put_object(Bucket=BUCKET, Key=prefix + file.name, Body=file.read_bytes())
-    gamma = bed.publish(GAMMA)
-    gamma.meta_path.unlink()  # published under the prefix only
-    key = f"{prefix}gamma.json"
-    bed.s3_client.put_object(Bucket=BUCKET, Key=key, Body=gamma.meta.to_json().encode())
-    bed.s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}nested/ignored.json", Body=b"{")
-    watching = bed.watcher(WATCH_META_URI=f"s3://{BUCKET}/{prefix}")
-    assert isinstance(watching.source, PrefixSource)
-    outcomes = watching.poll()
-    assert outcomes["gamma"] == "swapped" and outcomes["alpha"] == "served", outcomes
-    assert bed.answer(GAMMA)[0] == "1"
-    assert watching.poll() == {}
-    bed.s3_client.put_object(Bucket=BUCKET, Key=key, Body=b'{"name": "gamma"')
-    assert watching.poll()[f"s3://{BUCKET}/{key}"] == "unusable"
-    assert bed.client().is_model_ready("gamma")
-    bed.s3_client.delete_object(Bucket=BUCKET, Key=key)
-    assert watching.poll()["gamma"] == "removed"
-    assert not (bed.repository / "gamma").exists()
