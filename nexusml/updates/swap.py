@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from nexusml.core import metadata
 from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SmokeTestFailed
 from nexusml.core.metadata import ModelMetadata, TensorSpec
-from nexusml.core.probe import candidate_name, probe_rows, probe_shape
+from nexusml.core.probe import CANDIDATE_SUFFIX, candidate_name, probe_rows, probe_shape
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
@@ -92,6 +92,22 @@ class TritonAdmin:
             ServerError,
             f"unloading {model}",
         )
+
+    def unavailable(self) -> dict[str, str]:
+        """The models of the repository Triton holds but could not load, with its reason (the repository index);
+        candidates left out, and models being loaded or unloaded (their state is not UNAVAILABLE)."""
+        got = self._call(
+            lambda: self.client.get_model_repository_index(
+                headers=self.headers, as_json=True, client_timeout=self.timeout_s
+            ),
+            ServerError,
+            "reading the repository index",
+        )
+        return {
+            str(entry["name"]): (str(entry.get("reason") or "").strip() or "not loaded").splitlines()[0]
+            for entry in got.get("models", [])
+            if entry.get("state") == "UNAVAILABLE" and not str(entry.get("name", "")).endswith(CANDIDATE_SUFFIX)
+        }
 
     def statistics(self) -> dict[str, ModelStats]:
         """Every loaded model's statistics (one call for all models)."""
@@ -293,6 +309,11 @@ class Swapper:
                 return False
             self._load_config(name, pipeline.config_text(meta, self.settings, instances=count))
         return True
+
+    def reload(self, name: str) -> None:
+        """Load the served `name` again as its config stands, under its lock (`ModelLoadFailed` when it fails)."""
+        with self.repo.locked(name):
+            self.admin.load(name)
 
     def remove(self, name: str) -> None:
         """Unload `name` (Triton lets its in-flight requests finish) and delete its folder, under its lock.

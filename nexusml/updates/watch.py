@@ -216,6 +216,10 @@ class DirectorySource:
         return found
 
 
+# A served model Triton could not load is loaded again after this long, then twice as long each time, up to the cap.
+HEAL_BACKOFF_S = 30.0
+HEAL_BACKOFF_MAX_S = 600.0
+
 # A scaled-up model goes down only while MIN_INSTANCE_COUNT instances would have been at most this busy (`quiet`).
 QUIET_SHARE = 0.5
 
@@ -536,12 +540,56 @@ class CatalogWatcher(Following):
         super().__init__(settings, swapper)
         self.source = source
         self._again = True  # read at the next poll even if nothing changed: a retry is due
+        self._heal_at: dict[str, tuple[float, float]] = {}  # a model whose reload failed: (next try, back-off then)
 
     def poll(self) -> dict[str, str]:
-        """One look at the metadata, then at the models' load (`scale`)."""
+        """One look at the metadata, then at the models' load (`scale`), then at the models Triton could not load
+        (`heal`)."""
         outcomes = self._look()
         self.scale()
+        self.heal()
         return outcomes
+
+    def heal(self) -> list[str]:
+        """Load again, with back-off, each served model that Triton holds but could not load; returns those loaded.
+
+        With a directory of models one model's failed load does not stop Triton (`nexusml.triton.server.command`),
+        so nothing restarts it: a failure of the moment at Triton's start (memory, a device busy) would otherwise
+        last until the model's next version. Tried after `HEAL_BACKOFF_S`, doubling to `HEAL_BACKOFF_MAX_S`."""
+        now = time.monotonic()
+        served_models = self.swapper.repo.models()
+        self._heal_at = {name: at for name, at in self._heal_at.items() if name in served_models}
+        if not any(self._heal_at.get(name, (0.0, 0.0))[0] <= now for name in served_models):
+            return []
+        try:
+            failed = self.swapper.admin.unavailable()
+        except NexusError as err:
+            self._tell("index", f"models not checked for a failed load: {err}")
+            return []
+        self._told.pop("index", None)
+        healed = []
+        for name in served_models:
+            if name not in failed:
+                self._heal_at.pop(name, None)
+                continue
+            due, backoff = self._heal_at.get(name, (0.0, HEAL_BACKOFF_S))
+            if due > now:
+                continue
+            try:
+                self.swapper.reload(name)
+            except NexusError as err:
+                self._heal_at[name] = (now + backoff, min(2 * backoff, HEAL_BACKOFF_MAX_S))
+                self._tell(
+                    f"heal {name}",
+                    f"{name} is not loaded in Triton ({failed[name]}) and loading it again failed "
+                    f"({err}); next try in {backoff:g} s",
+                )
+                continue
+            self._heal_at.pop(name, None)
+            self._told.pop(f"heal {name}", None)
+            log.info("%s was not loaded in Triton (%s); loaded it again", name, failed[name])
+            healed.append(name)
+        return healed
 
     def _look(self) -> dict[str, str]:
         try:

@@ -48,7 +48,7 @@ def served_catalog(
     }
     publish_into(spec, s3_client, directory, bucket)
     sync_catalog(catalog.read(directory), load(SyncSettings, env))
-    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY)
+    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(directory))
     try:
         yield Served(directory, repository, triton, {**env, "MODEL_SERVER_URL": triton.grpc_url})
     finally:

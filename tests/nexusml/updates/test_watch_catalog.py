@@ -21,6 +21,7 @@ from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import stub_metadata
+from nexusml.updates import watch
 from nexusml.updates.watch import (
     STATE_FILE,
     CatalogWatcher,
@@ -32,15 +33,33 @@ from nexusml.updates.watch import (
 )
 
 
+class IndexOnly:
+    """Triton's repository index as the test sets it: the models it could not load, with their reason."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+
+    def unavailable(self) -> dict[str, str]:
+        return dict(self.failed)
+
+
 class RecordingSwapper:
     """Installs a version the way `served` reads it back, or raises the failure set for its model."""
 
     def __init__(self, settings: SyncSettings) -> None:
         self.settings = settings
         self.repo = Repository(settings.repository)
+        self.admin = IndexOnly()
         self.swapped: list[tuple[str, int]] = []
         self.removed: list[str] = []
+        self.reloaded: list[str] = []
         self.failures: dict[str, NexusError] = {}
+
+    def reload(self, name: str) -> None:
+        self.reloaded.append(name)
+        if name in self.failures:
+            raise self.failures[name]
+        self.admin.failed.pop(name, None)
 
     def swap(self, meta: ModelMetadata, on_step: Callable[[str], None] = lambda step: None) -> None:
         if meta.name in self.failures:
@@ -213,3 +232,27 @@ def test_the_source_follows_the_settings(tmp_path: Path) -> None:
         load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/"})
     single = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/a.json"}))
     assert isinstance(single, Watcher) and isinstance(single.source, S3Source)
+
+
+def test_a_served_model_triton_could_not_load_is_loaded_again_with_back_off(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a directory one model's failed load does not stop Triton, so nothing restarts it: the watcher loads it
+    again, at once, then after a back-off that doubles while it keeps failing; a model Triton serves is left alone."""
+    bed.publish(stub_metadata("a"), stub_metadata("b"))
+    bed.watcher.poll()
+    clock = [1000.0]
+    monkeypatch.setattr(watch.time, "monotonic", lambda: clock[0])
+    bed.swapper.admin.failed = {"a": "out of memory"}
+    bed.swapper.failures["a"] = ModelLoadFailed("loading a: out of memory")
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a"]
+    clock[0] += watch.HEAL_BACKOFF_S - 1
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a"]  # not due yet
+    clock[0] += 1
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a"]
+    clock[0] += watch.HEAL_BACKOFF_S  # the back-off doubled: not due
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a"]
+    del bed.swapper.failures["a"]
+    clock[0] += watch.HEAL_BACKOFF_S
+    assert bed.watcher.heal() == ["a"] and bed.swapper.reloaded == ["a", "a", "a"]
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a", "a"]  # served now: left alone

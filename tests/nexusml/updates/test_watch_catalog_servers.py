@@ -1,7 +1,7 @@
 """The watcher of a directory against a real S3 (moto's server) and a real Triton.
 
 A new file is a model loaded without a restart, a changed file swaps that model only, a removed file unloads its
-model and deletes its folder.
+model and deletes its folder, and a model Triton could not load at its start is loaded again.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ import pytest
 import tritonclient.http as httpclient
 
 from nexusml.command import demo
+from nexusml.core import catalog
 from nexusml.core.settings import load
+from nexusml.sync.pipeline import sync_catalog
 from nexusml.sync.repository import Repository
+from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import PublishedModel, publish_into
+from nexusml.testing.servers import restart_triton
 from nexusml.triton.server import TritonServer
 from nexusml.updates.watch import CatalogWatcher, WatchSettings, watcher
 from tests.nexusml.updates.conftest import served_catalog
@@ -113,3 +117,31 @@ def test_a_removed_file_unloads_its_model_and_deletes_its_folder(bed: Bed) -> No
     assert not (bed.repository / "gamma").exists()
     assert "gamma" not in Repository(bed.repository).sources()
     assert bed.client().is_model_ready("alpha")
+
+
+def test_a_model_that_failed_to_load_at_triton_start_is_loaded_again(
+    s3_env: dict[str, str], s3_client: Any, tmp_path: Path
+) -> None:
+    """A failure of the moment at Triton's start (here: a model file unreadable then, fine afterwards) leaves that
+    model unavailable and the others served; the watcher loads it again, without a restart."""
+    delta = dataclasses.replace(BETA, name="delta")
+    with served_catalog(tmp_path, s3_env, s3_client, BUCKET, ALPHA, INSTANCE_COUNT="1") as served:
+        publish_into(delta, s3_client, served.directory, BUCKET)
+        sync_catalog(catalog.read(served.directory), load(SyncSettings, served.env))
+        artifact = served.repository / "delta" / "1" / "model.pt"
+        good = artifact.read_bytes()
+        artifact.write_bytes(b"not yet")
+        served.triton.stop()
+        triton = restart_triton(served.triton, tmp_path)  # a directory's Triton: delta's failure does not stop it
+        try:
+            env = {**served.env, "MODEL_SERVER_URL": triton.grpc_url}
+            bed = Bed(served.directory, served.repository, triton, env, s3_client)
+            assert bed.client().is_model_ready("alpha") and not bed.client().is_model_ready("delta")
+            watching = bed.watcher()
+            assert watching.swapper.admin.unavailable().keys() == {"delta"}
+            artifact.write_bytes(good)
+            assert watching.heal() == ["delta"]
+            np.testing.assert_allclose(bed.answer(delta)[1][0], bed.expected(delta)[0], rtol=1e-5, atol=1e-6)
+            assert watching.heal() == []
+        finally:
+            triton.stop()
