@@ -216,6 +216,10 @@ class DirectorySource:
         return found
 
 
+# Subjects of `_told` about the models' load (scaling, healing, statistics), not about the metadata.
+_LOAD_SUBJECTS = ("scale ", "heal ", "statistics", "index")
+# Triton's reason for a model that was unloaded through its API, not one that failed to load.
+UNLOADED = "unloaded"
 # A served model Triton could not load is loaded again after this long, then twice as long each time, up to the cap.
 HEAL_BACKOFF_S = 30.0
 HEAL_BACKOFF_MAX_S = 600.0
@@ -351,6 +355,7 @@ class Following:
         self.metrics = WatchMetrics()
         self._told: dict[str, str] = {}  # subject -> the last problem logged about it
         self._loads: dict[str, _Load] = {}
+        self._scale_retry: dict[str, tuple[float, int]] = {}  # a model whose change failed: (next try, failures)
 
     def scale(self) -> dict[str, str]:
         """One look at Triton's statistics; scales each model the rule (`scaling`) says, one at a time.
@@ -379,6 +384,8 @@ class Following:
             if load is None or reloaded:  # first seen, or its statistics started again: a new baseline
                 self._loads[name] = _Load(stats[name], now, now if load is None else load.busy_at)
                 continue
+            if self._scale_retry.get(name, (0.0, 0))[0] > now:  # a failed change backs off
+                continue
             text = self.swapper.repo.config_text(name)
             if text is None:
                 continue
@@ -395,22 +402,31 @@ class Following:
             if target is not None:
                 why = "queueing" if busy else f"quiet for {now - load.busy_at:.0f} s"
                 changes[name] = self._rescale(name, count, target, why)
-                load.busy_at = time.monotonic()  # the idle time counts from the change's end
         return changes
 
     def _rescale(self, name: str, count: int, target: int, why: str) -> str:
         direction = "up" if target > count else "down"
         started = time.monotonic()
         try:
-            self.swapper.scale(name, target)
+            changed = self.swapper.scale(name, target)
         except NexusError as err:
+            # Triton's statistics still say what made the change wanted: without a back-off every poll would load
+            # INSTANCE_COUNT new instances beside the serving ones again (memory the failure may have been short of).
+            failures = self._scale_retry.get(name, (0.0, 0))[1] + 1
+            wait = min(HEAL_BACKOFF_S * 2 ** (failures - 1), HEAL_BACKOFF_MAX_S)
+            self._scale_retry[name] = (time.monotonic() + wait, failures)
             self.metrics.scalings.labels(name, "failed").inc()
             self._tell(
                 f"scale {name}",
-                f"{name}: scaling {count} -> {target} instances failed ({err.code}: {err}); {count} keep serving",
+                f"{name}: scaling {count} -> {target} instances failed ({err.code}: {err}); {count} keep serving; "
+                f"next try in {wait:g} s",
             )
             return f"failed: {err.code}"
+        self._scale_retry.pop(name, None)
         self._told.pop(f"scale {name}", None)
+        self._loads.pop(name, None)  # a reload starts Triton's statistics again: the next poll takes a new baseline
+        if not changed:  # its served version unknown (no record), or already at `target`
+            return "unchanged"
         self.metrics.scalings.labels(name, direction).inc()
         self.metrics.instances.labels(name).set(target)
         log.info(
@@ -506,7 +522,8 @@ class Watcher(Following):
 
     def _look(self) -> str:
         try:
-            if not self.source.changed() and not self._told:
+            metadata_told = any(not subject.startswith(_LOAD_SUBJECTS) for subject in self._told)
+            if not self.source.changed() and not metadata_told:
                 return "unchanged"
             text, where = self.source.read()
             meta = metadata.loads(text, where)
@@ -569,7 +586,7 @@ class CatalogWatcher(Following):
         self._told.pop("index", None)
         healed = []
         for name in served_models:
-            if name not in failed:
+            if name not in failed or failed[name] == UNLOADED:  # unloaded on purpose: being removed, or an operator's
                 self._heal_at.pop(name, None)
                 continue
             due, backoff = self._heal_at.get(name, (0.0, HEAL_BACKOFF_S))

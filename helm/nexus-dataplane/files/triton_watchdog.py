@@ -94,6 +94,14 @@ class ProbeFailed(Exception):
     """The model does not answer; the message is the one-line cause."""
 
 
+class Answered(ProbeFailed):
+    """Triton answered with an HTTP error `status` (it is up: the failure is the request's, or the model's)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class NotLoaded(ProbeFailed):
     """The model is not ready: loading, or it failed to load. Not what a restart heals (a dead stub leaves its
     model READY), and with many models one that never loads must not get the others' Triton restarted."""
@@ -115,7 +123,7 @@ def _call(url: str, deadline: float, body: bytes | None = None, headers: dict[st
         if err.code == 503:
             raise _Busy from err
         text = err.read(300).decode(errors="replace").strip()
-        raise ProbeFailed(f"HTTP {err.code} from {url}: {text}") from err
+        raise Answered(f"HTTP {err.code} from {url}: {text}", err.code) from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise ProbeFailed(f"{url}: {reason}") from err
@@ -156,8 +164,11 @@ def probe(http_url: str, model: str, timeout_s: float, loaded_only: bool = False
     try:
         try:
             _call(f"{base}/ready", deadline)
-        except ProbeFailed as err:
-            raise NotLoaded(f"model {model} is not ready: {err}") from err
+        except Answered as err:  # Triton is up and says the model is not ready (400): loading, or failed to load
+            failure = NotLoaded if 400 <= err.status < 500 else ProbeFailed
+            raise failure(f"model {model} is not ready: {err}") from err
+        except ProbeFailed as err:  # no answer at all (refused, timed out): Triton is down or hung, never "not loaded"
+            raise ProbeFailed(f"model {model} is not ready: {err}") from err
         config = json.loads(_call(f"{base}/config", deadline))
         header, body = inference_request(config)
         headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}

@@ -300,6 +300,29 @@ def test_a_model_that_is_not_loaded_fails_only_a_probe_that_names_it(
     assert fake.bodies == []  # no inference sent to a model that is not ready
 
 
+@pytest.mark.parametrize(
+    "ready",
+    [
+        pytest.param(None, id="nothing-listening"),
+        pytest.param(500, id="server-error"),
+    ],
+)
+def test_a_triton_that_does_not_answer_fails_even_the_repository_healthcheck(
+    fake: FakeTriton, tmp_path: Path, ready: int | None
+) -> None:
+    """Only Triton's own "not ready" (a 4xx) passes for a model that is not loaded: a Triton down, hung or failing
+    is what the healthcheck exists for."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.pbtxt").write_text("")
+    if ready is None:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{free.getsockname()[1]}"
+    else:
+        fake.ready, url = ready, fake.url
+    assert watchdog.main(["--url", url, f"--repository={tmp_path}", "--timeout", "1"]) == 1
+
+
 def _top_level_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     imported = {

@@ -256,3 +256,5 @@ def test_a_served_model_triton_could_not_load_is_loaded_again_with_back_off(
     clock[0] += watch.HEAL_BACKOFF_S
     assert bed.watcher.heal() == ["a"] and bed.swapper.reloaded == ["a", "a", "a"]
     assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a", "a"]  # served now: left alone
+    bed.swapper.admin.failed = {"b": watch.UNLOADED}  # unloaded on purpose (being removed, an operator)
+    assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a", "a"]

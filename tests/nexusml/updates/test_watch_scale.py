@@ -19,6 +19,7 @@ from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.triton_config import from_pbtxt
 from nexusml.testing.models import stub_metadata
+from nexusml.updates import watch
 from nexusml.updates.swap import ModelStats, Swapper
 from nexusml.updates.watch import Watcher, WatchSettings, queueing, quiet, scaling
 
@@ -222,7 +223,13 @@ def test_work_that_would_queue_on_fewer_instances_keeps_a_model_up(tmp_path: Pat
     assert bed.watcher.scale() == {"a": "down"}
 
 
-def test_a_failed_scale_change_leaves_the_old_config(tmp_path: Path) -> None:
+def test_a_failed_scale_change_leaves_the_old_config_and_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's statistics still want the change after it failed: without a back-off every poll would load the new
+    instances beside the serving ones again."""
+    clock = [1000.0]
+    monkeypatch.setattr(watch.time, "monotonic", lambda: clock[0])
     bed = Bed(tmp_path, **SCALING)
     meta = stub_metadata("a")
     bed.serve(meta)
@@ -235,6 +242,9 @@ def test_a_failed_scale_change_leaves_the_old_config(tmp_path: Path) -> None:
     assert bed.repo.config_text("a") == before
     assert bed.changes("a", "failed") == 1
     bed.triton.failure = None
+    bed.triton.queue("a", 10, 10_000)
+    assert bed.watcher.scale() == {}  # backing off
+    clock[0] += watch.HEAL_BACKOFF_S
     bed.triton.queue("a", 10, 10_000)
     assert bed.watcher.scale() == {"a": "up"}
 
