@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nexusml.core import catalog, logs
 from nexusml.core.errors import ServerError
-from nexusml.core.probe import CANDIDATE_SUFFIX
+from nexusml.core.probe import not_loaded
 from nexusml.core.process import ManagedProcess
 from nexusml.core.settings import SHM_HEADER
 from nexusml.triton.settings import TritonSettings
@@ -200,14 +200,7 @@ class TritonServer(ManagedProcess):
                 index = json.loads(response.read())
         except (OSError, ValueError) as err:
             raise ServerError(f"Triton at {self.http_url} did not list its models: {err}") from err
-        # Triton's reason for a Python backend's failure carries the stub's traceback: its first line names the cause.
-        return {
-            str(entry.get("name")): (
-                str(entry.get("reason") or entry.get("state") or "").strip() or "not loaded"
-            ).splitlines()[0]
-            for entry in index
-            if entry.get("state") != "READY" and not str(entry.get("name")).endswith(CANDIDATE_SUFFIX)
-        }
+        return not_loaded(index)
 
     def stop(self) -> int | None:
         code = super().stop()

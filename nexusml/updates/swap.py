@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from nexusml.core import metadata
 from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SmokeTestFailed
 from nexusml.core.metadata import ModelMetadata, TensorSpec
-from nexusml.core.probe import CANDIDATE_SUFFIX, candidate_name, probe_rows, probe_shape
+from nexusml.core.probe import candidate_name, not_loaded, probe_rows, probe_shape
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from nexusml.sync import pipeline
 from nexusml.sync.repository import RECORD_FILE, Repository
@@ -103,11 +103,7 @@ class TritonAdmin:
             ServerError,
             "reading the repository index",
         )
-        return {
-            str(entry["name"]): (str(entry.get("reason") or "").strip() or "not loaded").splitlines()[0]
-            for entry in got.get("models", [])
-            if entry.get("state") == "UNAVAILABLE" and not str(entry.get("name", "")).endswith(CANDIDATE_SUFFIX)
-        }
+        return not_loaded(got.get("models", []))
 
     def statistics(self) -> dict[str, ModelStats]:
         """Every loaded model's statistics (one call for all models)."""

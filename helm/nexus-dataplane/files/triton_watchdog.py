@@ -68,6 +68,16 @@ def probe_shape(dims: Sequence[int], max_batch_size: int, preferred: Sequence[in
     return batch + tuple(max(int(d), 1) for d in dims)
 
 
+def not_loaded(index: list[dict]) -> dict[str, str]:
+    """The models of Triton's repository index (either protocol's JSON form) it could not load, each with the first
+    line of its reason (a Python backend's failure carries the stub's traceback after it); candidates left out."""
+    return {
+        str(entry.get("name")): (str(entry.get("reason") or "").strip() or "not loaded").splitlines()[0]
+        for entry in index
+        if entry.get("state") == "UNAVAILABLE" and not str(entry.get("name")).endswith(CANDIDATE_SUFFIX)
+    }
+
+
 log = logging.getLogger(__name__)
 
 # Bytes per element of each Triton datatype in the binary tensor extension. BYTES elements are a 4-byte length

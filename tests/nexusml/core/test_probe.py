@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nexusml.core.probe import CANDIDATE_SUFFIX, candidate_name, probe_rows, probe_shape, served_models
+from nexusml.core.probe import CANDIDATE_SUFFIX, candidate_name, not_loaded, probe_rows, probe_shape, served_models
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,14 @@ def test_served_models_leave_out_candidates_and_folders_without_a_config(tmp_pat
     assert candidate_name("a") == f"a{CANDIDATE_SUFFIX}"
     assert served_models(tmp_path) == ["a", "b"]
     assert served_models(tmp_path / "missing") == []
+
+
+def test_not_loaded_names_each_failed_model_with_the_first_line_of_its_reason() -> None:
+    index = [
+        {"name": "good", "version": "1", "state": "READY"},
+        {"name": "broken", "version": "1", "state": "UNAVAILABLE", "reason": "Internal: RuntimeError: bad\n\nAt:\n  x"},
+        {"name": "silent", "state": "UNAVAILABLE"},
+        {"name": "coming", "state": "LOADING"},
+        {"name": "good__candidate", "state": "UNAVAILABLE", "reason": "unloaded"},
+    ]
+    assert not_loaded(index) == {"broken": "Internal: RuntimeError: bad", "silent": "not loaded"}
