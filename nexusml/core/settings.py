@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
+from nexusml.core.memory import parse_bytes
 
 T = TypeVar("T")
 
@@ -46,6 +47,10 @@ def parse_bool(raw: str) -> bool:
 def parse_int_list(raw: str) -> tuple[int, ...]:
     """'4,8,16' -> (4, 8, 16); an empty list is allowed and means 'none'."""
     return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+def parse_names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 def parse_endpoint(raw: str) -> str:
@@ -226,6 +231,20 @@ SHM_KEY = declare(
     "value of the nexus-shm-key header Triton's shared-memory API wants (`nexus up` makes one and gives it to the "
     "proxy alone); unset: open",
     secret=True,
+)
+MEMORY_BUDGET = declare(
+    "MODEL_MEMORY_BUDGET",
+    None,
+    "memory the loaded models may hold together (their stubs' PSS, and device memory on a GPU), in bytes with an "
+    "optional unit (1500MiB, 8GiB); models then load on their first request and the least recently used idle one "
+    "is unloaded to make room (`nexus watch` decides); unset: every model stays loaded",
+    parse_bytes,
+)
+PINNED_MODELS = declare(
+    "PINNED_MODELS",
+    (),
+    "with MODEL_MEMORY_BUDGET: comma-separated models loaded at start and never unloaded to make room",
+    parse_names,
 )
 LOG_LEVEL = declare(
     "LOG_LEVEL",
