@@ -162,6 +162,17 @@ def _watching(settings: WatchSettings) -> NoReturn:
     serve_metrics(settings, watching.metrics)
     source = settings.meta_uri or settings.sync.meta_path
     logs.say(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}")
+    if watching.residency is not None:
+        from nexusml.core.memory import mib
+        from nexusml.updates.residency import serve_api
+
+        if settings.residency_port:
+            serve_api(watching.residency, settings.residency_host, settings.residency_port)
+        logs.say(
+            f"models resident within MODEL_MEMORY_BUDGET={mib(watching.residency.budget)}; residency API on "
+            f"{settings.residency_host}:{settings.residency_port or '(none)'}"
+        )
+        watching.residency.warm()
     while True:
         watching.poll()
         time.sleep(settings.interval_s)

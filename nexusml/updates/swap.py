@@ -96,6 +96,13 @@ class TritonAdmin:
     def unavailable(self) -> dict[str, str]:
         """The models of the repository Triton holds but could not load, with its reason (the repository index);
         candidates left out, and models being loaded or unloaded (their state is not UNAVAILABLE)."""
+        return not_loaded(self._index())
+
+    def ready(self) -> list[str]:
+        """The models Triton holds ready now, by the repository index."""
+        return [str(entry.get("name")) for entry in self._index() if entry.get("state") == "READY"]
+
+    def _index(self) -> list[dict[str, Any]]:
         got = self._call(
             lambda: self.client.get_model_repository_index(
                 headers=self.headers, as_json=True, client_timeout=self.timeout_s
@@ -103,7 +110,7 @@ class TritonAdmin:
             ServerError,
             "reading the repository index",
         )
-        return not_loaded(got.get("models", []))
+        return got.get("models", [])
 
     def statistics(self) -> dict[str, ModelStats]:
         """Every loaded model's statistics (one call for all models)."""

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,13 @@ from nexusml.core.errors import (
     UnsafeArchive,
 )
 from nexusml.core.metadata import ModelMetadata
-from nexusml.core.settings import MODEL_SERVER_URL, env, nested
+from nexusml.core.settings import MEMORY_BUDGET, MODEL_SERVER_URL, PINNED_MODELS, env, nested
 from nexusml.sync import storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.triton.settings import ADMIN_KEY
+from nexusml.updates.residency import Residency
 from nexusml.updates.swap import ModelStats, Swapper, TritonAdmin, served
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,17 @@ class WatchSettings:
         float,
         minimum=0,
     )
+    memory_budget: int | None = MEMORY_BUDGET.field()
+    pinned: tuple[str, ...] = PINNED_MODELS.field()
+    residency_port: int = env(
+        "RESIDENCY_PORT",
+        9103,
+        "with MODEL_MEMORY_BUDGET: port of the API through which the proxy asks for a model to be loaded; 0: none",
+        int,
+        minimum=0,
+        maximum=65535,
+    )
+    residency_host: str = env("RESIDENCY_HOST", "127.0.0.1", "address the residency API binds")
     sync: SyncSettings = nested(SyncSettings)
 
     def validate(self) -> None:
@@ -356,6 +369,13 @@ class Following:
         self._told: dict[str, str] = {}  # subject -> the last problem logged about it
         self._loads: dict[str, _Load] = {}
         self._scale_retry: dict[str, tuple[float, int]] = {}  # a model whose change failed: (next try, failures)
+        # Held while what Triton has loaded changes: by each poll, and by the residency decider's loads.
+        self.lock = threading.RLock()
+        self.residency: Residency | None = None
+        if settings.memory_budget is not None:
+            self.residency = Residency(
+                settings.memory_budget, settings.pinned, swapper, self.lock, self.metrics.registry
+            )
 
     def scale(self) -> dict[str, str]:
         """One look at Triton's statistics; scales each model the rule (`scaling`) says, one at a time.
@@ -399,10 +419,23 @@ class Following:
                 load.busy_at = now
             load.stats, load.at = stats[name], now
             target = scaling(busy, count, now - load.busy_at if calm else None, self.settings)
+            if target is not None and target > count and not self._room_to_scale(name, count, target):
+                continue
             if target is not None:
                 why = "queueing" if busy else f"quiet for {now - load.busy_at:.0f} s"
                 changes[name] = self._rescale(name, count, target, why)
         return changes
+
+    def _room_to_scale(self, name: str, count: int, target: int) -> bool:
+        """Within MODEL_MEMORY_BUDGET, more instances need their memory first (idle models unloaded for it)."""
+        if self.residency is None:
+            return True
+        per_instance = self.residency.estimate(name) // max(count, 1)
+        if self.residency.room_for(name, (target - count) * per_instance):
+            self._told.pop(f"scale {name}", None)
+            return True
+        self._tell(f"scale {name}", f"{name}: not scaled up to {target} instances: no room in MODEL_MEMORY_BUDGET now")
+        return False
 
     def _rescale(self, name: str, count: int, target: int, why: str) -> str:
         direction = "up" if target > count else "down"
@@ -463,6 +496,7 @@ class Following:
         self.metrics.started.inc()
         self.metrics.trying.set(meta.version)
         started = time.monotonic()
+        resident = self.residency is None or meta.name in self.residency.loaded()
         try:
             self.swapper.swap(meta, on_step=lambda step: log.info("%s version %d: %s", meta.name, meta.version, step))
         except NexusError as err:
@@ -492,6 +526,8 @@ class Following:
         self.metrics.version.labels(meta.name).set(meta.version)
         self._told.pop(meta.name, None)
         log.info("%s version %d is live (%.1f s)", meta.name, meta.version, time.monotonic() - started)
+        if not resident and self.residency is not None:
+            self.residency.settle_new(meta.name)
         return "swapped"
 
     def _count(self, model: str, cause: str) -> None:
@@ -516,8 +552,11 @@ class Watcher(Following):
     def poll(self) -> str:
         """One look at the metadata, then at the model's load (`scale`); swaps when the metadata names a version not
         served. Returns what happened to the version."""
-        outcome = self._look()
-        self.scale()
+        with self.lock:
+            outcome = self._look()
+            self.scale()
+        if self.residency is not None:
+            self.residency.enforce()
         return outcome
 
     def _look(self) -> str:
@@ -561,10 +600,14 @@ class CatalogWatcher(Following):
 
     def poll(self) -> dict[str, str]:
         """One look at the metadata, then at the models' load (`scale`), then at the models Triton could not load
-        (`heal`)."""
-        outcomes = self._look()
-        self.scale()
-        self.heal()
+        (`heal`); within a budget, then at the memory the loaded models hold (`Residency.enforce`)."""
+        with self.lock:
+            outcomes = self._look()
+            self.scale()
+            if self.residency is None:  # within a budget, a model loads on request; the decider retries a failed one
+                self.heal()
+        if self.residency is not None:
+            self.residency.enforce()
         return outcomes
 
     def heal(self) -> list[str]:

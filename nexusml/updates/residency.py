@@ -1,0 +1,496 @@
+"""Which models Triton holds in memory, within `MODEL_MEMORY_BUDGET`: the one decider, in `nexus watch`.
+
+Models load on their first request (a proxy worker asks: `ensure`), at start when pinned, or when they were the most
+recently used before a restart (`warm`). When loading one would exceed the budget, the least recently used models
+with no request in flight or queued (the proxies' heartbeats say which: `heartbeat`) are unloaded first. Memory is
+what the models' stubs measure and report (`nexusml.core.memory`), never a guess from the file; before a model's
+first load its cost is estimated from the largest stub measured so far (`estimate`), and a model that cannot fit
+even alone is refused with the figures.
+
+One process decides, so two loads never race for the same room: `ensure` holds the lock the watcher's polls hold too
+(a swap or a scaling also changes what Triton holds), while heartbeats and snapshots take only a short one. Loads and
+unloads go through Triton's gRPC repository API, which leaves inference answering meanwhile (docs/decisions.md).
+The API (`serve_api`) is small JSON over HTTP; its routes and error codes are in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from nexusml.core.errors import ModelLoadFailed, NexusError
+from nexusml.core.memory import Report, mib, read_reports, report_dir
+from nexusml.sync.repository import Repository
+from nexusml.updates.swap import Swapper
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = ".nexus_residency.json"
+BUSY_FOR_S = 2.0  # a proxy's "busy" lasts this long: four of its heartbeats
+FRESH_S = 5.0  # a stub rewrites its report every second: older ones are of stubs gone
+FIRST_STUB_BYTES = 512 * 2**20  # one stub's guess before any stub has been measured (torch alone is ~300 MB)
+SETTLE_S = 10.0  # how long a load waits for its stubs' reports, and an unload for its stubs to go
+RETRY_FAILED_S = 30.0  # a model whose load failed is not tried again sooner (a stub start per request otherwise)
+REMEMBER_EVERY_S = 10.0
+
+
+class ResidencyError(NexusError):
+    """A model could not be made resident."""
+
+
+class UnknownModel(ResidencyError):
+    """No such model in the repository."""
+
+    code = "model_not_found"
+
+
+class OverBudget(ResidencyError):
+    """The model cannot fit in the budget even alone."""
+
+    code = "over_memory_budget"
+
+
+class NoRoom(ResidencyError):
+    """Every resident model is busy or pinned now: asked again, it may fit."""
+
+    code = "no_room"
+
+
+# The API's answer to each failure; `ModelLoadFailed` is Triton's refusal to load the model.
+HTTP_STATUS: dict[type[NexusError], int] = {
+    UnknownModel: 404,
+    OverBudget: 507,
+    NoRoom: 503,
+    ModelLoadFailed: 502,
+    NexusError: 503,
+}
+
+
+@dataclass
+class Entry:
+    """What the decider knows of one model, resident or not."""
+
+    bytes: int | None = None  # measured at its last load, or since; None before its first
+    last_used: float | None = None  # time.time() of its last request a proxy reported
+    busy_until: float = 0.0
+    loads: int = 0
+    evictions: int = 0
+    last_load_s: float | None = None
+    problem: str | None = None
+    failed_at: float | None = None  # time.monotonic() of its last failed load
+    loading: bool = False
+
+
+class ResidencyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.loads = Counter("nexus_residency_loads", "models loaded to serve a request", ["model"], registry=registry)
+        self.evictions = Counter(
+            "nexus_residency_evictions", "models unloaded to make room", ["model"], registry=registry
+        )
+        self.used = Gauge("nexus_residency_used_bytes", "memory the loaded models hold, measured", registry=registry)
+        self.budget = Gauge("nexus_residency_budget_bytes", "MODEL_MEMORY_BUDGET", registry=registry)
+
+
+class Residency:
+    """The budget's decider over one Triton and its repository."""
+
+    def __init__(
+        self,
+        budget: int,
+        pinned: tuple[str, ...],
+        swapper: Swapper,
+        lock: threading.RLock,
+        registry: CollectorRegistry,
+        reports: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.budget = budget
+        self.pinned = set(pinned)
+        self.swapper = swapper
+        self.repo: Repository = swapper.repo
+        self.lock = lock  # held while Triton's set of loaded models changes
+        self.mutex = threading.Lock()  # held briefly, for the entries
+        self.reports = reports or report_dir(self.repo.root)
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self.metrics = ResidencyMetrics(registry)
+        self.metrics.budget.set(budget)
+        self._remembered_at = 0.0
+
+    def entry(self, name: str) -> Entry:
+        with self.mutex:
+            return self.entries.setdefault(name, Entry())
+
+    # What proxies tell and ask
+
+    def heartbeat(self, busy: list[str], used: list[str]) -> None:
+        now = self.clock()
+        with self.mutex:
+            for name in busy:
+                self.entries.setdefault(name, Entry()).busy_until = now + BUSY_FOR_S
+            for name in used:
+                self.entries.setdefault(name, Entry()).last_used = now
+
+    def ensure(self, name: str, busy: Sequence[str] = ()) -> dict[str, Any]:
+        """Make `name` resident, unloading the least recently used idle models first when the budget needs it.
+
+        Concurrent calls for one model wait on the same lock, and the later ones find it loaded."""
+        started = time.monotonic()
+        self.heartbeat(list(busy), [name])
+        with self.lock:
+            loaded = self.loaded()
+            if name in loaded:
+                return self._answer(name, False, started)
+            if name not in self.repo.models():
+                raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
+            entry = self.entry(name)
+            if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
+                raise ModelLoadFailed(entry.problem or f"loading {name} failed")
+            need = self.estimate(name)
+            if need > self.budget and (entry.bytes is not None or self._weights(name) > self.budget):
+                measured = "measured at its last load" if entry.bytes is not None else "its files alone"
+                entry.problem = (
+                    f"model {name} needs {mib(need)} ({measured}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} "
+                    "even alone"
+                )
+                raise OverBudget(entry.problem)
+            # A guess (never measured) is no reason to refuse: at worst the model loads alone, and is then measured.
+            need = min(need, self.budget)
+            self._make_room(name, need, loaded)
+            self._load(name, entry)
+            if entry.bytes is not None and entry.bytes > self.budget:
+                self._evict(name, "because it holds more than the budget alone")
+                entry.problem = (
+                    f"model {name} holds {mib(entry.bytes)} once loaded (measured), more than "
+                    f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone"
+                )
+                raise OverBudget(entry.problem)
+            return self._answer(name, True, started)
+
+    def _answer(self, name: str, loaded: bool, started: float) -> dict[str, Any]:
+        return {
+            "name": name,
+            "state": "resident",
+            "bytes": self.entry(name).bytes,
+            "loaded": loaded,
+            "waited_s": round(time.monotonic() - started, 3),
+        }
+
+    # Memory
+
+    def loaded(self) -> list[str]:
+        """The repository's models Triton holds ready now (candidates are not the repository's)."""
+        models = set(self.repo.models())
+        return [name for name in self.swapper.admin.ready() if name in models]
+
+    def measured(self) -> dict[str, int]:
+        """Each model's memory by its stubs' fresh reports."""
+        now = self.clock()
+        totals: dict[str, int] = {}
+        for name, reports in read_reports(self.reports).items():
+            fresh: list[Report] = [r for r in reports if now - r.written <= FRESH_S]
+            if fresh:
+                totals[name] = sum(r.host_bytes + r.device_bytes for r in fresh)
+        return totals
+
+    def cost(self, name: str, measured: dict[str, int]) -> int:
+        """A loaded model's memory: measured now, else at its load, else estimated."""
+        if name in measured:
+            return measured[name]
+        entry = self.entry(name)
+        return entry.bytes if entry.bytes is not None else self.estimate(name)
+
+    def estimate(self, name: str) -> int:
+        """What loading `name` will cost: measured at its last load; before its first, one stub per instance as large
+        as the largest stub measured (each holds torch) plus the weights it reads."""
+        entry = self.entry(name)
+        if entry.bytes is not None:
+            return entry.bytes
+        stubs = [r.host_bytes + r.device_bytes for reports in read_reports(self.reports).values() for r in reports]
+        per_stub = max(stubs, default=FIRST_STUB_BYTES)
+        instances = self.swapper.instances(name) or 1
+        return instances * per_stub + self._weights(name)
+
+    def _weights(self, name: str) -> int:
+        folder = self.repo.model_dir(name)
+        with contextlib.suppress(OSError):
+            return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        return 0
+
+    def used(self) -> int:
+        measured = self.measured()
+        return sum(self.cost(name, measured) for name in self.loaded())
+
+    # Loading and unloading
+
+    def _make_room(self, name: str, need: int, loaded: list[str]) -> None:
+        """Unload the least recently used idle models until `need` more bytes fit."""
+        measured = self.measured()
+        used = sum(self.cost(model, measured) for model in loaded)
+        if used + need <= self.budget:
+            return
+        victims = []
+        for model in self._evictable(loaded, exclude=name):
+            victims.append(model)
+            used -= self.cost(model, measured)
+            if used + need <= self.budget:
+                break
+        else:
+            raise NoRoom(
+                f"model {name} needs {mib(need)}; {mib(used)} of MODEL_MEMORY_BUDGET={mib(self.budget)} is held by "
+                f"models busy or pinned now"
+            )
+        for model in victims:
+            self._evict(model, f"to make room for {name}")
+
+    def _evictable(self, loaded: list[str], exclude: str = "") -> list[str]:
+        """Loaded models neither pinned nor busy, least recently used first."""
+        now = self.clock()
+        with self.mutex:
+            idle = [
+                model
+                for model in loaded
+                if model != exclude and model not in self.pinned and self.entries.get(model, Entry()).busy_until <= now
+            ]
+            return sorted(idle, key=lambda model: self.entries.get(model, Entry()).last_used or 0.0)
+
+    def _evict(self, name: str, why: str) -> None:
+        started = time.monotonic()
+        entry = self.entry(name)
+        with self.repo.locked(name):
+            self.swapper.admin.unload(name)
+        self._wait(lambda: name not in self.measured() and name not in self.swapper.admin.ready())
+        entry.evictions += 1
+        self.metrics.evictions.labels(name).inc()
+        log.info(
+            "%s unloaded %s (%s; idle since %s; %.1f s)",
+            name,
+            why,
+            mib(entry.bytes or 0),
+            time.strftime("%H:%M:%S", time.localtime(entry.last_used)) if entry.last_used else "never used",
+            time.monotonic() - started,
+        )
+
+    def _load(self, name: str, entry: Entry) -> None:
+        started = time.monotonic()
+        entry.loading = True
+        try:
+            with self.repo.locked(name):
+                self.swapper.admin.load(name)
+        except ModelLoadFailed as err:
+            entry.failed_at, entry.problem = time.monotonic(), str(err)
+            log.error("%s could not be loaded: %s; not tried again for %g s", name, err, RETRY_FAILED_S)
+            raise
+        finally:
+            entry.loading = False
+        self._wait(lambda: name in self.measured())
+        entry.bytes = self.measured().get(name, entry.bytes)
+        entry.failed_at, entry.problem = None, None
+        entry.loads += 1
+        entry.last_load_s = round(time.monotonic() - started, 3)
+        self.metrics.loads.labels(name).inc()
+        self.metrics.used.set(self.used())
+        log.info(
+            "%s loaded in %.1f s (%s; %s of MODEL_MEMORY_BUDGET=%s in use)",
+            name,
+            entry.last_load_s,
+            mib(entry.bytes) if entry.bytes is not None else "memory not reported by its stubs",
+            mib(self.used()),
+            mib(self.budget),
+        )
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + SETTLE_S
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # What the watcher's polls do
+
+    def enforce(self) -> list[str]:
+        """Unload idle models while the loaded ones hold more than the budget (a swap or a scaling can add memory
+        the decider did not place); returns those unloaded. Also remembers which models were used last."""
+        evicted = []
+        with self.lock:
+            loaded = self.loaded()
+            measured = self.measured()
+            for name, size in measured.items():
+                if name in loaded:
+                    self.entry(name).bytes = size
+            used = sum(self.cost(name, measured) for name in loaded)
+            self.metrics.used.set(used)
+            for name in self._evictable(loaded):
+                if used <= self.budget:
+                    break
+                self._evict(name, f"because the loaded models held {mib(used)}")
+                used -= self.cost(name, measured)
+                evicted.append(name)
+        if time.monotonic() - self._remembered_at > REMEMBER_EVERY_S:
+            self.remember()
+        return evicted
+
+    def room_for(self, name: str, extra: int) -> bool:
+        """Whether `extra` more bytes for the loaded `name` (more instances) fit, unloading idle models for them."""
+        with self.lock:
+            loaded = self.loaded()
+            try:
+                self._make_room(name, extra, loaded)
+            except NoRoom:
+                return False
+            return True
+
+    def settle_new(self, name: str) -> None:
+        """A model the watcher just installed and loaded to test it: unloaded again, so that only traffic brings it
+        in (its memory, measured meanwhile, is remembered for its first load)."""
+        with self.lock:
+            measured = self.measured()
+            if name in measured:
+                self.entry(name).bytes = measured[name]
+            if name not in self.pinned:
+                self._evict(name, "after its first install (it loads on its first request)")
+
+    def warm(self) -> None:
+        """At start: the pinned models (Triton loaded them), then the most recently used before the restart, in that
+        order, while they fit without unloading anything."""
+        for name, remembered in self._recall().items():
+            entry = self.entry(name)
+            entry.bytes = entry.bytes or remembered.get("bytes")
+            entry.last_used = entry.last_used or remembered.get("last_used")
+        with self.lock:
+            loaded = self.loaded()
+            for name in sorted(self.pinned - set(loaded)):
+                with contextlib.suppress(NexusError):
+                    self._load(name, self.entry(name))
+            models = set(self.repo.models()) - set(self.loaded())
+            recent = sorted(
+                (name for name in models if self.entry(name).last_used), key=lambda n: -(self.entry(n).last_used or 0)
+            )
+            for name in recent:
+                if self.used() + self.estimate(name) > self.budget:
+                    break
+                with contextlib.suppress(NexusError):
+                    self._load(name, self.entry(name))
+
+    def remember(self) -> None:
+        """Each model's measured memory and last use, in the repository (it outlives the watcher)."""
+        self._remembered_at = time.monotonic()
+        with self.mutex:
+            state = {
+                name: {"bytes": entry.bytes, "last_used": entry.last_used}
+                for name, entry in self.entries.items()
+                if entry.bytes is not None or entry.last_used is not None
+            }
+        path = self.repo.root / STATE_FILE
+        temporary = path.with_name(f".{STATE_FILE}.tmp")
+        try:
+            temporary.write_text(json.dumps(state, indent=1, sort_keys=True))
+            temporary.replace(path)
+        except OSError as err:
+            log.warning("which models were used last not remembered in %s: %s", path, err)
+
+    def _recall(self) -> dict[str, dict[str, Any]]:
+        with contextlib.suppress(OSError, ValueError):
+            raw = json.loads((self.repo.root / STATE_FILE).read_text())
+            if isinstance(raw, dict):
+                return {str(k): v for k, v in raw.items() if isinstance(v, dict)}
+        return {}
+
+    def snapshot(self) -> dict[str, Any]:
+        loaded = set(self.loaded())
+        measured = self.measured()
+        models = sorted(set(self.repo.models()) | set(self.entries))
+        now = time.monotonic()
+        listing = {}
+        for name in models:
+            entry = self.entry(name)
+            if entry.loading:
+                state = "loading"
+            elif name in loaded:
+                state = "resident"
+            elif (entry.failed_at is not None and now - entry.failed_at < RETRY_FAILED_S) or entry.problem:
+                state = "failed"
+            else:
+                state = "not_resident"
+            listing[name] = {
+                "state": state,
+                "bytes": measured.get(name, entry.bytes),
+                "pinned": name in self.pinned,
+                "last_used": entry.last_used,
+                "loads": entry.loads,
+                "evictions": entry.evictions,
+                "last_load_s": entry.last_load_s,
+                "problem": entry.problem,
+            }
+        used = sum(self.cost(name, measured) for name in loaded)
+        return {"budget_bytes": self.budget, "used_bytes": used, "models": listing}
+
+
+def serve_api(residency: Residency, host: str, port: int) -> ThreadingHTTPServer:
+    """The decider's HTTP API on `host:port`, in threads of its own (a load holds its request for seconds)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/residency":
+                return self._error(404, "not_found", f"no route {self.path}")
+            self._answer(200, residency.snapshot())
+
+        def do_POST(self) -> None:
+            try:
+                body = self._body()
+                if self.path.rstrip("/") == "/v1/residency":
+                    residency.heartbeat(_names(body, "busy"), _names(body, "used"))
+                    return self._answer(200, residency.snapshot())
+                prefix = "/v1/residency/"
+                if not self.path.startswith(prefix) or "/" in self.path[len(prefix) :]:
+                    return self._error(404, "not_found", f"no route {self.path}")
+                self._answer(200, residency.ensure(self.path[len(prefix) :], _names(body, "busy")))
+            except ValueError as err:
+                self._error(400, "bad_request", str(err))
+            except NexusError as err:
+                status = next(HTTP_STATUS[c] for c in type(err).__mro__ if c in HTTP_STATUS)
+                self._error(status, err.code, str(err))
+
+        def _body(self) -> dict[str, Any]:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            return body
+
+        def _error(self, status: int, code: str, message: str) -> None:
+            self._answer(status, {"error": {"code": code, "message": message}})
+
+        def _answer(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("residency API: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="residency-api", daemon=True).start()
+    return server
+
+
+def _names(body: dict[str, Any], key: str) -> list[str]:
+    names = body.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{key!r} must be a list of model names")
+    return names

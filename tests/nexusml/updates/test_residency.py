@@ -1,0 +1,170 @@
+"""The residency decider's rules, against a fake Triton (its repository API) and stub reports written by hand.
+
+What Triton really does with the loads and unloads, and what the stubs really report, is held by
+`test_residency_servers.py`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from nexusml.core.errors import ModelLoadFailed
+from nexusml.sync.repository import Repository
+from nexusml.updates.residency import NoRoom, OverBudget, Residency, UnknownModel, serve_api
+
+MIB = 2**20
+
+
+class FakeAdmin:
+    """Triton's repository API: loading a model makes its stub write a report of `sizes[model]` bytes."""
+
+    def __init__(self, reports: Path, sizes: dict[str, int], broken: tuple[str, ...] = ()) -> None:
+        self.reports, self.sizes, self.broken = reports, sizes, broken
+        self.loaded: list[str] = []
+        self.calls: list[str] = []
+
+    def ready(self) -> list[str]:
+        return list(self.loaded)
+
+    def load(self, model: str) -> None:
+        self.calls.append(f"load {model}")
+        if model in self.broken:
+            raise ModelLoadFailed(f"loading {model}: its model.py raised")
+        self.loaded.append(model)
+        report = {"model": model, "version": "1", "instance": f"{model}_0", "pid": 1, "host_bytes": self.sizes[model]}
+        (self.reports / f"{model}@{model}_0.json").write_text(json.dumps({**report, "written": time.time()}))
+
+    def unload(self, model: str) -> None:
+        self.calls.append(f"unload {model}")
+        self.loaded.remove(model)
+        (self.reports / f"{model}@{model}_0.json").unlink()
+
+
+class FakeSwapper:
+    def __init__(self, repo: Repository, admin: FakeAdmin) -> None:
+        self.repo, self.admin = repo, admin
+
+    def instances(self, name: str) -> int:
+        return 1
+
+
+def decider(tmp_path: Path, budget_mib: int, sizes_mib: dict[str, int], **options: object) -> Residency:
+    repository, reports = tmp_path / "repository", tmp_path / "reports"
+    reports.mkdir()
+    for name in sizes_mib:
+        (repository / name).mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(f'name: "{name}"')
+    admin = FakeAdmin(reports, {name: size * MIB for name, size in sizes_mib.items()}, **options)  # type: ignore[arg-type]
+    swapper = FakeSwapper(Repository(repository), admin)
+    pinned = tuple(options.pop("pinned", ())) if "pinned" in options else ()
+    return Residency(budget_mib * MIB, pinned, swapper, threading.RLock(), CollectorRegistry(), reports)  # type: ignore[arg-type]
+
+
+def test_the_least_recently_used_idle_model_makes_room(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 250, {"a": 100, "b": 100, "c": 100})
+    residency.ensure("a")
+    residency.ensure("b")
+    residency.heartbeat([], ["a"])  # a used after b: b is the least recently used
+    answer = residency.ensure("c")
+    assert answer["loaded"] and answer["bytes"] == 100 * MIB
+    assert sorted(residency.swapper.admin.loaded) == ["a", "c"]
+    assert residency.snapshot()["models"]["b"]["state"] == "not_resident"
+    assert residency.snapshot()["models"]["b"]["evictions"] == 1
+
+
+def test_a_busy_model_is_never_unloaded(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 150, {"a": 100, "b": 100})
+    residency.ensure("a")
+    with pytest.raises(NoRoom, match="busy or pinned"):
+        residency.ensure("b", busy=["a"])
+    assert residency.swapper.admin.loaded == ["a"]
+
+
+def test_a_resident_model_answers_without_a_load(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 500, {"a": 100})
+    assert residency.ensure("a")["loaded"]
+    assert not residency.ensure("a")["loaded"]
+    assert residency.swapper.admin.calls == ["load a"]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "message"),
+    [
+        pytest.param("zzz", UnknownModel, "not in the repository", id="unknown"),
+        pytest.param("huge", OverBudget, "needs 600.0 MiB .* more than MODEL_MEMORY_BUDGET=500.0 MiB", id="too-large"),
+        pytest.param("broken", ModelLoadFailed, "its model.py raised", id="load-fails"),
+    ],
+)
+def test_refusals_name_their_cause(tmp_path: Path, name: str, error: type[Exception], message: str) -> None:
+    residency = decider(tmp_path, 500, {"a": 100, "huge": 600, "broken": 10}, broken=("broken",))
+    residency.ensure("a")
+    residency.entry("huge").bytes = 600 * MIB  # measured at an earlier load
+    with pytest.raises(error, match=message):
+        residency.ensure(name)
+    assert residency.swapper.admin.loaded == ["a"]
+
+
+def test_a_failed_load_is_not_tried_again_at_once(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 500, {"broken": 10}, broken=("broken",))
+    for _ in range(3):
+        with pytest.raises(ModelLoadFailed):
+            residency.ensure("broken")
+    assert residency.swapper.admin.calls == ["load broken"]
+    assert residency.snapshot()["models"]["broken"]["state"] == "failed"
+
+
+def test_enforce_unloads_idle_models_while_over_budget(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 500, {"a": 100, "b": 100, "c": 100})
+    for name in ("a", "b", "c"):
+        residency.ensure(name)
+    residency.budget = 150 * MIB
+    residency.heartbeat(["c"], [])
+    assert residency.enforce() == ["a", "b"]
+    assert residency.swapper.admin.loaded == ["c"]
+
+
+def test_warm_loads_the_most_recently_used_that_fit(tmp_path: Path) -> None:
+    first = decider(tmp_path, 500, {"a": 100, "b": 100, "c": 100})
+    for name in ("a", "b", "c"):
+        first.ensure(name)
+        time.sleep(0.01)
+    first.remember()
+    for name in ("a", "b", "c"):
+        first.swapper.admin.unload(name)
+    again = Residency(250 * MIB, (), first.swapper, threading.RLock(), CollectorRegistry(), first.reports)  # type: ignore[arg-type]
+    again.warm()
+    assert sorted(again.swapper.admin.loaded) == ["b", "c"]
+
+
+def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 500, {"a": 100, "huge": 600})
+    residency.entry("huge").bytes = 600 * MIB
+    server = serve_api(residency, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1/residency"
+    try:
+
+        def post(path: str, body: dict) -> tuple[int, dict]:
+            request = urllib.request.Request(base + path, json.dumps(body).encode(), method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        assert post("/a", {"busy": []})[0] == 200
+        assert post("/huge", {})[1]["error"]["code"] == "over_memory_budget"
+        assert post("/huge", {})[0] == 507
+        assert post("/nope", {})[0] == 404
+        assert post("/a", {"busy": "a"})[0] == 400
+        status, snapshot = post("", {"busy": ["a"], "used": ["a"]})
+        assert status == 200 and snapshot["models"]["a"]["state"] == "resident"
+        assert snapshot["used_bytes"] == 100 * MIB and snapshot["budget_bytes"] == 500 * MIB
+    finally:
+        server.shutdown()
