@@ -6,7 +6,7 @@ divided among them, so the stubs' PSS add up to what they cost the machine toget
 memory torch holds for it. A stub measures itself because Triton's processes live in another container than the
 watcher that decides residency; `/dev/shm` is the one place the two already share (the proxy's tensor regions).
 The backend (`nexusml.backend.model`) cannot import this module (nothing of this project is installed in Triton's
-image), so it names the directory by the same rule: `tests/core/test_memory.py` holds the two equal.
+image), so it names the directory by the same rule: `tests/nexusml/core/test_memory.py` holds the two equal.
 """
 
 from __future__ import annotations
