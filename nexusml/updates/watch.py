@@ -497,6 +497,14 @@ class Following:
         self.metrics.trying.set(meta.version)
         started = time.monotonic()
         resident = self.residency is None or meta.name in self.residency.loaded()
+        if self.residency is not None and not self.residency.room_for(meta.name, self.residency.estimate(meta.name)):
+            # A version waits for no one's traffic to end: the budget is exceeded for the swap's duration, said here.
+            log.warning(
+                "%s version %d: no room in MODEL_MEMORY_BUDGET for its candidate beside the busy models; swapping "
+                "over the budget",
+                meta.name,
+                meta.version,
+            )
         try:
             self.swapper.swap(meta, on_step=lambda step: log.info("%s version %d: %s", meta.name, meta.version, step))
         except NexusError as err:
