@@ -59,6 +59,35 @@ def report_dir(repository: Path, root: Path = SHM_ROOT) -> Path:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Host and device bytes. A budget bounds each kind on its own (`within`): on a GPU the device's memory is the
+    scarce one, while every stub also holds host memory (torch, the weights' copy) that the host must have."""
+
+    host: int = 0
+    device: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.host + other.host, self.device + other.device)
+
+    def __sub__(self, other: Memory) -> Memory:
+        return Memory(self.host - other.host, self.device - other.device)
+
+    def __mul__(self, factor: int) -> Memory:
+        return Memory(self.host * factor, self.device * factor)
+
+    def within(self, budget: int) -> bool:
+        return self.host <= budget and self.device <= budget
+
+    @property
+    def peak(self) -> int:
+        """The larger kind: what is compared with the budget."""
+        return max(self.host, self.device)
+
+    def __str__(self) -> str:
+        return mib(self.host) + (f" host, {mib(self.device)} device" if self.device else "")
+
+
+@dataclass(frozen=True)
 class Report:
     """One stub's figures, as it last wrote them."""
 
@@ -69,6 +98,10 @@ class Report:
     host_bytes: int  # PSS
     device_bytes: int  # torch's reserved device memory; 0 on CPU
     written: float  # time.time() of the write
+
+    @property
+    def memory(self) -> Memory:
+        return Memory(self.host_bytes, self.device_bytes)
 
 
 def read_reports(directory: Path) -> dict[str, list[Report]]:

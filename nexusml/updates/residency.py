@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nexusml.core.errors import ModelLoadFailed, NexusError
-from nexusml.core.memory import Report, mib, read_reports, report_dir
+from nexusml.core.memory import Memory, mib, read_reports, report_dir
 from nexusml.sync.repository import Repository
 from nexusml.updates.swap import Swapper
 
@@ -80,7 +80,7 @@ HTTP_STATUS: dict[type[NexusError], int] = {
 class Entry:
     """What the decider knows of one model, resident or not."""
 
-    bytes: int | None = None  # measured at its last load, or since; None before its first
+    memory: Memory | None = None  # measured at its last load, or since; None before its first
     last_used: float | None = None  # time.time() of its last request a proxy reported
     busy_until: float = 0.0
     loads: int = 0
@@ -157,21 +157,21 @@ class Residency:
             if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
                 raise ModelLoadFailed(entry.problem or f"loading {name} failed")
             need = self.estimate(name)
-            if need > self.budget and (entry.bytes is not None or self._weights(name) > self.budget):
-                measured = "measured at its last load" if entry.bytes is not None else "its files alone"
+            if not need.within(self.budget) and (entry.memory is not None or self._weights(name) > self.budget):
+                measured = "measured at its last load" if entry.memory is not None else "its files alone"
                 entry.problem = (
-                    f"model {name} needs {mib(need)} ({measured}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} "
+                    f"model {name} needs {need} ({measured}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} "
                     "even alone"
                 )
                 raise OverBudget(entry.problem)
             # A guess (never measured) is no reason to refuse: at worst the model loads alone, and is then measured.
-            need = min(need, self.budget)
+            need = Memory(min(need.host, self.budget), min(need.device, self.budget))
             self._make_room(name, need, loaded)
             self._load(name, entry)
-            if entry.bytes is not None and entry.bytes > self.budget:
+            if entry.memory is not None and not entry.memory.within(self.budget):
                 self._evict(name, "because it holds more than the budget alone")
                 entry.problem = (
-                    f"model {name} holds {mib(entry.bytes)} once loaded (measured), more than "
+                    f"model {name} holds {entry.memory} once loaded (measured), more than "
                     f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone"
                 )
                 raise OverBudget(entry.problem)
@@ -181,7 +181,7 @@ class Residency:
         return {
             "name": name,
             "state": "resident",
-            "bytes": self.entry(name).bytes,
+            "bytes": _total(self.entry(name).memory),
             "loaded": loaded,
             "waited_s": round(time.monotonic() - started, 3),
         }
@@ -193,33 +193,35 @@ class Residency:
         models = set(self.repo.models())
         return [name for name in self.swapper.admin.ready() if name in models]
 
-    def measured(self) -> dict[str, int]:
+    def measured(self) -> dict[str, Memory]:
         """Each model's memory by its stubs' fresh reports."""
         now = self.clock()
-        totals: dict[str, int] = {}
+        totals: dict[str, Memory] = {}
         for name, reports in read_reports(self.reports).items():
-            fresh: list[Report] = [r for r in reports if now - r.written <= FRESH_S]
-            if fresh:
-                totals[name] = sum(r.host_bytes + r.device_bytes for r in fresh)
+            for report in reports:
+                if now - report.written <= FRESH_S:
+                    totals[name] = totals.get(name, Memory()) + report.memory
         return totals
 
-    def cost(self, name: str, measured: dict[str, int]) -> int:
+    def cost(self, name: str, measured: dict[str, Memory]) -> Memory:
         """A loaded model's memory: measured now, else at its load, else estimated."""
         if name in measured:
             return measured[name]
         entry = self.entry(name)
-        return entry.bytes if entry.bytes is not None else self.estimate(name)
+        return entry.memory if entry.memory is not None else self.estimate(name)
 
-    def estimate(self, name: str) -> int:
+    def estimate(self, name: str) -> Memory:
         """What loading `name` will cost: measured at its last load; before its first, one stub per instance as large
-        as the largest stub measured (each holds torch) plus the weights it reads."""
+        as the largest stub measured (each holds torch) plus the weights it reads (on the device too, on a GPU)."""
         entry = self.entry(name)
-        if entry.bytes is not None:
-            return entry.bytes
-        stubs = [r.host_bytes + r.device_bytes for reports in read_reports(self.reports).values() for r in reports]
-        per_stub = max(stubs, default=FIRST_STUB_BYTES)
-        instances = self.swapper.instances(name) or 1
-        return instances * per_stub + self._weights(name)
+        if entry.memory is not None:
+            return entry.memory
+        stubs = [report for reports in read_reports(self.reports).values() for report in reports]
+        host = max((r.host_bytes for r in stubs), default=FIRST_STUB_BYTES)
+        device = max((r.device_bytes for r in stubs), default=0)
+        weights = self._weights(name)
+        per_stub = Memory(host + weights, device + weights if device else 0)
+        return per_stub * (self.swapper.instances(name) or 1)
 
     def _weights(self, name: str) -> int:
         folder = self.repo.model_dir(name)
@@ -227,28 +229,30 @@ class Residency:
             return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
         return 0
 
-    def used(self) -> int:
-        measured = self.measured()
-        return sum(self.cost(name, measured) for name in self.loaded())
+    def used(self, loaded: list[str] | None = None, measured: dict[str, Memory] | None = None) -> Memory:
+        """What the loaded models hold together."""
+        measured = self.measured() if measured is None else measured
+        loaded = self.loaded() if loaded is None else loaded
+        return sum((self.cost(name, measured) for name in loaded), Memory())
 
     # Loading and unloading
 
-    def _make_room(self, name: str, need: int, loaded: list[str]) -> None:
-        """Unload the least recently used idle models until `need` more bytes fit."""
+    def _make_room(self, name: str, need: Memory, loaded: list[str]) -> None:
+        """Unload the least recently used idle models until `need` more fits."""
         measured = self.measured()
-        used = sum(self.cost(model, measured) for model in loaded)
-        if used + need <= self.budget:
+        used = self.used(loaded, measured)
+        if (used + need).within(self.budget):
             return
         victims = []
         for model in self._evictable(loaded, exclude=name):
             victims.append(model)
             used -= self.cost(model, measured)
-            if used + need <= self.budget:
+            if (used + need).within(self.budget):
                 break
         else:
             raise NoRoom(
-                f"model {name} needs {mib(need)}; {mib(used)} of MODEL_MEMORY_BUDGET={mib(self.budget)} is held by "
-                f"models busy or pinned now"
+                f"model {name} needs {need}; {used} of MODEL_MEMORY_BUDGET={mib(self.budget)} is held by models busy "
+                "or pinned now"
             )
         for model in victims:
             self._evict(model, f"to make room for {name}")
@@ -276,7 +280,7 @@ class Residency:
             "%s unloaded %s (%s; idle since %s; %.1f s)",
             name,
             why,
-            mib(entry.bytes or 0),
+            entry.memory or "memory not measured",
             time.strftime("%H:%M:%S", time.localtime(entry.last_used)) if entry.last_used else "never used",
             time.monotonic() - started,
         )
@@ -294,18 +298,19 @@ class Residency:
         finally:
             entry.loading = False
         self._wait(lambda: name in self.measured())
-        entry.bytes = self.measured().get(name, entry.bytes)
+        entry.memory = self.measured().get(name, entry.memory)
         entry.failed_at, entry.problem = None, None
         entry.loads += 1
         entry.last_load_s = round(time.monotonic() - started, 3)
         self.metrics.loads.labels(name).inc()
-        self.metrics.used.set(self.used())
+        used = self.used()
+        self.metrics.used.set(used.peak)
         log.info(
             "%s loaded in %.1f s (%s; %s of MODEL_MEMORY_BUDGET=%s in use)",
             name,
             entry.last_load_s,
-            mib(entry.bytes) if entry.bytes is not None else "memory not reported by its stubs",
-            mib(self.used()),
+            entry.memory or "memory not reported by its stubs",
+            used,
             mib(self.budget),
         )
 
@@ -323,23 +328,23 @@ class Residency:
         with self.lock:
             loaded = self.loaded()
             measured = self.measured()
-            for name, size in measured.items():
+            for name, memory in measured.items():
                 if name in loaded:
-                    self.entry(name).bytes = size
-            used = sum(self.cost(name, measured) for name in loaded)
-            self.metrics.used.set(used)
+                    self.entry(name).memory = memory
+            used = self.used(loaded, measured)
+            self.metrics.used.set(used.peak)
             for name in self._evictable(loaded):
-                if used <= self.budget:
+                if used.within(self.budget):
                     break
-                self._evict(name, f"because the loaded models held {mib(used)}")
+                self._evict(name, f"because the loaded models held {used}")
                 used -= self.cost(name, measured)
                 evicted.append(name)
         if time.monotonic() - self._remembered_at > REMEMBER_EVERY_S:
             self.remember()
         return evicted
 
-    def room_for(self, name: str, extra: int) -> bool:
-        """Whether `extra` more bytes for the loaded `name` (more instances) fit, unloading idle models for them."""
+    def room_for(self, name: str, extra: Memory) -> bool:
+        """Whether `extra` more memory for the loaded `name` (more instances) fit, unloading idle models for them."""
         with self.lock:
             loaded = self.loaded()
             try:
@@ -354,7 +359,7 @@ class Residency:
         with self.lock:
             measured = self.measured()
             if name in measured:
-                self.entry(name).bytes = measured[name]
+                self.entry(name).memory = measured[name]
             if name not in self.pinned:
                 self._evict(name, "after its first install (it loads on its first request)")
 
@@ -363,7 +368,8 @@ class Residency:
         order, while they fit without unloading anything."""
         for name, remembered in self._recall().items():
             entry = self.entry(name)
-            entry.bytes = entry.bytes or remembered.get("bytes")
+            if entry.memory is None and isinstance(remembered.get("memory"), list):
+                entry.memory = Memory(*remembered["memory"])
             entry.last_used = entry.last_used or remembered.get("last_used")
         with self.lock:
             loaded = self.loaded()
@@ -375,7 +381,7 @@ class Residency:
                 (name for name in models if self.entry(name).last_used), key=lambda n: -(self.entry(n).last_used or 0)
             )
             for name in recent:
-                if self.used() + self.estimate(name) > self.budget:
+                if not (self.used() + self.estimate(name)).within(self.budget):
                     break
                 with contextlib.suppress(NexusError):
                     self._load(name, self.entry(name))
@@ -385,9 +391,12 @@ class Residency:
         self._remembered_at = time.monotonic()
         with self.mutex:
             state = {
-                name: {"bytes": entry.bytes, "last_used": entry.last_used}
+                name: {
+                    "memory": [entry.memory.host, entry.memory.device] if entry.memory else None,
+                    "last_used": entry.last_used,
+                }
                 for name, entry in self.entries.items()
-                if entry.bytes is not None or entry.last_used is not None
+                if entry.memory is not None or entry.last_used is not None
             }
         path = self.repo.root / STATE_FILE
         temporary = path.with_name(f".{STATE_FILE}.tmp")
@@ -422,7 +431,9 @@ class Residency:
                 state = "not_resident"
             listing[name] = {
                 "state": state,
-                "bytes": measured.get(name, entry.bytes),
+                "bytes": _total(measured.get(name, entry.memory)),
+                "host_bytes": _part(measured.get(name, entry.memory), "host"),
+                "device_bytes": _part(measured.get(name, entry.memory), "device"),
                 "pinned": name in self.pinned,
                 "last_used": entry.last_used,
                 "loads": entry.loads,
@@ -430,8 +441,16 @@ class Residency:
                 "last_load_s": entry.last_load_s,
                 "problem": entry.problem,
             }
-        used = sum(self.cost(name, measured) for name in loaded)
-        return {"budget_bytes": self.budget, "used_bytes": used, "models": listing}
+        used = self.used(list(loaded), measured)
+        return {"budget_bytes": self.budget, "used_bytes": used.peak, "models": listing}
+
+
+def _total(memory: Memory | None) -> int | None:
+    return None if memory is None else memory.host + memory.device
+
+
+def _part(memory: Memory | None, kind: str) -> int | None:
+    return None if memory is None else getattr(memory, kind)
 
 
 def serve_api(residency: Residency, host: str, port: int) -> ThreadingHTTPServer:

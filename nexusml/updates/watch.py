@@ -51,6 +51,7 @@ from nexusml.core.errors import (
     SmokeTestFailed,
     UnsafeArchive,
 )
+from nexusml.core.memory import Memory
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import MEMORY_BUDGET, MODEL_SERVER_URL, PINNED_MODELS, env, nested
 from nexusml.sync import storage
@@ -430,8 +431,9 @@ class Following:
         """Within MODEL_MEMORY_BUDGET, more instances need their memory first (idle models unloaded for it)."""
         if self.residency is None:
             return True
-        per_instance = self.residency.estimate(name) // max(count, 1)
-        if self.residency.room_for(name, (target - count) * per_instance):
+        whole = self.residency.estimate(name)
+        per_instance = Memory(whole.host // max(count, 1), whole.device // max(count, 1))
+        if self.residency.room_for(name, per_instance * (target - count)):
             self._told.pop(f"scale {name}", None)
             return True
         self._tell(f"scale {name}", f"{name}: not scaled up to {target} instances: no room in MODEL_MEMORY_BUDGET now")

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from nexusml.core.errors import ModelLoadFailed
+from nexusml.core.memory import Memory
 from nexusml.sync.repository import Repository
 from nexusml.updates.residency import NoRoom, OverBudget, Residency, UnknownModel, serve_api
 
@@ -25,7 +26,7 @@ MIB = 2**20
 class FakeAdmin:
     """Triton's repository API: loading a model makes its stub write a report of `sizes[model]` bytes."""
 
-    def __init__(self, reports: Path, sizes: dict[str, int], broken: tuple[str, ...] = ()) -> None:
+    def __init__(self, reports: Path, sizes: dict[str, Memory], broken: tuple[str, ...] = ()) -> None:
         self.reports, self.sizes, self.broken = reports, sizes, broken
         self.loaded: list[str] = []
         self.calls: list[str] = []
@@ -38,7 +39,9 @@ class FakeAdmin:
         if model in self.broken:
             raise ModelLoadFailed(f"loading {model}: its model.py raised")
         self.loaded.append(model)
-        report = {"model": model, "version": "1", "instance": f"{model}_0", "pid": 1, "host_bytes": self.sizes[model]}
+        size = self.sizes[model]
+        report = {"model": model, "version": "1", "instance": f"{model}_0", "pid": 1, "host_bytes": size.host}
+        report["device_bytes"] = size.device
         (self.reports / f"{model}@{model}_0.json").write_text(json.dumps({**report, "written": time.time()}))
 
     def unload(self, model: str) -> None:
@@ -55,13 +58,17 @@ class FakeSwapper:
         return 1
 
 
-def decider(tmp_path: Path, budget_mib: int, sizes_mib: dict[str, int], **options: object) -> Residency:
+def decider(
+    tmp_path: Path, budget_mib: int, sizes_mib: dict[str, int | tuple[int, int]], **options: object
+) -> Residency:
+    """A decider over models of `sizes_mib` (host, or (host, device)) in a repository of their folders."""
     repository, reports = tmp_path / "repository", tmp_path / "reports"
     reports.mkdir()
     for name in sizes_mib:
         (repository / name).mkdir(parents=True)
         (repository / name / "config.pbtxt").write_text(f'name: "{name}"')
-    admin = FakeAdmin(reports, {name: size * MIB for name, size in sizes_mib.items()}, **options)  # type: ignore[arg-type]
+    sizes = {name: Memory(*(size if isinstance(size, tuple) else (size, 0))) * MIB for name, size in sizes_mib.items()}
+    admin = FakeAdmin(reports, sizes, **options)  # type: ignore[arg-type]
     swapper = FakeSwapper(Repository(repository), admin)
     pinned = tuple(options.pop("pinned", ())) if "pinned" in options else ()
     return Residency(budget_mib * MIB, pinned, swapper, threading.RLock(), CollectorRegistry(), reports)  # type: ignore[arg-type]
@@ -77,6 +84,16 @@ def test_the_least_recently_used_idle_model_makes_room(tmp_path: Path) -> None:
     assert sorted(residency.swapper.admin.loaded) == ["a", "c"]
     assert residency.snapshot()["models"]["b"]["state"] == "not_resident"
     assert residency.snapshot()["models"]["b"]["evictions"] == 1
+
+
+def test_host_and_device_memory_are_each_within_the_budget(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 250, {"a": (50, 200), "b": (50, 100)})
+    residency.ensure("a")
+    residency.ensure("b")  # 100 MiB of host would fit; 300 MiB of device would not
+    assert residency.swapper.admin.loaded == ["b"]
+    snapshot = residency.snapshot()
+    assert snapshot["used_bytes"] == 100 * MIB
+    assert snapshot["models"]["a"]["device_bytes"] == 200 * MIB and snapshot["models"]["a"]["bytes"] == 250 * MIB
 
 
 def test_a_busy_model_is_never_unloaded(tmp_path: Path) -> None:
@@ -105,7 +122,7 @@ def test_a_resident_model_answers_without_a_load(tmp_path: Path) -> None:
 def test_refusals_name_their_cause(tmp_path: Path, name: str, error: type[Exception], message: str) -> None:
     residency = decider(tmp_path, 500, {"a": 100, "huge": 600, "broken": 10}, broken=("broken",))
     residency.ensure("a")
-    residency.entry("huge").bytes = 600 * MIB  # measured at an earlier load
+    residency.entry("huge").memory = Memory(600 * MIB)  # measured at an earlier load
     with pytest.raises(error, match=message):
         residency.ensure(name)
     assert residency.swapper.admin.loaded == ["a"]
@@ -145,7 +162,7 @@ def test_warm_loads_the_most_recently_used_that_fit(tmp_path: Path) -> None:
 
 def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
     residency = decider(tmp_path, 500, {"a": 100, "huge": 600})
-    residency.entry("huge").bytes = 600 * MIB
+    residency.entry("huge").memory = Memory(600 * MIB)
     server = serve_api(residency, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{server.server_address[1]}/v1/residency"
     try:
