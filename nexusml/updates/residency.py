@@ -357,10 +357,16 @@ class Residency:
         """A model the watcher just installed and loaded to test it: unloaded again, so that only traffic brings it
         in (its memory, measured meanwhile, is remembered for its first load)."""
         with self.lock:
-            measured = self.measured()
-            if name in measured:
-                self.entry(name).memory = measured[name]
-            if name not in self.pinned:
+            entry = self.entry(name)
+            entry.memory = self.measured().get(name, entry.memory)
+            if entry.memory is not None and not entry.memory.within(self.budget):
+                entry.problem = (
+                    f"model {name} holds {entry.memory} once loaded (measured at its install), more than "
+                    f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone: it is not served"
+                )
+                log.error("%s", entry.problem)
+                self._evict(name, "because it holds more than the budget alone")
+            elif name not in self.pinned:
                 self._evict(name, "after its first install (it loads on its first request)")
 
     def warm(self) -> None:

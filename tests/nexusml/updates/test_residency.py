@@ -6,6 +6,7 @@ What Triton really does with the loads and unloads, and what the stubs really re
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -185,3 +186,22 @@ def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
         assert snapshot["used_bytes"] == 100 * MIB and snapshot["budget_bytes"] == 500 * MIB
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "problem"),
+    [
+        pytest.param("a", "not_resident", None, id="fits: loads on its first request"),
+        pytest.param("huge", "failed", "holds 300.0 MiB once loaded .* even alone", id="too-large: refused"),
+    ],
+)
+def test_a_new_model_is_unloaded_after_its_install(tmp_path: Path, name: str, state: str, problem: str | None) -> None:
+    residency = decider(tmp_path, 200, {"a": 100, "huge": 300})
+    residency.swapper.admin.load(name)  # the watcher's swap loaded it to test it
+    residency.settle_new(name)
+    assert residency.swapper.admin.loaded == []
+    listing = residency.snapshot()["models"][name]
+    assert listing["state"] == state and listing["bytes"] is not None
+    assert (problem is None) == (listing["problem"] is None)
+    if problem is not None:
+        assert re.search(problem, listing["problem"])
