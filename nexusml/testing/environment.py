@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 # Variables of ours or boto3's that would make a child reach something other than what the harness started.
-_OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_", "WATCH_")
+_OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_", "WATCH_", "RESIDENCY_", "PINNED_")
 _SINGLE = ("PORT", "HOST", "DEVICE")
 
 
@@ -22,6 +22,7 @@ STACK_PORT_SETTINGS = (
     "TRITON_METRICS_PORT",
     "PORT",
     "WATCH_METRICS_PORT",
+    "RESIDENCY_PORT",
 )
 
 
