@@ -14,15 +14,21 @@ Where a batch's time goes is timed per stage and logged when `STAGE_LOG_INTERVAL
 On a GPU, requests are concatenated straight into pinned host buffers that are copied to the device
 asynchronously, and `PRECISION` (fp16 or bf16, when the model's metadata allows it) runs the forward in
 reduced precision, after checking its outputs against fp32 at load.
+
+Each instance reports what it costs in memory (`MemoryReport`), so that `nexus watch` can keep the loaded models
+within MODEL_MEMORY_BUDGET.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +36,9 @@ import triton_python_backend_utils as pb_utils
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+REPORT_ROOT = Path("/dev/shm")
+SMAPS_ROLLUP = Path("/proc/self/smaps_rollup")
+STATM = Path("/proc/self/statm")
 
 
 class StageClock:
@@ -116,6 +125,92 @@ class PinnedStaging:
         return staged
 
 
+def report_dir(repository: Path, root: Path = REPORT_ROOT) -> Path:
+    """The directory of the memory reports of `repository`'s stubs: `nexusml.core.memory.report_dir`'s rule, which
+    this file cannot import (tests/nexusml/core/test_memory.py holds the two equal)."""
+    digest = hashlib.sha256(str(repository.resolve()).encode()).hexdigest()[:16]
+    return root / f"nexus-memory-{digest}"
+
+
+def own_host_bytes(rollup: Path = SMAPS_ROLLUP, statm: Path = STATM) -> int:
+    """This process's proportional set size (PSS): the pages it shares with the other stubs (torch's libraries)
+    count a share each, so the stubs' figures add up to what they cost together. RSS where the kernel has no
+    `smaps_rollup` (before Linux 4.14), which counts the shared pages once per stub."""
+    try:
+        for line in rollup.read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryReport:
+    """This instance's memory, written every `interval_s` to `<report_dir>/<model>@<instance>.json` for the watcher.
+
+    The first write is made before `initialize` returns, so a model Triton calls ready has its report; a thread
+    refreshes it (a model's memory grows with its first batches). The file is replaced atomically (a temporary
+    file renamed), so a reader never sees half of one. Readable by the watcher, another process of the same user:
+    the directory is 0o755 and the files 0o644. A failure to write (no /dev/shm, full) is logged once and never
+    fails the model.
+    """
+
+    def __init__(
+        self,
+        args: dict[str, str],
+        device: torch.device,
+        logger: Any,
+        root: Path = REPORT_ROOT,
+        interval_s: float = 1,
+    ) -> None:
+        name = f"{args['model_name']}@{args['model_instance_name']}.json"
+        self.path = report_dir(Path(args["model_repository"]).parent, root) / name
+        self.fields = {
+            "model": args["model_name"],
+            "version": args["model_version"],
+            "instance": args["model_instance_name"],
+            "pid": os.getpid(),
+        }
+        self.device = device
+        self.logger = logger
+        self.interval_s = interval_s
+        self.failed = False
+        self.stopped = threading.Event()
+        self.write()
+        self.thread = threading.Thread(target=self._refresh, name="nexus-memory-report", daemon=True)
+        self.thread.start()
+
+    def write(self) -> None:
+        device_bytes = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            report = {**self.fields, "host_bytes": own_host_bytes(), "device_bytes": device_bytes}
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            with os.fdopen(descriptor, "w") as out:
+                json.dump({**report, "written": time.time()}, out)
+            os.replace(temporary, self.path)
+        except OSError as err:
+            if not self.failed:
+                self.failed = True
+                self.logger.log_warn(f"memory report {self.path} not written: {err}")
+
+    def _refresh(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.write()
+
+    def stop(self) -> None:
+        """Stop refreshing and remove the report, unless another process wrote it since: the same instance of the
+        model's next version, which Triton loads before it finalizes this one."""
+        self.stopped.set()
+        self.thread.join()
+        try:
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -144,6 +239,7 @@ class TritonPythonModel:
             f"{args['model_name']} v{args['model_version']}: {path.name} loaded on {self.device}"
             f" ({params.get('PRECISION', 'fp32')})"
         )
+        self.memory = MemoryReport(args, self.device, self.logger)
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -297,3 +393,4 @@ class TritonPythonModel:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        self.memory.stop()

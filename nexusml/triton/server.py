@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexusml.core import catalog, logs
+from nexusml.core import catalog, logs, memory
 from nexusml.core.errors import ServerError
 from nexusml.core.probe import not_loaded
 from nexusml.core.process import ManagedProcess
@@ -88,14 +88,18 @@ def restricted_flags(key: str, apis: str = "model-repository,logging,trace", hea
 
 def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Path) -> list[str]:
     """Explicit model control: Triton loads every model of the repository at start-up (the sync removed any
-    stale candidate), and later only what the watcher asks for, through the repository API.
+    stale candidate), and later only what the watcher asks for, through the repository API. With
+    MODEL_MEMORY_BUDGET it loads only PINNED_MODELS at start: the watcher loads the others within the budget.
 
     With one model (`NEXUS_META_PATH` a file), a model that fails to load ends Triton (`--exit-on-error`) and it is
     not ready without its models (`--strict-readiness`): the orchestrator restarts it, which heals a failure of
-    the moment. With a directory of models, one broken model must not take the others down, so both are false
-    (a port that cannot be bound still ends the server: measured); each model's readiness is then the proxy's to
-    check, and `TritonServer.start` says which models did not load and why."""
-    strict = "false" if catalog.is_directory(settings.meta_path) else "true"
+    the moment. With a directory of models, one broken model must not take the others down, and with a budget
+    Triton is ready with models deliberately not loaded, so in both cases the two flags are false (a port that
+    cannot be bound still ends the server: measured); each model's readiness is then the proxy's to check, and
+    `TritonServer.start` says which models did not load and why."""
+    budget = settings.memory_budget is not None
+    strict = "false" if budget or catalog.is_directory(settings.meta_path) else "true"
+    loads = [f"--load-model={name}" for name in settings.pinned] if budget else ["--load-model=*"]
     return [
         str(dist.binary),
         f"--model-repository={settings.repository.resolve()}",
@@ -106,7 +110,7 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
         f"--grpc-port={settings.grpc_port}",
         f"--metrics-port={settings.metrics_port}",
         "--model-control-mode=explicit",
-        "--load-model=*",
+        *loads,
         f"--strict-readiness={strict}",
         f"--exit-on-error={strict}",
         "--disable-auto-complete-config",
@@ -178,6 +182,7 @@ class TritonServer(ManagedProcess):
         """Start and wait until Triton answers; every model that did not load is logged, one line each."""
         if not self.settings.repository.is_dir():
             raise ServerError(f"model repository {self.settings.repository} does not exist: run `nexus sync` first")
+        self._forget_reports()
         self._backend_root = Path(tempfile.mkdtemp(prefix="nexus-triton-backends-"))
         backend_dir = self.dist.backend_directory(self._backend_root)
         self.argv = [*command(self.settings, self.dist, backend_dir), *self.extra_args]
@@ -204,7 +209,13 @@ class TritonServer(ManagedProcess):
 
     def stop(self) -> int | None:
         code = super().stop()
+        self._forget_reports()
         if self._backend_root is not None:
             shutil.rmtree(self._backend_root, ignore_errors=True)
             self._backend_root = None
         return code
+
+    def _forget_reports(self) -> None:
+        """Remove the memory reports of this repository's stubs (`nexusml.core.memory`): none runs before this
+        server starts or after it stops, and a stub that was killed left its report behind."""
+        shutil.rmtree(memory.report_dir(self.settings.repository), ignore_errors=True)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import META_PATH, MODEL_REPOSITORY, SHM_KEY, declare, env
+from nexusml.core.settings import (
+    MEMORY_BUDGET,
+    META_PATH,
+    MODEL_REPOSITORY,
+    PINNED_MODELS,
+    SHM_KEY,
+    declare,
+    env,
+)
 
 ADMIN_KEY = declare(
     "TRITON_ADMIN_KEY",
@@ -29,6 +37,8 @@ class TritonSettings:
 
     repository: Path = MODEL_REPOSITORY.field()
     meta_path: Path = META_PATH.field()  # a directory of models makes one model's failed load not stop Triton
+    memory_budget: int | None = MEMORY_BUDGET.field()  # with a budget, only the pinned models load at start
+    pinned: tuple[str, ...] = PINNED_MODELS.field()
     host: str = env(
         "TRITON_HOST", "127.0.0.1", "address Triton binds (HTTP and gRPC); clients reach it at MODEL_SERVER_URL"
     )

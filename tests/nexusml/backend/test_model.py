@@ -1,11 +1,16 @@
-"""The Python-backend model (nexusml/backend/model.py) inside a real Triton: stage timings and precision."""
+"""The Python-backend model (nexusml/backend/model.py): its memory report in this process, with Triton's stub module
+faked; stage timings and precision inside a real Triton."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+import os
 import re
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,103 @@ from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 from nexusml.triton.server import TritonServer
-
-pytestmark = pytest.mark.integration
+from tests.nexusml.conftest import MODEL_FILE, BackendLogger
 
 ROWS = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3]], dtype=np.float32)
-MODEL_FILE = Path(__file__).resolve().parents[3] / "nexusml" / "backend" / "model.py"
+
+
+ARGS = {
+    "model_name": "alpha",
+    "model_version": "3",
+    "model_instance_name": "alpha_0_1",
+    "model_repository": "{root}/repository/alpha",
+}
+
+
+def _report(backend: types.ModuleType, tmp_path: Path, root: Path, interval_s: float) -> Any:
+    args = {key: value.format(root=tmp_path) for key, value in ARGS.items()}
+    return backend.MemoryReport(args, torch.device("cpu"), BackendLogger, root=root, interval_s=interval_s)
+
+
+@pytest.fixture
+def report(backend: types.ModuleType, tmp_path: Path) -> Iterator[Any]:
+    """alpha's instance alpha_0_1 reporting under `tmp_path / "shm"`, not refreshed during a test."""
+    made = _report(backend, tmp_path, tmp_path / "shm", interval_s=3600)
+    yield made
+    made.stop()
+
+
+def _wait_for(path: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was not written again"
+        time.sleep(0.01)
+    return json.loads(path.read_text())
+
+
+def test_an_instance_reports_its_memory_before_initialize_returns(
+    report: Any, backend: types.ModuleType, tmp_path: Path
+) -> None:
+    directory = backend.report_dir(tmp_path / "repository", tmp_path / "shm")
+    assert report.path == directory / "alpha@alpha_0_1.json"
+    written = json.loads(report.path.read_text())
+    assert written.pop("written") <= time.time()
+    assert written.pop("host_bytes") > 2**20
+    assert written == {"model": "alpha", "version": "3", "instance": "alpha_0_1", "pid": os.getpid(), "device_bytes": 0}
+    # the watcher runs as another process: it must be able to read the directory and the file
+    assert (directory.stat().st_mode & 0o777, report.path.stat().st_mode & 0o777) == (0o755, 0o644)
+    assert [p.name for p in directory.iterdir()] == ["alpha@alpha_0_1.json"]  # no temporary file left
+    assert BackendLogger.warnings == []
+
+
+def test_the_report_is_refreshed_until_stopped_then_removed(backend: types.ModuleType, tmp_path: Path) -> None:
+    report = _report(backend, tmp_path, tmp_path / "shm", interval_s=0.01)
+    first = json.loads(report.path.read_text())
+    report.path.unlink()
+    assert _wait_for(report.path)["written"] > first["written"]
+    report.stop()
+    assert not report.path.exists()
+    assert not report.thread.is_alive()
+
+
+def test_stopping_leaves_the_report_another_process_wrote(report: Any) -> None:
+    """Triton loads a model's next version before it finalizes the last: the same instance name, another stub."""
+    report.stop()
+    theirs = {"model": "alpha", "version": "4", "instance": "alpha_0_1", "pid": os.getpid() + 1}
+    report.path.write_text(json.dumps(theirs))
+    report.stop()
+    assert json.loads(report.path.read_text()) == theirs
+
+
+def test_a_report_that_cannot_be_written_is_logged_once_and_never_fails_the_model(
+    backend: types.ModuleType, tmp_path: Path
+) -> None:
+    not_a_directory = tmp_path / "shm"
+    not_a_directory.write_text("")
+    report = _report(backend, tmp_path, not_a_directory, interval_s=0.01)
+    for _ in range(3):
+        report.write()
+    report.stop()
+    assert len(BackendLogger.warnings) == 1, BackendLogger.warnings
+    assert BackendLogger.warnings[0].startswith(f"memory report {report.path} not written: ")
+
+
+@pytest.mark.parametrize(
+    ("rollup", "expected"),
+    [
+        pytest.param("Rss:  2048 kB\nPss:  1234 kB\nShared_Clean: 9 kB\n", 1234 * 1024, id="pss"),
+        pytest.param(None, 25 * os.sysconf("SC_PAGE_SIZE"), id="no-smaps-rollup-rss"),
+        pytest.param("Rss: 2048 kB\n", 25 * os.sysconf("SC_PAGE_SIZE"), id="no-pss-line-rss"),
+    ],
+)
+def test_host_bytes_are_the_pss_else_the_rss(
+    backend: types.ModuleType, tmp_path: Path, rollup: str | None, expected: int
+) -> None:
+    rollup_file, statm = tmp_path / "smaps_rollup", tmp_path / "statm"
+    if rollup is not None:
+        rollup_file.write_text(rollup)
+    statm.write_text("1000 25 10 1 0 30 0\n")  # size, resident, shared... in pages
+    assert backend.own_host_bytes(rollup_file, statm) == expected
 
 
 def _model_stages() -> tuple[str, ...]:
@@ -61,6 +158,7 @@ def precision_repository(demo_model: PublishedModel, s3_env: dict[str, str], tmp
     return sync_into(allowed, s3_env, repository, PRECISION="bf16", **timed)
 
 
+@pytest.mark.integration
 def test_reduced_precision_answers_within_its_tolerance(precision_repository: Path, tmp_path: Path) -> None:
     """bf16 runs on a CPU too, so the GPU's reduced-precision path is exercised here end to end; and every
     stage of a batch is timed and logged (STAGE_LOG_INTERVAL_S), which is what `make bench` reads."""
@@ -105,6 +203,7 @@ def _fp32_only(meta: ModelMetadata, s3_client: Any, tmp_path: Path) -> ModelMeta
         pytest.param(0.05, True, "the precision check's batch fails in bf16: RuntimeError: ", id="fails-in-bf16"),
     ],
 )
+@pytest.mark.integration
 def test_a_precision_the_model_cannot_keep_is_refused_at_load(
     demo_model: PublishedModel,
     s3_env: dict[str, str],

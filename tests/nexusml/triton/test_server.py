@@ -1,4 +1,5 @@
-"""Sync then infer: the demo model served by the real tritonserver answers like the model in-process."""
+"""Sync then infer: the demo model served by the real tritonserver answers like the model in-process; and the
+flags `nexus triton` starts it with."""
 
 from __future__ import annotations
 
@@ -15,15 +16,53 @@ from tritonclient.utils import InferenceServerException
 
 from nexusml.command import demo
 from nexusml.core.metadata import BatchingHints
+from nexusml.core.settings import load
 from nexusml.sync import storage
 from nexusml.testing.models import DEMO_SPEC, TEST_BUCKET, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 from nexusml.testing.updates import unloadable
-from nexusml.triton.server import TritonServer
+from nexusml.triton.server import TritonDistribution, TritonServer, command
+from nexusml.triton.settings import TritonSettings
 
-pytestmark = pytest.mark.integration
+LOADS = ("--load-model", "--strict-readiness", "--exit-on-error")
 
 
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({}, ["--load-model=*", "--strict-readiness=true", "--exit-on-error=true"], id="one-model"),
+        pytest.param(
+            {"NEXUS_META_PATH": "{directory}"},
+            ["--load-model=*", "--strict-readiness=false", "--exit-on-error=false"],
+            id="directory",
+        ),
+        pytest.param(
+            {"MODEL_MEMORY_BUDGET": "2GiB"},
+            ["--strict-readiness=false", "--exit-on-error=false"],
+            id="budget-nothing-pinned",
+        ),
+        pytest.param(
+            {"MODEL_MEMORY_BUDGET": "2GiB", "PINNED_MODELS": "alpha,beta", "NEXUS_META_PATH": "{directory}"},
+            ["--load-model=alpha", "--load-model=beta", "--strict-readiness=false", "--exit-on-error=false"],
+            id="budget-pinned",
+        ),
+        pytest.param(
+            {"PINNED_MODELS": "alpha"},
+            ["--load-model=*", "--strict-readiness=true", "--exit-on-error=true"],
+            id="pinned-without-budget",
+        ),
+    ],
+)
+def test_what_triton_loads_at_start(environ: dict[str, str], expected: list[str], tmp_path: Path) -> None:
+    """Without a budget every model loads at start; with one only the pinned models do (Triton's explicit mode
+    loads nothing else), and a model deliberately not loaded must not make Triton unready or end it."""
+    settings = load(TritonSettings, {k: v.format(directory=tmp_path) for k, v in environ.items()})
+    dist = TritonDistribution(*(Path(f"/triton/{name}") for name in ("bin", "lib", "python", "stub")))
+    flags = command(settings, dist, Path("/backends"))
+    assert [flag for flag in flags if flag.startswith(LOADS)] == expected
+
+
+@pytest.mark.integration
 def test_concurrent_requests_are_batched_and_match_the_model_in_process(triton: TritonServer) -> None:
     rng = np.random.default_rng(0)
     requests = [rng.normal(size=(1 + i % 3, 5)).astype(np.float32) for i in range(48)]
@@ -48,6 +87,7 @@ class Poisonable(torch.nn.Module):
         return x * 2.0
 
 
+@pytest.mark.integration
 def test_one_bad_request_fails_alone(s3_client: Any, s3_env: dict[str, str], tmp_path: Path) -> None:
     artifact = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(Poisonable()), str(artifact))
@@ -83,6 +123,7 @@ def test_one_bad_request_fails_alone(s3_client: Any, s3_env: dict[str, str], tmp
         server.stop()
 
 
+@pytest.mark.integration
 def test_a_model_that_does_not_load_leaves_the_others_serving(
     demo_model: PublishedModel, s3_client: Any, s3_env: dict[str, str], tmp_path: Path
 ) -> None:
