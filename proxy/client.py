@@ -38,6 +38,7 @@ from nexusml.core.settings import SHM_HEADER
 from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
 from proxy.errors import (
     DeadlineExceeded,
+    ModelNotLoaded,
     ProxyError,
     UpstreamBusy,
     UpstreamError,
@@ -74,7 +75,9 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
         return DeadlineExceeded(f"the deadline passed in Triton: {message}")
     if failure is TritonFailure.RESTRICTED:
         return UpstreamForbidden(f"Triton refused a restricted API: {message}")
-    if failure in (TritonFailure.UNREACHABLE, TritonFailure.MODEL_UNKNOWN):
+    if failure is TritonFailure.MODEL_UNKNOWN:
+        return ModelNotLoaded(f"Triton is unavailable: {message}")
+    if failure is TritonFailure.UNREACHABLE:
         return UpstreamUnavailable(f"Triton is unavailable: {message}")
     if failure is TritonFailure.REJECTED:
         return UpstreamRejected(f"Triton rejected the request: {message}")

@@ -229,6 +229,12 @@ class UpstreamError(ProxyError):
     code = "upstream_error"
 
 
+class LoadFailed(UpstreamError):
+    """Triton could not load the model the request is for (the residency decider's answer, Triton's reason)."""
+
+    code = "model_load_failed"
+
+
 class UpstreamForbidden(UpstreamError):
     """Triton refused an API that the deployment restricts to its admin key (`--*-restricted-*` flags)."""
 
@@ -257,6 +263,24 @@ class UpstreamUnavailable(ProxyError):
     code = "upstream_unavailable"
 
 
+class ModelNotLoaded(UpstreamUnavailable):
+    """Triton does not have the model loaded (an unknown model): with a memory budget, unloaded to make room since
+    the proxy last heard, so the request is made to wait for its load once more (`proxy.residency`)."""
+
+
+class NoRoom(ProxyError):
+    """With a memory budget: every loaded model is busy or pinned, so none can be unloaded to make room for this
+    one before the request's deadline."""
+
+    code = "no_room"
+
+
+class OverMemoryBudget(ProxyError):
+    """With a memory budget: the model does not fit in MODEL_MEMORY_BUDGET even alone (the message has the figures)."""
+
+    code = "over_memory_budget"
+
+
 class DeadlineExceeded(ProxyError):
     """The request's deadline (`REQUEST_TIMEOUT_MS`) passed before Triton answered."""
 
@@ -283,9 +307,12 @@ HTTP_STATUS: dict[type[NexusError], int] = {
     RateLimited: 429,
     UpstreamBusy: 429,
     UpstreamError: 502,
+    LoadFailed: 502,
     NotReady: 503,
     UpstreamUnavailable: 503,
+    NoRoom: 503,
     DeadlineExceeded: 504,
+    OverMemoryBudget: 507,
 }
 
 

@@ -1,5 +1,7 @@
 """Liveness and readiness: `/healthz` never asks Triton; `/readyz` and each model's readiness
-(`/v2/models/{name}/ready`) ask it, at most once per `READY_CACHE_S` each."""
+(`/v2/models/{name}/ready`) ask it, at most once per `READY_CACHE_S` each. With a memory budget (`RESIDENCY_URL`)
+`/readyz` means Triton live and the residency decider answering the worker's heartbeat: with no model pinned
+nothing is loaded until traffic comes, and a request for a model not loaded waits for its load."""
 
 from __future__ import annotations
 
@@ -48,12 +50,12 @@ async def readyz(request: web.Request) -> web.Response:
     error, model = await cached(request, "", lambda: check_ready(state))
     if error is not None:
         raise error
-    assert model is not None and model.schema is not None
+    assert model is not None
     return web.json_response(
         {
             "status": "ready",
             "model": model.name,
-            "versions": list(model.schema.versions),
+            "versions": list(model.schema.versions) if model.schema is not None else [],
             "models": {name: served.state for name, served in sorted(state.models.items())},
         },
         dumps=dumps,
@@ -96,12 +98,17 @@ async def check_ready(state: ProxyState) -> tuple[ProxyError | None, ModelState 
     Ready when Triton is live and any served model is ready: one broken model, the default one included, never
     takes the pod out of service, where the others would still answer. The default model's own readiness is
     `/v2/models/{name}/ready`. The default model is asked first, then those whose schema is in, so a healthy
-    proxy costs one model's check."""
+    proxy costs one model's check. With a memory budget: Triton live and the decider answering the heartbeat
+    (the model named is the default one, else the first; it may not be loaded)."""
     if not state.models:
         return NotReady(state.problem or "no model to serve"), None
     live = await check_live(state)
     if live is not None:
         return live, None
+    if state.residency is not None:
+        if not state.residency.answered:
+            return NotReady(state.residency.problem), None
+        return None, state.default or state.models[min(state.models)]
     first: ProxyError | None = None
     for model in sorted(state.models.values(), key=lambda m: (m is not state.default, m.schema is None, m.name)):
         error = await check_model(state, model)

@@ -1,6 +1,6 @@
-"""The path every inference route shares (readiness, in-flight accounting, the body, the deadline, the upstream
-call, coalesced or not), and the proxy's own routes on it: `POST /predict` (the default model) and
-`POST /models/{name}/predict`."""
+"""The path every inference route shares (readiness, in-flight accounting, the body, the deadline, the model's
+load with a memory budget, the upstream call, coalesced or not), and the proxy's own routes on it: `POST /predict`
+(the default model) and `POST /models/{name}/predict`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from proxy.client import Outputs
 from proxy.errors import (
     BadRequest,
     BodyTimeout,
+    DeadlineExceeded,
+    ModelNotLoaded,
     NotReady,
     PayloadTooLarge,
     UnsupportedEncoding,
     UnsupportedMediaType,
 )
-from proxy.middleware import DEADLINE, JSON, MODEL, REQUEST_ID
+from proxy.middleware import DEADLINE, JSON, LOAD_WAIT_MS, MODEL, REQUEST_ID
+from proxy.model_loader import read_schema
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.state import STATE, ModelState
@@ -64,20 +67,34 @@ async def predicting(
     request: web.Request, model: ModelState, parse: Callable[[bytes, ModelSchema], tuple[Prediction, Parsed]]
 ) -> tuple[ModelSchema, Parsed, Outputs, str]:
     """What every inference route shares: readiness, the in-flight bookkeeping, the body, the deadline, and
-    the upstream call (coalesced or not) of `model`. `parse` turns the body into validated arrays for `schema`."""
+    the upstream call (coalesced or not) of `model`. `parse` turns the body into validated arrays for `schema`.
+
+    With a memory budget, a model not loaded (or whose schema was never read) is loaded first, within the
+    deadline (`wait_for_model`), once the body is in and before a MAX_IN_FLIGHT place is taken: requests waiting
+    for a load hold none. A model Triton says is not loaded (unloaded since the last heartbeat) is loaded again,
+    once."""
     state = request.app[STATE]
     settings = state.settings
     if state.draining:
         raise NotReady("the proxy is shutting down")
     schema = model.schema
-    if schema is None:
-        raise model.not_ready()
+    residency = state.residency
+    if residency is None:
+        if schema is None:
+            raise model.not_ready()
+        waiting = False
+    else:
+        residency.used.add(model.name)
+        waiting = schema is None or model.name not in residency.resident
     state.in_flight += 1  # in progress from here (the gauge, and what a graceful shutdown waits for)
     model.in_flight += 1  # what a removed model's coalescer waits for before it closes
     state.metrics.in_flight_changed(1)
     try:
         deadline = request_deadline(request)
         body = await read_body(request, settings)
+        if waiting:
+            schema = await wait_for_model(request, model, deadline)
+        assert schema is not None
         # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
         # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
         # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none.
@@ -87,13 +104,23 @@ async def predicting(
             prediction, parsed = parse(body, schema)
             request.app[TENANCY].charge_rows(tenant, prediction.rows)
             state.metrics.tenant_request(tenant.name, prediction.rows)
-            coalescer = model.coalescer
-            if coalescer is not None:
-                outputs, version = await coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
-            else:
-                outputs, version = await model.send(
-                    prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
-                )
+            retried = False
+            while True:
+                try:
+                    coalescer = model.coalescer
+                    if coalescer is not None:
+                        outputs, version = await coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
+                    else:
+                        outputs, version = await model.send(
+                            prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
+                        )
+                    break
+                except ModelNotLoaded:
+                    if residency is None or retried:
+                        raise
+                    retried = True
+                    residency.evicted(model.name)
+                    await wait_for_model(request, model, deadline)
         finally:
             state.release(tenant)
         return schema, parsed, outputs, version
@@ -101,6 +128,29 @@ async def predicting(
         state.in_flight -= 1
         model.in_flight -= 1
         state.metrics.in_flight_changed(-1)
+
+
+async def wait_for_model(request: web.Request, model: ModelState, deadline: float) -> ModelSchema:
+    """Have the decider load `model` (`Residency.ensure`), within `deadline`, then read its schema if it never was;
+    the wait is counted, and told to the client (`Nexus-Load-Wait-Ms`), whatever it ends in."""
+    state = request.app[STATE]
+    assert state.residency is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await state.residency.ensure(model.name, deadline)
+        schema = model.schema
+        if schema is None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    schema = await read_schema(state, model)
+            except TimeoutError:
+                raise DeadlineExceeded(f"the deadline passed reading model {model.name}'s metadata") from None
+        return schema
+    finally:
+        waited = loop.time() - started
+        request[LOAD_WAIT_MS] = request.get(LOAD_WAIT_MS, 0) + round(waited * 1000)
+        state.metrics.load_waited(model.label, waited)
 
 
 def check_headers(request: web.Request) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from nexusml.core.probe import candidate_name
 from proxy.errors import Forbidden, ProxyError
 from proxy.middleware import dumps
+from proxy.residency import FAILED, NOT_RESIDENT
 from proxy.state import STATE, ModelState, ProxyState
 from proxy.tenants import SHARE_WINDOW_S, TENANCY, TENANT
 
@@ -21,8 +22,9 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 async def models(request: web.Request) -> web.Response:
     """Every served model (its schema once read, its state, the version serving it, during a model update the
-    version being tried, why it is not ready), the metadata files that name no usable model (`problems`), and
-    whether this worker's tensors reach Triton through shared memory (`shared_memory`)."""
+    version being tried, why it is not ready, with a memory budget the memory it holds or last held), the metadata
+    files that name no usable model (`problems`), and whether this worker's tensors reach Triton through shared
+    memory (`shared_memory`)."""
     state = request.app[STATE]
     assert state.upstream is not None
     served = sorted(state.models.values(), key=lambda model: model.name)
@@ -39,10 +41,14 @@ async def models(request: web.Request) -> web.Response:
 async def describe(state: ProxyState, model: ModelState) -> dict[str, Any]:
     schema = model.schema
     described: dict[str, Any] = {"name": model.name} if schema is None else schema.describe()
-    described["state"] = model.state
+    described["state"] = current = model.state
     described["served_version"] = model.version_seen or (schema.versions[-1] if schema and schema.versions else None)
     described["trying_version"] = None
-    described["problem"] = None if schema is not None else model.problem
+    described["problem"] = None if schema is not None or current == NOT_RESIDENT else model.problem
+    residence = model.residence
+    described["memory_bytes"] = None if residence is None else residence.bytes
+    if residence is not None and residence.state == FAILED:
+        described["problem"] = residence.problem or f"model {model.name}: Triton could not load it"
     if model.name in state.held:
         described["problem"] = (
             f"model {model.name} is named by two metadata files (see problems): served as it was until one goes"

@@ -7,14 +7,15 @@ latency by route and model (`nexus_proxy_request_duration_seconds`); predictions
 code (`nexus_proxy_upstream_errors_total`). `model` is the served model a request named or `/predict` chose, empty
 for the routes of no model and for names the proxy does not serve (a client's name never becomes a label); a
 worker gives at most `MODEL_LABELS` distinct model names their own value, the others share `_other`.
-Per tenant: predictions admitted past their body and their rows
-(`nexus_proxy_tenant_requests_total`, `nexus_proxy_tenant_rows_total`), refusals by cause
-(`nexus_proxy_tenant_rejected_total`: `rate_requests`, `rate_rows`, `over_share`), time waited in the
-coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
-(`nexus_proxy_tenants_reload_errors_total`). Label values come from bounded sets (route templates, so unmatched
-paths are one `unmatched` series; status codes; the proxy's own error codes; tenant names, which come from the
-operator's keys file, never from a client), never from what a client sends, so a client cannot grow the number
-of series. No `_created` series are exported.
+Per tenant: predictions admitted past their body and their rows (`nexus_proxy_tenant_requests_total`,
+`nexus_proxy_tenant_rows_total`), refusals by cause (`nexus_proxy_tenant_rejected_total`: `rate_requests`, `rate_rows`,
+`over_share`), time waited in the coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
+(`nexus_proxy_tenants_reload_errors_total`). With a memory budget (`RESIDENCY_URL`), the predictions that waited for
+their model to load, by model (`nexus_model_load_waits_total`), and how long they waited
+(`nexus_model_load_wait_seconds`, whatever the wait ended in). Label values come from bounded sets (route templates, so
+unmatched paths are one `unmatched` series; status codes; the proxy's own error codes; tenant names, which come from the
+operator's keys file, never from a client), never from what a client sends, so a client cannot grow the number of
+series. No `_created` series are exported.
 
 One worker (`PROXY_WORKERS=1`): each `Metrics` owns a `CollectorRegistry` (tests build many apps in one
 process, and the global default registry would refuse the same name twice) with the usual process,
@@ -51,6 +52,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)  # a model's load: seconds
 MODEL_LABELS = 100  # distinct model label values per worker; later models share OTHER_MODELS
 OTHER_MODELS = "_other"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -140,6 +142,19 @@ class Metrics:
             "changed keys files refused (the previous table stays in force)",
             registry=own,
         )
+        self.load_waits = Counter(
+            "nexus_model_load_waits_total",
+            "predictions that waited for their model to be loaded (memory budget), by model",
+            ("model",),
+            registry=own,
+        )
+        self.load_wait_seconds = Histogram(
+            "nexus_model_load_wait_seconds",
+            "time a prediction waited for its model to be loaded (memory budget), by model",
+            ("model",),
+            buckets=LOAD_BUCKETS,
+            registry=own,
+        )
         # (route, status, model) -> the two labelled children, so the per-request cost is one dict lookup; the
         # same for the per-tenant series, keyed by tenant name (and cause).
         self._per_route: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
@@ -202,6 +217,11 @@ class Metrics:
         if child is None:
             child = self._queue_wait[name] = self.tenant_queue_waits.labels(name)
         child.observe(seconds)
+
+    def load_waited(self, model: str, seconds: float) -> None:
+        """A prediction of `model` (a `model_label` value) waited `seconds` for its model to be loaded."""
+        self.load_waits.labels(model).inc()
+        self.load_wait_seconds.labels(model).observe(seconds)
 
     def tenant_reload_failed(self) -> None:
         """A changed keys file was refused; the previous table stays in force."""

@@ -41,6 +41,8 @@ CLIENT_GONE = 499  # nginx's status for "client closed the request": counted in 
 REQUEST_ID = web.RequestKey("request_id", str)
 DEADLINE = web.RequestKey("deadline", float)
 MODEL = web.RequestKey("model", str)  # the `model` label of the served model the request is for; empty: none
+LOAD_WAIT_MS = web.RequestKey("load_wait_ms", int)  # how long it waited for its model's load (memory budget)
+LOAD_WAIT_HEADER = "Nexus-Load-Wait-Ms"
 JSON = "application/json"
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # The routes of predictions (templates, as `route` gives them, with POST): the rate limits apply to these.
@@ -186,6 +188,7 @@ def middleware(
     if tenancy is None:
         tenancy = Tenancy.from_settings(settings.api_keys, settings.api_keys_file, settings.worker_count)
     open_paths = frozenset(settings.open_endpoints)
+    residency = bool(settings.residency_url)
     request_id_of = request_ids()
     timeout_s = settings.request_timeout_ms / 1000
 
@@ -224,6 +227,10 @@ def middleware(
             error = as_error(exc, request, request_id)
             response = error_response(error, settings, request.path.startswith("/v2"))
         response.headers["X-Request-Id"] = request_id
+        if residency:
+            waited = request.get(LOAD_WAIT_MS)
+            if waited is not None:
+                response.headers[LOAD_WAIT_HEADER] = str(waited)
         if (error is not None and (not request.content.is_eof() or isinstance(error, BadFraming))) or state.draining:
             # A body left unread (408, 413, 415, 429, ...) is discarded for at most LINGER_S, then the connection
             # closes: say so, or a keep-alive client would send its next request into it; so does one whose

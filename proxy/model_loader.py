@@ -10,6 +10,11 @@ a Triton that does not answer) that is retried every `SCHEMA_RETRY_S`, and the p
 Each model has a task of its own: its schema is read until Triton has it (the model is "loading"; "failed" when
 Triton has it but the proxy cannot serve it), then re-read every `SCHEMA_REFRESH_S`, so validation follows a new
 version the watcher put live. The proxy starts and answers `/healthz` without Triton.
+
+With a memory budget (`RESIDENCY_URL`) a model may not be loaded in Triton: its task waits until the decider says
+it is (a heartbeat, or a request's load) before it reads the schema, instead of retrying a read that cannot work; a
+schema once read is kept while the model is unloaded (its re-reads skip it meanwhile), so the model answers
+`/v2/models/{name}` and validates requests from it when it is loaded again. The heartbeat runs as long as the app.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from nexusml.core.probe import CANDIDATE_SUFFIX
 from proxy.client import connect
 from proxy.errors import ModelUnknown, NotReady, ProxyError, UpstreamForbidden, UpstreamUnavailable
 from proxy.health import READINESS, Readiness
+from proxy.residency import Residency
+from proxy.schema import ModelSchema
 from proxy.state import STATE, ModelState, ProxyState
 
 SCHEMA_RETRY_S = 1.0
@@ -212,8 +219,11 @@ class Loader:
         await follow_schema(state, model)
 
     async def settled(self) -> None:
-        """Until the models are decided and each then known has its first schema."""
+        """Until the models are decided and each then known has its first schema; with a memory budget only until
+        they are decided: a model not loaded has no schema to read, and a request for it reads it."""
         await self.decided.wait()
+        if self.state.residency is not None:
+            return
         await asyncio.gather(*(model.loaded.wait() for model in list(self.state.models.values())))
 
     async def close(self) -> None:
@@ -241,6 +251,11 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     the client unregisters and unlinks its shared-memory region."""
     state = app[STATE]
     state.upstream = connect(state.settings)
+    beating: asyncio.Task[None] | None = None
+    if state.settings.residency_url:
+        residency = state.residency = Residency(state.settings, state.busy)
+        await residency.open()
+        beating = asyncio.create_task(residency.run())
     loader = Loader(state, app[READINESS])
     deciding = asyncio.create_task(loader.run())
     # A Triton that is up answers within the timeout; one that is not must not hold up start-up.
@@ -252,20 +267,25 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         deciding.cancel()
         await loader.close()
+        if beating is not None and state.residency is not None:
+            beating.cancel()
+            await state.residency.close()
         await state.upstream.close()
 
 
 async def load_schema(state: ProxyState, model: ModelState) -> None:
-    """Read the model's schema from Triton, retrying until it works (or the model is removed, or the app stops).
+    """Read the model's schema from Triton, retrying until it works (or the model is removed, or the app stops);
+    with a memory budget, each try once the model is loaded.
 
     Each new kind of problem is logged once, so a model that can never become ready says why in one line.
     """
-    assert state.upstream is not None
-    settings = state.settings
+    settings, residency = state.settings, state.residency
     logged: str | None = None
     while True:
+        if residency is not None:
+            await residency.until_resident(model.name)
         try:
-            model.serve(await state.upstream.schema(model.name, settings.model_version))
+            await read_schema(state, model)
             return
         except Exception as err:
             # Not there yet (Triton unreachable, the model not loaded) is loading; anything else failed.
@@ -279,14 +299,40 @@ async def load_schema(state: ProxyState, model: ModelState) -> None:
         await asyncio.sleep(SCHEMA_RETRY_S)
 
 
+async def read_schema(state: ProxyState, model: ModelState) -> ModelSchema:
+    """Read the model's schema from Triton once and serve it: one read per model at a time, shared by its follower
+    and the requests that waited for its load."""
+    reading = model.reading
+    if reading is None:
+        reading = model.reading = asyncio.get_running_loop().create_task(_read_schema(state, model))
+        reading.add_done_callback(lambda done: _read_done(model, done))
+    return await asyncio.shield(reading)
+
+
+async def _read_schema(state: ProxyState, model: ModelState) -> ModelSchema:
+    assert state.upstream is not None
+    schema = await state.upstream.schema(model.name, state.settings.model_version)
+    model.serve(schema)
+    return schema
+
+
+def _read_done(model: ModelState, reading: asyncio.Task[ModelSchema]) -> None:
+    if model.reading is reading:
+        model.reading = None
+    if not reading.cancelled():
+        reading.exception()  # retrieved here: its readers may all have left before it ended
+
+
 async def follow_schema(state: ProxyState, model: ModelState) -> None:
     """Re-read the schema every `SCHEMA_REFRESH_S`, so validation follows a new version the watcher put live
-    (its interface may differ). Two small metadata calls per model and worker; a failure keeps the schema it has."""
+    (its interface may differ). Two small metadata calls per model and worker; a failure keeps the schema it has.
+    A model not loaded now (memory budget) is not asked: it keeps the schema it has until it is loaded again."""
     assert state.upstream is not None
+    residency = state.residency
     while True:
         await asyncio.sleep(SCHEMA_REFRESH_S)
         current = model.schema
-        if current is None:
+        if current is None or (residency is not None and model.name not in residency.resident):
             continue
         try:
             fresh = await state.upstream.schema(current.name, state.settings.model_version)

@@ -219,6 +219,13 @@ class ProxySettings:
         minimum=0,
         maximum=3600,
     )
+    residency_url: str = env(
+        "RESIDENCY_URL",
+        "",
+        "where `nexus watch` decides which models are loaded within MODEL_MEMORY_BUDGET (its RESIDENCY_HOST and "
+        "RESIDENCY_PORT, e.g. http://127.0.0.1:9103): a request for a model not loaded waits for its load; empty: "
+        "every model is taken as loaded, as without a budget",
+    )
     log_level: str = LOG_LEVEL.field()  # the workers are processes of their own: each sets its logging from it
     log_format: str = LOG_FORMAT.field()
     access_log: str = env(
@@ -238,6 +245,10 @@ class ProxySettings:
             raise SettingsError(
                 f"DEFAULT_MODEL={self.default_model} but MODEL_NAME={self.model_name} serves that model only"
             )
+        if self.residency_url:
+            parts = urlsplit(self.residency_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SettingsError(f"RESIDENCY_URL={self.residency_url}: expected http://host:port")
         if self.api_keys and self.api_keys_file is not None:
             raise SettingsError(
                 "API_KEYS and API_KEYS_FILE are both set: use one (each key of API_KEYS can be a tenant in the file)"

@@ -3,10 +3,12 @@
 `ProxyState` is the worker's: settings, the upstream client (with its shared memory), MAX_IN_FLIGHT's places
 shared by the tenants, draining, metrics, and the served models by name (`models`). MAX_IN_FLIGHT is the worker's,
 not a model's: it bounds what the worker holds in memory and sends upstream, whichever model a request is for.
-A `ModelState` is one served model's: its schema, its coalescer (so its batches and deadlines are its own), the
-version Triton last answered with, and its own `send`. `ProxyState` lives under the typed key `STATE` of its app
-(`proxy.app.create_app`), so two apps in one process (tests) never share anything. Models are added and removed,
-and their schemas set through `ModelState.serve`, by the loader (`proxy.model_loader`) only.
+A `ModelState` is one served model's: its schema, its coalescer (so its batches and deadlines are its own), the version
+Triton last answered with, and its own `send`. With a memory budget (`RESIDENCY_URL`) the worker also has its view of
+which models are loaded (`residency`, `proxy.residency`), and a model's state says whether it is. `ProxyState` lives
+under the typed key `STATE` of its app (`proxy.app.create_app`), so two apps in one process (tests) never share
+anything. Models are added and removed, and their schemas set through `ModelState.serve`, by the loader
+(`proxy.model_loader`) only.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from proxy.client import Outputs, Upstream
 from proxy.coalesce import Coalescer
 from proxy.errors import ModelNotFound, NotReady, Overloaded, OverShare, ProxyError
 from proxy.metrics import Metrics
+from proxy.residency import NOT_RESIDENT, RESIDENT, Residence, Residency
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.stacked import Tensor
 from proxy.tenants import Tenant
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
+LOADING, READY, FAILED = "loading", "ready", "failed"  # and, with a memory budget, NOT_RESIDENT
 
 
 @dataclass(eq=False)
@@ -43,6 +46,7 @@ class ModelState:
     version_seen: str = ""  # the version Triton last answered with (GET /v1/models)
     in_flight: int = 0  # its predictions in progress: a removed model's coalescer is closed once none is left
     loaded: asyncio.Event = field(default_factory=asyncio.Event)  # set once its first schema is in
+    reading: asyncio.Task[ModelSchema] | None = None  # its schema's read from Triton in progress, shared
     label: str = field(init=False)  # its `model` label value in the metrics
 
     def __post_init__(self) -> None:
@@ -54,10 +58,21 @@ class ModelState:
 
     @property
     def state(self) -> str:
-        """ready, loading (its schema not read yet) or failed (read, but not servable)."""
+        """ready, loading (its schema not read yet) or failed (read, but not servable); with a memory budget
+        also not_resident (not loaded in Triton now; its schema, once read, is kept), and loading or failed as the
+        decider says while it loads the model or could not."""
+        residence = self.residence
+        if residence is not None and residence.state != RESIDENT:
+            return residence.state if residence.state in (NOT_RESIDENT, FAILED) else LOADING
         if self.schema is not None:
             return READY
         return FAILED if self.failed else LOADING
+
+    @property
+    def residence(self) -> Residence | None:
+        """The decider's last word on this model; None without a memory budget, or before it said any."""
+        residency = self.worker.residency
+        return None if residency is None else residency.models.get(self.name)
 
     def not_ready(self) -> NotReady:
         return NotReady(self.problem)
@@ -139,6 +154,7 @@ class ProxyState:
     admitted_by: dict[str, int] = field(default_factory=dict)  # `admitted` per tenant name, those with any
     weights: dict[str, float] = field(default_factory=dict)  # their weights (the latest seen)
     draining: bool = False
+    residency: Residency | None = None  # with RESIDENCY_URL: which models are loaded, and the decider's client
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +208,10 @@ class ProxyState:
 
     def served(self) -> str:
         return ", ".join(sorted(self.models)) or "no model"
+
+    def busy(self) -> list[str]:
+        """The models with predictions in progress in this worker (waiting for a load included)."""
+        return [name for name, model in self.models.items() if model.in_flight]
 
     def admit(self, tenant: Tenant) -> None:
         """Take one of MAX_IN_FLIGHT's places for `tenant`, or raise `Overloaded` (`OverShare`).

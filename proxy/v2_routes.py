@@ -18,11 +18,17 @@ from proxy.validation import Prediction
 _VERSION = importlib.metadata.version("nexusml-dataplane")  # reported by GET /v2
 
 
+def named(request: web.Request) -> ModelState:
+    """The model the route names, if it is served; else the protocol's 404 (`model_not_found`)."""
+    model = request.app[STATE].model(request.match_info["name"])
+    request[MODEL] = model.label
+    return model
+
+
 def served(request: web.Request) -> tuple[ModelState, ModelSchema]:
     """The model the route names and its schema, if it is served (and has the version named); else the
     protocol's 404 (`model_not_found` for a model, `not_found` for a version), or 503 while it loads."""
-    model = request.app[STATE].model(request.match_info["name"])
-    request[MODEL] = model.label
+    model = named(request)
     schema = model.schema
     if schema is None:
         raise model.not_ready()
@@ -56,12 +62,23 @@ async def ready_model(request: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.Response:
+    """An inference; with a memory budget, a model whose schema was never read (not loaded yet) is read once it
+    is (`proxy.inference.predicting`), and the version it names checked then."""
     check_encoding(request)
-    model, _ = served(request)
+    state = request.app[STATE]
+    if state.residency is None:
+        model, known = served(request)
+    else:
+        model = named(request)
+        known = model.schema
+        if known is not None:
+            v2.check_version(known, request.match_info.get("version"))
     header_length = request.headers.get(v2.HEADER_LENGTH)
-    max_dim = request.app[STATE].settings.max_dynamic_dim
+    max_dim = state.settings.max_dynamic_dim
 
     def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, v2.InferRequest]:
+        if known is None:
+            v2.check_version(schema, request.match_info.get("version"))
         parsed = v2.parse_infer(body, header_length, schema, max_dim)
         return parsed.prediction, parsed
 

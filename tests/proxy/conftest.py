@@ -3,7 +3,8 @@
 `proxy_client(url, **env)` builds a proxy app on aiohttp's test server (same connection options as
 production) for one upstream URL; `upstream_url` is parametrized so a test runs once per protocol.
 `proxy_process(**env)` runs `nexus proxy` as a real process on a free port (the harness's `ProxyProcess`),
-for signal and worker tests.
+for signal and worker tests. `SCHEMAS`, `ROWS` and `write_meta` are the models of the tests that serve schemas
+themselves, without Triton (`UNREACHABLE` as its address).
 """
 
 from __future__ import annotations
@@ -23,8 +24,41 @@ from nexusml.core.settings import load
 from nexusml.testing.servers import ProxyProcess
 from nexusml.triton.server import TritonServer
 from proxy.app import create_app, server_options
+from proxy.schema import ModelSchema, TensorSchema
 from proxy.settings import ProxySettings
 from proxy.state import STATE
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard: nothing answers, and nothing here needs an answer
+EXAMPLE = Path(__file__).parents[2] / "examples" / "nexus_meta.example.json"
+# Two models of different shapes; `loading` is named by its metadata but never gets a schema.
+SCHEMAS = {
+    "alpha": ModelSchema(
+        "alpha",
+        ("1",),
+        "python",
+        8,
+        (TensorSchema("INPUT__0", "FP32", (5,)),),
+        (TensorSchema("OUTPUT__0", "FP32", (2,)),),
+    ),
+    "beta": ModelSchema(
+        "beta",
+        ("3",),
+        "python",
+        8,
+        (TensorSchema("INPUT__0", "FP32", (3,)),),
+        (TensorSchema("OUTPUT__0", "FP32", (1,)),),
+    ),
+}
+ROWS = {"alpha": [1, 2, 3, 4, 5], "beta": [1, 2, 3], "loading": [1, 2, 3, 4, 5], "gamma": [1, 2, 3, 4, 5], "held": [1]}
+
+
+def write_meta(directory: Path, filename: str, name: str) -> Path:
+    data = json.loads(EXAMPLE.read_text())
+    data["name"] = name
+    path = directory / filename
+    path.write_text(json.dumps(data))
+    return path
+
 
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
 BODY = json.dumps({"input": [1, 2, 3, 4, 5]}).encode()

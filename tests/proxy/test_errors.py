@@ -1,5 +1,6 @@
 """The proxy's one table of HTTP statuses (`proxy.errors.HTTP_STATUS`): every error class has one status, no two
-classes share a code, and docs/errors.md and proxy/openapi.yaml say what the table says."""
+classes share a code, and docs/errors.md and proxy/openapi.yaml say what the table says; the residency decider's
+codes, which reach clients through the proxy, mean there what they mean in the proxy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 
 import nexusml.core.errors as core_errors
 from nexusml.core.errors import MetadataError, NexusError, ServerError
+from nexusml.updates import residency as decider
 from proxy.app import OPENAPI_PATH
 from proxy.errors import HttpError, ModelUnknown, NotReady, ProxyError, TooManyRows, http_status
 
@@ -37,11 +39,22 @@ def rows(text: str) -> set[tuple[int, str]]:
 
 
 def test_no_two_classes_share_a_code() -> None:
-    """A code is declared by one class; a subclass that declares none is a kind of its parent (ModelUnknown)."""
-    classes = subclasses(NexusError) | {NexusError}
+    """A code is declared by one class; a subclass that declares none is a kind of its parent (ModelUnknown). The
+    decider's API is another edge, whose codes the proxy passes on: those are the next test's."""
+    classes = {cls for cls in subclasses(NexusError) | {NexusError} if cls.__module__ != decider.__name__}
     declared = [cls.code for cls in classes if "code" in vars(cls)]
     assert len(declared) == len(set(declared)), sorted(c for c in declared if declared.count(c) > 1)
     assert core_errors.ArtifactNotFound.code != "not_found"  # the proxy's 404 for an unknown path
+
+
+def test_the_deciders_codes_are_the_proxys() -> None:
+    """Each code the residency decider declares is one the proxy answers, with the same status: a client sees
+    `no_room` or `over_memory_budget` as the decider meant it."""
+    proxy = {code: status for status, code in answered()}
+    declared = {cls: status for cls, status in decider.HTTP_STATUS.items() if cls.__module__ == decider.__name__}
+    assert declared
+    for cls, status in declared.items():
+        assert proxy.get(cls.code) == status, cls
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ runs the same against a real Triton)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,42 +22,11 @@ from nexusml.core.catalog import Catalog
 from proxy import model_loader
 from proxy.health import READINESS, Readiness, check_ready
 from proxy.model_loader import Loader
-from proxy.schema import ModelSchema, TensorSchema
+from proxy.schema import ModelSchema
 from proxy.state import STATE, ModelState, ProxyState
-from tests.proxy.conftest import MakeClient, proxy_settings
+from tests.proxy.conftest import ROWS, SCHEMAS, UNREACHABLE, MakeClient, proxy_settings, write_meta
 
 pytestmark = pytest.mark.asyncio
-
-UNREACHABLE = "http://127.0.0.1:9"  # discard: nothing answers, and nothing here needs an answer
-EXAMPLE = Path(__file__).parents[2] / "examples" / "nexus_meta.example.json"
-# Two models of different shapes; `loading` is named by its metadata but never gets a schema.
-SCHEMAS = {
-    "alpha": ModelSchema(
-        "alpha",
-        ("1",),
-        "python",
-        8,
-        (TensorSchema("INPUT__0", "FP32", (5,)),),
-        (TensorSchema("OUTPUT__0", "FP32", (2,)),),
-    ),
-    "beta": ModelSchema(
-        "beta",
-        ("3",),
-        "python",
-        8,
-        (TensorSchema("INPUT__0", "FP32", (3,)),),
-        (TensorSchema("OUTPUT__0", "FP32", (1,)),),
-    ),
-}
-ROWS = {"alpha": [1, 2, 3, 4, 5], "beta": [1, 2, 3], "loading": [1, 2, 3, 4, 5], "gamma": [1, 2, 3, 4, 5], "held": [1]}
-
-
-def write_meta(directory: Path, filename: str, name: str) -> Path:
-    data = json.loads(EXAMPLE.read_text())
-    data["name"] = name
-    path = directory / filename
-    path.write_text(json.dumps(data))
-    return path
 
 
 def answering(model: ModelState, value: float) -> None:

@@ -2,7 +2,8 @@
 their metadata in one directory (as the control plane publishes them), each answering as it does in-process.
 
 A model added while the proxy runs is synced into the repository and loaded through Triton's repository API here
-(Triton runs in explicit model control; loading it on its own is the watcher's work, tested with the watcher)."""
+(Triton runs in explicit model control; loading it on its own is the watcher's work, tested with the watcher). So is
+a model loaded and unloaded within a memory budget: the decider is faked (`RealLoads`), Triton's answers are real."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from nexusml.command import demo
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, publish, sync_into
 from nexusml.testing.servers import start_triton
 from nexusml.triton.server import TritonServer
-from proxy import model_loader
+from proxy import model_loader, residency
+from proxy.middleware import LOAD_WAIT_HEADER
 from tests.proxy.conftest import MakeClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -232,3 +235,77 @@ async def until(client: TestClient, condition: Any) -> dict[str, Any]:
             return models
         await asyncio.sleep(0.1)
     raise AssertionError(f"/v1/models never showed the change: {body}")
+
+
+class RealLoads:
+    """The residency decider's API over the real Triton: a load is Triton's `load_model`; `unload` takes a model out
+    of Triton without telling anyone (as when it is unloaded between two of a proxy's heartbeats)."""
+
+    def __init__(self, triton: TritonServer) -> None:
+        self.triton = grpcclient.InferenceServerClient(triton.grpc_url.removeprefix("grpc://"))
+        self.states = {name: "resident" for name in SPECS}
+        self.loads: list[str] = []
+        self.app = web.Application()
+        self.app.router.add_post("/v1/residency", self.heartbeat)
+        self.app.router.add_post("/v1/residency/{name}", self.load)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        models = {name: {"state": state, "bytes": 1, "problem": None} for name, state in self.states.items()}
+        return web.json_response({"budget_bytes": 10, "used_bytes": 1, "models": models})
+
+    async def load(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.loads.append(name)
+        await asyncio.to_thread(self.triton.load_model, name)
+        self.states[name] = "resident"
+        return web.json_response({"name": name, "state": "resident", "bytes": 1, "loaded": True, "waited_s": 0.0})
+
+    async def unload(self, name: str, told: bool) -> None:
+        await asyncio.to_thread(self.triton.unload_model, name, unload_dependents=False)
+        for _ in range(200):
+            if not await asyncio.to_thread(self.triton.is_model_ready, name):
+                break
+            await asyncio.sleep(0.05)
+        if told:
+            self.states[name] = "not_resident"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_a_model_not_loaded_is_loaded_by_its_request(
+    proxy_client: MakeClient,
+    multi_triton: TritonServer,
+    published: dict[str, PublishedModel],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str,
+) -> None:
+    """A model the decider unloaded is loaded by the next request for it, which waits and is answered; one Triton
+    unloaded behind the proxy's back (the heartbeat still says loaded) answers "unknown model", and the request goes
+    through the load again, once."""
+    monkeypatch.setattr(residency, "HEARTBEAT_S", 0.05)
+    decider = RealLoads(multi_triton)
+    server = TestServer(decider.app)
+    await server.start_server()
+    directory = catalog_dir(tmp_path / "meta", published, list(SPECS))
+    url = multi_triton.grpc_url if protocol == "grpc" else multi_triton.http_url
+    client = await proxy_client(
+        url, MODEL_NAME="", NEXUS_META_PATH=str(directory), RESIDENCY_URL=str(server.make_url("")).rstrip("/")
+    )
+    sent = rows(WIDE)
+    try:
+        await decider.unload(WIDE.name, told=True)
+        await until(client, lambda models: models[WIDE.name]["state"] == "not_resident")
+        answer = await client.post(f"/models/{WIDE.name}/predict", json={"inputs": sent})
+        assert answer.status == 200, await answer.text()
+        assert_matches(await answer.json(), WIDE, sent)
+        assert LOAD_WAIT_HEADER in answer.headers and decider.loads == [WIDE.name]
+
+        await decider.unload(WIDE.name, told=False)
+        answer = await client.post(f"/models/{WIDE.name}/predict", json={"inputs": sent})
+        assert answer.status == 200, await answer.text()
+        assert_matches(await answer.json(), WIDE, sent)
+        assert LOAD_WAIT_HEADER in answer.headers and decider.loads == [WIDE.name, WIDE.name]
+    finally:
+        await client.close()
+        await server.close()
+        await asyncio.to_thread(decider.triton.load_model, WIDE.name)  # as the other tests of this Triton expect

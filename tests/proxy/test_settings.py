@@ -92,6 +92,8 @@ def test_lists() -> None:
         pytest.param("MAX_DYNAMIC_DIM", "0", id="dynamic-dim-zero"),
         pytest.param("MAX_DYNAMIC_DIM", "2000000", id="dynamic-dim-over-metadata-limit"),
         pytest.param("API_KEYS_POLL_S", "0", id="keys-poll-zero"),
+        pytest.param("RESIDENCY_URL", "127.0.0.1:9103", id="residency-url-no-scheme"),
+        pytest.param("RESIDENCY_URL", "grpc://127.0.0.1:9103", id="residency-url-not-http"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
