@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -66,12 +67,18 @@ class NoRoom(ResidencyError):
     code = "no_room"
 
 
-# The API's answer to each failure; `ModelLoadFailed` is Triton's refusal to load the model.
+class LoadFailed(ResidencyError, ModelLoadFailed):
+    """Triton could not load the model (its reason in the message)."""
+
+    code = "model_load_failed"
+
+
+# The API's answer to each failure (the proxy answers its clients the same for the same code).
 HTTP_STATUS: dict[type[NexusError], int] = {
     UnknownModel: 404,
     OverBudget: 507,
     NoRoom: 503,
-    ModelLoadFailed: 502,
+    LoadFailed: 502,
     NexusError: 503,
 }
 
@@ -155,7 +162,7 @@ class Residency:
                 raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
             entry = self.entry(name)
             if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
-                raise ModelLoadFailed(entry.problem or f"loading {name} failed")
+                raise LoadFailed(entry.problem or f"loading {name} failed")
             need = self.estimate(name)
             if not need.within(self.budget) and (entry.memory is not None or self._weights(name) > self.budget):
                 measured = "measured at its last load" if entry.memory is not None else "its files alone"
@@ -294,7 +301,7 @@ class Residency:
         except ModelLoadFailed as err:
             entry.failed_at, entry.problem = time.monotonic(), str(err)
             log.error("%s could not be loaded: %s; not tried again for %g s", name, err, RETRY_FAILED_S)
-            raise
+            raise LoadFailed(str(err)) from err
         finally:
             entry.loading = False
         self._wait(lambda: name in self.measured())
@@ -479,7 +486,7 @@ def serve_api(residency: Residency, host: str, port: int) -> ThreadingHTTPServer
                 prefix = "/v1/residency/"
                 if not self.path.startswith(prefix) or "/" in self.path[len(prefix) :]:
                     return self._error(404, "not_found", f"no route {self.path}")
-                self._answer(200, residency.ensure(self.path[len(prefix) :], _names(body, "busy")))
+                self._answer(200, residency.ensure(unquote(self.path[len(prefix) :]), _names(body, "busy")))
             except ValueError as err:
                 self._error(400, "bad_request", str(err))
             except NexusError as err:

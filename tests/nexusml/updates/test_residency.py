@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from nexusml.core.errors import ModelLoadFailed
 from nexusml.core.memory import Memory
 from nexusml.sync.repository import Repository
-from nexusml.updates.residency import NoRoom, OverBudget, Residency, UnknownModel, serve_api
+from nexusml.updates.residency import LoadFailed, NoRoom, OverBudget, Residency, UnknownModel, serve_api
 
 MIB = 2**20
 
@@ -117,7 +117,7 @@ def test_a_resident_model_answers_without_a_load(tmp_path: Path) -> None:
     [
         pytest.param("zzz", UnknownModel, "not in the repository", id="unknown"),
         pytest.param("huge", OverBudget, "needs 600.0 MiB .* more than MODEL_MEMORY_BUDGET=500.0 MiB", id="too-large"),
-        pytest.param("broken", ModelLoadFailed, "its model.py raised", id="load-fails"),
+        pytest.param("broken", LoadFailed, "its model.py raised", id="load-fails"),
     ],
 )
 def test_refusals_name_their_cause(tmp_path: Path, name: str, error: type[Exception], message: str) -> None:
@@ -177,6 +177,7 @@ def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
                 return err.code, json.loads(err.read())
 
         assert post("/a", {"busy": []})[0] == 200
+        assert post("/%61", {})[1]["name"] == "a", "the name is URL-decoded, as the proxy encodes it"
         assert post("/huge", {})[1]["error"]["code"] == "over_memory_budget"
         assert post("/huge", {})[0] == 507
         assert post("/nope", {})[0] == 404
