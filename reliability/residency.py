@@ -9,12 +9,19 @@ Memory is counted as PSS (proportional set size): the pages the stubs share (tor
 same files) are divided among the processes that map them, so the PSS of every stub adds up to what they cost
 the machine together. USS counts only the pages no other process maps (what unloading the model gives back);
 RSS counts each shared page once per stub.
+
+Under a memory budget (MODEL_MEMORY_BUDGET) the decider in `nexus watch` keeps the loaded models' memory within it by
+its own figures (the stubs' reports); `Sampler` checks it from outside, reading the stubs' PSS here through psutil
+every half second while the load runs, and `budget_for` picks a budget that holds a given number of the models.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -86,3 +93,64 @@ def models_per_gib(models: dict[str, Resident]) -> float | None:
         return None
     mean = sum(m.pss_mb for m in models.values()) / len(models)
     return round(1024 / mean, 2) if mean else None
+
+
+def budget_for(sizes: list[int], fit: int) -> int:
+    """A budget (bytes) that holds any `fit` of the models of `sizes` (bytes each) and no `fit` + 1 of them: halfway
+    between the `fit` largest together and the `fit` + 1 smallest together. When even the `fit` + 1 smallest weigh no
+    more than the `fit` largest (sizes far apart), the `fit` largest plus half the smallest: then some `fit` + 1 small
+    ones fit too."""
+    if len(sizes) <= fit:
+        raise ValueError(f"{len(sizes)} models: a budget for {fit} of them holds them all")
+    largest = sum(sorted(sizes, reverse=True)[:fit])
+    smallest = sum(sorted(sizes)[: fit + 1])
+    return (largest + smallest) // 2 if smallest > largest else largest + min(sizes) // 2
+
+
+@dataclass(frozen=True)
+class Reading:
+    at: float  # time.monotonic()
+    stubs_bytes: int  # every stub's PSS together
+    models: dict[str, int]  # each resident model's PSS
+    reported_bytes: int | None  # what `Sampler`'s `reported` said at the same time (the decider's own figure)
+
+
+@dataclass
+class Sampler:
+    """Every stub under tritonserver `triton_pid`, read every `interval_s` in a thread of its own while started
+    (`with`), with the figure `reported` answers beside it (None: none)."""
+
+    triton_pid: int
+    interval_s: float = 0.5
+    reported: Callable[[], int | None] | None = None
+    readings: list[Reading] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def read(self) -> Reading:
+        models = resident(self.triton_pid)
+        sizes = {name: round(model.pss_mb * 2**20) for name, model in models.items()}
+        reported = self.reported() if self.reported is not None else None
+        return Reading(time.monotonic(), sum(sizes.values()), sizes, reported)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.readings.append(self.read())
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def __enter__(self) -> Sampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def peak(readings: list[Reading]) -> Reading | None:
+    """The reading with the most stub memory."""
+    return max(readings, key=lambda r: r.stubs_bytes, default=None)

@@ -1,34 +1,51 @@
-"""Many models behind one data plane: a directory of metadata files, a Zipf-like mix of traffic across them, one
-model broken from the start and one more added while the others serve.
+"""Many models behind one data plane: a directory of metadata files, a Zipf-like mix of traffic across them and
+one model broken from the start; by default within a memory budget that holds about `budget_models` of them.
 
 The control plane is this scenario. It publishes demo models of different shapes and sizes (`MODELS`: input
 width, output values, hidden size, depth; the first `models` of them) to a bucket of its own and writes one
 metadata file per model into one directory, with one more model whose metadata names an artifact of another
-sha256 (the sync refuses it). Then `nexus sync` on the directory, Triton on the repository (every model loaded
-at its start; an admin key, for the watcher), the proxy (`NEXUS_META_PATH` the directory, `MODEL_NAME` empty:
-every model) and `nexus watch` on the directory, each a process of its own, as deployed.
+sha256 (the sync refuses it). Then `nexus sync` on the directory, Triton on the repository (an admin key, for the
+watcher), `nexus watch` on the directory and the proxy (`NEXUS_META_PATH` the directory, `MODEL_NAME` empty: every
+model), each a process of its own, as deployed. Every 200's body is checked against that model's output computed
+in-process (the same DemoSpec, hence the same weights). A model is resident while Triton holds its Python-backend
+stubs, one process per instance (`INSTANCE_COUNT`); their PSS is what it costs (`reliability.residency`).
 
-Load: the capacity of the mix is measured first (a closed loop per model, its clients in proportion to its share,
-`capacity_s`), then an open loop per model offers `load_fraction` of it for the whole run. The model ranked r
-gets a share proportional to 1/r^`zipf_s`: a few hot models, a long tail. Every request is a
-`POST /models/{name}/predict`, every 200's body checked against that model's output computed in-process (the same
-DemoSpec, hence the same weights). After `before_s`, the metadata of one more model (`ADDED`) is written into
+Within a budget (`budget_models` > 0, the default). First every model is loaded in a Triton of their own, no budget
+(one request each) and its stubs' PSS read: the budget (`residency.budget_for`) is halfway between the `budget_models`
+largest together and the `budget_models` + 1 smallest together, so that any `budget_models` of them fit and no
+more. Then Triton starts with MODEL_MEMORY_BUDGET (no model pinned: none loaded), `nexus watch` hosts the decider
+(RESIDENCY_PORT) and the proxy asks it (RESIDENCY_URL). Traffic is Zipf-like, cut in two: the hot head (the
+`budget_models` - 1 first ranks, the last place left for loads) gets an open loop at `load_fraction` of the
+capacity measured on it, shared 1/rank^`zipf_s`; the other models, the cold tail, get one request at a time,
+`cold_pause_s` after the last one's answer, every one once first and then by their 1/rank^`zipf_s` weight. Each
+cold request finds its model unloaded (the previous cold one is the least recently used): an eviction and a load,
+whose wait is the proxy's `Nexus-Load-Wait-Ms` header. A load window is one of the decider's loads or unloads (its
+log lines: each one's time less the seconds it says it took). Meanwhile the stubs' PSS under tritonserver is summed
+every `sample_interval_s` (psutil, apart from the decider's own figures, read beside it from GET /v1/residency).
+Why not 1/rank across all of them at that rate: it sends the models past the hot three 41% of the traffic, a
+hundred and more requests a second across 9 models of which one fits at a time: each wants a load, and a stub's
+start costs about 1 CPU-second on this 2-core machine; that measures how fast stubs start, not residency.
+
+Pass criteria (budget): the sync as below; every usable model listed, the broken one not served; no failed request
+(200, or 429 with Retry-After past the capacity), no 200 with a wrong body, every model answered; the stubs' PSS
+never above the budget in any reading, the decider's budget the same; every model loaded on demand and some
+evicted; [timing] the hot model's p99 for requests sent inside a load window within 1.5x of its p99 outside
+them. Figures: the budget and each model's PSS, the peak sampled PSS vs the budget, the cold load waits' p50/p99,
+the decider's loads and evictions, those p99s, each model's requests and p99.
+
+Every model resident (`budget_models` = 0, `Config.all_resident`): no budget, every model loaded at Triton's start.
+The capacity of the mix is measured first (a closed loop per model, its clients in proportion to its share,
+`capacity_s`), then an open loop per model offers `load_fraction` of it for the whole run, the model ranked r a
+share proportional to 1/r^`zipf_s`. After `before_s`, the metadata of one more model (`ADDED`) is written into
 the directory (atomically): the watcher must load it with nothing restarted. It is sent a request every
 `probe_interval_s` from the write to its first answer (the load time), then joins the mix with the tail's share
-for `after_s`.
-
-Memory: a model is resident while Triton holds its Python-backend stubs, one process per instance
-(`INSTANCE_COUNT`); their PSS per model (`reliability.residency`), read once the models are loaded and again at
-the end, is what one resident model costs, and gives the models per GiB. Every usable model is resident: there
-is no memory budget.
-
-Pass criteria: the sync installs every usable model and not the broken one; the usable models are ready on
-/v1/models and the broken one is not (listed with its problem, or not served), a request to it a clean error;
-no failed request to the served models (200, or 429 with Retry-After past the capacity), no 200 with a wrong
-body; the added model answers with no restart (same Triton, proxy and watcher processes), right from its first
-200 on, and is ready on /v1/models; every usable model resident, one stub per instance, the broken one not;
-[timing] the hot model's p99 while the new one loads within 1.5x of its steady p99. Figures: the load time,
-those p99s, each model's requests and p99, the memory per model.
+for `after_s`. Its stubs' PSS per model, read once the models are loaded and again at the end, gives the models
+per GiB. Pass criteria: the sync installs every usable model and not the broken one; the usable models are ready
+on /v1/models and the broken one is not (listed with its problem, or not served), a request to it a clean error;
+no failed request to the served models, no 200 with a wrong body; the added model answers with no restart (same
+Triton, proxy and watcher processes), right from its first 200 on, and is ready on /v1/models; every usable model
+resident, one stub per instance, the broken one not; [timing] the hot model's p99 while the new one loads within
+1.5x of its steady p99. Figures: the load time, those p99s, each model's requests and p99, the memory per model.
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,11 +75,20 @@ from nexusml.core.metadata import ModelMetadata
 from nexusml.core.process import ManagedProcess
 from nexusml.testing.artifacts import SYNC_COMMAND
 from nexusml.testing.environment import free_port
-from nexusml.testing.servers import ProxyProcess
+from nexusml.testing.servers import ProxyProcess, triton_infer
 from nexusml.triton.server import TritonServer
-from reliability import procinfo, residency
+from reliability import procinfo, residency, traffic
 from reliability.bed import Bed, wait_until
-from reliability.load import LoadStats, Sample, Workload, closed_loop, open_loop, send_one, summarize
+from reliability.load import (
+    LoadStats,
+    Sample,
+    Workload,
+    closed_loop,
+    open_loop,
+    percentile,
+    send_one,
+    summarize,
+)
 from reliability.result import ScenarioResult
 from reliability.scenarios.model_update import _p99_ms, _window, _write_atomically
 
@@ -90,31 +117,58 @@ ALLOWED = {200, 429}  # 429: past MAX_IN_FLIGHT, with Retry-After
 # A line of the watcher's log: time, level, logger, message.
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ \S+: (.*)$")
 WATCH_STEPS = ("install", "try", "switch")
+# The decider's lines for a load and an unload, each ending in how long it took.
+RESIDENCY_STEP = re.compile(r"^(\S+) (?:loaded in ([\d.]+) s \(|unloaded .*; ([\d.]+) s\)$)")
 
 
 @dataclass(frozen=True)
 class Config:
-    models: int = 4  # how many of MODELS are published at the start
+    models: int = len(MODELS)  # how many of MODELS are published at the start
+    budget_models: int = 4  # the memory budget holds about this many of them; 0: no budget, every model resident
     zipf_s: float = 1.0
-    capacity_s: float = 2.0
+    capacity_s: float = 3.0
     capacity_concurrency: int = 32
     load_fraction: float = 0.5
-    before_s: float = 8.0
-    after_s: float = 6.0
+    load_s: float = 70.0  # within a budget: the load's length (every cold model visited: about 7.5 s each)
+    # Within a budget: between a cold model's answer and the next cold request; past the 2 s a model stays busy
+    # after its last request (the decider's BUSY_FOR_S), so that the last cold model is the one evicted.
+    cold_pause_s: float = 2.5
+    sample_interval_s: float = 0.5  # within a budget: how often the stubs' PSS is read
+    before_s: float = 8.0  # every model resident: load before the added model's metadata is written
+    after_s: float = 6.0  # every model resident: load after the added model answered
     warmup_s: float = 1.0  # the first seconds of load (connections opening) are left out of the steady p99
     probe_interval_s: float = 0.05
     load_bound_s: float = 180.0  # how long the added model may take to answer before the scenario gives up
     ready_bound_s: float = 300.0  # how long the models may take to be ready at the start (a bound, no verdict)
     poll_interval_s: float = 0.5  # WATCH_INTERVAL_S
-    instance_count: int = 1  # INSTANCE_COUNT: stubs per model
+    instance_count: int = 1  # INSTANCE_COUNT (and MIN_INSTANCE_COUNT: fixed): stubs per model
     rows: int = 32
-    max_outstanding: int = 256  # per model's open loop
+    max_outstanding: int = 256  # per model's open loop; within a budget, of the one open loop
+
+    @classmethod
+    def all_resident(cls) -> Config:
+        """No budget: four models, every one loaded at Triton's start, one more added while they serve."""
+        return cls(models=4, budget_models=0)
 
     @classmethod
     def long(cls, duration_s: float) -> Config:
-        """All of MODELS, with the sync's default of two instances each, for several minutes."""
+        """All of MODELS within a budget for four, one instance each, for 9 x `duration_s` (3 minutes at the
+        CLI's default 20 s)."""
+        return cls(
+            capacity_s=5.0,
+            load_s=9 * duration_s,
+            cold_pause_s=3.0,
+            warmup_s=5.0,
+            poll_interval_s=1.0,
+            max_outstanding=512,
+        )
+
+    @classmethod
+    def long_all_resident(cls, duration_s: float) -> Config:
+        """All of MODELS with the sync's default of two instances each, every one resident, for several minutes."""
         return cls(
             models=len(MODELS),
+            budget_models=0,
             capacity_s=5.0,
             before_s=4 * duration_s,
             after_s=4 * duration_s,
@@ -174,9 +228,27 @@ class Measured:
     ended: float
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The models published, their metadata written and synced: what both runs start from."""
+
+    log_dir: Path
+    meta_dir: Path
+    repository: Path
+    env: dict[str, str]  # the sync's and the watcher's settings
+    served: list[Served]
+    broken: Served
+
+
 def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
-    result = ScenarioResult("many-models", settings=config.__dict__.copy())
-    log_dir = bed.path("many-models")
+    if config.budget_models:
+        return _within_budget(bed, config)
+    return _all_resident(bed, config)
+
+
+def _prepare(bed: Bed, config: Config, result: ScenarioResult, name: str) -> Prepared:
+    """Publish the models, write their metadata (the broken one's too) and `nexus sync` the directory."""
+    log_dir = bed.path(name)
     meta_dir = log_dir / "models"
     meta_dir.mkdir()
     repository = log_dir / "model_repository"
@@ -187,17 +259,27 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         "DEVICE": "cpu",
         "BATCH_TIMEOUT_MS": "2",
         "INSTANCE_COUNT": str(config.instance_count),
+        "MIN_INSTANCE_COUNT": str(config.instance_count),
     }
-    served, added, broken = _publish(bed, config, log_dir)
+    served = _publish(bed, config, log_dir, MODELS[: config.models])
+    broken = _broken(_publish(bed, config, log_dir, [BROKEN])[0])
     for model in [*served, broken]:
         _write_atomically(meta_dir / f"{model.name}.json", model.meta)
     synced = subprocess.run(list(SYNC_COMMAND), env=env, capture_output=True, text=True, timeout=600)
     _judge_sync(result, synced, repository, served, broken)
-    triton = bed.triton(repository, log_dir, TRITON_ADMIN_KEY=ADMIN_KEY)
-    proxy = bed.proxy(log_dir, MODEL_SERVER_URL=triton.grpc_url, NEXUS_META_PATH=str(meta_dir), MODEL_NAME="")
-    watch = _watcher(env, triton, config, log_dir)
+    return Prepared(log_dir, meta_dir, repository, env, served, broken)
+
+
+def _all_resident(bed: Bed, config: Config) -> ScenarioResult:
+    result = ScenarioResult("many-models-all-resident", settings=config.__dict__.copy())
+    ready = _prepare(bed, config, result, "many-models-all-resident")
+    served, broken, log_dir = ready.served, ready.broken, ready.log_dir
+    added = _publish(bed, config, log_dir, [ADDED])[0]
+    triton = bed.triton(ready.repository, log_dir, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(ready.meta_dir))
+    proxy = bed.proxy(log_dir, MODEL_SERVER_URL=triton.grpc_url, NEXUS_META_PATH=str(ready.meta_dir), MODEL_NAME="")
+    watch = _watcher(ready.env, triton, config, log_dir)
     try:
-        stack = Stack(meta_dir, triton, proxy, watch)
+        stack = Stack(ready.meta_dir, triton, proxy, watch)
         _judge_start(result, config, stack, served, broken)
         pids = stack.pids()
         before = _memory(result, stack, "start")
@@ -213,9 +295,8 @@ def run(bed: Bed, config: Config = Config()) -> ScenarioResult:
         watch.stop()
 
 
-def _publish(bed: Bed, config: Config, log_dir: Path) -> tuple[list[Served], Served, Served]:
-    """Export and upload every model before any load (torch on the CPU); the broken one's metadata names its
-    artifact with another sha256."""
+def _publish(bed: Bed, config: Config, log_dir: Path, specs: Iterable[demo.DemoSpec]) -> list[Served]:
+    """Export and upload models before any load (torch on the CPU), each with its requests and their answers."""
     with contextlib.suppress(Exception):  # already there (a second run on the same S3)
         bed.s3_client.create_bucket(Bucket=BUCKET)
 
@@ -226,15 +307,17 @@ def _publish(bed: Bed, config: Config, log_dir: Path) -> tuple[list[Served], Ser
         work = Workload("", rows, expected, path=f"/models/{spec.name}/predict", timeout_s=30)
         return Served(spec, meta, work)
 
-    served = [published(spec) for spec in MODELS[: config.models]]
-    added = published(ADDED)
-    broken = published(BROKEN)
-    wrong = dataclasses.replace(broken.meta.artifact, sha256=hashlib.sha256(b"another artifact").hexdigest())
-    return served, added, dataclasses.replace(broken, meta=dataclasses.replace(broken.meta, artifact=wrong))
+    return [published(spec) for spec in specs]
 
 
-def _watcher(env: dict[str, str], triton: TritonServer, config: Config, log_dir: Path) -> ManagedProcess:
-    """`nexus watch` on the directory, ready once its metrics answer."""
+def _broken(model: Served) -> Served:
+    """`model` with metadata that names its artifact with another sha256."""
+    wrong = dataclasses.replace(model.meta.artifact, sha256=hashlib.sha256(b"another artifact").hexdigest())
+    return dataclasses.replace(model, meta=dataclasses.replace(model.meta, artifact=wrong))
+
+
+def _watcher(env: dict[str, str], triton: TritonServer, config: Config, log_dir: Path, **extra: str) -> ManagedProcess:
+    """`nexus watch` on the directory, ready once its metrics answer; `extra`: more settings."""
     port = free_port()
     watch = ManagedProcess(
         name="watch",
@@ -246,6 +329,7 @@ def _watcher(env: dict[str, str], triton: TritonServer, config: Config, log_dir:
             "WATCH_METRICS_HOST": "127.0.0.1",
             "MODEL_SERVER_URL": triton.grpc_url,
             "TRITON_ADMIN_KEY": ADMIN_KEY,
+            **extra,
         },
         ready_url=f"http://127.0.0.1:{port}/metrics",
         startup_timeout_s=60,
@@ -274,9 +358,9 @@ def _entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in models if isinstance(m, dict) and "name" in m} if isinstance(models, list) else {}
 
 
-def _ready(proxy: ProxyProcess, names: Iterable[str]) -> bool:
+def _ready(proxy: ProxyProcess, names: Iterable[str], states: tuple[str, ...]) -> bool:
     entries = _entries(_listing(proxy))
-    return all(entries.get(name, {}).get("state") == "ready" for name in names)
+    return all(entries.get(name, {}).get("state") in states for name in names)
 
 
 def _memory(result: ScenarioResult, stack: Stack, when: str) -> dict[str, residency.Resident]:
@@ -397,6 +481,23 @@ def watch_steps(log_file: Path, name: str, since_wall: float) -> list[tuple[floa
     return steps
 
 
+def residency_windows(log_file: Path, since_wall: float) -> list[tuple[float, float, str]]:
+    """The decider's loads and unloads since `since_wall`, from its log lines (`<model> loaded in <s> s (...`,
+    `<model> unloaded ...; <s> s)`): each as (start, end) in time.time() and `load <model>` / `unload <model>`."""
+    spans = []
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    for line in text.splitlines():
+        found = LOG_LINE.match(line)
+        step = RESIDENCY_STEP.match(found[2]) if found else None
+        if found is None or step is None:
+            continue
+        end = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as the log's
+        took = float(step[2] or step[3])
+        if end - took >= since_wall - 1:
+            spans.append((end - took, end, f"{'load' if step[2] else 'unload'} {step[1]}"))
+    return sorted(spans)
+
+
 def _step_figures(
     result: ScenarioResult, measured: Measured, hot: Served, added: Served, watch: ManagedProcess
 ) -> None:
@@ -437,14 +538,22 @@ def _judge_sync(
     result.check("nexus sync names the broken model", bool(said), said[-1] if said else output[-300:])
 
 
-def _judge_start(result: ScenarioResult, config: Config, stack: Stack, served: list[Served], broken: Served) -> None:
-    """Once every usable model is ready on /v1/models: the broken one is not, and a request to it fails cleanly."""
+def _judge_start(
+    result: ScenarioResult,
+    config: Config,
+    stack: Stack,
+    served: list[Served],
+    broken: Served,
+    states: tuple[str, ...] = ("ready",),
+) -> None:
+    """Once every usable model is in one of `states` on /v1/models (ready; within a budget, not resident until its
+    first request too): the broken one is not served, and a request to it fails cleanly."""
     names = [m.name for m in served]
-    ready = wait_until(lambda: _ready(stack.proxy, names), config.ready_bound_s, interval_s=0.5)
+    ready = wait_until(lambda: _ready(stack.proxy, names, states), config.ready_bound_s, interval_s=0.5)
     doc = _listing(stack.proxy)
     entries = _entries(doc)
-    states = {name: entries.get(name, {}).get("state") for name in names}
-    result.check("every usable model is ready on /v1/models", ready, f"{states}")
+    found = {name: entries.get(name, {}).get("state") for name in names}
+    result.check(f"every usable model is {' or '.join(states)} on /v1/models", ready, f"{found}")
     shown = entries.get(broken.name)
     result.figures["broken_on_v1_models"] = (
         shown if shown is not None else f"not listed; problems {doc.get('problems')}"
@@ -466,27 +575,8 @@ def _judge_start(result: ScenarioResult, config: Config, stack: Stack, served: l
 def _judge_load(
     result: ScenarioResult, measured: Measured, served: list[Served], added: Served, broken: Served, stack: Stack
 ) -> None:
-    stats, figures = result.load, result.figures
-    assert stats is not None
-    answered = {name: [s for s in samples if s.status >= 0] for name, samples in measured.samples.items()}
-    failed = Counter(
-        f"{name} {s.status} {s.code}".strip()
-        for name, samples in answered.items()
-        for s in samples
-        if s.status not in ALLOWED or (s.status == 429 and not s.retry_after)
-    )
-    result.check(
-        "no failed request to the served models (200, or 429 with Retry-After past the capacity)",
-        not failed,
-        f"{stats.by_status} {stats.by_code}; failed {dict(failed)}",
-    )
-    result.check(
-        "no 200 with a wrong body (each model's own output, computed in-process)",
-        stats.wrong_bodies == 0,
-        f"{stats.wrong_bodies} wrong of {stats.sent}",
-    )
-    quiet = [m.name for m in served if not any(s.status == 200 for s in answered[m.name])]
-    result.check("every served model answered", not quiet, f"none from {quiet}" if quiet else f"{len(served)} models")
+    figures = result.figures
+    _judge_answers(result, measured.samples, [m.name for m in served])
     ratio = figures["hot_p99_loading_over_steady"]
     result.check(
         f"{served[0].name}'s p99 while {added.name} loads within 1.5x of its steady p99",
@@ -501,6 +591,31 @@ def _judge_load(
         shown is None or shown.get("state") != "ready",
         f"{shown}",
     )
+
+
+def _judge_answers(result: ScenarioResult, samples: dict[str, list[Sample]], names: list[str]) -> None:
+    """No failed request (200, or 429 with Retry-After past the capacity), no 200 with a wrong body, and a 200 from
+    every model of `names`."""
+    answered = {name: [s for s in found if s.status >= 0] for name, found in samples.items()}
+    failed = Counter(
+        f"{name} {s.status} {s.code}".strip()
+        for name, found in answered.items()
+        for s in found
+        if s.status not in ALLOWED or (s.status == 429 and not s.retry_after)
+    )
+    stats = summarize([s for found in answered.values() for s in found])
+    result.check(
+        "no failed request to the served models (200, or 429 with Retry-After past the capacity)",
+        not failed,
+        f"{stats.by_status} {stats.by_code}; failed {dict(failed)}",
+    )
+    result.check(
+        "no 200 with a wrong body (each model's own output, computed in-process)",
+        stats.wrong_bodies == 0,
+        f"{stats.wrong_bodies} wrong of {stats.sent}",
+    )
+    quiet = [name for name in names if not any(s.status == 200 for s in answered.get(name, []))]
+    result.check("every served model answered", not quiet, f"none from {quiet}" if quiet else f"{len(names)} models")
 
 
 def _judge_added(
@@ -565,3 +680,349 @@ def _judge_memory(
     )
     for name, model in after.items():
         result.figures[f"memory_{name}"] = model.describe()
+
+
+# ------------------------------------------------------------------------------------------------ within a budget
+
+
+@dataclass
+class Budgeted:
+    """What the load within a budget left behind."""
+
+    capacity: LoadStats  # of the hot head, once resident
+    rate: float  # offered to the head
+    warm: list[traffic.Answer]  # the head's first requests: their models' first loads
+    answers: list[traffic.Answer]  # the load's, head and tail
+    began: float
+    began_wall: float  # time.time() at `began`, for the decider's log
+    ended: float
+
+
+def _within_budget(bed: Bed, config: Config) -> ScenarioResult:
+    result = ScenarioResult("many-models", settings=config.__dict__.copy())
+    ready = _prepare(bed, config, result, "many-models")
+    served, broken, log_dir = ready.served, ready.broken, ready.log_dir
+    sizes = _measure_first(bed, config, result, ready)
+    budget = residency.budget_for(list(sizes.values()), config.budget_models)
+    _budget_setting(result, config, sizes, budget)
+    budget_env = {"MODEL_MEMORY_BUDGET": str(budget)}
+    triton = bed.triton(
+        ready.repository, log_dir, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(ready.meta_dir), **budget_env
+    )
+    port = free_port()
+    decider = f"http://127.0.0.1:{port}"
+    watch = _watcher(
+        ready.env, triton, config, log_dir, RESIDENCY_PORT=str(port), RESIDENCY_HOST="127.0.0.1", **budget_env
+    )
+    try:
+        answering = wait_until(lambda: _snapshot(decider) is not None, 60, interval_s=0.5)
+        result.check("the decider answers GET /v1/residency", answering, decider)
+        proxy = bed.proxy(
+            log_dir,
+            MODEL_SERVER_URL=triton.grpc_url,
+            NEXUS_META_PATH=str(ready.meta_dir),
+            MODEL_NAME="",
+            RESIDENCY_URL=decider,
+        )
+        stack = Stack(ready.meta_dir, triton, proxy, watch)
+        assert triton.process is not None
+        result.figures["resident_at_start"] = sorted(residency.resident(triton.process.pid))
+        _judge_start(result, config, stack, served, broken, states=("ready", "not_resident"))
+        sampler = residency.Sampler(triton.process.pid, config.sample_interval_s, lambda: _used_bytes(decider))
+        with sampler:
+            measured = _drive_within(config, stack, served)
+        snapshot = _snapshot(decider) or {}
+        spans = _load_windows(measured, watch)
+        _budget_figures(config, result, measured, served, budget, sampler.readings, snapshot, spans)
+        _judge_within(result, config, measured, served, broken, stack, budget, sampler.readings, snapshot)
+        return result
+    finally:
+        watch.stop()
+
+
+def _measure_first(bed: Bed, config: Config, result: ScenarioResult, ready: Prepared) -> dict[str, int]:
+    """Each model's stubs' PSS (bytes), read with every model loaded in a Triton of their own with no budget, after
+    one request each (a stub's first forward pass allocates); that Triton is stopped again."""
+    log_dir = ready.log_dir / "measured-first"
+    log_dir.mkdir()
+    triton = bed.triton(ready.repository, log_dir, NEXUS_META_PATH=str(ready.meta_dir))
+    try:
+        refused = {}
+        for model in ready.served:
+            try:
+                triton_infer(triton, model.name, np.asarray(model.work.rows[:1], dtype=np.float32))
+            except Exception as err:  # tritonclient raises its own exception types; the figure names it
+                refused[model.name] = f"{type(err).__name__}: {err}"
+        assert triton.process is not None
+        found = residency.resident(triton.process.pid)
+    finally:
+        stubs = procinfo.children(triton.process.pid) if triton.process else []
+        triton.stop()
+        procinfo.reap(stubs)
+    stubs_per_model = {m.name: len(found[m.name].stubs) if m.name in found else 0 for m in ready.served}
+    result.check(
+        f"measured first, no budget: every usable model loaded ({config.instance_count} stub(s) each), answering",
+        all(n == config.instance_count for n in stubs_per_model.values()) and not refused,
+        f"stubs {stubs_per_model}; refused {refused}",
+    )
+    for name, model in found.items():
+        result.figures[f"memory_{name}"] = model.describe()
+    return {name: round(model.pss_mb * 2**20) for name, model in found.items() if name in stubs_per_model}
+
+
+def _budget_setting(result: ScenarioResult, config: Config, measured: dict[str, int], budget: int) -> None:
+    sizes = sorted(measured.values())
+    fit = config.budget_models
+    result.figures.update(
+        budget_mib=round(budget / 2**20, 1),
+        budget_rule=f"halfway between the {fit} largest models together ({sum(sizes[-fit:]) / 2**20:.1f} MiB) and "
+        f"the {fit + 1} smallest together ({sum(sizes[: fit + 1]) / 2**20:.1f} MiB), their PSS measured first",
+        pss_measured_first_mib={name: round(size / 2**20, 1) for name, size in measured.items()},
+    )
+
+
+def _snapshot(decider: str) -> dict[str, Any] | None:
+    """The decider's GET /v1/residency; None when it does not answer 200 with a JSON object."""
+    try:
+        with urllib.request.urlopen(f"{decider}/v1/residency", timeout=2) as response:
+            doc = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _used_bytes(decider: str) -> int | None:
+    used = (_snapshot(decider) or {}).get("used_bytes")
+    return used if isinstance(used, int) else None
+
+
+def _drive_within(config: Config, stack: Stack, served: list[Served]) -> Budgeted:
+    """The head's first requests (their loads), the head's capacity once resident, then the load: the head at its
+    shares of `load_fraction` of that capacity, and meanwhile the cold tail one request at a time."""
+    works = {m.name: dataclasses.replace(m.work, url=stack.proxy.url) for m in served}
+    head = served[: config.budget_models - 1]
+    share = shares(len(head), config.zipf_s)
+    tail = {m.name: 1 / rank**config.zipf_s for rank, m in enumerate(served, 1) if rank > len(head)}
+
+    async def warm() -> list[traffic.Answer]:
+        async with traffic.traced_session(len(head)) as session:
+            return list(await asyncio.gather(*(traffic.send(session, m.name, works[m.name], 0) for m in head)))
+
+    async def capacity() -> list[Sample]:
+        loops = [
+            closed_loop(works[m.name], max(1, round(config.capacity_concurrency * part)), config.capacity_s)
+            for m, part in zip(head, share, strict=True)
+        ]
+        return [sample for samples in await asyncio.gather(*loops) for sample in samples]
+
+    warmed = asyncio.run(warm())
+    measured_capacity = summarize(asyncio.run(capacity()))
+    rate = max(config.load_fraction * measured_capacity.rate_per_s, 10.0)
+    arrivals = traffic.steady_arrivals(
+        {m.name: rate * part for m, part in zip(head, share, strict=True)}, config.load_s
+    )
+    order = traffic.visiting_order(tail, int(config.load_s / config.cold_pause_s) + 1)
+
+    async def load() -> list[traffic.Answer]:
+        hot, cold = await asyncio.gather(
+            traffic.scheduled(works, arrivals, config.max_outstanding),
+            traffic.one_at_a_time(works, order, config.cold_pause_s, config.load_s),
+        )
+        return [*hot, *cold]
+
+    began, began_wall = time.monotonic(), time.time()
+    answers = asyncio.run(load())
+    return Budgeted(measured_capacity, rate, warmed, answers, began, began_wall, time.monotonic())
+
+
+def _by_model(answers: list[traffic.Answer]) -> dict[str, list[Sample]]:
+    found: dict[str, list[Sample]] = {}
+    for answer in answers:
+        found.setdefault(answer.model, []).append(answer.sample)
+    return found
+
+
+def _load_windows(measured: Budgeted, watch: ManagedProcess) -> list[tuple[float, float, str]]:
+    """The decider's loads and unloads during the load, in time.monotonic() (`residency_windows`)."""
+    assert watch.log_file is not None
+    shift = measured.began_wall - measured.began
+    return [
+        (start - shift, end - shift, label)
+        for start, end, label in residency_windows(watch.log_file, measured.began_wall)
+        if start - shift < measured.ended
+    ]
+
+
+def _hot_windows(
+    config: Config, measured: Budgeted, hot: str, spans: list[tuple[float, float, str]]
+) -> tuple[list[Sample], list[Sample]]:
+    """The hot model's requests sent while the decider loaded or unloaded a model, and those sent outside (past the
+    warm-up)."""
+    windows = traffic.merge((start, end) for start, end, _ in spans)
+    mine = [a.sample for a in measured.answers if a.model == hot and a.sample.status >= 0]
+    loading = [s for s in mine if traffic.within(s.started, windows)]
+    steady = [
+        s for s in mine if s.started >= measured.began + config.warmup_s and not traffic.within(s.started, windows)
+    ]
+    return loading, steady
+
+
+def _waits(answers: list[traffic.Answer]) -> str:
+    waits = [a.load_wait_ms for a in answers if a.load_wait_ms is not None]
+    if not waits:
+        return "none waited"
+    return (
+        f"{len(waits)} waited: p50 {percentile(waits, 50):.0f} ms, p99 {percentile(waits, 99):.0f} ms, "
+        f"max {max(waits)} ms"
+    )
+
+
+def _budget_figures(
+    config: Config,
+    result: ScenarioResult,
+    measured: Budgeted,
+    served: list[Served],
+    budget: int,
+    readings: list[residency.Reading],
+    snapshot: dict[str, Any],
+    spans: list[tuple[float, float, str]],
+) -> None:
+    stats = summarize([a.sample for a in measured.answers])
+    result.load = stats
+    head = served[: config.budget_models - 1]
+    cold = [a for a in measured.answers if a.model not in {m.name for m in head}]
+    waits = [a.load_wait_ms for a in measured.answers if a.load_wait_ms is not None]
+    windows = traffic.merge((start, end) for start, end, _ in spans)
+    loading, steady = _hot_windows(config, measured, head[0].name, spans)
+    p99_loading, p99_steady = _p99_ms(loading), _p99_ms(steady)
+    peak = residency.peak(readings)
+    reported = [r.reported_bytes for r in readings if r.reported_bytes is not None]
+    models = snapshot.get("models") if isinstance(snapshot.get("models"), dict) else {}
+    result.figures.update(
+        capacity_per_s=measured.capacity.rate_per_s,
+        capacity_statuses=measured.capacity.by_status,
+        load_setting=f"the {len(head)} hot models at {config.load_fraction:.0%} of their capacity measured just "
+        f"before ({measured.rate:.1f}/s), shared 1/rank^{config.zipf_s:g}; the {len(served) - len(head)} cold ones "
+        f"one request at a time, {config.cold_pause_s:g} s after the last one's answer, each once first, then by "
+        f"1/rank^{config.zipf_s:g}",
+        offered_per_s=round(measured.rate, 1),
+        achieved_per_s=stats.rate_per_s,
+        generator_saturated=sum(1 for a in measured.answers if a.sample.status == -1),
+        head_shares_pct={
+            m.name: round(100 * part, 1) for m, part in zip(head, shares(len(head), config.zipf_s), strict=True)
+        },
+        cold_requests=dict(Counter(a.model for a in cold)),
+        cold_timeline=" ".join(
+            f"{a.model}@{a.sample.started - measured.began:.1f}s:{a.sample.status}/{a.load_wait_ms}ms" for a in cold
+        ),
+        first_loads=_waits(measured.warm),
+        load_waits=_waits(measured.answers),
+        cold_load_p50_ms=round(percentile(waits, 50)) if waits else None,
+        cold_load_p99_ms=round(percentile(waits, 99)) if waits else None,
+        residency_windows=f"{sum(1 for *_, label in spans if label.startswith('load'))} loads and "
+        f"{sum(1 for *_, label in spans if label.startswith('unload'))} unloads, {len(windows)} windows, "
+        f"{sum(end - start for start, end in windows):.1f} s of {measured.ended - measured.began:.1f} s",
+        residency_steps=" ".join(
+            f"{label}@{start - measured.began:.1f}-{end - measured.began:.1f}s" for start, end, label in spans
+        ),
+        pss_peak_mib=round(peak.stubs_bytes / 2**20, 1) if peak else None,
+        pss_peak_vs_budget=f"{peak.stubs_bytes / 2**20:.1f} of {budget / 2**20:.1f} MiB "
+        f"({100 * peak.stubs_bytes / budget:.1f}%), resident then {sorted(peak.models)}"
+        if peak
+        else "no reading",
+        pss_readings=len(readings),
+        pss_over_budget=" ".join(
+            f"@{r.at - measured.began:.1f}s:{r.stubs_bytes / 2**20:.1f}MiB{sorted(r.models)}"
+            for r in readings
+            if r.stubs_bytes > budget
+        )
+        or "none",
+        max_resident_models=max((len(r.models) for r in readings), default=0),
+        decider_used_peak_mib=round(max(reported) / 2**20, 1) if reported else None,
+        decider_budget_mib=round(snapshot["budget_bytes"] / 2**20, 1)
+        if isinstance(snapshot.get("budget_bytes"), int)
+        else None,
+        decider_loads=sum(int(m.get("loads") or 0) for m in models.values() if isinstance(m, dict)),
+        decider_evictions=sum(int(m.get("evictions") or 0) for m in models.values() if isinstance(m, dict)),
+        decider_by_model={
+            name: f"{m.get('state')}, loads {m.get('loads')}, evictions {m.get('evictions')}, "
+            f"{(m.get('bytes') or 0) / 2**20:.1f} MiB, last load {m.get('last_load_s')} s"
+            for name, m in models.items()
+            if isinstance(m, dict)
+        },
+        hot_model=head[0].name,
+        hot_p99_steady_ms=p99_steady,
+        hot_p99_while_loading_ms=p99_loading,
+        hot_p99_loading_over_steady=round(p99_loading / p99_steady, 2) if p99_steady else None,
+        hot_requests_steady_loading=f"{len(steady)} / {len(loading)}",
+        hot_p99_by_step_ms={
+            kind: _p99_ms(_hot_windows(config, measured, head[0].name, [w for w in spans if w[2].startswith(kind)])[0])
+            for kind in ("load", "unload")
+        },
+    )
+    by_model = _by_model(measured.answers)
+    for model in served:
+        result.figures[f"traffic_{model.name}"] = _describe(by_model.get(model.name, []))
+    result.notes.append(
+        f"Load ran {measured.ended - measured.began:.1f} s after the hot models' first loads and a capacity "
+        f"measurement of {config.capacity_s:g} s. A load window is a load or an unload of the decider's (from its "
+        "log: each line's time less the seconds it says it took); the hot model's p99 while loading is over its "
+        f"requests sent inside one, its steady p99 over those sent outside them from {config.warmup_s:g} s in."
+    )
+
+
+def _judge_within(
+    result: ScenarioResult,
+    config: Config,
+    measured: Budgeted,
+    served: list[Served],
+    broken: Served,
+    stack: Stack,
+    budget: int,
+    readings: list[residency.Reading],
+    snapshot: dict[str, Any],
+) -> None:
+    _judge_answers(result, _by_model([*measured.warm, *measured.answers]), [m.name for m in served])
+    peak = residency.peak(readings)
+    result.check(
+        f"the stubs' PSS never above the budget (read every {config.sample_interval_s:g} s under tritonserver)",
+        peak is not None and peak.stubs_bytes <= budget,
+        result.figures["pss_peak_vs_budget"] + f"; {len(readings)} readings",
+    )
+    reported = [r.reported_bytes for r in readings if r.reported_bytes is not None]
+    result.check(
+        "the decider holds the same budget and never counts more",
+        snapshot.get("budget_bytes") == budget and bool(reported) and max(reported) <= budget,
+        f"budget {snapshot.get('budget_bytes')} (ours {budget}); used at most "
+        f"{max(reported) if reported else None} in {len(reported)} readings",
+    )
+    models = snapshot.get("models") if isinstance(snapshot.get("models"), dict) else {}
+    unloaded = [m.name for m in served if not (models.get(m.name) or {}).get("loads")]
+    evictions = result.figures["decider_evictions"]
+    result.check(
+        "every model loaded on its first request, and models evicted to make room (the decider's counts)",
+        not unloaded and evictions > 0,
+        f"never loaded {unloaded}; loads {result.figures['decider_loads']}, evictions {evictions}",
+    )
+    head = {m.name for m in served[: config.budget_models - 1]}
+    cold = [a for a in measured.answers if a.model not in head and a.sample.status >= 0]
+    result.check(
+        "requests for a model not loaded waited for its load (Nexus-Load-Wait-Ms)",
+        any(a.load_wait_ms is not None for a in cold),
+        result.figures["load_waits"],
+    )
+    ratio = result.figures["hot_p99_loading_over_steady"]
+    result.check(
+        f"{served[0].name}'s p99 while another model loads within 1.5x of its steady p99",
+        ratio is not None and ratio <= 1.5,
+        f"{result.figures['hot_p99_while_loading_ms']} ms loading vs {result.figures['hot_p99_steady_ms']} ms "
+        f"steady (x{ratio})",
+        timing=True,
+    )
+    shown = _entries(_listing(stack.proxy)).get(broken.name)
+    result.check(
+        "the broken model is still not served at the end, the others unaffected",
+        shown is None or shown.get("state") != "ready",
+        f"{shown}",
+    )
+    result.check("the proxy stays ready", stack.proxy.get("/readyz")[0] == 200, "/readyz at the end")

@@ -1,10 +1,12 @@
-"""Short form of the many-models scenario: a directory of models served by one proxy and one Triton under a
-Zipf-like mix of traffic, one model broken from the start, one added by `nexus watch` while the others serve.
+"""Short forms of the many-models scenario: a directory of models served by one proxy and one Triton under a
+Zipf-like mix of traffic, one model broken from the start; within a memory budget that holds four of the twelve,
+and with every model resident and one added by `nexus watch` while the others serve.
 
 Only functional criteria are asserted (the broken model fails alone, no failed request to the others, every
-answer that model's own output, the added model loaded with nothing restarted, every usable model resident);
-the load time, the p99s and the memory per model are figures of `python -m reliability`. The pieces that read
-no server (the shares, the watcher's steps in its log) are tested on their own first.
+answer that model's own output; within the budget: the stubs' PSS never above it, every model loaded on demand
+and some evicted; every model resident: the added model loaded with nothing restarted, every usable model
+resident); the load waits, the p99s and the memory per model are figures of `python -m reliability`. The pieces
+that read no server (the shares, the watcher's steps in its log) are tested on their own first.
 """
 
 from __future__ import annotations
@@ -54,8 +56,34 @@ def test_watch_steps_of_one_model_since_the_write(tmp_path: Path) -> None:
     ]
 
 
+def test_residency_windows_from_the_deciders_log(tmp_path: Path) -> None:
+    log = tmp_path / "watch.log"
+    log.write_text(
+        "2026-01-02 03:03:00,000 INFO nexusml.updates.residency: mm_old loaded in 2.0 s (1.0 MiB; 1.0 MiB of "
+        "MODEL_MEMORY_BUDGET=9.0 MiB in use)\n"  # before
+        "2026-01-02 03:04:06,000 INFO nexusml.updates.residency: mm_deep unloaded to make room for mm_large "
+        "(161.3 MiB; idle since 03:04:01; 1.0 s)\n"
+        "2026-01-02 03:04:09,900 INFO nexusml.updates.residency: mm_large loaded in 3.9 s (188.8 MiB; 674.9 MiB of "
+        "MODEL_MEMORY_BUDGET=734.3 MiB in use)\n"
+        "2026-01-02 03:04:10,000 INFO nexusml.updates.watch: mm_large version 1: install\n"
+    )
+    since = datetime(2026, 1, 2, 3, 4, 0).timestamp()
+    windows = many_models.residency_windows(log, since)
+    assert [(round(start - since, 2), round(end - since, 2), label) for start, end, label in windows] == [
+        (5.0, 6.0, "unload mm_deep"),
+        (6.0, 9.9, "load mm_large"),
+    ]
+
+
 @pytest.mark.integration
-def test_many_models_under_load(bed: Bed) -> None:
-    result = many_models.run(bed, many_models.Config())
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(many_models.Config(), id="within-a-budget-for-four"),
+        pytest.param(many_models.Config.all_resident(), id="every-model-resident"),
+    ],
+)
+def test_many_models_under_load(bed: Bed, config: many_models.Config) -> None:
+    result = many_models.run(bed, config)
     print(result.explain(), result.figures)
     assert_functional(result)

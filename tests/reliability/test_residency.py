@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,40 @@ def test_stubs_are_counted_per_model(stubs: list[subprocess.Popen[bytes]]) -> No
 def test_models_per_gib(pss: list[float], expected: float | None) -> None:
     models = {str(i): residency.Resident(str(i), (residency.Stub(i, str(i), mb, mb, mb),)) for i, mb in enumerate(pss)}
     assert residency.models_per_gib(models) == expected
+
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("sizes", "fit", "expected"),
+    [
+        pytest.param([100 * MIB] * 6, 4, 450 * MIB, id="equal-sizes-halfway-between-4-and-5"),
+        pytest.param([150 * MIB] * 4 + [190 * MIB, 180 * MIB], 4, (670 + 780) * MIB // 2, id="any-4-fit-no-5"),
+        pytest.param([10 * MIB] * 5 + [500 * MIB], 2, 510 * MIB + 5 * MIB, id="sizes-far-apart"),
+    ],
+)
+def test_budget_for(sizes: list[int], fit: int, expected: int) -> None:
+    budget = residency.budget_for(sizes, fit)
+    assert budget == expected
+    assert sum(sorted(sizes)[-fit:]) <= budget  # the `fit` largest always fit
+
+
+def test_budget_for_fewer_models_than_it_would_hold() -> None:
+    with pytest.raises(ValueError, match="holds them all"):
+        residency.budget_for([MIB, MIB], 2)
+
+
+def test_sampler_reads_the_stubs_while_started(stubs: list[subprocess.Popen[bytes]]) -> None:
+    assert wait_until(lambda: {"a", "b"} <= set(residency.resident(os.getpid())), 10)
+    with residency.Sampler(os.getpid(), interval_s=0.05, reported=lambda: 42) as sampler:
+        assert wait_until(lambda: len(sampler.readings) >= 3, 10)
+    count = len(sampler.readings)
+    time.sleep(0.2)
+    assert len(sampler.readings) == count  # stopped on leaving
+    reading = sampler.readings[-1]
+    assert reading.models["a"] > 0 and reading.models["b"] > 0
+    assert reading.stubs_bytes == sum(reading.models.values())
+    assert reading.reported_bytes == 42
+    peak = residency.peak(sampler.readings)
+    assert peak is not None and peak.stubs_bytes == max(r.stubs_bytes for r in sampler.readings)
