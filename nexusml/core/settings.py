@@ -246,6 +246,15 @@ PINNED_MODELS = declare(
     "with MODEL_MEMORY_BUDGET: comma-separated models loaded at start and never unloaded to make room",
     parse_names,
 )
+# The header the residency API (`nexus watch` within MODEL_MEMORY_BUDGET) wants when RESIDENCY_KEY is set.
+RESIDENCY_HEADER = "nexus-residency-key"
+RESIDENCY_KEY = declare(
+    "RESIDENCY_KEY",
+    None,
+    "value of the nexus-residency-key header the watcher's residency API wants, sent by the proxy (`nexus up` makes "
+    "one and gives it to those two alone); unset: open",
+    secret=True,
+)
 LOG_LEVEL = declare(
     "LOG_LEVEL",
     "info",
