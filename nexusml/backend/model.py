@@ -36,7 +36,7 @@ import triton_python_backend_utils as pb_utils
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-REPORT_ROOT = Path("/dev/shm")
+REPORT_ROOT = Path("/dev/shm/nexus-memory")
 SMAPS_ROLLUP = Path("/proc/self/smaps_rollup")
 STATM = Path("/proc/self/statm")
 
@@ -128,31 +128,35 @@ class PinnedStaging:
 def report_dir(repository: Path, root: Path = REPORT_ROOT) -> Path:
     """The directory of the memory reports of `repository`'s stubs: `nexusml.core.memory.report_dir`'s rule, which
     this file cannot import (tests/nexusml/core/test_memory.py holds the two equal)."""
-    digest = hashlib.sha256(str(repository.resolve()).encode()).hexdigest()[:16]
-    return root / f"nexus-memory-{digest}"
+    return root / hashlib.sha256(str(repository.resolve()).encode()).hexdigest()[:16]
 
 
-def own_host_bytes(rollup: Path = SMAPS_ROLLUP, statm: Path = STATM) -> int:
-    """This process's proportional set size (PSS): the pages it shares with the other stubs (torch's libraries)
-    count a share each, so the stubs' figures add up to what they cost together. RSS where the kernel has no
+def own_host_bytes(rollup: Path = SMAPS_ROLLUP, statm: Path = STATM) -> tuple[int, int]:
+    """This process's proportional set size (PSS) and private bytes. PSS counts the pages it shares with the other
+    stubs (torch's libraries) a share each, so the stubs' figures add up to what they cost together; the private
+    pages (no other process maps them) are what ending this stub gives back. RSS for both where the kernel has no
     `smaps_rollup` (before Linux 4.14), which counts the shared pages once per stub."""
     try:
+        fields = {}
         for line in rollup.read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+            key, _, rest = line.partition(":")
+            if key in ("Pss", "Private_Clean", "Private_Dirty"):
+                fields[key] = int(rest.split()[0]) * 1024
+        return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    except (OSError, ValueError, IndexError, KeyError):
         pass
-    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    rss = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return rss, rss
 
 
 class MemoryReport:
     """This instance's memory, written every `interval_s` to `<report_dir>/<model>@<instance>.json` for the watcher.
 
     The first write is made before `initialize` returns, so a model Triton calls ready has its report; a thread
-    refreshes it (a model's memory grows with its first batches). The file is replaced atomically (a temporary
-    file renamed), so a reader never sees half of one. Readable by the watcher, another process of the same user:
-    the directory is 0o755 and the files 0o644. A failure to write (no /dev/shm, full) is logged once and never
-    fails the model.
+    refreshes it (a model's memory grows with its first batches). Written only while the directory exists: the
+    watcher makes it when a budget is set, so without one nothing is measured. The file is replaced atomically (a
+    temporary file renamed), so a reader never sees half of one; readable by the watcher (files 0o644). A failure to
+    write (full, read-only) is logged once and never fails the model.
     """
 
     def __init__(
@@ -181,11 +185,18 @@ class MemoryReport:
         self.thread.start()
 
     def write(self) -> None:
+        if not self.path.parent.is_dir():
+            return
         device_bytes = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            report = {**self.fields, "host_bytes": own_host_bytes(), "device_bytes": device_bytes}
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            host_bytes, private_bytes = own_host_bytes()
+            report = {
+                **self.fields,
+                "host_bytes": host_bytes,
+                "private_bytes": private_bytes,
+                "device_bytes": device_bytes,
+            }
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             with os.fdopen(descriptor, "w") as out:
                 json.dump({**report, "written": time.time()}, out)

@@ -166,11 +166,10 @@ def _watching(settings: WatchSettings) -> NoReturn:
         from nexusml.core.memory import mib
         from nexusml.updates.residency import serve_api
 
-        if settings.residency_port:
-            serve_api(watching.residency, settings.residency_host, settings.residency_port)
+        serve_api(watching.residency, settings.residency_host, settings.residency_port, settings.residency_key)
         logs.say(
             f"models resident within MODEL_MEMORY_BUDGET={mib(watching.residency.budget)}; residency API on "
-            f"{settings.residency_host}:{settings.residency_port or '(none)'}"
+            f"{settings.residency_host}:{settings.residency_port}"
         )
         watching.residency.warm()
     while True:

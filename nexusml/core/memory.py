@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SHM_ROOT = Path("/dev/shm")
+REPORT_ROOT = Path("/dev/shm/nexus-memory")
 _UNITS = {
     "": 1,
     "k": 10**3,
@@ -50,12 +50,12 @@ def mib(count: float) -> str:
     return f"{count / 2**20:.1f} MiB"
 
 
-def report_dir(repository: Path, root: Path = SHM_ROOT) -> Path:
+def report_dir(repository: Path, root: Path = REPORT_ROOT) -> Path:
     """Where the stubs serving `repository` write their reports: one directory per repository, so two Tritons on
     one host (tests, a second deployment) never mix their figures. Triton and the watcher must mount the repository
-    at the same path (every deployment of this project does)."""
-    digest = hashlib.sha256(str(repository.resolve()).encode()).hexdigest()[:16]
-    return root / f"nexus-memory-{digest}"
+    at the same path (every deployment of this project does). `root` is a directory of its own, so a deployment can
+    share a small tmpfs for the reports alone between Triton and the watcher (not the proxy's tensor regions)."""
+    return root / hashlib.sha256(str(repository.resolve()).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ class Report:
     instance: str
     pid: int
     host_bytes: int  # PSS
+    private_bytes: int  # the pages no other process maps: what ending the stub gives back
     device_bytes: int  # torch's reserved device memory; 0 on CPU
     written: float  # time.time() of the write
 
@@ -118,6 +119,7 @@ def read_reports(directory: Path) -> dict[str, list[Report]]:
                     instance=str(raw["instance"]),
                     pid=int(raw["pid"]),
                     host_bytes=int(raw["host_bytes"]),
+                    private_bytes=int(raw.get("private_bytes", raw["host_bytes"])),
                     device_bytes=int(raw.get("device_bytes", 0)),
                     written=float(raw["written"]),
                 )

@@ -217,5 +217,7 @@ class TritonServer(ManagedProcess):
 
     def _forget_reports(self) -> None:
         """Remove the memory reports of this repository's stubs (`nexusml.core.memory`): none runs before this
-        server starts or after it stops, and a stub that was killed left its report behind."""
-        shutil.rmtree(memory.report_dir(self.settings.repository), ignore_errors=True)
+        server starts or after it stops, and a stub that was killed left its report behind. The directory stays:
+        the watcher made it, and the stubs report only while it exists."""
+        for report in memory.report_dir(self.settings.repository).glob("*.json"):
+            report.unlink(missing_ok=True)

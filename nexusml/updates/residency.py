@@ -7,15 +7,21 @@ what the models' stubs measure and report (`nexusml.core.memory`), never a guess
 first load its cost is estimated from the largest stub measured so far (`estimate`), and a model that cannot fit
 even alone is refused with the figures.
 
-One process decides, so two loads never race for the same room: `ensure` holds the lock the watcher's polls hold too
-(a swap or a scaling also changes what Triton holds), while heartbeats and snapshots take only a short one. Loads and
-unloads go through Triton's gRPC repository API, which leaves inference answering meanwhile (docs/decisions.md).
-The API (`serve_api`) is small JSON over HTTP; its routes and error codes are in docs/api.md.
+One process decides, so two loads never race for the same room: `ensure` holds the lock every load and unload of the
+watcher's takes (`TritonAdmin.lock`: a swap or a scaling also changes what Triton holds), while heartbeats and
+snapshots take only a short one. Loads and unloads go through Triton's gRPC repository API, which leaves inference
+answering meanwhile (docs/decisions.md). The API (`serve_api`) is small JSON over HTTP; its routes and error codes are
+in docs/api.md. Triton unreachable is said once and retried: it never ends the watcher.
+
+What an unload gives back is the stub's private pages, not its PSS: its share of the pages all stubs map (torch's
+libraries) moves to the stubs that stay. Room is counted that way (`Measured.private`), so the budget holds before the
+stubs that stay have reported again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -31,8 +37,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nexusml.core.errors import ModelLoadFailed, NexusError
 from nexusml.core.memory import Memory, mib, read_reports, report_dir
+from nexusml.core.settings import RESIDENCY_HEADER
 from nexusml.sync.repository import Repository
-from nexusml.updates.swap import Swapper
+from nexusml.updates.swap import Swapper, served_version
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +80,19 @@ class LoadFailed(ResidencyError, ModelLoadFailed):
     code = "model_load_failed"
 
 
+class TooLate(ResidencyError):
+    """The caller's deadline passed before the decider got to its call (loads are one at a time)."""
+
+    code = "deadline_exceeded"
+
+
 # The API's answer to each failure (the proxy answers its clients the same for the same code).
 HTTP_STATUS: dict[type[NexusError], int] = {
     UnknownModel: 404,
     OverBudget: 507,
     NoRoom: 503,
     LoadFailed: 502,
+    TooLate: 504,
     NexusError: 503,
 }
 
@@ -87,7 +101,8 @@ HTTP_STATUS: dict[type[NexusError], int] = {
 class Entry:
     """What the decider knows of one model, resident or not."""
 
-    memory: Memory | None = None  # measured at its last load, or since; None before its first
+    memory: Memory | None = None  # measured (PSS) for `version`; None before its first load
+    version: str | None = None
     last_used: float | None = None  # time.time() of its last request a proxy reported
     busy_until: float = 0.0
     loads: int = 0
@@ -96,6 +111,16 @@ class Entry:
     problem: str | None = None
     failed_at: float | None = None  # time.monotonic() of its last failed load
     loading: bool = False
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The loaded models' memory by their stubs' fresh reports: PSS (what they hold, shares of shared pages
+    included), what unloading each would give back (`private`), and the version each serves."""
+
+    held: dict[str, Memory]
+    private: dict[str, Memory]
+    versions: dict[str, str]
 
 
 class ResidencyMetrics:
@@ -116,7 +141,6 @@ class Residency:
         budget: int,
         pinned: tuple[str, ...],
         swapper: Swapper,
-        lock: threading.RLock,
         registry: CollectorRegistry,
         reports: Path | None = None,
         clock: Callable[[], float] = time.time,
@@ -125,7 +149,7 @@ class Residency:
         self.pinned = set(pinned)
         self.swapper = swapper
         self.repo: Repository = swapper.repo
-        self.lock = lock  # held while Triton's set of loaded models changes
+        self.lock: threading.RLock = swapper.admin.lock  # held while Triton's set of loaded models changes
         self.mutex = threading.Lock()  # held briefly, for the entries
         self.reports = reports or report_dir(self.repo.root)
         self.clock = clock
@@ -133,6 +157,12 @@ class Residency:
         self.metrics = ResidencyMetrics(registry)
         self.metrics.budget.set(budget)
         self._remembered_at = 0.0
+        self._told: str | None = None
+        try:
+            # The stubs report only while this directory exists: made here, so without a budget nothing is measured.
+            self.reports.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            log.error("memory reports directory %s not made (%s): memory is estimated, not measured", self.reports, err)
 
     def entry(self, name: str) -> Entry:
         with self.mutex:
@@ -140,40 +170,46 @@ class Residency:
 
     # What proxies tell and ask
 
-    def heartbeat(self, busy: list[str], used: list[str]) -> None:
+    def heartbeat(self, busy: Sequence[str], used: Sequence[str]) -> None:
+        """A proxy worker's news; names the repository does not hold are ignored (no entry grows from a typo)."""
+        models = set(self.repo.models())
         now = self.clock()
         with self.mutex:
-            for name in busy:
+            for name in set(busy) & models:
                 self.entries.setdefault(name, Entry()).busy_until = now + BUSY_FOR_S
-            for name in used:
+            for name in set(used) & models:
                 self.entries.setdefault(name, Entry()).last_used = now
 
-    def ensure(self, name: str, busy: Sequence[str] = ()) -> dict[str, Any]:
+    def ensure(self, name: str, busy: Sequence[str] = (), deadline_s: float | None = None) -> dict[str, Any]:
         """Make `name` resident, unloading the least recently used idle models first when the budget needs it.
 
-        Concurrent calls for one model wait on the same lock, and the later ones find it loaded."""
+        Loads are one at a time: concurrent calls for one model wait on the same lock and the later ones find it
+        loaded; a call whose caller stopped waiting (`deadline_s`, seconds from now) meanwhile is dropped."""
         started = time.monotonic()
-        self.heartbeat(list(busy), [name])
+        if name not in self.repo.models():
+            raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
+        self.heartbeat(busy, [name])
+        if name in self.loaded():
+            return self._answer(name, False, started)
         with self.lock:
-            loaded = self.loaded()
-            if name in loaded:
+            if deadline_s is not None and time.monotonic() - started > deadline_s:
+                raise TooLate(f"model {name}: its caller's deadline passed while other loads went first")
+            if name in self.loaded():
                 return self._answer(name, False, started)
-            if name not in self.repo.models():
-                raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
             entry = self.entry(name)
             if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
                 raise LoadFailed(entry.problem or f"loading {name} failed")
             need = self.estimate(name)
-            if not need.within(self.budget) and (entry.memory is not None or self._weights(name) > self.budget):
-                measured = "measured at its last load" if entry.memory is not None else "its files alone"
+            measured_before = self._measured_for(name)
+            if not need.within(self.budget) and (measured_before or self._weights(name) > self.budget):
+                what = "measured at its last load" if measured_before else "its served version's files alone"
                 entry.problem = (
-                    f"model {name} needs {need} ({measured}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} "
-                    "even alone"
+                    f"model {name} needs {need} ({what}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} even alone"
                 )
                 raise OverBudget(entry.problem)
             # A guess (never measured) is no reason to refuse: at worst the model loads alone, and is then measured.
             need = Memory(min(need.host, self.budget), min(need.device, self.budget))
-            self._make_room(name, need, loaded)
+            self._make_room(name, need)
             self._load(name, entry)
             if entry.memory is not None and not entry.memory.within(self.budget):
                 self._evict(name, "because it holds more than the budget alone")
@@ -200,28 +236,45 @@ class Residency:
         models = set(self.repo.models())
         return [name for name in self.swapper.admin.ready() if name in models]
 
-    def measured(self) -> dict[str, Memory]:
-        """Each model's memory by its stubs' fresh reports."""
+    def measured(self) -> Measured:
         now = self.clock()
-        totals: dict[str, Memory] = {}
+        held: dict[str, Memory] = {}
+        private: dict[str, Memory] = {}
+        versions: dict[str, str] = {}
         for name, reports in read_reports(self.reports).items():
             for report in reports:
                 if now - report.written <= FRESH_S:
-                    totals[name] = totals.get(name, Memory()) + report.memory
-        return totals
+                    held[name] = held.get(name, Memory()) + report.memory
+                    private[name] = private.get(name, Memory()) + Memory(report.private_bytes, report.device_bytes)
+                    versions[name] = report.version
+        return Measured(held, private, versions)
 
-    def cost(self, name: str, measured: dict[str, Memory]) -> Memory:
-        """A loaded model's memory: measured now, else at its load, else estimated."""
-        if name in measured:
-            return measured[name]
+    def _served_version(self, name: str) -> str | None:
+        version = served_version(self.repo, name)
+        return None if version is None else str(version)
+
+    def _measured_for(self, name: str) -> bool:
+        """Whether `name`'s memory was measured for the version it serves now (a new version may differ)."""
         entry = self.entry(name)
-        return entry.memory if entry.memory is not None else self.estimate(name)
+        return entry.memory is not None and entry.version == self._served_version(name)
+
+    def _note(self, name: str, measured: Measured) -> None:
+        if name in measured.held:
+            entry = self.entry(name)
+            entry.memory, entry.version = measured.held[name], measured.versions[name]
+
+    def cost(self, name: str, measured: Measured) -> Memory:
+        """A loaded model's memory: measured now, else at its load, else estimated."""
+        if name in measured.held:
+            return measured.held[name]
+        return self.estimate(name)
 
     def estimate(self, name: str) -> Memory:
-        """What loading `name` will cost: measured at its last load; before its first, one stub per instance as large
-        as the largest stub measured (each holds torch) plus the weights it reads (on the device too, on a GPU)."""
+        """What loading `name` will cost: measured at its last load of the version it serves; else one stub per
+        instance as large as the largest stub measured (each holds torch) plus the weights it reads (on the device
+        too, on a GPU)."""
         entry = self.entry(name)
-        if entry.memory is not None:
+        if entry.memory is not None and self._measured_for(name):
             return entry.memory
         stubs = [report for reports in read_reports(self.reports).values() for report in reports]
         host = max((r.host_bytes for r in stubs), default=FIRST_STUB_BYTES)
@@ -231,12 +284,16 @@ class Residency:
         return per_stub * (self.swapper.instances(name) or 1)
 
     def _weights(self, name: str) -> int:
-        folder = self.repo.model_dir(name)
+        """The served version's files (the repository keeps older versions too)."""
+        version = self._served_version(name)
+        if version is None:
+            return 0
         with contextlib.suppress(OSError):
+            folder = self.repo.version_dir(name, int(version))
             return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
         return 0
 
-    def used(self, loaded: list[str] | None = None, measured: dict[str, Memory] | None = None) -> Memory:
+    def used(self, loaded: list[str] | None = None, measured: Measured | None = None) -> Memory:
         """What the loaded models hold together."""
         measured = self.measured() if measured is None else measured
         loaded = self.loaded() if loaded is None else loaded
@@ -244,25 +301,23 @@ class Residency:
 
     # Loading and unloading
 
-    def _make_room(self, name: str, need: Memory, loaded: list[str]) -> None:
-        """Unload the least recently used idle models until `need` more fits."""
+    def _make_room(self, name: str, need: Memory) -> None:
+        """Unload the least recently used idle model, chosen afresh each time (one may have turned busy meanwhile),
+        until `need` more fits; each unload counts what it gives back (its private pages), not its PSS."""
+        loaded = self.loaded()
         measured = self.measured()
         used = self.used(loaded, measured)
-        if (used + need).within(self.budget):
-            return
-        victims = []
-        for model in self._evictable(loaded, exclude=name):
-            victims.append(model)
-            used -= self.cost(model, measured)
-            if (used + need).within(self.budget):
-                break
-        else:
-            raise NoRoom(
-                f"model {name} needs {need}; {used} of MODEL_MEMORY_BUDGET={mib(self.budget)} is held by models busy "
-                "or pinned now"
-            )
-        for model in victims:
-            self._evict(model, f"to make room for {name}")
+        while not (used + need).within(self.budget):
+            idle = self._evictable(loaded, exclude=name)
+            if not idle:
+                raise NoRoom(
+                    f"model {name} needs {need}; {used} of MODEL_MEMORY_BUDGET={mib(self.budget)} is held by models "
+                    "busy or pinned now"
+                )
+            victim = idle[0]
+            self._evict(victim, f"to make room for {name}")
+            loaded.remove(victim)
+            used -= measured.private.get(victim, self.cost(victim, measured))
 
     def _evictable(self, loaded: list[str], exclude: str = "") -> list[str]:
         """Loaded models neither pinned nor busy, least recently used first."""
@@ -278,9 +333,10 @@ class Residency:
     def _evict(self, name: str, why: str) -> None:
         started = time.monotonic()
         entry = self.entry(name)
-        with self.repo.locked(name):
+        with self.lock, self.repo.locked(name):
             self.swapper.admin.unload(name)
-        self._wait(lambda: name not in self.measured() and name not in self.swapper.admin.ready())
+        # Triton answers the unload at once; the stubs end (their reports go) seconds later.
+        self._wait(lambda: name not in self.measured().held and name not in self.swapper.admin.ready())
         entry.evictions += 1
         self.metrics.evictions.labels(name).inc()
         log.info(
@@ -304,13 +360,14 @@ class Residency:
             raise LoadFailed(str(err)) from err
         finally:
             entry.loading = False
-        self._wait(lambda: name in self.measured())
-        entry.memory = self.measured().get(name, entry.memory)
+        self._wait(lambda: name in self.measured().held)
+        measured = self.measured()
+        self._note(name, measured)
         entry.failed_at, entry.problem = None, None
         entry.loads += 1
         entry.last_load_s = round(time.monotonic() - started, 3)
         self.metrics.loads.labels(name).inc()
-        used = self.used()
+        used = self.used(measured=measured)
         self.metrics.used.set(used.peak)
         log.info(
             "%s loaded in %.1f s (%s; %s of MODEL_MEMORY_BUDGET=%s in use)",
@@ -330,82 +387,96 @@ class Residency:
 
     def enforce(self) -> list[str]:
         """Unload idle models while the loaded ones hold more than the budget (a swap or a scaling can add memory
-        the decider did not place); returns those unloaded. Also remembers which models were used last."""
+        the decider did not place); returns those unloaded. Also forgets removed models and remembers which models
+        were used last. Triton unreachable is said once; the next poll tries again."""
         evicted = []
-        with self.lock:
-            loaded = self.loaded()
-            measured = self.measured()
-            for name, memory in measured.items():
-                if name in loaded:
-                    self.entry(name).memory = memory
-            used = self.used(loaded, measured)
-            self.metrics.used.set(used.peak)
-            for name in self._evictable(loaded):
-                if used.within(self.budget):
-                    break
-                self._evict(name, f"because the loaded models held {used}")
-                used -= self.cost(name, measured)
-                evicted.append(name)
+        try:
+            with self.lock:
+                loaded = self.loaded()
+                measured = self.measured()
+                for name in loaded:
+                    self._note(name, measured)
+                used = self.used(loaded, measured)
+                self.metrics.used.set(used.peak)
+                for name in self._evictable(loaded):
+                    if used.within(self.budget):
+                        break
+                    self._evict(name, f"because the loaded models held {used}")
+                    used -= measured.private.get(name, self.cost(name, measured))
+                    evicted.append(name)
+                models = set(self.repo.models())
+            with self.mutex:
+                self.entries = {name: entry for name, entry in self.entries.items() if name in models}
+        except NexusError as err:
+            self._tell(f"memory budget not enforced this poll: {err}")
+            return evicted
+        self._told = None
         if time.monotonic() - self._remembered_at > REMEMBER_EVERY_S:
             self.remember()
         return evicted
 
     def room_for(self, name: str, extra: Memory) -> bool:
-        """Whether `extra` more memory for the loaded `name` (more instances) fit, unloading idle models for them."""
-        with self.lock:
-            loaded = self.loaded()
-            try:
-                self._make_room(name, extra, loaded)
-            except NoRoom:
-                return False
-            return True
+        """Whether `extra` more memory for `name` (more instances, a new version beside the old) fits, unloading idle
+        models for it; False also when Triton does not answer."""
+        try:
+            with self.lock:
+                self._make_room(name, extra)
+        except NexusError:
+            return False
+        return True
 
     def settle_new(self, name: str) -> None:
-        """A model the watcher just installed and loaded to test it: unloaded again, so that only traffic brings it
-        in (its memory, measured meanwhile, is remembered for its first load)."""
-        with self.lock:
-            entry = self.entry(name)
-            entry.memory = self.measured().get(name, entry.memory)
-            if entry.memory is not None and not entry.memory.within(self.budget):
-                entry.problem = (
-                    f"model {name} holds {entry.memory} once loaded (measured at its install), more than "
-                    f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone: it is not served"
-                )
-                log.error("%s", entry.problem)
-                self._evict(name, "because it holds more than the budget alone")
-            elif name not in self.pinned:
-                self._evict(name, "after its first install (it loads on its first request)")
+        """A model the watcher just installed and loaded to test it: unloaded again when idle, so that only traffic
+        brings it in (its memory, measured meanwhile, is remembered for its first load); a busy one stays (`enforce`
+        unloads it once idle, if the budget needs it)."""
+        try:
+            with self.lock:
+                self._note(name, self.measured())
+                entry = self.entry(name)
+                if entry.memory is not None and not entry.memory.within(self.budget):
+                    entry.problem = (
+                        f"model {name} holds {entry.memory} once loaded (measured at its install), more than "
+                        f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone: it is not served"
+                    )
+                    log.error("%s", entry.problem)
+                    self._evict(name, "because it holds more than the budget alone")
+                elif name in self._evictable([name]):
+                    self._evict(name, "after its install (it loads on its first request)")
+        except NexusError as err:
+            self._tell(f"{name} left loaded after its install: {err}")
 
     def warm(self) -> None:
         """At start: the pinned models (Triton loaded them), then the most recently used before the restart, in that
-        order, while they fit without unloading anything."""
+        order, while they fit without unloading anything. Triton unreachable: said, and left to traffic."""
         for name, remembered in self._recall().items():
             entry = self.entry(name)
             if entry.memory is None and isinstance(remembered.get("memory"), list):
-                entry.memory = Memory(*remembered["memory"])
+                entry.memory, entry.version = Memory(*remembered["memory"]), remembered.get("version")
             entry.last_used = entry.last_used or remembered.get("last_used")
-        with self.lock:
-            loaded = self.loaded()
-            for name in sorted(self.pinned - set(loaded)):
-                with contextlib.suppress(NexusError):
-                    self._load(name, self.entry(name))
-            models = set(self.repo.models()) - set(self.loaded())
-            recent = sorted(
-                (name for name in models if self.entry(name).last_used), key=lambda n: -(self.entry(n).last_used or 0)
-            )
-            for name in recent:
-                if not (self.used() + self.estimate(name)).within(self.budget):
-                    break
-                with contextlib.suppress(NexusError):
-                    self._load(name, self.entry(name))
+        try:
+            with self.lock:
+                for name in sorted(self.pinned - set(self.loaded())):
+                    with contextlib.suppress(LoadFailed):
+                        self._load(name, self.entry(name))
+                models = set(self.repo.models()) - set(self.loaded())
+                recent = sorted((n for n in models if self.entry(n).last_used), key=lambda n: -self.entry(n).last_used)
+                for name in recent:
+                    if not (self.used() + self.estimate(name)).within(self.budget):
+                        break
+                    with contextlib.suppress(LoadFailed):
+                        self._load(name, self.entry(name))
+        except NexusError as err:
+            self._tell(f"models not loaded at start: {err}")
 
     def remember(self) -> None:
-        """Each model's measured memory and last use, in the repository (it outlives the watcher)."""
+        """Each model's measured memory (with its version) and last use, in the repository (it outlives the
+        watcher)."""
         self._remembered_at = time.monotonic()
         with self.mutex:
             state = {
                 name: {
                     "memory": [entry.memory.host, entry.memory.device] if entry.memory else None,
+                    "version": entry.version,
                     "last_used": entry.last_used,
                 }
                 for name, entry in self.entries.items()
@@ -426,6 +497,11 @@ class Residency:
                 return {str(k): v for k, v in raw.items() if isinstance(v, dict)}
         return {}
 
+    def _tell(self, message: str) -> None:
+        if message != self._told:
+            log.warning("%s", message)
+            self._told = message
+
     def snapshot(self) -> dict[str, Any]:
         loaded = set(self.loaded())
         measured = self.measured()
@@ -442,11 +518,12 @@ class Residency:
                 state = "failed"
             else:
                 state = "not_resident"
+            memory = measured.held.get(name, entry.memory)
             listing[name] = {
                 "state": state,
-                "bytes": _total(measured.get(name, entry.memory)),
-                "host_bytes": _part(measured.get(name, entry.memory), "host"),
-                "device_bytes": _part(measured.get(name, entry.memory), "device"),
+                "bytes": _total(memory),
+                "host_bytes": None if memory is None else memory.host,
+                "device_bytes": None if memory is None else memory.device,
                 "pinned": name in self.pinned,
                 "last_used": entry.last_used,
                 "loads": entry.loads,
@@ -462,36 +539,54 @@ def _total(memory: Memory | None) -> int | None:
     return None if memory is None else memory.host + memory.device
 
 
-def _part(memory: Memory | None, kind: str) -> int | None:
-    return None if memory is None else getattr(memory, kind)
-
-
-def serve_api(residency: Residency, host: str, port: int) -> ThreadingHTTPServer:
-    """The decider's HTTP API on `host:port`, in threads of its own (a load holds its request for seconds)."""
+def serve_api(residency: Residency, host: str, port: int, key: str | None = None) -> ThreadingHTTPServer:
+    """The decider's HTTP API on `host:port`, in threads of its own (a load holds its request for seconds). With
+    `key` (RESIDENCY_KEY) every request must carry it in RESIDENCY_HEADER: the model code Triton runs shares the
+    pod's loopback, and must not be able to make loads thrash."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/v1/residency":
-                return self._error(404, "not_found", f"no route {self.path}")
-            self._answer(200, residency.snapshot())
+            self._handle(lambda body: self._get())
 
         def do_POST(self) -> None:
+            self._handle(self._post)
+
+        def _get(self) -> dict[str, Any]:
+            if self.path.rstrip("/") != "/v1/residency":
+                raise _NoRoute(self.path)
+            return residency.snapshot()
+
+        def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+            if self.path.rstrip("/") == "/v1/residency":
+                residency.heartbeat(_names(body, "busy"), _names(body, "used"))
+                return residency.snapshot()
+            prefix = "/v1/residency/"
+            if not self.path.startswith(prefix) or "/" in self.path[len(prefix) :]:
+                raise _NoRoute(self.path)
+            deadline = body.get("deadline_s")
+            if deadline is not None and not isinstance(deadline, int | float):
+                raise ValueError("'deadline_s' must be a number of seconds")
+            return residency.ensure(unquote(self.path[len(prefix) :]), _names(body, "busy"), deadline)
+
+        def _handle(self, route: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+            """Every failure is a JSON error with a stable code: the proxy reads the code, never a dropped
+            connection."""
             try:
-                body = self._body()
-                if self.path.rstrip("/") == "/v1/residency":
-                    residency.heartbeat(_names(body, "busy"), _names(body, "used"))
-                    return self._answer(200, residency.snapshot())
-                prefix = "/v1/residency/"
-                if not self.path.startswith(prefix) or "/" in self.path[len(prefix) :]:
-                    return self._error(404, "not_found", f"no route {self.path}")
-                self._answer(200, residency.ensure(unquote(self.path[len(prefix) :]), _names(body, "busy")))
+                if key is not None and not hmac.compare_digest(self.headers.get(RESIDENCY_HEADER, ""), key):
+                    return self._error(401, "unauthorized", f"the {RESIDENCY_HEADER} header is missing or wrong")
+                self._answer(200, route(self._body()))
+            except _NoRoute as err:
+                self._error(404, "not_found", f"no route {err}")
             except ValueError as err:
                 self._error(400, "bad_request", str(err))
             except NexusError as err:
                 status = next(HTTP_STATUS[c] for c in type(err).__mro__ if c in HTTP_STATUS)
                 self._error(status, err.code, str(err))
+            except Exception as err:  # a bug of ours: said with its trace, answered all the same
+                log.exception("residency API: %s %s failed", self.command, self.path)
+                self._error(500, "internal_error", f"{type(err).__name__}: {err}")
 
         def _body(self) -> dict[str, Any]:
             length = int(self.headers.get("Content-Length") or 0)
@@ -519,6 +614,10 @@ def serve_api(residency: Residency, host: str, port: int) -> ThreadingHTTPServer
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="residency-api", daemon=True).start()
     return server
+
+
+class _NoRoute(Exception):
+    pass
 
 
 def _names(body: dict[str, Any], key: str) -> list[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,21 +78,26 @@ class TritonAdmin:
         self.client = grpcclient.InferenceServerClient(url.split("://", 1)[-1].rstrip("/"))
         # Triton wants a restricted gRPC protocol's header prefixed (its --grpc-restricted-protocol rule).
         self.headers = {f"triton-grpc-protocol-{ADMIN_HEADER}": admin_key} if admin_key else None
+        # Held by every load and unload, and by the residency decider across its unloads and the load they make
+        # room for: what Triton holds changes one step at a time.
+        self.lock = threading.RLock()
 
     def load(self, model: str) -> None:
         """Load (or reload) `model` from the repository; returns when it is loaded."""
-        self._call(
-            lambda: self.client.load_model(model, headers=self.headers, client_timeout=self.timeout_s),
-            ModelLoadFailed,
-            f"loading {model}",
-        )
+        with self.lock:
+            self._call(
+                lambda: self.client.load_model(model, headers=self.headers, client_timeout=self.timeout_s),
+                ModelLoadFailed,
+                f"loading {model}",
+            )
 
     def unload(self, model: str) -> None:
-        self._call(
-            lambda: self.client.unload_model(model, headers=self.headers, client_timeout=self.timeout_s),
-            ServerError,
-            f"unloading {model}",
-        )
+        with self.lock:
+            self._call(
+                lambda: self.client.unload_model(model, headers=self.headers, client_timeout=self.timeout_s),
+                ServerError,
+                f"unloading {model}",
+            )
 
     def unavailable(self) -> dict[str, str]:
         """The models of the repository Triton holds but could not load, with its reason (the repository index);
@@ -193,16 +199,22 @@ def _check_output(spec: TensorSpec, array: np.ndarray, rows: int) -> None:
         raise SmokeTestFailed(f"output {spec.name} is not finite for an input of zeros")
 
 
-def served(repo: Repository, name: str) -> ModelMetadata | None:
-    """The metadata of the version `config.pbtxt` serves, from that version's record; None when none is."""
+def served_version(repo: Repository, name: str) -> int | None:
+    """The version `config.pbtxt` serves; None when it names none (or not one)."""
     text = repo.config_text(name)
     if text is None:
         return None
     versions = from_pbtxt(text).get("version_policy", {}).get("specific", {}).get("versions", [])
-    if len(versions) != 1:
+    return int(versions[0]) if len(versions) == 1 else None
+
+
+def served(repo: Repository, name: str) -> ModelMetadata | None:
+    """The metadata of the version `config.pbtxt` serves, from that version's record; None when none is."""
+    version = served_version(repo, name)
+    if version is None:
         return None
     try:
-        record = json.loads((repo.version_dir(name, int(versions[0])) / RECORD_FILE).read_text())
+        record = json.loads((repo.version_dir(name, version) / RECORD_FILE).read_text())
         return metadata.parse(record["metadata"])
     except (OSError, ValueError, KeyError, NexusError):
         return None

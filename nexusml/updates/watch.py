@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ from nexusml.core.errors import (
 )
 from nexusml.core.memory import Memory
 from nexusml.core.metadata import ModelMetadata
-from nexusml.core.settings import MEMORY_BUDGET, MODEL_SERVER_URL, PINNED_MODELS, env, nested
+from nexusml.core.settings import MEMORY_BUDGET, MODEL_SERVER_URL, PINNED_MODELS, RESIDENCY_KEY, env, nested
 from nexusml.sync import storage
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
@@ -128,9 +127,12 @@ class WatchSettings:
         maximum=65535,
     )
     residency_host: str = env("RESIDENCY_HOST", "127.0.0.1", "address the residency API binds")
+    residency_key: str | None = RESIDENCY_KEY.field()
     sync: SyncSettings = nested(SyncSettings)
 
     def validate(self) -> None:
+        if self.memory_budget is not None and not self.residency_port:
+            raise SettingsError("MODEL_MEMORY_BUDGET needs RESIDENCY_PORT: nothing else can ask for a model's load")
         if not self.triton_url.startswith("grpc://"):
             # A load over HTTP stalls Triton's HTTP inferences (`TritonAdmin`): the watcher talks gRPC only.
             raise SettingsError(f"MODEL_SERVER_URL={self.triton_url}: the watcher wants Triton's gRPC address, grpc://")
@@ -370,13 +372,9 @@ class Following:
         self._told: dict[str, str] = {}  # subject -> the last problem logged about it
         self._loads: dict[str, _Load] = {}
         self._scale_retry: dict[str, tuple[float, int]] = {}  # a model whose change failed: (next try, failures)
-        # Held while what Triton has loaded changes: by each poll, and by the residency decider's loads.
-        self.lock = threading.RLock()
         self.residency: Residency | None = None
         if settings.memory_budget is not None:
-            self.residency = Residency(
-                settings.memory_budget, settings.pinned, swapper, self.lock, self.metrics.registry
-            )
+            self.residency = Residency(settings.memory_budget, settings.pinned, swapper, self.metrics.registry)
 
     def scale(self) -> dict[str, str]:
         """One look at Triton's statistics; scales each model the rule (`scaling`) says, one at a time.
@@ -498,16 +496,8 @@ class Following:
         self.metrics.started.inc()
         self.metrics.trying.set(meta.version)
         started = time.monotonic()
-        resident = self.residency is None or meta.name in self.residency.loaded()
-        if self.residency is not None and not self.residency.room_for(meta.name, self.residency.estimate(meta.name)):
-            # A version waits for no one's traffic to end: the budget is exceeded for the swap's duration, said here.
-            log.warning(
-                "%s version %d: no room in MODEL_MEMORY_BUDGET for its candidate beside the busy models; swapping "
-                "over the budget",
-                meta.name,
-                meta.version,
-            )
         try:
+            resident = self._make_room_to_swap(meta)
             self.swapper.swap(meta, on_step=lambda step: log.info("%s version %d: %s", meta.name, meta.version, step))
         except NexusError as err:
             self._count(meta.name, err.code)
@@ -540,6 +530,22 @@ class Following:
             self.residency.settle_new(meta.name)
         return "swapped"
 
+    def _make_room_to_swap(self, meta: ModelMetadata) -> bool:
+        """Within a budget, room for the candidate beside what is loaded; returns whether the model was loaded before
+        (a model that was not is unloaded again after its swap: traffic brings it in)."""
+        if self.residency is None:
+            return True
+        resident = meta.name in self.residency.loaded()
+        if not self.residency.room_for(meta.name, self.residency.estimate(meta.name)):
+            # A version waits for no one's traffic to end: the budget is exceeded for the swap's duration, said here.
+            log.warning(
+                "%s version %d: no room in MODEL_MEMORY_BUDGET for its candidate beside the busy models; swapping "
+                "over the budget",
+                meta.name,
+                meta.version,
+            )
+        return resident
+
     def _count(self, model: str, cause: str) -> None:
         self.metrics.failed.labels(cause).inc()
         self.metrics.outcomes.labels(model, cause).inc()
@@ -562,9 +568,8 @@ class Watcher(Following):
     def poll(self) -> str:
         """One look at the metadata, then at the model's load (`scale`); swaps when the metadata names a version not
         served. Returns what happened to the version."""
-        with self.lock:
-            outcome = self._look()
-            self.scale()
+        outcome = self._look()
+        self.scale()
         if self.residency is not None:
             self.residency.enforce()
         return outcome
@@ -611,11 +616,10 @@ class CatalogWatcher(Following):
     def poll(self) -> dict[str, str]:
         """One look at the metadata, then at the models' load (`scale`), then at the models Triton could not load
         (`heal`); within a budget, then at the memory the loaded models hold (`Residency.enforce`)."""
-        with self.lock:
-            outcomes = self._look()
-            self.scale()
-            if self.residency is None:  # within a budget, a model loads on request; the decider retries a failed one
-                self.heal()
+        outcomes = self._look()
+        self.scale()
+        if self.residency is None:  # within a budget, a model loads on request; the decider retries a failed one
+            self.heal()
         if self.residency is not None:
             self.residency.enforce()
         return outcomes

@@ -34,7 +34,7 @@ def test_each_instance_reports_its_memory_while_loaded(
 ) -> None:
     name = demo_model.meta.name
     directory = report_dir(repository)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)  # as the watcher makes it within a budget
     stale = {"model": name, "version": "1", "instance": f"{name}_0_9", "pid": 1, "host_bytes": 1, "written": 0}
     (directory / f"{name}@{name}_0_9.json").write_text(json.dumps(stale))
     server = start_triton(repository, tmp_path, MODEL_MEMORY_BUDGET="1GiB")
@@ -63,4 +63,5 @@ def test_each_instance_reports_its_memory_while_loaded(
         client.load_model(name)
     finally:
         server.stop()
-    assert not directory.exists()  # the server's stubs are gone, and so are their reports
+    assert list(directory.iterdir()) == []  # the server's stubs are gone, and so are their reports
+    directory.rmdir()

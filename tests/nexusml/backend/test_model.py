@@ -38,8 +38,11 @@ ARGS = {
 }
 
 
-def _report(backend: types.ModuleType, tmp_path: Path, root: Path, interval_s: float) -> Any:
+def _report(backend: types.ModuleType, tmp_path: Path, root: Path, interval_s: float, made: bool = True) -> Any:
+    """alpha_0_1's report under `root`, whose repository directory the watcher made (`made`) or not."""
     args = {key: value.format(root=tmp_path) for key, value in ARGS.items()}
+    if made:
+        backend.report_dir(tmp_path / "repository", root).mkdir(parents=True, exist_ok=True)
     return backend.MemoryReport(args, torch.device("cpu"), BackendLogger, root=root, interval_s=interval_s)
 
 
@@ -66,10 +69,10 @@ def test_an_instance_reports_its_memory_before_initialize_returns(
     assert report.path == directory / "alpha@alpha_0_1.json"
     written = json.loads(report.path.read_text())
     assert written.pop("written") <= time.time()
-    assert written.pop("host_bytes") > 2**20
+    assert written.pop("host_bytes") >= written.pop("private_bytes") > 2**20
     assert written == {"model": "alpha", "version": "3", "instance": "alpha_0_1", "pid": os.getpid(), "device_bytes": 0}
-    # the watcher runs as another process: it must be able to read the directory and the file
-    assert (directory.stat().st_mode & 0o777, report.path.stat().st_mode & 0o777) == (0o755, 0o644)
+    # the watcher runs as another process: it must be able to read the file
+    assert report.path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in directory.iterdir()] == ["alpha@alpha_0_1.json"]  # no temporary file left
     assert BackendLogger.warnings == []
 
@@ -96,9 +99,11 @@ def test_stopping_leaves_the_report_another_process_wrote(report: Any) -> None:
 def test_a_report_that_cannot_be_written_is_logged_once_and_never_fails_the_model(
     backend: types.ModuleType, tmp_path: Path
 ) -> None:
-    not_a_directory = tmp_path / "shm"
-    not_a_directory.write_text("")
-    report = _report(backend, tmp_path, not_a_directory, interval_s=0.01)
+    report = _report(backend, tmp_path, tmp_path / "shm", interval_s=0.01, made=True)
+    report.stop()
+    report.path.mkdir()  # the report's name taken by a directory: the rename fails
+    BackendLogger.warnings.clear()
+    report = _report(backend, tmp_path, tmp_path / "shm", interval_s=0.01)
     for _ in range(3):
         report.write()
     report.stop()
@@ -106,16 +111,30 @@ def test_a_report_that_cannot_be_written_is_logged_once_and_never_fails_the_mode
     assert BackendLogger.warnings[0].startswith(f"memory report {report.path} not written: ")
 
 
+def test_without_the_watchers_directory_nothing_is_measured(backend: types.ModuleType, tmp_path: Path) -> None:
+    report = _report(backend, tmp_path, tmp_path / "shm", interval_s=0.01, made=False)
+    report.stop()
+    assert not (tmp_path / "shm").exists()
+    assert BackendLogger.warnings == []
+
+
+RSS = 25 * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.mark.parametrize(
     ("rollup", "expected"),
     [
-        pytest.param("Rss:  2048 kB\nPss:  1234 kB\nShared_Clean: 9 kB\n", 1234 * 1024, id="pss"),
-        pytest.param(None, 25 * os.sysconf("SC_PAGE_SIZE"), id="no-smaps-rollup-rss"),
-        pytest.param("Rss: 2048 kB\n", 25 * os.sysconf("SC_PAGE_SIZE"), id="no-pss-line-rss"),
+        pytest.param(
+            "Rss:  2048 kB\nPss:  1234 kB\nShared_Clean: 9 kB\nPrivate_Clean: 100 kB\nPrivate_Dirty: 900 kB\n",
+            (1234 * 1024, 1000 * 1024),
+            id="pss-and-private",
+        ),
+        pytest.param(None, (RSS, RSS), id="no-smaps-rollup-rss"),
+        pytest.param("Rss: 2048 kB\n", (RSS, RSS), id="no-pss-line-rss"),
     ],
 )
-def test_host_bytes_are_the_pss_else_the_rss(
-    backend: types.ModuleType, tmp_path: Path, rollup: str | None, expected: int
+def test_host_bytes_are_the_pss_and_private_else_the_rss(
+    backend: types.ModuleType, tmp_path: Path, rollup: str | None, expected: tuple[int, int]
 ) -> None:
     rollup_file, statm = tmp_path / "smaps_rollup", tmp_path / "statm"
     if rollup is not None:

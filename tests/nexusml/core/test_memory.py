@@ -80,11 +80,11 @@ def test_each_repository_has_its_own_report_directory(tmp_path: Path) -> None:
     directories = {report_dir(tmp_path / name) for name in ("one", "two")}
     assert len(directories) == 2
     assert report_dir(tmp_path / "one" / ".." / "one") == report_dir(tmp_path / "one")
-    assert all(d.parent == Path("/dev/shm") and d.name.startswith("nexus-memory-") for d in directories)
+    assert all(d.parent == Path("/dev/shm/nexus-memory") and len(d.name) == 16 for d in directories)
 
 
 def _report(model: str, instance: str, host_bytes: int) -> Report:
-    return Report(model, "1", instance, 100, host_bytes, 0, 1.5)
+    return Report(model, "1", instance, 100, host_bytes, host_bytes // 2, 0, 1.5)
 
 
 def test_read_reports_groups_by_model_and_skips_what_is_no_report(tmp_path: Path) -> None:

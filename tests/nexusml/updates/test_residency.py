@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from nexusml.core.errors import ModelLoadFailed
+from nexusml.core.errors import ModelLoadFailed, ServerError, SettingsError
 from nexusml.core.memory import Memory
+from nexusml.core.settings import RESIDENCY_HEADER, load
 from nexusml.sync.repository import Repository
-from nexusml.updates.residency import LoadFailed, NoRoom, OverBudget, Residency, UnknownModel, serve_api
+from nexusml.updates.residency import LoadFailed, NoRoom, OverBudget, Residency, TooLate, UnknownModel, serve_api
+from nexusml.updates.watch import WatchSettings
 
 MIB = 2**20
 
@@ -31,6 +33,7 @@ class FakeAdmin:
         self.reports, self.sizes, self.broken = reports, sizes, broken
         self.loaded: list[str] = []
         self.calls: list[str] = []
+        self.lock = threading.RLock()
 
     def ready(self) -> list[str]:
         return list(self.loaded)
@@ -67,12 +70,19 @@ def decider(
     reports.mkdir()
     for name in sizes_mib:
         (repository / name).mkdir(parents=True)
-        (repository / name / "config.pbtxt").write_text(f'name: "{name}"')
+        config = f'name: "{name}"\nversion_policy {{ specific {{ versions: 1 }} }}'
+        (repository / name / "config.pbtxt").write_text(config)
     sizes = {name: Memory(*(size if isinstance(size, tuple) else (size, 0))) * MIB for name, size in sizes_mib.items()}
     admin = FakeAdmin(reports, sizes, **options)  # type: ignore[arg-type]
     swapper = FakeSwapper(Repository(repository), admin)
     pinned = tuple(options.pop("pinned", ())) if "pinned" in options else ()
-    return Residency(budget_mib * MIB, pinned, swapper, threading.RLock(), CollectorRegistry(), reports)  # type: ignore[arg-type]
+    return Residency(budget_mib * MIB, pinned, swapper, CollectorRegistry(), reports)  # type: ignore[arg-type]
+
+
+def measured(residency: Residency, name: str, size_mib: int, version: str = "1") -> None:
+    """`name` measured at an earlier load of `version`."""
+    entry = residency.entry(name)
+    entry.memory, entry.version = Memory(size_mib * MIB), version
 
 
 def test_the_least_recently_used_idle_model_makes_room(tmp_path: Path) -> None:
@@ -123,7 +133,7 @@ def test_a_resident_model_answers_without_a_load(tmp_path: Path) -> None:
 def test_refusals_name_their_cause(tmp_path: Path, name: str, error: type[Exception], message: str) -> None:
     residency = decider(tmp_path, 500, {"a": 100, "huge": 600, "broken": 10}, broken=("broken",))
     residency.ensure("a")
-    residency.entry("huge").memory = Memory(600 * MIB)  # measured at an earlier load
+    measured(residency, "huge", 600)  # measured at an earlier load
     with pytest.raises(error, match=message):
         residency.ensure(name)
     assert residency.swapper.admin.loaded == ["a"]
@@ -156,20 +166,21 @@ def test_warm_loads_the_most_recently_used_that_fit(tmp_path: Path) -> None:
     first.remember()
     for name in ("a", "b", "c"):
         first.swapper.admin.unload(name)
-    again = Residency(250 * MIB, (), first.swapper, threading.RLock(), CollectorRegistry(), first.reports)  # type: ignore[arg-type]
+    again = Residency(250 * MIB, (), first.swapper, CollectorRegistry(), first.reports)  # type: ignore[arg-type]
     again.warm()
     assert sorted(again.swapper.admin.loaded) == ["b", "c"]
 
 
 def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
     residency = decider(tmp_path, 500, {"a": 100, "huge": 600})
-    residency.entry("huge").memory = Memory(600 * MIB)
-    server = serve_api(residency, "127.0.0.1", 0)
+    measured(residency, "huge", 600)
+    server = serve_api(residency, "127.0.0.1", 0, key="k3y")
     base = f"http://127.0.0.1:{server.server_address[1]}/v1/residency"
     try:
 
-        def post(path: str, body: dict) -> tuple[int, dict]:
-            request = urllib.request.Request(base + path, json.dumps(body).encode(), method="POST")
+        def post(path: str, body: dict, key: str = "k3y") -> tuple[int, dict]:
+            headers = {RESIDENCY_HEADER: key}
+            request = urllib.request.Request(base + path, json.dumps(body).encode(), headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     return response.status, json.loads(response.read())
@@ -185,6 +196,12 @@ def test_the_api_answers_with_the_error_codes(tmp_path: Path) -> None:
         status, snapshot = post("", {"busy": ["a"], "used": ["a"]})
         assert status == 200 and snapshot["models"]["a"]["state"] == "resident"
         assert snapshot["used_bytes"] == 100 * MIB and snapshot["budget_bytes"] == 500 * MIB
+        assert post("", {}, key="wrong") == (401, post("", {}, key="")[1])
+        assert post("", {}, key="")[1]["error"]["code"] == "unauthorized"
+        assert post("/a", {"deadline_s": "soon"})[0] == 400
+        residency.swapper.admin.ready = lambda: 1 / 0  # type: ignore[method-assign]
+        status, answer = post("", {})
+        assert (status, answer["error"]["code"]) == (500, "internal_error")
     finally:
         server.shutdown()
 
@@ -206,3 +223,51 @@ def test_a_new_model_is_unloaded_after_its_install(tmp_path: Path, name: str, st
     assert (problem is None) == (listing["problem"] is None)
     if problem is not None:
         assert re.search(problem, listing["problem"])
+
+
+def test_a_model_that_turns_busy_while_another_is_unloaded_is_spared(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 300, {"a": 100, "b": 100, "c": 100, "d": 200})
+    for name in ("a", "b", "c"):
+        residency.ensure(name)
+        time.sleep(0.01)
+    measured(residency, "d", 200)  # room for two of the three is needed
+    admin = residency.swapper.admin
+    unload = admin.unload
+
+    def unload_then_b_gets_a_request(model: str) -> None:
+        unload(model)
+        residency.heartbeat(["b"], [])
+
+    admin.unload = unload_then_b_gets_a_request  # type: ignore[method-assign]
+    residency.ensure("d")
+    assert sorted(admin.loaded) == ["b", "d"]
+
+
+def test_triton_unreachable_never_ends_the_watcher(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 300, {"a": 100})
+
+    def unreachable() -> list[str]:
+        raise ServerError("reading the repository index: Triton at grpc://triton:8001 did not answer")
+
+    residency.swapper.admin.ready = unreachable  # type: ignore[method-assign]
+    assert residency.enforce() == []
+    residency.warm()
+    assert not residency.room_for("a", Memory(MIB))
+
+
+def test_names_the_repository_does_not_hold_are_not_remembered(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 300, {"a": 100})
+    residency.heartbeat(["junk"] * 3, ["a", "typo"])
+    assert list(residency.snapshot()["models"]) == ["a"]
+
+
+def test_a_call_whose_caller_stopped_waiting_is_dropped(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 300, {"a": 100})
+    with pytest.raises(TooLate):
+        residency.ensure("a", deadline_s=-1)
+    assert residency.swapper.admin.calls == []
+
+
+def test_a_budget_without_the_api_is_refused() -> None:
+    with pytest.raises(SettingsError, match="MODEL_MEMORY_BUDGET needs RESIDENCY_PORT"):
+        load(WatchSettings, {"MODEL_MEMORY_BUDGET": "1GiB", "RESIDENCY_PORT": "0"})
