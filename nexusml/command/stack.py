@@ -17,7 +17,9 @@ probes every model of the repository that is loaded (a model being added or remo
 The watcher (`nexus watch`, a child like the others) puts a new metadata's version live without downtime
 (docs/operations.md, "Model updates"). Triton's repository API is restricted to a key made here for this run (unless
 TRITON_ADMIN_KEY is set), which only the watcher is given; its shared-memory API to another key (unless
-TRITON_SHM_KEY is set), which only the proxy is given.
+TRITON_SHM_KEY is set), which only the proxy is given. The watcher's residency API wants a third (unless
+RESIDENCY_KEY is set), which only the watcher and the proxy are given: the other steps (Triton, which runs the
+models' code, above all) do not get it, also when the user set it.
 
 With MODEL_MEMORY_BUDGET (docs/operations.md, "Memory budget") Triton starts with PINNED_MODELS only (its settings
 read the budget), the watcher's decider loads the others on demand within the budget, and the proxy asks it through
@@ -42,7 +44,7 @@ from nexusml.core import catalog, logs, metadata
 from nexusml.core.errors import NexusError, ServerError, SettingsError
 from nexusml.core.probe import served_models
 from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
-from nexusml.core.settings import META_PATH, env, nested
+from nexusml.core.settings import META_PATH, RESIDENCY_KEY, env, nested
 from nexusml.sync.settings import S3Settings
 from nexusml.triton.server import TritonServer
 from nexusml.triton.settings import TritonSettings
@@ -158,6 +160,7 @@ def _proxy(settings: StackSettings, triton: TritonServer, model: str, env: dict[
         "MODEL_NAME": model,
         "NEXUS_META_PATH": str(settings.meta_path),
         "TRITON_SHM_KEY": triton.settings.shm_key or "",
+        RESIDENCY_KEY.var.name: settings.watch.residency_key or "",  # the key of the watcher's API: it sends it
     }
     if settings.watch.memory_budget is not None:
         proxy_env["RESIDENCY_URL"] = settings.proxy.residency_url or _residency_url(settings)
@@ -172,7 +175,12 @@ def _residency_url(settings: StackSettings) -> str:
 
 def _watcher(settings: StackSettings, triton: TritonServer, env: dict[str, str]) -> ManagedProcess:
     """`nexus watch` on the Triton just started, with the admin key of this run; ready when its metrics answer."""
-    watch_env = {**env, "MODEL_SERVER_URL": triton.grpc_url, "TRITON_ADMIN_KEY": triton.settings.admin_key or ""}
+    watch_env = {
+        **env,
+        "MODEL_SERVER_URL": triton.grpc_url,
+        "TRITON_ADMIN_KEY": triton.settings.admin_key or "",
+        RESIDENCY_KEY.var.name: settings.watch.residency_key or "",
+    }
     ready = f"http://{settings.watch.metrics_host}:{settings.watch.metrics_port}/metrics"
     return _child("watcher", "watch", watch_env, ready, settings.watch.load_timeout_s, "WATCH_METRICS_PORT")
 
@@ -224,8 +232,30 @@ def _servers(settings: StackSettings, triton: TritonServer, model: str, env: dic
     return [watcher, proxy] if settings.watch.memory_budget is not None else [proxy, watcher]
 
 
+def _environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment every step starts from: the user's, less RESIDENCY_KEY, which the settings hold and only the
+    watcher and the proxy are given."""
+    return {name: value for name, value in environ.items() if name != RESIDENCY_KEY.var.name}
+
+
+def _keyed(settings: StackSettings) -> StackSettings:
+    """`settings` with this run's keys, each made here unless the user set it: Triton's admin key (for the watcher),
+    its shared-memory key (for the proxy), and the residency API's (the watcher's, also given to the proxy)."""
+    return dataclasses.replace(
+        settings,
+        triton=dataclasses.replace(
+            settings.triton,
+            admin_key=settings.triton.admin_key or secrets.token_urlsafe(24),
+            shm_key=settings.triton.shm_key or secrets.token_urlsafe(24),
+        ),
+        watch=dataclasses.replace(
+            settings.watch, residency_key=settings.watch.residency_key or secrets.token_urlsafe(24)
+        ),
+    )
+
+
 def up(settings: StackSettings, environ: dict[str, str]) -> int:
-    env = dict(environ)
+    env = _environment(environ)
     running: list[ManagedProcess] = []
     try:
         with supervising():  # the first SIGINT/SIGTERM raises Stopped; later ones are ignored
@@ -251,12 +281,8 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         log.info("no S3 configured: local S3 at %s, publishing the demo model", s3.endpoint_url)
         _step("publish demo model", ["publish-demo"], env)
     _step("sync", ["sync"], env)
-    triton_settings = dataclasses.replace(
-        settings.triton,
-        admin_key=settings.triton.admin_key or secrets.token_urlsafe(24),
-        shm_key=settings.triton.shm_key or secrets.token_urlsafe(24),
-    )
-    settings = dataclasses.replace(settings, triton=triton_settings)
+    settings = _keyed(settings)
+    logs.hide(settings.watch.residency_key)  # Triton's keys: TritonServer hides them
     triton = TritonServer(settings.triton, env)
     triton.start()
     running.append(triton)

@@ -29,6 +29,8 @@ RELEASE = "nexus"
 NAMESPACE = "serving"
 TRITON_PORTS = frozenset({8000, 8001, 8002})
 TRITON_PORT_NAMES = frozenset({"triton-http", "triton-grpc", "triton-metrics"})
+# Where both deployments mount the stubs' memory reports (nexusml/core/memory.py's REPORT_ROOT; test_consistency.py).
+MEMORY_REPORTS = "/dev/shm/nexus-memory"
 
 
 class _ComposeLoader(yaml.SafeLoader):

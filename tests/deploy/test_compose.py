@@ -21,6 +21,7 @@ from tests.deploy.conftest import (
     COMPOSE,
     COMPOSE_CPU,
     COMPOSE_SCHEMA,
+    MEMORY_REPORTS,
     ROOT,
     TRITON_PORTS,
     compose_binary,
@@ -212,12 +213,16 @@ def test_triton_runs_untrusted_code_without_credentials_route_out_or_admin_apis(
 
 def test_triton_and_the_proxy_share_dev_shm(compose: dict[str, Any], services: dict[str, Any]) -> None:
     """The proxy's shared-memory regions are files of /dev/shm that Triton opens: one memory-backed volume at
-    /dev/shm in both (it outlives a restart of either), sized, writable by both images' user (1000)."""
-    mounted = {name for name, service in services.items() if "dshm:/dev/shm" in service.get("volumes", [])}
+    /dev/shm in both (it outlives a restart of either), sized, writable by both images' user (1000). No other
+    service mounts it: the watcher (S3 credentials) never sees the requests' tensors."""
+    mounted = {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str) and volume.split(":")[0] == "dshm"
+    }
     assert mounted == {"triton", "proxy"}
-    # the watcher reads the models' memory reports there, and writes nothing
-    readers = {name for name, service in services.items() if "dshm:/dev/shm:ro" in service.get("volumes", [])}
-    assert readers == {"watcher"}
+    assert all("dshm:/dev/shm" in services[name]["volumes"] for name in mounted)
     options = compose["volumes"]["dshm"]["driver_opts"]
     assert options["type"] == options["device"] == "tmpfs"
     mount_options = options["o"].split(",")
@@ -241,6 +246,43 @@ def test_only_the_proxy_holds_the_shared_memory_key(services: dict[str, Any]) ->
     assert proxy["UPSTREAM_SHARED_MEMORY_BYTES"] == "${UPSTREAM_SHARED_MEMORY_BYTES:-}"
     others = {name for name, s in services.items() if "TRITON_SHM_KEY" in (s.get("environment") or {})}
     assert others == {"proxy"}
+
+
+def test_only_the_watcher_and_the_proxy_hold_the_residency_key(services: dict[str, Any]) -> None:
+    """The decider's API (the watcher's, on the serving network Triton shares) answers only calls with
+    RESIDENCY_KEY: the proxy sends it; Triton, which runs the models' code, does not get it."""
+    holders = {
+        name: s["environment"]["RESIDENCY_KEY"]
+        for name, s in services.items()
+        if "RESIDENCY_KEY" in (s.get("environment") or {})
+    }
+    assert holders == {name: "${RESIDENCY_KEY:-change-me-residency}" for name in ("watcher", "proxy")}
+
+
+def test_the_memory_reports_have_a_volume_of_their_own(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    """The stubs (in Triton) write their memory reports, the decider (in the watcher) makes their folder and reads
+    them: a small tmpfs volume at the reports' path in both, writable, nested in Triton's /dev/shm; only uid 1000
+    (both images' user) reaches it."""
+    mounted = {
+        name: volume
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str) and volume.split(":")[0] == "memory-reports"
+    }
+    assert mounted == {name: f"memory-reports:{MEMORY_REPORTS}" for name in ("triton", "watcher")}
+    assert "dshm:/dev/shm" in services["triton"]["volumes"] and MEMORY_REPORTS.startswith("/dev/shm/")
+    options = compose["volumes"]["memory-reports"]["driver_opts"]
+    assert options["type"] == options["device"] == "tmpfs"
+    assert set(options["o"].split(",")) == {
+        "size=16m",
+        "uid=1000",
+        "gid=1000",
+        "mode=0770",
+        "nosuid",
+        "nodev",
+        "noexec",
+    }
+    assert services["triton"]["user"] == "1000:1000" and "user" not in services["watcher"]  # the image's: 1000
 
 
 # NEXUS_META_PATH of every service that reads or writes the metadata: NEXUS_META_NAME inside the mounted folder.
@@ -475,10 +517,11 @@ def test_the_proxy_asks_the_watchers_decider_only_with_a_budget(env: dict[str, s
     assert f"http://watcher:{watcher['RESIDENCY_PORT']}" == "http://watcher:9103"
     assert watcher["RESIDENCY_PORT"] in config["watcher"]["expose"]
     assert "serving" in config["watcher"]["networks"] and "serving" in config["proxy"]["networks"]
-    # the stubs file their reports under Triton's /dev/shm by the repository's path: the same in both
+    # the stubs file their reports by the repository's path, in the reports' volume: the same in both
     mounts = {v["target"]: v for v in config["watcher"]["volumes"]}
     triton_mounts = {v["target"]: v for v in triton["volumes"]}
-    assert mounts["/dev/shm"]["source"] == triton_mounts["/dev/shm"]["source"] == "dshm"
-    assert mounts["/dev/shm"]["read_only"] is True
+    assert mounts[MEMORY_REPORTS]["source"] == triton_mounts[MEMORY_REPORTS]["source"] == "memory-reports"
+    assert not mounts[MEMORY_REPORTS].get("read_only") and not triton_mounts[MEMORY_REPORTS].get("read_only")
+    assert "/dev/shm" not in mounts
     assert mounts["/models"]["source"] == triton_mounts["/models"]["source"] == "models"
     assert watcher["MODEL_REPOSITORY"] == "/models"

@@ -16,6 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from nexusml.command.cli import parser
+from nexusml.core.memory import REPORT_ROOT
 from nexusml.core.settings import LogSettings, load, variables
 from nexusml.sync.settings import S3Settings, SyncSettings
 from nexusml.triton.server import TritonDistribution, command
@@ -27,6 +28,7 @@ from tests.deploy.conftest import (
     CHART,
     COMPOSE,
     DOCKER_DIR,
+    MEMORY_REPORTS,
     ROOT,
     container,
     env_of,
@@ -60,6 +62,7 @@ DEPLOYMENT_OVERRIDES = {
     "API_KEYS_FILE": "container path of the mounted keys secret, set only when a keys file is given",
     "RESIDENCY_HOST": "compose: the proxy calls the watcher's decider from its own container",
     "RESIDENCY_URL": "the watcher's decider, set only with a memory budget",
+    "RESIDENCY_KEY": "the deployment's own key of the residency API: compose's placeholder, the chart's Secret",
 }
 # Read by every command before its own settings (`nexus --log-level`, LOG_FORMAT).
 COMMAND_VARIABLES = {spec.name: default for spec, default in variables(LogSettings)}
@@ -233,6 +236,47 @@ def test_a_budget_loads_the_pinned_models_only_in_each_deployment(tmp_path: Path
     chart_argv = container(pod_spec(render_chart(values)), "triton")["args"]
     assert _loads(chart_argv) == _loads(launcher_argv)
     assert {k: v for k, v in _deployed_flags(chart_argv).items() if k != "--load-model"} == launcher
+
+
+# Each deployment's container (compose service, chart container) -> the settings of the process it runs.
+PROCESSES = {
+    ("model-sync", "sync"): SyncSettings,
+    ("triton", "triton"): TritonSettings,
+    ("proxy", "proxy"): ProxySettings,
+    ("watcher", "watcher"): WatchSettings,
+}
+
+
+def test_the_residency_key_reaches_exactly_the_processes_that_read_it() -> None:
+    """RESIDENCY_KEY opens the decider's API: the watcher checks it and the proxy sends it, and no other container
+    holds it (Triton runs the models' code), in compose and in the chart (with a budget)."""
+    readers = {
+        names for names, cls in PROCESSES.items() if "RESIDENCY_KEY" in {spec.name for spec, _ in variables(cls)}
+    }
+    assert {service for service, _ in readers} == {"watcher", "proxy"}
+    services = load_compose(COMPOSE)["services"]
+    assert {s for s, service in services.items() if "RESIDENCY_KEY" in (service.get("environment") or {})} == {
+        service for service, _ in readers
+    }
+    values = {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB"}}
+    spec = pod_spec(render_chart(values))
+    chart = {c["name"] for c in spec["initContainers"] + spec["containers"] if "RESIDENCY_KEY" in env_of(c)}
+    assert chart == {name for _, name in readers}
+
+
+def test_memory_reports_are_mounted_where_the_stubs_write_them() -> None:
+    """The stubs write under nexusml/core/memory.py's REPORT_ROOT and the decider reads there: each deployment mounts
+    its reports volume at that path in Triton and the watcher (the stubs' folder inside is named by the repository's
+    path, /models in both)."""
+    assert str(REPORT_ROOT) == MEMORY_REPORTS
+    services = load_compose(COMPOSE)["services"]
+    for name in ("triton", "watcher"):
+        targets = [v.split(":")[1] for v in services[name]["volumes"] if isinstance(v, str)]
+        assert str(REPORT_ROOT) in targets, name
+    values = {"watcher": {"enabled": True}, "residency": {"memoryBudget": "8GiB"}}
+    spec = pod_spec(render_chart(values))
+    for name in ("triton", "watcher"):
+        assert str(REPORT_ROOT) in {m["mountPath"] for m in container(spec, name)["volumeMounts"]}, name
 
 
 def test_chart_defaults_match_the_code() -> None:

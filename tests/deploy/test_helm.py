@@ -19,6 +19,7 @@ from tests.deploy.conftest import (
     CHART_CASES,
     KUBE_VERSION,
     MANY_MODELS,
+    MEMORY_REPORTS,
     TRITON_PORT_NAMES,
     TRITON_PORTS,
     by_kind,
@@ -428,20 +429,19 @@ def test_triton_keys_come_from_secrets() -> None:
 
 @pytest.mark.parametrize("values", CHART_CASES)
 def test_triton_and_the_proxy_share_a_memory_dev_shm(values: dict[str, Any]) -> None:
-    """The proxy's regions are files of /dev/shm that Triton opens: one emptyDir of medium Memory in both. With a
-    memory budget the watcher reads the stubs' memory reports there: the same volume, read only."""
+    """The proxy's regions are files of /dev/shm that Triton opens: one emptyDir of medium Memory in both, and in
+    no other container (the watcher, which holds S3 credentials, never sees the requests' tensors)."""
     spec = pod_spec(render_chart(values))
     volumes = {v["name"]: v for v in spec["volumes"]}
     shared = set()
     for item in spec["initContainers"] + spec["containers"]:
         mounts = {m["mountPath"]: m for m in item["volumeMounts"]}
-        reader = item["name"] == "watcher" and "residency" in values
         if "/dev/shm" in mounts:
-            assert mounts["/dev/shm"].get("readOnly", False) is reader, item["name"]
+            assert not mounts["/dev/shm"].get("readOnly", False), item["name"]
             shared.add(mounts["/dev/shm"]["name"])
-            assert item["name"] in ("triton", "proxy") or reader, item["name"]
+            assert item["name"] in ("triton", "proxy"), item["name"]
         else:
-            assert item["name"] in ("sync", "watcher") and not reader, item["name"]
+            assert item["name"] in ("sync", "watcher"), item["name"]
     (name,) = shared
     assert volumes[name]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
 
@@ -739,7 +739,14 @@ def test_keys_file_notes_say_how_to_rotate() -> None:
 
 # --- the memory budget (residency.*; off by default) ----------------------------------------------------------
 RESIDENCY_CASE = next(case.values[0] for case in CHART_CASES if case.id == "residency")
-RESIDENCY_ENV = ("MODEL_MEMORY_BUDGET", "PINNED_MODELS", "RESIDENCY_HOST", "RESIDENCY_PORT", "RESIDENCY_URL")
+RESIDENCY_ENV = (
+    "MODEL_MEMORY_BUDGET",
+    "PINNED_MODELS",
+    "RESIDENCY_HOST",
+    "RESIDENCY_PORT",
+    "RESIDENCY_URL",
+    "RESIDENCY_KEY",
+)
 
 
 @pytest.mark.parametrize(
@@ -751,13 +758,16 @@ RESIDENCY_ENV = ("MODEL_MEMORY_BUDGET", "PINNED_MODELS", "RESIDENCY_HOST", "RESI
     ],
 )
 def test_no_budget_changes_nothing(values: dict[str, Any]) -> None:
-    """Off: every model loaded at start, no residency variable anywhere, the watcher without /dev/shm."""
-    spec = pod_spec(render_chart(values))
+    """Off: every model loaded at start, no residency variable anywhere, no reports volume, no residency key."""
+    objects = render_chart(values)
+    spec = pod_spec(objects)
     args = container(spec, "triton")["args"]
     assert [a for a in args if a.startswith("--load-model")] == ["--load-model=*"]
     assert "--strict-readiness=true" in args
     for item in spec["containers"]:
         assert not set(env_of(item)) & set(RESIDENCY_ENV), item["name"]
+    assert "memory-reports" not in {v["name"] for v in spec["volumes"]}
+    assert not [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-residency")]
     if values.get("watcher"):
         assert "dshm" not in _mounts(container(spec, "watcher"))
 
@@ -784,12 +794,58 @@ def test_a_budget_loads_the_pinned_models_and_points_the_proxy_at_the_decider(
     assert env["RESIDENCY_HOST"] == "127.0.0.1" and env["RESIDENCY_PORT"] == "9103"
     assert env_of(proxy)["RESIDENCY_URL"] == f"http://127.0.0.1:{env['RESIDENCY_PORT']}"
     assert [p["containerPort"] for p in watcher["ports"]] == [int(env["WATCH_METRICS_PORT"])]
-    # the stubs' reports: Triton's /dev/shm (read only here), filed by the repository's path, the same in both
-    assert _mounts(watcher)["dshm"] == {"name": "dshm", "mountPath": "/dev/shm", "readOnly": True}
-    assert _mounts(triton)["dshm"]["mountPath"] == "/dev/shm"
+    # the stubs' reports are filed by the repository's path: the same in both
     assert _mounts(watcher)["models"]["mountPath"] == _mounts(triton)["models"]["mountPath"] == env["MODEL_REPOSITORY"]
     for name in ("triton", "sync"):
         assert not set(env_of(container(spec, name))) & set(RESIDENCY_ENV), name
+
+
+@pytest.mark.parametrize("values", CHART_CASES)
+def test_with_a_budget_the_memory_reports_have_a_volume_of_their_own(values: dict[str, Any]) -> None:
+    """The stubs (Triton) write their reports, the decider (watcher) makes their folder and reads them: a small
+    emptyDir of medium Memory at the reports' path in those two, writable, nested in Triton's /dev/shm. The watcher
+    does not mount the /dev/shm of the requests' tensors."""
+    spec = pod_spec(render_chart(values))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    holders = {}
+    for item in spec["initContainers"] + spec["containers"]:
+        for mount in item["volumeMounts"]:
+            if mount["name"] == "memory-reports":
+                assert mount == {"name": "memory-reports", "mountPath": MEMORY_REPORTS}, item["name"]
+                holders[item["name"]] = {m["mountPath"]: m["name"] for m in item["volumeMounts"]}
+    if "residency" not in values:
+        assert holders == {} and "memory-reports" not in volumes
+        return
+    assert set(holders) == {"triton", "watcher"}
+    assert volumes["memory-reports"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Mi"}
+    assert holders["triton"]["/dev/shm"] == "dshm"  # nested: Triton's other /dev/shm files stay on dshm
+    assert "/dev/shm" not in holders["watcher"] and "dshm" not in holders["watcher"].values()
+
+
+@pytest.mark.parametrize(
+    ("key", "secret_name"),
+    [
+        pytest.param({}, "nexus-nexus-dataplane-residency", id="chart-secret"),
+        pytest.param({"existingSecret": "residency", "secretKey": "k"}, "residency", id="existing-secret"),
+    ],
+)
+def test_only_the_watcher_and_the_proxy_hold_the_residency_key(key: dict[str, str], secret_name: str) -> None:
+    """The decider's API answers only calls with RESIDENCY_KEY: the watcher checks it, the proxy sends it; Triton
+    (which runs the models' code) and the init container never get it. The chart's Secret is random."""
+    values = {**RESIDENCY_CASE, "residency": {**RESIDENCY_CASE["residency"], "key": key}}
+    objects = render_chart(values)
+    spec = pod_spec(objects)
+    holders = {c["name"] for c in spec["initContainers"] + spec["containers"] if "RESIDENCY_KEY" in env_of(c)}
+    assert holders == {"watcher", "proxy"}
+    refs = [env_of(container(spec, name))["RESIDENCY_KEY"]["secretKeyRef"] for name in sorted(holders)]
+    assert refs[0] == refs[1] and refs[0]["name"] == secret_name
+    made = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"].endswith("-residency")]
+    if key:
+        assert made == []
+    else:
+        (secret,) = made
+        assert secret["metadata"]["name"] == secret_name
+        assert len(base64.b64decode(secret["data"][refs[0]["key"]])) == 32
 
 
 def test_a_budget_from_a_values_file_keeps_its_digits() -> None:
@@ -842,7 +898,12 @@ def test_bad_residency_values_are_refused(values: dict[str, Any], message: str) 
 def test_chart_residency_defaults_match_the_code() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["residency"]
     code = WatchSettings()
-    assert values == {"memoryBudget": "", "pinned": [], "port": code.residency_port}
+    assert values == {
+        "memoryBudget": "",
+        "pinned": [],
+        "port": code.residency_port,
+        "key": {"existingSecret": "", "secretKey": "residency-key"},
+    }
     assert code.memory_budget is None and code.pinned == ()
 
 

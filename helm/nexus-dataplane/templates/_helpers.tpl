@@ -97,6 +97,31 @@ name in the mounted folder: the metadata's own name pattern, so it is neither hi
 {{- default (printf "%s-triton-shm" (include "nexus.fullname" .)) .Values.sharedMemory.key.existingSecret }}
 {{- end }}
 
+{{/* A Secret of one random value that the chart makes for a key (dict: root, name, key): kept across upgrades
+(lookup finds the value in place), random on the first install. */}}
+{{- define "nexus.randomSecret" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- $value := "" }}
+{{- if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- $value = index $existing.data .key | b64dec }}
+{{- else }}
+{{- $value = randAlphaNum 32 }}
+{{- end -}}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "nexus.labels" .root | nindent 4 }}
+type: Opaque
+data:
+  {{ .key }}: {{ $value | b64enc | quote }}
+{{- end }}
+
+{{- define "nexus.residencySecret" -}}
+{{- default (printf "%s-residency" (include "nexus.fullname" .)) .Values.residency.key.existingSecret }}
+{{- end }}
+
 {{/* The Secret holding the tenants' keys file: the user's, else the chart's (from proxy.keysFile.content). */}}
 {{- define "nexus.keysSecret" -}}
 {{- default (printf "%s-api-keys" (include "nexus.fullname" .)) .Values.proxy.keysFile.existingSecret }}
@@ -209,6 +234,16 @@ registers its regions there), never the watcher. */}}
     secretKeyRef:
       name: {{ include "nexus.shmSecret" . }}
       key: {{ .Values.sharedMemory.key.secretKey }}
+{{- end }}
+
+{{/* RESIDENCY_KEY from the residency Secret: the watcher (whose API wants it) and the proxy (which calls it), never
+Triton. */}}
+{{- define "nexus.residencyKeyEnv" -}}
+- name: RESIDENCY_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "nexus.residencySecret" . }}
+      key: {{ .Values.residency.key.secretKey }}
 {{- end }}
 
 {{/* "true" when a memory budget is set (residency.memoryBudget): Triton loads the pinned models only, the watcher's

@@ -1,6 +1,7 @@
 """`nexus up` with MODEL_MEMORY_BUDGET: Triton starts with the pinned models only, the watcher (its decider) starts
-before the proxy, the proxy is given RESIDENCY_URL, the watchdog probes only loaded models. Without a budget
-nothing changes. No servers: the pieces `up` assembles, one by one."""
+before the proxy, the proxy is given RESIDENCY_URL, the watchdog probes only loaded models; the residency API's key
+reaches the watcher and the proxy alone. Without a budget nothing changes. No servers: the pieces `up` assembles,
+one by one."""
 
 from __future__ import annotations
 
@@ -108,3 +109,33 @@ def test_with_a_budget_the_watchdog_probes_the_loaded_models_only(
     write_metadata(stub_metadata("a"), tmp_path / "a.json")
     models = catalog.read(tmp_path / "a.json")
     assert stack._probed(_settings(tmp_path, **environ), models, directory) == probed
+
+
+@pytest.mark.parametrize(
+    ("environ", "given"),
+    [
+        pytest.param({}, None, id="made"),
+        pytest.param(BUDGET, None, id="made-budget"),
+        pytest.param({**BUDGET, "RESIDENCY_KEY": "the-users-key"}, "the-users-key", id="users"),
+    ],
+)
+def test_the_residency_key_goes_to_the_watcher_and_the_proxy_alone(
+    tmp_path: Path, environ: dict[str, str], given: str | None
+) -> None:
+    """Like Triton's keys, one is made for the run unless set; the watcher's API wants it and the proxy sends it.
+    The other steps start from an environment without it, also when the user set it: Triton runs the models' code."""
+    settings = stack._keyed(_settings(tmp_path, **environ))
+    env = stack._environment({**environ, "OTHER": "kept"})
+    assert "RESIDENCY_KEY" not in env and env["OTHER"] == "kept"
+    triton = TritonServer(settings.triton, env)
+    servers = {server.name: server for server in stack._servers(settings, triton, "", env)}
+    watcher, proxy = servers["watcher"], servers["proxy"]
+    key = watcher.env["RESIDENCY_KEY"]
+    assert proxy.env["RESIDENCY_KEY"] == key
+    if given:
+        assert key == given
+    else:  # random, and none of Triton's keys
+        assert len(key) >= 24 and key not in (settings.triton.admin_key, settings.triton.shm_key)
+    assert "RESIDENCY_KEY" not in triton.env
+    again = stack._keyed(_settings(tmp_path, **environ)).watch.residency_key
+    assert (again == key) is bool(given), "a new one each run, unless set"
