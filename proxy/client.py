@@ -35,7 +35,7 @@ from tritonclient.utils import (
 )
 
 from nexusml.core.settings import SHM_HEADER
-from nexusml.core.triton_errors import TritonFailure, classify, status_and_message
+from nexusml.core.triton_errors import TritonFailure, classify, model_not_loaded, status_and_message
 from proxy.errors import (
     DeadlineExceeded,
     ModelNotLoaded,
@@ -68,6 +68,8 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
     """Map one Triton error to the proxy's answer, by its meaning (`nexusml.core.triton_errors`, the watcher's
     rule too); Triton's message is kept for the client."""
     status, message = status_and_message(err)
+    if model_not_loaded(err):  # also while it loads or unloads (UNAVAILABLE): loaded again with a memory budget
+        return ModelNotLoaded(f"Triton does not have the model loaded: {message}")
     failure = classify(err)
     if failure is TritonFailure.QUEUE_FULL:
         return UpstreamBusy(f"Triton's queue is full: {message}")
@@ -75,8 +77,6 @@ def from_triton_error(err: InferenceServerException) -> ProxyError:
         return DeadlineExceeded(f"the deadline passed in Triton: {message}")
     if failure is TritonFailure.RESTRICTED:
         return UpstreamForbidden(f"Triton refused a restricted API: {message}")
-    if failure is TritonFailure.MODEL_UNKNOWN:
-        return ModelNotLoaded(f"Triton is unavailable: {message}")
     if failure is TritonFailure.UNREACHABLE:
         return UpstreamUnavailable(f"Triton is unavailable: {message}")
     if failure is TritonFailure.REJECTED:

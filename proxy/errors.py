@@ -264,8 +264,9 @@ class UpstreamUnavailable(ProxyError):
 
 
 class ModelNotLoaded(UpstreamUnavailable):
-    """Triton does not have the model loaded (an unknown model): with a memory budget, unloaded to make room since
-    the proxy last heard, so the request is made to wait for its load once more (`proxy.residency`)."""
+    """Triton does not have the model loaded (an unknown model, or one loading or unloading): with a memory budget,
+    unloaded to make room since the proxy last heard, so the request is made to wait for its load once more
+    (`proxy.residency`)."""
 
 
 class NoRoom(ProxyError):

@@ -72,7 +72,7 @@ async def predicting(
     With a memory budget, a model not loaded (or whose schema was never read) is loaded first, within the
     deadline (`wait_for_model`), once the body is in and before a MAX_IN_FLIGHT place is taken: requests waiting
     for a load hold none. A model Triton says is not loaded (unloaded since the last heartbeat) is loaded again,
-    once."""
+    once, its place given back while it waits; the body is parsed again if the load brought a new schema."""
     state = request.app[STATE]
     settings = state.settings
     if state.draining:
@@ -89,58 +89,64 @@ async def predicting(
     state.in_flight += 1  # in progress from here (the gauge, and what a graceful shutdown waits for)
     model.in_flight += 1  # what a removed model's coalescer waits for before it closes
     state.metrics.in_flight_changed(1)
+    tenant = request[TENANT]
+    admitted = False
     try:
         deadline = request_deadline(request)
         body = await read_body(request, settings)
-        if waiting:
-            schema = await wait_for_model(request, model, deadline)
-        assert schema is not None
-        # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
-        # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
-        # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none.
-        tenant = request[TENANT]
-        state.admit(tenant)
-        try:
-            prediction, parsed = parse(body, schema)
-            request.app[TENANCY].charge_rows(tenant, prediction.rows)
-            state.metrics.tenant_request(tenant.name, prediction.rows)
-            retried = False
-            while True:
-                try:
-                    coalescer = model.coalescer
-                    if coalescer is not None:
-                        outputs, version = await coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
-                    else:
-                        outputs, version = await model.send(
-                            prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
-                        )
-                    break
-                except ModelNotLoaded:
-                    if residency is None or retried:
-                        raise
-                    retried = True
-                    residency.evicted(model.name)
-                    await wait_for_model(request, model, deadline)
-        finally:
-            state.release(tenant)
-        return schema, parsed, outputs, version
+        parsed_with: ModelSchema | None = None
+        retried = False
+        while True:
+            if waiting:
+                schema = await wait_for_model(request, model, deadline)
+            assert schema is not None
+            # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
+            # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
+            # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none.
+            state.admit(tenant)
+            admitted = True
+            if schema != parsed_with:  # the first parse, or a load brought another interface
+                prediction, parsed = parse(body, schema)
+                if parsed_with is None:
+                    request.app[TENANCY].charge_rows(tenant, prediction.rows)
+                    state.metrics.tenant_request(tenant.name, prediction.rows)
+                parsed_with = schema
+            try:
+                coalescer = model.coalescer
+                if coalescer is not None:
+                    outputs, version = await coalescer.submit(prediction.arrays, prediction.rows, deadline, tenant)
+                else:
+                    outputs, version = await model.send(
+                        prediction.arrays, prediction.rows, deadline, tenant.level, request[REQUEST_ID]
+                    )
+                return schema, parsed, outputs, version
+            except ModelNotLoaded:
+                if residency is None or retried:
+                    raise
+                retried = waiting = True
+                residency.evicted(model.name)
+                state.release(tenant)  # no place is held while waiting for a load
+                admitted = False
     finally:
+        if admitted:
+            state.release(tenant)
         state.in_flight -= 1
         model.in_flight -= 1
         state.metrics.in_flight_changed(-1)
 
 
 async def wait_for_model(request: web.Request, model: ModelState, deadline: float) -> ModelSchema:
-    """Have the decider load `model` (`Residency.ensure`), within `deadline`, then read its schema if it never was;
-    the wait is counted, and told to the client (`Nexus-Load-Wait-Ms`), whatever it ends in."""
+    """Have the decider load `model` (`Residency.ensure`), within `deadline`, then read its schema if it never was,
+    or again if the decider loaded it now (a new version may have been put live while it was not loaded, with
+    another interface); the wait is counted, and told to the client (`Nexus-Load-Wait-Ms`), whatever it ends in."""
     state = request.app[STATE]
     assert state.residency is not None
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await state.residency.ensure(model.name, deadline)
+        loaded = await state.residency.ensure(model.name, deadline)
         schema = model.schema
-        if schema is None:
+        if schema is None or loaded:
             try:
                 async with asyncio.timeout_at(deadline):
                     schema = await read_schema(state, model)

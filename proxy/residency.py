@@ -6,9 +6,13 @@ Each worker tells the decider, every `HEARTBEAT_S`, which models have requests i
 "least recently used" is measured by), and keeps the snapshot it answers with: each model's state and measured
 bytes (`GET /v1/models`), and which models are loaded (`resident`, the one lookup a request makes). A request for a
 model not loaded asks the decider to load it (`ensure`) and waits, within its own deadline: one call per model at a
-time in this worker, shared by every request waiting for that model. The decider answers when the model is loaded,
-or why it cannot be: `no_room` (every loaded model is busy or pinned now: asked again every `NO_ROOM_RETRY_S`
-while the deadline allows), `over_memory_budget`, `model_load_failed`, `model_not_found`.
+time in this worker, shared by every request waiting for that model. A call carries the deadline of the request
+that started it (`deadline_s`, the seconds it still waits: the decider drops a call nobody waits for any more) and
+lasts that long, plus the connection; a request that joined it and may wait longer starts a new call when it
+ends for want of time. The decider answers when the model is loaded, or why it cannot be: `no_room` (every loaded
+model is busy or pinned now: asked again every `NO_ROOM_RETRY_S` while the deadline allows), `over_memory_budget`,
+`model_load_failed`, `model_not_found`, `deadline_exceeded`. With `RESIDENCY_KEY` every call carries it (header
+`nexus-residency-key`); the decider refuses a call without it, or with another, 401.
 
 Without `RESIDENCY_URL` none of this exists (`ProxyState.residency` is None) and every model is taken as loaded.
 """
@@ -24,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from nexusml.core.settings import RESIDENCY_HEADER
 from proxy.errors import (
     DeadlineExceeded,
     LoadFailed,
@@ -63,24 +68,25 @@ class Residency:
         self.used: set[str] = set()  # the models that got a request since the last heartbeat
         self.answered = False  # whether the decider answered the last heartbeat
         self.problem = f"the residency decider at RESIDENCY_URL={self.url} has not answered a heartbeat yet"
+        self.headers = {RESIDENCY_HEADER: settings.residency_key} if settings.residency_key else {}
+        self.connect_timeout_s = settings.connect_timeout_s
         self.heartbeat_timeout = aiohttp.ClientTimeout(total=settings.connect_timeout_s)
-        # A load answers once the model is in: as long as any request may wait for it, plus the connection.
-        self.load_timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout_ms / 1000 + settings.connect_timeout_s,
-            sock_connect=settings.connect_timeout_s,
-        )
+        # A load answers once the model is in: its call is bounded by the deadline it carries (`_load`).
+        self.load_timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
         self.session: aiohttp.ClientSession | None = None
-        self._calls: dict[str, asyncio.Task[None]] = {}  # the one load call per model in progress
+        # The one load call per model in progress, with the deadline (loop time) of the request that started it.
+        self._calls: dict[str, tuple[asyncio.Task[bool], float]] = {}
         self._confirmed: dict[str, float] = {}  # models this worker's calls found loaded, and when
         self._changed = asyncio.Event()  # set, and replaced, whenever `resident` changes
 
     async def open(self) -> None:
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(headers=self.headers)
 
     async def close(self) -> None:
-        for call in list(self._calls.values()):
+        calls = [call for call, _ in self._calls.values()]
+        for call in calls:
             call.cancel()
-        await asyncio.gather(*self._calls.values(), return_exceptions=True)
+        await asyncio.gather(*calls, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
 
@@ -105,7 +111,7 @@ class Residency:
         try:
             status, body = await self._post("/v1/residency", {"busy": self.busy(), "used": sorted(used)}, True)
             if status != 200:
-                raise UpstreamError(f"{self._decider()} answered {status} to a heartbeat: {_message(body)}")
+                raise self._refused(status, body, "a heartbeat")
             self.apply(body, sent)
         except ProxyError as err:
             self.used |= used
@@ -141,31 +147,40 @@ class Residency:
         self._set_resident({name for name, residence in models.items() if residence.state == RESIDENT})
 
     # --- waiting for a load ----------------------------------------------------------------------------------
-    async def ensure(self, name: str, deadline: float) -> None:
+    async def ensure(self, name: str, deadline: float) -> bool:
         """Until `name` is loaded (the decider said so), within `deadline` (loop time): one call per model in this
         worker at a time, shared by its waiting requests; `no_room` asked again every NO_ROOM_RETRY_S while the
-        deadline leaves time for another try, then raised."""
+        deadline leaves time for another try, then raised. A call that ran out of the time of the request that
+        started it is followed by one of this request's own when its deadline is later. Whether a call it waited
+        for loaded the model (it was not in Triton: its interface may have changed meanwhile)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
-            call = self._calls.get(name)
-            if call is None:
-                call = self._calls[name] = loop.create_task(self._load(name))
-                call.add_done_callback(lambda done: self._call_done(name, done))
+            call, expires = self._calls.get(name) or self._call(name, deadline)
             try:
                 async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(call)
-                return
+                    return await asyncio.shield(call)
             except TimeoutError:
                 waited = (loop.time() - started) * 1000
                 raise DeadlineExceeded(
                     f"the deadline passed after {waited:.0f} ms waiting for model {name} to load"
                 ) from None
+            except DeadlineExceeded:
+                if expires >= deadline:
+                    raise
+                continue  # the call carried an earlier request's deadline: this one may still wait
             except NoRoom as err:
                 if deadline - loop.time() <= NO_ROOM_RETRY_S:
                     waited = (loop.time() - started) * 1000
                     raise NoRoom(f"{err} (asked for {waited:.0f} ms)") from None
             await asyncio.sleep(NO_ROOM_RETRY_S)
+
+    def _call(self, name: str, deadline: float) -> tuple[asyncio.Task[bool], float]:
+        """Start the model's one load call, carrying `deadline`."""
+        call = asyncio.get_running_loop().create_task(self._load(name, deadline))
+        call.add_done_callback(lambda done: self._call_done(name, done))
+        self._calls[name] = call, deadline
+        return call, deadline
 
     def evicted(self, name: str) -> None:
         """Triton says `name` is not loaded (unloaded since the last heartbeat): not resident until heard again."""
@@ -186,21 +201,34 @@ class Residency:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    def _call_done(self, name: str, call: asyncio.Task[None]) -> None:
-        if self._calls.get(name) is call:
+    def _call_done(self, name: str, call: asyncio.Task[bool]) -> None:
+        if name in self._calls and self._calls[name][0] is call:
             del self._calls[name]
         if not call.cancelled():
             call.exception()  # retrieved here: every waiter may have left before it ended
 
-    async def _load(self, name: str) -> None:
-        """One `POST /v1/residency/{name}`: returns once the model is loaded, or raises the decider's reason."""
-        status, body = await self._post(f"/v1/residency/{quote(name, safe='')}", {"busy": self.busy()})
+    async def _load(self, name: str, deadline: float) -> bool:
+        """One `POST /v1/residency/{name}` for a request that waits until `deadline` (loop time), told to the decider
+        as `deadline_s` and lasting as long, plus the connection: returns once the model is loaded (whether this
+        call loaded it), or raises the decider's reason."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"the deadline passed before model {name}'s load was asked for")
+        payload = {"busy": self.busy(), "deadline_s": round(remaining, 3)}
+        try:
+            async with asyncio.timeout(remaining + self.connect_timeout_s):
+                status, body = await self._post(f"/v1/residency/{quote(name, safe='')}", payload)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{self._decider()} did not load model {name} within the {remaining * 1000:.0f} ms asked"
+            ) from None
         if status == 200:
             measured = body.get("bytes")
             self.models[name] = Residence(RESIDENT, int(measured) if isinstance(measured, int | float) else None)
-            self._confirmed[name] = asyncio.get_running_loop().time()
+            self._confirmed[name] = loop.time()
             self._set_resident(self.resident | {name})
-            return
+            return body.get("loaded") is True
         code, message = _code(body), _message(body)
         if status == 503 and code == "no_room":
             raise NoRoom(f"no room to load model {name}: {message}")
@@ -210,9 +238,21 @@ class Residency:
             raise LoadFailed(f"model {name} could not be loaded: {message}")
         if status == 404:
             raise NotReady(f"model {name} is not in Triton's repository yet: {message}")
+        if status == 504 and code == "deadline_exceeded":
+            raise DeadlineExceeded(f"{self._decider()} did not get to model {name}'s load in time: {message}")
         if status == 503:
             raise UpstreamUnavailable(f"{self._decider()} cannot load model {name} now: {message}")
-        raise UpstreamError(f"{self._decider()} answered {status} to loading model {name}: {message}")
+        raise self._refused(status, body, f"loading model {name}")
+
+    def _refused(self, status: int, body: dict[str, Any], what: str) -> ProxyError:
+        """The decider's answer to a call it did not do: a refused key (401) is the proxy's configuration, not
+        the decider's failure."""
+        if status == 401:
+            given = "set here, but not the watcher's" if self.headers else "not set here"
+            return UpstreamUnavailable(
+                f"{self._decider()} refused {what}: RESIDENCY_KEY is missing or wrong ({given}): {_message(body)}"
+            )
+        return UpstreamError(f"{self._decider()} answered {status} to {what}: {_message(body)}")
 
     async def _post(self, path: str, payload: dict[str, Any], heartbeat: bool = False) -> tuple[int, dict[str, Any]]:
         """The decider's status and JSON object answer (empty when it is not one); unreachable is 503."""

@@ -15,7 +15,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nexusml.core.errors import SettingsError
-from nexusml.core.settings import LOG_FORMAT, LOG_LEVEL, META_PATH, MODEL_SERVER_URL, SHM_KEY, env, parse_bool
+from nexusml.core.settings import (
+    LOG_FORMAT,
+    LOG_LEVEL,
+    META_PATH,
+    MODEL_SERVER_URL,
+    RESIDENCY_KEY,
+    SHM_KEY,
+    env,
+    parse_bool,
+)
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
@@ -226,6 +235,7 @@ class ProxySettings:
         "RESIDENCY_PORT, e.g. http://127.0.0.1:9103): a request for a model not loaded waits for its load; empty: "
         "every model is taken as loaded, as without a budget",
     )
+    residency_key: str | None = RESIDENCY_KEY.field()
     log_level: str = LOG_LEVEL.field()  # the workers are processes of their own: each sets its logging from it
     log_format: str = LOG_FORMAT.field()
     access_log: str = env(

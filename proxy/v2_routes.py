@@ -62,23 +62,24 @@ async def ready_model(request: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.Response:
-    """An inference; with a memory budget, a model whose schema was never read (not loaded yet) is read once it
-    is (`proxy.inference.predicting`), and the version it names checked then."""
+    """An inference; with a memory budget, the version it names is checked against the schema read once the
+    model is loaded (`proxy.inference.predicting`) when it is not now: the schema kept from its last load may be
+    older than the versions it comes back with."""
     check_encoding(request)
     state = request.app[STATE]
-    if state.residency is None:
-        model, known = served(request)
+    version = request.match_info.get("version")
+    residency = state.residency
+    if residency is None:
+        model, _ = served(request)
     else:
         model = named(request)
-        known = model.schema
-        if known is not None:
-            v2.check_version(known, request.match_info.get("version"))
+        if model.schema is not None and model.name in residency.resident:
+            v2.check_version(model.schema, version)  # before the body is read, as without a budget
     header_length = request.headers.get(v2.HEADER_LENGTH)
     max_dim = state.settings.max_dynamic_dim
 
     def parse(body: bytes, schema: ModelSchema) -> tuple[Prediction, v2.InferRequest]:
-        if known is None:
-            v2.check_version(schema, request.match_info.get("version"))
+        v2.check_version(schema, version)  # the schema the request is served with (read again after a load)
         parsed = v2.parse_infer(body, header_length, schema, max_dim)
         return parsed.prediction, parsed
 

@@ -4,7 +4,9 @@ tritonclient raises one exception type, `InferenceServerException`, for every fa
 went wrong is in its `status()` (gRPC: `"StatusCode.UNAVAILABLE"`; HTTP: the status number as text, e.g.
 `"503"`) and its `message()`. Some meanings show only in the message: over gRPC Triton answers a full queue,
 an expired queue timeout and a restricted API all with `StatusCode.UNAVAILABLE`, so their phrases are looked
-for before that status is.
+for before that status is. So does it a model that is loading or unloading ("Request for unknown model: 'x'
+version 1 is not at ready state", "... has no available versions"): `classify` keeps that unreachable (the
+watcher tries again), and `model_not_loaded` tells it apart for a caller that can load the model (the proxy).
 
 Duck-typed: this module takes anything with `status()` and `message()` and imports no tritonclient, so every
 layer may use it. Each caller maps the meaning to its own error (`proxy.client`, `nexusml.updates.swap`).
@@ -34,14 +36,16 @@ class TritonFailure(enum.Enum):
     FAILED = "failed"  # anything else: the model or Triton failed
 
 
+_UNKNOWN_MODEL = "unknown model"  # Triton's phrase for a model it has no ready version of, whatever the status
+
 # In order, the first that matches wins: (meaning, phrases of the message, statuses).
 _RULES: tuple[tuple[TritonFailure, tuple[str, ...], frozenset[str]], ...] = (
     (TritonFailure.QUEUE_FULL, ("maximum queue size",), frozenset({"StatusCode.RESOURCE_EXHAUSTED", "429"})),
     (TritonFailure.TIMED_OUT, ("timeout expired",), frozenset({"StatusCode.DEADLINE_EXCEEDED", "504"})),
     (TritonFailure.RESTRICTED, ("is restricted",), frozenset({"StatusCode.PERMISSION_DENIED", "403"})),
     (TritonFailure.UNREACHABLE, (), frozenset({"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "503"})),
-    # Older Tritons answered an unknown model with StatusCode.UNAVAILABLE: taken as unreachable just above.
-    (TritonFailure.MODEL_UNKNOWN, ("unknown model",), frozenset({"StatusCode.NOT_FOUND", "404"})),
+    # A model loading or unloading is answered with StatusCode.UNAVAILABLE (503): unreachable just above.
+    (TritonFailure.MODEL_UNKNOWN, (_UNKNOWN_MODEL,), frozenset({"StatusCode.NOT_FOUND", "404"})),
     (TritonFailure.REJECTED, (), frozenset({"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "400"})),
 )
 
@@ -59,3 +63,12 @@ def classify(err: TritonException) -> TritonFailure:
         if status in statuses or any(phrase in lower for phrase in phrases):
             return failure
     return TritonFailure.FAILED
+
+
+def model_not_loaded(err: TritonException) -> bool:
+    """Whether Triton says it has no ready version of the model: not in its repository (`MODEL_UNKNOWN`), or
+    loading or unloading (`UNREACHABLE` by status, "unknown model" by its message)."""
+    failure = classify(err)
+    return failure is TritonFailure.MODEL_UNKNOWN or (
+        failure is TritonFailure.UNREACHABLE and _UNKNOWN_MODEL in status_and_message(err)[1].lower()
+    )

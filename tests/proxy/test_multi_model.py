@@ -260,9 +260,11 @@ class RealLoads:
         self.states[name] = "resident"
         return web.json_response({"name": name, "state": "resident", "bytes": 1, "loaded": True, "waited_s": 0.0})
 
-    async def unload(self, name: str, told: bool) -> None:
+    async def unload(self, name: str, told: bool, settled: bool = True) -> None:
+        """Unload `name`; with `settled`, until Triton says it is not ready, else at once: Triton answers the call
+        and then unloads (a Python stub takes a while to end), answering "not at ready state" meanwhile."""
         await asyncio.to_thread(self.triton.unload_model, name, unload_dependents=False)
-        for _ in range(200):
+        for _ in range(200 if settled else 0):
             if not await asyncio.to_thread(self.triton.is_model_ready, name):
                 break
             await asyncio.sleep(0.05)
@@ -270,7 +272,14 @@ class RealLoads:
             self.states[name] = "not_resident"
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize(
+    ("protocol", "version"),
+    [
+        pytest.param("grpc", "", id="grpc-newest"),
+        pytest.param("grpc", "1", id="grpc-pinned"),
+        pytest.param("http", "1", id="http-pinned"),
+    ],
+)
 async def test_a_model_not_loaded_is_loaded_by_its_request(
     proxy_client: MakeClient,
     multi_triton: TritonServer,
@@ -278,10 +287,13 @@ async def test_a_model_not_loaded_is_loaded_by_its_request(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     protocol: str,
+    version: str,
 ) -> None:
     """A model the decider unloaded is loaded by the next request for it, which waits and is answered; one Triton
     unloaded behind the proxy's back (the heartbeat still says loaded) answers "unknown model", and the request goes
-    through the load again, once."""
+    through the load again, once: "has no available versions" (NOT_FOUND) for the newest version, "version 1 is
+    not at ready state" (UNAVAILABLE, 503) for a pinned one, while the unload is in progress and after it. The
+    deadline is long: a Python stub's load takes seconds on a busy machine."""
     monkeypatch.setattr(residency, "HEARTBEAT_S", 0.05)
     decider = RealLoads(multi_triton)
     server = TestServer(decider.app)
@@ -289,7 +301,12 @@ async def test_a_model_not_loaded_is_loaded_by_its_request(
     directory = catalog_dir(tmp_path / "meta", published, list(SPECS))
     url = multi_triton.grpc_url if protocol == "grpc" else multi_triton.http_url
     client = await proxy_client(
-        url, MODEL_NAME="", NEXUS_META_PATH=str(directory), RESIDENCY_URL=str(server.make_url("")).rstrip("/")
+        url,
+        MODEL_NAME="",
+        NEXUS_META_PATH=str(directory),
+        RESIDENCY_URL=str(server.make_url("")).rstrip("/"),
+        REQUEST_TIMEOUT_MS="120000",
+        MODEL_VERSION=version,
     )
     sent = rows(WIDE)
     try:
@@ -304,7 +321,13 @@ async def test_a_model_not_loaded_is_loaded_by_its_request(
         answer = await client.post(f"/models/{WIDE.name}/predict", json={"inputs": sent})
         assert answer.status == 200, await answer.text()
         assert_matches(await answer.json(), WIDE, sent)
-        assert LOAD_WAIT_HEADER in answer.headers and decider.loads == [WIDE.name, WIDE.name]
+        assert LOAD_WAIT_HEADER in answer.headers and decider.loads == [WIDE.name] * 2
+
+        await decider.unload(WIDE.name, told=False, settled=False)  # sent while Triton unloads it
+        answer = await client.post(f"/models/{WIDE.name}/predict", json={"inputs": sent})
+        assert answer.status == 200, await answer.text()
+        assert_matches(await answer.json(), WIDE, sent)
+        assert LOAD_WAIT_HEADER in answer.headers and decider.loads == [WIDE.name] * 3
     finally:
         await client.close()
         await server.close()

@@ -20,11 +20,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from tritonclient.utils import InferenceServerException
 
+from nexusml.core.settings import RESIDENCY_HEADER
 from proxy import model_loader, residency
 from proxy.client import from_triton_error
 from proxy.errors import ModelNotLoaded
 from proxy.middleware import LOAD_WAIT_HEADER
-from proxy.schema import ModelSchema
+from proxy.schema import ModelSchema, TensorSchema
 from proxy.state import STATE
 from tests.proxy.conftest import ROWS, SCHEMAS, UNREACHABLE, MakeClient, write_meta
 
@@ -42,19 +43,30 @@ NO_ROOM = refusal(503, "no_room", "alpha (900 MiB) and beta (700 MiB) are busy")
 
 class FakeDecider:
     """The decider's API: a snapshot of `models` (each {"state", "bytes", "problem"}), loads that answer the
-    queued `refusals` of their model first, then wait for `gate` and make it resident."""
+    queued `refusals` of their model first, then wait for `gate` and make it resident; with `key`, every call
+    without it in the residency header is refused 401 first (the keys sent are in `keys`)."""
 
     def __init__(self, models: dict[str, dict[str, Any]]) -> None:
         self.models = models
+        self.key: str | None = None
+        self.keys: set[str | None] = set()
         self.loads: collections.Counter[str] = collections.Counter()
         self.refusals: dict[str, list[Answer]] = collections.defaultdict(list)
         self.heartbeats: list[dict[str, Any]] = []
         self.load_bodies: list[dict[str, Any]] = []
         self.gate = asyncio.Event()
         self.gate.set()
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self.check_key])
         self.app.router.add_post("/v1/residency", self.heartbeat)
         self.app.router.add_post("/v1/residency/{name}", self.load)
+
+    @web.middleware
+    async def check_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        sent = request.headers.get(RESIDENCY_HEADER)
+        self.keys.add(sent)
+        if self.key is not None and sent != self.key:
+            return web.json_response({"error": {"code": "unauthorized", "message": "no valid key"}}, status=401)
+        return await handler(request)
 
     def snapshot(self) -> dict[str, Any]:
         return {"budget_bytes": 4096, "used_bytes": 0, "models": self.models}
@@ -76,11 +88,12 @@ class FakeDecider:
 
 
 class FakeUpstream:
-    """Triton live, every schema of SCHEMAS given (counted), every inference answered with 1.0; `not_loaded`
-    inferences first raise what the client raises for a model Triton does not have loaded."""
+    """Triton live, every schema of `schemas` (SCHEMAS) given (counted), every inference answered with 1.0;
+    `not_loaded` inferences first raise what the client raises for a model Triton does not have loaded."""
 
     def __init__(self) -> None:
         self.shm = self
+        self.schemas = dict(SCHEMAS)
         self.schema_reads: collections.Counter[str] = collections.Counter()
         self.not_loaded = 0
 
@@ -88,16 +101,16 @@ class FakeUpstream:
         return True
 
     async def model_ready(self, name: str, version: str) -> bool:
-        return name in SCHEMAS  # no candidate is being tried
+        return name in self.schemas  # no candidate is being tried
 
     async def schema(self, name: str, version: str) -> ModelSchema:
         self.schema_reads[name] += 1
-        return SCHEMAS[name]
+        return self.schemas[name]
 
     async def infer(self, schema: ModelSchema, version: str, arrays: dict[str, Any], *args: Any) -> Any:
         if self.not_loaded:
             self.not_loaded -= 1
-            raise ModelNotLoaded(f"Triton is unavailable: Request for unknown model: '{schema.name}' is not found")
+            raise ModelNotLoaded(f"Triton does not have the model loaded: Request for unknown model: '{schema.name}'")
         rows = len(next(iter(arrays.values())))
         return {"OUTPUT__0": np.full((rows, schema.outputs[0].shape[0]), 1.0, np.float32)}, "7"
 
@@ -189,6 +202,7 @@ async def test_concurrent_requests_share_one_load(proxy_on: ProxyOn, decider: Fa
     assert all(int(answer.headers[LOAD_WAIT_HEADER]) >= 0 for answer in answers)
     assert decider.loads == {"alpha": 1}
     assert "alpha" in decider.load_bodies[0]["busy"]  # its own waiting requests: not to be unloaded for another
+    assert 0 < decider.load_bodies[0]["deadline_s"] <= 10  # what the request that asked still waits (10 s at most)
 
 
 async def test_the_header_only_on_requests_that_waited(proxy_on: ProxyOn, decider: FakeDecider) -> None:
@@ -247,6 +261,13 @@ async def test_no_room_until_the_deadline_is_503_with_retry_after(proxy_on: Prox
             id="not-in-repository-503",
         ),
         pytest.param(
+            refusal(504, "deadline_exceeded", "the caller's deadline passed before its turn"),
+            504,
+            "deadline_exceeded",
+            "did not get to model alpha's load in time",
+            id="dropped-504",
+        ),
+        pytest.param(
             refusal(500, "internal_error", "boom"), 502, "upstream_error", "answered 500", id="decider-error-502"
         ),
     ],
@@ -264,6 +285,54 @@ async def test_what_the_decider_refuses_with(
         assert response.status == status, error
         text = error if isinstance(error, str) else f"{error['code']}: {error['message']}"
         assert text.startswith(f"{code}: ") and said in text, text
+
+
+async def test_a_request_that_joined_a_load_outlasting_its_call_asks_again(
+    proxy_on: ProxyOn, decider: FakeDecider
+) -> None:
+    """The shared call lasts as long as the request that started it waits (its `deadline_s`, plus the connection);
+    a request that joined it with more time left starts a call of its own when it ends, and gets the model."""
+    client = await proxy_on()
+    decider.gate.clear()
+    short = asyncio.ensure_future(predict(client, "alpha", **{"X-Request-Timeout-Ms": "300"}))
+    await eventually(lambda: decider.loads["alpha"] == 1)
+    joined = asyncio.ensure_future(predict(client, "alpha"))
+    answer = await short
+    assert (answer.status, (await answer.json())["error"]["code"]) == (504, "deadline_exceeded")
+    await eventually(lambda: decider.loads["alpha"] == 2)
+    decider.gate.set()
+    answer = await joined
+    assert answer.status == 200, await answer.text()
+    first, second = (body["deadline_s"] for body in decider.load_bodies)
+    assert first <= 0.3 < second  # each call carries the deadline of the request that started it
+
+
+@pytest.mark.parametrize(
+    ("proxy_key", "decider_key", "status"),
+    [
+        pytest.param("k3y", "k3y", 200, id="same-key"),
+        pytest.param(None, "k3y", 503, id="missing"),
+        pytest.param("other", "k3y", 503, id="wrong"),
+        pytest.param(None, None, 200, id="open"),
+    ],
+)
+async def test_residency_key(
+    proxy_on: ProxyOn, decider: FakeDecider, proxy_key: str | None, decider_key: str | None, status: int
+) -> None:
+    """RESIDENCY_KEY is sent on every call; a decider refusing it (401) is a 503 saying so, and not ready."""
+    decider.key = decider_key
+    client = await proxy_on(**({"RESIDENCY_KEY": proxy_key} if proxy_key else {}))
+    response = await predict(client, "alpha")
+    assert response.status == status, await response.text()
+    ready = await client.get("/readyz")
+    if status == 200:
+        assert ready.status == 200
+        assert decider.keys == {proxy_key}  # the heartbeats' and the load's
+        return
+    error = (await response.json())["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert "RESIDENCY_KEY is missing or wrong" in error["message"]
+    assert ready.status == 503 and "RESIDENCY_KEY is missing or wrong" in (await ready.json())["error"]["message"]
 
 
 async def test_an_unreachable_decider_is_503_naming_it(proxy_on: ProxyOn) -> None:
@@ -315,6 +384,31 @@ async def test_v2_inference_waits_for_the_load(proxy_on: ProxyOn, decider: FakeD
     assert decider.loads == {"beta": 1}
 
 
+# A new version of alpha put live while it was not loaded: another version and interface.
+ALPHA_2 = ModelSchema(
+    "alpha", ("2",), "python", 8, (TensorSchema("INPUT__0", "FP32", (3,)),), (TensorSchema("OUTPUT__0", "FP32", (2,)),)
+)
+
+
+@pytest.mark.parametrize("route", ["predict", "v2-versioned"])
+async def test_a_model_loaded_again_is_served_with_its_schema_read_again(
+    proxy_on: ProxyOn, decider: FakeDecider, upstream: FakeUpstream, route: str
+) -> None:
+    client = await proxy_on()
+    state = client.server.app[STATE]
+    assert (await predict(client, "alpha")).status == 200
+    decider.models["alpha"] = {"state": "not_resident", "bytes": 1000, "problem": None}
+    await eventually(lambda: "alpha" not in state.residency.resident)  # type: ignore[union-attr]
+    upstream.schemas["alpha"] = ALPHA_2
+    if route == "predict":
+        response = await client.post("/models/alpha/predict", json={"input": [1, 2, 3]})
+    else:
+        infer = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+        response = await client.post("/v2/models/alpha/versions/2/infer", json=infer)
+    assert response.status == 200, await response.text()
+    assert decider.loads == {"alpha": 2} and state.models["alpha"].schema == ALPHA_2
+
+
 async def test_a_version_the_model_lacks_is_404_once_its_schema_is_read(
     proxy_on: ProxyOn, decider: FakeDecider
 ) -> None:
@@ -344,6 +438,25 @@ async def test_a_model_triton_lost_goes_through_the_load_once(
     assert decider.loads == {"alpha": 2}
     if status != 200:
         assert (await response.json())["error"]["code"] == "upstream_unavailable"
+
+
+async def test_the_reload_holds_no_in_flight_place(
+    proxy_on: ProxyOn, decider: FakeDecider, upstream: FakeUpstream
+) -> None:
+    """A request waiting for its model's load again gives back its MAX_IN_FLIGHT place meanwhile, as the first
+    wait holds none: a request for a loaded model is not refused 429 for it."""
+    client = await proxy_on(MAX_IN_FLIGHT="1")
+    assert (await predict(client, "alpha")).status == 200
+    assert (await predict(client, "beta")).status == 200
+    decider.gate.clear()
+    upstream.not_loaded = 1
+    reloading = asyncio.ensure_future(predict(client, "alpha"))
+    await eventually(lambda: decider.loads["alpha"] == 2)
+    other = await predict(client, "beta")
+    assert other.status == 200, await other.text()
+    decider.gate.set()
+    answer = await reloading
+    assert answer.status == 200, await answer.text()
 
 
 # --- what the proxy says -------------------------------------------------------------------------------------
@@ -431,12 +544,29 @@ async def test_without_residency_url_the_decider_is_never_asked(
     [
         pytest.param("Request for unknown model: 'alpha' is not found", "StatusCode.NOT_FOUND", True, id="grpc"),
         pytest.param("Request for unknown model: 'alpha' is not found", "400", True, id="http"),
+        pytest.param(
+            "Request for unknown model: 'alpha' version 1 is not at ready state",
+            "StatusCode.UNAVAILABLE",
+            True,
+            id="grpc-unloading",
+        ),
+        pytest.param(
+            "Request for unknown model: 'alpha' version 1 is not at ready state", "503", True, id="http-unloading"
+        ),
+        pytest.param(
+            "Request for unknown model: 'alpha' has no available versions",
+            "StatusCode.UNAVAILABLE",
+            True,
+            id="grpc-unloaded",
+        ),
+        pytest.param("Request for unknown model: 'alpha' has no available versions", "503", True, id="http-unloaded"),
         pytest.param("failed to connect to all addresses", "StatusCode.UNAVAILABLE", False, id="triton-down"),
         pytest.param("Stub process is not healthy", "StatusCode.INTERNAL", False, id="stub-died"),
     ],
 )
 async def test_only_an_unknown_model_is_loaded_again(message: str, status: str, lost: bool) -> None:
-    """What the retry-once rule reads: Triton's "unknown model", still `upstream_unavailable` to a client."""
+    """What the retry-once rule reads: Triton's "unknown model" (also while the model loads or unloads, answered
+    UNAVAILABLE), still `upstream_unavailable` to a client."""
     err = from_triton_error(InferenceServerException(msg=message, status=status))
     assert isinstance(err, ModelNotLoaded) is lost
     assert not lost or err.code == "upstream_unavailable"
