@@ -100,17 +100,18 @@ def visiting_order(weights: dict[str, float], count: int) -> list[str]:
 
 
 async def one_at_a_time(
-    works: dict[str, Workload], order: Iterable[str], pause_s: float, duration_s: float
+    works: dict[str, Workload], order: Iterable[str], pause_s: float, duration_s: float, at_least: int = 0
 ) -> list[Answer]:
     """One request at a time to the models of `order`, the first after `pause_s` and each next one `pause_s` after
-    the last one's answer, until `duration_s` has passed (a closed loop of one client who pauses between requests)."""
+    the last one's answer, until `duration_s` has passed and at least `at_least` were sent (a closed loop of one
+    client who pauses between requests)."""
     answers: list[Answer] = []
     end = time.monotonic() + duration_s
     sent: Counter[str] = Counter()
     async with traced_session(1) as session:
         for model in order:
             await asyncio.sleep(pause_s)
-            if time.monotonic() >= end:
+            if time.monotonic() >= end and len(answers) >= at_least:
                 break
             answers.append(await send(session, model, works[model], sent[model]))
             sent[model] += 1

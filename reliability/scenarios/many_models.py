@@ -11,27 +11,30 @@ in-process (the same DemoSpec, hence the same weights). A model is resident whil
 stubs, one process per instance (`INSTANCE_COUNT`); their PSS is what it costs (`reliability.residency`).
 
 Within a budget (`budget_models` > 0, the default). First every model is loaded in a Triton of their own, no budget
-(one request each) and its stubs' PSS read: the budget (`residency.budget_for`) is halfway between the `budget_models`
-largest together and the `budget_models` + 1 smallest together, so that any `budget_models` of them fit and no
-more. Then Triton starts with MODEL_MEMORY_BUDGET (no model pinned: none loaded), `nexus watch` hosts the decider
-(RESIDENCY_PORT) and the proxy asks it (RESIDENCY_URL). Traffic is Zipf-like, cut in two: the hot head (the
-`budget_models` - 1 first ranks, the last place left for loads) gets an open loop at `load_fraction` of the
-capacity measured on it, shared 1/rank^`zipf_s`; the other models, the cold tail, get one request at a time,
-`cold_pause_s` after the last one's answer, every one once first and then by their 1/rank^`zipf_s` weight. Each
-cold request finds its model unloaded (the previous cold one is the least recently used): an eviction and a load,
-whose wait is the proxy's `Nexus-Load-Wait-Ms` header. A load window is one of the decider's loads or unloads (its
-log lines: each one's time less the seconds it says it took). Meanwhile the stubs' PSS under tritonserver is summed
-every `sample_interval_s` (psutil, apart from the decider's own figures, read beside it from GET /v1/residency).
+(one request each) and its stubs' PSS read: the budget (`residency.budget_for`) is halfway between the
+`budget_models` largest together and the `budget_models` + 1 smallest together, so that any `budget_models` of them
+fit and no more. Then Triton starts with MODEL_MEMORY_BUDGET (no model pinned: none loaded), `nexus watch` hosts the
+decider (RESIDENCY_PORT) and the proxy asks it (RESIDENCY_URL). Traffic is Zipf-like, cut in two: the hot head (the
+`budget_models` - 1 first ranks, the last place left for loads) gets an open loop at `load_fraction` of the capacity
+measured on it, shared 1/rank^`zipf_s`; the other models, the cold tail, get one request at a time, `cold_pause_s`
+after the last one's answer, every one once first (past the load's end if need be) and then by their 1/rank^`zipf_s`
+weight. Each cold request finds its model unloaded (the previous cold one is the least recently used): an eviction
+and a load, whose wait is the proxy's `Nexus-Load-Wait-Ms` header. A load window is one of the decider's loads or
+unloads (its log lines: each one's time less the seconds it says it took). Meanwhile the stubs' PSS under
+tritonserver is summed every `sample_interval_s` (psutil, apart from the decider's own figures, read beside it from
+GET /v1/residency).
+
 Why not 1/rank across all of them at that rate: it sends the models past the hot three 41% of the traffic, a
 hundred and more requests a second across 9 models of which one fits at a time: each wants a load, and a stub's
 start costs about 1 CPU-second on this 2-core machine; that measures how fast stubs start, not residency.
 
-Pass criteria (budget): the sync as below; every usable model listed, the broken one not served; no failed request
-(200, or 429 with Retry-After past the capacity), no 200 with a wrong body, every model answered; the stubs' PSS
-never above the budget in any reading, the decider's budget the same; every model loaded on demand and some
-evicted; [timing] the hot model's p99 for requests sent inside a load window within 1.5x of its p99 outside
-them. Figures: the budget and each model's PSS, the peak sampled PSS vs the budget, the cold load waits' p50/p99,
-the decider's loads and evictions, those p99s, each model's requests and p99.
+Pass criteria (budget): the sync as below; every usable model listed, the broken one not served; the hot models'
+first requests (at once, nothing loaded) answered; no failed request (200, or 429 with Retry-After past the
+capacity), no 200 with a wrong body, every model answered; the stubs' PSS never above the budget in any reading, the
+decider's budget the same; every model loaded on demand and some evicted; [timing] the hot model's p99 for requests
+sent inside a load window within 1.5x of its p99 outside them. Figures: the budget and each model's PSS, the peak
+sampled PSS vs the budget, the cold load waits' p50/p99, the decider's loads and evictions, those p99s, each model's
+requests and p99.
 
 Every model resident (`budget_models` = 0, `Config.all_resident`): no budget, every model loaded at Triton's start.
 The capacity of the mix is measured first (a closed loop per model, its clients in proportion to its share,
@@ -129,7 +132,7 @@ class Config:
     capacity_s: float = 3.0
     capacity_concurrency: int = 32
     load_fraction: float = 0.5
-    load_s: float = 70.0  # within a budget: the load's length (every cold model visited: about 7.5 s each)
+    load_s: float = 70.0  # within a budget: the hot models' load; the cold ones' goes on until each was sent one
     # Within a budget: between a cold model's answer and the next cold request; past the 2 s a model stays busy
     # after its last request (the decider's BUSY_FOR_S), so that the last cold model is the one evicted.
     cold_pause_s: float = 2.5
@@ -821,12 +824,12 @@ def _drive_within(config: Config, stack: Stack, served: list[Served]) -> Budgete
     arrivals = traffic.steady_arrivals(
         {m.name: rate * part for m, part in zip(head, share, strict=True)}, config.load_s
     )
-    order = traffic.visiting_order(tail, int(config.load_s / config.cold_pause_s) + 1)
+    order = traffic.visiting_order(tail, max(len(tail), int(config.load_s / config.cold_pause_s) + 1))
 
     async def load() -> list[traffic.Answer]:
         hot, cold = await asyncio.gather(
             traffic.scheduled(works, arrivals, config.max_outstanding),
-            traffic.one_at_a_time(works, order, config.cold_pause_s, config.load_s),
+            traffic.one_at_a_time(works, order, config.cold_pause_s, config.load_s, at_least=len(tail)),
         )
         return [*hot, *cold]
 
@@ -982,7 +985,13 @@ def _judge_within(
     readings: list[residency.Reading],
     snapshot: dict[str, Any],
 ) -> None:
-    _judge_answers(result, _by_model([*measured.warm, *measured.answers]), [m.name for m in served])
+    first = [a for a in measured.warm if a.sample.status != 200 or not a.sample.correct]
+    result.check(
+        "the hot models' first requests, sent at once with nothing loaded, answered right (their loads in turn)",
+        not first,
+        f"{_waits(measured.warm)}; failed {[f'{a.model} {a.sample.status} {a.sample.code}' for a in first]}",
+    )
+    _judge_answers(result, _by_model(measured.answers), [m.name for m in served])
     peak = residency.peak(readings)
     result.check(
         f"the stubs' PSS never above the budget (read every {config.sample_interval_s:g} s under tritonserver)",

@@ -89,6 +89,13 @@ async def test_one_at_a_time_waits_for_each_answer(proxy: str) -> None:
     assert {a.load_wait_ms for a in answers if a.model == "cold"} == {100}
 
 
+@pytest.mark.asyncio
+async def test_one_at_a_time_sends_at_least_so_many_past_its_time(proxy: str) -> None:
+    works = {"hot": workload(proxy, "hot", [[1.0, 2.0]])}
+    answers = await traffic.one_at_a_time(works, ["hot"] * 10, pause_s=0.01, duration_s=0.0, at_least=4)
+    assert len(answers) == 4
+
+
 def test_steady_arrivals_space_each_model_at_its_rate() -> None:
     arrivals = traffic.steady_arrivals({"a": 10.0, "b": 2.0}, 1.0)
     assert [a.at for a in arrivals if a.model == "a"] == pytest.approx([i / 10 for i in range(10)])
