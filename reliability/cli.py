@@ -49,6 +49,7 @@ SCENARIOS: dict[str, Runner] = {
     "hostile-http": lambda bed, a: [hostile_http.run(bed, hostile_http.Config.long(a.duration))],
     "model-update": lambda bed, a: [model_update.run(bed, model_update.Config.long(a.duration))],
     "many-models": lambda bed, a: [many_models.run(bed, many_models.Config.long(a.duration))],
+    "many-models-all-resident": lambda bed, a: [many_models.run(bed, many_models.Config.long_all_resident(a.duration))],
     "noisy-neighbour": lambda bed, a: [noisy_neighbour.run(bed, noisy_neighbour.Config.long(a.duration))],
     "soak": lambda bed, a: [soak.run(bed, soak.Config.long(a.soak_minutes))],
 }

@@ -50,6 +50,7 @@ FIRST_STUB_BYTES = 512 * 2**20  # one stub's guess before any stub has been meas
 SETTLE_S = 10.0  # how long a load waits for its stubs' reports, and an unload for its stubs to go
 RETRY_FAILED_S = 30.0  # a model whose load failed is not tried again sooner (a stub start per request otherwise)
 REMEMBER_EVERY_S = 10.0
+_HOLDING = ("READY", "LOADING", "UNLOADING")  # Triton's states of a model whose stubs may still run
 
 
 class ResidencyError(NexusError):
@@ -335,8 +336,9 @@ class Residency:
         entry = self.entry(name)
         with self.lock, self.repo.locked(name):
             self.swapper.admin.unload(name)
-        # Triton answers the unload at once; the stubs end (their reports go) seconds later.
-        self._wait(lambda: name not in self.measured().held and name not in self.swapper.admin.ready())
+        # Triton answers the unload at once; the stubs finalize (their reports go) seconds later, and hold their
+        # memory until they have exited, which Triton waits for before it calls the model unloaded.
+        self._wait(lambda: self.swapper.admin.states().get(name) not in _HOLDING)
         entry.evictions += 1
         self.metrics.evictions.labels(name).inc()
         log.info(

@@ -106,7 +106,11 @@ class TritonAdmin:
 
     def ready(self) -> list[str]:
         """The models Triton holds ready now, by the repository index."""
-        return [str(entry.get("name")) for entry in self._index() if entry.get("state") == "READY"]
+        return [name for name, state in self.states().items() if state == "READY"]
+
+    def states(self) -> dict[str, str]:
+        """Each model's state in the repository index (READY, LOADING, UNLOADING, UNAVAILABLE; "" never loaded)."""
+        return {str(entry.get("name")): str(entry.get("state") or "") for entry in self._index()}
 
     def _index(self) -> list[dict[str, Any]]:
         got = self._call(

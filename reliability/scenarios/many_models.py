@@ -147,6 +147,9 @@ class Config:
     instance_count: int = 1  # INSTANCE_COUNT (and MIN_INSTANCE_COUNT: fixed): stubs per model
     rows: int = 32
     max_outstanding: int = 256  # per model's open loop; within a budget, of the one open loop
+    # Within a budget: the proxy's REQUEST_TIMEOUT_MS. A cold request waits for an eviction and a stub's start (2-10 s
+    # on 2 busy cores): a client of models loaded on demand gives them a deadline above that.
+    deadline_ms: int = 30000
 
     @classmethod
     def all_resident(cls) -> Config:
@@ -726,6 +729,7 @@ def _within_budget(bed: Bed, config: Config) -> ScenarioResult:
             NEXUS_META_PATH=str(ready.meta_dir),
             MODEL_NAME="",
             RESIDENCY_URL=decider,
+            REQUEST_TIMEOUT_MS=str(config.deadline_ms),
         )
         stack = Stack(ready.meta_dir, triton, proxy, watch)
         assert triton.process is not None

@@ -38,6 +38,9 @@ class FakeAdmin:
     def ready(self) -> list[str]:
         return list(self.loaded)
 
+    def states(self) -> dict[str, str]:
+        return dict.fromkeys(self.loaded, "READY")
+
     def load(self, model: str) -> None:
         self.calls.append(f"load {model}")
         if model in self.broken:
