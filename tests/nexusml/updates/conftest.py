@@ -30,10 +30,15 @@ class Served:
 
 @contextmanager
 def served_catalog(
-    root: Path, s3_env: dict[str, str], s3_client: Any, bucket: str, spec: demo.DemoSpec, **settings: str
+    root: Path,
+    s3_env: dict[str, str],
+    s3_client: Any,
+    bucket: str,
+    specs: demo.DemoSpec | tuple[demo.DemoSpec, ...],
+    **settings: str,
 ) -> Iterator[Served]:
-    """`spec` published into `bucket` and a directory, synced with `settings`, served by a Triton whose repository
-    API wants `ADMIN_KEY`; stopped on exit."""
+    """`specs` published into `bucket` and a directory, synced with `settings`, served by a Triton whose repository
+    API wants `ADMIN_KEY` (and which reads the settings' MODEL_MEMORY_BUDGET, if any); stopped on exit."""
     s3_client.create_bucket(Bucket=bucket)
     directory, repository = root / "meta", root / "model_repository"
     directory.mkdir()
@@ -46,9 +51,11 @@ def served_catalog(
         "WATCH_METRICS_PORT": "0",
         **settings,
     }
-    publish_into(spec, s3_client, directory, bucket)
+    for spec in specs if isinstance(specs, tuple) else (specs,):
+        publish_into(spec, s3_client, directory, bucket)
     sync_catalog(catalog.read(directory), load(SyncSettings, env))
-    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(directory))
+    budget = {name: settings[name] for name in ("MODEL_MEMORY_BUDGET",) if name in settings}
+    triton = start_triton(repository, root, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(directory), **budget)
     try:
         yield Served(directory, repository, triton, {**env, "MODEL_SERVER_URL": triton.grpc_url})
     finally:

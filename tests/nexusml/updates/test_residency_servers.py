@@ -10,16 +10,12 @@ from typing import Any
 import pytest
 
 from nexusml.command import demo
-from nexusml.core import catalog
 from nexusml.core.memory import read_reports
 from nexusml.core.settings import load
-from nexusml.sync.pipeline import sync_catalog
-from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import publish_into
-from nexusml.testing.servers import start_triton
 from nexusml.updates.residency import NoRoom
 from nexusml.updates.watch import CatalogWatcher, WatchSettings, watcher
-from tests.nexusml.updates.conftest import ADMIN_KEY
+from tests.nexusml.updates.conftest import served_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -34,31 +30,11 @@ SPECS = (
 def following(tmp_path: Path, s3_env: dict[str, str], s3_client: Any) -> Iterator[CatalogWatcher]:
     """Two models synced (one instance each), a Triton started within a budget (so with none loaded), and a watcher
     of their directory."""
-    s3_client.create_bucket(Bucket=BUCKET)
-    directory, repository = tmp_path / "meta", tmp_path / "model_repository"
-    directory.mkdir()
-    env = {
-        **s3_env,
-        "NEXUS_META_PATH": str(directory),
-        "MODEL_REPOSITORY": str(repository),
-        "DEVICE": "cpu",
-        "INSTANCE_COUNT": "1",
-        "TRITON_ADMIN_KEY": ADMIN_KEY,
-        "WATCH_METRICS_PORT": "0",
-        "MODEL_MEMORY_BUDGET": "64GiB",
-    }
-    for spec in SPECS:
-        publish_into(spec, s3_client, directory, BUCKET)
-    sync_catalog(catalog.read(directory), load(SyncSettings, env))
-    triton = start_triton(
-        repository, tmp_path, TRITON_ADMIN_KEY=ADMIN_KEY, NEXUS_META_PATH=str(directory), MODEL_MEMORY_BUDGET="64GiB"
-    )
-    try:
-        made = watcher(load(WatchSettings, {**env, "MODEL_SERVER_URL": triton.grpc_url}))
+    budget = {"INSTANCE_COUNT": "1", "MODEL_MEMORY_BUDGET": "64GiB"}
+    with served_catalog(tmp_path, s3_env, s3_client, BUCKET, SPECS, **budget) as served:
+        made = watcher(load(WatchSettings, served.env))
         assert isinstance(made, CatalogWatcher) and made.residency is not None
         yield made
-    finally:
-        triton.stop()
 
 
 def test_models_load_on_request_and_the_least_recently_used_makes_room(following: CatalogWatcher) -> None:
