@@ -124,14 +124,16 @@ def wait_ready(url: str, timeout_s: float = 300) -> dict[str, Any]:
     raise AssertionError(f"{url}/readyz never answered 200 in {timeout_s:.0f} s: last {status} {body}")
 
 
-def assert_serves(url: str, spec: demo.DemoSpec, key: str = "", route: str = "") -> None:
+def assert_serves(url: str, spec: demo.DemoSpec, key: str = "", route: str = "") -> dict[str, str]:
     """One row to the model's route (`POST /models/{name}/predict` unless `route` says otherwise) -> the answer of
-    that model run in-process, from version `spec`."""
+    that model run in-process, from version `spec`; the response's headers back, names in lower case."""
     status, headers, body = http(f"{url}{route or f'/models/{spec.name}/predict'}", {"input": row(spec)}, key)
     assert status == 200, (spec.name, status, body)
-    assert headers["X-Model-Name"] == spec.name and headers["X-Model-Version"] == str(spec.version), headers
+    headers = {name.lower(): value for name, value in headers.items()}
+    assert headers["x-model-name"] == spec.name and headers["x-model-version"] == str(spec.version), headers
     expected = demo.reference_outputs(spec, [row(spec)])[0][0]
     np.testing.assert_allclose(body["output"], expected, rtol=1e-4, atol=1e-5)
+    return headers
 
 
 def wait_models(url: str, specs: tuple[demo.DemoSpec, ...], key: str = "", timeout_s: float = 120) -> None:
@@ -170,12 +172,11 @@ def assert_tenants_enforced(url: str, spec: demo.DemoSpec) -> None:
     assert http(f"{url}/readyz")[0] == 200
 
 
-# Asked inside Triton's container (its ports are not published): Triton's list of registered system shared-memory
-# regions, with the headers given as JSON in argv[1]; prints the status code, then the body.
-SHM_STATUS = """
+# Asked inside a container (the pod's loopback APIs are not published): GET argv[1] with the headers given as JSON
+# in argv[2]; prints the status code, then the body.
+LOOPBACK_GET = """
 import json, sys, urllib.error, urllib.request
-url = "http://127.0.0.1:8000/v2/systemsharedmemory/status"
-request = urllib.request.Request(url, headers=json.loads(sys.argv[1]))
+request = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))
 try:
     with urllib.request.urlopen(request, timeout=5) as answer:
         print(answer.status, answer.read().decode())
@@ -186,9 +187,16 @@ except urllib.error.HTTPError as err:
 SHARED_MEMORY_WAIT_S = 60
 
 
-def triton_shm_status(podman: Podman, triton: str, headers: dict[str, str]) -> tuple[int, str]:
-    status, _, body = podman("exec", triton, "python3", "-c", SHM_STATUS, json.dumps(headers)).stdout.partition(" ")
+def loopback_get(podman: Podman, container: str, url: str, headers: dict[str, str]) -> tuple[int, str]:
+    """`url` asked from inside `container`: the status code and the body."""
+    answer = podman("exec", container, "python3", "-c", LOOPBACK_GET, url, json.dumps(headers)).stdout
+    status, _, body = answer.partition(" ")
     return int(status), body
+
+
+def triton_shm_status(podman: Podman, triton: str, headers: dict[str, str]) -> tuple[int, str]:
+    """Triton's list of registered system shared-memory regions (its ports are not published)."""
+    return loopback_get(podman, triton, "http://127.0.0.1:8000/v2/systemsharedmemory/status", headers)
 
 
 def assert_shared_memory(url: str, podman: Podman, triton: str, shm_key: str, key: str = "") -> None:

@@ -1,6 +1,10 @@
 """The Helm chart's pod started for real with `podman kube play`: sync, then Triton, the proxy and the watcher,
 serving three demo models of different shapes from one ConfigMap (`nexusMeta.models`, one key per model, mounted
 as the metadata directory); the proxy's tensors reach Triton through the /dev/shm emptyDir both mount.
+It runs with a memory budget (`residency.memoryBudget`, room for the three, none pinned), as compose's test runs
+without one: the pod is ready with no model loaded, each model loads on its first request (the watcher's decider,
+called by the proxy with the chart's residency key), and the stubs' memory reports reach the decider through the
+`memory-reports` emptyDir Triton and the watcher mount.
 
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
 node: images, S3 endpoint and bucket, the metadata of each model (`--set-file nexusMeta.models.<name>=`), a
@@ -10,9 +14,9 @@ with these changes, each a limit of podman, not of the chart:
 - init containers fail in podman 4.3 ("failed to remove once init container ... as it is running"), so the
   `sync` init container is played first as a pod of its own, must exit 0, and the rest is played after it;
 - so that the two plays share the model repository, the `models` emptyDir becomes a named volume;
-  the other emptyDirs (/tmp, /dev/shm) become host folders of mode 1777, as Kubernetes makes them (podman
-  4.3 makes them root's, mode 0755, and Triton's Python backend, uid 1000, then cannot create its shared
-  memory: "Unable to initialize shared memory key ... Permission denied", measured);
+  the other emptyDirs (/tmp, /dev/shm, the memory reports) become host folders of mode 1777, as Kubernetes
+  makes them (podman 4.3 makes them root's, mode 0755, and Triton's Python backend, uid 1000, then cannot
+  create its shared memory: "Unable to initialize shared memory key ... Permission denied", measured);
 - podman 4.3 cannot read Kubernetes Secrets for `secretKeyRef` env ("secret ... is not valid JSON",
   measured), so the played copy carries the secrets' values inline; nor does it expand `$(VAR)` in `command`
   and `args` as the kubelet does (measured: the argument stays `$(VAR)`), so the played copy has Triton's
@@ -35,6 +39,7 @@ import copy
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +49,10 @@ import pytest
 import yaml
 
 from nexusml.command import demo
+from nexusml.core import memory
+from nexusml.core.settings import RESIDENCY_HEADER
 from nexusml.testing.environment import free_port
+from proxy.middleware import LOAD_WAIT_HEADER
 from tests.deploy.conftest import by_kind, render_chart
 from tests.deploy.containers.conftest import (
     KEYS_FILE,
@@ -54,6 +62,7 @@ from tests.deploy.containers.conftest import (
     assert_serves_all,
     assert_shared_memory,
     assert_tenants_enforced,
+    loopback_get,
     publish_arguments,
     wait_ready,
 )
@@ -63,6 +72,10 @@ from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TI
 pytestmark = pytest.mark.timeout(1800)
 
 BUCKET = "nexus-models"
+# Room for the three demo models (small MLPs, one Python-backend stub each), so none is unloaded for another.
+MEMORY_BUDGET = "4GiB"
+# The stubs write their reports every second from the end of their load: a bounded wait for the decider to count them.
+MEASURED_WAIT_S = 30
 # The user's S3 credentials Secret (docs/deployment.md: kubectl create secret generic nexus-aws ...); moto takes any.
 AWS_SECRET = {"AWS_ACCESS_KEY_ID": "nexus-test", "AWS_SECRET_ACCESS_KEY": "nexus-test-secret"}
 
@@ -237,6 +250,48 @@ def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> Non
     bed.podman("kube", "play", "--network", bed.network, *config_args, str(pod_file))
 
 
+def residency(bed: PodBed, objects: list[dict[str, Any]], key: bool = True) -> tuple[int, dict[str, Any]]:
+    """The watcher's decider asked from inside the pod (its API listens on loopback): `GET /v1/residency`, with the
+    key of the chart's residency Secret unless `key` is false."""
+    (deployment,) = by_kind(objects, "Deployment")
+    (watcher,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "watcher"]
+    env = {item["name"]: item for item in watcher["env"]}
+    port = env["RESIDENCY_PORT"]["value"]
+    ref = env["RESIDENCY_KEY"]["valueFrom"]["secretKeyRef"]
+    headers = {RESIDENCY_HEADER: secret_values(objects)[ref["name"]][ref["key"]]} if key else {}
+    status, body = loopback_get(bed.podman, f"{bed.name}-watcher", f"http://127.0.0.1:{port}/v1/residency", headers)
+    return status, json.loads(body)
+
+
+def assert_nothing_loaded(bed: PodBed, objects: list[dict[str, Any]]) -> None:
+    """Ready with no model loaded: none pinned and no model used before, so every model waits for its first request."""
+    status, snapshot = residency(bed, objects)
+    assert status == 200, snapshot
+    states = {name: (m["state"], m["loads"]) for name, m in snapshot["models"].items()}
+    assert states == {s.name: ("not_resident", 0) for s in MODELS}, snapshot
+
+
+def assert_resident_and_measured(bed: PodBed, objects: list[dict[str, Any]]) -> None:
+    """After the first requests: each model loaded once, none evicted, its memory measured from the stubs' reports,
+    the whole within the budget; the decider's API refuses a call without the key."""
+    deadline = time.monotonic() + MEASURED_WAIT_S
+    while True:
+        status, snapshot = residency(bed, objects)
+        assert status == 200, snapshot
+        found = {
+            name: (m["state"], m["loads"], m["evictions"], isinstance(m["bytes"], int) and m["bytes"] > 0)
+            for name, m in snapshot["models"].items()
+        }
+        expected = {s.name: ("resident", 1, 0, True) for s in MODELS}
+        if found == expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert found == expected, snapshot
+    assert 0 < snapshot["used_bytes"] <= snapshot["budget_bytes"] == memory.parse_bytes(MEMORY_BUDGET), snapshot
+    status, refused = residency(bed, objects, key=False)
+    assert (status, refused["error"]["code"]) == (401, "unauthorized"), refused
+
+
 def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
     podman, port = bed.podman, free_port()
     url = f"http://127.0.0.1:{port}"
@@ -248,8 +303,11 @@ def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
                 "nexusMeta": {"models": publish_models(bed, MODELS)},
                 "s3": {"endpointUrl": f"http://{bed.s3}:9000", "bucket": BUCKET, "region": "us-east-1"},
                 "aws": {"credentialsSecret": "nexus-aws"},
-                # Runs beside them (it finds the version served: nothing to swap; compose's test swaps one).
+                # Runs beside them (it finds the version served: nothing to swap; compose's test swaps one),
+                # and decides which models are loaded within the budget below.
                 "watcher": {"enabled": True},
+                # Residency: Triton starts with no model; the watcher's decider loads each on its first request.
+                "residency": {"memoryBudget": MEMORY_BUDGET},
                 # Teams: the tenants' keys file, from a Secret the chart makes (a host folder here, see above);
                 # `POST /predict` is the README's model.
                 "proxy": {"keysFile": {"content": json.dumps(KEYS_FILE)}, "defaultModel": MODELS[0].name},
@@ -263,6 +321,12 @@ def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
         with TIMINGS.step("helm pod: Triton, proxy and watcher (kube play), until /readyz answers 200"):
             play(bed, objects, serving_pod)
             wait_ready(url)
+        assert_nothing_loaded(bed, objects)
+        with TIMINGS.step(f"helm pod: first request to each of {len(MODELS)} models (each waits for its load)"):
+            for spec in MODELS:
+                headers = assert_serves(url, spec, TEAM_KEY)
+                assert LOAD_WAIT_HEADER.lower() in headers, (spec.name, headers)
+        assert_resident_and_measured(bed, objects)
         assert_tenants_enforced(url, MODELS[0])
         assert_serves_all(url, MODELS, TEAM_KEY)
         # The proxy's tensors through the dshm emptyDir both containers mount, with the key of the chart's Secret.
