@@ -155,6 +155,7 @@ class Residency:
         self.reports = reports or report_dir(self.repo.root)
         self.clock = clock
         self.entries: dict[str, Entry] = {}
+        self.reservations: dict[str, Memory] = {}  # room held for the watcher's swaps and scalings (`room_for`)
         self.metrics = ResidencyMetrics(registry)
         self.metrics.budget.set(budget)
         self._remembered_at = 0.0
@@ -208,15 +209,15 @@ class Residency:
                     f"model {name} needs {need} ({what}), more than MODEL_MEMORY_BUDGET={mib(self.budget)} even alone"
                 )
                 raise OverBudget(entry.problem)
-            # A guess (never measured) is no reason to refuse: at worst the model loads alone, and is then measured.
-            need = Memory(min(need.host, self.budget), min(need.device, self.budget))
+            if not measured_before:
+                need = self._room_at_most(name, need)
             self._make_room(name, need)
             self._load(name, entry)
-            if entry.memory is not None and not entry.memory.within(self.budget):
-                self._evict(name, "because it holds more than the budget alone")
+            if entry.memory is not None and not (entry.memory + self._pinned_cost(name)).within(self.budget):
+                self._evict(name, "because it holds more than the budget leaves it")
                 entry.problem = (
                     f"model {name} holds {entry.memory} once loaded (measured), more than "
-                    f"MODEL_MEMORY_BUDGET={mib(self.budget)} even alone"
+                    f"MODEL_MEMORY_BUDGET={mib(self.budget)} leaves beside the pinned models"
                 )
                 raise OverBudget(entry.problem)
             return self._answer(name, True, started)
@@ -302,12 +303,30 @@ class Residency:
 
     # Loading and unloading
 
+    def _room_at_most(self, name: str, guess: Memory) -> Memory:
+        """A guess (never measured) is no reason to refuse for good: it is held to what the pinned models leave of
+        the budget (busy ones leave room later: `no_room` is asked again), and the model is measured once loaded."""
+        pinned = self._pinned_cost(name)
+        room = Memory(self.budget - pinned.host, self.budget - pinned.device)
+        if room.host <= 0:
+            return guess
+        return Memory(min(guess.host, room.host), min(guess.device, max(room.device, 0)))
+
+    def _pinned_cost(self, exclude: str) -> Memory:
+        measured = self.measured()
+        return sum((self.cost(m, measured) for m in self.loaded() if m in self.pinned and m != exclude), Memory())
+
+    def _reserved(self, exclude: str = "") -> Memory:
+        """Room a swap or a scaling of the watcher has made and not used yet (`room_for`)."""
+        with self.mutex:
+            return sum((m for name, m in self.reservations.items() if name != exclude), Memory())
+
     def _make_room(self, name: str, need: Memory) -> None:
         """Unload the least recently used idle model, chosen afresh each time (one may have turned busy meanwhile),
         until `need` more fits; each unload counts what it gives back (its private pages), not its PSS."""
         loaded = self.loaded()
         measured = self.measured()
-        used = self.used(loaded, measured)
+        used = self.used(loaded, measured) + self._reserved(name)
         while not (used + need).within(self.budget):
             idle = self._evictable(loaded, exclude=name)
             if not idle:
@@ -334,8 +353,7 @@ class Residency:
     def _evict(self, name: str, why: str) -> None:
         started = time.monotonic()
         entry = self.entry(name)
-        with self.lock, self.repo.locked(name):
-            self.swapper.admin.unload(name)
+        self.swapper.admin.unload(name)
         # Triton answers the unload at once; the stubs finalize (their reports go) seconds later, and hold their
         # memory until they have exited, which Triton waits for before it calls the model unloaded.
         self._wait(lambda: self.swapper.admin.states().get(name) not in _HOLDING)
@@ -354,8 +372,7 @@ class Residency:
         started = time.monotonic()
         entry.loading = True
         try:
-            with self.repo.locked(name):
-                self.swapper.admin.load(name)
+            self.swapper.admin.load(name)
         except ModelLoadFailed as err:
             entry.failed_at, entry.problem = time.monotonic(), str(err)
             log.error("%s could not be loaded: %s; not tried again for %g s", name, err, RETRY_FAILED_S)
@@ -407,6 +424,7 @@ class Residency:
                     used -= measured.private.get(name, self.cost(name, measured))
                     evicted.append(name)
                 models = set(self.repo.models())
+                self._load_pinned(models - set(loaded))
             with self.mutex:
                 self.entries = {name: entry for name, entry in self.entries.items() if name in models}
         except NexusError as err:
@@ -419,13 +437,21 @@ class Residency:
 
     def room_for(self, name: str, extra: Memory) -> bool:
         """Whether `extra` more memory for `name` (more instances, a new version beside the old) fits, unloading idle
-        models for it; False also when Triton does not answer."""
+        models for it; False also when Triton does not answer. The room is held for `name` (no request's load takes
+        it) until `release`: the watcher loads later, outside the decider's lock, after a download."""
         try:
             with self.lock:
                 self._make_room(name, extra)
+                with self.mutex:
+                    self.reservations[name] = extra
         except NexusError:
             return False
         return True
+
+    def release(self, name: str) -> None:
+        """The swap or scaling that `room_for` made room for is over: what it loaded is measured from now on."""
+        with self.mutex:
+            self.reservations.pop(name, None)
 
     def settle_new(self, name: str) -> None:
         """A model the watcher just installed and loaded to test it: unloaded again when idle, so that only traffic
@@ -457,9 +483,7 @@ class Residency:
             entry.last_used = entry.last_used or remembered.get("last_used")
         try:
             with self.lock:
-                for name in sorted(self.pinned - set(self.loaded())):
-                    with contextlib.suppress(LoadFailed):
-                        self._load(name, self.entry(name))
+                self._load_pinned(set(self.repo.models()) - set(self.loaded()))
                 models = set(self.repo.models()) - set(self.loaded())
                 recent = sorted((n for n in models if self.entry(n).last_used), key=lambda n: -self.entry(n).last_used)
                 for name in recent:
@@ -469,6 +493,16 @@ class Residency:
                         self._load(name, self.entry(name))
         except NexusError as err:
             self._tell(f"models not loaded at start: {err}")
+
+    def _load_pinned(self, unloaded: set[str]) -> None:
+        """The pinned models among `unloaded` (at start, and each poll: one that failed is tried again after
+        RETRY_FAILED_S, as `heal` does without a budget)."""
+        for name in sorted(self.pinned & unloaded):
+            entry = self.entry(name)
+            if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
+                continue
+            with contextlib.suppress(LoadFailed):
+                self._load(name, entry)
 
     def remember(self) -> None:
         """Each model's measured memory (with its version) and last use, in the repository (it outlives the

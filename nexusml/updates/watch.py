@@ -423,6 +423,8 @@ class Following:
             if target is not None:
                 why = "queueing" if busy else f"quiet for {now - load.busy_at:.0f} s"
                 changes[name] = self._rescale(name, count, target, why)
+                if self.residency is not None:
+                    self.residency.release(name)
         return changes
 
     def _room_to_scale(self, name: str, count: int, target: int) -> bool:
@@ -521,6 +523,8 @@ class Following:
             return "retry: internal"
         finally:
             self.metrics.trying.set(0)
+            if self.residency is not None:
+                self.residency.release(meta.name)
         self.metrics.succeeded.inc()
         self.metrics.outcomes.labels(meta.name, "succeeded").inc()
         self.metrics.version.labels(meta.name).set(meta.version)

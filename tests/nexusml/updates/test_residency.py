@@ -274,3 +274,38 @@ def test_a_call_whose_caller_stopped_waiting_is_dropped(tmp_path: Path) -> None:
 def test_a_budget_without_the_api_is_refused() -> None:
     with pytest.raises(SettingsError, match="MODEL_MEMORY_BUDGET needs RESIDENCY_PORT"):
         load(WatchSettings, {"MODEL_MEMORY_BUDGET": "1GiB", "RESIDENCY_PORT": "0"})
+
+
+def test_the_decider_takes_no_file_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap holds its model's file lock while it waits for the admin lock: the decider, holding the admin lock,
+    must never wait for a file lock (that was a deadlock)."""
+    residency = decider(tmp_path, 150, {"a": 100, "b": 100})
+
+    def locked(name: str) -> None:
+        raise AssertionError(f"the decider took {name}'s file lock")
+
+    monkeypatch.setattr(residency.repo, "locked", locked)
+    residency.ensure("a")
+    residency.ensure("b")  # a unloaded for it
+    assert residency.swapper.admin.loaded == ["b"]
+
+
+def test_a_guess_is_held_to_what_the_pinned_models_leave(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 1000, {"pinned": 600, "b": 300})
+    residency.pinned = {"pinned"}
+    residency.ensure("pinned")  # the largest stub measured: b's guess is 600 MiB and more
+    assert residency.estimate("b").host > 400 * MIB
+    residency.ensure("b")
+    assert sorted(residency.swapper.admin.loaded) == ["b", "pinned"]
+
+
+def test_room_made_for_a_swap_is_not_taken_by_a_request(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 300, {"a": 100, "b": 100})
+    residency.ensure("a")
+    measured(residency, "b", 100)
+    assert residency.room_for("x", Memory(150 * MIB))
+    residency.ensure("b")  # 100 + 150 held for the swap + 100: a makes room
+    assert residency.swapper.admin.loaded == ["b"]
+    residency.release("x")
+    residency.ensure("a")
+    assert sorted(residency.swapper.admin.loaded) == ["a", "b"]
