@@ -69,6 +69,7 @@ async def test_health_ready_models_metrics(proxy_client: MakeClient, upstream_ur
             "served_version": "1",
             "trying_version": None,
             "problem": None,
+            "memory_bytes": None,
         }
     ]
     await client.post("/predict", json={"inputs": [ROW, ROW, ROW]})
