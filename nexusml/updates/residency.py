@@ -113,6 +113,10 @@ class Entry:
     failed_at: float | None = None  # time.monotonic() of its last failed load
     loading: bool = False
 
+    def failed_lately(self) -> bool:
+        """Its last load failed less than RETRY_FAILED_S ago: not tried again yet."""
+        return self.failed_at is not None and time.monotonic() - self.failed_at < RETRY_FAILED_S
+
 
 @dataclass(frozen=True)
 class Measured:
@@ -199,7 +203,7 @@ class Residency:
             if name in self.loaded():
                 return self._answer(name, False, started)
             entry = self.entry(name)
-            if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
+            if entry.failed_lately():
                 raise LoadFailed(entry.problem or f"loading {name} failed")
             need = self.estimate(name)
             measured_before = self._measured_for(name)
@@ -499,7 +503,7 @@ class Residency:
         RETRY_FAILED_S, as `heal` does without a budget)."""
         for name in sorted(self.pinned & unloaded):
             entry = self.entry(name)
-            if entry.failed_at is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
+            if entry.failed_lately():
                 continue
             with contextlib.suppress(LoadFailed):
                 self._load(name, entry)
@@ -542,7 +546,6 @@ class Residency:
         loaded = set(self.loaded())
         measured = self.measured()
         models = sorted(set(self.repo.models()) | set(self.entries))
-        now = time.monotonic()
         listing = {}
         for name in models:
             entry = self.entry(name)
@@ -550,7 +553,7 @@ class Residency:
                 state = "loading"
             elif name in loaded:
                 state = "resident"
-            elif (entry.failed_at is not None and now - entry.failed_at < RETRY_FAILED_S) or entry.problem:
+            elif entry.failed_lately() or entry.problem:
                 state = "failed"
             else:
                 state = "not_resident"
