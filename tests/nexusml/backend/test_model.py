@@ -238,3 +238,17 @@ def test_a_precision_the_model_cannot_keep_is_refused_at_load(
     with pytest.raises(NexusError):
         start_triton(repository, tmp_path).stop()
     assert logged in (tmp_path / "triton.log").read_text()
+
+
+def test_a_load_runs_at_idle_priority_and_leaves_the_caller_as_it_was(backend: types.ModuleType) -> None:
+    policy = backend.at_idle_priority(lambda: os.sched_getscheduler(0))
+    assert policy == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the stub's own thread, which runs the inferences
+
+
+def test_a_load_that_fails_raises_in_the_callers_thread(backend: types.ModuleType) -> None:
+    def broken() -> None:
+        raise NexusError("weights unreadable")
+
+    with pytest.raises(NexusError, match="weights unreadable"):
+        backend.at_idle_priority(broken)
