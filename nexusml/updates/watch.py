@@ -1,7 +1,8 @@
 """`nexus watch`: notice new metadata and put its version live without downtime (`nexusml.updates.swap`).
 
 The control plane publishes a version by writing a new `.nexus_meta.json`, locally or, with `WATCH_META_URI`,
-as an S3 object (polled by ETag). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
+as an S3 object (polled by ETag), or many models' under an S3 prefix (mirrored into the metadata directory,
+`nexusml.updates.mirror`). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
 than what `config.pbtxt` serves, it runs a swap. An older version is a rollback and takes the same path.
 
 With a directory of metadata the `CatalogWatcher` follows every
@@ -58,6 +59,8 @@ from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.triton.settings import ADMIN_KEY
+from nexusml.updates import mirror
+from nexusml.updates.mirror import S3Mirror
 from nexusml.updates.residency import Residency
 from nexusml.updates.swap import ModelStats, Swapper, TritonAdmin, served
 
@@ -83,8 +86,9 @@ class WatchSettings:
     meta_uri: str | None = env(
         "WATCH_META_URI",
         None,
-        "s3://bucket/key of the one model's metadata to watch (ETag polling); unset: NEXUS_META_PATH (a file or a "
-        "directory of them)",
+        "s3://bucket/key of the one model's metadata to watch (ETag polling), or s3://bucket/prefix/ of many models' "
+        "(`*.json` objects, mirrored into the NEXUS_META_PATH directory each poll); unset: NEXUS_META_PATH (a file or "
+        "a directory of them)",
     )
     triton_url: str = MODEL_SERVER_URL.field()  # its repository API and the smoke test, over gRPC only
     admin_key: str | None = ADMIN_KEY.field()
@@ -136,13 +140,9 @@ class WatchSettings:
         if not self.triton_url.startswith("grpc://"):
             # A load over HTTP stalls Triton's HTTP inferences (`TritonAdmin`): the watcher talks gRPC only.
             raise SettingsError(f"MODEL_SERVER_URL={self.triton_url}: the watcher wants Triton's gRPC address, grpc://")
-        if self.meta_uri and self.meta_uri.endswith("/"):
-            # The proxy serves the models of NEXUS_META_PATH: models followed from elsewhere would be loaded in Triton
-            # and answered 404 by the proxy (and removed ones still routed to).
-            raise SettingsError(
-                f"WATCH_META_URI={self.meta_uri}: an S3 prefix of many models is not followed, since the proxy serves "
-                "the models of NEXUS_META_PATH; publish them as a directory there (one *.json per model)"
-            )
+        if mirror.is_prefix(self.meta_uri):
+            assert self.meta_uri is not None
+            mirror.check_directory(self.meta_uri, self.sync.meta_path)
 
 
 class Source(Protocol):
@@ -230,6 +230,19 @@ class DirectorySource:
         found = catalog.read(self.path)
         self.seen = stamp
         return found
+
+
+class MirroredSource(DirectorySource):
+    """The directory that an `S3Mirror` keeps in line with its prefix, pulled before each look: then read as any
+    directory of metadata, which the proxy reads too."""
+
+    def __init__(self, mirrored: S3Mirror) -> None:
+        super().__init__(mirrored.directory)
+        self.mirror = mirrored
+
+    def changed(self) -> bool:
+        self.mirror.pull()
+        return super().changed()
 
 
 # Subjects of `_told` about the models' load (scaling, healing, statistics), not about the metadata.
@@ -722,6 +735,9 @@ def watcher(settings: WatchSettings) -> Watcher | CatalogWatcher:
     """The watcher of `WATCH_META_URI` (an S3 object), else of `NEXUS_META_PATH` (a file or a directory)."""
     admin = TritonAdmin(settings.triton_url, settings.admin_key, settings.load_timeout_s)
     swapper = Swapper(settings.sync, admin)
+    if settings.meta_uri and mirror.is_prefix(settings.meta_uri):
+        prefix = S3Mirror(settings.meta_uri, settings.sync.meta_path, settings.sync)
+        return CatalogWatcher(settings, MirroredSource(prefix), swapper)
     if settings.meta_uri:
         return Watcher(settings, S3Source(settings.meta_uri, settings.sync), swapper)
     if catalog.is_directory(settings.sync.meta_path):

@@ -10,6 +10,7 @@ import pytest
 from nexusml.command import stack
 from nexusml.command.demo import write_metadata
 from nexusml.core import catalog
+from nexusml.core.errors import SettingsError
 from nexusml.core.process import ManagedProcess
 from nexusml.core.settings import load
 from nexusml.testing.models import stub_metadata
@@ -69,3 +70,38 @@ def test_the_watchdog_probes_only_the_loaded_models_of_a_directory(
     assert asked == [("a", True), ("b", True)]
     answers["b"] = "model b is ready but does not answer an inference"
     assert watchdog.check() == answers["b"]
+
+
+def test_with_an_s3_prefix_the_directory_is_made_before_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy decides file or directory when it starts, and the models of a prefix come later, through the
+    watcher's mirror: the directory must be there first."""
+    env = {
+        "NEXUS_META_PATH": str(tmp_path / "models"),
+        "MODEL_REPOSITORY": str(tmp_path / "repo"),
+        "MODEL_BUCKET": "bucket",
+        "WATCH_META_URI": "s3://bucket/models/",
+    }
+    settings = load(stack.StackSettings, env)
+    seen: list[bool] = []
+
+    def step(name: str, argv: list[str], env: dict[str, str]) -> None:
+        seen.append((tmp_path / "models").is_dir())
+        raise stack.StepFailed(name, 3)
+
+    monkeypatch.setattr(stack, "_step", step)
+    with pytest.raises(stack.StepFailed):
+        stack._run(settings, {}, [])
+    assert seen == [True]
+
+
+def test_an_s3_prefix_with_the_watcher_off_is_refused(tmp_path: Path) -> None:
+    env = {
+        "NEXUS_META_PATH": str(tmp_path / "models"),
+        "MODEL_REPOSITORY": str(tmp_path / "repo"),
+        "WATCH_META_URI": "s3://bucket/models/",
+        "WATCH_INTERVAL_S": "0",
+    }
+    with pytest.raises(SettingsError, match="come through the watcher"):
+        load(stack.StackSettings, env)

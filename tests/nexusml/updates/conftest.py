@@ -1,8 +1,11 @@
-"""What the watcher's tests against real servers share: a directory of models synced and served by a Triton."""
+"""What the watcher's tests share: a directory of models synced and served by a Triton, and a swapper that records
+what it is asked to do instead."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +13,12 @@ from typing import Any
 
 from nexusml.command import demo
 from nexusml.core import catalog
+from nexusml.core.errors import NexusError
+from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
+from nexusml.sync import pipeline
 from nexusml.sync.pipeline import sync_catalog
+from nexusml.sync.repository import RECORD_FILE, Repository
 from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import publish_into
 from nexusml.testing.servers import start_triton
@@ -60,3 +67,47 @@ def served_catalog(
         yield Served(directory, repository, triton, {**env, "MODEL_SERVER_URL": triton.grpc_url})
     finally:
         triton.stop()
+
+
+class IndexOnly:
+    """Triton's repository index as the test sets it: the models it could not load, with their reason."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+
+    def unavailable(self) -> dict[str, str]:
+        return dict(self.failed)
+
+
+class RecordingSwapper:
+    """Installs a version the way `served` reads it back, or raises the failure set for its model."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self.repo = Repository(settings.repository)
+        self.admin = IndexOnly()
+        self.swapped: list[tuple[str, int]] = []
+        self.removed: list[str] = []
+        self.reloaded: list[str] = []
+        self.failures: dict[str, NexusError] = {}
+
+    def reload(self, name: str) -> None:
+        self.reloaded.append(name)
+        if name in self.failures:
+            raise self.failures[name]
+        self.admin.failed.pop(name, None)
+
+    def swap(self, meta: ModelMetadata, on_step: Callable[[str], None] = lambda step: None) -> None:
+        if meta.name in self.failures:
+            raise self.failures[meta.name]
+        self.swapped.append((meta.name, meta.version))
+        version = self.repo.version_dir(meta.name, meta.version)
+        version.mkdir(parents=True, exist_ok=True)
+        (version / RECORD_FILE).write_text(json.dumps({"metadata": meta.to_dict()}))
+        self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
+
+    def remove(self, name: str) -> None:
+        if name in self.failures:
+            raise self.failures[name]
+        self.removed.append(name)
+        shutil.rmtree(self.repo.model_dir(name))

@@ -8,73 +8,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nexusml.command.demo import write_metadata
-from nexusml.core.errors import ModelLoadFailed, NexusError, ServerError, SettingsError
+from nexusml.core.errors import ModelLoadFailed, ServerError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
-from nexusml.sync import pipeline
-from nexusml.sync.repository import RECORD_FILE, Repository
-from nexusml.sync.settings import SyncSettings
 from nexusml.testing.models import stub_metadata
 from nexusml.updates import watch
 from nexusml.updates.watch import (
     STATE_FILE,
     CatalogWatcher,
     DirectorySource,
+    MirroredSource,
     S3Source,
     Watcher,
     WatchSettings,
     watcher,
 )
-
-
-class IndexOnly:
-    """Triton's repository index as the test sets it: the models it could not load, with their reason."""
-
-    def __init__(self) -> None:
-        self.failed: dict[str, str] = {}
-
-    def unavailable(self) -> dict[str, str]:
-        return dict(self.failed)
-
-
-class RecordingSwapper:
-    """Installs a version the way `served` reads it back, or raises the failure set for its model."""
-
-    def __init__(self, settings: SyncSettings) -> None:
-        self.settings = settings
-        self.repo = Repository(settings.repository)
-        self.admin = IndexOnly()
-        self.swapped: list[tuple[str, int]] = []
-        self.removed: list[str] = []
-        self.reloaded: list[str] = []
-        self.failures: dict[str, NexusError] = {}
-
-    def reload(self, name: str) -> None:
-        self.reloaded.append(name)
-        if name in self.failures:
-            raise self.failures[name]
-        self.admin.failed.pop(name, None)
-
-    def swap(self, meta: ModelMetadata, on_step: Callable[[str], None] = lambda step: None) -> None:
-        if meta.name in self.failures:
-            raise self.failures[meta.name]
-        self.swapped.append((meta.name, meta.version))
-        version = self.repo.version_dir(meta.name, meta.version)
-        version.mkdir(parents=True, exist_ok=True)
-        (version / RECORD_FILE).write_text(json.dumps({"metadata": meta.to_dict()}))
-        self.repo.write_config(meta.name, pipeline.config_text(meta, self.settings))
-
-    def remove(self, name: str) -> None:
-        if name in self.failures:
-            raise self.failures[name]
-        self.removed.append(name)
-        shutil.rmtree(self.repo.model_dir(name))
+from tests.nexusml.updates.conftest import RecordingSwapper
 
 
 class Bed:
@@ -228,8 +182,10 @@ def test_the_source_follows_the_settings(tmp_path: Path) -> None:
     for path, (kind, source) in cases.items():
         made = watcher(load(WatchSettings, {**env, "NEXUS_META_PATH": path}))
         assert isinstance(made, kind) and (source is None or isinstance(made.source, source))
-    with pytest.raises(SettingsError, match="an S3 prefix of many models is not followed"):
-        load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/"})
+    prefix = watcher(
+        load(WatchSettings, {**env, "NEXUS_META_PATH": str(tmp_path / "meta"), "WATCH_META_URI": "s3://bucket/models/"})
+    )
+    assert isinstance(prefix, CatalogWatcher) and isinstance(prefix.source, MirroredSource)
     single = watcher(load(WatchSettings, {**env, "WATCH_META_URI": "s3://bucket/models/a.json"}))
     assert isinstance(single, Watcher) and isinstance(single.source, S3Source)
 
