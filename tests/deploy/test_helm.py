@@ -914,3 +914,37 @@ def test_notes_say_what_a_budget_does() -> None:
     assert "Memory budget" not in notes({})
     text = notes(RESIDENCY_CASE)
     assert "Memory budget 8GiB: Triton starts with demo_mlp loaded" in text and "-c watcher" in text
+
+
+def test_an_s3_prefix_is_mirrored_into_a_directory_the_watcher_alone_writes() -> None:
+    """With watcher.metaUri a prefix of many models the watcher mirrors it into an emptyDir where the ConfigMap would
+    be: every reader takes it as a directory of models, Triton starts without its strict flags, and there is no
+    metadata ConfigMap to drift from S3."""
+    objects = render_chart({"watcher": {"enabled": True, "metaUri": "s3://bucket/models/"}})
+    spec = pod_spec(objects)
+    for item in _meta_readers(spec):
+        assert env_of(item)["NEXUS_META_PATH"] == "/etc/nexus", item["name"]
+        assert _mounts(item)["nexus-meta"]["readOnly"] is (item["name"] != "watcher"), item["name"]
+    assert env_of(container(spec, "watcher"))["WATCH_META_URI"] == "s3://bucket/models/"
+    assert {v["name"]: v for v in spec["volumes"]}["nexus-meta"] == {
+        "name": "nexus-meta",
+        "emptyDir": {"sizeLimit": "64Mi"},
+    }
+    assert not [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-meta")]
+    assert "--strict-readiness=false" in " ".join(container(spec, "triton")["args"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param({"watcher": {"metaUri": "s3://bucket/models/"}}, "set watcher.enabled=true", id="watcher-off"),
+        pytest.param(
+            {"watcher": {"enabled": True, "metaUri": "s3://bucket/models/"}, "nexusMeta": {"models": MANY_MODELS}},
+            "set one source",
+            id="and-models",
+        ),
+    ],
+)
+def test_an_s3_prefix_with_another_source_or_no_watcher_is_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render_chart(values)

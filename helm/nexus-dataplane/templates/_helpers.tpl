@@ -54,7 +54,13 @@ app.kubernetes.io/part-of: nexusml
 {{/* "true" when the metadata is a directory of models: nexusMeta.models, or every key of an existing ConfigMap
 (nexusMeta.key empty). The ConfigMap is then mounted whole and NEXUS_META_PATH names the folder. */}}
 {{- define "nexus.metaDirectory" -}}
-{{- if or .Values.nexusMeta.models (and .Values.nexusMeta.existingConfigMap (not .Values.nexusMeta.key)) }}true{{ end }}
+{{- if or .Values.nexusMeta.models (and .Values.nexusMeta.existingConfigMap (not .Values.nexusMeta.key)) (include "nexus.metaPrefix" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when watcher.metaUri is an S3 prefix of many models (it ends with a slash): the watcher mirrors it into
+an emptyDir mounted where the ConfigMap would be, which the sync and the proxy read as a directory of models. */}}
+{{- define "nexus.metaPrefix" -}}
+{{- if and .Values.watcher.enabled (hasSuffix "/" .Values.watcher.metaUri) }}true{{ end }}
 {{- end }}
 
 {{/* What the chart's metadata ConfigMap holds, for the checksum that rolls the pods on a change. */}}
@@ -66,6 +72,12 @@ app.kubernetes.io/part-of: nexusml
 name in the mounted folder: the metadata's own name pattern, so it is neither hidden nor a path. */}}
 {{- define "nexus.validateMeta" -}}
 {{- $m := .Values.nexusMeta }}
+{{- if and (hasSuffix "/" .Values.watcher.metaUri) (not .Values.watcher.enabled) }}
+{{- fail (printf "watcher.metaUri=%s is a prefix of many models: they come through the watcher; set watcher.enabled=true" .Values.watcher.metaUri) }}
+{{- end }}
+{{- if and (include "nexus.metaPrefix" .) (or $m.content $m.models $m.existingConfigMap) }}
+{{- fail "watcher.metaUri is an S3 prefix: the models come from it, not from nexusMeta.content, nexusMeta.models or nexusMeta.existingConfigMap; set one source" }}
+{{- end }}
 {{- if and $m.content $m.models }}
 {{- fail "nexusMeta.content (one model) and nexusMeta.models (one key per model): set one of them" }}
 {{- end }}
