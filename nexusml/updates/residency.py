@@ -160,6 +160,7 @@ class Residency:
         self.clock = clock
         self.entries: dict[str, Entry] = {}
         self.reservations: dict[str, Memory] = {}  # room held for the watcher's swaps and scalings (`room_for`)
+        self.uninstalled: dict[str, str] = {}  # models the watcher could not install: why (`not_installed`)
         self.metrics = ResidencyMetrics(registry)
         self.metrics.budget.set(budget)
         self._remembered_at = 0.0
@@ -452,6 +453,15 @@ class Residency:
             return False
         return True
 
+    def not_installed(self, name: str, cause: str | None) -> None:
+        """The watcher could not install a model the repository does not hold (`cause`), or holds nothing against it
+        any more (None). Listed as failed with its cause, so that the proxies say why rather than "loading"."""
+        with self.mutex:
+            if cause is None:
+                self.uninstalled.pop(name, None)
+            else:
+                self.uninstalled[name] = cause
+
     def release(self, name: str) -> None:
         """The swap or scaling that `room_for` made room for is over: what it loaded is measured from now on."""
         with self.mutex:
@@ -545,9 +555,11 @@ class Residency:
     def snapshot(self) -> dict[str, Any]:
         loaded = set(self.loaded())
         measured = self.measured()
-        models = sorted(set(self.repo.models()) | set(self.entries))
-        listing = {}
-        for name in models:
+        held = set(self.repo.models())
+        with self.mutex:
+            uninstalled = {name: cause for name, cause in self.uninstalled.items() if name not in held}
+        listing: dict[str, dict[str, Any]] = {name: _not_installed(cause) for name, cause in uninstalled.items()}
+        for name in sorted(held | set(self.entries)):
             entry = self.entry(name)
             if entry.loading:
                 state = "loading"
@@ -571,7 +583,15 @@ class Residency:
                 "problem": entry.problem,
             }
         used = self.used(list(loaded), measured)
-        return {"budget_bytes": self.budget, "used_bytes": used.peak, "models": listing}
+        return {"budget_bytes": self.budget, "used_bytes": used.peak, "models": dict(sorted(listing.items()))}
+
+
+def _not_installed(cause: str) -> dict[str, Any]:
+    """A snapshot's line for a model the watcher could not install: nothing of it loaded or measured."""
+    keys = ("host_bytes", "device_bytes", "last_used", "last_load_s")
+    return {"state": "failed", "bytes": None, "pinned": False, "loads": 0, "evictions": 0, "problem": cause} | {
+        key: None for key in keys
+    }
 
 
 def _total(memory: Memory | None) -> int | None:

@@ -501,6 +501,8 @@ class Following:
             self._tell(
                 meta.name, f"{meta.name} version {meta.version} failed before ({cause}); not retried", logging.INFO
             )
+            if current is None:
+                self._not_installed(meta, cause)
             return "failed before"
         return self._swap(meta, current)
 
@@ -518,6 +520,8 @@ class Following:
             self._count(meta.name, err.code)
             if isinstance(err, PERMANENT):
                 self.failed.mark(meta, f"{err.code}: {err}")
+                if current is None:
+                    self._not_installed(meta, f"{err.code}: {err}")
                 log.error(
                     "%s version %d not served (%s: %s); %s keeps serving", meta.name, meta.version, err.code, err, was
                 )
@@ -543,9 +547,15 @@ class Following:
         self.metrics.version.labels(meta.name).set(meta.version)
         self._told.pop(meta.name, None)
         log.info("%s version %d is live (%.1f s)", meta.name, meta.version, time.monotonic() - started)
-        if not resident and self.residency is not None:
-            self.residency.settle_new(meta.name)
+        if self.residency is not None:
+            self.residency.not_installed(meta.name, None)
+            if not resident:
+                self.residency.settle_new(meta.name)
         return "swapped"
+
+    def _not_installed(self, meta: ModelMetadata, cause: str) -> None:
+        if self.residency is not None:
+            self.residency.not_installed(meta.name, f"model {meta.name} version {meta.version} not installed ({cause})")
 
     def _make_room_to_swap(self, meta: ModelMetadata) -> bool:
         """Within a budget, room for the candidate beside what is loaded; returns whether the model was loaded before
@@ -703,6 +713,9 @@ class CatalogWatcher(Following):
             outcomes[name] = "held"
         for name in found.names:
             outcomes[name] = self.follow(found.models[name])
+        if self.residency is not None:  # a file that failed to install is gone: nothing to say about its model
+            for name in set(self.residency.uninstalled) - set(found.models):
+                self.residency.not_installed(name, None)
         remembered = repo.sources()
         removed = []
         for name in catalog.departed(found, repo.models(), remembered):

@@ -1034,8 +1034,8 @@ def _judge_within(
     )
     shown = _entries(_listing(stack.proxy)).get(broken.name)
     result.check(
-        "the broken model is still not served at the end, the others unaffected",
-        shown is None or shown.get("state") != "ready",
+        "the broken model is failed at the end, with the watcher's cause (integrity), the others unaffected",
+        shown is not None and shown.get("state") == "failed" and "integrity" in str(shown.get("problem")),
         f"{shown}",
     )
     result.check("the proxy stays ready", stack.proxy.get("/readyz")[0] == 200, "/readyz at the end")

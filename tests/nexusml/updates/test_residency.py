@@ -309,3 +309,14 @@ def test_room_made_for_a_swap_is_not_taken_by_a_request(tmp_path: Path) -> None:
     residency.release("x")
     residency.ensure("a")
     assert sorted(residency.swapper.admin.loaded) == ["a", "b"]
+
+
+def test_a_model_the_watcher_could_not_install_is_listed_failed_until_it_is(tmp_path: Path) -> None:
+    residency = decider(tmp_path, 200, {"a": 100})
+    residency.not_installed("broken", "model broken version 1 not installed (integrity: sha256 mismatch)")
+    listing = residency.snapshot()["models"]
+    assert listing["broken"]["state"] == "failed" and "sha256 mismatch" in listing["broken"]["problem"]
+    assert listing["broken"]["bytes"] is None and listing["a"]["state"] == "not_resident"
+    assert "broken" not in residency.entries  # listed, not made a model the decider could load
+    residency.not_installed("broken", None)
+    assert "broken" not in residency.snapshot()["models"]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from nexusml.command.demo import write_metadata
-from nexusml.core.errors import ModelLoadFailed, ServerError
+from nexusml.core.errors import IntegrityError, ModelLoadFailed, ServerError
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import load
 from nexusml.testing.models import stub_metadata
@@ -214,3 +215,70 @@ def test_a_served_model_triton_could_not_load_is_loaded_again_with_back_off(
     assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a", "a"]  # served now: left alone
     bed.swapper.admin.failed = {"b": watch.UNLOADED}  # unloaded on purpose (being removed, an operator)
     assert bed.watcher.heal() == [] and bed.swapper.reloaded == ["a", "a", "a"]
+
+
+class DeciderNotes:
+    """The decider's side of a swap within a budget, recording what the watcher tells it of models not installed."""
+
+    def __init__(self) -> None:
+        self.uninstalled: dict[str, str] = {}
+
+    def not_installed(self, name: str, cause: str | None) -> None:
+        if cause is None:
+            self.uninstalled.pop(name, None)
+        else:
+            self.uninstalled[name] = cause
+
+    def loaded(self) -> list[str]:
+        return []
+
+    def estimate(self, name: str) -> None:
+        return None
+
+    def room_for(self, name: str, need: object) -> bool:
+        return True
+
+    def release(self, name: str) -> None:
+        pass
+
+    def settle_new(self, name: str) -> None:
+        pass
+
+    def enforce(self) -> None:
+        pass
+
+
+def test_within_a_budget_a_model_that_could_not_be_installed_is_failed_with_its_cause(bed: Bed) -> None:
+    """Not "loading": with nothing installed Triton never lists it, so only the watcher knows why."""
+    notes = DeciderNotes()
+    bed.watcher.residency = notes  # type: ignore[assignment]
+    bed.publish(stub_metadata("b"))
+    bed.watcher.poll()
+    bed.swapper.failures["a"] = IntegrityError("s3://bucket/a/1/model.pt: sha256 mismatch")
+    bed.publish(stub_metadata("a"))
+    assert bed.watcher.poll() == {"a": "failed: integrity", "b": "served"}
+    assert list(notes.uninstalled) == ["a"]
+    assert re.search(r"model a version 1 not installed \(integrity: .*sha256 mismatch\)", notes.uninstalled["a"])
+    restarted = bed.fresh()
+    restarted.residency = notes  # type: ignore[assignment]
+    notes.uninstalled.clear()
+    assert restarted.poll()["a"] == "failed before"
+    assert list(notes.uninstalled) == ["a"]  # known again after a restart, from the record of failed versions
+    del bed.swapper.failures["a"]
+    bed.publish(stub_metadata("a", 2))
+    assert restarted.poll()["a"] == "swapped"
+    assert notes.uninstalled == {}
+
+
+def test_within_a_budget_a_failed_models_file_removed_is_forgotten(bed: Bed) -> None:
+    notes = DeciderNotes()
+    bed.watcher.residency = notes  # type: ignore[assignment]
+    bed.publish(stub_metadata("b"))
+    bed.watcher.poll()
+    bed.swapper.failures["a"] = IntegrityError("sha256 mismatch")
+    bed.publish(stub_metadata("a"))
+    bed.watcher.poll()
+    assert list(notes.uninstalled) == ["a"]
+    (bed.directory / "a.json").unlink()
+    bed.watcher.poll()
+    assert notes.uninstalled == {}
