@@ -67,11 +67,15 @@ def exit_code(err: NexusError) -> int:
 def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from nexusml.core import catalog, metadata
     from nexusml.core.settings import load
+    from nexusml.sync import mirror
     from nexusml.sync.pipeline import sync
     from nexusml.sync.settings import SyncSettings
 
     settings = load(SyncSettings, environ)
     progress = sys.stdout.isatty() and not args.no_progress
+    if mirror.is_prefix(settings.meta_uri):
+        assert settings.meta_uri is not None
+        mirror.S3Mirror(settings.meta_uri, settings).pull()  # the models of the prefix, into the directory
     if catalog.is_directory(settings.meta_path):
         return _sync_directory(settings, progress)
     meta = metadata.load(settings.meta_path)
@@ -160,7 +164,7 @@ def _watching(settings: WatchSettings) -> NoReturn:
 
     watching = watcher(settings)
     serve_metrics(settings, watching.metrics)
-    source = settings.meta_uri or settings.sync.meta_path
+    source = settings.sync.meta_uri or settings.sync.meta_path
     logs.say(f"watching {source} every {settings.interval_s:g} s; Triton at {settings.triton_url}")
     if watching.residency is not None:
         from nexusml.core.memory import mib

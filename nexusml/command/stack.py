@@ -41,15 +41,15 @@ from typing import NoReturn
 
 from nexusml.command.s3local import LocalS3
 from nexusml.core import catalog, logs, metadata
-from nexusml.core.errors import DiskError, NexusError, ServerError, SettingsError
+from nexusml.core.errors import NexusError, ServerError, SettingsError
 from nexusml.core.probe import served_models
 from nexusml.core.process import ManagedProcess, Stopped, call, guarded, stop_all, supervising
 from nexusml.core.settings import META_PATH, RESIDENCY_KEY, env, nested
+from nexusml.sync import mirror
 from nexusml.sync.settings import S3Settings
 from nexusml.triton.server import TritonServer
 from nexusml.triton.settings import TritonSettings
 from nexusml.triton.watchdog import Watchdog, probe
-from nexusml.updates import mirror
 from nexusml.updates.watch import WatchSettings
 from proxy.settings import ProxySettings
 
@@ -116,11 +116,17 @@ class StackSettings:
             raise SettingsError(
                 "`nexus up` sees the watcher ready on WATCH_METRICS_PORT: set a port, or WATCH_INTERVAL_S=0"
             )
-        if mirror.is_prefix(self.watch.meta_uri) and self.watch.interval_s == 0:
-            raise SettingsError(
-                f"WATCH_META_URI={self.watch.meta_uri}: the models under a prefix come through the watcher; unset "
-                "WATCH_INTERVAL_S=0"
-            )
+        if mirror.is_prefix(self.watch.sync.meta_uri):
+            if self.watch.interval_s == 0:
+                raise SettingsError(
+                    f"WATCH_META_URI={self.watch.sync.meta_uri}: the watcher follows the prefix; unset "
+                    "WATCH_INTERVAL_S=0"
+                )
+            if self.local_s3:
+                raise SettingsError(
+                    f"WATCH_META_URI={self.watch.sync.meta_uri}: with no S3 configured `nexus up` runs a local S3 "
+                    "with the demo model; set AWS_ENDPOINT_URL or MODEL_BUCKET for your S3"
+                )
         if self.watch.memory_budget is not None and self.watch.interval_s == 0:
             raise SettingsError(
                 "MODEL_MEMORY_BUDGET needs the watcher (its decider loads and unloads the models): unset "
@@ -286,12 +292,6 @@ def _run(settings: StackSettings, env: dict[str, str], running: list[ManagedProc
         env["MODEL_BUCKET"] = LOCAL_BUCKET
         log.info("no S3 configured: local S3 at %s, publishing the demo model", s3.endpoint_url)
         _step("publish demo model", ["publish-demo"], env)
-    if mirror.is_prefix(settings.watch.meta_uri):
-        # The models come through the watcher's mirror; the proxy must find a directory (not a missing file) at start.
-        try:
-            settings.meta_path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise DiskError(f"{settings.meta_path}: cannot create the metadata directory ({err})") from err
     _step("sync", ["sync"], env)
     settings = _keyed(settings)
     logs.hide(settings.watch.residency_key)  # Triton's keys: TritonServer hides them

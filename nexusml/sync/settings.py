@@ -60,6 +60,13 @@ class SyncSettings:
 
     meta_path: Path = META_PATH.field()
     repository: Path = MODEL_REPOSITORY.field()
+    meta_uri: str | None = env(
+        "WATCH_META_URI",
+        None,
+        "s3://bucket/key of the one model's metadata for `nexus watch` to follow (ETag polling); or "
+        "s3://bucket/prefix/ of many models' (`*.json` objects): then `nexus sync` and `nexus watch` mirror them into "
+        "the NEXUS_META_PATH directory first; unset: NEXUS_META_PATH alone (a file or a directory of them)",
+    )
     batch_size: int | None = env(
         "BATCH_SIZE", None, "max_batch_size (default: metadata hint, else 32)", int, minimum=1, maximum=4096
     )
@@ -136,6 +143,8 @@ class SyncSettings:
         return low, self.instance_count
 
     def validate(self) -> None:
+        if self.meta_uri and self.meta_uri.endswith("/"):
+            check_prefix(self.meta_uri, self.meta_path)
         if self.min_instance_count is not None and self.min_instance_count > self.instance_count:
             raise SettingsError(
                 f"MIN_INSTANCE_COUNT={self.min_instance_count} exceeds INSTANCE_COUNT={self.instance_count}"
@@ -144,3 +153,20 @@ class SyncSettings:
             too_big = [size for size in self.preferred_batch_sizes if size > self.batch_size]
             if too_big:
                 raise SettingsError(f"PREFERRED_BATCH_SIZES={too_big} exceed BATCH_SIZE={self.batch_size}")
+
+
+def check_prefix(uri: str, directory: Path) -> None:
+    """Refuse an S3 prefix of many models (`WATCH_META_URI` ending with a slash) that cannot be mirrored into
+    `directory` (NEXUS_META_PATH), or whose key a URI parser would cut short."""
+    if "#" in uri or "?" in uri:
+        raise SettingsError(f"WATCH_META_URI={uri}: '#' and '?' end a URI's path; a prefix cannot hold them here")
+    if directory.exists() and not directory.is_dir():
+        raise SettingsError(
+            f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} must name a directory to "
+            "mirror them into, not a file"
+        )
+    if not directory.exists() and directory.name.endswith(".json"):
+        raise SettingsError(
+            f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} looks like one model's "
+            "file; name the directory to mirror them into"
+        )

@@ -2,7 +2,7 @@
 
 The control plane publishes a version by writing a new `.nexus_meta.json`, locally or, with `WATCH_META_URI`,
 as an S3 object (polled by ETag), or many models' under an S3 prefix (mirrored into the metadata directory,
-`nexusml.updates.mirror`). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
+`nexusml.sync.mirror`). Every `WATCH_INTERVAL_S` the watcher reads it; when it names something other
 than what `config.pbtxt` serves, it runs a swap. An older version is a rollback and takes the same path.
 
 With a directory of metadata the `CatalogWatcher` follows every
@@ -54,13 +54,12 @@ from nexusml.core.errors import (
 from nexusml.core.memory import Memory
 from nexusml.core.metadata import ModelMetadata
 from nexusml.core.settings import MEMORY_BUDGET, MODEL_SERVER_URL, PINNED_MODELS, RESIDENCY_KEY, env, nested
-from nexusml.sync import storage
+from nexusml.sync import mirror, storage
+from nexusml.sync.mirror import S3Mirror
 from nexusml.sync.repository import disk_errors
 from nexusml.sync.settings import SyncSettings
 from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.triton.settings import ADMIN_KEY
-from nexusml.updates import mirror
-from nexusml.updates.mirror import S3Mirror
 from nexusml.updates.residency import Residency
 from nexusml.updates.swap import ModelStats, Swapper, TritonAdmin, served
 
@@ -82,13 +81,6 @@ class WatchSettings:
         float,
         minimum=0,
         maximum=86400,
-    )
-    meta_uri: str | None = env(
-        "WATCH_META_URI",
-        None,
-        "s3://bucket/key of the one model's metadata to watch (ETag polling), or s3://bucket/prefix/ of many models' "
-        "(`*.json` objects, mirrored into the NEXUS_META_PATH directory each poll); unset: NEXUS_META_PATH (a file or "
-        "a directory of them)",
     )
     triton_url: str = MODEL_SERVER_URL.field()  # its repository API and the smoke test, over gRPC only
     admin_key: str | None = ADMIN_KEY.field()
@@ -140,9 +132,6 @@ class WatchSettings:
         if not self.triton_url.startswith("grpc://"):
             # A load over HTTP stalls Triton's HTTP inferences (`TritonAdmin`): the watcher talks gRPC only.
             raise SettingsError(f"MODEL_SERVER_URL={self.triton_url}: the watcher wants Triton's gRPC address, grpc://")
-        if mirror.is_prefix(self.meta_uri):
-            assert self.meta_uri is not None
-            mirror.check_directory(self.meta_uri, self.sync.meta_path)
 
 
 class Source(Protocol):
@@ -748,11 +737,11 @@ def watcher(settings: WatchSettings) -> Watcher | CatalogWatcher:
     """The watcher of `WATCH_META_URI` (an S3 object), else of `NEXUS_META_PATH` (a file or a directory)."""
     admin = TritonAdmin(settings.triton_url, settings.admin_key, settings.load_timeout_s)
     swapper = Swapper(settings.sync, admin)
-    if settings.meta_uri and mirror.is_prefix(settings.meta_uri):
-        prefix = S3Mirror(settings.meta_uri, settings.sync.meta_path, settings.sync)
-        return CatalogWatcher(settings, MirroredSource(prefix), swapper)
-    if settings.meta_uri:
-        return Watcher(settings, S3Source(settings.meta_uri, settings.sync), swapper)
+    meta_uri = settings.sync.meta_uri
+    if meta_uri and mirror.is_prefix(meta_uri):
+        return CatalogWatcher(settings, MirroredSource(S3Mirror(meta_uri, settings.sync)), swapper)
+    if meta_uri:
+        return Watcher(settings, S3Source(meta_uri, settings.sync), swapper)
     if catalog.is_directory(settings.sync.meta_path):
         return CatalogWatcher(settings, DirectorySource(settings.sync.meta_path), swapper)
     return Watcher(settings, FileSource(settings.sync.meta_path), swapper)

@@ -12,6 +12,7 @@ import yaml
 
 from nexusml.command import chart_files
 from nexusml.core.settings import variables
+from nexusml.sync.settings import SyncSettings
 from nexusml.triton.settings import TritonSettings
 from nexusml.updates.watch import WatchSettings
 from tests.deploy.conftest import (
@@ -662,6 +663,9 @@ def test_notes_say_how_models_are_updated() -> None:
     with_watcher = notes({"watcher": {"enabled": True}})
     assert "-c watcher" in with_watcher and "recommended" not in with_watcher
     assert "recommended" in notes({"watcher": {"enabled": True}, "replicaCount": 2})
+    prefix = notes({"watcher": {"enabled": True, "metaUri": "s3://bucket/models/"}})
+    assert "under s3://bucket/models/ is one model's metadata" in prefix and "-c watcher" in prefix
+    assert "nexusMeta" not in prefix and "placeholder" not in prefix
 
 
 def test_chart_watcher_defaults_match_the_code() -> None:
@@ -669,7 +673,7 @@ def test_chart_watcher_defaults_match_the_code() -> None:
     code = WatchSettings()
     assert values["enabled"] is False
     assert values["intervalSeconds"] == code.interval_s and values["metricsPort"] == code.metrics_port
-    assert values["metaUri"] == "" and code.meta_uri is None
+    assert values["metaUri"] == "" and SyncSettings().meta_uri is None
 
 
 KEYS_FILE = '{"tenants": {"team-a": {"keys": ["key-a"], "weight": 3}, "team-b": {"keys": ["key-b"]}}}'
@@ -924,8 +928,10 @@ def test_an_s3_prefix_is_mirrored_into_a_directory_the_watcher_alone_writes() ->
     spec = pod_spec(objects)
     for item in _meta_readers(spec):
         assert env_of(item)["NEXUS_META_PATH"] == "/etc/nexus", item["name"]
-        assert _mounts(item)["nexus-meta"]["readOnly"] is (item["name"] != "watcher"), item["name"]
-    assert env_of(container(spec, "watcher"))["WATCH_META_URI"] == "s3://bucket/models/"
+        assert _mounts(item)["nexus-meta"]["readOnly"] is (item["name"] == "proxy"), item["name"]
+    for name in ("sync", "watcher"):  # the sync mirrors it before Triton starts, so a new pod starts with every model
+        assert env_of(container(spec, name))["WATCH_META_URI"] == "s3://bucket/models/"
+    assert "WATCH_META_URI" not in env_of(container(spec, "proxy"))
     assert {v["name"]: v for v in spec["volumes"]}["nexus-meta"] == {
         "name": "nexus-meta",
         "emptyDir": {"sizeLimit": "64Mi"},

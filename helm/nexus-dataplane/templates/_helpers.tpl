@@ -190,7 +190,7 @@ watcher installs is served as the first one was. */}}
   value: /models
 - name: DEVICE
   value: {{ include "nexus.device" . | quote }}
-{{- with (include "nexus.envMap" (dict "BATCH_SIZE" $v.config.batchSize "BATCH_TIMEOUT_MS" $v.config.batchTimeoutMs "AWS_ENDPOINT_URL" $v.s3.endpointUrl "MODEL_BUCKET" $v.s3.bucket "AWS_REGION" $v.s3.region) | trim) }}
+{{- with (include "nexus.envMap" (dict "BATCH_SIZE" $v.config.batchSize "BATCH_TIMEOUT_MS" $v.config.batchTimeoutMs "AWS_ENDPOINT_URL" $v.s3.endpointUrl "MODEL_BUCKET" $v.s3.bucket "AWS_REGION" $v.s3.region "WATCH_META_URI" (ternary $v.watcher.metaUri "" $v.watcher.enabled)) | trim) }}
 {{ . }}
 {{- end }}
 {{- with (include "nexus.envMap" $v.sync.extraEnv | trim) }}

@@ -72,36 +72,21 @@ def test_the_watchdog_probes_only_the_loaded_models_of_a_directory(
     assert watchdog.check() == answers["b"]
 
 
-def test_with_an_s3_prefix_the_directory_is_made_before_the_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        pytest.param({"WATCH_INTERVAL_S": "0", "MODEL_BUCKET": "bucket"}, "follows the prefix", id="watcher-off"),
+        pytest.param({}, "with no S3 configured", id="local-s3"),
+    ],
+)
+def test_an_s3_prefix_needs_the_watcher_and_an_s3_of_its_own(
+    tmp_path: Path, extra: dict[str, str], refused: str
 ) -> None:
-    """The proxy decides file or directory when it starts, and the models of a prefix come later, through the
-    watcher's mirror: the directory must be there first."""
-    env = {
-        "NEXUS_META_PATH": str(tmp_path / "models"),
-        "MODEL_REPOSITORY": str(tmp_path / "repo"),
-        "MODEL_BUCKET": "bucket",
-        "WATCH_META_URI": "s3://bucket/models/",
-    }
-    settings = load(stack.StackSettings, env)
-    seen: list[bool] = []
-
-    def step(name: str, argv: list[str], env: dict[str, str]) -> None:
-        seen.append((tmp_path / "models").is_dir())
-        raise stack.StepFailed(name, 3)
-
-    monkeypatch.setattr(stack, "_step", step)
-    with pytest.raises(stack.StepFailed):
-        stack._run(settings, {}, [])
-    assert seen == [True]
-
-
-def test_an_s3_prefix_with_the_watcher_off_is_refused(tmp_path: Path) -> None:
     env = {
         "NEXUS_META_PATH": str(tmp_path / "models"),
         "MODEL_REPOSITORY": str(tmp_path / "repo"),
         "WATCH_META_URI": "s3://bucket/models/",
-        "WATCH_INTERVAL_S": "0",
+        **extra,
     }
-    with pytest.raises(SettingsError, match="come through the watcher"):
+    with pytest.raises(SettingsError, match=refused):
         load(stack.StackSettings, env)

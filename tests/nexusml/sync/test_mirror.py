@@ -1,20 +1,23 @@
-"""An S3 prefix of metadata mirrored into a directory (nexusml/updates/mirror.py), against moto's S3 server, and the
-watcher that follows the prefix through it."""
+"""An S3 prefix of metadata mirrored into a directory (nexusml/sync/mirror.py), against moto's S3 server; the sync and
+the watcher that follow the prefix through it."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nexusml.command import cli
 from nexusml.core.errors import SettingsError
 from nexusml.core.settings import load
+from nexusml.sync import mirror
+from nexusml.sync.mirror import S3Mirror
+from nexusml.sync.repository import Repository
 from nexusml.sync.settings import SyncSettings
-from nexusml.testing.models import TEST_BUCKET, stub_metadata
-from nexusml.updates import mirror
-from nexusml.updates.mirror import S3Mirror
+from nexusml.testing.models import TEST_BUCKET, PublishedModel, stub_metadata
 from nexusml.updates.watch import CatalogWatcher, MirroredSource, WatchSettings, watcher
 from tests.nexusml.updates.conftest import RecordingSwapper
 
@@ -32,8 +35,9 @@ def _put(s3_client: Any, key: str, body: str) -> None:
 
 
 def _mirror(s3_env: dict[str, str], prefix: str, directory: Path) -> S3Mirror:
-    settings = load(SyncSettings, {**s3_env, "MODEL_REPOSITORY": str(directory.parent / "repo")})
-    return S3Mirror(f"s3://{TEST_BUCKET}/{prefix}", directory, settings)
+    uri = f"s3://{TEST_BUCKET}/{prefix}"
+    env = {**s3_env, "MODEL_REPOSITORY": str(directory.parent / "repo"), "NEXUS_META_PATH": str(directory)}
+    return S3Mirror(uri, load(SyncSettings, {**env, "WATCH_META_URI": uri}))
 
 
 def _files(directory: Path) -> dict[str, str]:
@@ -116,7 +120,7 @@ def test_an_object_too_large_for_metadata_is_skipped_and_said_once(
         mirrored.pull()
         mirrored.pull()
     assert _files(directory) == {"a.json": '{"a": 1}'}
-    assert sum("too large for metadata" in r.getMessage() for r in caplog.records) == 1
+    assert sum("huge.json not mirrored" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.integration
@@ -147,30 +151,62 @@ def test_the_watcher_follows_models_published_and_removed_under_the_prefix(
 
 
 @pytest.mark.parametrize(
-    ("make", "path", "refused"),
+    ("make", "path", "uri", "refused"),
     [
-        pytest.param(None, "models", None, id="a-directory-not-made-yet"),
-        pytest.param("dir", "models", None, id="an-existing-directory"),
-        pytest.param("file", "models", "must name a directory", id="an-existing-file"),
-        pytest.param(None, ".nexus_meta.json", "looks like one model's file", id="the-single-file-name"),
+        pytest.param(None, "models", "s3://bucket/models/", None, id="a-directory-not-made-yet"),
+        pytest.param("dir", "models", "s3://bucket/models/", None, id="an-existing-directory"),
+        pytest.param("file", "models", "s3://bucket/models/", "must name a directory", id="an-existing-file"),
+        pytest.param(None, ".nexus_meta.json", "s3://bucket/models/", "looks like one model's file", id="a-file-name"),
+        pytest.param(None, "models", "s3://bucket/team#a/", "a prefix cannot hold them", id="a-fragment"),
+        pytest.param("file", "meta.json", "s3://bucket/models/a.json", None, id="one-object-is-not-a-prefix"),
     ],
 )
-def test_the_metadata_path_must_be_a_directory_for_a_prefix(
-    tmp_path: Path, make: str | None, path: str, refused: str | None
+def test_a_prefix_needs_a_directory_and_a_plain_key(
+    tmp_path: Path, make: str | None, path: str, uri: str, refused: str | None
 ) -> None:
     target = tmp_path / path
     if make == "dir":
         target.mkdir()
     elif make == "file":
         target.write_text("{}")
-    env = {
-        "NEXUS_META_PATH": str(target),
-        "MODEL_REPOSITORY": str(tmp_path / "repo"),
-        "AWS_REGION": "us-east-1",
-        "WATCH_META_URI": "s3://bucket/models/",
-    }
+    env = {"NEXUS_META_PATH": str(target), "MODEL_REPOSITORY": str(tmp_path / "repo"), "WATCH_META_URI": uri}
     if refused is None:
-        load(WatchSettings, env)
+        load(SyncSettings, env)
     else:
         with pytest.raises(SettingsError, match=refused):
-            load(WatchSettings, env)
+            load(SyncSettings, env)
+
+
+@pytest.mark.integration
+def test_one_object_that_cannot_be_mirrored_is_skipped_and_the_others_are_not(
+    s3_env: dict[str, str], s3_client: Any, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name no file can have (its temporary past the filesystem's 255 bytes) is one object's problem, said once."""
+    long_name = "m" * 250 + ".json"
+    _put(s3_client, prefix + long_name, '{"m": 1}')
+    _put(s3_client, prefix + "a.json", '{"a": 1}')
+    directory = tmp_path / "models"
+    mirrored = _mirror(s3_env, prefix, directory)
+    with caplog.at_level(logging.WARNING, logger=mirror.__name__):
+        assert mirrored.pull() is True
+        _put(s3_client, prefix + "b.json", '{"b": 2}')
+        assert mirrored.pull() is True
+    assert _files(directory) == {"a.json": '{"a": 1}', "b.json": '{"b": 2}'}
+    assert sum("not mirrored" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.integration
+def test_the_sync_mirrors_a_prefix_first_so_that_triton_starts_with_every_model(
+    s3_env: dict[str, str], s3_client: Any, demo_model: PublishedModel, prefix: str, tmp_path: Path
+) -> None:
+    _put(s3_client, prefix + "demo.json", demo_model.meta.to_json())
+    env = {
+        **s3_env,
+        "NEXUS_META_PATH": str(tmp_path / "models"),
+        "MODEL_REPOSITORY": str(tmp_path / "repo"),
+        "WATCH_META_URI": f"s3://{TEST_BUCKET}/{prefix}",
+        "DEVICE": "cpu",
+    }
+    assert cli._sync(argparse.Namespace(no_progress=True), env) == 0
+    assert (tmp_path / "models" / "demo.json").is_file()
+    assert Repository(tmp_path / "repo").models() == [demo_model.meta.name]

@@ -1,15 +1,18 @@
 """An S3 prefix of metadata, followed as a local directory that the whole data plane reads.
 
 `WATCH_META_URI=s3://bucket/prefix/` names many models' metadata, one `*.json` object each directly under the
-prefix. Each poll the watcher copies them into the `NEXUS_META_PATH` directory (one listing; a GET only for an object
-whose ETag changed), and from there everything goes as with a directory written by hand: the watcher's catalog, the
-sync and the proxy read the same files. So the proxy, which holds no S3 credentials, serves exactly the models the
-watcher follows, and a model removed from the prefix leaves the directory and then the data plane.
+prefix. `nexus sync` (before it installs) and `nexus watch` (each poll) copy them into the `NEXUS_META_PATH`
+directory: one listing, then a GET for each object whose ETag this process has not mirrored yet. From there
+everything goes as with a directory written by hand: the sync installs every model before Triton starts, the
+watcher's catalog follows the files, and the proxy, which holds no S3 credentials, serves exactly those models; a
+model removed from the prefix leaves the directory and then the data plane.
 
 A file is written whole (a dot-named temporary renamed over it), and rewritten only when its bytes changed, so a
 restarted watcher does not touch what it already mirrored. The directory belongs to the mirror: a `*.json` in it that
 the prefix does not hold is removed, except when the listing is empty, which removes nothing (a prefix emptied and
-filled again by the control plane, or a listing that raced its writes: `nexusml.core.catalog` keeps the same rule).
+filled again by the control plane: `nexusml.core.catalog` keeps the same rule). One object that cannot be mirrored
+(refused, too large, a name the filesystem takes no file by) is skipped, its file left as it was, and said once;
+the others are mirrored. Only a listing that fails stops a pull.
 """
 
 from __future__ import annotations
@@ -20,52 +23,36 @@ from pathlib import Path
 from typing import Any
 
 from nexusml.core import catalog
-from nexusml.core.errors import DiskError, SettingsError
+from nexusml.core.errors import DiskError, NexusError
 from nexusml.sync import storage
 from nexusml.sync.settings import SyncSettings
 
 log = logging.getLogger(__name__)
 
-# A metadata object above this is skipped (logged once per ETag): metadata is a few hundred bytes, and the mirror must
-# not fill the disk with whatever lands under the prefix.
-MAX_OBJECT_BYTES = 1 << 20
+# A metadata object above this is skipped: metadata is a few hundred bytes, and the mirror must not fill the
+# directory (a size-limited emptyDir in the chart) with whatever lands under the prefix.
+MAX_OBJECT_BYTES = 64 << 10
 
 
 def is_prefix(uri: str | None) -> bool:
     """Whether `WATCH_META_URI` names a prefix of many models (it ends with a slash) rather than one object."""
-    return bool(uri) and uri.endswith("/")  # type: ignore[union-attr]
-
-
-def check_directory(uri: str, directory: Path) -> None:
-    """Refuse a `NEXUS_META_PATH` that cannot hold the mirror of the prefix `uri`."""
-    if directory.exists() and not directory.is_dir():
-        raise SettingsError(
-            f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} must name a directory to "
-            "mirror them into, not a file"
-        )
-    if not directory.exists() and directory.name.endswith(catalog.SUFFIX):
-        raise SettingsError(
-            f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} looks like one model's "
-            "file; name the directory to mirror them into"
-        )
+    return uri is not None and uri.endswith("/")
 
 
 class S3Mirror:
-    """The `*.json` objects directly under an S3 prefix, copied into `directory` by `pull`."""
+    """The `*.json` objects directly under `settings.meta_uri`, copied into `settings.meta_path` by `pull`."""
 
-    def __init__(self, uri: str, directory: Path, settings: SyncSettings) -> None:
-        check_directory(uri, directory)
+    def __init__(self, uri: str, settings: SyncSettings) -> None:
         self.prefix = storage.locate(uri, settings.s3.model_bucket)
-        self.directory = directory
+        self.directory = settings.meta_path
         self.endpoint = settings.s3.endpoint_url
         self.client = storage.client(settings.s3)
         self.etags: dict[str, str] = {}  # file name -> ETag of the object last mirrored into it
-        self.skipped: dict[str, str] = {}  # file name -> ETag of an object skipped (too large), said once
+        self.skipped: dict[str, str] = {}  # file name -> ETag of an object not mirrored, said once
 
     def pull(self) -> bool:
         """Bring the directory in line with the prefix; whether a file was written or removed. Raises `NexusError`
-        (S3 unreachable or refused, the disk): then the directory is left as it was, partly updated at worst, each
-        file whole."""
+        when the listing fails or the directory cannot be made: then nothing changed."""
         listed = self._list()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -73,18 +60,19 @@ class S3Mirror:
             raise DiskError(f"{self.directory}: cannot create the metadata directory ({err})") from err
         changed = False
         for name, (key, etag, size) in listed.items():
-            if self.etags.get(name) == etag and (self.directory / name).exists():
+            if self.etags.get(name) == etag and (self.directory / name).is_file():
                 continue
-            if size > MAX_OBJECT_BYTES:
+            try:
+                if size > MAX_OBJECT_BYTES:
+                    raise NexusError(f"{size} bytes, more than metadata's {MAX_OBJECT_BYTES}")
+                changed |= self._write(name, self._get(key))
+            except (NexusError, OSError, ValueError) as err:
                 if self.skipped.get(name) != etag:
-                    log.warning("%s: %d bytes, too large for metadata; not mirrored", self._uri(key), size)
+                    log.warning("%s not mirrored: %s; %s left as it was", self._uri(key), err, self.directory / name)
                     self.skipped[name] = etag
                 continue
-            body = self._get(key)
-            if len(body) > MAX_OBJECT_BYTES:  # grew after the listing: skipped, as it would have been
-                continue
-            changed |= self._write(name, body)
             self.etags[name] = etag
+            self.skipped.pop(name, None)
         if listed:  # an empty listing removes nothing
             for path in catalog.listing(self.directory):
                 if path.name not in listed:
@@ -112,18 +100,21 @@ class S3Mirror:
         location = storage.ObjectLocation(self.prefix.bucket, key)
         with storage.s3_errors(location, self.endpoint):
             got: Any = self.client.get_object(Bucket=location.bucket, Key=location.key)
-            return got["Body"].read(MAX_OBJECT_BYTES + 1)
+            body: bytes = got["Body"].read(MAX_OBJECT_BYTES + 1)
+        if len(body) > MAX_OBJECT_BYTES:  # grew after the listing
+            raise NexusError(f"more than metadata's {MAX_OBJECT_BYTES} bytes")
+        return body
 
     def _write(self, name: str, body: bytes) -> bool:
         target = self.directory / name
+        if target.is_file() and target.read_bytes() == body:
+            return False
+        temporary = self.directory / f".{name}.mirror"
         try:
-            if target.is_file() and target.read_bytes() == body:
-                return False
-            temporary = self.directory / f".{name}.mirror"
             temporary.write_bytes(body)
             os.replace(temporary, target)
-        except OSError as err:
-            raise DiskError(f"{target}: cannot write the mirrored metadata ({err})") from err
+        finally:
+            temporary.unlink(missing_ok=True)
         log.info("%s mirrored from %s", target, self._uri(self.prefix.key + name))
         return True
 
