@@ -75,7 +75,10 @@ def _sync(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     progress = sys.stdout.isatty() and not args.no_progress
     if mirror.is_prefix(settings.meta_uri):
         assert settings.meta_uri is not None
-        mirror.S3Mirror(settings.meta_uri, settings).pull()  # the models of the prefix, into the directory
+        mirrored = mirror.S3Mirror(settings.meta_uri, settings)
+        mirrored.pull()  # the models of the prefix, into the directory
+        if mirrored.failures and not catalog.listing(settings.meta_path):
+            raise next(iter(mirrored.failures.values()))  # objects under the prefix, and not one could be read
     if catalog.is_directory(settings.meta_path):
         return _sync_directory(settings, progress)
     meta = metadata.load(settings.meta_path)

@@ -12,11 +12,13 @@ restarted watcher does not touch what it already mirrored. The directory belongs
 the prefix does not hold is removed, except when the listing is empty, which removes nothing (a prefix emptied and
 filled again by the control plane: `nexusml.core.catalog` keeps the same rule). One object that cannot be mirrored
 (refused, too large, a name the filesystem takes no file by) is skipped, its file left as it was, and said once;
-the others are mirrored. Only a listing that fails stops a pull.
+the others are mirrored (`failures` names the skipped). A listing that fails, or a directory that cannot be written,
+stops a pull.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 # A metadata object above this is skipped: metadata is a few hundred bytes, and the mirror must not fill the
 # directory (a size-limited emptyDir in the chart) with whatever lands under the prefix.
 MAX_OBJECT_BYTES = 64 << 10
+# A write that fails with these is the object's name (too long, or one the filesystem refuses): that object is
+# skipped. Any other error is the directory's (full, read-only, permissions) and stops the pull.
+NAME_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EISDIR})
 
 
 def is_prefix(uri: str | None) -> bool:
@@ -49,6 +54,7 @@ class S3Mirror:
         self.client = storage.client(settings.s3)
         self.etags: dict[str, str] = {}  # file name -> ETag of the object last mirrored into it
         self.skipped: dict[str, str] = {}  # file name -> ETag of an object not mirrored, said once
+        self.failures: dict[str, NexusError] = {}  # file name -> why the last pull did not mirror its object
 
     def pull(self) -> bool:
         """Bring the directory in line with the prefix; whether a file was written or removed. Raises `NexusError`
@@ -59,14 +65,18 @@ class S3Mirror:
         except OSError as err:
             raise DiskError(f"{self.directory}: cannot create the metadata directory ({err})") from err
         changed = False
+        self.failures = {}
         for name, (key, etag, size) in listed.items():
             if self.etags.get(name) == etag and (self.directory / name).is_file():
                 continue
             try:
                 if size > MAX_OBJECT_BYTES:
-                    raise NexusError(f"{size} bytes, more than metadata's {MAX_OBJECT_BYTES}")
+                    raise NexusError(f"{self._uri(key)}: {size} bytes, more than metadata's {MAX_OBJECT_BYTES}")
                 changed |= self._write(name, self._get(key))
-            except (NexusError, OSError, ValueError) as err:
+            except (NexusError, ValueError, OSError) as err:
+                if isinstance(err, OSError) and err.errno not in NAME_ERRORS:
+                    raise DiskError(f"{self.directory / name}: cannot write the mirrored metadata ({err})") from err
+                self.failures[name] = err if isinstance(err, NexusError) else NexusError(f"{self._uri(key)}: {err}")
                 if self.skipped.get(name) != etag:
                     log.warning("%s not mirrored: %s; %s left as it was", self._uri(key), err, self.directory / name)
                     self.skipped[name] = etag

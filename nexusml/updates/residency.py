@@ -194,6 +194,10 @@ class Residency:
         loaded; a call whose caller stopped waiting (`deadline_s`, seconds from now) meanwhile is dropped."""
         started = time.monotonic()
         if name not in self.repo.models():
+            with self.mutex:
+                cause = self.uninstalled.get(name)
+            if cause is not None:
+                raise LoadFailed(cause)
             raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
         self.heartbeat(busy, [name])
         if name in self.loaded():
@@ -558,8 +562,8 @@ class Residency:
         held = set(self.repo.models())
         with self.mutex:
             uninstalled = {name: cause for name, cause in self.uninstalled.items() if name not in held}
-        listing: dict[str, dict[str, Any]] = {name: _not_installed(cause) for name, cause in uninstalled.items()}
-        for name in sorted(held | set(self.entries)):
+        listing = {name: _not_installed(cause, name in self.pinned) for name, cause in uninstalled.items()}
+        for name in sorted((held | set(self.entries)) - set(uninstalled)):
             entry = self.entry(name)
             if entry.loading:
                 state = "loading"
@@ -586,10 +590,10 @@ class Residency:
         return {"budget_bytes": self.budget, "used_bytes": used.peak, "models": dict(sorted(listing.items()))}
 
 
-def _not_installed(cause: str) -> dict[str, Any]:
+def _not_installed(cause: str, pinned: bool) -> dict[str, Any]:
     """A snapshot's line for a model the watcher could not install: nothing of it loaded or measured."""
     keys = ("host_bytes", "device_bytes", "last_used", "last_load_s")
-    return {"state": "failed", "bytes": None, "pinned": False, "loads": 0, "evictions": 0, "problem": cause} | {
+    return {"state": "failed", "bytes": None, "pinned": pinned, "loads": 0, "evictions": 0, "problem": cause} | {
         key: None for key in keys
     }
 

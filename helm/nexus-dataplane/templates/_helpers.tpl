@@ -57,8 +57,8 @@ app.kubernetes.io/part-of: nexusml
 {{- if or .Values.nexusMeta.models (and .Values.nexusMeta.existingConfigMap (not .Values.nexusMeta.key)) (include "nexus.metaPrefix" .) }}true{{ end }}
 {{- end }}
 
-{{/* "true" when watcher.metaUri is an S3 prefix of many models (it ends with a slash): the watcher mirrors it into
-an emptyDir mounted where the ConfigMap would be, which the sync and the proxy read as a directory of models. */}}
+{{/* "true" when watcher.metaUri is an S3 prefix of many models (it ends with a slash): the sync, then the watcher,
+mirror it into an emptyDir mounted where the ConfigMap would be, read as a directory of models. */}}
 {{- define "nexus.metaPrefix" -}}
 {{- if and .Values.watcher.enabled (hasSuffix "/" .Values.watcher.metaUri) }}true{{ end }}
 {{- end }}

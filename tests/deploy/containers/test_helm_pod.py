@@ -4,7 +4,8 @@ as the metadata directory); the proxy's tensors reach Triton through the /dev/sh
 It runs with a memory budget (`residency.memoryBudget`, room for the three, none pinned), as compose's test runs
 without one: the pod is ready with no model loaded, each model loads on its first request (the watcher's decider,
 called by the proxy with the chart's residency key), and the stubs' memory reports reach the decider through the
-`memory-reports` emptyDir Triton and the watcher mount.
+`memory-reports` emptyDir Triton and the watcher mount. A second pod takes the models' metadata from an S3 prefix
+(`watcher.metaUri`): mirrored by the init container and then by the watcher into the metadata emptyDir.
 
 The chart is rendered by the real Helm engine (helm-python-sdk) with the values a user passes for a CPU
 node: images, S3 endpoint and bucket, the metadata of each model (`--set-file nexusMeta.models.<name>=`), a
@@ -62,8 +63,10 @@ from tests.deploy.containers.conftest import (
     assert_serves_all,
     assert_shared_memory,
     assert_tenants_enforced,
+    http,
     loopback_get,
     publish_arguments,
+    row,
     wait_ready,
 )
 from tests.deploy.containers.podman import DEMO_IMAGE, NEXUS_IMAGE, S3_IMAGE, TIMINGS, TRITON_IMAGE, Podman
@@ -345,5 +348,64 @@ def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
             assert inspected == ["1000:1000", "true"], (container, inspected)
         with TIMINGS.step("helm pod: stop (SIGTERM: the proxy drains, Triton drains)"):
             podman("pod", "stop", "--time", "90", bed.name, timeout=120)
+        codes = {c: podman.exit_code(f"{bed.name}-{c}") for c in ("triton", "proxy", "watcher")}
+        assert codes == {"triton": 0, "proxy": 0, "watcher": 0}, codes
+
+
+# The control plane's side of an S3 prefix: put every `*.json` of /out under the prefix, or delete the keys named.
+PREFIX_SCRIPT = """
+import os, pathlib, sys
+import boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+bucket, prefix, action = sys.argv[1:4]
+if action == "put":
+    for path in sorted(pathlib.Path("/out").glob("*.json")):
+        s3.put_object(Bucket=bucket, Key=prefix + path.name, Body=path.read_bytes())
+else:
+    for name in sys.argv[4:]:
+        s3.delete_object(Bucket=bucket, Key=prefix + name)
+"""
+PREFIX = "control-plane/models/"
+
+
+def control_plane(bed: PodBed, action: str, *names: str) -> None:
+    bed.podman(
+        "run", "--rm", "--network", bed.network, *bed.s3_environment(), "--volume", f"{bed.folder / 'meta'}:/out:ro",
+        "--entrypoint", "python", DEMO_IMAGE, "-c", PREFIX_SCRIPT, BUCKET, PREFIX, action, *names,
+    )  # fmt: skip
+
+
+def test_chart_pod_follows_an_s3_prefix_of_models(bed: PodBed) -> None:
+    """`watcher.metaUri` an S3 prefix: the init container mirrors it into the metadata emptyDir and installs every
+    model before Triton starts; the watcher follows it: a metadata object deleted is its model removed."""
+    podman, port = bed.podman, free_port()
+    url = f"http://127.0.0.1:{port}"
+    with podman.explaining(bed.name):
+        with TIMINGS.step(f"helm pod, S3 prefix: publish {len(MODELS)} demo models, their metadata under the prefix"):
+            publish_models(bed, MODELS)
+            control_plane(bed, "put")
+            values = {
+                "image": image_values(NEXUS_IMAGE),
+                "tritonImage": image_values(TRITON_IMAGE),
+                "s3": {"endpointUrl": f"http://{bed.s3}:9000", "bucket": BUCKET, "region": "us-east-1"},
+                "aws": {"credentialsSecret": "nexus-aws"},
+                "watcher": {"enabled": True, "metaUri": f"s3://{BUCKET}/{PREFIX}", "intervalSeconds": 1},
+                "proxy": {"defaultModel": MODELS[0].name},
+            }
+            objects = render_chart(values)
+            sync_pod, serving_pod = pods_for_podman(objects, bed, port)
+        with TIMINGS.step("helm pod, S3 prefix: init container `sync` mirrors and installs, then the pod is ready"):
+            play(bed, objects, sync_pod)
+            code = podman("wait", f"{bed.name}-sync-sync", timeout=600).stdout.strip()
+            assert code == "0", podman.logs(f"{bed.name}-sync-sync")
+            play(bed, objects, serving_pod)
+            wait_ready(url)
+        assert_serves_all(url, MODELS)
+        with TIMINGS.step("helm pod, S3 prefix: one model's metadata deleted, until the proxy no longer lists it"):
+            control_plane(bed, "delete", f"{MODELS[-1].name}.json")
+            assert_serves_all(url, MODELS[:-1])
+        status, _, body = http(f"{url}/models/{MODELS[-1].name}/predict", {"input": row(MODELS[-1])})
+        assert (status, body["error"]["code"]) == (404, "model_not_found"), body
+        podman("pod", "stop", "--time", "90", bed.name, timeout=120)
         codes = {c: podman.exit_code(f"{bed.name}-{c}") for c in ("triton", "proxy", "watcher")}
         assert codes == {"triton": 0, "proxy": 0, "watcher": 0}, codes

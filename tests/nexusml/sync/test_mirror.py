@@ -4,6 +4,7 @@ the watcher that follow the prefix through it."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from nexusml.command import cli
-from nexusml.core.errors import SettingsError
+from nexusml.core.errors import DiskError, NexusError, SettingsError
 from nexusml.core.settings import load
 from nexusml.sync import mirror
 from nexusml.sync.mirror import S3Mirror
@@ -210,3 +211,37 @@ def test_the_sync_mirrors_a_prefix_first_so_that_triton_starts_with_every_model(
     assert cli._sync(argparse.Namespace(no_progress=True), env) == 0
     assert (tmp_path / "models" / "demo.json").is_file()
     assert Repository(tmp_path / "repo").models() == [demo_model.meta.name]
+
+
+@pytest.mark.integration
+def test_a_directory_that_cannot_be_written_stops_the_pull(
+    s3_env: dict[str, str], s3_client: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one object's problem: a full or read-only directory would fail them all, so it is the pull's error."""
+    _put(s3_client, prefix + "a.json", '{"a": 1}')
+    mirrored = _mirror(s3_env, prefix, tmp_path / "models")
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DiskError, match="No space left"):
+        mirrored.pull()
+
+
+@pytest.mark.integration
+def test_the_sync_fails_when_not_one_object_of_the_prefix_could_be_mirrored(
+    s3_env: dict[str, str], s3_client: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty directory is a deployment with nothing published yet (exit 0); objects that could not be read are not
+    that: the sync exits with the first one's cause."""
+    monkeypatch.setattr(mirror, "MAX_OBJECT_BYTES", 4)
+    _put(s3_client, prefix + "a.json", '{"a": 1}')
+    env = {
+        **s3_env,
+        "NEXUS_META_PATH": str(tmp_path / "models"),
+        "MODEL_REPOSITORY": str(tmp_path / "repo"),
+        "WATCH_META_URI": f"s3://{TEST_BUCKET}/{prefix}",
+    }
+    with pytest.raises(NexusError, match="more than metadata's 4"):
+        cli._sync(argparse.Namespace(no_progress=True), env)

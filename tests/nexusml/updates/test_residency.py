@@ -318,5 +318,10 @@ def test_a_model_the_watcher_could_not_install_is_listed_failed_until_it_is(tmp_
     assert listing["broken"]["state"] == "failed" and "sha256 mismatch" in listing["broken"]["problem"]
     assert listing["broken"]["bytes"] is None and listing["a"]["state"] == "not_resident"
     assert "broken" not in residency.entries  # listed, not made a model the decider could load
+    residency.entry("broken")  # as a swap's estimate makes one
+    assert residency.snapshot()["models"]["broken"]["state"] == "failed"
+    with pytest.raises(LoadFailed, match="sha256 mismatch"):  # a request is told why, not "not in the repository"
+        residency.ensure("broken")
     residency.not_installed("broken", None)
+    residency.entries.pop("broken")
     assert "broken" not in residency.snapshot()["models"]
