@@ -253,6 +253,19 @@ def play(bed: PodBed, objects: list[dict[str, Any]], pod: dict[str, Any]) -> Non
     bed.podman("kube", "play", "--network", bed.network, *config_args, str(pod_file))
 
 
+def start(bed: PodBed, objects: list[dict[str, Any]], port: int, label: str) -> None:
+    """The chart's pod as podman plays it: the init container `sync` until it exits 0, then the rest until the
+    proxy's /readyz answers 200 on `port`."""
+    sync_pod, serving_pod = pods_for_podman(objects, bed, port)
+    with TIMINGS.step(f"{label}: init container `sync` (kube play, wait for exit 0)"):
+        play(bed, objects, sync_pod)
+        code = bed.podman("wait", f"{bed.name}-sync-sync", timeout=600).stdout.strip()
+        assert code == "0", bed.podman.logs(f"{bed.name}-sync-sync")
+    with TIMINGS.step(f"{label}: Triton, proxy and watcher (kube play), until /readyz answers 200"):
+        play(bed, objects, serving_pod)
+        wait_ready(f"http://127.0.0.1:{port}")
+
+
 def residency(bed: PodBed, objects: list[dict[str, Any]], key: bool = True) -> tuple[int, dict[str, Any]]:
     """The watcher's decider asked from inside the pod (its API listens on loopback): `GET /v1/residency`, with the
     key of the chart's residency Secret unless `key` is false."""
@@ -316,14 +329,7 @@ def test_chart_pod_serves_the_demo_models(bed: PodBed) -> None:
                 "proxy": {"keysFile": {"content": json.dumps(KEYS_FILE)}, "defaultModel": MODELS[0].name},
             }
             objects = render_chart(values)
-            sync_pod, serving_pod = pods_for_podman(objects, bed, port)
-        with TIMINGS.step("helm pod: init container `sync` (kube play, wait for exit 0)"):
-            play(bed, objects, sync_pod)
-            code = podman("wait", f"{bed.name}-sync-sync", timeout=600).stdout.strip()
-            assert code == "0", podman.logs(f"{bed.name}-sync-sync")
-        with TIMINGS.step("helm pod: Triton, proxy and watcher (kube play), until /readyz answers 200"):
-            play(bed, objects, serving_pod)
-            wait_ready(url)
+        start(bed, objects, port, "helm pod")
         assert_nothing_loaded(bed, objects)
         with TIMINGS.step(f"helm pod: first request to each of {len(MODELS)} models (each waits for its load)"):
             for spec in MODELS:
@@ -393,13 +399,7 @@ def test_chart_pod_follows_an_s3_prefix_of_models(bed: PodBed) -> None:
                 "proxy": {"defaultModel": MODELS[0].name},
             }
             objects = render_chart(values)
-            sync_pod, serving_pod = pods_for_podman(objects, bed, port)
-        with TIMINGS.step("helm pod, S3 prefix: init container `sync` mirrors and installs, then the pod is ready"):
-            play(bed, objects, sync_pod)
-            code = podman("wait", f"{bed.name}-sync-sync", timeout=600).stdout.strip()
-            assert code == "0", podman.logs(f"{bed.name}-sync-sync")
-            play(bed, objects, serving_pod)
-            wait_ready(url)
+        start(bed, objects, port, "helm pod, S3 prefix")
         assert_serves_all(url, MODELS)
         with TIMINGS.step("helm pod, S3 prefix: one model's metadata deleted, until the proxy no longer lists it"):
             control_plane(bed, "delete", f"{MODELS[-1].name}.json")

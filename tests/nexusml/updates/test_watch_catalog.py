@@ -248,8 +248,8 @@ class DeciderNotes:
         pass
 
 
-def test_within_a_budget_a_model_that_could_not_be_installed_is_failed_with_its_cause(bed: Bed) -> None:
-    """Not "loading": with nothing installed Triton never lists it, so only the watcher knows why."""
+def _a_fails_to_install(bed: Bed) -> DeciderNotes:
+    """`b` served, then `a` published with an artifact that fails its integrity check, within a budget."""
     notes = DeciderNotes()
     bed.watcher.residency = notes  # type: ignore[assignment]
     bed.publish(stub_metadata("b"))
@@ -257,6 +257,12 @@ def test_within_a_budget_a_model_that_could_not_be_installed_is_failed_with_its_
     bed.swapper.failures["a"] = IntegrityError("s3://bucket/a/1/model.pt: sha256 mismatch")
     bed.publish(stub_metadata("a"))
     assert bed.watcher.poll() == {"a": "failed: integrity", "b": "served"}
+    return notes
+
+
+def test_within_a_budget_a_model_that_could_not_be_installed_is_failed_with_its_cause(bed: Bed) -> None:
+    """Not "loading": with nothing installed Triton never lists it, so only the watcher knows why."""
+    notes = _a_fails_to_install(bed)
     assert list(notes.uninstalled) == ["a"]
     assert re.search(r"model a version 1 not installed \(integrity: .*sha256 mismatch\)", notes.uninstalled["a"])
     restarted = bed.fresh()
@@ -271,13 +277,7 @@ def test_within_a_budget_a_model_that_could_not_be_installed_is_failed_with_its_
 
 
 def test_within_a_budget_a_failed_models_file_removed_is_forgotten(bed: Bed) -> None:
-    notes = DeciderNotes()
-    bed.watcher.residency = notes  # type: ignore[assignment]
-    bed.publish(stub_metadata("b"))
-    bed.watcher.poll()
-    bed.swapper.failures["a"] = IntegrityError("sha256 mismatch")
-    bed.publish(stub_metadata("a"))
-    bed.watcher.poll()
+    notes = _a_fails_to_install(bed)
     assert list(notes.uninstalled) == ["a"]
     (bed.directory / "a.json").unlink()
     bed.watcher.poll()
