@@ -58,7 +58,8 @@ class S3Mirror:
 
     def pull(self) -> bool:
         """Bring the directory in line with the prefix; whether a file was written or removed. Raises `NexusError`
-        when the listing fails or the directory cannot be made: then nothing changed."""
+        when the listing fails (nothing changed) or the directory cannot be written (each file whole, some perhaps
+        not yet brought in line)."""
         listed = self._list()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -734,7 +734,8 @@ class CatalogWatcher(Following):
 
 
 def watcher(settings: WatchSettings) -> Watcher | CatalogWatcher:
-    """The watcher of `WATCH_META_URI` (an S3 object), else of `NEXUS_META_PATH` (a file or a directory)."""
+    """The watcher of `WATCH_META_URI` (an S3 object, or a prefix mirrored into the NEXUS_META_PATH directory), else
+    of `NEXUS_META_PATH` (a file or a directory)."""
     admin = TritonAdmin(settings.triton_url, settings.admin_key, settings.load_timeout_s)
     swapper = Swapper(settings.sync, admin)
     meta_uri = settings.sync.meta_uri
