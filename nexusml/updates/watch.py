@@ -519,6 +519,8 @@ class Following:
             self._tell(
                 meta.name, f"{meta.name} version {meta.version}: {err}; retrying every {self.settings.interval_s:g} s"
             )
+            if current is None and self.residency is not None:  # an earlier version's cause is not this one's
+                self.residency.not_installed(meta.name, None)
             return f"retry: {err.code}"
         except Exception as err:  # a bug of ours: said (once, with its trace), retried, the version not marked
             self._count(meta.name, "internal")

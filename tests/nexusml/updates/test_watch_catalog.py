@@ -282,3 +282,11 @@ def test_within_a_budget_a_failed_models_file_removed_is_forgotten(bed: Bed) -> 
     (bed.directory / "a.json").unlink()
     bed.watcher.poll()
     assert notes.uninstalled == {}
+
+
+def test_within_a_budget_a_new_version_retried_drops_the_earlier_versions_cause(bed: Bed) -> None:
+    notes = _a_fails_to_install(bed)
+    bed.swapper.failures["a"] = ServerError("Triton at grpc://x did not answer")
+    bed.publish(stub_metadata("a", 2))
+    assert bed.watcher.poll()["a"] == "retry: server"
+    assert notes.uninstalled == {}  # "loading" while it is retried, not version 1's integrity error
