@@ -237,7 +237,7 @@ class Residency:
         if status == 502:
             raise LoadFailed(f"model {name} could not be loaded: {message}")
         if status == 404:
-            raise NotReady(f"model {name} is not in Triton's repository yet: {message}")
+            raise NotReady(f"model {name} is not served: {message}")
         if status == 504 and code == "deadline_exceeded":
             raise DeadlineExceeded(f"{self._decider()} did not get to model {name}'s load in time: {message}")
         if status == 503:

@@ -196,9 +196,8 @@ class Residency:
         if name not in self.repo.models():
             with self.mutex:
                 cause = self.uninstalled.get(name)
-            if cause is not None:
-                raise LoadFailed(cause)
-            raise UnknownModel(f"model {name} is not in the repository {self.repo.root}")
+            # Not installed: the proxy answers 503 not_ready, as for a model not installed yet, with the cause.
+            raise UnknownModel(cause or f"model {name} is not in the repository {self.repo.root}")
         self.heartbeat(busy, [name])
         if name in self.loaded():
             return self._answer(name, False, started)

@@ -257,7 +257,7 @@ async def test_no_room_until_the_deadline_is_503_with_retry_after(proxy_on: Prox
             refusal(404, "model_not_found", "no model alpha in the repository"),
             503,
             "not_ready",
-            "not in Triton's repository",
+            "is not served: no model alpha in the repository",
             id="not-in-repository-503",
         ),
         pytest.param(

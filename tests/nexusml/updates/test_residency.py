@@ -320,7 +320,7 @@ def test_a_model_the_watcher_could_not_install_is_listed_failed_until_it_is(tmp_
     assert "broken" not in residency.entries  # listed, not made a model the decider could load
     residency.entry("broken")  # as a swap's estimate makes one
     assert residency.snapshot()["models"]["broken"]["state"] == "failed"
-    with pytest.raises(LoadFailed, match="sha256 mismatch"):  # a request is told why, not "not in the repository"
+    with pytest.raises(UnknownModel, match="sha256 mismatch"):  # a request is told why, not "not in the repository"
         residency.ensure("broken")
     residency.not_installed("broken", None)
     residency.entries.pop("broken")
