@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusml.core import catalog
 from nexusml.core.errors import SettingsError
 from nexusml.core.settings import (
     META_PATH,
@@ -165,7 +166,7 @@ def check_prefix(uri: str, directory: Path) -> None:
             f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} must name a directory to "
             "mirror them into, not a file"
         )
-    if not directory.exists() and directory.name.endswith(".json"):
+    if not directory.exists() and directory.name.endswith(catalog.SUFFIX):
         raise SettingsError(
             f"WATCH_META_URI={uri} is a prefix of many models: NEXUS_META_PATH={directory} looks like one model's "
             "file; name the directory to mirror them into"

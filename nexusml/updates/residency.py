@@ -591,9 +591,17 @@ class Residency:
 
 def _not_installed(cause: str, pinned: bool) -> dict[str, Any]:
     """A snapshot's line for a model the watcher could not install: nothing of it loaded or measured."""
-    keys = ("host_bytes", "device_bytes", "last_used", "last_load_s")
-    return {"state": "failed", "bytes": None, "pinned": pinned, "loads": 0, "evictions": 0, "problem": cause} | {
-        key: None for key in keys
+    return {
+        "state": "failed",
+        "bytes": None,
+        "host_bytes": None,
+        "device_bytes": None,
+        "pinned": pinned,
+        "last_used": None,
+        "loads": 0,
+        "evictions": 0,
+        "last_load_s": None,
+        "problem": cause,
     }
 
 
