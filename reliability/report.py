@@ -39,14 +39,12 @@ CAUSES = {
     "processes shared (CPU column): when they took more CPU than during that measurement, the stack's capacity "
     "fell under the offered rate and the proxy answered the excess 429 with Retry-After (MAX_IN_FLIGHT), as it "
     "should. No wrong bodies, no 5xx, and memory, file descriptors and connections end where they started.",
-    "many-models": "Within the budget, what fails is the hot model's p99 while another model loads. A stub's start "
-    "(torch imported, the model read: about two CPU-seconds) runs at SCHED_IDLE, but the kernel weighs scheduling "
-    "groups at normal weight whatever their threads' policy, and each process of this bed has a session (an autogroup) "
-    "of its own, as each container has a cgroup: while a stub loads, Triton's group takes its share from the proxy's "
-    "and the load generator's on 2 cores busy at half the capacity. Measured on this machine: x2.4-4.0 "
-    "at normal or idle priority with the kernel's autogroups, x1.72 with every process in one group "
-    "(kernel.sched_autogroup_enabled=0; docs/decisions.md). A cold request waits for an eviction and that load (the "
-    "cold-load p50/p99 in the figures); no request failed.",
+    "many-models": "Where it fails within the budget, it is the hot model's p99 while another model loads: a stub's "
+    "start (torch imported, the model read: about two CPU-seconds) in a session of its own at the lowest CPU weight "
+    "takes only the CPU the others leave, but the cold model's queued requests are served together when its load ends, "
+    "on 2 cores shared by the proxy, Triton and the load generator. Measured on this machine: x2.0-4.0 while a stub "
+    "started in Triton's session, x0.81-1.38 in its own (docs/decisions.md). A cold request waits for an eviction and "
+    "that load (the cold-load p50/p99 in the figures); no request failed.",
     "many-models-all-resident": "A model added while the others serve costs its load: the watcher starts a "
     "candidate stub to smoke-test it, then the served model's stubs (INSTANCE_COUNT of them), about two CPU-seconds "
     "each (as in model-update). On 2 cores shared with Triton, the proxy, the load generator and other processes "

@@ -45,8 +45,9 @@ def at_idle_priority(work: Callable[[], Result]) -> Result:
     A stub's start (torch's import and the weights, about two CPU-seconds) at normal priority takes the CPU from the
     models already serving: on two cores, a hot model's p99 rose x2.6 to x4 whenever another model loaded. An
     unprivileged thread may enter SCHED_IDLE but never leave it, hence a thread for the loading only; inference stays
-    on the stub's own thread. The policy yields only within the kernel's scheduling group (Triton's container), see
-    docs/decisions.md, "Residency: an eviction ends ...". Where the kernel refuses it, the work runs at normal priority.
+    on the stub's own thread. The policy yields only within the kernel's scheduling group: Triton's container, or on a
+    host without containers the stub's own session at the lowest weight (`own_scheduling_group`); see docs/decisions.md,
+    "Residency: an eviction ends ...". Where the kernel refuses it, the work runs at normal priority.
     """
     outcome: list[Any] = []
 
@@ -67,6 +68,46 @@ def at_idle_priority(work: Callable[[], Result]) -> Result:
     return value
 
 
+AUTOGROUP = Path("/proc/self/autogroup")
+LOWEST_NICE = 19
+
+
+def own_scheduling_group(parent: Path | None = None) -> bool:
+    """Leave Triton's session for one of this stub's own; True when it did.
+
+    Where processes have no CPU cgroup of their own (a host without containers: `nexus up`, the test bed), the
+    kernel weighs sessions against each other (autogroups), whatever the priority of their threads. In Triton's
+    session a starting stub takes its full share from the proxy and the clients, idle priority or not. In a session of
+    its own, the stub can weigh least while it starts and ends (`set_group_nice`), and as much as a session otherwise.
+    Only a stub Triton started leaves: this file is also imported by tests and tools, whose session stays theirs.
+    """
+    try:
+        if (parent or Path(f"/proc/{os.getppid()}/comm")).read_text().strip() != "tritonserver":
+            return False
+        os.setsid()
+    except OSError:
+        return False
+    return True
+
+
+def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int = 50) -> bool:
+    """This session's weight as the kernel's autogroup nice; True when it was set.
+
+    Anyone may lower it and raise it back to 0. Without privileges the kernel takes one change per 100 ms for the
+    whole machine and answers EAGAIN within that time, so a change is tried again for a while: stubs start together.
+    """
+    for _ in range(tries):
+        try:
+            autogroup.write_text(f"{nice}\n")
+            return True
+        except BlockingIOError:
+            time.sleep(0.11)
+        except OSError:
+            return False
+    return False
+
+
+OWN_GROUP = own_scheduling_group() and set_group_nice(LOWEST_NICE)
 torch = at_idle_priority(lambda: importlib.import_module("torch"))
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
@@ -290,6 +331,8 @@ class TritonPythonModel:
             f" ({params.get('PRECISION', 'fp32')})"
         )
         self.memory = MemoryReport(args, self.device, self.logger)
+        if OWN_GROUP and not set_group_nice(0):
+            self.logger.log_warn(f"{args['model_name']}: its stub could not leave the lowest CPU weight it started at")
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -444,3 +487,5 @@ class TritonPythonModel:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.memory.stop()
+        if OWN_GROUP:
+            set_group_nice(LOWEST_NICE, tries=1)  # the exit's unmapping, off the serving models' CPU

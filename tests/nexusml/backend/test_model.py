@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -252,3 +253,58 @@ def test_a_load_that_fails_raises_in_the_callers_thread(backend: types.ModuleTyp
 
     with pytest.raises(NexusError, match="weights unreadable"):
         backend.at_idle_priority(broken)
+
+
+@pytest.mark.integration
+def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(precision_repository: Path, tmp_path: Path) -> None:
+    """Each stub left Triton's session as it started, and weighs as any session once loaded: at the lowest weight
+    it would serve slower than every other process on the host."""
+    server = start_triton(precision_repository, tmp_path)
+    try:
+        assert server.process is not None
+        stubs = psutil.Process(server.process.pid).children()
+        assert len(stubs) >= 2, stubs  # one per instance of demo_fp32 and demo_bf16
+        for stub in stubs:
+            assert os.getsid(stub.pid) == stub.pid != os.getsid(server.process.pid)
+            assert Path(f"/proc/{stub.pid}/autogroup").read_text().endswith(" nice 0\n")
+    finally:
+        server.stop()
+
+
+def test_only_a_stub_that_triton_started_leaves_its_session(backend: types.ModuleType, tmp_path: Path) -> None:
+    parent = tmp_path / "comm"
+    parent.write_text("pytest\n")
+    assert backend.own_scheduling_group(parent) is False
+    assert os.getsid(0) != os.getpid()  # this process's session is the one it started in
+
+
+class Autogroup:
+    """`/proc/self/autogroup` as the kernel answers an unprivileged writer: EAGAIN for the first `busy` writes."""
+
+    def __init__(self, busy: int, refused: bool = False) -> None:
+        self.busy, self.refused, self.written = busy, refused, []
+
+    def write_text(self, text: str) -> None:
+        if self.refused:
+            raise PermissionError("not allowed")
+        if self.busy:
+            self.busy -= 1
+            raise BlockingIOError("try again")
+        self.written.append(text)
+
+
+@pytest.mark.parametrize(
+    ("autogroup", "tries", "set_"),
+    [
+        pytest.param(Autogroup(busy=0), 1, True, id="at-once"),
+        pytest.param(Autogroup(busy=2), 3, True, id="after-the-kernels-rate-limit"),
+        pytest.param(Autogroup(busy=3), 3, False, id="rate-limited-throughout"),
+        pytest.param(Autogroup(busy=0, refused=True), 3, False, id="refused"),
+    ],
+)
+def test_the_group_weight_is_set_through_the_kernels_rate_limit(
+    backend: types.ModuleType, autogroup: Autogroup, tries: int, set_: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend.time, "sleep", lambda _: None)
+    assert backend.set_group_nice(19, autogroup, tries=tries) is set_
+    assert autogroup.written == (["19\n"] if set_ else [])
