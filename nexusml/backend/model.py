@@ -69,19 +69,23 @@ def at_idle_priority(work: Callable[[], Result]) -> Result:
 
 
 AUTOGROUP = Path("/proc/self/autogroup")
+AUTOGROUP_ENABLED = Path("/proc/sys/kernel/sched_autogroup_enabled")
 LOWEST_NICE = 19
 
 
-def own_scheduling_group(parent: Path | None = None) -> bool:
+def own_scheduling_group(parent: Path | None = None, enabled: Path = AUTOGROUP_ENABLED) -> bool:
     """Leave Triton's session for one of this stub's own; True when it did.
 
-    Where processes have no CPU cgroup of their own (a host without containers: `nexus up`, the test bed), the
-    kernel weighs sessions against each other (autogroups), whatever the priority of their threads. In Triton's
-    session a starting stub takes its full share from the proxy and the clients, idle priority or not. In a session of
-    its own, the stub can weigh least while it starts and ends (`set_group_nice`), and as much as a session otherwise.
-    Only a stub Triton started leaves: this file is also imported by tests and tools, whose session stays theirs.
+    Where processes are in the root CPU cgroup (no container, no systemd unit with a CPU controller: `nexus up`, the
+    test bed) and the kernel's autogroups are on, the kernel weighs sessions against each other, whatever the
+    priority of their threads. In Triton's session a starting stub takes its full share from the proxy and the
+    clients, idle priority or not. In a session of its own, the stub can weigh least while it starts and ends
+    (`set_group_nice`), and as much as one session while it serves. Only a stub Triton started leaves, and only where
+    autogroups are on: this file is also imported by tests and tools, whose session stays theirs.
     """
     try:
+        if enabled.read_text().strip() != "1":
+            return False
         if (parent or Path(f"/proc/{os.getppid()}/comm")).read_text().strip() != "tritonserver":
             return False
         os.setsid()
@@ -90,13 +94,16 @@ def own_scheduling_group(parent: Path | None = None) -> bool:
     return True
 
 
-def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int = 50) -> bool:
-    """This session's weight as the kernel's autogroup nice; True when it was set.
+def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int | None = 50) -> bool:
+    """This session's weight as the kernel's autogroup nice; True when it was set, False when refused or after
+    `tries` (None: until it is set).
 
-    Anyone may lower it and raise it back to 0. Without privileges the kernel takes one change per 100 ms for the
-    whole machine and answers EAGAIN within that time, so a change is tried again for a while: stubs start together.
+    Anyone may raise the nice to 19 and bring it back to 0 (only a negative one needs privileges). Without
+    privileges the kernel takes one change per 100 ms for the whole machine and answers EAGAIN within that time,
+    so a change is tried again: stubs start together.
     """
-    for _ in range(tries):
+    attempts = itertools.count() if tries is None else range(tries)
+    for _ in attempts:
         try:
             autogroup.write_text(f"{nice}\n")
             return True
@@ -107,7 +114,17 @@ def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int = 50) -> b
     return False
 
 
-OWN_GROUP = own_scheduling_group() and set_group_nice(LOWEST_NICE)
+def restore_group_weight(logger: Any, model: str, autogroup: Path = AUTOGROUP) -> None:
+    """The session's nice back to 0 once the stub serves. A stub left at the lowest weight would serve on what
+    every other process leaves, so past the first tries the kernel is asked until it agrees, from a thread."""
+    if set_group_nice(0, autogroup):
+        return
+    logger.log_warn(f"{model}: its stub still has the lowest CPU weight it started at; asking the kernel again")
+    threading.Thread(target=set_group_nice, args=(0, autogroup, None), name="nexus-weight", daemon=True).start()
+
+
+OWN_GROUP = own_scheduling_group()
+LOWERED = OWN_GROUP and set_group_nice(LOWEST_NICE)
 torch = at_idle_priority(lambda: importlib.import_module("torch"))
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
@@ -331,8 +348,12 @@ class TritonPythonModel:
             f" ({params.get('PRECISION', 'fp32')})"
         )
         self.memory = MemoryReport(args, self.device, self.logger)
-        if OWN_GROUP and not set_group_nice(0):
-            self.logger.log_warn(f"{args['model_name']}: its stub could not leave the lowest CPU weight it started at")
+        if LOWERED:
+            restore_group_weight(self.logger, args["model_name"])
+        elif OWN_GROUP:
+            self.logger.log_warn(
+                f"{args['model_name']}: its stub started at a full session's CPU weight, not the lowest"
+            )
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -488,4 +509,5 @@ class TritonPythonModel:
             torch.cuda.empty_cache()
         self.memory.stop()
         if OWN_GROUP:
-            set_group_nice(LOWEST_NICE, tries=1)  # the exit's unmapping, off the serving models' CPU
+            # The exit's unmapping off the serving models' CPU; tried once, as an exit is not delayed for it.
+            set_group_nice(LOWEST_NICE, tries=1)

@@ -256,26 +256,60 @@ def test_a_load_that_fails_raises_in_the_callers_thread(backend: types.ModuleTyp
 
 
 @pytest.mark.integration
-def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(precision_repository: Path, tmp_path: Path) -> None:
-    """Each stub left Triton's session as it started, and weighs as any session once loaded: at the lowest weight
-    it would serve slower than every other process on the host."""
+def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
+    backend: types.ModuleType, precision_repository: Path, tmp_path: Path
+) -> None:
+    """Each stub left Triton's session as it started (where the kernel's autogroups are on), and weighs as any
+    session once loaded: at the lowest weight it would serve slower than every other process on the host."""
+    autogroups = backend.AUTOGROUP_ENABLED.read_text().strip() == "1"
     server = start_triton(precision_repository, tmp_path)
     try:
         assert server.process is not None
         stubs = psutil.Process(server.process.pid).children()
         assert len(stubs) >= 2, stubs  # one per instance of demo_fp32 and demo_bf16
         for stub in stubs:
-            assert os.getsid(stub.pid) == stub.pid != os.getsid(server.process.pid)
+            session = os.getsid(stub.pid)
+            assert (session == stub.pid) if autogroups else (session == os.getsid(server.process.pid))
             assert Path(f"/proc/{stub.pid}/autogroup").read_text().endswith(" nice 0\n")
     finally:
         server.stop()
+    assert "CPU weight" not in (tmp_path / "triton.log").read_text()
 
 
-def test_only_a_stub_that_triton_started_leaves_its_session(backend: types.ModuleType, tmp_path: Path) -> None:
-    parent = tmp_path / "comm"
-    parent.write_text("pytest\n")
-    assert backend.own_scheduling_group(parent) is False
-    assert os.getsid(0) != os.getpid()  # this process's session is the one it started in
+@pytest.mark.parametrize(
+    ("parent", "enabled", "leaves"),
+    [
+        pytest.param("tritonserver\n", "1\n", True, id="a-stub-triton-started"),
+        pytest.param("pytest\n", "1\n", False, id="another-process"),
+        pytest.param("tritonserver\n", "0\n", False, id="autogroups-off"),
+    ],
+)
+def test_only_a_stub_that_triton_started_leaves_its_session(
+    backend: types.ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parent: str,
+    enabled: str,
+    leaves: bool,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(backend.os, "setsid", lambda: calls.append("setsid"))
+    (tmp_path / "comm").write_text(parent)
+    (tmp_path / "enabled").write_text(enabled)
+    assert backend.own_scheduling_group(tmp_path / "comm", tmp_path / "enabled") is leaves
+    assert calls == (["setsid"] if leaves else [])
+
+
+def test_a_session_the_kernel_refuses_leaves_the_stub_where_it_was(
+    backend: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> None:
+        raise PermissionError("a process group leader")
+
+    monkeypatch.setattr(backend.os, "setsid", refused)
+    (tmp_path / "comm").write_text("tritonserver\n")
+    (tmp_path / "enabled").write_text("1\n")
+    assert backend.own_scheduling_group(tmp_path / "comm", tmp_path / "enabled") is False
 
 
 class Autogroup:
@@ -294,17 +328,40 @@ class Autogroup:
 
 
 @pytest.mark.parametrize(
-    ("autogroup", "tries", "set_"),
+    ("busy", "refused", "tries", "set_"),
     [
-        pytest.param(Autogroup(busy=0), 1, True, id="at-once"),
-        pytest.param(Autogroup(busy=2), 3, True, id="after-the-kernels-rate-limit"),
-        pytest.param(Autogroup(busy=3), 3, False, id="rate-limited-throughout"),
-        pytest.param(Autogroup(busy=0, refused=True), 3, False, id="refused"),
+        pytest.param(0, False, 1, True, id="at-once"),
+        pytest.param(2, False, 3, True, id="after-the-kernels-rate-limit"),
+        pytest.param(3, False, 3, False, id="rate-limited-throughout"),
+        pytest.param(0, True, 3, False, id="refused"),
+        pytest.param(200, False, None, True, id="until-set"),
     ],
 )
 def test_the_group_weight_is_set_through_the_kernels_rate_limit(
-    backend: types.ModuleType, autogroup: Autogroup, tries: int, set_: bool, monkeypatch: pytest.MonkeyPatch
+    backend: types.ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    busy: int,
+    refused: bool,
+    tries: int | None,
+    set_: bool,
 ) -> None:
     monkeypatch.setattr(backend.time, "sleep", lambda _: None)
+    autogroup = Autogroup(busy, refused)
     assert backend.set_group_nice(19, autogroup, tries=tries) is set_
     assert autogroup.written == (["19\n"] if set_ else [])
+
+
+def test_a_stub_the_kernel_keeps_at_the_lowest_weight_asks_again_until_it_serves_at_the_normal_one(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend.time, "sleep", lambda _: None)
+    autogroup = Autogroup(busy=80)  # more than the first tries
+    backend.restore_group_weight(BackendLogger, "alpha", autogroup)
+    assert BackendLogger.warnings == [
+        "alpha: its stub still has the lowest CPU weight it started at; asking the kernel again"
+    ]
+    deadline = time.monotonic() + 10
+    while not autogroup.written:
+        assert time.monotonic() < deadline, "the weight was never restored"
+        time.sleep(0.01)
+    assert autogroup.written == ["0\n"]
