@@ -81,7 +81,9 @@ def own_scheduling_group(parent: Path | None = None, enabled: Path = AUTOGROUP_E
     priority of their threads. In Triton's session a starting stub takes its full share from the proxy and the
     clients, idle priority or not. In a session of its own, the stub can weigh least while it starts and ends
     (`set_group_nice`), and as much as one session while it serves. Only a stub Triton started leaves, and only where
-    autogroups are on: this file is also imported by tests and tools, whose session stays theirs.
+    autogroups are on: this file is also imported by tests and tools, whose session stays theirs. The cgroup is not
+    looked at: in a container the stub leaves too, and its weight there changes nothing (the container's cgroup is
+    what the kernel weighs).
     """
     try:
         if enabled.read_text().strip() != "1":
@@ -94,9 +96,11 @@ def own_scheduling_group(parent: Path | None = None, enabled: Path = AUTOGROUP_E
     return True
 
 
-def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int | None = 50) -> bool:
-    """This session's weight as the kernel's autogroup nice; True when it was set, False when refused or after
-    `tries` (None: until it is set).
+def set_group_nice(
+    nice: int, autogroup: Path = AUTOGROUP, tries: int | None = 50, cancel: threading.Event | None = None
+) -> bool:
+    """This session's weight as the kernel's autogroup nice; True when it was set, False when refused, after
+    `tries` (None: until it is set) or once `cancel` is set.
 
     Anyone may raise the nice to 19 and bring it back to 0 (only a negative one needs privileges). Without
     privileges the kernel takes one change per 100 ms for the whole machine and answers EAGAIN within that time,
@@ -104,6 +108,8 @@ def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int | None = 5
     """
     attempts = itertools.count() if tries is None else range(tries)
     for _ in attempts:
+        if cancel is not None and cancel.is_set():
+            return False
         try:
             autogroup.write_text(f"{nice}\n")
             return True
@@ -114,17 +120,19 @@ def set_group_nice(nice: int, autogroup: Path = AUTOGROUP, tries: int | None = 5
     return False
 
 
-def restore_group_weight(logger: Any, model: str, autogroup: Path = AUTOGROUP) -> None:
+def restore_group_weight(logger: Any, model: str, ending: threading.Event, autogroup: Path = AUTOGROUP) -> None:
     """The session's nice back to 0 once the stub serves. A stub left at the lowest weight would serve on what
-    every other process leaves, so past the first tries the kernel is asked until it agrees, from a thread."""
+    every other process leaves, so past the first tries the kernel is asked until it agrees, from a thread, which
+    stops once `ending` is set (the stub's finalize lowers the weight again)."""
     if set_group_nice(0, autogroup):
         return
     logger.log_warn(f"{model}: its stub still has the lowest CPU weight it started at; asking the kernel again")
-    threading.Thread(target=set_group_nice, args=(0, autogroup, None), name="nexus-weight", daemon=True).start()
+    threading.Thread(target=set_group_nice, args=(0, autogroup, None, ending), name="nexus-weight", daemon=True).start()
 
 
 OWN_GROUP = own_scheduling_group()
-LOWERED = OWN_GROUP and set_group_nice(LOWEST_NICE)
+# Fewer tries than the return to 0: a stub that cannot start low starts at a session's weight rather than late.
+LOWERED = OWN_GROUP and set_group_nice(LOWEST_NICE, tries=10)
 torch = at_idle_priority(lambda: importlib.import_module("torch"))
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")
@@ -348,8 +356,9 @@ class TritonPythonModel:
             f" ({params.get('PRECISION', 'fp32')})"
         )
         self.memory = MemoryReport(args, self.device, self.logger)
+        self.ending = threading.Event()
         if LOWERED:
-            restore_group_weight(self.logger, args["model_name"])
+            restore_group_weight(self.logger, args["model_name"], self.ending)
         elif OWN_GROUP:
             self.logger.log_warn(
                 f"{args['model_name']}: its stub started at a full session's CPU weight, not the lowest"
@@ -508,6 +517,7 @@ class TritonPythonModel:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.memory.stop()
+        self.ending.set()
         if OWN_GROUP:
             # The exit's unmapping off the serving models' CPU; tried once, as an exit is not delayed for it.
             set_group_nice(LOWEST_NICE, tries=1)

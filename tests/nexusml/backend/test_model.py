@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -261,7 +262,8 @@ def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
 ) -> None:
     """Each stub left Triton's session as it started (where the kernel's autogroups are on), and weighs as any
     session once loaded: at the lowest weight it would serve slower than every other process on the host."""
-    autogroups = backend.AUTOGROUP_ENABLED.read_text().strip() == "1"
+    enabled = backend.AUTOGROUP_ENABLED
+    autogroups = enabled.exists() and enabled.read_text().strip() == "1"  # absent: a kernel built without them
     server = start_triton(precision_repository, tmp_path)
     try:
         assert server.process is not None
@@ -270,7 +272,8 @@ def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
         for stub in stubs:
             session = os.getsid(stub.pid)
             assert (session == stub.pid) if autogroups else (session == os.getsid(server.process.pid))
-            assert Path(f"/proc/{stub.pid}/autogroup").read_text().endswith(" nice 0\n")
+            if autogroups:
+                assert Path(f"/proc/{stub.pid}/autogroup").read_text().endswith(" nice 0\n")
     finally:
         server.stop()
     assert "CPU weight" not in (tmp_path / "triton.log").read_text()
@@ -355,8 +358,8 @@ def test_a_stub_the_kernel_keeps_at_the_lowest_weight_asks_again_until_it_serves
     backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backend.time, "sleep", lambda _: None)
-    autogroup = Autogroup(busy=80)  # more than the first tries
-    backend.restore_group_weight(BackendLogger, "alpha", autogroup)
+    autogroup = Autogroup(busy=500)  # ten times the first tries
+    backend.restore_group_weight(BackendLogger, "alpha", threading.Event(), autogroup)
     assert BackendLogger.warnings == [
         "alpha: its stub still has the lowest CPU weight it started at; asking the kernel again"
     ]
@@ -365,3 +368,15 @@ def test_a_stub_the_kernel_keeps_at_the_lowest_weight_asks_again_until_it_serves
         assert time.monotonic() < deadline, "the weight was never restored"
         time.sleep(0.01)
     assert autogroup.written == ["0\n"]
+
+
+def test_a_stub_that_ends_stops_asking_for_the_normal_weight(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once finalize lowered the weight for the exit, a late 0 would undo it."""
+    monkeypatch.setattr(backend.time, "sleep", lambda _: None)
+    ending = threading.Event()
+    ending.set()
+    autogroup = Autogroup(busy=1000)
+    assert backend.set_group_nice(0, autogroup, None, ending) is False
+    assert autogroup.written == []
