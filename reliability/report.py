@@ -43,9 +43,10 @@ CAUSES = {
     "bound. A stub starts (torch imported, the model read: about two CPU-seconds) in a session of its own at the "
     "lowest CPU weight, on the 30-50 % of a core the others leave (sampled per process every 0.25 s), and the hot "
     "model's p50 holds; what is left are short bursts as a load starts or a cold model's queued requests are "
-    "served, on 2 cores shared by the proxy, Triton and the load generator. Four runs on this machine: x0.81 and "
-    "x1.38 (pass), x1.53 and x1.71; while a stub started in Triton's session: x2.0-4.0 (docs/decisions.md). A cold "
-    "request waits for an eviction and that load (the cold-load p50/p99 in the figures); no request failed.",
+    "served, on 2 cores shared by the proxy, Triton and the load generator. Six runs on this machine: x0.81, "
+    "x1.38 and x1.43 (pass), x1.53, x1.71 and x1.75; while a stub started in Triton's session: x2.0-4.0 "
+    "(docs/decisions.md). A cold request waits for an eviction and that load (the cold-load p50/p99 in the "
+    "figures); no request failed.",
     "many-models-all-resident": "A model added while the others serve costs its load: the watcher starts a "
     "candidate stub to smoke-test it, then the served model's stubs (INSTANCE_COUNT of them), about two CPU-seconds "
     "each (as in model-update). On 2 cores shared with Triton, the proxy, the load generator and other processes "
