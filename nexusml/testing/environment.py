@@ -7,6 +7,7 @@ import shutil
 import site
 import socket
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 # Variables of ours or boto3's that would make a child reach something other than what the harness started.
@@ -14,27 +15,44 @@ _OURS = ("AWS_", "MODEL_", "BATCH_", "PROXY_", "TRITON_", "NEXUS_", "WATCH_", "R
 _SINGLE = ("PORT", "HOST", "DEVICE")
 
 
+# Every port tritonserver opens, by the setting that moves it.
+TRITON_PORT_SETTINGS = ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")
+
 # Every port `nexus up` opens, by the setting that moves it.
 STACK_PORT_SETTINGS = (
     "LOCAL_S3_PORT",
-    "TRITON_HTTP_PORT",
-    "TRITON_GRPC_PORT",
-    "TRITON_METRICS_PORT",
+    *TRITON_PORT_SETTINGS,
     "PORT",
     "WATCH_METRICS_PORT",
     "RESIDENCY_PORT",
 )
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports.
+
+    All sockets stay bound until every port is chosen: the kernel may hand a port it just freed out again,
+    and two settings of one stack on the same port fail its start.
+    """
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def port_settings(names: tuple[str, ...]) -> dict[str, str]:
+    """A distinct free port for each setting in `names`, as the environment that moves them there."""
+    return dict(zip(names, map(str, free_ports(len(names))), strict=True))
 
 
 def stack_ports() -> dict[str, str]:
-    """A free port for each port `nexus up` opens, as the environment that moves them there."""
-    return {name: str(free_port()) for name in STACK_PORT_SETTINGS}
+    """A distinct free port for each port `nexus up` opens."""
+    return port_settings(STACK_PORT_SETTINGS)
 
 
 def base_environment() -> dict[str, str]:

@@ -22,7 +22,7 @@ from nexusml.core.process import ManagedProcess
 from nexusml.core.settings import load
 from nexusml.sync import storage
 from nexusml.sync.settings import S3Settings
-from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.environment import TRITON_PORT_SETTINGS, base_environment, free_port, port_settings
 from nexusml.triton.server import TritonServer
 from nexusml.triton.settings import TritonSettings
 
@@ -80,9 +80,7 @@ def start_triton(repository: Path, log_dir: Path, extra_args: tuple[str, ...] = 
     env = {
         **base_environment(),
         "MODEL_REPOSITORY": str(repository),
-        "TRITON_HTTP_PORT": str(free_port()),
-        "TRITON_GRPC_PORT": str(free_port()),
-        "TRITON_METRICS_PORT": str(free_port()),
+        **port_settings(TRITON_PORT_SETTINGS),
         "TRITON_EXIT_TIMEOUT_S": "5",
         **extra,
     }

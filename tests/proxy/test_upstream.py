@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from nexusml.testing.environment import free_port
+from nexusml.testing.environment import TRITON_PORT_SETTINGS, port_settings
 from nexusml.testing.servers import restart_triton, start_triton
 from nexusml.triton.server import TritonServer
 from proxy import health
@@ -103,7 +103,7 @@ async def test_triton_stopped_mid_run_gives_503_then_recovers(
 async def test_proxy_started_before_triton_becomes_ready_later(
     proxy_client: MakeClient, demo_repository: Path, tmp_path: Path
 ) -> None:
-    ports = {name: str(free_port()) for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+    ports = port_settings(TRITON_PORT_SETTINGS)
     client = await proxy_client(f"grpc://127.0.0.1:{ports['TRITON_GRPC_PORT']}")
     response = await client.post("/predict", json={"input": ROW})
     assert response.status == 503 and (await response.json())["error"]["code"] == "not_ready"
