@@ -25,8 +25,8 @@ from proxy.middleware import DEADLINE, JSON, LOAD_WAIT_MS, MODEL, REQUEST_ID
 from proxy.model_loader import read_schema
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
-from proxy.state import STATE, ModelState
-from proxy.tenants import TENANCY, TENANT
+from proxy.state import STATE, ModelState, ProxyState
+from proxy.tenants import TENANCY, TENANT, Tenant
 from proxy.validation import Prediction, predict_from_body, response_body
 
 Parsed = TypeVar("Parsed")
@@ -90,7 +90,7 @@ async def predicting(
     model.in_flight += 1  # what a removed model's coalescer waits for before it closes
     state.metrics.in_flight_changed(1)
     tenant = request[TENANT]
-    admitted = False
+    admitted = paced = False
     try:
         deadline = request_deadline(request)
         body = await read_body(request, settings)
@@ -102,9 +102,12 @@ async def predicting(
             assert schema is not None
             # A MAX_IN_FLIGHT place is taken only once the body is in: clients still uploading (slowly, maybe on
             # purpose) hold none, so they cannot make everyone else's requests 429. Reading is bounded by
-            # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none.
+            # BODY_TIMEOUT_S and MAX_BODY_BYTES instead. It is taken before the parse, so a refusal costs none, and
+            # so does a wait for the tenant's turn among the MAX_ACTIVE predictions worked on at once.
             state.admit(tenant)
             admitted = True
+            await pace(state, tenant, deadline)
+            paced = True
             if schema != parsed_with:  # the first parse, or a load brought another interface
                 prediction, parsed = parse(body, schema)
                 if parsed_with is None:
@@ -125,14 +128,24 @@ async def predicting(
                     raise
                 retried = waiting = True
                 residency.evicted(model.name)
-                state.release(tenant)  # no place is held while waiting for a load
-                admitted = False
+                state.pacer.release(tenant)  # no place is held while waiting for a load
+                state.release(tenant)
+                admitted = paced = False
     finally:
+        if paced:
+            state.pacer.release(tenant)
         if admitted:
             state.release(tenant)
         state.in_flight -= 1
         model.in_flight -= 1
         state.metrics.in_flight_changed(-1)
+
+
+async def pace(state: ProxyState, tenant: Tenant, deadline: float) -> None:
+    """A place among the MAX_ACTIVE predictions worked on at once (`proxy.pacing`), before the body is parsed."""
+    waited = await state.pacer.acquire(tenant, deadline)
+    if waited:
+        state.metrics.tenant_pace_wait(tenant.name, waited)
 
 
 async def wait_for_model(request: web.Request, model: ModelState, deadline: float) -> ModelSchema:

@@ -9,7 +9,8 @@ for the routes of no model and for names the proxy does not serve (a client's na
 worker gives at most `MODEL_LABELS` distinct model names their own value, the others share `_other`.
 Per tenant: predictions admitted past their body and their rows (`nexus_proxy_tenant_requests_total`,
 `nexus_proxy_tenant_rows_total`), refusals by cause (`nexus_proxy_tenant_rejected_total`: `rate_requests`, `rate_rows`,
-`over_share`), time waited in the coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
+`over_share`), time waited for a place among MAX_ACTIVE's (`nexus_proxy_tenant_pace_wait_seconds`, only the waits) and
+in the coalescer (`nexus_proxy_tenant_queue_wait_seconds`), and keys files refused on reload
 (`nexus_proxy_tenants_reload_errors_total`). With a memory budget (`RESIDENCY_URL`), the predictions that waited for
 their model to load, by model (`nexus_model_load_waits_total`), and how long they waited
 (`nexus_model_load_wait_seconds`, whatever the wait ended in). Label values come from bounded sets (route templates, so
@@ -137,6 +138,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=own,
         )
+        self.tenant_pace_waits = Histogram(
+            "nexus_proxy_tenant_pace_wait_seconds",
+            "time a prediction above its tenant's share waited for one of MAX_ACTIVE's places, by tenant",
+            ("tenant",),
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
         self.tenants_reload_errors = Counter(
             "nexus_proxy_tenants_reload_errors_total",
             "changed keys files refused (the previous table stays in force)",
@@ -162,6 +170,7 @@ class Metrics:
         self._per_tenant: dict[str, tuple[Counter, Counter]] = {}
         self._rejected: dict[tuple[str, str], Counter] = {}
         self._queue_wait: dict[str, Histogram] = {}
+        self._pace_wait: dict[str, Histogram] = {}
         if own is None:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=directory)
@@ -216,6 +225,13 @@ class Metrics:
         child = self._queue_wait.get(name)
         if child is None:
             child = self._queue_wait[name] = self.tenant_queue_waits.labels(name)
+        child.observe(seconds)
+
+    def tenant_pace_wait(self, name: str, seconds: float) -> None:
+        """How long a prediction of tenant `name` waited for a place to be worked on (only waits are observed)."""
+        child = self._pace_wait.get(name)
+        if child is None:
+            child = self._pace_wait[name] = self.tenant_pace_waits.labels(name)
         child.observe(seconds)
 
     def load_waited(self, model: str, seconds: float) -> None:

@@ -133,6 +133,15 @@ class ProxySettings:
         minimum=1,
         maximum=100_000,
     )
+    max_active: int = env(
+        "MAX_ACTIVE",
+        32,
+        "predictions per worker worked on at once while two tenants or more have some; beyond it a tenant above "
+        "its weighted share waits, unparsed, for a place (a tenant alone is not limited)",
+        int,
+        minimum=1,
+        maximum=100_000,
+    )
     request_timeout_ms: float = env(
         "REQUEST_TIMEOUT_MS",
         10_000.0,

@@ -23,6 +23,7 @@ from proxy.client import Outputs, Upstream
 from proxy.coalesce import Coalescer
 from proxy.errors import ModelNotFound, NotReady, Overloaded, OverShare, ProxyError
 from proxy.metrics import Metrics
+from proxy.pacing import Pacer
 from proxy.residency import NOT_RESIDENT, RESIDENT, Residence, Residency
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
@@ -153,12 +154,14 @@ class ProxyState:
     admitted: int = 0  # of those, past their body: the ones MAX_IN_FLIGHT bounds
     admitted_by: dict[str, int] = field(default_factory=dict)  # `admitted` per tenant name, those with any
     weights: dict[str, float] = field(default_factory=dict)  # their weights (the latest seen)
+    pacer: Pacer = field(init=False)  # of those, the ones worked on at once (MAX_ACTIVE), shared by weight
     draining: bool = False
     residency: Residency | None = None  # with RESIDENCY_URL: which models are loaded, and the decider's client
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(in_flight=lambda: self.in_flight)
+        self.pacer = Pacer(self.settings.max_active)
 
     def add_model(self, name: str) -> ModelState:
         """Serve `name` from now on (loading until its schema is in)."""

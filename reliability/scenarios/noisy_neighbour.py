@@ -23,9 +23,9 @@ says what else ran. Measured there, the proxy's worker is the bottleneck of the 
 about 15%); B measured by wrk instead of Python gave the same picture (p99 x19 beside the flood).
 
 Where the time goes: `queue_wait_mean_ms` is each tenant's mean wait in the proxy's fair queue (the coalescer,
-from `nexus_proxy_tenant_queue_wait_seconds`). A latency far above it was spent before that queue (the request
-in the socket and the proxy's event loop, both first come first served: a CPU-bound proxy queues there) or
-after it (Triton).
+from `nexus_proxy_tenant_queue_wait_seconds`); a wait for one of `MAX_ACTIVE`'s places comes before it. A latency
+far above it was spent before that queue (the request in the socket and the proxy's event loop, both first come
+first served: a CPU-bound proxy queues there) or after it (Triton).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from nexusml.core.errors import SettingsError
 from nexusml.core.settings import load
+from nexusml.triton.server import TritonServer
 from proxy.app import create_app
 from proxy.errors import RateLimited
 from proxy.schema import ModelSchema, TensorSchema
@@ -31,7 +32,7 @@ from proxy.tenants import (
     digest,
     read_keys_file,
 )
-from tests.proxy.conftest import MakeClient
+from tests.proxy.conftest import ROW, MakeClient, holding_upstream, in_flight
 
 KEYS_FILE = """\
 tenants:
@@ -521,3 +522,29 @@ async def test_a_removed_key_stops_working_after_a_poll(proxy_client: MakeClient
         await asyncio.sleep(0.01)
     assert (await client.get("/v1/tenants", headers=bearer("s3cret-2"))).status == 401
     assert (await client.get("/v1/tenants", headers=bearer("s3cret-4"))).status == 200
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_a_tenant_over_its_share_of_max_active_waits_unparsed_and_is_then_served(
+    proxy_client: MakeClient, triton: TritonServer
+) -> None:
+    """MAX_ACTIVE=2 with two tenants present: team B's request and A's first take the places (A is below its
+    share of one), A's second waits for one; every request is answered once the upstream answers, the wait is in
+    the pace metric, and no place is left held."""
+    client = await proxy_client(triton.grpc_url, PROXY_COALESCE="0", MAX_ACTIVE="2", API_KEYS="key-a,key-b")
+    release = await holding_upstream(client)
+    state = client.server.app[STATE]
+    light = asyncio.create_task(client.post("/predict", json={"input": ROW}, headers=bearer("key-b")))
+    await in_flight(client, 1)
+    flood = [asyncio.create_task(client.post("/predict", json={"input": ROW}, headers=bearer("key-a")))]
+    await in_flight(client, 2)
+    flood.append(asyncio.create_task(client.post("/predict", json={"input": ROW}, headers=bearer("key-a"))))
+    await in_flight(client, 3)
+    assert state.pacer.active == 2 and len(state.pacer.tenants["key-1"].queue) == 1
+    release.set()
+    assert [(await task).status for task in (light, *flood)] == [200, 200, 200]
+    assert state.pacer.active == 0 and not state.pacer.tenants
+    metrics = await (await client.get("/metrics")).text()
+    assert 'nexus_proxy_tenant_pace_wait_seconds_count{tenant="key-1"} 1.0' in metrics
+    assert 'nexus_proxy_tenant_pace_wait_seconds_count{tenant="key-2"}' not in metrics
