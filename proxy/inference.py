@@ -25,8 +25,8 @@ from proxy.middleware import DEADLINE, JSON, LOAD_WAIT_MS, MODEL, REQUEST_ID
 from proxy.model_loader import read_schema
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
-from proxy.state import STATE, ModelState, ProxyState
-from proxy.tenants import TENANCY, TENANT, Tenant
+from proxy.state import STATE, ModelState
+from proxy.tenants import TENANCY, TENANT
 from proxy.validation import Prediction, predict_from_body, response_body
 
 Parsed = TypeVar("Parsed")
@@ -106,8 +106,10 @@ async def predicting(
             # so does a wait for the tenant's turn among the MAX_ACTIVE predictions worked on at once.
             state.admit(tenant)
             admitted = True
-            await pace(state, tenant, deadline)
+            waited = await state.pacer.acquire(tenant, deadline)
             paced = True
+            if waited:
+                state.metrics.tenant_pace_wait(tenant.name, waited)
             if schema != parsed_with:  # the first parse, or a load brought another interface
                 prediction, parsed = parse(body, schema)
                 if parsed_with is None:
@@ -139,13 +141,6 @@ async def predicting(
         state.in_flight -= 1
         model.in_flight -= 1
         state.metrics.in_flight_changed(-1)
-
-
-async def pace(state: ProxyState, tenant: Tenant, deadline: float) -> None:
-    """A place among the MAX_ACTIVE predictions worked on at once (`proxy.pacing`), before the body is parsed."""
-    waited = await state.pacer.acquire(tenant, deadline)
-    if waited:
-        state.metrics.tenant_pace_wait(tenant.name, waited)
 
 
 async def wait_for_model(request: web.Request, model: ModelState, deadline: float) -> ModelSchema:

@@ -40,13 +40,15 @@ class _Waiting:
 
 
 class Pacer:
-    """The places of one worker; `acquire` before a prediction is worked on, `release` once it is answered."""
+    """The places of one worker; `acquire` before a prediction's body is parsed, `release` once its outputs are in
+    (its answer is encoded after that, outside the limit: at most one answer per finished prediction)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
         self.tenants: dict[str, _Waiting] = {}  # those holding or waiting for a place
         self.seen: dict[str, float] = {}  # when each tenant last asked for a place (event-loop clock)
+        self._timer: asyncio.TimerHandle | None = None
 
     def _entry(self, tenant: Tenant) -> _Waiting:
         entry = self.tenants.get(tenant.name)
@@ -61,8 +63,11 @@ class Pacer:
         return entry.held < self.limit * entry.weight / weights
 
     def _alone(self, name: str, now: float) -> bool:
-        """No other tenant asked for a place within PRESENCE_S: a light tenant between two requests still counts,
-        or a flood would take every place in each of its gaps and the next light request would wait behind it."""
+        """No other tenant holds or waits for a place, nor asked for one within PRESENCE_S: a light tenant between
+        two requests still counts, or a flood would take every place in each of its gaps and the next light request
+        would wait behind it."""
+        if len(self.tenants) > 1:
+            return False
         for other, when in list(self.seen.items()):
             if other != name:
                 if when > now - PRESENCE_S:
@@ -85,6 +90,7 @@ class Pacer:
             return 0.0
         future: asyncio.Future[None] = loop.create_future()
         entry.queue.append(future)
+        self._wake_when_presence_ends()
         try:
             async with asyncio.timeout_at(deadline):
                 await future
@@ -108,6 +114,22 @@ class Pacer:
         self.active -= 1
         self._forget(tenant.name, entry)
         self._wake()
+
+    def _wake_when_presence_ends(self) -> None:
+        """Waiters held back only by another tenant's presence start when it ends, even if no place frees then."""
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ends = [when + PRESENCE_S for when in self.seen.values() if when + PRESENCE_S > now]
+        if ends:  # (a presence by places held ends with a release, which wakes them anyway)
+            self._timer = loop.call_at(min(ends), self._presence_ended)
+
+    def _presence_ended(self) -> None:
+        self._timer = None
+        self._wake()
+        if any(entry.queue for entry in self.tenants.values()):
+            self._wake_when_presence_ends()
 
     def _forget(self, name: str, entry: _Waiting) -> None:
         if not entry.held and not entry.queue:

@@ -136,8 +136,8 @@ class ProxySettings:
     max_active: int = env(
         "MAX_ACTIVE",
         32,
-        "predictions per worker worked on at once while two tenants or more have some; beyond it a tenant above "
-        "its weighted share waits, unparsed, for a place (a tenant alone is not limited)",
+        "predictions per worker worked on at once while two tenants or more are present (one in progress, or "
+        "admitted within 1 s); beyond it a tenant above its weighted share waits, unparsed, for a place",
         int,
         minimum=1,
         maximum=100_000,

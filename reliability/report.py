@@ -66,11 +66,11 @@ CAUSES = {
     "noisy-neighbour": "On 2 cores the proxy's one worker is the bottleneck of a 256-connection flood (100% of a "
     "core, Triton about 15%): every request the proxy works on takes its turns on its event loop, first come first "
     "served, so the light tenant waits there behind whatever is in progress. MAX_ACTIVE (32) holds the flood to "
-    "its share of the predictions in progress, its excess parked unparsed: weights 3:1 then serve 3.03:1 and the "
-    "light tenant's p99 is x4.4 of its own (x15.6 without pacing), its rate 19% of its own (4%), at the flood's "
-    "cost: 2,508 served a second in all against 3,569 without pacing. 32 in transit still make a request wait "
-    "about 15 ms on the loop. Where the model path is the limit (COALESCE_MAX_ROWS=2, COALESCE_MAX_BATCHES=1), the "
-    "light p99 stayed at 1.5x. Rate limits and key removal hold on either.",
+    "its share of the predictions in progress, its excess parked unparsed: weights 3:1 then serve 3.02-3.03:1 and "
+    "the light tenant's p99 is x3.2-4.4 of its own (x15.6 without pacing), its rate 19-23% of its own (4%), at the "
+    "flood's cost: 2,383-2,508 served a second in all against 3,569 without pacing. 32 in transit still make a "
+    "request wait about 15 ms on the loop. Where the model path is the limit (COALESCE_MAX_ROWS=2, "
+    "COALESCE_MAX_BATCHES=1), the light p99 stayed at 1.5x. Rate limits and key removal hold on either.",
     "hostile-http": "The normal traffic is wrk in a process of its own; what moves its p99 is the proxy's: each "
     "byte of the 500 slow connections wakes its one event loop (about 1,000 wake-ups a second), and the slow "
     "clients run on the same 2 cores (and other processes: CPU column). Every normal request was answered 200 and "

@@ -107,27 +107,38 @@ def set_group_nice(
     so a change is tried again: stubs start together.
     """
     attempts = itertools.count() if tries is None else range(tries)
-    for _ in attempts:
+    for attempt in attempts:
+        if attempt:
+            time.sleep(0.11)  # past the kernel's 100 ms
         if cancel is not None and cancel.is_set():
             return False
         try:
             autogroup.write_text(f"{nice}\n")
             return True
         except BlockingIOError:
-            time.sleep(0.11)
+            continue
         except OSError:
             return False
     return False
 
 
 def restore_group_weight(logger: Any, model: str, ending: threading.Event, autogroup: Path = AUTOGROUP) -> None:
-    """The session's nice back to 0 once the stub serves. A stub left at the lowest weight would serve on what
-    every other process leaves, so past the first tries the kernel is asked until it agrees, from a thread, which
-    stops once `ending` is set (the stub's finalize lowers the weight again)."""
-    if set_group_nice(0, autogroup):
+    """The session's nice back to 0 once the stub serves: tried once here, then from a thread if the kernel's rate
+    limit refused it (stubs that load together ask within the same 100 ms), so `initialize` never waits for it. A
+    stub left at the lowest weight would serve on what every other process leaves, so the thread asks until the
+    kernel agrees, and says so in Triton's log past the first tries; it stops once `ending` is set (the stub's
+    finalize lowers the weight again)."""
+    if not set_group_nice(0, autogroup, tries=1):
+        threading.Thread(
+            target=_restore_later, args=(logger, model, ending, autogroup), name="nexus-weight", daemon=True
+        ).start()
+
+
+def _restore_later(logger: Any, model: str, ending: threading.Event, autogroup: Path) -> None:
+    if set_group_nice(0, autogroup, cancel=ending) or ending.is_set():
         return
     logger.log_warn(f"{model}: its stub still has the lowest CPU weight it started at; asking the kernel again")
-    threading.Thread(target=set_group_nice, args=(0, autogroup, None, ending), name="nexus-weight", daemon=True).start()
+    set_group_nice(0, autogroup, None, ending)
 
 
 OWN_GROUP = own_scheduling_group()

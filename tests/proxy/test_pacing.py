@@ -164,3 +164,33 @@ async def test_a_cancelled_waiter_loses_no_place(cancelled_first: bool) -> None:
     assert pacer.active == 1 and pacer.tenants[A.name].held == 1
     pacer.release(A)
     assert pacer.active == 0 and not pacer.tenants  # nothing held
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_holding_a_place_counts_as_present_however_long_ago_it_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pacing, "PRESENCE_S", 0.01)
+    pacer = Pacer(limit=2)
+    await fill(pacer, B, 1)  # slow: still in progress after PRESENCE_S
+    await asyncio.sleep(0.02)
+    await fill(pacer, A, 1)
+    [waiting] = park(pacer, A, 1)
+    await settle()
+    assert not waiting.done()
+    waiting.cancel()
+
+
+@pytest.mark.asyncio
+async def test_waiters_held_back_by_a_tenant_gone_quiet_start_without_a_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pacing, "PRESENCE_S", 0.05)
+    pacer = Pacer(limit=2)
+    await present(pacer, B)
+    await fill(pacer, A, 2)
+    [waiting] = park(pacer, A, 1)
+    await settle()
+    assert not waiting.done()
+    assert await asyncio.wait_for(waiting, 5) >= 0.04  # B's presence ended; nothing was released
+    assert pacer.active == 3

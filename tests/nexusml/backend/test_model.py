@@ -354,20 +354,34 @@ def test_the_group_weight_is_set_through_the_kernels_rate_limit(
     assert autogroup.written == (["19\n"] if set_ else [])
 
 
-def test_a_stub_the_kernel_keeps_at_the_lowest_weight_asks_again_until_it_serves_at_the_normal_one(
-    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("busy", "warned"),
+    [
+        pytest.param(0, False, id="at-once-in-initialize"),
+        pytest.param(3, False, id="from-the-thread-within-its-first-tries"),
+        pytest.param(500, True, id="from-the-thread-past-them-said-in-the-log"),
+    ],
+)
+def test_a_stub_asks_for_the_normal_weight_until_it_has_it_without_holding_initialize(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch, busy: int, warned: bool
 ) -> None:
-    monkeypatch.setattr(backend.time, "sleep", lambda _: None)
-    autogroup = Autogroup(busy=500)  # ten times the first tries
+    waited_in_initialize: list[float] = []
+    caller = threading.current_thread()
+    monkeypatch.setattr(
+        backend.time,
+        "sleep",
+        lambda s: waited_in_initialize.append(s) if threading.current_thread() is caller else None,
+    )
+    autogroup = Autogroup(busy=busy)
     backend.restore_group_weight(BackendLogger, "alpha", threading.Event(), autogroup)
-    assert BackendLogger.warnings == [
-        "alpha: its stub still has the lowest CPU weight it started at; asking the kernel again"
-    ]
+    assert waited_in_initialize == []  # one try in the caller, the rest in the thread
     deadline = time.monotonic() + 10
     while not autogroup.written:
         assert time.monotonic() < deadline, "the weight was never restored"
         time.sleep(0.01)
     assert autogroup.written == ["0\n"]
+    warning = "alpha: its stub still has the lowest CPU weight it started at; asking the kernel again"
+    assert BackendLogger.warnings == ([warning] if warned else [])
 
 
 def test_a_stub_that_ends_stops_asking_for_the_normal_weight(
