@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -168,9 +169,9 @@ class Metrics:
         self._per_route: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
         self._models: set[str] = set()
         self._per_tenant: dict[str, tuple[Counter, Counter]] = {}
-        self._rejected: dict[tuple[str, str], Counter] = {}
-        self._queue_wait: dict[str, Histogram] = {}
-        self._pace_wait: dict[str, Histogram] = {}
+        self._rejected: dict[tuple[str, ...], Counter] = {}
+        self._queue_wait: dict[tuple[str, ...], Histogram] = {}
+        self._pace_wait: dict[tuple[str, ...], Histogram] = {}
         if own is None:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=directory)
@@ -215,24 +216,15 @@ class Metrics:
 
     def tenant_rejected(self, name: str, cause: str) -> None:
         """A prediction of tenant `name` refused with 429; `cause` is rate_requests, rate_rows or over_share."""
-        child = self._rejected.get((name, cause))
-        if child is None:
-            child = self._rejected[name, cause] = self.tenant_rejections.labels(name, cause)
-        child.inc()
+        _child(self._rejected, self.tenant_rejections, name, cause).inc()
 
     def tenant_queue_wait(self, name: str, seconds: float) -> None:
         """How long a prediction of tenant `name` waited in the coalescer before it was sent."""
-        child = self._queue_wait.get(name)
-        if child is None:
-            child = self._queue_wait[name] = self.tenant_queue_waits.labels(name)
-        child.observe(seconds)
+        _child(self._queue_wait, self.tenant_queue_waits, name).observe(seconds)
 
     def tenant_pace_wait(self, name: str, seconds: float) -> None:
         """How long a prediction of tenant `name` waited for a place to be worked on (only waits are observed)."""
-        child = self._pace_wait.get(name)
-        if child is None:
-            child = self._pace_wait[name] = self.tenant_pace_waits.labels(name)
-        child.observe(seconds)
+        _child(self._pace_wait, self.tenant_pace_waits, name).observe(seconds)
 
     def load_waited(self, model: str, seconds: float) -> None:
         """A prediction of `model` (a `model_label` value) waited `seconds` for its model to be loaded."""
@@ -246,3 +238,11 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition: this worker's figures, or with several workers the sum of all of theirs."""
         return generate_latest(self.registry)
+
+
+def _child(cache: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label values: a dict lookup per request after the first."""
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from proxy.errors import DeadlineExceeded
-from proxy.tenants import Tenant
+from proxy.tenants import Tenant, weighted_share
 
 # How long a tenant's last request keeps it counted as present: while another is, a tenant is held to MAX_ACTIVE.
 PRESENCE_S = 1.0
@@ -59,8 +59,7 @@ class Pacer:
         return entry
 
     def _below_share(self, entry: _Waiting) -> bool:
-        weights = sum(e.weight for e in self.tenants.values())
-        return entry.held < self.limit * entry.weight / weights
+        return entry.held < weighted_share(self.limit, entry.weight, (e.weight for e in self.tenants.values()))
 
     def _alone(self, name: str, now: float) -> bool:
         """No other tenant holds or waits for a place, nor asked for one within PRESENCE_S: a light tenant between

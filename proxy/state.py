@@ -28,7 +28,7 @@ from proxy.residency import NOT_RESIDENT, RESIDENT, Residence, Residency
 from proxy.schema import ModelSchema
 from proxy.settings import ProxySettings
 from proxy.stacked import Tensor
-from proxy.tenants import Tenant
+from proxy.tenants import Tenant, weighted_share
 
 LOADING, READY, FAILED = "loading", "ready", "failed"  # and, with a memory budget, NOT_RESIDENT
 
@@ -230,7 +230,7 @@ class ProxyState:
         held = self.admitted_by.get(name, 0)
         self.weights[name] = tenant.weight
         if self.admitted >= limit:
-            share = limit * tenant.weight / sum(self.weights.values())
+            share = weighted_share(limit, tenant.weight, self.weights.values())
             if held >= share:
                 if held == self.admitted:  # alone: the whole proxy is its share
                     raise Overloaded(f"{limit} predictions already in progress")

@@ -30,7 +30,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,12 @@ class Tenant:
 
 DEFAULT_TENANT = Tenant("default")
 TENANT = web.RequestKey("tenant", Tenant)
+
+
+def weighted_share(limit: int, weight: float, weights: Iterable[float]) -> float:
+    """A tenant's part of `limit` places: its weight among `weights`, those of the tenants holding or waiting for
+    any (its own included). What MAX_IN_FLIGHT's refusals and MAX_ACTIVE's waits both measure a tenant against."""
+    return limit * weight / sum(weights)
 
 
 def digest(key: str) -> bytes:

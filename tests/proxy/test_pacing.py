@@ -34,6 +34,14 @@ def park(pacer: Pacer, tenant: Tenant, count: int) -> list[asyncio.Task[float]]:
     return [asyncio.ensure_future(pacer.acquire(tenant, later())) for _ in range(count)]
 
 
+async def waiting(pacer: Pacer, tenant: Tenant) -> asyncio.Task[float]:
+    """One more request of `tenant`, checked to be waiting for a place once the loop has run."""
+    [task] = park(pacer, tenant, 1)
+    await settle()
+    assert not task.done()
+    return task
+
+
 async def present(pacer: Pacer, tenant: Tenant) -> None:
     """`tenant` asked for a place just now (and is done): within PRESENCE_S it counts as present."""
     await fill(pacer, tenant, 1)
@@ -52,11 +60,10 @@ async def test_beside_a_tenant_seen_lately_a_tenant_waits_beyond_the_limit() -> 
     pacer = Pacer(limit=4)
     await present(pacer, B)
     await fill(pacer, A, 4)
-    [waiting] = park(pacer, A, 1)
-    await settle()
-    assert not waiting.done() and pacer.active == 4
+    parked = await waiting(pacer, A)
+    assert pacer.active == 4
     pacer.release(A)
-    assert await waiting >= 0.0 and pacer.active == 4
+    assert await parked >= 0.0 and pacer.active == 4
 
 
 @pytest.mark.asyncio
@@ -75,14 +82,13 @@ async def test_a_tenant_below_its_share_starts_at_once_beside_a_full_flood() -> 
     await fill(pacer, A, 4)
     assert await pacer.acquire(B, later()) == 0.0  # its share is 2 of 4, it holds none
     assert await pacer.acquire(B, later()) == 0.0
-    [third] = park(pacer, B, 1)
-    await settle()
-    assert not third.done() and pacer.active == 6
+    third = await waiting(pacer, B)
+    assert pacer.active == 6
     third.cancel()
 
 
 @pytest.mark.parametrize(
-    ("holding", "waiting", "released", "expected"),
+    ("holding", "order", "released", "expected"),
     [
         pytest.param({A: 2, B: 2}, (B, A), A, A, id="owed-most-before-first-come"),
         pytest.param({HEAVY: 3, B: 1}, (B, HEAVY), HEAVY, HEAVY, id="by-weight"),
@@ -91,16 +97,12 @@ async def test_a_tenant_below_its_share_starts_at_once_beside_a_full_flood() -> 
 )
 @pytest.mark.asyncio
 async def test_a_freed_place_goes_to_the_waiting_tenant_owed_most(
-    holding: dict[Tenant, int], waiting: tuple[Tenant, ...], released: Tenant, expected: Tenant
+    holding: dict[Tenant, int], order: tuple[Tenant, ...], released: Tenant, expected: Tenant
 ) -> None:
     pacer = Pacer(limit=sum(holding.values()))  # full
     for tenant, count in holding.items():
         await fill(pacer, tenant, count)
-    waiters = {}
-    for tenant in waiting:  # in this order
-        waiters[tenant.name] = park(pacer, tenant, 1)[0]
-        await settle()
-    assert not any(task.done() for task in waiters.values())
+    waiters = {tenant.name: await waiting(pacer, tenant) for tenant in order}  # in this order
     pacer.release(released)
     await settle()
     assert [name for name, task in waiters.items() if task.done()] == [expected.name]
@@ -113,14 +115,14 @@ async def test_shares_follow_weights_while_both_wait() -> None:
     pacer = Pacer(limit=8)
     await present(pacer, HEAVY)
     await present(pacer, B)
-    waiting = {HEAVY.name: park(pacer, HEAVY, 100), B.name: park(pacer, B, 100)}
+    parked = {HEAVY.name: park(pacer, HEAVY, 100), B.name: park(pacer, B, 100)}
     await settle()
     for _ in range(30):  # places cycle: each finished prediction frees one
         name = max(pacer.tenants, key=lambda n: pacer.tenants[n].held / pacer.tenants[n].weight)
         pacer.release(HEAVY if name == HEAVY.name else B)
         await settle()
     assert (pacer.tenants[HEAVY.name].held, pacer.tenants[B.name].held) == (6, 2)
-    for tasks in waiting.values():
+    for tasks in parked.values():
         for task in tasks:
             task.cancel()
 
@@ -175,10 +177,7 @@ async def test_a_tenant_holding_a_place_counts_as_present_however_long_ago_it_as
     await fill(pacer, B, 1)  # slow: still in progress after PRESENCE_S
     await asyncio.sleep(0.02)
     await fill(pacer, A, 1)
-    [waiting] = park(pacer, A, 1)
-    await settle()
-    assert not waiting.done()
-    waiting.cancel()
+    (await waiting(pacer, A)).cancel()
 
 
 @pytest.mark.asyncio
@@ -189,8 +188,6 @@ async def test_waiters_held_back_by_a_tenant_gone_quiet_start_without_a_release(
     pacer = Pacer(limit=2)
     await present(pacer, B)
     await fill(pacer, A, 2)
-    [waiting] = park(pacer, A, 1)
-    await settle()
-    assert not waiting.done()
-    assert await asyncio.wait_for(waiting, 5) >= 0.04  # B's presence ended; nothing was released
+    parked = await waiting(pacer, A)
+    assert await asyncio.wait_for(parked, 5) >= 0.04  # B's presence ended; nothing was released
     assert pacer.active == 3
