@@ -49,7 +49,7 @@ from proxy.errors import (
 from proxy.schema import ModelSchema, TensorSchema, from_triton
 from proxy.settings import ProxySettings
 from proxy.shm import Lease, SharedMemory, answered
-from proxy.stacked import Tensor
+from proxy.stacked import PADDING_PARAMETER, Tensor, padding_of
 
 # gRPC waits up to 120 s between reconnection attempts by default; a restarted Triton should be found fast.
 _GRPC_CHANNEL_ARGS = [
@@ -368,6 +368,7 @@ class HttpUpstream(Upstream):
             for output in requested:
                 offset, nbytes = lease.outputs[output.name()]
                 output.set_shared_memory(lease.region, nbytes, offset)
+        padding = padding_of(arrays)
         async with asyncio.timeout(timeout_s):
             result = await self.client.infer(
                 schema.name,
@@ -377,6 +378,7 @@ class HttpUpstream(Upstream):
                 request_id=request_id,
                 priority=priority,
                 timeout=max(int(queue_timeout_s * 1_000_000), 1),
+                parameters={PADDING_PARAMETER: padding} if padding else None,
             )
         if lease is None:
             outputs = {spec.name: result.as_numpy(spec.name) for spec in schema.outputs}
@@ -413,6 +415,9 @@ def infer_request(
     if priority:
         request.parameters["priority"].uint64_param = priority
     request.parameters["timeout"].int64_param = max(int(queue_timeout_s * 1_000_000), 1)
+    padding = padding_of(arrays)
+    if padding:
+        request.parameters[PADDING_PARAMETER].int64_param = padding
     return request
 
 

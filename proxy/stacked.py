@@ -5,15 +5,23 @@ when the upstream then copies them again into a shared-memory slot (`proxy.shm`)
 batch of images, a few hundred KB per image. So a merged input stays a `Stacked` until the upstream knows where
 its bytes go: `copy_into` writes the parts straight into the slot, and `np.asarray` makes the one array when they
 travel in the message.
+
+The padding's rows are told to the model (`PADDING_PARAMETER`, a request parameter), whose backend leaves them out
+of the forward: they only make the batch a preferred size so that Triton runs it at once, and a lone row padded to
+four cost the demo model's forward 1.25 ms instead of 0.35 ms on a CPU (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# The request parameter naming how many of a request's last rows are padding; nexusml/backend/model.py reads it.
+PADDING_PARAMETER = "nexus_padding_rows"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +64,9 @@ class Stacked:
 
 Tensor = np.ndarray | Stacked
 """An input as the upstream gets it: one request's array, or a merged batch's rows."""
+
+
+def padding_of(arrays: Mapping[str, Tensor]) -> int:
+    """The padding rows of an upstream call's inputs (every input of a merged batch has the same)."""
+    first = next(iter(arrays.values()), None)
+    return first.padding if isinstance(first, Stacked) else 0

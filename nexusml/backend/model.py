@@ -8,7 +8,10 @@ runs inside Triton's Python stub (in the NGC image, nothing of this project is i
 Batching is real: the requests of one `execute` call are grouped by their non-batch shapes, each group is
 concatenated into one tensor per input and run in one forward pass, and the results are split back. A
 request that cannot be served gets its own error response and the rest are still answered; when a whole
-batched forward fails, its requests are retried one by one so one poisonous request fails alone.
+batched forward fails, its requests are retried one by one so one poisonous request fails alone. The rows a
+request says are padding (`PADDING_PARAMETER`: the proxy fills a batch up to a preferred size so that Triton runs
+it at once) are left out of the forward; their outputs are copies of the last real row's, as the forward would
+have made them from the copies of that row the padding is.
 
 Where a batch's time goes is timed per stage and logged when `STAGE_LOG_INTERVAL_S` asks (`StageClock`).
 On a GPU, requests are concatenated straight into pinned host buffers that are copied to the device
@@ -151,6 +154,9 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 REPORT_ROOT = Path("/dev/shm/nexus-memory")
 SMAPS_ROLLUP = Path("/proc/self/smaps_rollup")
 STATM = Path("/proc/self/statm")
+# The request parameter naming how many of a request's last rows are padding: `proxy.stacked`'s name, which this
+# file cannot import (tests/nexusml/backend/test_model.py holds the two equal).
+PADDING_PARAMETER = "nexus_padding_rows"
 
 
 class StageClock:
@@ -334,6 +340,45 @@ class MemoryReport:
             pass
 
 
+def padding_rows(request: Any, rows: int) -> int:
+    """How many of the request's `rows` are padding: `PADDING_PARAMETER`, kept below `rows` (at least one row is
+    real); 0 when absent or not a whole number, as from a client other than the proxy."""
+    try:
+        text = request.parameters()
+        if PADDING_PARAMETER not in text:
+            return 0
+        value = json.loads(text).get(PADDING_PARAMETER, 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return min(max(value, 0), max(rows - 1, 0))
+
+
+class Member:
+    """One request of a batched forward: its position in `execute`'s requests, its input arrays, and how many of
+    its last rows are padding."""
+
+    __slots__ = ("arrays", "index", "padding", "rows")
+
+    def __init__(self, index: int, arrays: list[np.ndarray], padding: int = 0) -> None:
+        self.index = index
+        self.arrays = arrays
+        self.rows = len(arrays[0])
+        self.padding = padding
+
+    def real(self, input_index: int) -> np.ndarray:
+        """Input `input_index` without the padding rows."""
+        array = self.arrays[input_index]
+        return array[: self.rows - self.padding] if self.padding else array
+
+    def padded(self, output: np.ndarray) -> np.ndarray:
+        """An output of the real rows, with the padding rows' outputs after them: copies of the last real row's."""
+        if not self.padding:
+            return output
+        return np.concatenate((output, np.repeat(output[-1:], self.padding, axis=0)))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -432,7 +477,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         self.clock.start()
         responses: list = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = {}
+        groups: dict[tuple, list[Member]] = {}
         for index, request in enumerate(requests):
             try:
                 arrays = self._request_arrays(request)
@@ -440,7 +485,7 @@ class TritonPythonModel:
                 responses[index] = self._error(err, pb_utils.TritonError.INVALID_ARG)
                 continue
             signature = tuple(array.shape[1:] for array in arrays)
-            groups.setdefault(signature, []).append((index, arrays))
+            groups.setdefault(signature, []).append(Member(index, arrays, padding_rows(request, len(arrays[0]))))
         self.clock.host("inputs")
         for members in groups.values():
             self._run_group(members, responses)
@@ -459,28 +504,28 @@ class TritonPythonModel:
             raise ValueError(f"inputs disagree on the batch dimension: {sorted(rows)}")
         return arrays
 
-    def _run_group(self, members: list[tuple[int, list[np.ndarray]]], responses: list) -> None:
+    def _run_group(self, members: list[Member], responses: list) -> None:
         try:
-            columns = [self._column(i, [arrays[i] for _, arrays in members]) for i in range(len(self.inputs))]
+            columns = [self._column(i, [m.real(i) for m in members]) for i in range(len(self.inputs))]
             self.clock.host("concatenate")
             outputs = self._forward(columns, self.clock)
             self.clock.batches += 1
         except Exception as err:
             if len(members) == 1:
-                responses[members[0][0]] = self._error(err, pb_utils.TritonError.INTERNAL)
+                responses[members[0].index] = self._error(err, pb_utils.TritonError.INTERNAL)
                 return
             self.logger.log_warn(f"batched forward of {len(members)} requests failed ({err}); retrying singly")
             for member in members:
                 self._run_group([member], responses)
             return
-        offsets = np.cumsum([arrays[0].shape[0] for _, arrays in members])[:-1]
+        offsets = np.cumsum([member.rows - member.padding for member in members])[:-1]
         per_output = [np.split(output, offsets) for output in outputs]
-        for position, (index, _) in enumerate(members):
+        for position, member in enumerate(members):
             tensors = [
-                pb_utils.Tensor(name, parts[position])
+                pb_utils.Tensor(name, member.padded(parts[position]))
                 for (name, _), parts in zip(self.outputs, per_output, strict=True)
             ]
-            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            responses[member.index] = pb_utils.InferenceResponse(output_tensors=tensors)
         self.clock.host("responses")
 
     def _column(self, index: int, parts: list[np.ndarray]) -> torch.Tensor:

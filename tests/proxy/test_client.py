@@ -10,10 +10,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from proxy.client import GrpcUpstream, SlotMismatch, _outputs, _raw
+from proxy.client import GrpcUpstream, HttpUpstream, SlotMismatch, _outputs, _raw, infer_request
 from proxy.errors import ProxyError
 from proxy.schema import ModelSchema, TensorSchema
 from proxy.shm import Lease
+from proxy.stacked import PADDING_PARAMETER, Stacked, Tensor
 from tests.proxy.conftest import proxy_settings
 
 
@@ -124,3 +125,42 @@ def test_outputs_in_the_slot_are_read_only_as_laid_out(datatype: str, shape: lis
             _outputs(response, schema, lease)
     else:
         assert _outputs(response, schema, lease)["OUT"].tolist() == [[1.5, -2.0]]
+
+
+ROWS = np.arange(6, dtype=np.float32).reshape(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("array", "padding"),
+    [
+        pytest.param(Stacked((ROWS[:1], ROWS[1:]), 1), 1, id="merged-and-padded"),
+        pytest.param(Stacked((ROWS[:1],), 3), 3, id="lone-row-padded"),
+        pytest.param(Stacked((ROWS[:1], ROWS[1:])), 0, id="merged-exactly"),
+        pytest.param(ROWS, 0, id="one-request"),
+    ],
+)
+def test_the_padding_rows_are_named_to_the_model(array: Tensor, padding: int) -> None:
+    request = infer_request(_schema(), "", {"X": array}, queue_timeout_s=1)
+    if padding:
+        assert request.parameters[PADDING_PARAMETER].int64_param == padding
+    else:
+        assert PADDING_PARAMETER not in request.parameters
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("padding", "parameters"), [(2, {PADDING_PARAMETER: 2}), (0, None)])
+async def test_the_http_upstream_names_the_padding_rows_too(
+    padding: int, parameters: dict[str, int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = HttpUpstream(proxy_settings("http://127.0.0.1:1"))
+    sent: dict[str, object] = {}
+
+    async def infer(*args: object, **kwargs: object) -> object:
+        sent.update(kwargs)
+        raise InferenceServerException("stop here", status="400")
+
+    monkeypatch.setattr(upstream.client, "infer", infer)
+    with pytest.raises(InferenceServerException):
+        await upstream._infer(_schema(), "", {"X": Stacked((ROWS[:1],), padding)}, 5, 1, "", 0, None)
+    assert sent["parameters"] == parameters
+    await upstream.close()

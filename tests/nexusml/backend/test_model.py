@@ -1,13 +1,15 @@
 """The Python-backend model (nexusml/backend/model.py): its memory report in this process, with Triton's stub module
-faked; stage timings and precision inside a real Triton."""
+faked; stage timings, precision and padding inside a real Triton."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 import types
@@ -27,6 +29,7 @@ from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
 from nexusml.triton.server import TritonServer
+from proxy.stacked import PADDING_PARAMETER
 from tests.nexusml.conftest import MODEL_FILE, BackendLogger
 
 ROWS = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3]], dtype=np.float32)
@@ -394,3 +397,112 @@ def test_a_stub_that_ends_stops_asking_for_the_normal_weight(
     autogroup = Autogroup(busy=1000)
     assert backend.set_group_nice(0, autogroup, None, ending) is False
     assert autogroup.written == []
+
+
+class Parameters:
+    """A request as the backend reads its parameters (`InferenceRequest.parameters()`: a JSON object's text)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def parameters(self) -> str:
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("text", "rows", "expected"),
+    [
+        pytest.param('{"nexus_padding_rows": 3}', 4, 3, id="padding"),
+        pytest.param("{}", 4, 0, id="none"),
+        pytest.param("", 4, 0, id="empty"),
+        pytest.param('{"priority": 1}', 4, 0, id="other-parameters"),
+        pytest.param('{"nexus_padding_rows": 9}', 4, 3, id="at-least-one-real-row"),
+        pytest.param('{"nexus_padding_rows": 2}', 0, 0, id="no-rows"),
+        pytest.param('{"nexus_padding_rows": -2}', 4, 0, id="negative"),
+        pytest.param('{"nexus_padding_rows": "2"}', 4, 0, id="a-string"),
+        pytest.param('{"nexus_padding_rows": true}', 4, 0, id="a-boolean"),
+        pytest.param('{"nexus_padding_rows": 1.5}', 4, 0, id="a-fraction"),
+        pytest.param('["nexus_padding_rows"]', 4, 0, id="not-an-object"),
+        pytest.param('{"nexus_padding_rows": ', 4, 0, id="not-json"),
+    ],
+)
+def test_the_padding_a_request_names_is_read_within_its_rows(
+    backend: types.ModuleType, text: str, rows: int, expected: int
+) -> None:
+    assert backend.padding_rows(Parameters(text), rows) == expected
+
+
+def test_a_request_without_parameters_has_no_padding(backend: types.ModuleType) -> None:
+    assert backend.padding_rows(object(), 4) == 0
+
+
+def test_the_backend_reads_the_padding_parameter_the_proxy_sends(backend: types.ModuleType) -> None:
+    assert backend.PADDING_PARAMETER == PADDING_PARAMETER
+
+
+PADDED = np.array([[1, 2, 3, 4, 5], [0.5, -1, 2, 0, 3], [9, 9, 9, 9, 9], [-7, 3, 0, 1, 2]], dtype=np.float32)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_rows_a_request_says_are_padding_are_left_out_of_the_forward(triton: TritonServer, protocol: str) -> None:
+    """The last two rows are named padding: their outputs are the last real row's, not what they would give."""
+    module: Any = importlib.import_module(f"tritonclient.{protocol}")
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    client = module.InferenceServerClient(url.split("://", 1)[1])
+    tensor = module.InferInput("INPUT__0", list(PADDED.shape), "FP32")
+    tensor.set_data_from_numpy(PADDED)
+    result = client.infer("demo_mlp", [tensor], parameters={PADDING_PARAMETER: 2})
+    reference = demo.reference_outputs(DEMO_SPEC, PADDED[:2].tolist())
+    for head, want in enumerate(reference):
+        got = result.as_numpy(f"OUTPUT__{head}")
+        assert got.shape[0] == 4
+        np.testing.assert_allclose(got[:2], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[2:], np.repeat(got[1:2], 2, axis=0))
+
+
+class Doubling(torch.nn.Module):
+    """Twice its input, keeping the row counts of the forwards it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return x * 2
+
+
+class StubTensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class StubRequest(Parameters):
+    def __init__(self, rows: np.ndarray, padding: int) -> None:
+        super().__init__(json.dumps({PADDING_PARAMETER: padding}))
+        self.tensor = StubTensor("X", rows)
+
+
+def test_one_forward_runs_every_requests_real_rows_and_each_gets_its_padding_back(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub = sys.modules["triton_python_backend_utils"]
+    monkeypatch.setattr(stub, "Tensor", StubTensor, raising=False)
+    monkeypatch.setattr(stub, "InferenceResponse", lambda output_tensors: output_tensors, raising=False)
+    monkeypatch.setattr(stub, "get_input_tensor_by_name", lambda request, name: request.tensor, raising=False)
+    instance = object.__new__(backend.TritonPythonModel)
+    instance.inputs, instance.outputs = [("X", np.float32)], [("Y", np.float32)]
+    instance.device, instance.staging, instance.compute_dtype = torch.device("cpu"), None, torch.float32
+    instance.clock = backend.StageClock(torch.device("cpu"), "", 0)
+    instance.logger, instance.model = BackendLogger, Doubling()
+    rows = np.arange(18, dtype=np.float32).reshape(9, 2)
+    first, second, third = rows[:4], rows[4:6], rows[6:]
+    responses = instance.execute([StubRequest(first, 3), StubRequest(second, 0), StubRequest(third, 1)])
+    assert instance.model.rows == [5]  # 1 + 2 + 2 real rows in one forward
+    expected = [first[[0, 0, 0, 0]], second, third[[0, 1, 1]]]
+    for response, want in zip(responses, expected, strict=True):
+        np.testing.assert_array_equal(response[0].array, want * 2)
