@@ -306,6 +306,40 @@ def test_only_a_stub_that_triton_started_leaves_its_session(
     assert calls == (["setsid"] if leaves else [])
 
 
+@pytest.mark.parametrize(
+    ("parent", "stub"),
+    [
+        pytest.param("tritonserver\n", True, id="triton"),
+        pytest.param("pytest\n", False, id="another-process"),
+        pytest.param(None, False, id="parent-gone"),
+    ],
+)
+def test_only_a_process_triton_started_is_a_stub(
+    backend: types.ModuleType, tmp_path: Path, parent: str | None, stub: bool
+) -> None:
+    if parent is not None:
+        (tmp_path / "comm").write_text(parent)
+    assert backend.started_by_triton(tmp_path / "comm") is stub
+
+
+def test_a_process_that_imports_the_backend_keeps_its_own_exit(backend: types.ModuleType) -> None:
+    """Tests and tools import this file: only a stub's exit skips the interpreter's teardown."""
+    assert not backend.started_by_triton()
+
+
+def test_a_stub_ends_without_tearing_down_its_interpreter(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended: list[int] = []
+
+    def exit_now(status: int) -> None:
+        ended.append(status)
+
+    monkeypatch.setattr(backend.os, "_exit", exit_now)
+    backend.exit_without_teardown()
+    assert ended == [0]
+
+
 def test_a_session_the_kernel_refuses_leaves_the_stub_where_it_was(
     backend: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
