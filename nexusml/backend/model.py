@@ -10,8 +10,8 @@ concatenated into one tensor per input and run in one forward pass, and the resu
 request that cannot be served gets its own error response and the rest are still answered; when a whole
 batched forward fails, its requests are retried one by one so one poisonous request fails alone. The rows a
 request says are padding (`PADDING_PARAMETER`: the proxy fills a batch up to a preferred size so that Triton runs
-it at once) are left out of the forward; their outputs are copies of the last real row's, as the forward would
-have made them from the copies of that row the padding is.
+it at once) are left out of the forward; their outputs are copies of the last real row's, which is what the forward
+makes of the proxy's padding (copies of that row).
 
 Where a batch's time goes is timed per stage and logged when `STAGE_LOG_INTERVAL_S` asks (`StageClock`).
 On a GPU, requests are concatenated straight into pinned host buffers that are copied to the device
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import hashlib
 import importlib
 import itertools
@@ -87,18 +88,18 @@ def started_by_triton(parent: Path | None = None) -> bool:
 
 
 def exit_without_teardown() -> None:
-    """End the stub at once, once Python's exit handlers have run.
+    """End the stub at once, after Python's other exit handlers, skipping its interpreter's teardown.
 
-    The stub runs its interpreter's finalization after it has answered Triton's finalize and closed its shared
-    memory: tearing down every module torch imported took 1.3-1.5 s of CPU per stub (0.7 s for `import torch,
-    torch.export` alone), and Triton ends a model's stubs one after another, so a two-instance model took 5.8 s to
-    unload and a stop overran a 5 s `--exit-timeout-secs`. Registered before torch's import, this runs after every
-    handler registered since (atexit runs them last in, first out): only the teardown of objects is skipped, which
-    the kernel's reclaiming of the process makes moot.
+    A stub finalizes its interpreter once it has answered Triton's finalize and let go of its shared memory, and
+    tearing down every module torch imported is seconds of CPU per stub, which Triton waits for one stub after
+    another (docs/decisions.md, "A stub ends without its interpreter's teardown"). Registered before torch's import,
+    it runs after every handler registered since (last in, first out); handlers registered before it are skipped.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)  # C's stdio too: TorchScript's print and libtorch write there
     os._exit(0)
 
 
@@ -168,9 +169,10 @@ def _restore_later(logger: Any, model: str, ending: threading.Event, autogroup: 
     set_group_nice(0, autogroup, None, ending)
 
 
-if started_by_triton():
+STUB = started_by_triton()
+if STUB:
     atexit.register(exit_without_teardown)
-OWN_GROUP = own_scheduling_group()
+OWN_GROUP = STUB and own_scheduling_group()
 # Fewer tries than the return to 0: a stub that cannot start low starts at a session's weight rather than late.
 LOWERED = OWN_GROUP and set_group_nice(LOWEST_NICE, tries=10)
 torch = at_idle_priority(lambda: importlib.import_module("torch"))
@@ -387,7 +389,7 @@ class Member:
 
     __slots__ = ("arrays", "index", "padding", "rows")
 
-    def __init__(self, index: int, arrays: list[np.ndarray], padding: int = 0) -> None:
+    def __init__(self, index: int, arrays: list[np.ndarray], padding: int) -> None:
         self.index = index
         self.arrays = arrays
         self.rows = len(arrays[0])
@@ -412,6 +414,7 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.inputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["input"]]
         self.outputs = [(spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"])) for spec in config["output"]]
+        self.preferred = frozenset(config.get("dynamic_batching", {}).get("preferred_batch_size", ()))
         # The stub is one process per instance: without this each instance spawns a thread per core and
         # they fight over the CPU (ResNet-50 ran 10x slower; docs/decisions.md).
         torch.set_num_threads(int(params.get("TORCH_THREADS", "1")))
@@ -511,7 +514,10 @@ class TritonPythonModel:
                 responses[index] = self._error(err, pb_utils.TritonError.INVALID_ARG)
                 continue
             signature = tuple(array.shape[1:] for array in arrays)
-            groups.setdefault(signature, []).append(Member(index, arrays, padding_rows(request, len(arrays[0]))))
+            rows = len(arrays[0])
+            # The proxy pads only up to a preferred size: other requests need not pay for reading parameters.
+            padding = padding_rows(request, rows) if rows in self.preferred else 0
+            groups.setdefault(signature, []).append(Member(index, arrays, padding))
         self.clock.host("inputs")
         for members in groups.values():
             self._run_group(members, responses)

@@ -109,9 +109,11 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _warmups(meta: ModelMetadata, serving: ServingConfig) -> list[dict[str, Any]]:
-    """Zero-filled warm-up requests at each preferred batch size, so first requests hit warm shapes.
+    """Zero-filled warm-up requests at one row and at each preferred batch size, so first requests hit warm shapes.
 
-    Variable dimensions (-1) have no single shape to warm, so such models are not warmed.
+    One row because the backend runs a lone request's row alone (the proxy's padding up to a preferred size is not
+    run), so a model that cannot take a batch of one fails its load, not its first lone request. Variable dimensions
+    (-1) have no single shape to warm, so such models are not warmed.
     """
     if any(-1 in spec.shape for spec in meta.inputs):
         return []
@@ -124,7 +126,7 @@ def _warmups(meta: ModelMetadata, serving: ServingConfig) -> list[dict[str, Any]
                 for spec in meta.inputs
             },
         }
-        for size in serving.preferred_batch_sizes
+        for size in sorted({1, *serving.preferred_batch_sizes})
     ]
 
 

@@ -160,7 +160,9 @@ async def test_the_http_upstream_names_the_padding_rows_too(
         raise InferenceServerException("stop here", status="400")
 
     monkeypatch.setattr(upstream.client, "infer", infer)
-    with pytest.raises(InferenceServerException):
-        await upstream._infer(_schema(), "", {"X": Stacked((ROWS[:1],), padding)}, 5, 1, "", 0, None)
+    try:
+        with pytest.raises(InferenceServerException):
+            await upstream._infer(_schema(), "", {"X": Stacked((ROWS[:1],), padding)}, 5, 1, "", 0, None)
+    finally:
+        await upstream.close()
     assert sent["parameters"] == parameters
-    await upstream.close()

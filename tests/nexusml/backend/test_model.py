@@ -4,8 +4,10 @@ faked; stage timings, precision and padding inside a real Triton."""
 from __future__ import annotations
 
 import ast
+import atexit
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -323,8 +325,14 @@ def test_only_a_process_triton_started_is_a_stub(
 
 
 def test_a_process_that_imports_the_backend_keeps_its_own_exit(backend: types.ModuleType) -> None:
-    """Tests and tools import this file: only a stub's exit skips the interpreter's teardown."""
-    assert not backend.started_by_triton()
+    """Tests and tools import this file: only a stub's exit skips the interpreter's teardown (a handler registered
+    here would end pytest itself with status 0, whatever its tests did)."""
+    before = atexit._ncallbacks()
+    spec = importlib.util.spec_from_file_location("nexus_backend_model_again", MODEL_FILE)
+    assert spec and spec.loader
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert atexit._ncallbacks() == before
+    assert not backend.STUB
 
 
 def test_a_stub_ends_without_tearing_down_its_interpreter(
@@ -486,7 +494,10 @@ def test_rows_a_request_says_are_padding_are_left_out_of_the_forward(triton: Tri
     client = module.InferenceServerClient(url.split("://", 1)[1])
     tensor = module.InferInput("INPUT__0", list(PADDED.shape), "FP32")
     tensor.set_data_from_numpy(PADDED)
-    result = client.infer("demo_mlp", [tensor], parameters={PADDING_PARAMETER: 2})
+    try:
+        result = client.infer("demo_mlp", [tensor], parameters={PADDING_PARAMETER: 2})
+    finally:
+        client.close()
     reference = demo.reference_outputs(DEMO_SPEC, PADDED[:2].tolist())
     for head, want in enumerate(reference):
         got = result.as_numpy(f"OUTPUT__{head}")
@@ -533,10 +544,12 @@ def test_one_forward_runs_every_requests_real_rows_and_each_gets_its_padding_bac
     instance.device, instance.staging, instance.compute_dtype = torch.device("cpu"), None, torch.float32
     instance.clock = backend.StageClock(torch.device("cpu"), "", 0)
     instance.logger, instance.model = BackendLogger, Doubling()
-    rows = np.arange(18, dtype=np.float32).reshape(9, 2)
-    first, second, third = rows[:4], rows[4:6], rows[6:]
-    responses = instance.execute([StubRequest(first, 3), StubRequest(second, 0), StubRequest(third, 1)])
-    assert instance.model.rows == [5]  # 1 + 2 + 2 real rows in one forward
-    expected = [first[[0, 0, 0, 0]], second, third[[0, 1, 1]]]
+    instance.preferred = frozenset({2, 3, 4})  # the sizes the proxy pads to
+    rows = np.arange(28, dtype=np.float32).reshape(14, 2)
+    first, second, third, fourth = rows[:4], rows[4:6], rows[6:9], rows[9:]
+    requests = [StubRequest(first, 3), StubRequest(second, 0), StubRequest(third, 1), StubRequest(fourth, 2)]
+    responses = instance.execute(requests)
+    assert instance.model.rows == [10]  # 1 + 2 + 2 real rows, and all 5 of a size the proxy never pads to
+    expected = [first[[0, 0, 0, 0]], second, third[[0, 1, 1]], fourth]
     for response, want in zip(responses, expected, strict=True):
         np.testing.assert_array_equal(response[0].array, want * 2)

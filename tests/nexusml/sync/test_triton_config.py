@@ -114,10 +114,11 @@ def test_model_config_exact_dict() -> None:
         },
         "model_warmup": [
             {
-                "name": "batch_32",
-                "batch_size": 32,
+                "name": f"batch_{size}",
+                "batch_size": size,
                 "inputs": {"INPUT__0": {"data_type": "TYPE_FP32", "dims": [5], "zero_data": True}},
             }
+            for size in (1, 32)
         ],
     }
 
