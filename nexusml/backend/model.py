@@ -387,18 +387,18 @@ class Member:
     """One request of a batched forward: its position in `execute`'s requests, its input arrays, and how many of
     its last rows are padding."""
 
-    __slots__ = ("arrays", "index", "padding", "rows")
+    __slots__ = ("arrays", "index", "padding", "real_rows")
 
     def __init__(self, index: int, arrays: list[np.ndarray], padding: int) -> None:
         self.index = index
         self.arrays = arrays
-        self.rows = len(arrays[0])
         self.padding = padding
+        self.real_rows = len(arrays[0]) - padding
 
     def real(self, input_index: int) -> np.ndarray:
         """Input `input_index` without the padding rows."""
         array = self.arrays[input_index]
-        return array[: self.rows - self.padding] if self.padding else array
+        return array[: self.real_rows] if self.padding else array
 
     def padded(self, output: np.ndarray) -> np.ndarray:
         """An output of the real rows, with the padding rows' outputs after them: copies of the last real row's."""
@@ -550,7 +550,7 @@ class TritonPythonModel:
             for member in members:
                 self._run_group([member], responses)
             return
-        offsets = np.cumsum([member.rows - member.padding for member in members])[:-1]
+        offsets = np.cumsum([member.real_rows for member in members])[:-1]
         per_output = [np.split(output, offsets) for output in outputs]
         for position, member in enumerate(members):
             tensors = [
