@@ -152,7 +152,7 @@ def set_group_nice(
 
 def restore_group_weight(logger: Any, model: str, ending: threading.Event, autogroup: Path = AUTOGROUP) -> None:
     """The session's nice back to 0 once the stub serves: tried once here, then from a thread if the kernel's rate
-    limit refused it (stubs that load together ask within the same 100 ms), so `initialize` never waits for it. A
+    limit refused it (stubs that load together ask within the same 100 ms), so a load never waits for it. A
     stub left at the lowest weight would serve on what every other process leaves, so the thread asks until the
     kernel agrees, and says so in Triton's log past the first tries; it stops once `ending` is set (the stub's
     finalize lowers the weight again)."""
@@ -167,6 +167,12 @@ def _restore_later(logger: Any, model: str, ending: threading.Event, autogroup: 
         return
     logger.log_warn(f"{model}: its stub still has the lowest CPU weight it started at; asking the kernel again")
     set_group_nice(0, autogroup, None, ending)
+
+
+def warmup_executions(config: dict[str, Any]) -> int:
+    """The `execute` calls Triton's warmup makes before the model is ready: each `model_warmup` sample `count` times,
+    once when `count` is 0 (its default)."""
+    return sum(max(1, int(sample.get("count") or 0)) for sample in config.get("model_warmup", ()))
 
 
 STUB = started_by_triton()
@@ -442,12 +448,14 @@ class TritonPythonModel:
         )
         self.memory = MemoryReport(args, self.device, self.logger)
         self.ending = threading.Event()
-        if LOWERED:
-            restore_group_weight(self.logger, args["model_name"], self.ending)
-        elif OWN_GROUP:
-            self.logger.log_warn(
-                f"{args['model_name']}: its stub started at a full session's CPU weight, not the lowest"
-            )
+        self.name = args["model_name"]
+        if OWN_GROUP and not LOWERED:
+            self.logger.log_warn(f"{self.name}: its stub started at a full session's CPU weight, not the lowest")
+        # Triton's warmup runs next, on this thread, before the model is ready: its first passes (TorchScript's
+        # profiling and optimization among them) keep the lowest weight too (docs/decisions.md).
+        self.warmups_left = warmup_executions(config) if LOWERED else 0
+        if LOWERED and not self.warmups_left:
+            restore_group_weight(self.logger, self.name, self.ending)
 
     def _load(self, path: Path, artifact_format: str) -> torch.nn.Module:
         if artifact_format == "torchscript":
@@ -522,6 +530,10 @@ class TritonPythonModel:
         for members in groups.values():
             self._run_group(members, responses)
         self.clock.log()
+        if self.warmups_left:
+            self.warmups_left -= 1
+            if not self.warmups_left:
+                restore_group_weight(self.logger, self.name, self.ending)
         return responses
 
     def _request_arrays(self, request: object) -> list[np.ndarray]:

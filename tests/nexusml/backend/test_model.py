@@ -27,6 +27,7 @@ import torch
 from nexusml.command import demo
 from nexusml.core.errors import NexusError
 from nexusml.core.metadata import ModelMetadata, PrecisionHints
+from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
 from nexusml.testing.servers import start_triton, triton_infer
@@ -281,7 +282,46 @@ def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
                 assert Path(f"/proc/{stub.pid}/autogroup").read_text().endswith(" nice 0\n")
     finally:
         server.stop()
-    assert "CPU weight" not in (tmp_path / "triton.log").read_text()
+    log = (tmp_path / "triton.log").read_text()
+    assert "CPU weight" not in log
+    # Nothing but Triton's warmup ran: each instance counted exactly the executions the backend waits for.
+    for model in ("demo_fp32", "demo_bf16"):
+        config = from_pbtxt((precision_repository / model / "config.pbtxt").read_text())
+        assert _logged_stages(log, model)["batches"] == instance_count(config) * backend.warmup_executions(config)
+
+
+@pytest.mark.parametrize(
+    ("warmup", "executions"),
+    [
+        pytest.param(None, 0, id="no-warmup"),
+        pytest.param([{"name": "batch_1", "batch_size": 1}], 1, id="count-absent-is-once"),
+        pytest.param([{"name": "batch_1", "count": 0}], 1, id="count-0-is-once"),
+        pytest.param([{"name": "batch_1"}, {"name": "batch_4", "count": 3}], 4, id="counts-add-up"),
+    ],
+)
+def test_the_warmup_executions_are_read_from_the_config(
+    backend: types.ModuleType, warmup: list[dict[str, Any]] | None, executions: int
+) -> None:
+    config = {} if warmup is None else {"model_warmup": warmup}
+    assert backend.warmup_executions(config) == executions
+
+
+def test_a_stub_asks_for_the_normal_weight_once_its_last_warmup_has_run(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's warmup, the first passes through the model, runs at the lowest weight the load started at."""
+    asked: list[str] = []
+    monkeypatch.setattr(backend, "restore_group_weight", lambda logger, model, ending: asked.append(model))
+    instance = object.__new__(backend.TritonPythonModel)
+    instance.clock = backend.StageClock(torch.device("cpu"), "", 0)
+    instance.logger, instance.name, instance.ending = BackendLogger, "alpha", threading.Event()
+    instance.warmups_left = 2  # the config's two warmup executions
+    instance.execute([])
+    assert asked == []
+    instance.execute([])
+    assert asked == ["alpha"]
+    instance.execute([])
+    assert asked == ["alpha"]
 
 
 @pytest.mark.parametrize(
@@ -545,6 +585,7 @@ def test_one_forward_runs_every_requests_real_rows_and_each_gets_its_padding_bac
     instance.clock = backend.StageClock(torch.device("cpu"), "", 0)
     instance.logger, instance.model = BackendLogger, Doubling()
     instance.preferred = frozenset({2, 3, 4})  # the sizes the proxy pads to
+    instance.warmups_left = 0
     rows = np.arange(28, dtype=np.float32).reshape(14, 2)
     first, second, third, fourth = rows[:4], rows[4:6], rows[6:9], rows[9:]
     requests = [StubRequest(first, 3), StubRequest(second, 0), StubRequest(third, 1), StubRequest(fourth, 2)]
