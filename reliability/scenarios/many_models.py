@@ -504,6 +504,23 @@ def residency_windows(log_file: Path, since_wall: float) -> list[tuple[float, fl
     return sorted(spans)
 
 
+LOAD_EDGE_S = 0.5  # the start and the end of a load, each set apart in `hot_p99_by_load_phase_ms`
+
+
+def load_phases(
+    spans: list[tuple[float, float, str]], edge_s: float = LOAD_EDGE_S
+) -> dict[str, list[tuple[float, float, str]]]:
+    """The decider's loads cut in three: their first `edge_s` (the stub's start), their middle, and their last
+    `edge_s` (Triton's warmup, the model made ready). A load shorter than two edges has no middle, and its edges
+    overlap."""
+    loads = [(start, end, label) for start, end, label in spans if label.startswith("load")]
+    return {
+        "first": [(start, min(start + edge_s, end), label) for start, end, label in loads],
+        "middle": [(start + edge_s, end - edge_s, label) for start, end, label in loads if end - start > 2 * edge_s],
+        "last": [(max(end - edge_s, start), end, label) for start, end, label in loads],
+    }
+
+
 def _step_figures(
     result: ScenarioResult, measured: Measured, hot: Served, added: Served, watch: ManagedProcess
 ) -> None:
@@ -965,6 +982,10 @@ def _budget_figures(
         hot_p99_by_step_ms={
             kind: _p99_ms(_hot_windows(config, measured, head[0].name, [w for w in spans if w[2].startswith(kind)])[0])
             for kind in ("load", "unload")
+        },
+        hot_p99_by_load_phase_ms={
+            phase: _p99_ms(_hot_windows(config, measured, head[0].name, windows)[0])
+            for phase, windows in load_phases(spans).items()
         },
     )
     by_model = _by_model(measured.answers)

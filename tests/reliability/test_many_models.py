@@ -75,6 +75,31 @@ def test_residency_windows_from_the_deciders_log(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("spans", "expected"),
+    [
+        pytest.param(
+            [(10.0, 13.0, "load mm_a")],
+            {"first": [(10.0, 10.5)], "middle": [(10.5, 12.5)], "last": [(12.5, 13.0)]},
+            id="a-load-in-three",
+        ),
+        pytest.param(
+            [(10.0, 10.8, "load mm_a")],
+            {"first": [(10.0, 10.5)], "middle": [], "last": [(10.3, 10.8)]},
+            id="shorter-than-two-edges",
+        ),
+        pytest.param(
+            [(1.0, 2.0, "unload mm_b"), (2.0, 4.0, "load mm_a")],
+            {"first": [(2.0, 2.5)], "middle": [(2.5, 3.5)], "last": [(3.5, 4.0)]},
+            id="unloads-left-out",
+        ),
+    ],
+)
+def test_load_phases(spans: list[tuple[float, float, str]], expected: dict[str, list[tuple[float, float]]]) -> None:
+    phases = many_models.load_phases(spans, edge_s=0.5)
+    assert {phase: [(start, end) for start, end, _ in windows] for phase, windows in phases.items()} == expected
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "config",
