@@ -104,7 +104,9 @@ def exit_without_teardown() -> None:
 
 
 def own_scheduling_group(parent: Path | None = None, enabled: Path = AUTOGROUP_ENABLED) -> bool:
-    """Leave Triton's session for one of this stub's own; True when it did.
+    """Leave Triton's session for one of this stub's own; True when the stub is in one, made here or already by the
+    bash that started it (`nexus triton` has it source nexusml/triton/stub_session.sh, which does this before the
+    stub's interpreter loads).
 
     Where processes are in the root CPU cgroup (no container, no systemd unit with a CPU controller: `nexus up`, the
     test bed) and the kernel's autogroups are on, the kernel weighs sessions against each other, whatever the
@@ -118,7 +120,8 @@ def own_scheduling_group(parent: Path | None = None, enabled: Path = AUTOGROUP_E
     try:
         if enabled.read_text().strip() != "1" or not started_by_triton(parent):
             return False
-        os.setsid()
+        if os.getsid(0) != os.getpid():
+            os.setsid()
     except OSError:
         return False
     return True
@@ -148,6 +151,14 @@ def set_group_nice(
         except OSError:
             return False
     return False
+
+
+def group_nice(autogroup: Path = AUTOGROUP) -> int | None:
+    """This session's autogroup nice (`/autogroup-<id> nice <n>`), None when it cannot be read."""
+    try:
+        return int(autogroup.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def restore_group_weight(logger: Any, model: str, ending: threading.Event, autogroup: Path = AUTOGROUP) -> None:
@@ -180,7 +191,7 @@ if STUB:
     atexit.register(exit_without_teardown)
 OWN_GROUP = STUB and own_scheduling_group()
 # Fewer tries than the return to 0: a stub that cannot start low starts at a session's weight rather than late.
-LOWERED = OWN_GROUP and set_group_nice(LOWEST_NICE, tries=10)
+LOWERED = OWN_GROUP and (group_nice() == LOWEST_NICE or set_group_nice(LOWEST_NICE, tries=10))
 torch = at_idle_priority(lambda: importlib.import_module("torch"))
 
 STAGES = ("inputs", "concatenate", "to_device", "forward", "to_host", "responses")

@@ -123,8 +123,14 @@ def command(settings: TritonSettings, dist: TritonDistribution, backend_dir: Pat
     ]
 
 
+STUB_SESSION = Path(__file__).with_name("stub_session.sh")
+"""Sourced by the bash that starts each Python-backend stub (BASH_ENV): the stub starts in a session of its own at
+the lowest CPU weight, before its interpreter loads (the script says why)."""
+
+
 def environment(dist: TritonDistribution, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
+    env["BASH_ENV"] = str(STUB_SESSION)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "/usr/bin:/bin")])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libraries), env.get("LD_LIBRARY_PATH")]))

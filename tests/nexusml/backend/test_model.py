@@ -325,11 +325,12 @@ def test_a_stub_asks_for_the_normal_weight_once_its_last_warmup_has_run(
 
 
 @pytest.mark.parametrize(
-    ("parent", "enabled", "leaves"),
+    ("parent", "enabled", "leader", "own", "calls"),
     [
-        pytest.param("tritonserver\n", "1\n", True, id="a-stub-triton-started"),
-        pytest.param("pytest\n", "1\n", False, id="another-process"),
-        pytest.param("tritonserver\n", "0\n", False, id="autogroups-off"),
+        pytest.param("tritonserver\n", "1\n", False, True, ["setsid"], id="a-stub-triton-started"),
+        pytest.param("tritonserver\n", "1\n", True, True, [], id="a-stub-its-bash-moved"),
+        pytest.param("pytest\n", "1\n", False, False, [], id="another-process"),
+        pytest.param("tritonserver\n", "0\n", False, False, [], id="autogroups-off"),
     ],
 )
 def test_only_a_stub_that_triton_started_leaves_its_session(
@@ -338,14 +339,35 @@ def test_only_a_stub_that_triton_started_leaves_its_session(
     monkeypatch: pytest.MonkeyPatch,
     parent: str,
     enabled: str,
-    leaves: bool,
+    leader: bool,
+    own: bool,
+    calls: list[str],
 ) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(backend.os, "setsid", lambda: calls.append("setsid"))
+    """`leader`: the process already leads a session (nexusml/triton/stub_session.sh made one before it loaded)."""
+    made: list[str] = []
+    monkeypatch.setattr(backend.os, "setsid", lambda: made.append("setsid"))
+    monkeypatch.setattr(backend.os, "getsid", lambda pid: os.getpid() if leader else -1)
     (tmp_path / "comm").write_text(parent)
     (tmp_path / "enabled").write_text(enabled)
-    assert backend.own_scheduling_group(tmp_path / "comm", tmp_path / "enabled") is leaves
-    assert calls == (["setsid"] if leaves else [])
+    assert backend.own_scheduling_group(tmp_path / "comm", tmp_path / "enabled") is own
+    assert made == calls
+
+
+@pytest.mark.parametrize(
+    ("text", "nice"),
+    [
+        pytest.param("/autogroup-12 nice 19\n", 19, id="lowered"),
+        pytest.param("/autogroup-12 nice 0\n", 0, id="normal"),
+        pytest.param("", None, id="empty"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_the_sessions_nice_is_read_from_its_autogroup(
+    backend: types.ModuleType, tmp_path: Path, text: str | None, nice: int | None
+) -> None:
+    if text is not None:
+        (tmp_path / "autogroup").write_text(text)
+    assert backend.group_nice(tmp_path / "autogroup") == nice
 
 
 @pytest.mark.parametrize(
@@ -395,6 +417,7 @@ def test_a_session_the_kernel_refuses_leaves_the_stub_where_it_was(
         raise PermissionError("a process group leader")
 
     monkeypatch.setattr(backend.os, "setsid", refused)
+    monkeypatch.setattr(backend.os, "getsid", lambda pid: -1)
     (tmp_path / "comm").write_text("tritonserver\n")
     (tmp_path / "enabled").write_text("1\n")
     assert backend.own_scheduling_group(tmp_path / "comm", tmp_path / "enabled") is False
