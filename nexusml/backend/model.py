@@ -182,8 +182,12 @@ def _restore_later(logger: Any, model: str, ending: threading.Event, autogroup: 
 
 def warmup_executions(config: dict[str, Any]) -> int:
     """The `execute` calls Triton's warmup makes before the model is ready: each `model_warmup` sample `count` times,
-    once when `count` is 0 (its default)."""
-    return sum(max(1, int(sample.get("count") or 0)) for sample in config.get("model_warmup", ()))
+    once when `count` is 0 (its default); Triton skips a sample without a `batch_size`."""
+    return sum(
+        max(1, int(sample.get("count") or 0))
+        for sample in config.get("model_warmup", ())
+        if int(sample.get("batch_size") or 0) > 0
+    )
 
 
 STUB = started_by_triton()
