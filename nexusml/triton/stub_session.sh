@@ -14,7 +14,7 @@
 case "${BASH_EXECUTION_STRING:-}" in
     *triton_python_backend_stub*)
         nexus_autogroups=0
-        read -r nexus_autogroups </proc/sys/kernel/sched_autogroup_enabled 2>/dev/null
+        read -r nexus_autogroups 2>/dev/null </proc/sys/kernel/sched_autogroup_enabled
         read -r _ _ _ _ nexus_group _ </proc/$$/stat
         if [ -z "${NEXUS_STUB_SESSION:-}" ] && [ "$nexus_autogroups" = 1 ] && [ "$nexus_group" != "$$" ] \
             && command -v setsid >/dev/null 2>&1; then
