@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -112,16 +111,6 @@ def faulty_workload(url: str, count: int = 64, seed: int = 7, **extra: Any) -> W
     rows[:, 0] = -np.abs(rows[:, 0]) - 0.5
     listed = rows.tolist()
     return Workload(url, listed, [expected_output(row) for row in listed], **extra)
-
-
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
-    """Poll `predicate` until it is true or `timeout_s` passed (a bound, never a verdict on speed)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 @contextmanager

@@ -76,6 +76,15 @@ def _run_one(name: str, bed: Bed, args: argparse.Namespace) -> list[ScenarioResu
     return found
 
 
+def _unwritable(out: Path) -> str | None:
+    """Why the report could not be written at `out`, found before any scenario runs (they take minutes)."""
+    if out.is_dir():
+        return "is a folder; name the report file"
+    if not out.parent.is_dir():
+        return f"folder {out.parent} does not exist"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)")
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("RELIABILITY.md"), help="report to write")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files (default: a temp folder)")
     args = parser.parse_args(argv)
+    if problem := _unwritable(args.out):
+        parser.error(f"--out {args.out}: {problem}")
     names = args.scenario or list(SCENARIOS)
     skipped = []
     if args.soak_minutes <= 0 and "soak" in names:

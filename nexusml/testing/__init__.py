@@ -5,6 +5,7 @@
 - `models`: publishing a demo model as the control plane would, and syncing it into a repository.
 - `artifacts`: broken artifacts and metadata, and the sync failures each must produce.
 - `openapi`: the proxy's OpenAPI document and the schemathesis checks run over it.
+- `polling`: waiting, with a bound, for what another process does.
 
 It stands on top of every layer (it starts what `nexus up` starts) and never imports `tests`.
 """

@@ -78,10 +78,11 @@ from nexusml.core.metadata import ModelMetadata
 from nexusml.core.process import ManagedProcess
 from nexusml.testing.artifacts import SYNC_COMMAND
 from nexusml.testing.environment import free_port
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess, triton_infer
 from nexusml.triton.server import TritonServer
 from reliability import procinfo, residency, traffic
-from reliability.bed import Bed, wait_until
+from reliability.bed import Bed
 from reliability.load import (
     LoadStats,
     Sample,

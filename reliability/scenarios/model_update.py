@@ -59,10 +59,11 @@ from nexusml.sync.repository import Repository
 from nexusml.testing import updates
 from nexusml.testing.environment import base_environment
 from nexusml.testing.models import PublishedModel
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess
 from nexusml.updates.swap import served
 from nexusml.updates.watch import WatchSettings, watcher
-from reliability.bed import Bed, wait_until
+from reliability.bed import Bed
 from reliability.load import LoadStats, Sample, Workload, closed_loop, open_loop, percentile, summarize
 from reliability.result import ScenarioResult
 

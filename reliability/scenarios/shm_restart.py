@@ -22,9 +22,10 @@ from typing import Any
 import tritonclient.http as httpclient
 
 from nexusml.core.settings import SHM_HEADER
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess
 from nexusml.triton.server import TritonServer
-from reliability.bed import Bed, demo_workload, wait_until
+from reliability.bed import Bed, demo_workload
 from reliability.load import summarize, while_running
 from reliability.result import ScenarioResult
 from reliability.scenarios import triton_kill

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess
 from reliability import procinfo
-from reliability.bed import Bed, faulty_workload, wait_until
+from reliability.bed import Bed, faulty_workload
 from reliability.load import LoadStats, Workload, closed_loop, summarize
 from reliability.models import add_faulty_model
 from reliability.result import ScenarioResult

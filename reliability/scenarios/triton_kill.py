@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess
 from nexusml.triton.server import TritonServer
 from reliability import procinfo
-from reliability.bed import Bed, demo_workload, wait_until
+from reliability.bed import Bed, demo_workload
 from reliability.load import Sample, summarize, while_running
 from reliability.result import ScenarioResult
 

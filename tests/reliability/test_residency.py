@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nexusml.testing.polling import wait_until
 from reliability import residency
-from reliability.bed import wait_until
 
 IDLE = "import time\ntime.sleep(60)\n"
 

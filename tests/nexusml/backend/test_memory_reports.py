@@ -8,7 +8,6 @@ launcher removes the reports a killed stub left behind, at start and at stop.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from nexusml.core.memory import read_reports, report_dir
 from nexusml.testing.models import PublishedModel, sync_into
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import start_triton
 
 pytestmark = pytest.mark.integration
@@ -55,10 +55,8 @@ def test_each_instance_reports_its_memory_while_loaded(
         assert sorted(p.name for p in directory.iterdir()) == [f"{name}@{r.instance}.json" for r in reports]
 
         client.unload_model(name)
-        deadline = time.monotonic() + 60
-        while read_reports(directory):  # Triton answers the unload before its stubs have finalized
-            assert time.monotonic() < deadline, read_reports(directory)
-            time.sleep(0.1)
+        # Triton answers the unload before its stubs have finalized.
+        assert wait_until(lambda: not read_reports(directory), 60), read_reports(directory)
         assert list(directory.iterdir()) == []
         client.load_model(name)
     finally:

@@ -30,6 +30,7 @@ from nexusml.core.metadata import ModelMetadata, PrecisionHints
 from nexusml.sync.triton_config import from_pbtxt, instance_count
 from nexusml.testing.artifacts import put
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, sync_into
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import start_triton, triton_infer
 from nexusml.triton.server import TritonServer
 from proxy.stacked import PADDING_PARAMETER
@@ -63,10 +64,7 @@ def report(backend: types.ModuleType, tmp_path: Path) -> Iterator[Any]:
 
 
 def _wait_for(path: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} was not written again"
-        time.sleep(0.01)
+    assert wait_until(path.exists, 30, interval_s=0.01), f"{path} was not written again"
     return json.loads(path.read_text())
 
 
@@ -280,10 +278,7 @@ def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
             assert (session == stub.pid) if autogroups else (session == os.getsid(server.process.pid))
             if autogroups:  # asked for in the last warmup; retried past the kernel's rate limit, 0.11 s apart
                 autogroup = Path(f"/proc/{stub.pid}/autogroup")
-                deadline = time.monotonic() + 5
-                while not autogroup.read_text().endswith(" nice 0\n") and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert autogroup.read_text().endswith(" nice 0\n")
+                assert wait_until(lambda at=autogroup: at.read_text().endswith(" nice 0\n"), 5, interval_s=0.05)
     finally:
         server.stop()
     log = (tmp_path / "triton.log").read_text()
@@ -492,10 +487,7 @@ def test_a_stub_asks_for_the_normal_weight_until_it_has_it_without_holding_its_l
     autogroup = Autogroup(busy=busy)
     backend.restore_group_weight(BackendLogger, "alpha", threading.Event(), autogroup)
     assert waited_in_initialize == []  # one try in the caller, the rest in the thread
-    deadline = time.monotonic() + 10
-    while not autogroup.written:
-        assert time.monotonic() < deadline, "the weight was never restored"
-        time.sleep(0.01)
+    assert wait_until(lambda: autogroup.written, 10, interval_s=0.01), "the weight was never restored"
     assert autogroup.written == ["0\n"]
     warning = "alpha: its stub still has the lowest CPU weight it started at; asking the kernel again"
     assert BackendLogger.warnings == ([warning] if warned else [])

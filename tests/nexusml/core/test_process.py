@@ -30,6 +30,7 @@ from nexusml.core.process import (
     supervising,
 )
 from nexusml.testing.environment import base_environment, free_port
+from nexusml.testing.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,10 +81,7 @@ def running(pid: int) -> bool:
 
 
 def wait_until_gone(pid: int, bound_s: float = 60) -> bool:
-    deadline = time.monotonic() + bound_s
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not running(pid)
+    return wait_until(lambda: not running(pid), bound_s)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from nexusml.sync.repository import Repository
 from nexusml.testing import updates
 from nexusml.testing.environment import free_port
 from nexusml.testing.models import DEMO_SPEC, PublishedModel, publish, sync_into
+from nexusml.testing.polling import wait_until
 from nexusml.testing.servers import ProxyProcess, start_triton
 from nexusml.triton.server import TritonServer
 from nexusml.updates.swap import served
@@ -272,15 +272,6 @@ def _post(proxy: ProxyProcess, row: list[float]) -> tuple[int, str, bytes]:
         return err.code, "", err.read()
 
 
-def _until(check: Callable[[], bool], timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture
 def proxy(bed: Bed, tmp_path: Path) -> Iterator[ProxyProcess]:
     process = ProxyProcess(tmp_path / "proxy.log", MODEL_SERVER_URL=bed.triton.grpc_url, MODEL_NAME="demo_mlp")
@@ -311,7 +302,7 @@ def test_the_proxy_shows_the_version_being_tried(bed: Bed, proxy: ProxyProcess) 
     finally:
         swapper.unload_candidate(meta.name)
         swapper.repo.remove(meta.name, meta.version)
-    assert _until(lambda: _models(proxy)["trying_version"] is None)
+    assert wait_until(lambda: _models(proxy)["trying_version"] is None, 30)
 
 
 def test_the_proxy_follows_a_new_version_with_a_new_interface(
@@ -324,7 +315,7 @@ def test_the_proxy_follows_a_new_version_with_a_new_interface(
     bed.publish(wider.meta)
     assert watching.poll() == "swapped"
     # Within the proxy's schema refresh, validation follows the new version: six inputs now, not five.
-    assert _until(lambda: _post(proxy, [1, 2, 3, 4, 5, 6])[0] == 200)
+    assert wait_until(lambda: _post(proxy, [1, 2, 3, 4, 5, 6])[0] == 200, 30)
     status, version, _ = _post(proxy, [1, 2, 3, 4, 5, 6])
     assert (status, version) == (200, "21")
     assert _post(proxy, [1, 2, 3, 4, 5])[0] == 422
