@@ -2,7 +2,10 @@
 with a proxy of its own (its tenants in a keys file written to the phase's folder, `API_KEYS_FILE`):
 
 a. capacity: tenant A's flood (wrk, `flood_connections`, closed loop) on a proxy without keys: served req/s.
-b. B alone: `light_connections` Python clients (closed loop) with B's key: B's p50/p99 and rate.
+b. B alone: `light_connections` Python clients (closed loop) with B's key: B's p50/p99 and rate. Then the same
+   beside one busy loop per core that never touches the stack (`b_beside_busy_loops`): the share of B's rate and
+   p99 that the host's scheduler alone takes once every core is busy, as a flood makes them. It is a reference
+   for the timing criteria below, not one of them.
 c. A's flood (wrk, A's key) and B (Python, B's key) together, equal weights: B's p99, errors and rate against
    b; A's answers (200, or 429 with Retry-After past its share); A's and B's served rate against a.
 d. weights 3:1, both saturating (two wrk runs of `saturating_connections` each): served rows A:B against 3:1.
@@ -25,7 +28,9 @@ about 15%); B measured by wrk instead of Python gave the same picture (p99 x19 b
 Where the time goes: `queue_wait_mean_ms` is each tenant's mean wait in the proxy's fair queue (the coalescer,
 from `nexus_proxy_tenant_queue_wait_seconds`); a wait for one of `MAX_ACTIVE`'s places comes before it. A latency
 far above it was spent before that queue (the request in the socket and the proxy's event loop, both first come
-first served: a CPU-bound proxy queues there) or after it (Triton).
+first served: a CPU-bound proxy queues there) or after it. `upstream_call_ms` splits the after: the proxy's mean
+upstream call, alone and beside the flood, against Triton's own time for the same requests; what the proxy
+measures beyond Triton's part is its event loop's (and gRPC's) share.
 """
 
 from __future__ import annotations
@@ -33,8 +38,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ from typing import Any
 import aiohttp
 
 from nexusml.testing.servers import ProxyProcess
+from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload
 from reliability.load import LoadStats, Sample, Workload, closed_loop, request, summarize, wrk_loop
 from reliability.result import ScenarioResult
@@ -105,6 +115,19 @@ def _start(bed: Bed, config: Config, name: str, tenants: dict[str, dict[str, Any
     return Phase(bed.proxy(log_dir, **env), log_dir)
 
 
+@contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """`count` processes spinning on the CPU that never touch the proxy or Triton: what the host alone takes from
+    a light tenant once every core is busy, the floor under what any proxy could give it beside a flood."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
 def tenant_samples(proxy: ProxyProcess, name: str) -> dict[str, float]:
     """The samples of metric `name` by their `tenant` label, from one scrape (labels other than tenant summed)."""
     status, body = proxy.get("/metrics")
@@ -126,6 +149,43 @@ def queue_wait_ms(proxy: ProxyProcess) -> dict[str, float]:
     sums = tenant_samples(proxy, "nexus_proxy_tenant_queue_wait_seconds_sum")
     counts = tenant_samples(proxy, "nexus_proxy_tenant_queue_wait_seconds_count")
     return {t: round(sums[t] / counts[t] * 1000, 2) for t in sorted(sums) if counts.get(t)}
+
+
+@dataclass(frozen=True)
+class Calls:
+    """Upstream calls so far, as the proxy timed them and as Triton timed the same requests (one per batch)."""
+
+    proxy_s: float
+    proxy_calls: float
+    triton_s: float
+    triton_calls: float
+
+    @classmethod
+    def read(cls, proxy: ProxyProcess, triton: TritonServer) -> Calls:
+        samples = triton_samples(triton, ("nv_inference_request_duration_us", "nv_inference_request_success"))
+        return cls(
+            proxy.metric("nexus_proxy_upstream_duration_seconds_sum") or 0.0,
+            proxy.metric("nexus_proxy_upstream_duration_seconds_count") or 0.0,
+            samples["nv_inference_request_duration_us"] / 1e6,
+            samples["nv_inference_request_success"],
+        )
+
+    def since(self, before: Calls) -> dict[str, float]:
+        """Mean ms of a call since `before`: the proxy's whole call, and Triton's part of it. The difference is
+        spent between them: in the proxy's event loop (sending, and resuming on the answer), gRPC and the socket."""
+        calls, served = self.proxy_calls - before.proxy_calls, self.triton_calls - before.triton_calls
+        return {
+            "proxy_call": round((self.proxy_s - before.proxy_s) / calls * 1000, 2) if calls else 0.0,
+            "triton": round((self.triton_s - before.triton_s) / served * 1000, 2) if served else 0.0,
+        }
+
+
+def triton_samples(triton: TritonServer, names: tuple[str, ...]) -> dict[str, float]:
+    """Each of `names` summed over its samples (every model) in one scrape of Triton's metrics endpoint."""
+    url = f"http://{triton.settings.host}:{triton.settings.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return {name: sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{")) for name in names}
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -205,7 +265,12 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
     tenants = {"team-a": {"keys": [KEY_A]}, "team-b": {"keys": [KEY_B]}}
     phase = _start(bed, config, "equal", tenants)
     light = phase.work(config, KEY_B, seed=11)
+    triton = bed.shared_triton()
+    calls = [Calls.read(phase.proxy, triton)]
     alone = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
+    calls.append(Calls.read(phase.proxy, triton))
+    with busy_loops(os.cpu_count() or 1):
+        host = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
     flood_work = phase.work(config, KEY_A)
 
     def flood() -> tuple[LoadStats, Any]:
@@ -213,6 +278,7 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
 
     a_stats, b_samples = _flood_beside(flood, light, config, lead_s=0.5)
     waits = queue_wait_ms(phase.proxy)
+    calls.append(Calls.read(phase.proxy, triton))
     phase.proxy.stop()
     beside = summarize(b_samples)
     result.load = beside
@@ -227,15 +293,23 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
         b_beside_statuses=beside.by_status,
         b_p99_ratio=_ratio(beside.p99_ms, alone.p99_ms),
         b_rate_ratio=_ratio(beside.rate_per_s, alone.rate_per_s),
+        b_beside_busy_loops={
+            "p99_ms": host.p99_ms,
+            "per_s": host.rate_per_s,
+            "p99_ratio": _ratio(host.p99_ms, alone.p99_ms),
+            "rate_ratio": _ratio(host.rate_per_s, alone.rate_per_s),
+        },
         a_statuses=a_stats.by_status,
         a_codes=a_stats.by_code,
         a_served_per_s=_served_rate(a_stats),
         a_accepted_p99_ms=a_stats.accepted_p99_ms,
         queue_wait_mean_ms=waits,
+        upstream_call_ms={"alone": calls[1].since(calls[0]), "beside": calls[2].since(calls[1])},
         total_served_per_s=round(total, 1),
         total_vs_capacity=_ratio(total, capacity),
     )
     _check_clean(result, "B alone", alone)
+    _check_clean(result, "B beside busy loops", host)
     _check_clean(result, "B beside A's flood", beside)
     _check_flood(result, "A's flood", a_stats)
     result.check(
