@@ -29,8 +29,8 @@ Where the time goes: `queue_wait_mean_ms` is each tenant's mean wait in the prox
 from `nexus_proxy_tenant_queue_wait_seconds`); a wait for one of `MAX_ACTIVE`'s places comes before it. A latency
 far above it was spent before that queue (the request in the socket and the proxy's event loop, both first come
 first served: a CPU-bound proxy queues there) or after it. `upstream_call_ms` splits the after: the proxy's mean
-upstream call, alone and beside the flood, against Triton's own time for the same requests; what the proxy
-measures beyond Triton's part is its event loop's (and gRPC's) share.
+upstream call (B alone, beside the busy loops, beside the flood) against Triton's own time for the same requests;
+what the proxy measures beyond Triton's part is its event loop's (and gRPC's) share.
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
     calls.append(Calls.read(phase.proxy, triton))
     with busy_loops(os.cpu_count() or 1):
         host = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
+    calls.append(Calls.read(phase.proxy, triton))
     flood_work = phase.work(config, KEY_A)
 
     def flood() -> tuple[LoadStats, Any]:
@@ -304,7 +305,11 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
         a_served_per_s=_served_rate(a_stats),
         a_accepted_p99_ms=a_stats.accepted_p99_ms,
         queue_wait_mean_ms=waits,
-        upstream_call_ms={"alone": calls[1].since(calls[0]), "beside": calls[2].since(calls[1])},
+        upstream_call_ms={
+            "alone": calls[1].since(calls[0]),
+            "beside_busy_loops": calls[2].since(calls[1]),
+            "beside_flood": calls[3].since(calls[2]),
+        },
         total_served_per_s=round(total, 1),
         total_vs_capacity=_ratio(total, capacity),
     )
