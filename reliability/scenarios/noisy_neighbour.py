@@ -29,8 +29,9 @@ Where the time goes: `queue_wait_mean_ms` is each tenant's mean wait in the prox
 from `nexus_proxy_tenant_queue_wait_seconds`); a wait for one of `MAX_ACTIVE`'s places comes before it. A latency
 far above it was spent before that queue (the request in the socket and the proxy's event loop, both first come
 first served: a CPU-bound proxy queues there) or after it. `upstream_call_ms` splits the after: the proxy's mean
-upstream call (B alone, beside the busy loops, beside the flood) against Triton's own time for the same requests;
-what the proxy measures beyond Triton's part is its event loop's (and gRPC's) share.
+upstream call against Triton's own time for the same requests, in three windows: B alone, B beside the busy loops,
+and the flood with B (every call of both tenants, most of them the flood's batches); what the proxy measures
+beyond Triton's part is its event loop's (and gRPC's) share.
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ def _start(bed: Bed, config: Config, name: str, tenants: dict[str, dict[str, Any
 def busy_loops(count: int) -> Iterator[None]:
     """`count` processes spinning on the CPU that never touch the proxy or Triton: what the host alone takes from
     a light tenant once every core is busy, the floor under what any proxy could give it beside a flood."""
-    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    spinning: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(count):
+            spinning.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         yield
     finally:
         for process in spinning:
@@ -162,21 +165,33 @@ class Calls:
 
     @classmethod
     def read(cls, proxy: ProxyProcess, triton: TritonServer) -> Calls:
+        """One scrape of each. A scrape that fails raises rather than become a plausible 0; the proxy's histogram
+        is absent until its first upstream call (0 calls so far), Triton's counters are there from the model's load."""
+        status, body = proxy.get("/metrics")
+        if status != 200:
+            raise RuntimeError(f"the proxy's /metrics answered {status}")
+        ours = dict.fromkeys(
+            ("nexus_proxy_upstream_duration_seconds_sum", "nexus_proxy_upstream_duration_seconds_count"), 0.0
+        )
+        for line in body.decode().splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in ours:
+                ours[name] += float(line.rsplit(" ", 1)[1])
         samples = triton_samples(triton, ("nv_inference_request_duration_us", "nv_inference_request_success"))
         return cls(
-            proxy.metric("nexus_proxy_upstream_duration_seconds_sum") or 0.0,
-            proxy.metric("nexus_proxy_upstream_duration_seconds_count") or 0.0,
+            *ours.values(),
             samples["nv_inference_request_duration_us"] / 1e6,
             samples["nv_inference_request_success"],
         )
 
-    def since(self, before: Calls) -> dict[str, float]:
-        """Mean ms of a call since `before`: the proxy's whole call, and Triton's part of it. The difference is
-        spent between them: in the proxy's event loop (sending, and resuming on the answer), gRPC and the socket."""
+    def since(self, before: Calls, prefix: str) -> dict[str, float]:
+        """Mean ms of a call since `before`: the proxy's whole call (`<prefix>_proxy`), and Triton's part of it
+        (`<prefix>_triton`). The difference is spent between them: in the proxy's event loop (sending, and resuming
+        on the answer), gRPC and the socket."""
         calls, served = self.proxy_calls - before.proxy_calls, self.triton_calls - before.triton_calls
         return {
-            "proxy_call": round((self.proxy_s - before.proxy_s) / calls * 1000, 2) if calls else 0.0,
-            "triton": round((self.triton_s - before.triton_s) / served * 1000, 2) if served else 0.0,
+            f"{prefix}_proxy": round((self.proxy_s - before.proxy_s) / calls * 1000, 2) if calls else 0.0,
+            f"{prefix}_triton": round((self.triton_s - before.triton_s) / served * 1000, 2) if served else 0.0,
         }
 
 
@@ -185,7 +200,11 @@ def triton_samples(triton: TritonServer, names: tuple[str, ...]) -> dict[str, fl
     url = f"http://{triton.settings.host}:{triton.settings.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         lines = response.read().decode().splitlines()
-    return {name: sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{")) for name in names}
+    found = {name: [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{")] for name in names}
+    missing = [name for name, values in found.items() if not values]
+    if missing:
+        raise RuntimeError(f"Triton's metrics endpoint did not give {', '.join(missing)}")
+    return {name: sum(values) for name, values in found.items()}
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -269,7 +288,7 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
     calls = [Calls.read(phase.proxy, triton)]
     alone = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
     calls.append(Calls.read(phase.proxy, triton))
-    with busy_loops(os.cpu_count() or 1):
+    with busy_loops(len(os.sched_getaffinity(0))):
         host = summarize(asyncio.run(closed_loop(light, config.light_connections, config.phase_s)))
     calls.append(Calls.read(phase.proxy, triton))
     flood_work = phase.work(config, KEY_A)
@@ -306,9 +325,9 @@ def _equal_weights(bed: Bed, config: Config, result: ScenarioResult, capacity: f
         a_accepted_p99_ms=a_stats.accepted_p99_ms,
         queue_wait_mean_ms=waits,
         upstream_call_ms={
-            "alone": calls[1].since(calls[0]),
-            "beside_busy_loops": calls[2].since(calls[1]),
-            "beside_flood": calls[3].since(calls[2]),
+            **calls[1].since(calls[0], "alone"),
+            **calls[2].since(calls[1], "busy_loops"),
+            **calls[3].since(calls[2], "flood"),
         },
         total_served_per_s=round(total, 1),
         total_vs_capacity=_ratio(total, capacity),

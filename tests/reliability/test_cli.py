@@ -28,5 +28,20 @@ def test_an_unwritable_report_is_refused_at_once(
     assert message in err
 
 
+def test_a_report_in_the_current_folder_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "standalone_bed", _started_bed)
+    with pytest.raises(BedStarted):
+        cli.main(["--scenario", "overload", "--out", "report.md"])
+
+
+class BedStarted(Exception):
+    """The arguments were taken: the run got as far as starting its bed."""
+
+
 def _no_bed(workdir: Path) -> None:
     raise AssertionError("no bed may start for a report that cannot be written")
+
+
+def _started_bed(workdir: Path) -> None:
+    raise BedStarted

@@ -278,7 +278,8 @@ def test_a_stub_serves_in_a_session_of_its_own_at_the_normal_weight(
             assert (session == stub.pid) if autogroups else (session == os.getsid(server.process.pid))
             if autogroups:  # asked for in the last warmup; retried past the kernel's rate limit, 0.11 s apart
                 autogroup = Path(f"/proc/{stub.pid}/autogroup")
-                assert wait_until(lambda at=autogroup: at.read_text().endswith(" nice 0\n"), 5, interval_s=0.05)
+                restored = wait_until(lambda at=autogroup: at.read_text().endswith(" nice 0\n"), 5, interval_s=0.05)
+                assert restored, autogroup.read_text()
     finally:
         server.stop()
     log = (tmp_path / "triton.log").read_text()
