@@ -151,14 +151,7 @@ class ProxyProcess(ManagedProcess):
     def metric(self, name: str) -> float | None:
         """The sum of the samples of `name` in one scrape of /metrics; None when the scrape fails or lacks it."""
         status, body = self.get("/metrics")
-        if status != 200:
-            return None
-        values = [
-            float(line.rsplit(" ", 1)[1])
-            for line in body.decode().splitlines()
-            if line.startswith((f"{name} ", f"{name}{{"))
-        ]
-        return sum(values) if values else None
+        return metric_sums(body.decode(), (name,))[name] if status == 200 else None
 
     def tail(self, lines: int = 3) -> str:
         """The last `lines` lines of the proxy's output, on one line."""
@@ -176,3 +169,14 @@ class ProxyProcess(ManagedProcess):
     def wait(self, timeout_s: float = 60) -> int:
         assert self.process is not None
         return self.process.wait(timeout=timeout_s)
+
+
+def metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float | None]:
+    """Each of `names` summed over its samples (whatever their labels) in one Prometheus text scrape; None for a
+    name with no sample in it."""
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in found:
+            found[name].append(float(line.rsplit(" ", 1)[1]))
+    return {name: sum(values) if values else None for name, values in found.items()}

@@ -51,7 +51,7 @@ from typing import Any
 
 import aiohttp
 
-from nexusml.testing.servers import ProxyProcess
+from nexusml.testing.servers import ProxyProcess, metric_sums
 from nexusml.triton.server import TritonServer
 from reliability.bed import Bed, demo_workload
 from reliability.load import LoadStats, Sample, Workload, closed_loop, request, summarize, wrk_loop
@@ -170,16 +170,12 @@ class Calls:
         status, body = proxy.get("/metrics")
         if status != 200:
             raise RuntimeError(f"the proxy's /metrics answered {status}")
-        ours = dict.fromkeys(
-            ("nexus_proxy_upstream_duration_seconds_sum", "nexus_proxy_upstream_duration_seconds_count"), 0.0
+        ours = metric_sums(
+            body.decode(), ("nexus_proxy_upstream_duration_seconds_sum", "nexus_proxy_upstream_duration_seconds_count")
         )
-        for line in body.decode().splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in ours:
-                ours[name] += float(line.rsplit(" ", 1)[1])
         samples = triton_samples(triton, ("nv_inference_request_duration_us", "nv_inference_request_success"))
         return cls(
-            *ours.values(),
+            *(value or 0.0 for value in ours.values()),
             samples["nv_inference_request_duration_us"] / 1e6,
             samples["nv_inference_request_success"],
         )
@@ -199,12 +195,11 @@ def triton_samples(triton: TritonServer, names: tuple[str, ...]) -> dict[str, fl
     """Each of `names` summed over its samples (every model) in one scrape of Triton's metrics endpoint."""
     url = f"http://{triton.settings.host}:{triton.settings.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    found = {name: [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{")] for name in names}
-    missing = [name for name, values in found.items() if not values]
+        found = metric_sums(response.read().decode(), names)
+    missing = [name for name, value in found.items() if value is None]
     if missing:
         raise RuntimeError(f"Triton's metrics endpoint did not give {', '.join(missing)}")
-    return {name: sum(values) for name, values in found.items()}
+    return {name: value or 0.0 for name, value in found.items()}
 
 
 def _ratio(numerator: float, denominator: float) -> float:
