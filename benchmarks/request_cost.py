@@ -74,7 +74,7 @@ def pieces(number: int, repeat: int) -> list[tuple[str, float]]:
     request[middleware.DEADLINE] = 1e9
     request[middleware.MODEL] = SCHEMA.name
     tenancy = app[TENANCY]
-    keyed = Tenancy.from_settings(("key-one",), None, 1)
+    keyed = Tenancy.from_settings(("key-one",), None)
     keyed_request = make_mocked_request("POST", "/predict", headers={"X-API-Key": "key-one"}, app=app)
     ids = middleware.request_ids()
     prediction = validation.to_prediction(validation.parse_json(BODY), SCHEMA)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from proxy import health, introspection, v2_routes
+from proxy.buckets import SharedBuckets
 from proxy.inference import predict, predict_named
 from proxy.introspection import OPENAPI, OPENAPI_PATH
 from proxy.middleware import middleware
@@ -30,12 +32,16 @@ __all__ = ["OPENAPI_PATH", "create_app", "server_options"]
 LINGER_S = 1.0
 
 
-def create_app(settings: ProxySettings, worker: int = 0) -> web.Application:
-    """The proxy for one worker process; `worker` only labels its logs. A keys file (`API_KEYS_FILE`) that
+def create_app(settings: ProxySettings, worker: int = 0, buckets: Path | None = None) -> web.Application:
+    """The proxy for one worker process; `worker` only labels its logs, `buckets` is the file of rate-limit
+    buckets the workers share (`proxy.buckets`; None: this process's own). A keys file (`API_KEYS_FILE`) that
     cannot be used raises `SettingsError` here, so the worker does not start."""
     state = ProxyState(settings, worker)
     tenancy = Tenancy.from_settings(
-        settings.api_keys, settings.api_keys_file, settings.worker_count, state.metrics.tenant_reload_failed
+        settings.api_keys,
+        settings.api_keys_file,
+        state.metrics.tenant_reload_failed,
+        SharedBuckets(buckets) if buckets is not None else None,
     )
     app = web.Application(middlewares=[middleware(settings, tenancy)], client_max_size=settings.max_body_bytes)
     app[STATE] = state

@@ -186,7 +186,7 @@ def middleware(
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The one middleware; `tenancy` is the app's (`proxy.tenants.TENANCY`), else one made from `settings`."""
     if tenancy is None:
-        tenancy = Tenancy.from_settings(settings.api_keys, settings.api_keys_file, settings.worker_count)
+        tenancy = Tenancy.from_settings(settings.api_keys, settings.api_keys_file)
     open_paths = frozenset(settings.open_endpoints)
     residency = bool(settings.residency_url)
     request_id_of = request_ids()

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -43,6 +44,7 @@ from nexusml.core.process import (
     stop_signals_held,
 )
 from proxy.app import create_app, server_options
+from proxy.buckets import BUCKETS_FILE, SharedBuckets
 from proxy.metrics import MULTIPROC_DIR_ENV
 from proxy.middleware import access_log
 from proxy.protocol import ProxyRunner
@@ -61,11 +63,11 @@ def configure_logging(settings: ProxySettings) -> None:
     logs.configure(settings.log_level, settings.log_format, bare=(access_log.name,))
 
 
-async def _serve(settings: ProxySettings, worker: int) -> int:
+async def _serve(settings: ProxySettings, worker: int, buckets: Path | None) -> int:
     stop = asyncio.Event()
     _stop_on_signal(stop)
     try:
-        return await _serving(settings, worker, stop)
+        return await _serving(settings, worker, stop, buckets)
     finally:
         ignore_stop_signals_until_exit()  # the worker is ending: its handler must not wake a closed loop
 
@@ -86,8 +88,8 @@ def _stop_on_signal(stop: asyncio.Event) -> None:
     release_stop_signals()
 
 
-async def _serving(settings: ProxySettings, worker: int, stop: asyncio.Event) -> int:
-    app = create_app(settings, worker)
+async def _serving(settings: ProxySettings, worker: int, stop: asyncio.Event, buckets: Path | None) -> int:
+    app = create_app(settings, worker, buckets)
     runner = ProxyRunner(app, shutdown_timeout=_FINAL_WAIT_S, **server_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=1024)
@@ -139,21 +141,22 @@ def keep_large_buffers() -> bool:
 ExitCode = Callable[[NexusError], int]
 
 
-def run_worker(settings: ProxySettings, exit_code: ExitCode, worker: int = 0) -> int:
-    """One worker process's whole life; returns its exit code (`exit_code` maps a failure to one)."""
+def run_worker(settings: ProxySettings, exit_code: ExitCode, worker: int = 0, buckets: Path | None = None) -> int:
+    """One worker process's whole life; returns its exit code (`exit_code` maps a failure to one). `buckets`: the
+    rate-limit buckets' file, shared by the workers when there are several (`proxy.buckets`)."""
     configure_logging(settings)
     keep_large_buffers()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(settings, worker))
+            return runner.run(_serve(settings, worker, buckets))
     except NexusError as err:
         log.error("%s", err)
         return exit_code(err)
 
 
-def _worker_main(settings: ProxySettings, exit_code: ExitCode, worker: int, parent: int) -> None:
+def _worker_main(settings: ProxySettings, exit_code: ExitCode, worker: int, parent: int, buckets: Path) -> None:
     die_with_parent(parent)  # a SIGKILLed parent must not leave workers holding the port
-    sys.exit(run_worker(settings, exit_code, worker))
+    sys.exit(run_worker(settings, exit_code, worker, buckets))
 
 
 def serve(settings: ProxySettings, exit_code: ExitCode) -> int:
@@ -167,14 +170,17 @@ def serve(settings: ProxySettings, exit_code: ExitCode) -> int:
     configure_logging(settings)
     # prometheus-client learns where the workers' metric files go only from this variable, read when a
     # worker imports it; spawned workers inherit this process's environment, so this is the one place the
-    # proxy writes the environment. A fresh directory per run: no earlier run's figures get summed in.
+    # proxy writes the environment. A fresh directory per run: no earlier run's figures get summed in. The
+    # rate-limit buckets the workers share are a file there too, made before any worker opens it.
     metrics_dir = tempfile.mkdtemp(prefix="nexus-proxy-metrics-")
+    buckets = Path(metrics_dir) / BUCKETS_FILE
+    SharedBuckets(buckets).close()
     previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [
         context.Process(
-            target=_worker_main, args=(settings, exit_code, index, os.getpid()), name=f"proxy-worker-{index}"
+            target=_worker_main, args=(settings, exit_code, index, os.getpid(), buckets), name=f"proxy-worker-{index}"
         )
         for index in range(settings.worker_count)
     ]

@@ -15,9 +15,8 @@ Where tenants come from (`Tenancy.from_settings`), one source at a time:
 Keys are held only as sha256 digests: a lookup is one hash and one dict lookup, the same work whichever key is
 offered and however many there are. Keys are never logged; tenants are, by name.
 
-Rate limits are token buckets, one per limit and tenant, in each worker: with `PROXY_WORKERS` > 1 the kernel
-spreads connections over the workers, so each worker's bucket gets 1/worker-count of the rate and of the burst
-(a burst at least 1), and the pod's total is the configured limit when the tenant's connections are spread.
+Rate limits are token buckets, one per limit and tenant, for the whole proxy: with `PROXY_WORKERS` > 1 all
+workers take from the same buckets (`proxy.buckets`), however the kernel spread the tenant's connections.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ import yaml
 from aiohttp import web
 
 from nexusml.core.errors import SettingsError
+from proxy.buckets import Bucket, SharedBuckets, TokenBucket
 from proxy.errors import RateLimited
 
 # Priority classes and the Triton priority level each is sent with (1 is served first).
@@ -274,49 +274,26 @@ def _limits(entry: Any, where: str) -> tuple[RateLimit | None, RateLimit | None]
 
 
 # --- rate limits ------------------------------------------------------------------------------------------
-class TokenBucket:
-    """`per_s` tokens a second up to `burst`, filled lazily from the time of the last look; starts full.
-
-    Tokens may go below zero: rows are known only after the body is parsed, so they are charged after the
-    request was let in, and the debt is paid back by the refill before the tenant's next request passes.
-    """
-
-    __slots__ = ("burst", "limit", "per_s", "stamp", "tokens")
-
-    def __init__(self, per_s: float, burst: float, limit: float | None = None) -> None:
-        self.per_s = per_s
-        self.burst = burst
-        self.limit = per_s if limit is None else limit  # the configured rate, for the whole pod (messages)
-        self.tokens = burst
-        self.stamp = -math.inf  # before any look: full
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
-            self.stamp = now
-
-    def seconds_until(self, level: float) -> float:
-        """How long until the bucket holds `level` tokens (after `refill`)."""
-        return max(0.0, (level - self.tokens) / self.per_s)
-
-
 class Account:
     """One tenant's state in this worker: its buckets and what it was admitted in the share windows."""
 
     __slots__ = ("current", "limits", "previous", "requests", "rows")
 
-    def __init__(self, tenant: Tenant, workers: int) -> None:
+    def __init__(self, tenant: Tenant, buckets: SharedBuckets | None) -> None:
         self.limits = (tenant.requests, tenant.rows)
-        self.requests = _bucket(tenant.requests, workers)
-        self.rows = _bucket(tenant.rows, workers)
+        self.requests = _bucket(tenant.name, "requests", tenant.requests, buckets)
+        self.rows = _bucket(tenant.name, "rows", tenant.rows, buckets)
         self.current = [0, 0]  # predictions, rows in the current window
         self.previous = [0, 0]  # and in the window before
 
 
-def _bucket(limit: RateLimit | None, workers: int) -> TokenBucket | None:
+def _bucket(name: str, kind: str, limit: RateLimit | None, buckets: SharedBuckets | None) -> Bucket | None:
+    """The bucket of one limit: in `buckets`, shared by every worker, when there are several; else this process's."""
     if limit is None:
         return None
-    return TokenBucket(limit.per_s / workers, max(1.0, limit.burst / workers), limit.per_s)
+    if buckets is not None:
+        return buckets.bucket(name, kind, limit.per_s, limit.burst)
+    return TokenBucket(limit.per_s, limit.burst)
 
 
 def _retry(seconds: float) -> int:
@@ -331,12 +308,12 @@ class Tenancy:
     def __init__(
         self,
         table: Table,
-        workers: int = 1,
         path: Path | None = None,
         on_reload_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        buckets: SharedBuckets | None = None,
     ) -> None:
-        self.workers = max(1, workers)
+        self.buckets = buckets  # the workers' shared rate-limit buckets, when there are several workers
         self.path = path
         self.on_reload_error = on_reload_error
         self.clock = clock  # `charge_rows`'s time; the app sets its event loop's, the clock `admit` is given
@@ -351,13 +328,14 @@ class Tenancy:
         cls,
         api_keys: tuple[str, ...],
         keys_file: Path | None,
-        workers: int,
         on_reload_error: Callable[[], None] = lambda: None,
+        buckets: SharedBuckets | None = None,
     ) -> Tenancy:
-        """The tenancy the settings describe; a keys file that cannot be used stops start-up (`SettingsError`)."""
+        """The tenancy the settings describe; a keys file that cannot be used stops start-up (`SettingsError`).
+        `buckets`: the rate-limit buckets all workers share, when there are several (`proxy.buckets`)."""
         if keys_file is not None:
-            return cls(read_keys_file(keys_file), workers, keys_file, on_reload_error)
-        return cls(api_keys_table(api_keys) if api_keys else open_table(), workers)
+            return cls(read_keys_file(keys_file), keys_file, on_reload_error, buckets=buckets)
+        return cls(api_keys_table(api_keys) if api_keys else open_table(), buckets=buckets)
 
     @property
     def required(self) -> bool:
@@ -380,10 +358,9 @@ class Tenancy:
         if account is None:  # removed by a reload since its key was looked up: its new limits are none
             return
         if account.rows is not None:
-            _refuse_below(account.rows, 0, now, tenant, "rows")  # in debt: its rows are not paid for yet
+            _refuse_below(account.rows, 0, 0, now, tenant, "rows")  # in debt: its rows are not paid for yet
         if account.requests is not None:
-            _refuse_below(account.requests, 1, now, tenant, "requests")
-            account.requests.tokens -= 1
+            _refuse_below(account.requests, 1, 1, now, tenant, "requests")
 
     def charge_rows(self, tenant: Tenant, rows: int, now: float | None = None) -> None:
         """`rows` of an admitted prediction of `tenant`, its body read: counted for its share and taken from its
@@ -397,8 +374,7 @@ class Tenancy:
         account.current[0] += 1
         account.current[1] += rows
         if account.rows is not None:
-            account.rows.refill(moment)
-            account.rows.tokens -= rows
+            account.rows.charge(rows, moment)
 
     def _roll(self, now: float) -> None:
         """Start a new share window; the current one becomes the previous (or none, after a longer pause)."""
@@ -445,7 +421,7 @@ class Tenancy:
         for tenant in table.tenants:
             account = self.accounts.get(tenant.name)
             if account is None or account.limits != (tenant.requests, tenant.rows):
-                fresh = Account(tenant, self.workers)
+                fresh = Account(tenant, self.buckets)
                 if account is not None:
                     fresh.current, fresh.previous = account.current, account.previous
                 account = fresh
@@ -509,11 +485,10 @@ def _shown_limits(tenant: Tenant) -> dict[str, float] | None:
     return shown
 
 
-def _refuse_below(bucket: TokenBucket, level: float, now: float, tenant: Tenant, unit: str) -> None:
-    """`RateLimited` (cause `rate_<unit>`) unless `bucket`, refilled to `now`, holds `level` tokens."""
-    bucket.refill(now)
-    if bucket.tokens < level:
-        wait = bucket.seconds_until(level)
+def _refuse_below(bucket: Bucket, level: float, amount: float, now: float, tenant: Tenant, unit: str) -> None:
+    """Take `amount` from `bucket` if it holds `level` tokens at `now`, else `RateLimited` (cause `rate_<unit>`)."""
+    wait = bucket.take(level, amount, now)
+    if wait:
         message = f"tenant {tenant.name} is over its rate limit of {bucket.limit:g} {unit}/s; retry in {wait:.2f} s"
         raise RateLimited(message, _retry(wait), f"rate_{unit}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +72,34 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     wait_for_both_workers(proxy, "/metrics")
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0, proxy.log()
+
+
+def test_two_workers_hold_a_tenant_to_its_limit_not_to_half_of_it(
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, tmp_path: Path
+) -> None:
+    """One keep-alive connection reaches one worker: its requests get the tenant's whole burst (4), not one
+    worker's part of it (2), whichever worker that is."""
+    keys = tmp_path / "keys.json"
+    limit = {"requests_per_s": 0.001, "requests_burst": 4}
+    keys.write_text(json.dumps({"tenants": {"team-r": {"keys": ["r-key"], "rate_limit": limit}}}))
+    proxy = proxy_process(
+        MODEL_SERVER_URL=triton.grpc_url, PROXY_WORKERS="2", ACCESS_LOG="all", API_KEYS_FILE=str(keys)
+    ).start()
+    wait_for_both_workers(proxy)
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    statuses = []
+    for _ in range(8):
+        connection.request(
+            "POST",
+            "/predict",
+            body=b'{"input": [1, 2, 3, 4, 5]}',
+            headers={"X-API-Key": "r-key", "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+    connection.close()
+    assert statuses == [200] * 4 + [429] * 4, proxy.log()
 
 
 @pytest.mark.parametrize(

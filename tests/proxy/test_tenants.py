@@ -18,6 +18,7 @@ from nexusml.core.errors import SettingsError
 from nexusml.core.settings import load
 from nexusml.triton.server import TritonServer
 from proxy.app import create_app
+from proxy.buckets import SharedBuckets
 from proxy.errors import RateLimited
 from proxy.schema import ModelSchema, TensorSchema
 from proxy.settings import ProxySettings
@@ -63,8 +64,8 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def tenancy(path: Path, text: str, workers: int = 1, **options: Any) -> Tenancy:
-    return Tenancy(read_keys_file(write(path, text)), workers, path, **options)
+def tenancy(path: Path, text: str, **options: Any) -> Tenancy:
+    return Tenancy(read_keys_file(write(path, text)), path, **options)
 
 
 class Clock:
@@ -301,16 +302,21 @@ def test_charge_refills_before_it_takes(tmp_path: Path) -> None:
     limited.admit(a, clock.now)
 
 
-def test_each_worker_gets_its_part_of_rate_and_burst(tmp_path: Path) -> None:
-    two = tenancy(tmp_path / "keys.yaml", LIMITED, workers=2)
-    a = two.tenant_for("s3cret-1")
+def test_workers_take_a_tenants_limits_from_the_same_buckets(tmp_path: Path) -> None:
+    """Two workers (two tenancies on one shared table): the limit is the pod's, wherever the requests land."""
+    table = SharedBuckets(tmp_path / "buckets")
+    one, two = (tenancy(tmp_path / "keys.yaml", LIMITED, buckets=table) for _ in range(2))
+    a = one.tenant_for("s3cret-1")
     assert a is not None
-    two.admit(a, 0.0)  # burst 3 / 2 workers = 1.5
-    err = refused(two, a, 0.0)  # 0.5 left; 1 token a second per worker
-    assert str(err).endswith("2 requests/s; retry in 0.50 s")  # the message says the pod's limit
+    one.admit(a, 0.0)
+    one.admit(a, 0.0)
+    two.admit(a, 0.0)  # the burst of 3 is used up between them
+    err = refused(one, a, 0.0)
+    assert str(err).endswith("2 requests/s; retry in 0.50 s")
+    refused(two, a, 0.0)
     two.admit(a, 0.5)
-    many = tenancy(tmp_path / "keys.yaml", LIMITED, workers=8)
-    assert many.accounts["team-a"].requests is not None and many.accounts["team-a"].requests.burst == 1.0
+    one.charge_rows(a, 30, 0.5)  # rows in debt on one worker hold the other back too
+    assert refused(two, a, 1.0).cause == "rate_rows"
 
 
 # --- reload -----------------------------------------------------------------------------------------------
