@@ -3,7 +3,8 @@
 One process per worker, each with its own event loop and upstream client, all bound to the same port with
 SO_REUSEPORT so the kernel spreads connections over them; this is how a Python server uses more than one
 core. The workers add up their metrics through files in a private temporary directory (see
-`proxy.metrics`), so a scrape on any worker shows the whole pod. The parent only supervises: it forwards
+`proxy.metrics`), so a scrape on any worker shows the whole pod, and take from the same rate-limit buckets, a
+file in that directory too (`proxy.buckets`). The parent only supervises: it forwards
 SIGTERM/SIGINT, and when a worker dies on its own it stops the others and exits with that worker's code,
 leaving restarts to the orchestrator.
 

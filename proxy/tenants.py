@@ -488,7 +488,7 @@ def _shown_limits(tenant: Tenant) -> dict[str, float] | None:
 def _refuse_below(bucket: Bucket, level: float, amount: float, now: float, tenant: Tenant, unit: str) -> None:
     """Take `amount` from `bucket` if it holds `level` tokens at `now`, else `RateLimited` (cause `rate_<unit>`)."""
     wait = bucket.take(level, amount, now)
-    if wait:
+    if wait is not None:
         message = f"tenant {tenant.name} is over its rate limit of {bucket.limit:g} {unit}/s; retry in {wait:.2f} s"
         raise RateLimited(message, _retry(wait), f"rate_{unit}")
 

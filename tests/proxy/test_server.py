@@ -19,7 +19,7 @@ from nexusml.testing.environment import base_environment
 from nexusml.testing.servers import ProxyProcess, finish_request, held_request
 from nexusml.triton.server import TritonServer
 from proxy.server import keep_large_buffers
-from tests.proxy.conftest import wait_for_both_workers
+from tests.proxy.conftest import answered_by, wait_for_both_workers
 
 pytestmark = pytest.mark.integration
 
@@ -74,32 +74,48 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     assert proxy.wait() == 0, proxy.log()
 
 
-def test_two_workers_hold_a_tenant_to_its_limit_not_to_half_of_it(
-    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, tmp_path: Path
-) -> None:
-    """One keep-alive connection reaches one worker: its requests get the tenant's whole burst (4), not one
-    worker's part of it (2), whichever worker that is."""
-    keys = tmp_path / "keys.json"
+PREDICT = {"X-API-Key": "r-key", "Content-Type": "application/json"}
+
+
+def limited_two_workers(make: Callable[..., ProxyProcess], triton: TritonServer, keys: Path) -> ProxyProcess:
+    """A two-worker proxy, both workers answering, with one tenant limited to a burst of 4 (and next to no refill)."""
     limit = {"requests_per_s": 0.001, "requests_burst": 4}
     keys.write_text(json.dumps({"tenants": {"team-r": {"keys": ["r-key"], "rate_limit": limit}}}))
-    proxy = proxy_process(
-        MODEL_SERVER_URL=triton.grpc_url, PROXY_WORKERS="2", ACCESS_LOG="all", API_KEYS_FILE=str(keys)
-    ).start()
-    wait_for_both_workers(proxy)
+    proxy = make(MODEL_SERVER_URL=triton.grpc_url, PROXY_WORKERS="2", ACCESS_LOG="all", API_KEYS_FILE=str(keys))
+    wait_for_both_workers(proxy.start())
+    return proxy
+
+
+def predict_on(connection: http.client.HTTPConnection) -> int:
+    connection.request("POST", "/predict", body=b'{"input": [1, 2, 3, 4, 5]}', headers=PREDICT)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def test_two_workers_give_one_connection_its_tenants_whole_limit(
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, tmp_path: Path
+) -> None:
+    """One keep-alive connection reaches one worker: it gets the tenant's burst of 4, not one worker's part (2)."""
+    proxy = limited_two_workers(proxy_process, triton, tmp_path / "keys.json")
     connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    statuses = []
-    for _ in range(8):
-        connection.request(
-            "POST",
-            "/predict",
-            body=b'{"input": [1, 2, 3, 4, 5]}',
-            headers={"X-API-Key": "r-key", "Content-Type": "application/json"},
-        )
-        response = connection.getresponse()
-        response.read()
-        statuses.append(response.status)
+    statuses = [predict_on(connection) for _ in range(8)]
     connection.close()
     assert statuses == [200] * 4 + [429] * 4, proxy.log()
+
+
+def test_two_workers_take_a_tenants_requests_from_one_bucket(
+    proxy_process: Callable[..., ProxyProcess], triton: TritonServer, tmp_path: Path
+) -> None:
+    """Fresh connections until both workers have served the tenant: 4 predictions in all, not 4 on each."""
+    proxy = limited_two_workers(proxy_process, triton, tmp_path / "keys.json")
+    statuses = []
+    while len(statuses) < 8 or answered_by(proxy, "/predict") != {0, 1}:
+        assert len(statuses) < 200, "the kernel gave every connection to one worker"
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        statuses.append(predict_on(connection))
+        connection.close()
+    assert statuses.count(200) == 4 and statuses.count(429) == len(statuses) - 4, statuses
 
 
 @pytest.mark.parametrize(
