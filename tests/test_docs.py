@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -147,17 +148,27 @@ def test_variables_are_declared(page: Path) -> None:
 
 
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".json", ".sh", ".lua", ".tpl", ".txt", ".pbtxt", ""}
-NOT_OURS = {".git", ".venv", "__pycache__", "node_modules", ".pytest_cache", ".ruff_cache"}
+
+
+def repository_files() -> list[Path]:
+    """The files git keeps or would keep (tracked, and untracked but not ignored): not a venv, a GPU bundle's
+    install or anything else `.gitignore` leaves out."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [ROOT / name for name in listed.split("\0") if name]
 
 
 def test_nothing_in_the_repository_names_an_issue() -> None:
     """Code, docs, charts and the committed reports alike: an issue number points nowhere outside the tracker."""
     named = [
         str(path.relative_to(ROOT))
-        for path in ROOT.rglob("*")
+        for path in repository_files()
         if path.is_file()
         and path.suffix in TEXT_SUFFIXES
-        and not any(part in NOT_OURS or part.endswith(".egg-info") for part in path.relative_to(ROOT).parts)
         and re.search(r"\bissues? #?\d+", path.read_text(errors="replace"), re.I)
     ]
     assert named == []
