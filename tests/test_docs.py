@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import subprocess
 import tomllib
@@ -154,12 +155,11 @@ def repository_files() -> list[Path]:
     """The files git keeps or would keep (tracked, and untracked but not ignored): not a venv, a GPU bundle's
     install or anything else `.gitignore` leaves out."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return [ROOT / name for name in listed.split("\0") if name]
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True
+    )
+    if listed.returncode:
+        pytest.fail(f"git ls-files in {ROOT}: {listed.stderr.decode(errors='replace').strip()}")
+    return [ROOT / os.fsdecode(name) for name in listed.stdout.split(b"\0") if name]
 
 
 def test_nothing_in_the_repository_names_an_issue() -> None:

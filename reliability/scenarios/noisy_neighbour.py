@@ -1,5 +1,5 @@
 """Noisy neighbour: two teams through one proxy, one of them flooding it. Six phases on the shared Triton, each
-with a proxy of its own (its tenants in a keys file written to the phase's folder, `API_KEYS_FILE`):
+with a proxy of its own, two for e (its tenants in a keys file written to the phase's folder, `API_KEYS_FILE`):
 
 a. capacity: tenant A's flood (wrk, `flood_connections`, closed loop) on a proxy without keys: served req/s.
 b. B alone: `light_connections` Python clients (closed loop) with B's key: B's p50/p99 and rate. Then the same
@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -75,8 +75,9 @@ class Config:
     rate_limit_per_s: float = 200.0
     rate_burst: int = 20
     rate_connections: int = 32
-    # One connection's closed loop must outrun its limit: it does about 150 requests/s on a loaded 2-core machine.
-    one_connection_limit_per_s: float = 50.0
+    # One connection must outrun its limit: wrk on one connection with the demo model, answered 200, did about
+    # 150 requests/s on this 2-core machine.
+    one_connection_limit_per_s: float = 30.0
     rotation_connections: int = 32  # A's wrk during the rotation
     rotation_before_s: float = 1.0  # load before the key is removed
     rotation_after_s: float = 3.0  # load after it (the removed key is polled for at most this long)
@@ -400,21 +401,40 @@ def _weights(bed: Bed, config: Config, result: ScenarioResult) -> None:
     )
 
 
+class RateRun(NamedTuple):
+    """One run of the rate-limit phase."""
+
+    phase: str  # the proxy's log folder
+    prefix: str  # of its figures
+    where: str  # in its checks' names
+    connections: int
+    per_s: float
+    settings: dict[str, str]  # more of the proxy's environment
+
+
 def _rate_limit(bed: Bed, config: Config, result: ScenarioResult) -> None:
-    runs = (  # (figures' prefix, what the checks say, connections, the limit, the proxy's settings)
-        ("rate_", f"{config.rate_connections} connections", config.rate_connections, config.rate_limit_per_s, {}),
-        (
-            "rate_two_workers_",
-            "two workers, one connection",
-            1,
-            config.one_connection_limit_per_s,
-            {"PROXY_WORKERS": "2"},
+    runs = (
+        RateRun(
+            phase="rate-limit",
+            prefix="rate_",
+            where=f"{config.rate_connections} connections",
+            connections=config.rate_connections,
+            per_s=config.rate_limit_per_s,
+            settings={},
+        ),
+        RateRun(
+            phase="rate-limit-two-workers",
+            prefix="rate_two_workers_",
+            where="two workers, one connection",
+            connections=1,
+            per_s=config.one_connection_limit_per_s,
+            settings={"PROXY_WORKERS": "2"},
         ),
     )
-    for prefix, where, connections, per_s, settings in runs:
+    for phase_name, prefix, where, connections, per_s, settings in runs:
         limit = {"requests_per_s": per_s, "requests_burst": config.rate_burst}
         tenants = {"team-r": {"keys": [KEY_LIMITED], "rate_limit": limit}}
-        phase = _start(bed, config, prefix.replace("_", "-") + "limit", tenants, **settings)
+        phase = _start(bed, config, phase_name, tenants, **settings)
         work = phase.work(config, KEY_LIMITED)
         stats, _ = wrk_loop(work, connections, config.phase_s, phase.log_dir, "limited")
         phase.proxy.stop()
