@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusml.testing.repository import repository_files
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 # What the device tool carries in all (tree + carried paths), and the share the bundle may take of it: the
@@ -398,13 +400,7 @@ def budget_report(files: dict[str, int], tree_bytes: int, budget: int = BUNDLE_B
 
 def tree_bytes() -> int:
     """What the device tool carries of the repository: tracked and untracked-not-ignored files."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    return sum((ROOT / p).stat().st_size for p in out.decode().split("\0") if p and (ROOT / p).is_file())
+    return sum(path.stat().st_size for path in repository_files(ROOT) if path.is_file())
 
 
 def site_packages() -> Path:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import re
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from packaging.requirements import Requirement
 
 from nexusml.command.cli import parser
 from nexusml.core.settings import variables
+from nexusml.testing.repository import repository_files
 from nexusml.triton.server import TritonDistribution, command
 from nexusml.triton.settings import TritonSettings
 from tests.conftest import settings_classes
@@ -151,22 +150,11 @@ def test_variables_are_declared(page: Path) -> None:
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".json", ".sh", ".lua", ".tpl", ".txt", ".pbtxt", ""}
 
 
-def repository_files() -> list[Path]:
-    """The files git keeps or would keep (tracked, and untracked but not ignored): not a venv, a GPU bundle's
-    install or anything else `.gitignore` leaves out."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True
-    )
-    if listed.returncode:
-        pytest.fail(f"git ls-files in {ROOT}: {listed.stderr.decode(errors='replace').strip()}")
-    return [ROOT / os.fsdecode(name) for name in listed.stdout.split(b"\0") if name]
-
-
 def test_nothing_in_the_repository_names_an_issue() -> None:
     """Code, docs, charts and the committed reports alike: an issue number points nowhere outside the tracker."""
     named = [
         str(path.relative_to(ROOT))
-        for path in repository_files()
+        for path in repository_files(ROOT)
         if path.is_file()
         and path.suffix in TEXT_SUFFIXES
         and re.search(r"\bissues? #?\d+", path.read_text(errors="replace"), re.I)

@@ -6,6 +6,7 @@
 - `artifacts`: broken artifacts and metadata, and the sync failures each must produce.
 - `openapi`: the proxy's OpenAPI document and the schemathesis checks run over it.
 - `polling`: waiting, with a bound, for what another process does.
+- `repository`: the repository's files as git lists them.
 
 It stands on top of every layer (it starts what `nexus up` starts) and never imports `tests`.
 """
